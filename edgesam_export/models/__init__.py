@@ -1,0 +1,19 @@
+"""Model registry, checkpoint loading and our own export-friendly SAM-family implementations."""
+
+from __future__ import annotations
+
+from . import edgesam as _edgesam  # noqa: F401  (registers the spec)
+from .checkpoint import LoadedModel, detect_family, load_model, read_checkpoint, synth_state_dict
+from .registry import ModelSpec, get_spec, list_specs, register
+
+__all__ = [
+    "LoadedModel",
+    "ModelSpec",
+    "detect_family",
+    "get_spec",
+    "list_specs",
+    "load_model",
+    "read_checkpoint",
+    "register",
+    "synth_state_dict",
+]

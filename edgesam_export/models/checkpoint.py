@@ -1,0 +1,218 @@
+"""Checkpoint loading: safe unpickling, format and family detection, strict key checks.
+
+Official builders load with `strict=False` and only print the outcome, so a wrong file silently
+keeps random weights. Here every mismatch is an error that names the keys, and a file of another
+family (or no checkpoint at all) is called what it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .registry import ModelSpec, get_spec, list_specs
+
+# Families we recognise but do not build yet: key prefix -> human name.
+_FOREIGN_SIGNATURES: dict[str, str] = {
+    "image_encoder.backbone.stages.": "EfficientViT-SAM",
+    "image_encoder.layers.": "MobileSAM (TinyViT)",
+    "image_encoder.module.": "SlimSAM (pruned ViT wrapped in DataParallel)",
+    "image_encoder.blocks.": "SAM (ViT-B/L/H)",
+}
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready-to-run reference model and where its weights came from."""
+
+    spec: ModelSpec
+    model: nn.Module
+    source: str  # file path, or "synthetic(seed=N)"
+    synthetic: bool
+    upsample_mode: str | None
+    sha256: str | None  # of the checkpoint file, None for synthetic weights
+
+
+@cache
+def load_layout(spec_name: str) -> dict[str, Any]:
+    """The checkpoint layout (key -> shape, dtype) that ships inside the package."""
+    spec = get_spec(spec_name)
+    text = resources.files("edgesam_export.models").joinpath("layouts", spec.layout).read_text()
+    layout: dict[str, Any] = json.loads(text)
+    return layout
+
+
+def synth_tensor(key: str, shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """Deterministic stand-in weights: depend only on (seed, key, shape), same on any machine.
+
+    Norm scales near one, biases near zero, matrices ~N(0, 1/fan_in), BatchNorm statistics in a
+    plausible range. Clearly not trained: masks from such weights do not follow image content.
+    """
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    if not dtype.startswith("float"):
+        return np.zeros(shape, dtype=dtype)
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        x = rng.uniform(0.5, 1.5, shape)
+    elif leaf == "running_mean":
+        x = rng.normal(0.0, 0.1, shape)
+    elif len(shape) <= 1:
+        x = rng.uniform(0.8, 1.2, shape) if leaf == "weight" else rng.normal(0.0, 0.02, shape)
+    else:
+        x = rng.normal(0.0, 1.0 / math.sqrt(math.prod(shape[1:])), shape)
+    return x.astype(dtype)
+
+
+def synth_state_dict(spec_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    tensors = load_layout(spec_name)["tensors"]
+    return {
+        key: torch.from_numpy(synth_tensor(key, tuple(t["shape"]), t["dtype"], seed))
+        for key, t in tensors.items()
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Open a checkpoint file safely and return its flat tensor state dict."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "GLOBAL" in msg:
+            hint = ""
+            if "segment_anything" in msg or "DataParallel" in msg or "Sam" in msg:
+                hint = (" It looks like a whole pickled model (SlimSAM-style); this version loads"
+                        " only state dicts.")
+            raise CheckpointError(
+                f"{path} is not a plain weights file: it pickles Python objects, which are not"
+                f" loaded for safety (torch.load(weights_only=True)).{hint}"
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint: it is truncated, corrupted or of"
+            f" another format ({first})"
+        ) from None
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict of tensors"
+        )
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds a dict without tensors: not a model checkpoint")
+    return tensors
+
+
+def detect_family(keys: set[str]) -> str | None:
+    """Name of the registered spec or known foreign family whose signature the keys carry."""
+    for spec in list_specs():
+        if all(any(k.startswith(p) for k in keys) for p in spec.signature_prefixes):
+            return spec.name
+    for prefix, name in _FOREIGN_SIGNATURES.items():
+        if any(k.startswith(prefix) for k in keys):
+            return name
+    return None
+
+
+def _check_keys(spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor],
+                source: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        family = detect_family(set(state))
+        if family is not None and family != spec.name:
+            other = f"model {family!r}" if family in {s.name for s in list_specs()} else family
+            raise CheckpointError(
+                f"{source} is a {other} checkpoint, not {spec.family} ({spec.name});"
+                f" {len(missing)} expected keys missing, {len(unexpected)} unexpected."
+                + (f" Use --model {family}." if other.startswith("model") else
+                   " That family is not supported by this version.")
+            )
+        if family is None and not any(k.startswith(("image_encoder.", "mask_decoder.")) for k in state):
+            raise CheckpointError(
+                f"{source} is not a Segment-Anything-family checkpoint (first keys:"
+                f" {', '.join(sorted(state)[:3])})"
+            )
+
+        def show(keys: list[str]) -> str:
+            head = ", ".join(keys[:8])
+            return head + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        parts = [f"{source} does not match the {spec.name} layout:"]
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        raise CheckpointError(" ".join(parts))
+    bad = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors have the wrong shape for {spec.name}: {'; '.join(bad[:5])}"
+        )
+
+
+def load_model(
+    checkpoint: Path | str | None,
+    *,
+    model: str = "edge_sam",
+    upsample_mode: str | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Build `model` and load a checkpoint strictly, or synthetic weights when checkpoint is None."""
+    spec = get_spec(model)
+    net = spec.build(upsample_mode)
+    mode = upsample_mode or spec.default_upsample
+    if checkpoint is None:
+        state = synth_state_dict(spec.name, seed)
+        source, synthetic, digest = f"synthetic(seed={seed})", True, None
+    else:
+        path = Path(checkpoint)
+        state = read_checkpoint(path)
+        source, synthetic, digest = str(path), False, _file_sha256(path)
+    _check_keys(spec, net, state, source)
+    expected = net.state_dict()
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(spec=spec, model=net, source=source, synthetic=synthetic,
+                       upsample_mode=mode, sha256=digest)

@@ -1,0 +1,188 @@
+"""EdgeSAM: RepViT-M1 image encoder with the two-stage fusion neck, plus SAM's heads.
+
+Parameter names match the released `edge_sam.pth` / `edge_sam_3x.pth` (bare state dicts) so they
+load with `strict=True`. Conv + BatchNorm pairs are kept unfused, as in the official model, so the
+PyTorch reference computes the same float32 arithmetic; exporters fold them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .registry import ModelSpec, register
+from .sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder
+
+UpsampleMode = Literal["bicubic", "bilinear"]
+
+# RepViT-M1 blocks after the stem: (output channels, stride, squeeze-excite).
+_M1_BLOCKS: tuple[tuple[int, int, bool], ...] = (
+    (48, 1, True), (48, 1, False), (48, 1, False),
+    (96, 2, False), (96, 1, True), (96, 1, False), (96, 1, False),
+    (192, 2, False), *(((192, 1, True), (192, 1, False)) * 7), (192, 1, False),
+    (384, 2, False), (384, 1, True), (384, 1, False),
+)  # fmt: skip
+_STAGE2_END = 23  # index in `features` of the last 64x64 block (fuse_stage2 input)
+
+
+class ConvBN(nn.Sequential):
+    """Bias-free conv followed by eval-mode BatchNorm (`c`, `bn`: the checkpoint's names)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, pad: int = 0,
+                 groups: int = 1) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout))
+
+
+class SqueezeExcite(nn.Module):
+    """timm's SEModule as EdgeSAM uses it: mean, 1x1 conv, ReLU, 1x1 conv, sigmoid gate.
+
+    `split_mean` computes the spatial mean as a mean over W then over H: identical maths, but an
+    ONNX Runtime ReduceMean over 65536 values loses enough float32 precision for these networks
+    to amplify it (0.02 on the embeddings); two short reductions keep ORT within 1e-3.
+    """
+
+    def __init__(self, channels: int, split_mean: bool = False) -> None:
+        super().__init__()
+        reduced = max(8, int(channels * 0.25 + 4) // 8 * 8)  # make_divisible(C/4, 8), no round-up
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        self.split_mean = split_mean
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.split_mean:
+            s = x.mean(3, keepdim=True).mean(2, keepdim=True)
+        else:
+            s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class RepVGGDW(nn.Module):
+    """Depthwise 3x3 Conv-BN + depthwise 1x1 Conv-BN + identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = ConvBN(channels, channels, 3, 1, 1, groups=channels)
+        self.conv1 = ConvBN(channels, channels, 1, 1, 0, groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) + self.conv1(x) + x
+
+
+class ChannelMixer(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.m = nn.Sequential(ConvBN(channels, 2 * channels), nn.GELU(),
+                               ConvBN(2 * channels, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.m(x)
+
+
+class RepViTBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, use_se: bool) -> None:
+        super().__init__()
+        se: nn.Module = SqueezeExcite(cin) if use_se else nn.Identity()
+        if stride == 2:
+            self.token_mixer = nn.Sequential(ConvBN(cin, cin, 3, 2, 1, groups=cin), se,
+                                             ConvBN(cin, cout))
+        else:
+            if cin != cout:
+                raise ValueError("a stride-1 RepViT block keeps its width")
+            self.token_mixer = nn.Sequential(RepVGGDW(cin), se)
+        self.channel_mixer = ChannelMixer(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.channel_mixer(self.token_mixer(x))
+
+
+class Upsample2x(nn.Module):
+    def __init__(self, mode: UpsampleMode) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
+
+
+class FuseStage3(nn.Module):
+    def __init__(self, cin: int, mode: UpsampleMode) -> None:
+        super().__init__()
+        self.op_list = nn.ModuleList([nn.Conv2d(cin, 256, 1, bias=False), Upsample2x(mode)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.op_list:
+            x = op(x)
+        return x
+
+
+class RepViTEncoder(nn.Module):
+    """RepViT-M1 to (1, 256, 64, 64) embeddings for a 1024x1024 input."""
+
+    def __init__(self, upsample_mode: UpsampleMode = "bicubic") -> None:
+        super().__init__()
+        first = _M1_BLOCKS[0][0]
+        layers: list[nn.Module] = [
+            nn.Sequential(ConvBN(3, first // 2, 3, 2, 1), nn.GELU(), ConvBN(first // 2, first, 3, 2, 1))
+        ]
+        cin = first
+        for cout, stride, use_se in _M1_BLOCKS:
+            layers.append(RepViTBlock(cin, cout, stride, use_se))
+            cin = cout
+        self.features = nn.ModuleList(layers)
+        self.fuse_stage2 = nn.Conv2d(_M1_BLOCKS[_STAGE2_END - 1][0], 256, 1, bias=False)
+        self.fuse_stage3 = FuseStage3(cin, upsample_mode)
+        self.neck = nn.Sequential(
+            nn.Conv2d(256, 256, 1, bias=False), LayerNorm2d(256),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), LayerNorm2d(256),
+        )
+
+    @property
+    def upsample_mode(self) -> UpsampleMode:
+        up = self.fuse_stage3.op_list[1]
+        assert isinstance(up, Upsample2x)
+        return up.mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        stage2 = x
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == _STAGE2_END:
+                stage2 = x
+        return self.neck(self.fuse_stage2(stage2) + self.fuse_stage3(x))
+
+
+class SamModel(nn.Module):
+    """Image encoder + SAM heads under the checkpoint's top-level names."""
+
+    def __init__(self, image_encoder: nn.Module, num_mask_tokens: int = 4) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = PromptEncoder()
+        self.mask_decoder = MaskDecoder(num_mask_tokens=num_mask_tokens)
+
+
+def build_edge_sam(upsample_mode: UpsampleMode = "bicubic") -> SamModel:
+    return SamModel(RepViTEncoder(upsample_mode), num_mask_tokens=4)
+
+
+EDGE_SAM = register(
+    ModelSpec(
+        name="edge_sam",
+        family="EdgeSAM",
+        description="EdgeSAM (RepViT-M1 encoder, 4 mask tokens): edge_sam.pth / edge_sam_3x.pth",
+        img_size=1024,
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        num_mask_tokens=4,
+        embed_shape=(256, 64, 64),
+        layout="edge_sam.json",
+        signature_prefixes=("image_encoder.features.", "image_encoder.fuse_stage3."),
+        upsample_modes=("bicubic", "bilinear"),
+        builder=build_edge_sam,
+    )
+)

@@ -1,0 +1,73 @@
+"""The model registry: one `ModelSpec` per supported checkpoint family.
+
+A spec is the single source of truth an exporter, the parity checker and the device-side
+processing read: input size, normalisation, mask tokens, embedding shape, the checkpoint layout
+that ships with the package (for synthetic weights and key checks) and the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    description: str
+    img_size: int
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+    num_mask_tokens: int
+    embed_shape: tuple[int, int, int]
+    layout: str  # JSON file under edgesam_export/models/layouts/
+    signature_prefixes: tuple[str, ...]  # key prefixes that identify this family's checkpoints
+    builder: Callable[..., nn.Module] = field(repr=False)
+    upsample_modes: tuple[str, ...] = ()  # first one is the default; () = no such option
+
+    @property
+    def default_upsample(self) -> str | None:
+        return self.upsample_modes[0] if self.upsample_modes else None
+
+    def build(self, upsample_mode: str | None = None) -> nn.Module:
+        """A fresh model with uninitialised weights, in eval mode."""
+        if self.upsample_modes:
+            mode = upsample_mode or self.upsample_modes[0]
+            if mode not in self.upsample_modes:
+                raise InputError(
+                    f"{self.name}: upsample mode {mode!r} is not one of {list(self.upsample_modes)}"
+                )
+            model = self.builder(upsample_mode=mode)
+        else:
+            if upsample_mode is not None:
+                raise InputError(f"{self.name} has no neck upsampling option; drop --upsample")
+            model = self.builder()
+        return model.eval()
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(
+            f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def list_specs() -> list[ModelSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
