@@ -86,7 +86,7 @@ def synth_state_dict(spec_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -206,7 +206,7 @@ def load_model(
     else:
         path = Path(checkpoint)
         state = read_checkpoint(path)
-        source, synthetic, digest = str(path), False, _file_sha256(path)
+        source, synthetic, digest = str(path), False, file_sha256(path)
     _check_keys(spec, net, state, source)
     expected = net.state_dict()
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}

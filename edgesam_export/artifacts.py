@@ -1,0 +1,131 @@
+"""Artifacts on disk: atomic writes, metadata every backend records, the build manifest.
+
+An interrupted or failed export must never leave a file that looks finished: everything is
+written under a temporary name in the destination directory and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .graphs import TensorSpec
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One exported graph: where it is, what it computes, and how it was made."""
+
+    path: Path
+    backend: str
+    graph: str  # "encoder" | "decoder"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def sha256(self) -> str:
+        return path_sha256(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path.name,
+            "backend": self.backend,
+            "graph": self.graph,
+            "sha256": self.sha256(),
+            "inputs": [asdict(t) for t in self.inputs],
+            "outputs": [asdict(t) for t in self.outputs],
+            "metadata": self.metadata,
+        }
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's files in sorted order (for .mlpackage bundles)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `dest` only if the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"exporter produced nothing at {tmp}")
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(dest: Path, payload: Any) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def base_metadata(*, spec_name: str, family: str, graph: str, img_size: int,
+                  pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
+                  num_mask_tokens: int, use_stability_score: bool, upsample: str | None,
+                  source: str, synthetic: bool, checkpoint_sha256: str | None) -> dict[str, str]:
+    """Everything a runtime or the parity checker needs to know, as strings (ONNX metadata_props).
+
+    No timestamps or absolute paths: re-exporting the same checkpoint must give identical bytes.
+    """
+    return {
+        "edgesam_export.version": __version__,
+        "model": spec_name,
+        "family": family,
+        "graph": graph,
+        "img_size": str(img_size),
+        "pixel_mean": json.dumps(list(pixel_mean)),
+        "pixel_std": json.dumps(list(pixel_std)),
+        "num_mask_tokens": str(num_mask_tokens),
+        "use_stability_score": str(use_stability_score).lower(),
+        "upsample_mode": upsample or "none",
+        "weights": "synthetic-untrained" if synthetic else "checkpoint",
+        "weights_source": source if synthetic else Path(source).name,
+        "checkpoint_sha256": checkpoint_sha256 or "",
+    }
+
+
+def write_manifest(out_dir: Path, artifacts: list[Artifact], **extra: Any) -> Path:
+    """Merge these artifacts into out_dir/manifest.json (hashes, versions, optional verdicts)."""
+    dest = out_dir / MANIFEST_NAME
+    current: dict[str, Any] = {}
+    if dest.exists():
+        with contextlib.suppress(json.JSONDecodeError):
+            current = json.loads(dest.read_text())
+    entries = {a["path"]: a for a in current.get("artifacts", [])}
+    for art in artifacts:
+        entries[art.path.name] = art.to_json()
+    current.update(extra)
+    current["tool"] = {"name": "edgesam-export", "version": __version__}
+    current["artifacts"] = [entries[k] for k in sorted(entries)]
+    write_json_atomic(dest, current)
+    return dest

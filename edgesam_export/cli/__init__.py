@@ -1,0 +1,45 @@
+"""Thin Typer apps: parse, call the library, render with Rich, map errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+import typer
+from rich.console import Console
+
+from ..errors import EdgeSamExportError, ExitCode
+
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def guarded(debug: bool = False) -> Iterator[None]:
+    """Turn library errors into one clear line and their exit code; bugs into exit 1."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except EdgeSamExportError as exc:
+        if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
+            err_console.print_exception()
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted: nothing half-written was left in place[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
+            err_console.print_exception()
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            "Re-run with --debug for the traceback and please report it."
+        )
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def progress(step: str) -> None:
+    """Progress lines go to stderr so that `--json -` output on stdout stays machine-readable."""
+    err_console.print(f"[dim]•[/] {step}")

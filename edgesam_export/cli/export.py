@@ -1,0 +1,195 @@
+"""`edgesam-export`: export graphs to ONNX (CoreML and TensorRT next) and check parity."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import ExitCode, InputError
+from . import console, err_console, guarded, progress
+
+app = typer.Typer(
+    name="edgesam-export",
+    help=(
+        "Export Segment Anything family checkpoints (EdgeSAM first) to ONNX and verify them"
+        " against PyTorch. Without CKPT, deterministic synthetic (untrained) weights are used."
+        "\n\nExit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, options),"
+        " 4 parity failed, 5 artifact unreadable, 6 backend not installed, 7 export failed."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CkptArg = Annotated[
+    Optional[Path],  # noqa: UP045  (Typer needs Optional on 3.10)
+    typer.Argument(help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
+                   show_default=False),
+]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
+SeedOpt = Annotated[int, typer.Option(help="Synthetic-weight seed (only without CKPT).")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
+JsonOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--json", help="Write a machine-readable report here ('-' for stdout)."),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+def _emit_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    text = json.dumps(payload, indent=2, sort_keys=True)
+    if str(path) == "-":
+        typer.echo(text)
+    else:
+        from ..artifacts import write_json_atomic
+
+        write_json_atomic(path, payload)
+
+
+def _render_parity(report: Any) -> None:
+    table = Table(title="Parity against PyTorch (worst case per check)")
+    for col in ("artifact", "check", "max abs", "tolerance", "mean abs", "rel", "cosine",
+                "mask IoU", "verdict"):
+        table.add_column(col, justify="left" if col in ("artifact", "check") else "right")
+    for row in report.summary():
+        iou = f"{row['min_mask_iou']:.4f}" if "min_mask_iou" in row else "-"
+        verdict = "[green]pass[/]" if row["passed"] else "[bold red]FAIL[/]"
+        table.add_row(row["artifact"], row["check"], f"{row['max_abs']:.2e}",
+                      f"{row['tolerance']:.0e}", f"{row['mean_abs']:.2e}", f"{row['rel']:.2e}",
+                      f"{row['cosine']:.6f}", iou, verdict)
+    console.print(table)
+    for err in report.errors:
+        err_console.print(f"[bold red]unreadable:[/] {err['artifact']}: {err['error']}")
+
+
+def _parity_exit(report: Any) -> None:
+    if report.errors:
+        raise typer.Exit(int(ExitCode.ARTIFACT_UNREADABLE))
+    if not report.passed:
+        raise typer.Exit(int(ExitCode.PARITY_FAILED))
+
+
+@app.command("onnx")
+def onnx_cmd(
+    checkpoint: CkptArg = None,
+    encoder: Annotated[bool, typer.Option("--encoder", help="Export only the encoder.")] = False,
+    decoder: Annotated[bool, typer.Option("--decoder", help="Export only the decoder.")] = False,
+    use_stability_score: Annotated[
+        bool, typer.Option("--use-stability-score",
+                           help="Decoder `scores` output holds stability scores, not IoU.")] = False,
+    upsample: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Neck upsampling: bicubic (trained, default) or bilinear (official"
+                          " exports).", show_default=False)] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
+    verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
+    output: OutputOpt = Path("artifacts"),
+    model: ModelOpt = "edge_sam",
+    seed: SeedOpt = 0,
+    json_path: JsonOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
+    from ..config import ModelOptions, OnnxOptions
+    from ..pipeline import export_artifacts, verify_artifacts
+
+    with guarded(debug):
+        graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
+        if upsample is not None and upsample not in ("bicubic", "bilinear"):
+            raise InputError(f"--upsample must be bicubic or bilinear, not {upsample!r}")
+        try:
+            mopts = ModelOptions(model=model, checkpoint=checkpoint, seed=seed, upsample=upsample)
+            eopts = OnnxOptions(graphs=graphs or ("encoder", "decoder"),
+                                use_stability_score=use_stability_score, opset=opset,
+                                simplify=simplify, output=output)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if checkpoint is None:
+            err_console.print(
+                "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED"
+                f" weights (seed {seed}). Masks will not follow the image.[/]"
+            )
+        t0 = time.perf_counter()
+        loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
+        export_s = time.perf_counter() - t0
+        table = Table(title=f"ONNX artifacts ({loaded.spec.family}, {loaded.source})")
+        for col in ("graph", "file", "size", "sha256"):
+            table.add_column(col)
+        for a in artifacts:
+            size = a.path.stat().st_size / 1e6
+            table.add_row(a.graph, str(a.path), f"{size:.1f} MB", a.sha256()[:16])
+        console.print(table)
+        payload: dict[str, Any] = {
+            "artifacts": [a.to_json() | {"path": str(a.path)} for a in artifacts],
+            "export_seconds": round(export_s, 2),
+        }
+        report = None
+        if verify:
+            report = verify_artifacts(checkpoint, output, progress, loaded=loaded)
+            _render_parity(report)
+            payload["parity"] = report.to_json()
+        _emit_json(json_path, payload)
+        console.print(f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
+                      + ("" if report is None else
+                         f"; parity {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"))
+        if report is not None:
+            _parity_exit(report)
+
+
+@app.command("parity")
+def parity_cmd(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="[CKPT] ARTIFACT_DIR: the checkpoint the artifacts came from (omit"
+                            " for artifacts exported from synthetic weights) and their directory.",
+                       show_default=False),
+    ],
+    json_path: JsonOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare every artifact in ARTIFACT_DIR with the PyTorch graphs; non-zero exit on failure.
+
+    Options (model, upsample mode, stability flag) are read from the artifacts' metadata.
+    Exit 4 when an output is outside tolerance, 5 when an artifact cannot be read or run.
+    """
+    from ..pipeline import verify_artifacts
+
+    with guarded(debug):
+        if len(paths) not in (1, 2):
+            raise InputError("expected [CKPT] ARTIFACT_DIR")
+        checkpoint, artifact_dir = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
+        report = verify_artifacts(checkpoint, artifact_dir, progress)
+        _render_parity(report)
+        _emit_json(json_path, report.to_json())
+        console.print("parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"))
+        _parity_exit(report)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models."""
+    from ..models import list_specs
+
+    table = Table(title="Registered models")
+    for col in ("name", "family", "input", "mask tokens", "upsample modes", "description"):
+        table.add_column(col)
+    for s in list_specs():
+        table.add_row(s.name, s.family, str(s.img_size), str(s.num_mask_tokens),
+                      ", ".join(s.upsample_modes) or "-", s.description)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

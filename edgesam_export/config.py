@@ -1,0 +1,45 @@
+"""Typed options: one object per target, validated once, flowing CLI -> recipe -> exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+GraphKind = Literal["encoder", "decoder"]
+UpsampleMode = Literal["bicubic", "bilinear"]
+
+
+class ModelOptions(BaseModel):
+    """Which model and weights: a checkpoint path, or deterministic synthetic weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "edge_sam"
+    checkpoint: Path | None = None
+    seed: int = Field(0, ge=0, description="synthetic-weight seed when no checkpoint is given")
+    upsample: UpsampleMode | None = None  # None: the family default (EdgeSAM: bicubic, as trained)
+
+
+class ExportOptions(BaseModel):
+    """What every target shares: the graphs to build and where to write them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    graphs: tuple[GraphKind, ...] = ("encoder", "decoder")
+    use_stability_score: bool = False
+    output: Path = Path("artifacts")
+
+    @field_validator("graphs")
+    @classmethod
+    def _graphs_nonempty_unique(cls, v: tuple[GraphKind, ...]) -> tuple[GraphKind, ...]:
+        if not v:
+            raise ValueError("choose at least one graph (encoder, decoder)")
+        return tuple(dict.fromkeys(v))
+
+
+class OnnxOptions(ExportOptions):
+    opset: int = Field(17, ge=11, le=21)
+    simplify: bool = True
+    max_points: int = Field(16, ge=1, description="largest prompt count checked after export")

@@ -1,0 +1,270 @@
+"""Parity: the same inputs through the PyTorch reference and each artifact; metrics; verdict.
+
+Data model after Polygraphy's comparator: every runner sees the same cached feeds, metrics are
+pure shared functions, tolerances are per precision and per output. Decoders are checked twice:
+on the reference embeddings (isolates the decoder, tight tolerance: catches prompt-convention
+slips that end-to-end tolerances hide) and end to end on their own encoder's embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import processing as P
+from .runtime import Session, metadata_floats
+
+# Per-precision, per-output tolerances on max |candidate - reference|. Float32 values are about
+# 10x the largest differences measured between float32 and float64 runs of the official code
+# (see the EdgeSAM fixture README), with room for onnxruntime's kernels.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {
+        "image_embeddings": 5e-3,
+        "decoder.masks": 1e-4,
+        "decoder.scores": 5e-5,
+        "decoder.stability_scores": 5e-4,
+        "end_to_end.masks": 2e-2,
+        "end_to_end.scores": 2e-3,
+        "end_to_end.stability_scores": 5e-3,
+    },
+    "fp16": {
+        "image_embeddings": 5e-2,
+        "decoder.masks": 5e-2,
+        "decoder.scores": 1e-2,
+        "decoder.stability_scores": 2e-2,
+        "end_to_end.masks": 2e-1,
+        "end_to_end.scores": 5e-2,
+        "end_to_end.stability_scores": 5e-2,
+    },
+}
+MIN_MASK_IOU = {"fp32": 0.99, "fp16": 0.95}
+
+
+def make_test_image(height: int = 480, width: int = 640, seed: int = 7) -> np.ndarray:
+    """A structured RGB uint8 image: gradients, filled shapes with hard edges, mild noise.
+
+    Pure noise hides errors that only show on smooth regions and edges; this image has both.
+    """
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    u, v = x / max(width - 1, 1), y / max(height - 1, 1)
+    img = np.stack([40 + 160 * u, 190 - 120 * v, 60 + 120 * u * v], axis=-1)
+    shapes = [
+        ((x - 0.25 * width) ** 2 + (y - 0.3 * height) ** 2 <= (0.14 * width) ** 2, (230, 110, 40)),
+        ((x >= 0.5 * width) & (x <= 0.85 * width) & (y >= 0.12 * height) & (y <= 0.45 * height),
+         (50, 90, 200)),
+        (((x - 0.7 * width) / (0.18 * width)) ** 2 + ((y - 0.75 * height) / (0.15 * height)) ** 2
+         <= 1, (160, 60, 170)),
+        (np.abs(x - 0.2 * width) + np.abs(y - 0.78 * height) <= 0.12 * height, (240, 225, 210)),
+    ]
+    for mask, colour in shapes:
+        img[mask] = colour
+    img += np.random.default_rng(seed).normal(0.0, 3.0, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """One decoder call: B prompt sets of N points in the S frame (what the graph takes)."""
+
+    name: str
+    point_coords: np.ndarray  # (B, N, 2) float32
+    point_labels: np.ndarray  # (B, N) float32
+
+
+def prompt_cases(img_size: int, input_size: tuple[int, int], seed: int = 0) -> list[PromptCase]:
+    """Points, negative points, boxes, box + point, 1..16 points, and a batch of boxes."""
+    h, w = input_size
+    rng = np.random.default_rng(seed)
+
+    def pts(*xy: tuple[float, float]) -> np.ndarray:
+        return np.array([[[px * w, py * h] for px, py in xy]], dtype=np.float32)
+
+    def lab(*labels: float) -> np.ndarray:
+        return np.array([labels], dtype=np.float32)
+
+    cases = [
+        PromptCase("1 positive point", pts((0.25, 0.3)), lab(1)),
+        PromptCase("point + padding", pts((0.25, 0.3), (0, 0)), lab(1, -1)),
+        PromptCase("2 positive + 1 negative", pts((0.6, 0.2), (0.8, 0.4), (0.25, 0.3)),
+                   lab(1, 1, 0)),
+        PromptCase("box", pts((0.52, 0.6), (0.9, 0.92)), lab(2, 3)),
+        PromptCase("point + box", pts((0.2, 0.78), (0.08, 0.6), (0.35, 0.95)), lab(1, 2, 3)),
+    ]
+    for n in (5, 16):
+        coords = (rng.random((1, n, 2)) * [w, h]).astype(np.float32)
+        labels = rng.integers(0, 2, (1, n)).astype(np.float32)
+        cases.append(PromptCase(f"{n} random points", coords, labels))
+    boxes = []
+    for _ in range(3):
+        x0, y0 = rng.random(2) * [0.6 * w, 0.6 * h]
+        bw, bh = (0.1 + 0.3 * rng.random(2)) * [w, h]
+        boxes.append([[x0, y0], [x0 + bw, y0 + bh]])
+    cases.append(PromptCase("batch of 3 boxes", np.array(boxes, dtype=np.float32),
+                            np.tile(np.array([[2, 3]], dtype=np.float32), (3, 1))))
+    return cases
+
+
+def compare_arrays(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """max/mean abs error, relative error (max abs over max |ref|), cosine similarity."""
+    c = np.asarray(candidate, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if c.shape != r.shape:
+        return {"shape_mismatch": 1.0, "max_abs": float("inf"), "mean_abs": float("inf"),
+                "rel": float("inf"), "cosine": 0.0}
+    finite = bool(np.isfinite(c).all() == np.isfinite(r).all()
+                  and np.array_equal(np.isnan(c), np.isnan(r)))
+    diff = np.abs(np.nan_to_num(c - r, nan=0.0))
+    if not finite:
+        diff = np.full_like(diff, np.inf)
+    ref_scale = float(np.nanmax(np.abs(r))) if r.size else 0.0
+    cn, rn = np.nan_to_num(c).ravel(), np.nan_to_num(r).ravel()
+    denom = float(np.linalg.norm(cn) * np.linalg.norm(rn))
+    return {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "rel": float(diff.max() / ref_scale) if ref_scale > 0 and diff.size else 0.0,
+        "cosine": float(cn @ rn / denom) if denom > 0 else float(np.array_equal(cn, rn)),
+    }
+
+
+def mask_metrics(candidate_logits: np.ndarray, reference_logits: np.ndarray,
+                 candidate_scores: np.ndarray, reference_scores: np.ndarray) -> dict[str, float]:
+    """Minimum IoU of the thresholded masks and the share of prompt sets with the same best mask."""
+    c = candidate_logits > 0.0
+    r = reference_logits > 0.0
+    inter = np.logical_and(c, r).sum(axis=(-1, -2))
+    union = np.logical_or(c, r).sum(axis=(-1, -2))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    agree = np.argmax(candidate_scores, axis=-1) == np.argmax(reference_scores, axis=-1)
+    return {"min_mask_iou": float(iou.min()), "top_mask_agreement": float(agree.mean())}
+
+
+@dataclass
+class Comparison:
+    artifact: str
+    backend: str
+    check: str  # e.g. "image_embeddings", "decoder.masks", "end_to_end.scores"
+    case: str
+    metrics: dict[str, float]
+    tolerance: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    comparisons: list[Comparison] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)  # artifacts that could not run
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors and bool(self.comparisons) and all(c.passed for c in self.comparisons)
+
+    def failures(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.passed]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Worst case per (artifact, check): what the table and CI logs show."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for c in self.comparisons:
+            key = (c.artifact, c.check)
+            row = rows.setdefault(key, {"artifact": c.artifact, "backend": c.backend,
+                                        "check": c.check, "tolerance": c.tolerance,
+                                        "max_abs": 0.0, "mean_abs": 0.0, "rel": 0.0,
+                                        "cosine": 1.0, "passed": True, "cases": 0,
+                                        "worst_case": c.case})
+            row["cases"] += 1
+            if c.metrics["max_abs"] >= row["max_abs"]:
+                row["worst_case"] = c.case
+            row["max_abs"] = max(row["max_abs"], c.metrics["max_abs"])
+            row["mean_abs"] = max(row["mean_abs"], c.metrics["mean_abs"])
+            row["rel"] = max(row["rel"], c.metrics["rel"])
+            row["cosine"] = min(row["cosine"], c.metrics["cosine"])
+            for k in ("min_mask_iou", "top_mask_agreement"):
+                if k in c.metrics:
+                    row[k] = min(row.get(k, 1.0), c.metrics[k])
+            row["passed"] = row["passed"] and c.passed
+        return list(rows.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "summary": self.summary(),
+            "errors": self.errors,
+            "inputs": self.inputs,
+            "comparisons": [asdict(c) for c in self.comparisons],
+        }
+
+
+def _judge(report: ParityReport, artifact: str, backend: str, check: str, case: str,
+           metrics: dict[str, float], precision: str) -> None:
+    tol = TOLERANCES[precision][check]
+    ok = metrics["max_abs"] <= tol and "shape_mismatch" not in metrics
+    if "min_mask_iou" in metrics:
+        ok = ok and metrics["min_mask_iou"] >= MIN_MASK_IOU[precision]
+    report.comparisons.append(Comparison(artifact, backend, check, case, metrics, tol, ok))
+
+
+def check(
+    reference_encoder: Session,
+    reference_decoders: dict[bool, Session],
+    encoders: Sequence[tuple[str, Session]],
+    decoders: Sequence[tuple[str, Session]],
+    *,
+    image: np.ndarray | None = None,
+    precision: str = "fp32",
+    report: ParityReport | None = None,
+) -> ParityReport:
+    """Run every candidate on the same inputs as the reference and judge each output.
+
+    `reference_decoders` maps use_stability_score -> reference decoder session; each candidate
+    decoder is compared with the reference of its own flavour (read from its metadata).
+    """
+    report = report or ParityReport()
+    image = make_test_image() if image is None else image
+    meta = reference_encoder.metadata
+    img_size = int(meta["img_size"])
+    tensor, info = P.preprocess(image, img_size, metadata_floats(meta, "pixel_mean"),
+                                metadata_floats(meta, "pixel_std"))
+    report.inputs = {"image_shape": list(image.shape), "img_size": img_size,
+                     "precision": precision}
+    ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
+    embeddings = {"reference": ref_emb}
+    for name, enc in encoders:
+        emb = enc.run({"image": tensor})["image_embeddings"]
+        embeddings[name] = emb
+        _judge(report, name, enc.backend, "image_embeddings", "test image",
+               compare_arrays(emb, ref_emb), precision)
+
+    cases = prompt_cases(img_size, info.input_size)
+    report.inputs["prompt_cases"] = [c.name for c in cases]
+    own_embedding = next(iter(embeddings[n] for n, _ in encoders), None)
+    for name, dec in decoders:
+        stab = dec.metadata.get("use_stability_score", "false") == "true"
+        ref_dec = reference_decoders[stab]
+        tag = " (stability)" if stab else ""
+        for case in cases:
+            feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
+            ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
+            out = dec.run({"image_embeddings": ref_emb, **feeds})
+            score_check = "decoder.stability_scores" if stab else "decoder.scores"
+            _judge(report, name, dec.backend, score_check, case.name + tag,
+                   compare_arrays(out["scores"], ref["scores"]), precision)
+            metrics = compare_arrays(out["masks"], ref["masks"])
+            metrics.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
+            _judge(report, name, dec.backend, "decoder.masks", case.name + tag, metrics, precision)
+            if own_embedding is not None:
+                e2e = dec.run({"image_embeddings": own_embedding, **feeds})
+                score_check = "end_to_end.stability_scores" if stab else "end_to_end.scores"
+                _judge(report, name, dec.backend, score_check, case.name + tag,
+                       compare_arrays(e2e["scores"], ref["scores"]), precision)
+                metrics = compare_arrays(e2e["masks"], ref["masks"])
+                metrics.update(mask_metrics(e2e["masks"], ref["masks"], e2e["scores"],
+                                            ref["scores"]))
+                _judge(report, name, dec.backend, "end_to_end.masks", case.name + tag, metrics,
+                       precision)
+    return report
+

@@ -1,0 +1,38 @@
+"""Backends behind one small interface: `Target.export(loaded, graph, options) -> Artifact`.
+
+A new backend is one module here plus one runtime session in `edgesam_export.runtime`; the CLI,
+recipes and the parity checker find it through `get_target`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts import Artifact
+from ..config import ExportOptions, GraphKind
+from ..errors import InputError
+from ..models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    suffix: str  # file or bundle suffix of the artifacts, e.g. ".onnx"
+    export: Callable[[LoadedModel, GraphKind, ExportOptions], Artifact]
+
+
+def artifact_path(loaded: LoadedModel, graph: GraphKind, options: ExportOptions,
+                  suffix: str) -> Path:
+    """`<stem>_<graph>[_stability]<suffix>`; the stem is the checkpoint's, or the model name."""
+    stem = Path(loaded.source).stem if not loaded.synthetic else loaded.spec.name
+    tag = "_stability" if graph == "decoder" and options.use_stability_score else ""
+    return options.output / f"{stem}_{graph}{tag}{suffix}"
+
+
+def get_target(name: str) -> Target:
+    if name == "onnx":
+        from .onnx import TARGET
+        return TARGET
+    raise InputError(f"unknown target {name!r}; available: onnx")

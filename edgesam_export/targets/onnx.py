@@ -1,0 +1,122 @@
+"""ONNX export: TorchScript-traced graphs, simplified with onnxslim, metadata and atomic writes.
+
+The simplified file is the one written and tested. Same checkpoint and options give the same
+bytes: no timestamps, deterministic tracing inputs, sorted metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import torch
+
+from ..artifacts import Artifact, atomic_path, base_metadata
+from ..config import ExportOptions, GraphKind, OnnxOptions
+from ..errors import BackendUnavailableError, ExportFailedError
+from ..graphs import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    DecoderGraph,
+    EncoderGraph,
+    decoder_io,
+    encoder_io,
+)
+from ..models import LoadedModel
+from . import Target, artifact_path
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxslim
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"ONNX export needs onnx and onnxslim ({exc.name} is missing):"
+            " pip install 'edgesam-export[onnx]'"
+        ) from None
+    return onnx, onnxslim
+
+
+def build_graph(loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
+                ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The module to trace and deterministic example inputs for it."""
+    spec = loaded.spec
+    gen = torch.Generator().manual_seed(0)
+    if graph == "encoder":
+        module: torch.nn.Module = EncoderGraph(loaded.model.image_encoder)
+        args: tuple[torch.Tensor, ...] = (
+            torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
+        )
+    else:
+        module = DecoderGraph(loaded.model, spec.img_size, use_stability_score)
+        # B=2, N=3 while tracing so neither axis is specialised to 1.
+        args = (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * spec.img_size,
+            torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
+        )
+    return module.eval(), args
+
+
+def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
+    if not isinstance(options, OnnxOptions):
+        options = OnnxOptions(**options.model_dump())
+    onnx, onnxslim = _require_onnx()
+    spec = loaded.spec
+    module, args = build_graph(loaded, graph, options.use_stability_score)
+    if graph == "encoder":
+        inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
+        names_in, names_out, dynamic = ENCODER_INPUTS, ENCODER_OUTPUTS, None
+    else:
+        inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+        names_in, names_out = DECODER_INPUTS, DECODER_OUTPUTS
+        dynamic = {
+            "point_coords": {0: "batch", 1: "num_points"},
+            "point_labels": {0: "batch", 1: "num_points"},
+            "scores": {0: "batch"},
+            "masks": {0: "batch"},
+        }
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, buffer, dynamo=False, opset_version=options.opset,
+                input_names=list(names_in), output_names=list(names_out),
+                dynamic_axes=dynamic, do_constant_folding=True,
+            )
+        proto = onnx.load_from_string(buffer.getvalue())
+        if options.simplify:
+            proto = onnxslim.slim(proto)
+        metadata = base_metadata(
+            spec_name=spec.name, family=spec.family, graph=graph, img_size=spec.img_size,
+            pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std,
+            num_mask_tokens=spec.num_mask_tokens,
+            use_stability_score=options.use_stability_score and graph == "decoder",
+            upsample=loaded.upsample_mode, source=loaded.source, synthetic=loaded.synthetic,
+            checkpoint_sha256=loaded.sha256,
+        )
+        metadata["onnx.opset"] = str(options.opset)
+        metadata["onnx.simplified"] = str(options.simplify).lower()
+        del proto.metadata_props[:]
+        for key in sorted(metadata):
+            proto.metadata_props.add(key=key, value=metadata[key])
+        proto.producer_name = "edgesam-export"
+        proto.producer_version = metadata["edgesam_export.version"]
+        proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
+        onnx.checker.check_model(proto)
+        data = proto.SerializeToString()
+    except Exception as exc:  # the exporter's own errors are many and untyped
+        raise ExportFailedError(f"ONNX export of the {spec.name} {graph} failed: {exc}") from exc
+    dest = artifact_path(loaded, graph, options, ".onnx")
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Artifact(path=dest, backend="onnx", graph=graph, inputs=inputs, outputs=outputs,
+                    metadata=metadata)
+
+
+TARGET = Target(name="onnx", suffix=".onnx", export=export)
