@@ -89,10 +89,21 @@ def write_json_atomic(dest: Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def base_metadata(*, spec_name: str, family: str, graph: str, img_size: int,
-                  pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
-                  num_mask_tokens: int, use_stability_score: bool, upsample: str | None,
-                  source: str, synthetic: bool, checkpoint_sha256: str | None) -> dict[str, str]:
+def base_metadata(
+    *,
+    spec_name: str,
+    family: str,
+    graph: str,
+    img_size: int,
+    pixel_mean: tuple[float, ...],
+    pixel_std: tuple[float, ...],
+    num_mask_tokens: int,
+    use_stability_score: bool,
+    upsample: str | None,
+    source: str,
+    synthetic: bool,
+    checkpoint_sha256: str | None,
+) -> dict[str, str]:
     """Everything a runtime or the parity checker needs to know, as strings (ONNX metadata_props).
 
     No timestamps or absolute paths: re-exporting the same checkpoint must give identical bytes.

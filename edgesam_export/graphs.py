@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ENCODER_INPUTS = ("image",)
@@ -35,15 +36,18 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-def encoder_io(img_size: int, embed_shape: tuple[int, int, int]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def encoder_io(
+    img_size: int, embed_shape: tuple[int, int, int]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return (
         [TensorSpec("image", "float32", (1, 3, img_size, img_size))],
         [TensorSpec("image_embeddings", "float32", (1, *embed_shape))],
     )
 
 
-def decoder_io(embed_shape: tuple[int, int, int], num_mask_tokens: int
-               ) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def decoder_io(
+    embed_shape: tuple[int, int, int], num_mask_tokens: int
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     _, h, w = embed_shape
     return (
         [
@@ -58,8 +62,9 @@ def decoder_io(embed_shape: tuple[int, int, int], num_mask_tokens: int
     )
 
 
-def stability_score(masks: Tensor, threshold: float = MASK_THRESHOLD,
-                    offset: float = STABILITY_OFFSET) -> Tensor:
+def stability_score(
+    masks: Tensor, threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET
+) -> Tensor:
     """count(logit > t + o) / count(logit > t - o) per mask, in float32 only.
 
     Counts are sums of 0/1 float32 values: exact below 2**24 pixels, and unlike the official
@@ -84,25 +89,102 @@ class EncoderGraph(nn.Module):
         return self.image_encoder(image)
 
 
-class DecoderGraph(nn.Module):
-    """(image_embeddings, point_coords, point_labels) -> (scores, masks), all mask tokens."""
+def _deconv2x2_as_matrix(deconv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
+    """A 2x2 stride-2 transposed conv as one (Cin, 4*Cout) matrix over channels-last pixels.
 
-    def __init__(self, model: nn.Module, img_size: int, use_stability_score: bool = False) -> None:
+    Column (a*2 + b)*Cout + o produces output sub-pixel (a, b) of channel o: the same dot
+    products as the convolution, as one large GEMM instead of ConvTranspose's scatter.
+    """
+    w = deconv.weight.detach()  # (Cin, Cout, 2, 2)
+    if w.shape[2:] != (2, 2) or deconv.stride != (2, 2) or deconv.bias is None:
+        raise ValueError("expected a 2x2, stride-2 transposed convolution with bias")
+    cin, cout = w.shape[:2]
+    return w.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(), deconv.bias.detach().repeat(4)
+
+
+class DecoderGraph(nn.Module):
+    """(image_embeddings, point_coords, point_labels) -> (scores, masks), all mask tokens.
+
+    `optimized=False` runs the mask decoder exactly as the official code does (the parity
+    reference). `optimized=True` (what is exported) computes the same function in a layout that
+    runtimes execute faster:
+    - image tokens stay batch 1 and broadcast against the B prompt sets, so the first layer's
+      image-side projections run once, and no Expand copies of the 4 MB embeddings are made;
+    - the positional encoding is a channels-last constant (no runtime transpose);
+    - output upscaling runs channels-last: each 2x2 transposed conv is one GEMM, LayerNorm2d is a
+      last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
+      instead of to the 32 feature channels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        img_size: int,
+        use_stability_score: bool = False,
+        optimized: bool = False,
+    ) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.img_size = img_size
         self.use_stability_score = use_stability_score
+        self.optimized = optimized
         with torch.no_grad():
-            self.register_buffer("image_pe", self.prompt_encoder.dense_pe(), persistent=False)
-            self.register_buffer("dense_embedding", self.prompt_encoder.dense_embedding().clone(),
-                                 persistent=False)
+            image_pe = self.prompt_encoder.dense_pe()
+            self.register_buffer("image_pe", image_pe, persistent=False)
+            self.register_buffer(
+                "image_pe_tokens", image_pe.flatten(2).permute(0, 2, 1).clone(), persistent=False
+            )
+            self.register_buffer(
+                "dense_embedding", self.prompt_encoder.dense_embedding().clone(), persistent=False
+            )
+            up = self.mask_decoder.output_upscaling
+            w1, b1 = _deconv2x2_as_matrix(up[0])
+            w2, b2 = _deconv2x2_as_matrix(up[3])
+            self.register_buffer("up1_weight", w1, persistent=False)
+            self.register_buffer("up1_bias", b1, persistent=False)
+            self.register_buffer("up2_weight", w2, persistent=False)
+            self.register_buffer("up2_bias", b2, persistent=False)
+        self.up1_norm_shape = (int(b1.shape[0]) // 4,)
 
-    def forward(self, image_embeddings: Tensor, point_coords: Tensor,
-                point_labels: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels, self.img_size)
-        masks, scores = self.mask_decoder.predict(image_embeddings, self.image_pe, sparse,
-                                                  self.dense_embedding)
+        if self.optimized:
+            masks, scores = self._predict_channels_last(image_embeddings, sparse)
+        else:
+            masks, scores = self.mask_decoder.predict(
+                image_embeddings, self.image_pe, sparse, self.dense_embedding
+            )
         if self.use_stability_score:
             scores = stability_score(masks)
         return scores, masks
+
+    def _predict_channels_last(
+        self, image_embeddings: Tensor, sparse: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        dec = self.mask_decoder
+        batch = sparse.shape[0]
+        _, c, h, w = image_embeddings.shape
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
+        keys = image_embeddings.flatten(2).permute(0, 2, 1) + self.dense_embedding.reshape(1, 1, c)
+        hs, src = dec.transformer(keys, self.image_pe_tokens, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+
+        up = dec.output_upscaling
+        norm = up[1]
+        x = (src @ self.up1_weight + self.up1_bias).reshape(batch, h * w * 4, -1)
+        x = F.gelu(F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps))
+        x = F.gelu(x @ self.up2_weight + self.up2_bias).reshape(batch, h * w * 16, -1)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        k = dec.num_mask_tokens
+        # Rows of x are ordered (i, j, a, b, c, d): pixel (4i + 2a + c, 4j + 2b + d).
+        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
+        masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
+        return masks, dec.iou_prediction_head(iou_token_out)

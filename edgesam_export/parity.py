@@ -53,10 +53,15 @@ def make_test_image(height: int = 480, width: int = 640, seed: int = 7) -> np.nd
     img = np.stack([40 + 160 * u, 190 - 120 * v, 60 + 120 * u * v], axis=-1)
     shapes = [
         ((x - 0.25 * width) ** 2 + (y - 0.3 * height) ** 2 <= (0.14 * width) ** 2, (230, 110, 40)),
-        ((x >= 0.5 * width) & (x <= 0.85 * width) & (y >= 0.12 * height) & (y <= 0.45 * height),
-         (50, 90, 200)),
-        (((x - 0.7 * width) / (0.18 * width)) ** 2 + ((y - 0.75 * height) / (0.15 * height)) ** 2
-         <= 1, (160, 60, 170)),
+        (
+            (x >= 0.5 * width) & (x <= 0.85 * width) & (y >= 0.12 * height) & (y <= 0.45 * height),
+            (50, 90, 200),
+        ),
+        (
+            ((x - 0.7 * width) / (0.18 * width)) ** 2 + ((y - 0.75 * height) / (0.15 * height)) ** 2
+            <= 1,
+            (160, 60, 170),
+        ),
         (np.abs(x - 0.2 * width) + np.abs(y - 0.78 * height) <= 0.12 * height, (240, 225, 210)),
     ]
     for mask, colour in shapes:
@@ -88,8 +93,9 @@ def prompt_cases(img_size: int, input_size: tuple[int, int], seed: int = 0) -> l
     cases = [
         PromptCase("1 positive point", pts((0.25, 0.3)), lab(1)),
         PromptCase("point + padding", pts((0.25, 0.3), (0, 0)), lab(1, -1)),
-        PromptCase("2 positive + 1 negative", pts((0.6, 0.2), (0.8, 0.4), (0.25, 0.3)),
-                   lab(1, 1, 0)),
+        PromptCase(
+            "2 positive + 1 negative", pts((0.6, 0.2), (0.8, 0.4), (0.25, 0.3)), lab(1, 1, 0)
+        ),
         PromptCase("box", pts((0.52, 0.6), (0.9, 0.92)), lab(2, 3)),
         PromptCase("point + box", pts((0.2, 0.78), (0.08, 0.6), (0.35, 0.95)), lab(1, 2, 3)),
     ]
@@ -102,8 +108,13 @@ def prompt_cases(img_size: int, input_size: tuple[int, int], seed: int = 0) -> l
         x0, y0 = rng.random(2) * [0.6 * w, 0.6 * h]
         bw, bh = (0.1 + 0.3 * rng.random(2)) * [w, h]
         boxes.append([[x0, y0], [x0 + bw, y0 + bh]])
-    cases.append(PromptCase("batch of 3 boxes", np.array(boxes, dtype=np.float32),
-                            np.tile(np.array([[2, 3]], dtype=np.float32), (3, 1))))
+    cases.append(
+        PromptCase(
+            "batch of 3 boxes",
+            np.array(boxes, dtype=np.float32),
+            np.tile(np.array([[2, 3]], dtype=np.float32), (3, 1)),
+        )
+    )
     return cases
 
 
@@ -112,10 +123,16 @@ def compare_arrays(candidate: np.ndarray, reference: np.ndarray) -> dict[str, fl
     c = np.asarray(candidate, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if c.shape != r.shape:
-        return {"shape_mismatch": 1.0, "max_abs": float("inf"), "mean_abs": float("inf"),
-                "rel": float("inf"), "cosine": 0.0}
-    finite = bool(np.isfinite(c).all() == np.isfinite(r).all()
-                  and np.array_equal(np.isnan(c), np.isnan(r)))
+        return {
+            "shape_mismatch": 1.0,
+            "max_abs": float("inf"),
+            "mean_abs": float("inf"),
+            "rel": float("inf"),
+            "cosine": 0.0,
+        }
+    finite = bool(
+        np.isfinite(c).all() == np.isfinite(r).all() and np.array_equal(np.isnan(c), np.isnan(r))
+    )
     diff = np.abs(np.nan_to_num(c - r, nan=0.0))
     if not finite:
         diff = np.full_like(diff, np.inf)
@@ -130,8 +147,12 @@ def compare_arrays(candidate: np.ndarray, reference: np.ndarray) -> dict[str, fl
     }
 
 
-def mask_metrics(candidate_logits: np.ndarray, reference_logits: np.ndarray,
-                 candidate_scores: np.ndarray, reference_scores: np.ndarray) -> dict[str, float]:
+def mask_metrics(
+    candidate_logits: np.ndarray,
+    reference_logits: np.ndarray,
+    candidate_scores: np.ndarray,
+    reference_scores: np.ndarray,
+) -> dict[str, float]:
     """Minimum IoU of the thresholded masks and the share of prompt sets with the same best mask."""
     c = candidate_logits > 0.0
     r = reference_logits > 0.0
@@ -161,7 +182,9 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return not self.errors and bool(self.comparisons) and all(c.passed for c in self.comparisons)
+        return (
+            not self.errors and bool(self.comparisons) and all(c.passed for c in self.comparisons)
+        )
 
     def failures(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.passed]
@@ -171,11 +194,22 @@ class ParityReport:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for c in self.comparisons:
             key = (c.artifact, c.check)
-            row = rows.setdefault(key, {"artifact": c.artifact, "backend": c.backend,
-                                        "check": c.check, "tolerance": c.tolerance,
-                                        "max_abs": 0.0, "mean_abs": 0.0, "rel": 0.0,
-                                        "cosine": 1.0, "passed": True, "cases": 0,
-                                        "worst_case": c.case})
+            row = rows.setdefault(
+                key,
+                {
+                    "artifact": c.artifact,
+                    "backend": c.backend,
+                    "check": c.check,
+                    "tolerance": c.tolerance,
+                    "max_abs": 0.0,
+                    "mean_abs": 0.0,
+                    "rel": 0.0,
+                    "cosine": 1.0,
+                    "passed": True,
+                    "cases": 0,
+                    "worst_case": c.case,
+                },
+            )
             row["cases"] += 1
             if c.metrics["max_abs"] >= row["max_abs"]:
                 row["worst_case"] = c.case
@@ -199,8 +233,15 @@ class ParityReport:
         }
 
 
-def _judge(report: ParityReport, artifact: str, backend: str, check: str, case: str,
-           metrics: dict[str, float], precision: str) -> None:
+def _judge(
+    report: ParityReport,
+    artifact: str,
+    backend: str,
+    check: str,
+    case: str,
+    metrics: dict[str, float],
+    precision: str,
+) -> None:
     tol = TOLERANCES[precision][check]
     ok = metrics["max_abs"] <= tol and "shape_mismatch" not in metrics
     if "min_mask_iou" in metrics:
@@ -227,17 +268,24 @@ def check(
     image = make_test_image() if image is None else image
     meta = reference_encoder.metadata
     img_size = int(meta["img_size"])
-    tensor, info = P.preprocess(image, img_size, metadata_floats(meta, "pixel_mean"),
-                                metadata_floats(meta, "pixel_std"))
-    report.inputs = {"image_shape": list(image.shape), "img_size": img_size,
-                     "precision": precision}
+    tensor, info = P.preprocess(
+        image, img_size, metadata_floats(meta, "pixel_mean"), metadata_floats(meta, "pixel_std")
+    )
+    report.inputs = {"image_shape": list(image.shape), "img_size": img_size, "precision": precision}
     ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
     embeddings = {"reference": ref_emb}
     for name, enc in encoders:
         emb = enc.run({"image": tensor})["image_embeddings"]
         embeddings[name] = emb
-        _judge(report, name, enc.backend, "image_embeddings", "test image",
-               compare_arrays(emb, ref_emb), precision)
+        _judge(
+            report,
+            name,
+            enc.backend,
+            "image_embeddings",
+            "test image",
+            compare_arrays(emb, ref_emb),
+            precision,
+        )
 
     cases = prompt_cases(img_size, info.input_size)
     report.inputs["prompt_cases"] = [c.name for c in cases]
@@ -251,20 +299,41 @@ def check(
             ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
             out = dec.run({"image_embeddings": ref_emb, **feeds})
             score_check = "decoder.stability_scores" if stab else "decoder.scores"
-            _judge(report, name, dec.backend, score_check, case.name + tag,
-                   compare_arrays(out["scores"], ref["scores"]), precision)
+            _judge(
+                report,
+                name,
+                dec.backend,
+                score_check,
+                case.name + tag,
+                compare_arrays(out["scores"], ref["scores"]),
+                precision,
+            )
             metrics = compare_arrays(out["masks"], ref["masks"])
             metrics.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
             _judge(report, name, dec.backend, "decoder.masks", case.name + tag, metrics, precision)
             if own_embedding is not None:
                 e2e = dec.run({"image_embeddings": own_embedding, **feeds})
                 score_check = "end_to_end.stability_scores" if stab else "end_to_end.scores"
-                _judge(report, name, dec.backend, score_check, case.name + tag,
-                       compare_arrays(e2e["scores"], ref["scores"]), precision)
+                _judge(
+                    report,
+                    name,
+                    dec.backend,
+                    score_check,
+                    case.name + tag,
+                    compare_arrays(e2e["scores"], ref["scores"]),
+                    precision,
+                )
                 metrics = compare_arrays(e2e["masks"], ref["masks"])
-                metrics.update(mask_metrics(e2e["masks"], ref["masks"], e2e["scores"],
-                                            ref["scores"]))
-                _judge(report, name, dec.backend, "end_to_end.masks", case.name + tag, metrics,
-                       precision)
+                metrics.update(
+                    mask_metrics(e2e["masks"], ref["masks"], e2e["scores"], ref["scores"])
+                )
+                _judge(
+                    report,
+                    name,
+                    dec.backend,
+                    "end_to_end.masks",
+                    case.name + tag,
+                    metrics,
+                    precision,
+                )
     return report
-

@@ -26,19 +26,27 @@ def _quiet(_: str) -> None:
     return None
 
 
-def export_artifacts(model: ModelOptions, target: str, options: ExportOptions,
-                     progress: Progress = _quiet) -> tuple[LoadedModel, list[Artifact]]:
+def export_artifacts(
+    model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
+) -> tuple[LoadedModel, list[Artifact]]:
     """Load the model once and export each requested graph with `target`."""
     backend = get_target(target)
-    progress(f"loading {model.model} from {model.checkpoint or f'synthetic weights (seed {model.seed})'}")
-    loaded = load_model(model.checkpoint, model=model.model, upsample_mode=model.upsample,
-                        seed=model.seed)
+    progress(
+        f"loading {model.model} from {model.checkpoint or f'synthetic weights (seed {model.seed})'}"
+    )
+    loaded = load_model(
+        model.checkpoint, model=model.model, upsample_mode=model.upsample, seed=model.seed
+    )
     artifacts = []
     for graph in options.graphs:
         progress(f"exporting the {graph} to {target}")
         artifacts.append(backend.export(loaded, graph, options))
-    write_manifest(options.output, artifacts, model=loaded.spec.name,
-                   weights=artifacts[0].metadata["weights"] if artifacts else "")
+    write_manifest(
+        options.output,
+        artifacts,
+        model=loaded.spec.name,
+        weights=artifacts[0].metadata["weights"] if artifacts else "",
+    )
     return loaded, artifacts
 
 
@@ -56,8 +64,11 @@ def open_artifacts(artifact_dir: Path) -> OpenedArtifacts:
     """Open every artifact in a directory; unreadable ones become errors, not exceptions."""
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")
-    paths = sorted(p for p in artifact_dir.iterdir()
-                   if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith("."))
+    paths = sorted(
+        p
+        for p in artifact_dir.iterdir()
+        if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")
+    )
     if not paths:
         raise InputError(f"no artifacts ({', '.join(ARTIFACT_SUFFIXES)}) in {artifact_dir}")
     opened = OpenedArtifacts([], [], [])
@@ -73,8 +84,12 @@ def open_artifacts(artifact_dir: Path) -> OpenedArtifacts:
         elif graph == "decoder":
             opened.decoders.append((path.name, session))
         else:
-            opened.errors.append({"artifact": path.name,
-                                  "error": "no edgesam-export metadata (graph=encoder|decoder)"})
+            opened.errors.append(
+                {
+                    "artifact": path.name,
+                    "error": "no edgesam-export metadata (graph=encoder|decoder)",
+                }
+            )
     return opened
 
 
@@ -102,13 +117,21 @@ def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOpt
                 f"{checkpoint} is not the checkpoint these artifacts were exported from"
                 " (sha256 differs from their metadata)"
             )
-    return ModelOptions(model=models.pop(), checkpoint=checkpoint, seed=seed,
-                        upsample=None if upsample == "none" else upsample)  # type: ignore[arg-type]
+    return ModelOptions(
+        model=models.pop(),
+        checkpoint=checkpoint,
+        seed=seed,
+        upsample=None if upsample == "none" else upsample,
+    )  # type: ignore[arg-type]
 
 
-def verify_artifacts(checkpoint: Path | None, artifact_dir: Path,
-                     progress: Progress = _quiet, json_path: Path | None = None,
-                     loaded: LoadedModel | None = None) -> ParityReport:
+def verify_artifacts(
+    checkpoint: Path | None,
+    artifact_dir: Path,
+    progress: Progress = _quiet,
+    json_path: Path | None = None,
+    loaded: LoadedModel | None = None,
+) -> ParityReport:
     """Parity of every artifact in `artifact_dir` against the PyTorch graphs of the checkpoint."""
     progress(f"opening artifacts in {artifact_dir}")
     opened = open_artifacts(artifact_dir)
@@ -118,12 +141,12 @@ def verify_artifacts(checkpoint: Path | None, artifact_dir: Path,
         if loaded is None:
             opts = _model_options(checkpoint, sessions)
             progress(f"loading the PyTorch reference ({opts.checkpoint or 'synthetic weights'})")
-            loaded = load_model(opts.checkpoint, model=opts.model, upsample_mode=opts.upsample,
-                                seed=opts.seed)
+            loaded = load_model(
+                opts.checkpoint, model=opts.model, upsample_mode=opts.upsample, seed=opts.seed
+            )
         ref_enc, ref_decs = reference_sessions(loaded)
         progress(f"running {len(sessions)} artifact(s) and the reference on the same inputs")
-        check(ref_enc, ref_decs, opened.encoders, opened.decoders,
-              report=report)
+        check(ref_enc, ref_decs, opened.encoders, opened.decoders, report=report)
     payload = report.to_json()
     if json_path is not None:
         write_json_atomic(json_path, payload)
@@ -131,8 +154,11 @@ def verify_artifacts(checkpoint: Path | None, artifact_dir: Path,
     if manifest.exists():
         try:
             current = json.loads(manifest.read_text())
-            current["parity"] = {"passed": report.passed, "summary": payload["summary"],
-                                 "errors": report.errors}
+            current["parity"] = {
+                "passed": report.passed,
+                "summary": payload["summary"],
+                "errors": report.errors,
+            }
             write_json_atomic(manifest, current)
         except (json.JSONDecodeError, OSError):
             pass

@@ -47,8 +47,9 @@ class Predictor:
         return self._info
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        tensor, info = P.preprocess(image, self.img_size, self.pixel_mean, self.pixel_std,
-                                    image_format=image_format)
+        tensor, info = P.preprocess(
+            image, self.img_size, self.pixel_mean, self.pixel_std, image_format=image_format
+        )
         self._embeddings = self.encoder.run({"image": tensor})["image_embeddings"]
         self._info = info
 
@@ -68,10 +69,12 @@ class Predictor:
         """
         info = self.image_info
         assert self._embeddings is not None
-        coords, lab = P.build_prompts(points, labels, box, original_size=info.original_size,
-                                      img_size=self.img_size, pad=pad)
-        out = self.decoder.run({"image_embeddings": self._embeddings, "point_coords": coords,
-                                "point_labels": lab})
+        coords, lab = P.build_prompts(
+            points, labels, box, original_size=info.original_size, img_size=self.img_size, pad=pad
+        )
+        out = self.decoder.run(
+            {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
+        )
         scores, logits = P.select_masks(out["scores"], out["masks"], num_multimask_outputs)
         masks = P.threshold_masks(P.postprocess_masks(logits, info))
         batched = box is not None and np.asarray(box).ndim == 2

@@ -24,8 +24,13 @@ class Session(ABC):
 
     backend: str = ""
 
-    def __init__(self, graph: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 metadata: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        graph: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        metadata: Mapping[str, str],
+    ) -> None:
         self.graph = graph
         self.inputs = inputs
         self.outputs = outputs
@@ -65,9 +70,15 @@ class TorchSession(Session):
 
     backend = "torch"
 
-    def __init__(self, module: Any, graph: str, inputs: list[TensorSpec],
-                 outputs: list[TensorSpec], metadata: Mapping[str, str],
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        module: Any,
+        graph: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        metadata: Mapping[str, str],
+        device: str = "cpu",
+    ) -> None:
         super().__init__(graph, inputs, outputs, metadata)
         self.device = device
         self.module = module.eval().to(device)
@@ -75,8 +86,10 @@ class TorchSession(Session):
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self.device)
-                for t in self.inputs]
+        args = [
+            torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self.device)
+            for t in self.inputs
+        ]
         with torch.inference_mode():
             out = self.module(*args)
         if not isinstance(out, tuple):
@@ -85,15 +98,20 @@ class TorchSession(Session):
 
 
 def _ort_dtype(type_str: str) -> str:
-    return {"tensor(float)": "float32", "tensor(float16)": "float16",
-            "tensor(int64)": "int64", "tensor(int32)": "int32"}.get(type_str, type_str)
+    return {
+        "tensor(float)": "float32",
+        "tensor(float16)": "float16",
+        "tensor(int64)": "int64",
+        "tensor(int32)": "int32",
+    }.get(type_str, type_str)
 
 
 class OnnxRuntimeSession(Session):
     backend = "onnx"
 
-    def __init__(self, path: Path, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -107,8 +125,9 @@ class OnnxRuntimeSession(Session):
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            sess = ort.InferenceSession(str(path), opts,
-                                        providers=providers or ["CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                str(path), opts, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as exc:
             first = str(exc).splitlines()[0][:300]
             raise ArtifactError(f"onnxruntime cannot load {path}: {first}") from None
@@ -116,8 +135,9 @@ class OnnxRuntimeSession(Session):
         self.path = path
         meta = sess.get_modelmeta().custom_metadata_map
         inputs = [TensorSpec(i.name, _ort_dtype(i.type), tuple(i.shape)) for i in sess.get_inputs()]
-        outputs = [TensorSpec(o.name, _ort_dtype(o.type), tuple(o.shape))
-                   for o in sess.get_outputs()]
+        outputs = [
+            TensorSpec(o.name, _ort_dtype(o.type), tuple(o.shape)) for o in sess.get_outputs()
+        ]
         super().__init__(meta.get("graph", "unknown"), inputs, outputs, meta)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,8 +156,9 @@ def open_session(path: Path | str, **kwargs: Any) -> Session:
     raise InputError(f"{path}: no runtime for '{path.suffix}' artifacts here (supported: .onnx)")
 
 
-def reference_sessions(loaded: Any, device: str = "cpu"
-                       ) -> tuple[TorchSession, dict[bool, TorchSession]]:
+def reference_sessions(
+    loaded: Any, device: str = "cpu"
+) -> tuple[TorchSession, dict[bool, TorchSession]]:
     """PyTorch encoder and decoder sessions of a loaded model: the parity reference.
 
     Returns the encoder and the decoders keyed by use_stability_score. The encoder keeps the
@@ -148,20 +169,38 @@ def reference_sessions(loaded: Any, device: str = "cpu"
 
     spec = loaded.spec
     meta = base_metadata(
-        spec_name=spec.name, family=spec.family, graph="", img_size=spec.img_size,
-        pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std,
-        num_mask_tokens=spec.num_mask_tokens, use_stability_score=False,
-        upsample=loaded.upsample_mode, source=loaded.source, synthetic=loaded.synthetic,
+        spec_name=spec.name,
+        family=spec.family,
+        graph="",
+        img_size=spec.img_size,
+        pixel_mean=spec.pixel_mean,
+        pixel_std=spec.pixel_std,
+        num_mask_tokens=spec.num_mask_tokens,
+        use_stability_score=False,
+        upsample=loaded.upsample_mode,
+        source=loaded.source,
+        synthetic=loaded.synthetic,
         checkpoint_sha256=loaded.sha256,
     )
     ein, eout = encoder_io(spec.img_size, spec.embed_shape)
     din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
-    enc = TorchSession(EncoderGraph(loaded.model.image_encoder, split_mean=False), "encoder",
-                       ein, eout, {**meta, "graph": "encoder"}, device)
+    enc = TorchSession(
+        EncoderGraph(loaded.model.image_encoder, split_mean=False),
+        "encoder",
+        ein,
+        eout,
+        {**meta, "graph": "encoder"},
+        device,
+    )
     decoders = {
-        stab: TorchSession(DecoderGraph(loaded.model, spec.img_size, stab), "decoder", din, dout,
-                           {**meta, "graph": "decoder", "use_stability_score": str(stab).lower()},
-                           device)
+        stab: TorchSession(
+            DecoderGraph(loaded.model, spec.img_size, stab),
+            "decoder",
+            din,
+            dout,
+            {**meta, "graph": "decoder", "use_stability_score": str(stab).lower()},
+            device,
+        )
         for stab in (False, True)
     }
     return enc, decoders

@@ -28,8 +28,10 @@ app = typer.Typer(
 
 CkptArg = Annotated[
     Optional[Path],  # noqa: UP045  (Typer needs Optional on 3.10)
-    typer.Argument(help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
-                   show_default=False),
+    typer.Argument(
+        help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
+        show_default=False,
+    ),
 ]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
 SeedOpt = Annotated[int, typer.Option(help="Synthetic-weight seed (only without CKPT).")]
@@ -55,15 +57,32 @@ def _emit_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 def _render_parity(report: Any) -> None:
     table = Table(title="Parity against PyTorch (worst case per check)")
-    for col in ("artifact", "check", "max abs", "tolerance", "mean abs", "rel", "cosine",
-                "mask IoU", "verdict"):
+    for col in (
+        "artifact",
+        "check",
+        "max abs",
+        "tolerance",
+        "mean abs",
+        "rel",
+        "cosine",
+        "mask IoU",
+        "verdict",
+    ):
         table.add_column(col, justify="left" if col in ("artifact", "check") else "right")
     for row in report.summary():
         iou = f"{row['min_mask_iou']:.4f}" if "min_mask_iou" in row else "-"
         verdict = "[green]pass[/]" if row["passed"] else "[bold red]FAIL[/]"
-        table.add_row(row["artifact"], row["check"], f"{row['max_abs']:.2e}",
-                      f"{row['tolerance']:.0e}", f"{row['mean_abs']:.2e}", f"{row['rel']:.2e}",
-                      f"{row['cosine']:.6f}", iou, verdict)
+        table.add_row(
+            row["artifact"],
+            row["check"],
+            f"{row['max_abs']:.2e}",
+            f"{row['tolerance']:.0e}",
+            f"{row['mean_abs']:.2e}",
+            f"{row['rel']:.2e}",
+            f"{row['cosine']:.6f}",
+            iou,
+            verdict,
+        )
     console.print(table)
     for err in report.errors:
         err_console.print(f"[bold red]unreadable:[/] {err['artifact']}: {err['error']}")
@@ -82,12 +101,18 @@ def onnx_cmd(
     encoder: Annotated[bool, typer.Option("--encoder", help="Export only the encoder.")] = False,
     decoder: Annotated[bool, typer.Option("--decoder", help="Export only the decoder.")] = False,
     use_stability_score: Annotated[
-        bool, typer.Option("--use-stability-score",
-                           help="Decoder `scores` output holds stability scores, not IoU.")] = False,
+        bool,
+        typer.Option(
+            "--use-stability-score", help="Decoder `scores` output holds stability scores, not IoU."
+        ),
+    ] = False,
     upsample: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Neck upsampling: bicubic (trained, default) or bilinear (official"
-                          " exports).", show_default=False)] = None,
+        typer.Option(
+            help="Neck upsampling: bicubic (trained, default) or bilinear (official exports).",
+            show_default=False,
+        ),
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
@@ -107,9 +132,13 @@ def onnx_cmd(
             raise InputError(f"--upsample must be bicubic or bilinear, not {upsample!r}")
         try:
             mopts = ModelOptions(model=model, checkpoint=checkpoint, seed=seed, upsample=upsample)
-            eopts = OnnxOptions(graphs=graphs or ("encoder", "decoder"),
-                                use_stability_score=use_stability_score, opset=opset,
-                                simplify=simplify, output=output)
+            eopts = OnnxOptions(
+                graphs=graphs or ("encoder", "decoder"),
+                use_stability_score=use_stability_score,
+                opset=opset,
+                simplify=simplify,
+                output=output,
+            )
         except ValueError as exc:
             raise InputError(str(exc)) from None
         if checkpoint is None:
@@ -137,9 +166,14 @@ def onnx_cmd(
             _render_parity(report)
             payload["parity"] = report.to_json()
         _emit_json(json_path, payload)
-        console.print(f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
-                      + ("" if report is None else
-                         f"; parity {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"))
+        console.print(
+            f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
+            + (
+                ""
+                if report is None
+                else f"; parity {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"
+            )
+        )
         if report is not None:
             _parity_exit(report)
 
@@ -148,9 +182,11 @@ def onnx_cmd(
 def parity_cmd(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="[CKPT] ARTIFACT_DIR: the checkpoint the artifacts came from (omit"
-                            " for artifacts exported from synthetic weights) and their directory.",
-                       show_default=False),
+        typer.Argument(
+            help="[CKPT] ARTIFACT_DIR: the checkpoint the artifacts came from (omit"
+            " for artifacts exported from synthetic weights) and their directory.",
+            show_default=False,
+        ),
     ],
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
@@ -182,8 +218,14 @@ def models_cmd() -> None:
     for col in ("name", "family", "input", "mask tokens", "upsample modes", "description"):
         table.add_column(col)
     for s in list_specs():
-        table.add_row(s.name, s.family, str(s.img_size), str(s.num_mask_tokens),
-                      ", ".join(s.upsample_modes) or "-", s.description)
+        table.add_row(
+            s.name,
+            s.family,
+            str(s.img_size),
+            str(s.num_mask_tokens),
+            ", ".join(s.upsample_modes) or "-",
+            s.description,
+        )
     console.print(table)
 
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import pickle
-import zipfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -107,14 +106,18 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         if "Weights only load failed" in msg or "GLOBAL" in msg:
             hint = ""
             if "segment_anything" in msg or "DataParallel" in msg or "Sam" in msg:
-                hint = (" It looks like a whole pickled model (SlimSAM-style); this version loads"
-                        " only state dicts.")
+                hint = (
+                    " It looks like a whole pickled model (SlimSAM-style); this version loads"
+                    " only state dicts."
+                )
             raise CheckpointError(
                 f"{path} is not a plain weights file: it pickles Python objects, which are not"
                 f" loaded for safety (torch.load(weights_only=True)).{hint}"
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for non-checkpoints
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint: it is truncated, corrupted or of"
@@ -127,9 +130,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a state dict of tensors"
-        )
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds a dict without tensors: not a model checkpoint")
@@ -147,8 +148,9 @@ def detect_family(keys: set[str]) -> str | None:
     return None
 
 
-def _check_keys(spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor],
-                source: str) -> None:
+def _check_keys(
+    spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor], source: str
+) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -159,10 +161,15 @@ def _check_keys(spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor
             raise CheckpointError(
                 f"{source} is a {other} checkpoint, not {spec.family} ({spec.name});"
                 f" {len(missing)} expected keys missing, {len(unexpected)} unexpected."
-                + (f" Use --model {family}." if other.startswith("model") else
-                   " That family is not supported by this version.")
+                + (
+                    f" Use --model {family}."
+                    if other.startswith("model")
+                    else " That family is not supported by this version."
+                )
             )
-        if family is None and not any(k.startswith(("image_encoder.", "mask_decoder.")) for k in state):
+        if family is None and not any(
+            k.startswith(("image_encoder.", "mask_decoder.")) for k in state
+        ):
             raise CheckpointError(
                 f"{source} is not a Segment-Anything-family checkpoint (first keys:"
                 f" {', '.join(sorted(state)[:3])})"
@@ -185,7 +192,8 @@ def _check_keys(spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor
     ]
     if bad:
         raise CheckpointError(
-            f"{source}: {len(bad)} tensors have the wrong shape for {spec.name}: {'; '.join(bad[:5])}"
+            f"{source}: {len(bad)} tensors have the wrong shape for {spec.name}: "
+            + "; ".join(bad[:5])
         )
 
 
@@ -196,7 +204,7 @@ def load_model(
     upsample_mode: str | None = None,
     seed: int = 0,
 ) -> LoadedModel:
-    """Build `model` and load a checkpoint strictly, or synthetic weights when checkpoint is None."""
+    """Build `model`; load a checkpoint strictly, or synthetic weights when checkpoint is None."""
     spec = get_spec(model)
     net = spec.build(upsample_mode)
     mode = upsample_mode or spec.default_upsample
@@ -214,5 +222,6 @@ def load_model(
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return LoadedModel(spec=spec, model=net, source=source, synthetic=synthetic,
-                       upsample_mode=mode, sha256=digest)
+    return LoadedModel(
+        spec=spec, model=net, source=source, synthetic=synthetic, upsample_mode=mode, sha256=digest
+    )

@@ -31,8 +31,9 @@ _STAGE2_END = 23  # index in `features` of the last 64x64 block (fuse_stage2 inp
 class ConvBN(nn.Sequential):
     """Bias-free conv followed by eval-mode BatchNorm (`c`, `bn`: the checkpoint's names)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, pad: int = 0,
-                 groups: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, pad: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(cout))
@@ -76,8 +77,9 @@ class RepVGGDW(nn.Module):
 class ChannelMixer(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.m = nn.Sequential(ConvBN(channels, 2 * channels), nn.GELU(),
-                               ConvBN(2 * channels, channels))
+        self.m = nn.Sequential(
+            ConvBN(channels, 2 * channels), nn.GELU(), ConvBN(2 * channels, channels)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.m(x)
@@ -88,8 +90,9 @@ class RepViTBlock(nn.Module):
         super().__init__()
         se: nn.Module = SqueezeExcite(cin) if use_se else nn.Identity()
         if stride == 2:
-            self.token_mixer = nn.Sequential(ConvBN(cin, cin, 3, 2, 1, groups=cin), se,
-                                             ConvBN(cin, cout))
+            self.token_mixer = nn.Sequential(
+                ConvBN(cin, cin, 3, 2, 1, groups=cin), se, ConvBN(cin, cout)
+            )
         else:
             if cin != cout:
                 raise ValueError("a stride-1 RepViT block keeps its width")
@@ -127,7 +130,9 @@ class RepViTEncoder(nn.Module):
         super().__init__()
         first = _M1_BLOCKS[0][0]
         layers: list[nn.Module] = [
-            nn.Sequential(ConvBN(3, first // 2, 3, 2, 1), nn.GELU(), ConvBN(first // 2, first, 3, 2, 1))
+            nn.Sequential(
+                ConvBN(3, first // 2, 3, 2, 1), nn.GELU(), ConvBN(first // 2, first, 3, 2, 1)
+            )
         ]
         cin = first
         for cout, stride, use_se in _M1_BLOCKS:
@@ -137,8 +142,10 @@ class RepViTEncoder(nn.Module):
         self.fuse_stage2 = nn.Conv2d(_M1_BLOCKS[_STAGE2_END - 1][0], 256, 1, bias=False)
         self.fuse_stage3 = FuseStage3(cin, upsample_mode)
         self.neck = nn.Sequential(
-            nn.Conv2d(256, 256, 1, bias=False), LayerNorm2d(256),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), LayerNorm2d(256),
+            nn.Conv2d(256, 256, 1, bias=False),
+            LayerNorm2d(256),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False),
+            LayerNorm2d(256),
         )
 
     @property

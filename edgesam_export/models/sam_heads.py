@@ -65,8 +65,12 @@ class PromptEncoder(nn.Module):
 
     num_point_embeddings = 4  # positive, negative, box top-left, box bottom-right
 
-    def __init__(self, embed_dim: int = 256, image_embedding_size: tuple[int, int] = (64, 64),
-                 mask_in_chans: int = 16) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        image_embedding_size: tuple[int, int] = (64, 64),
+        mask_in_chans: int = 16,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.image_embedding_size = image_embedding_size
@@ -130,8 +134,8 @@ class Attention(nn.Module):
         if self.internal_dim % num_heads:
             raise ValueError("num_heads must divide the internal dimension")
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)  # checkpoint order: q, v, k
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
     def _split(self, x: Tensor) -> Tensor:
@@ -151,23 +155,32 @@ class Attention(nn.Module):
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 attention_downsample_rate: int, skip_first_layer_pe: bool) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads,
-                                                   attention_downsample_rate)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.mlp = MLPBlock(embedding_dim, mlp_dim)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads,
-                                                   attention_downsample_rate)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor,
-                key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -187,22 +200,38 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8,
-                 mlp_dim: int = 2048, attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
             for i in range(depth)
         )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads,
-                                                   attention_downsample_rate)
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor,
-                point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    def forward(
+        self, keys: Tensor, key_pe: Tensor, point_embedding: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Image tokens `keys` and `key_pe` are channels-last (b, h*w, c).
+
+        They may have batch 1 while the queries have batch B: broadcasting then computes the
+        first layer's image-side projections once for all prompt sets.
+        """
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
@@ -229,8 +258,13 @@ class MLP(nn.Module):
 class MaskDecoder(nn.Module):
     """SAM's mask decoder; `num_mask_tokens` is 4 for EdgeSAM and SAM (1 single + 3 multimask)."""
 
-    def __init__(self, transformer_dim: int = 256, num_mask_tokens: int = 4,
-                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self,
+        transformer_dim: int = 256,
+        num_mask_tokens: int = 4,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.num_mask_tokens = num_mask_tokens
         self.transformer = TwoWayTransformer(embedding_dim=transformer_dim)
@@ -247,11 +281,13 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, num_mask_tokens,
-                                       iou_head_depth)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, num_mask_tokens, iou_head_depth
+        )
 
-    def predict(self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor,
-                dense: Tensor) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """All mask tokens for B prompt sets against one image: (B, K, 4h, 4w) logits, (B, K).
 
         `image_embeddings` is (1, C, h, w) and is broadcast to the B prompt sets with `expand`
@@ -266,7 +302,9 @@ class MaskDecoder(nn.Module):
         pos_src = image_pe.expand(batch, -1, -1, -1)
         b, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(
+            src.flatten(2).permute(0, 2, 1), pos_src.flatten(2).permute(0, 2, 1), tokens
+        )
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -23,8 +23,9 @@ class Target:
     export: Callable[[LoadedModel, GraphKind, ExportOptions], Artifact]
 
 
-def artifact_path(loaded: LoadedModel, graph: GraphKind, options: ExportOptions,
-                  suffix: str) -> Path:
+def artifact_path(
+    loaded: LoadedModel, graph: GraphKind, options: ExportOptions, suffix: str
+) -> Path:
     """`<stem>_<graph>[_stability]<suffix>`; the stem is the checkpoint's, or the model name."""
     stem = Path(loaded.source).stem if not loaded.synthetic else loaded.spec.name
     tag = "_stability" if graph == "decoder" and options.use_stability_score else ""
@@ -34,5 +35,6 @@ def artifact_path(loaded: LoadedModel, graph: GraphKind, options: ExportOptions,
 def get_target(name: str) -> Target:
     if name == "onnx":
         from .onnx import TARGET
+
         return TARGET
     raise InputError(f"unknown target {name!r}; available: onnx")

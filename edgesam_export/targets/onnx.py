@@ -41,8 +41,9 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxslim
 
 
-def build_graph(loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
-                ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def build_graph(
+    loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module to trace and deterministic example inputs for it."""
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
@@ -52,7 +53,7 @@ def build_graph(loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
             torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
         )
     else:
-        module = DecoderGraph(loaded.model, spec.img_size, use_stability_score)
+        module = DecoderGraph(loaded.model, spec.img_size, use_stability_score, optimized=True)
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
             torch.randn(1, *spec.embed_shape, generator=gen),
@@ -85,19 +86,31 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, buffer, dynamo=False, opset_version=options.opset,
-                input_names=list(names_in), output_names=list(names_out),
-                dynamic_axes=dynamic, do_constant_folding=True,
+                module,
+                args,
+                buffer,
+                dynamo=False,
+                opset_version=options.opset,
+                input_names=list(names_in),
+                output_names=list(names_out),
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
             )
         proto = onnx.load_from_string(buffer.getvalue())
         if options.simplify:
             proto = onnxslim.slim(proto)
         metadata = base_metadata(
-            spec_name=spec.name, family=spec.family, graph=graph, img_size=spec.img_size,
-            pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std,
+            spec_name=spec.name,
+            family=spec.family,
+            graph=graph,
+            img_size=spec.img_size,
+            pixel_mean=spec.pixel_mean,
+            pixel_std=spec.pixel_std,
             num_mask_tokens=spec.num_mask_tokens,
             use_stability_score=options.use_stability_score and graph == "decoder",
-            upsample=loaded.upsample_mode, source=loaded.source, synthetic=loaded.synthetic,
+            upsample=loaded.upsample_mode,
+            source=loaded.source,
+            synthetic=loaded.synthetic,
             checkpoint_sha256=loaded.sha256,
         )
         metadata["onnx.opset"] = str(options.opset)
@@ -111,12 +124,14 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()
     except Exception as exc:  # the exporter's own errors are many and untyped
-        raise ExportFailedError(f"ONNX export of the {spec.name} {graph} failed: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+        raise ExportFailedError(f"ONNX export of the {spec.name} {graph} failed: {first}") from exc
     dest = artifact_path(loaded, graph, options, ".onnx")
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
-    return Artifact(path=dest, backend="onnx", graph=graph, inputs=inputs, outputs=outputs,
-                    metadata=metadata)
+    return Artifact(
+        path=dest, backend="onnx", graph=graph, inputs=inputs, outputs=outputs, metadata=metadata
+    )
 
 
 TARGET = Target(name="onnx", suffix=".onnx", export=export)

@@ -1,0 +1,223 @@
+"""EdgeSAM re-implementation against the official outputs, and checkpoint loading errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgesam_export.errors import CheckpointError, InputError
+from edgesam_export.graphs import DecoderGraph, EncoderGraph
+from edgesam_export.models import get_spec, list_specs, load_model, synth_state_dict
+from edgesam_export.models.checkpoint import load_layout
+
+# Tolerances from the fixture README (10x the float32-vs-float64 noise of the official code).
+EMBED_TOL = 5e-3
+DEC_LOGIT_TOL = 5e-5
+DEC_IOU_TOL = 2e-5
+DEC_STAB_TOL = 5e-5
+
+
+def _enc(model, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model.image_encoder(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_encoder_matches_golden(golden, mode, bilinear_model, bicubic_model):
+    loaded = bilinear_model if mode == "bilinear" else bicubic_model
+    emb = _enc(loaded.model, golden["input_tensor"])
+    assert emb.shape == (1, 256, 64, 64)
+    np.testing.assert_allclose(emb, golden[f"embeddings_{mode}"], rtol=0, atol=EMBED_TOL)
+
+
+def test_upsample_modes_really_differ(golden, bilinear_model, bicubic_model):
+    """The two modes differ by up to 0.64: a test that used one for both would notice."""
+    a = _enc(bilinear_model.model, golden["input_tensor"])
+    b = _enc(bicubic_model.model, golden["input_tensor"])
+    assert np.abs(a - b).max() > 0.1
+
+
+def test_split_mean_is_the_same_maths(golden, bilinear_model):
+    split = EncoderGraph(bilinear_model.model.image_encoder, split_mean=True)
+    with torch.inference_mode():
+        emb = split(torch.from_numpy(golden["input_tensor"])).numpy()
+    np.testing.assert_allclose(emb, golden["embeddings_bilinear"], rtol=0, atol=EMBED_TOL)
+
+
+@pytest.mark.parametrize("prompt", ["a", "b", "c", "d"])
+@pytest.mark.parametrize("stability", [False, True])
+def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, prompt, stability):
+    graph = DecoderGraph(bilinear_model.model, 1024, use_stability_score=stability)
+    with torch.inference_mode():
+        scores, masks = graph(
+            torch.from_numpy(golden["embeddings_bilinear"]),
+            torch.from_numpy(golden[f"dec_{prompt}_point_coords"]),
+            torch.from_numpy(golden[f"dec_{prompt}_point_labels"]),
+        )
+    np.testing.assert_allclose(
+        masks.numpy(), golden[f"dec_{prompt}_masks"], rtol=0, atol=DEC_LOGIT_TOL
+    )
+    key = f"dec_{prompt}_scores_stability" if stability else f"dec_{prompt}_scores"
+    tol = DEC_STAB_TOL if stability else DEC_IOU_TOL
+    np.testing.assert_allclose(scores.numpy(), golden[key], rtol=0, atol=tol)
+
+
+def test_end_to_end_from_input_tensor(golden, bilinear_model):
+    graph = DecoderGraph(bilinear_model.model, 1024)
+    emb = torch.from_numpy(_enc(bilinear_model.model, golden["input_tensor"]))
+    with torch.inference_mode():
+        scores, masks = graph(
+            emb,
+            torch.from_numpy(golden["dec_d_point_coords"]),
+            torch.from_numpy(golden["dec_d_point_labels"]),
+        )
+    np.testing.assert_allclose(masks.numpy(), golden["dec_d_masks"], rtol=0, atol=5e-3)
+    np.testing.assert_allclose(scores.numpy(), golden["dec_d_scores"], rtol=0, atol=2e-4)
+
+
+def test_every_registered_model_has_a_golden_test():
+    """Nothing ships untested: a new registry entry must add its fixture here."""
+    tested = {"edge_sam"}
+    assert {s.name for s in list_specs()} <= tested
+
+
+def test_layout_matches_built_model():
+    spec = get_spec("edge_sam")
+    model = spec.build()
+    layout = load_layout("edge_sam")["tensors"]
+    state = model.state_dict()
+    assert list(state) == list(layout)
+    for key, t in layout.items():
+        assert tuple(state[key].shape) == tuple(t["shape"]), key
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 9_582_112  # the fixture README's count
+
+
+def test_synthetic_weights_depend_on_seed_and_key_only():
+    a = synth_state_dict("edge_sam", 0)
+    b = synth_state_dict("edge_sam", 0)
+    c = synth_state_dict("edge_sam", 1)
+    key = "mask_decoder.iou_token.weight"
+    assert torch.equal(a[key], b[key])
+    assert not torch.equal(a[key], c[key])
+
+
+# --- checkpoint files -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def state_dict() -> dict[str, torch.Tensor]:
+    return synth_state_dict("edge_sam", 3)
+
+
+def test_real_checkpoint_file_loads_strictly(tmp_path: Path, state_dict):
+    path = tmp_path / "edge_sam_3x.pth"
+    torch.save(state_dict, path)
+    loaded = load_model(path)
+    assert not loaded.synthetic and loaded.sha256 and loaded.upsample_mode == "bicubic"
+    got = loaded.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state_dict.items())
+
+
+def test_wrapped_checkpoint_is_unwrapped(tmp_path: Path, state_dict):
+    path = tmp_path / "wrapped.pth"
+    torch.save({"model": state_dict, "epoch": 3}, path)
+    assert load_model(path).source == str(path)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope.pth")
+
+
+def test_directory(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="directory"):
+        load_model(tmp_path)
+
+
+def test_truncated_file(tmp_path: Path, state_dict):
+    path = tmp_path / "full.pth"
+    torch.save(state_dict, path)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(cut)
+
+
+def test_not_a_checkpoint_pickle(tmp_path: Path):
+    path = tmp_path / "obj.pth"
+    with path.open("wb") as f:
+        pickle.dump({"weights": Path("/x")}, f)
+    with pytest.raises(CheckpointError, match=r"not a plain weights file|not a PyTorch"):
+        load_model(path)
+
+
+def test_text_file(tmp_path: Path):
+    path = tmp_path / "notes.pth"
+    path.write_text("hello, I am not a checkpoint\n")
+    with pytest.raises(CheckpointError):
+        load_model(path)
+
+
+def test_tensorless_dict(tmp_path: Path):
+    path = tmp_path / "cfg.pth"
+    torch.save({"lr": 0.1, "epochs": 3}, path)
+    with pytest.raises(CheckpointError, match="without tensors"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "family,prefix",
+    [
+        ("MobileSAM", "image_encoder.layers.0.blocks.0.attn.qkv.weight"),
+        ("SAM \\(ViT", "image_encoder.blocks.0.attn.qkv.weight"),
+        ("EfficientViT-SAM", "image_encoder.backbone.stages.0.op_list.0.conv.weight"),
+    ],
+)
+def test_other_family_is_named(tmp_path: Path, state_dict, family, prefix):
+    other = {k: v for k, v in state_dict.items() if not k.startswith("image_encoder.")}
+    other[prefix] = torch.zeros(3)
+    path = tmp_path / "other.pth"
+    torch.save(other, path)
+    with pytest.raises(CheckpointError, match=f"is a {family}.*not EdgeSAM"):
+        load_model(path)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path: Path, state_dict):
+    broken = dict(state_dict)
+    broken.pop("mask_decoder.iou_token.weight")
+    broken["mask_decoder.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(broken, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert "missing keys: mask_decoder.iou_token.weight" in msg
+    assert "unexpected keys: mask_decoder.extra.weight" in msg
+
+
+def test_wrong_shape_is_reported(tmp_path: Path, state_dict):
+    broken = dict(state_dict)
+    broken["mask_decoder.mask_tokens.weight"] = torch.zeros(3, 256)
+    path = tmp_path / "shape.pth"
+    torch.save(broken, path)
+    with pytest.raises(CheckpointError, match=r"mask_tokens.weight \(3, 256\)"):
+        load_model(path)
+
+
+def test_non_sam_state_dict(tmp_path: Path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a Segment-Anything"):
+        load_model(path)
+
+
+def test_unknown_model_and_bad_upsample():
+    with pytest.raises(InputError, match="unknown model"):
+        load_model(None, model="nope")
+    with pytest.raises(InputError, match="upsample"):
+        load_model(None, upsample_mode="nearest")
