@@ -42,4 +42,3 @@ class ExportOptions(BaseModel):
 class OnnxOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21)
     simplify: bool = True
-    max_points: int = Field(16, ge=1, description="largest prompt count checked after export")

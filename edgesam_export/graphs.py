@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
 
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -83,7 +86,7 @@ class EncoderGraph(nn.Module):
         self.image_encoder = copy.deepcopy(image_encoder)
         for module in self.image_encoder.modules():
             if hasattr(module, "split_mean"):
-                module.split_mean = split_mean
+                setattr(module, "split_mean", split_mean)  # noqa: B010
 
     def forward(self, image: Tensor) -> Tensor:
         return self.image_encoder(image)
@@ -116,16 +119,24 @@ class DecoderGraph(nn.Module):
       instead of to the 32 feature channels.
     """
 
+    image_pe: Tensor
+    image_pe_tokens: Tensor
+    dense_embedding: Tensor
+    up1_weight: Tensor
+    up1_bias: Tensor
+    up2_weight: Tensor
+    up2_bias: Tensor
+
     def __init__(
         self,
-        model: nn.Module,
+        model: SamModel,
         img_size: int,
         use_stability_score: bool = False,
         optimized: bool = False,
     ) -> None:
         super().__init__()
-        self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
+        self.prompt_encoder: PromptEncoder = model.prompt_encoder
+        self.mask_decoder: MaskDecoder = model.mask_decoder
         self.img_size = img_size
         self.use_stability_score = use_stability_score
         self.optimized = optimized
@@ -139,8 +150,8 @@ class DecoderGraph(nn.Module):
                 "dense_embedding", self.prompt_encoder.dense_embedding().clone(), persistent=False
             )
             up = self.mask_decoder.output_upscaling
-            w1, b1 = _deconv2x2_as_matrix(up[0])
-            w2, b2 = _deconv2x2_as_matrix(up[3])
+            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[0]))
+            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[3]))
             self.register_buffer("up1_weight", w1, persistent=False)
             self.register_buffer("up1_bias", b1, persistent=False)
             self.register_buffer("up2_weight", w2, persistent=False)
@@ -175,7 +186,7 @@ class DecoderGraph(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
 
         up = dec.output_upscaling
-        norm = up[1]
+        norm = cast(LayerNorm2d, up[1])
         x = (src @ self.up1_weight + self.up1_bias).reshape(batch, h * w * 4, -1)
         x = F.gelu(F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps))
         x = F.gelu(x @ self.up2_weight + self.up2_bias).reshape(batch, h * w * 16, -1)

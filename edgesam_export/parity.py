@@ -8,7 +8,7 @@ slips that end-to-end tolerances hide) and end to end on their own encoder's emb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -251,7 +251,7 @@ def _judge(
 
 def check(
     reference_encoder: Session,
-    reference_decoders: dict[bool, Session],
+    reference_decoders: Mapping[bool, Session],
     encoders: Sequence[tuple[str, Session]],
     decoders: Sequence[tuple[str, Session]],
     *,

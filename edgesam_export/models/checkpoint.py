@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .registry import ModelSpec, get_spec, list_specs
+from .sam_heads import SamModel
 
 # Families we recognise but do not build yet: key prefix -> human name.
 _FOREIGN_SIGNATURES: dict[str, str] = {
@@ -39,7 +40,7 @@ class LoadedModel:
     """A ready-to-run reference model and where its weights came from."""
 
     spec: ModelSpec
-    model: nn.Module
+    model: SamModel
     source: str  # file path, or "synthetic(seed=N)"
     synthetic: bool
     upsample_mode: str | None
@@ -50,7 +51,12 @@ class LoadedModel:
 def load_layout(spec_name: str) -> dict[str, Any]:
     """The checkpoint layout (key -> shape, dtype) that ships inside the package."""
     spec = get_spec(spec_name)
-    text = resources.files("edgesam_export.models").joinpath("layouts", spec.layout).read_text()
+    text = (
+        resources.files("edgesam_export.models")
+        .joinpath("layouts")
+        .joinpath(spec.layout)
+        .read_text()
+    )
     layout: dict[str, Any] = json.loads(text)
     return layout
 

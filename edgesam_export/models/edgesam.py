@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import ModelSpec, register
-from .sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder
+from .sam_heads import LayerNorm2d, SamModel
 
 UpsampleMode = Literal["bicubic", "bilinear"]
 
@@ -161,16 +161,6 @@ class RepViTEncoder(nn.Module):
             if i == _STAGE2_END:
                 stage2 = x
         return self.neck(self.fuse_stage2(stage2) + self.fuse_stage3(x))
-
-
-class SamModel(nn.Module):
-    """Image encoder + SAM heads under the checkpoint's top-level names."""
-
-    def __init__(self, image_encoder: nn.Module, num_mask_tokens: int = 4) -> None:
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.prompt_encoder = PromptEncoder()
-        self.mask_decoder = MaskDecoder(num_mask_tokens=num_mask_tokens)
 
 
 def build_edge_sam(upsample_mode: UpsampleMode = "bicubic") -> SamModel:

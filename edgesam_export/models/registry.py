@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from ..errors import InputError
+from .sam_heads import SamModel
 
 
 @dataclass(frozen=True)
@@ -27,14 +26,14 @@ class ModelSpec:
     embed_shape: tuple[int, int, int]
     layout: str  # JSON file under edgesam_export/models/layouts/
     signature_prefixes: tuple[str, ...]  # key prefixes that identify this family's checkpoints
-    builder: Callable[..., nn.Module] = field(repr=False)
+    builder: Callable[..., SamModel] = field(repr=False)
     upsample_modes: tuple[str, ...] = ()  # first one is the default; () = no such option
 
     @property
     def default_upsample(self) -> str | None:
         return self.upsample_modes[0] if self.upsample_modes else None
 
-    def build(self, upsample_mode: str | None = None) -> nn.Module:
+    def build(self, upsample_mode: str | None = None) -> SamModel:
         """A fresh model with uninitialised weights, in eval mode."""
         if self.upsample_modes:
             mode = upsample_mode or self.upsample_modes[0]

@@ -33,6 +33,8 @@ class LayerNorm2d(nn.Module):
 class PositionEmbeddingRandom(nn.Module):
     """Random-Fourier positional encoding: sin/cos(2*pi*(2c - 1) @ G), sin block first."""
 
+    positional_encoding_gaussian_matrix: Tensor
+
     def __init__(self, num_pos_feats: int = 128) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.zeros(2, num_pos_feats))
@@ -102,7 +104,8 @@ class PromptEncoder(nn.Module):
         labels = labels.unsqueeze(-1)
         pe = pe * (labels != -1).to(pe.dtype)
         pe = pe + self.not_a_point_embed.weight * (labels == -1).to(pe.dtype)
-        for i, embedding in enumerate(self.point_embeddings):
+        for i in range(self.num_point_embeddings):
+            embedding: nn.Embedding = self.point_embeddings[i]  # type: ignore[assignment]
             pe = pe + embedding.weight * (labels == i).to(pe.dtype)
         return pe
 
@@ -317,3 +320,13 @@ class MaskDecoder(nn.Module):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+class SamModel(nn.Module):
+    """Image encoder + SAM heads under the checkpoint's top-level names."""
+
+    def __init__(self, image_encoder: nn.Module, num_mask_tokens: int = 4) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder: PromptEncoder = PromptEncoder()
+        self.mask_decoder: MaskDecoder = MaskDecoder(num_mask_tokens=num_mask_tokens)

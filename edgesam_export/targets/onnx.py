@@ -71,7 +71,9 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     module, args = build_graph(loaded, graph, options.use_stability_score)
     if graph == "encoder":
         inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
-        names_in, names_out, dynamic = ENCODER_INPUTS, ENCODER_OUTPUTS, None
+        names_in: tuple[str, ...] = ENCODER_INPUTS
+        names_out: tuple[str, ...] = ENCODER_OUTPUTS
+        dynamic = None
     else:
         inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
         names_in, names_out = DECODER_INPUTS, DECODER_OUTPUTS
@@ -88,7 +90,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             torch.onnx.export(
                 module,
                 args,
-                buffer,
+                buffer,  # type: ignore[arg-type]
                 dynamo=False,
                 opset_version=options.opset,
                 input_names=list(names_in),

@@ -1,0 +1,119 @@
+"""The runtime predictor reproduces EdgeSAM's PyTorch predictor on any session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesam_export.errors import InputError
+from edgesam_export.predictor import Predictor
+from edgesam_export.processing import ProcessingError
+from edgesam_export.runtime import open_session, reference_sessions
+
+
+@pytest.fixture(scope="module")
+def torch_predictor(bilinear_model, golden) -> Predictor:
+    enc, decs = reference_sessions(bilinear_model)
+    p = Predictor(enc, decs[False])
+    p.set_image(golden["image"])
+    return p
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor(bilinear_artifacts, golden) -> Predictor:
+    p = Predictor(
+        open_session(bilinear_artifacts / "edge_sam_encoder.onnx", threads=2),
+        open_session(bilinear_artifacts / "edge_sam_decoder.onnx", threads=2),
+    )
+    p.set_image(golden["image"])
+    return p
+
+
+def _flipped_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a != b))
+
+
+@pytest.mark.parametrize("which", ["torch", "onnx"])
+@pytest.mark.parametrize("mode,k", [("single", 1), ("multi", 3)])
+def test_point_prompt_matches_official_predictor(request, golden, which, mode, k):
+    pred = request.getfixturevalue(f"{which}_predictor")
+    out = pred.predict(
+        points=golden["pred_a_point_coords"],
+        labels=golden["pred_a_point_labels"],
+        num_multimask_outputs=k,
+    )
+    logit_tol = 5e-3  # end to end (our encoder on the image, then the decoder)
+    np.testing.assert_allclose(
+        out.low_res_logits, golden[f"pred_a_{mode}_low_res_logits"], atol=logit_tol
+    )
+    np.testing.assert_allclose(out.scores, golden[f"pred_a_{mode}_scores"], atol=2e-4)
+    assert out.masks.shape == golden[f"pred_a_{mode}_masks"].shape
+    assert out.masks.dtype == bool
+    assert _flipped_fraction(out.masks, golden[f"pred_a_{mode}_masks"]) <= 2e-4
+
+
+@pytest.mark.parametrize("which", ["torch", "onnx"])
+def test_box_prompt_matches_official_predictor(request, golden, which):
+    pred = request.getfixturevalue(f"{which}_predictor")
+    out = pred.predict(box=golden["pred_c_box"], num_multimask_outputs=4)
+    ref = np.concatenate(
+        [golden["pred_c_single_low_res_logits"], golden["pred_c_multi_low_res_logits"]]
+    )
+    np.testing.assert_allclose(out.low_res_logits, ref, atol=5e-3)
+    masks = np.concatenate([golden["pred_c_single_masks"], golden["pred_c_multi_masks"]])
+    assert _flipped_fraction(out.masks, masks) <= 2e-4
+
+
+def test_padding_point_can_be_turned_off(torch_predictor, golden):
+    """pad=False reproduces EdgeSAM's ONNX client (points sent as-is): the dec_a arrays."""
+    out = torch_predictor.predict(
+        points=golden["pred_a_point_coords"],
+        labels=golden["pred_a_point_labels"],
+        num_multimask_outputs=4,
+        pad=False,
+    )
+    np.testing.assert_allclose(out.low_res_logits, golden["dec_a_masks"][0], atol=5e-3)
+    padded = torch_predictor.predict(
+        points=golden["pred_a_point_coords"],
+        labels=golden["pred_a_point_labels"],
+        num_multimask_outputs=4,
+    )
+    assert np.abs(padded.low_res_logits - out.low_res_logits).max() > 0.05
+
+
+def test_batch_of_boxes(onnx_predictor):
+    boxes = np.array([[10, 20, 200, 220], [300, 50, 600, 300], [50, 250, 400, 470]], np.float32)
+    out = onnx_predictor.predict(box=boxes, num_multimask_outputs=3)
+    assert out.masks.shape == (3, 3, 480, 640)
+    assert out.scores.shape == (3, 3)
+    for i, box in enumerate(boxes):
+        single = onnx_predictor.predict(box=box, num_multimask_outputs=3)
+        np.testing.assert_allclose(single.low_res_logits, out.low_res_logits[i], atol=1e-4)
+
+
+def test_predict_before_set_image(bilinear_model):
+    enc, decs = reference_sessions(bilinear_model)
+    with pytest.raises(InputError, match="set_image"):
+        Predictor(enc, decs[False]).predict(points=np.array([[1.0, 2.0]]), labels=np.array([1]))
+
+
+def test_bad_prompt_and_image(torch_predictor):
+    with pytest.raises(ProcessingError):
+        torch_predictor.predict(points=np.array([[np.nan, 2.0]]), labels=np.array([1]))
+    with pytest.raises(ProcessingError):
+        torch_predictor.predict(points=np.array([[1.0, 2.0]]), labels=np.array([7]))
+    with pytest.raises(ProcessingError):
+        torch_predictor.predict(
+            points=np.array([[1.0, 2.0]]), labels=np.array([1]), num_multimask_outputs=2
+        )
+    with pytest.raises(ProcessingError):
+        torch_predictor.set_image(np.zeros((10, 10, 3), np.float32))
+
+
+def test_session_rejects_wrong_feed(torch_predictor):
+    with pytest.raises(InputError, match="expected shape"):
+        torch_predictor.encoder.run({"image": np.zeros((1, 3, 512, 512), np.float32)})
+    with pytest.raises(InputError, match="float32"):
+        torch_predictor.encoder.run({"image": np.zeros((1, 3, 1024, 1024), np.float64)})
+    with pytest.raises(InputError, match="feeds"):
+        torch_predictor.encoder.run({"pixels": np.zeros((1, 3, 1024, 1024), np.float32)})
