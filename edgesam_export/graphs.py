@@ -6,13 +6,13 @@ Decoder: `image_embeddings` (1, C, h, w), `point_coords` (B, N, 2) (x, y) in the
 B = 1 is exactly EdgeSAM's own export; B > 1 runs B prompt sets (same N) against one image.
 
 These wrappers exist for tracing: no data-dependent Python control flow, positional encodings
-precomputed as constants, and export-only rewrites (split squeeze-excite means) applied to a copy
-so the PyTorch reference model stays bit-faithful to the official code.
+precomputed as constants, and export-only rewrites (split squeeze-excite means, fused blocks,
+channels-last upscaling) applied to copies or buffers, so the PyTorch reference model stays
+bit-faithful to the official code.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import cast
 
@@ -79,14 +79,17 @@ def stability_score(
 
 
 class EncoderGraph(nn.Module):
-    """image -> image_embeddings, with export-friendly reductions."""
+    """image -> image_embeddings.
 
-    def __init__(self, image_encoder: nn.Module, split_mean: bool = True) -> None:
+    `optimized=False` runs the encoder as loaded (the parity reference). `optimized=True` (what
+    is exported) uses the encoder's `export_friendly()` copy when the family provides one:
+    the same function with runtime-friendly reductions and re-parameterised blocks.
+    """
+
+    def __init__(self, image_encoder: nn.Module, optimized: bool = False) -> None:
         super().__init__()
-        self.image_encoder = copy.deepcopy(image_encoder)
-        for module in self.image_encoder.modules():
-            if hasattr(module, "split_mean"):
-                setattr(module, "split_mean", split_mean)  # noqa: B010
+        rewrite = getattr(image_encoder, "export_friendly", None) if optimized else None
+        self.image_encoder = rewrite() if callable(rewrite) else image_encoder
 
     def forward(self, image: Tensor) -> Tensor:
         return self.image_encoder(image)

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .errors import InputError
+
 __all__ = [
     "DEFAULT_IMG_SIZE",
     "DEFAULT_PIXEL_MEAN",
@@ -66,11 +68,11 @@ _BOX_LABELS = (2.0, 3.0)
 _PAD_LABEL = -1.0
 
 
-class ProcessingError(ValueError):
+class ProcessingError(InputError, ValueError):
     """Raised when input to a processing function is malformed.
 
-    It subclasses ``ValueError`` so callers that already guard against bad values keep
-    working, while still letting device code catch processing problems specifically.
+    A ``ValueError`` for plain-numpy callers, and an ``InputError`` so the CLI maps it to the
+    bad-input exit code. ``edgesam_export.errors`` is standard library only.
     """
 
 

@@ -185,7 +185,7 @@ def reference_sessions(
     ein, eout = encoder_io(spec.img_size, spec.embed_shape)
     din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
     enc = TorchSession(
-        EncoderGraph(loaded.model.image_encoder, split_mean=False),
+        EncoderGraph(loaded.model.image_encoder),
         "encoder",
         ein,
         eout,

@@ -41,11 +41,21 @@ def test_upsample_modes_really_differ(golden, bilinear_model, bicubic_model):
     assert np.abs(a - b).max() > 0.1
 
 
-def test_split_mean_is_the_same_maths(golden, bilinear_model):
-    split = EncoderGraph(bilinear_model.model.image_encoder, split_mean=True)
+def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model):
+    """Split means and fused RepVGG blocks: what is exported, still within the tolerance."""
+    from edgesam_export.models.edgesam import RepVGGDW, SqueezeExcite
+
+    original = bilinear_model.model.image_encoder
+    graph = EncoderGraph(original, optimized=True)
     with torch.inference_mode():
-        emb = split(torch.from_numpy(golden["input_tensor"])).numpy()
+        emb = graph(torch.from_numpy(golden["input_tensor"])).numpy()
     np.testing.assert_allclose(emb, golden["embeddings_bilinear"], rtol=0, atol=EMBED_TOL)
+    rewritten = list(graph.modules())
+    assert not any(isinstance(m, RepVGGDW) for m in rewritten)
+    assert all(m.split_mean for m in rewritten if isinstance(m, SqueezeExcite))
+    # the reference model is left untouched
+    assert sum(isinstance(m, RepVGGDW) for m in original.modules()) == 23
+    assert not any(m.split_mean for m in original.modules() if isinstance(m, SqueezeExcite))
 
 
 @pytest.mark.parametrize("prompt", ["a", "b", "c", "d"])

@@ -7,7 +7,8 @@ PyTorch reference computes the same float32 arithmetic; exporters fold them.
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,14 @@ class ConvBN(nn.Sequential):
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(cout))
+
+    @torch.no_grad()
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """(weight, bias) of the equivalent biased conv: BatchNorm folded in."""
+        conv, bn = cast(nn.Conv2d, self.c), cast(nn.BatchNorm2d, self.bn)
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
 class SqueezeExcite(nn.Module):
@@ -72,6 +81,25 @@ class RepVGGDW(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x) + self.conv1(x) + x
+
+    @torch.no_grad()
+    def fused(self) -> nn.Conv2d:
+        """One depthwise 3x3 conv with bias computing the same sum (RepVGG re-parameterisation).
+
+        Folding the two BatchNorms and the identity into one kernel saves a conv and two
+        full-size additions per block at run time; float32 results move by ~3e-5 here.
+        """
+        w3, b3 = self.conv.folded()
+        w1, b1 = self.conv1.folded()
+        weight = w3.clone()
+        weight[:, :, 1:2, 1:2] += w1
+        weight[:, :, 1, 1] += 1.0
+        channels = weight.shape[0]
+        conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=True)
+        conv.weight.copy_(weight)
+        assert conv.bias is not None
+        conv.bias.copy_(b3 + b1)
+        return conv
 
 
 class ChannelMixer(nn.Module):
@@ -153,6 +181,20 @@ class RepViTEncoder(nn.Module):
         up = self.fuse_stage3.op_list[1]
         assert isinstance(up, Upsample2x)
         return up.mode
+
+    def export_friendly(self) -> RepViTEncoder:
+        """A copy computing the same function faster and closer to PyTorch on ONNX runtimes.
+
+        Squeeze-excite means are split (see `SqueezeExcite`) and each RepVGGDW token mixer is
+        re-parameterised into one conv. The original stays the bit-faithful reference.
+        """
+        clone = copy.deepcopy(self)
+        for module in list(clone.modules()):
+            if isinstance(module, SqueezeExcite):
+                module.split_mean = True
+            if isinstance(module, RepViTBlock) and isinstance(module.token_mixer[0], RepVGGDW):
+                module.token_mixer[0] = module.token_mixer[0].fused()
+        return clone
 
     def forward(self, x: Tensor) -> Tensor:
         stage2 = x

@@ -48,7 +48,7 @@ def build_graph(
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
     if graph == "encoder":
-        module: torch.nn.Module = EncoderGraph(loaded.model.image_encoder)
+        module: torch.nn.Module = EncoderGraph(loaded.model.image_encoder, optimized=True)
         args: tuple[torch.Tensor, ...] = (
             torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
         )
