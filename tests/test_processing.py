@@ -462,11 +462,25 @@ def test_postprocess_matches_torch_on_random_data(
     assert np.abs(ours - expected).max() <= 1e-4
 
 
-def test_postprocess_caches_read_only_matrices() -> None:
+def test_postprocess_caches_read_only_bands() -> None:
     info = ImageInfo((30, 40), (768, 1024), 1024)
-    a = P._postprocess_matrices(info.original_size, info.input_size, 1024, (256, 256))
-    b = P._postprocess_matrices(info.original_size, info.input_size, 1024, (256, 256))
-    assert a[0] is b[0] and not a[0].flags.writeable and not a[1].flags.writeable
+    a = P._postprocess_bands(info.original_size, info.input_size, 1024, (256, 256))
+    b = P._postprocess_bands(info.original_size, info.input_size, 1024, (256, 256))
+    assert a is b
+    for band in a:
+        assert all(not sub.flags.writeable for *_, sub in band)
+
+
+def test_banded_operator_equals_dense_product() -> None:
+    """Skipping the zero columns of each row block changes nothing but the work done."""
+    dense = P._torch_bilinear_matrix(256, 1024)[:700]
+    dense = P._torch_bilinear_matrix(700, 333) @ dense
+    x = np.random.default_rng(3).standard_normal((2, 256, 5)).astype(np.float32)
+    banded = P._apply_rows(P._banded(dense), x, dense.shape[0])
+    np.testing.assert_allclose(banded, dense.astype(np.float32) @ x, atol=1e-5)
+    for r0, r1, c0, c1, _sub in P._banded(dense):
+        assert not np.any(dense[r0:r1, :c0]) and not np.any(dense[r0:r1, c1:])
+        assert c1 - c0 < 40  # narrow windows: the point of banding
 
 
 def test_postprocess_rejects_bad_input() -> None:
