@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .graphs import TensorSpec
+from .models.checkpoint import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 
@@ -51,14 +52,12 @@ class Artifact:
 
 def path_sha256(path: Path) -> str:
     """sha256 of a file, or of a directory's files in sorted order (for .mlpackage bundles)."""
+    if path.is_file():
+        return file_sha256(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(bytes.fromhex(file_sha256(f)))
     return h.hexdigest()
 
 

@@ -111,6 +111,11 @@ def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOpt
         source = sources.pop()
         seed = int(source.split("seed=")[1].rstrip(")")) if "seed=" in source else 0
     else:
+        if all(m.get("weights") == "synthetic-untrained" for m in metas):
+            raise InputError(
+                f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
+                " run parity with ARTIFACT_DIR only"
+            )
         digests = {m.get("checkpoint_sha256") for m in metas} - {"", None}
         if checkpoint.is_file() and digests and file_sha256(checkpoint) not in digests:
             raise InputError(

@@ -60,6 +60,12 @@ def test_onnx_decoder_from_checkpoint_with_verification(tmp_path: Path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     # the parity command re-checks with the checkpoint, reading options from the metadata
     assert runner.invoke(app, ["parity", str(ckpt), str(out)]).exit_code == 0
+    other = tmp_path / "other.pth"
+    torch.save(synth_state_dict("edge_sam", 5), other)
+    refused = runner.invoke(app, ["parity", str(other), str(out)])
+    assert refused.exit_code == ExitCode.BAD_INPUT
+    assert "not the checkpoint these artifacts were exported from" in refused.output
+    assert runner.invoke(app, ["parity", str(out)]).exit_code == ExitCode.BAD_INPUT
 
 
 def test_synthetic_run_is_labelled(tmp_path: Path):

@@ -96,7 +96,8 @@ def test_wrong_checkpoint_is_refused(default_artifacts: Path, tmp_path: Path):
     ckpt = tmp_path / "other.pth"
     torch.save(synth_state_dict("edge_sam", 5), ckpt)
     result = runner.invoke(app, ["parity", str(ckpt), str(default_artifacts)])
-    assert result.exit_code != 0
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "synthetic weights" in result.output
 
 
 def test_compare_arrays_metrics():
