@@ -263,31 +263,44 @@ def _pillow_bilinear_taps(
     return taps, fixed_int
 
 
-def _resample_axis(image: NDArray[np.uint8], out_size: int, axis: int) -> NDArray[np.uint8]:
-    """One Pillow 8-bit resampling pass of ``image`` (H, W, C) along ``axis`` (0 or 1).
+_BLOCK_BYTES = 1 << 18  # int32 accumulator block: ~256 KiB stays in cache
 
-    Loops over the handful of filter taps only; every tap is a vectorised gather +
-    multiply-add over the whole image, accumulated in int32 exactly like Pillow's
-    accumulator (bilinear weights are non-negative and sum to 2**22, so the total stays
-    below 255 * 2**22 + 2**21 < 2**31: no overflow).
+
+def _resample_rows(planar: NDArray[np.uint8], out_size: int) -> NDArray[np.uint8]:
+    """One Pillow 8-bit resampling pass along axis 1 of a planar ``(C, N, M)`` uint8 array.
+
+    Every filter tap gathers whole contiguous rows and multiply-adds them into an int32
+    accumulator, exactly like Pillow's (bilinear weights are non-negative and sum to 2**22,
+    so the total stays below 255 * 2**22 + 2**21 < 2**31). Output rows are produced in
+    blocks so the accumulator stays in cache.
     """
-    taps, weights = _pillow_bilinear_taps(image.shape[axis], out_size)
-    out_shape = list(image.shape)
-    out_shape[axis] = out_size
-    weight_shape = [1] * image.ndim
-    weight_shape[axis] = out_size
-    acc = np.full(out_shape, _FIXED_HALF, dtype=np.int32)
-    term = np.empty(out_shape, dtype=np.int32)
-    for k in range(taps.shape[1]):
-        column = weights[:, k]
-        if not column.any():
-            continue
-        gathered = np.take(image, taps[:, k], axis=axis)
-        np.multiply(gathered, column.astype(np.int32).reshape(weight_shape), out=term)
-        acc += term
-    acc >>= _PRECISION_BITS
-    np.clip(acc, 0, 255, out=acc)
-    return acc.astype(np.uint8)
+    channels, n, m = planar.shape
+    taps, weights = _pillow_bilinear_taps(n, out_size)
+    live = [k for k in range(taps.shape[1]) if weights[:, k].any()]
+    w32 = weights.astype(np.int32)
+    rows = max(1, _BLOCK_BYTES // (4 * channels * m))
+    out = np.empty((channels, out_size, m), dtype=np.uint8)
+    acc_buf = np.empty((channels, rows, m), dtype=np.int32)
+    term_buf = np.empty((channels, rows, m), dtype=np.int32)
+    for o0 in range(0, out_size, rows):
+        o1 = min(o0 + rows, out_size)
+        acc, term = acc_buf[:, : o1 - o0], term_buf[:, : o1 - o0]
+        acc.fill(_FIXED_HALF)
+        for k in live:
+            np.multiply(planar[:, taps[o0:o1, k]], w32[o0:o1, k, None], out=term)
+            acc += term
+        acc >>= _PRECISION_BITS
+        np.clip(acc, 0, 255, out=acc)
+        out[:, o0:o1] = acc
+    return out
+
+
+def _swap_hw(planar: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(C, A, B) -> contiguous (C, B, A), one channel at a time (cache-friendly)."""
+    out = np.empty((planar.shape[0], planar.shape[2], planar.shape[1]), dtype=np.uint8)
+    for c in range(planar.shape[0]):
+        out[c] = planar[c].T
+    return out
 
 
 def _pillow_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
@@ -323,6 +336,20 @@ def resize_uint8(
     ``"horizontal"`` reproduces Pillow <= 12, which always starts horizontally. Both orders
     agree whenever the image is upscaled on both axes (the usual SAM case).
     """
+    planar = _resize_planar(image, size, pass_order)
+    return np.ascontiguousarray(planar.transpose(1, 2, 0) if image.ndim == 3 else planar[0])
+
+
+def _resize_planar(
+    image: NDArray[np.uint8],
+    size: tuple[int, int],
+    pass_order: Literal["auto", "horizontal", "vertical"] = "auto",
+) -> NDArray[np.uint8]:
+    """`resize_uint8`, returned planar ``(C, h, w)`` (C = 1 for ``HxW``): what preprocess needs.
+
+    Both passes run along axis 1 of a planar array: the horizontal one on per-channel
+    transposes, so every tap reads whole rows instead of 3-byte pixels.
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise ProcessingError(
             f"resize_uint8 expects a uint8 numpy array (HxW or HxWxC), got {_describe(image)}"
@@ -342,15 +369,20 @@ def resize_uint8(
         vertical_first = _pillow_vertical_first(in_h, in_w, out_h, out_w)
     else:
         vertical_first = pass_order == "vertical"
-    axes = (0, 1) if vertical_first else (1, 0)
-    for axis in axes:
-        target = out_h if axis == 0 else out_w
-        if work.shape[axis] != target:
-            work = _resample_axis(work, target, axis=axis)
-    result = work if image.ndim == 3 else work[:, :, 0]
-    if result is image or np.shares_memory(result, image):
-        result = result.copy()
-    return np.ascontiguousarray(result)
+    needs_h, needs_v = in_w != out_w, in_h != out_h
+    if needs_h and not (vertical_first and needs_v):
+        # Horizontal first: straight from interleaved HWC into planar (C, W, H).
+        transposed = np.empty((work.shape[2], in_w, in_h), dtype=np.uint8)
+        for c in range(work.shape[2]):
+            transposed[c] = work[:, :, c].T
+        planar = _swap_hw(_resample_rows(transposed, out_w))
+        return _resample_rows(planar, out_h) if needs_v else planar
+    planar = np.ascontiguousarray(work.transpose(2, 0, 1))
+    if needs_v:
+        planar = _resample_rows(planar, out_h)
+    if needs_h:
+        planar = _swap_hw(_resample_rows(_swap_hw(planar), out_w))
+    return planar
 
 
 # --------------------------------------------------------------------------------------
@@ -427,15 +459,14 @@ def preprocess(
 
     height, width = int(rgb.shape[0]), int(rgb.shape[1])
     new_h, new_w = get_preprocess_shape(height, width, size)
-    resized = resize_uint8(rgb, (new_h, new_w))
+    planar = _resize_planar(rgb, (new_h, new_w))  # (3, h, w), or (1, h, w) for grayscale
     # (x - mean) / std in float32 has only 256 possible results per channel: a lookup table
     # gives bit-identical values for a fraction of the arithmetic and memory traffic.
     table = (np.arange(256, dtype=np.float32)[None, :] - mean[:, None]) / std[:, None]
     tensor = np.zeros((1, 3, size, size), dtype=np.float32)
     for c in range(3):
         # Grayscale: resizing once and replicating equals resizing three equal channels.
-        plane = resized if resized.ndim == 2 else resized[:, :, c]
-        np.take(table[c], plane, out=tensor[0, c, :new_h, :new_w])
+        np.take(table[c], planar[min(c, planar.shape[0] - 1)], out=tensor[0, c, :new_h, :new_w])
     info = ImageInfo(original_size=(height, width), input_size=(new_h, new_w), img_size=size)
     return tensor, info
 

@@ -9,11 +9,12 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import EdgeSamExportError, ExitCode
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -26,7 +27,7 @@ def guarded(debug: bool = False) -> Iterator[None]:
     except EdgeSamExportError as exc:
         if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
             err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: nothing half-written was left in place[/]")
@@ -35,7 +36,7 @@ def guarded(debug: bool = False) -> Iterator[None]:
         if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
             err_console.print_exception()
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
             "Re-run with --debug for the traceback and please report it."
         )
         raise typer.Exit(int(ExitCode.INTERNAL)) from None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ExitCode, InputError
@@ -85,7 +86,9 @@ def _render_parity(report: Any) -> None:
         )
     console.print(table)
     for err in report.errors:
-        err_console.print(f"[bold red]unreadable:[/] {err['artifact']}: {err['error']}")
+        err_console.print(
+            f"[bold red]unreadable:[/] {escape(err['artifact'])}: {escape(err['error'])}"
+        )
 
 
 def _parity_exit(report: Any) -> None:

@@ -140,6 +140,40 @@ class Upsample2x(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
 
 
+def interpolation_matrix(in_size: int, out_size: int, mode: UpsampleMode) -> Tensor:
+    """(out, in) matrix of PyTorch's 1-D `F.interpolate` weights (align_corners=False).
+
+    Read off `F.interpolate` itself applied to the identity, so border clamping and the cubic
+    coefficient (-0.75) are PyTorch's by construction. Bilinear and bicubic are separable:
+    a 2-D resize equals one such matrix per axis.
+    """
+    basis = torch.eye(in_size, dtype=torch.float32).reshape(1, in_size, in_size, 1)
+    with torch.no_grad():
+        out = F.interpolate(basis, size=(out_size, 1), mode=mode, align_corners=False)
+    return out[0, :, :, 0].T.contiguous()
+
+
+class MatrixUpsample(nn.Module):
+    """A fixed-size 2-D resize as two constant matmuls: `A_h @ x @ A_w^T`.
+
+    onnxruntime's cubic Resize takes ~100 ms on this 256x32x32 map (a quarter of the whole
+    encoder); two small MatMuls take under 1 ms and run on every backend (CoreML has no
+    bicubic op at all). Same weights as PyTorch, float32 summation order aside.
+    """
+
+    rows: Tensor
+    cols_t: Tensor
+
+    def __init__(self, in_hw: tuple[int, int], mode: UpsampleMode, factor: int = 2) -> None:
+        super().__init__()
+        (h, w) = in_hw
+        self.register_buffer("rows", interpolation_matrix(h, factor * h, mode))
+        self.register_buffer("cols_t", interpolation_matrix(w, factor * w, mode).T.contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rows @ (x @ self.cols_t)
+
+
 class FuseStage3(nn.Module):
     def __init__(self, cin: int, mode: UpsampleMode) -> None:
         super().__init__()
@@ -154,8 +188,10 @@ class FuseStage3(nn.Module):
 class RepViTEncoder(nn.Module):
     """RepViT-M1 to (1, 256, 64, 64) embeddings for a 1024x1024 input."""
 
-    def __init__(self, upsample_mode: UpsampleMode = "bicubic") -> None:
+    def __init__(self, upsample_mode: UpsampleMode = "bicubic", img_size: int = 1024) -> None:
         super().__init__()
+        self.img_size = img_size
+        self.upsample_mode: UpsampleMode = upsample_mode
         first = _M1_BLOCKS[0][0]
         layers: list[nn.Module] = [
             nn.Sequential(
@@ -176,19 +212,17 @@ class RepViTEncoder(nn.Module):
             LayerNorm2d(256),
         )
 
-    @property
-    def upsample_mode(self) -> UpsampleMode:
-        up = self.fuse_stage3.op_list[1]
-        assert isinstance(up, Upsample2x)
-        return up.mode
-
     def export_friendly(self) -> RepViTEncoder:
         """A copy computing the same function faster and closer to PyTorch on ONNX runtimes.
 
-        Squeeze-excite means are split (see `SqueezeExcite`) and each RepVGGDW token mixer is
-        re-parameterised into one conv. The original stays the bit-faithful reference.
+        Squeeze-excite means are split (see `SqueezeExcite`), each RepVGGDW token mixer is
+        re-parameterised into one conv, and the neck's 2x upsampling (fixed 32 -> 64 grid for a
+        1024 input) becomes two constant matmuls (`MatrixUpsample`). The original stays the
+        bit-faithful reference.
         """
         clone = copy.deepcopy(self)
+        stage3_hw = (self.img_size // 32, self.img_size // 32)
+        clone.fuse_stage3.op_list[1] = MatrixUpsample(stage3_hw, self.upsample_mode)
         for module in list(clone.modules()):
             if isinstance(module, SqueezeExcite):
                 module.split_mean = True

@@ -1,0 +1,134 @@
+"""Plumbing shared by the benchmark scripts: thread pinning, CPU contention, result files.
+
+Import this module before numpy, torch or onnxruntime: it pins the BLAS/OpenMP pools to
+`THREADS` through the environment, which those libraries only read when they load. It owns the
+layout of `benchmarks/results/<name>.{json,md}` and the machine header of every report.
+"""
+
+from __future__ import annotations
+
+import os
+
+THREADS = 2  # torch, onnxruntime and numpy's BLAS alike: the benchmark machine has 2 cores
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+
+import datetime  # noqa: E402  (after the environment is set, on purpose)
+import json  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+if str(HERE.parent) not in sys.path:  # run from a checkout even when not pip-installed
+    sys.path.insert(1, str(HERE.parent))
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def log(message: str) -> None:
+    """Progress to stderr, so that stdout holds only the result table."""
+    print(f"• {message}", file=sys.stderr, flush=True)
+
+
+class CpuMonitor:
+    """Share of the machine's CPU time that *other* processes used while we measured.
+
+    Linux only (reads /proc/stat); elsewhere `result()` is empty. A large share means the
+    timings were taken on a contended machine: multi-threaded runtimes that spin-wait (OpenMP,
+    onnxruntime, OpenBLAS) then slow down far more than the share suggests.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        ticks = [int(v) for v in fields[:8]]
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = ticks[3] + ticks[4]
+        times = os.times()
+        return sum(ticks) / hz, (sum(ticks) - idle) / hz, times.user + times.system
+
+    def result(self) -> dict[str, float]:
+        end = self._snapshot()
+        if self._start is None or end is None:
+            return {}
+        total, busy, own = (e - s for e, s in zip(end, self._start, strict=True))
+        if total <= 0:
+            return {}
+        return {
+            "machine_cpu_seconds": round(total, 1),
+            "own_share": round(own / total, 3),
+            "others_share": round(max(busy - own, 0.0) / total, 3),
+        }
+
+
+def md_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+) -> str:
+    """A GitHub-markdown table; `right` marks right-aligned (numeric) columns."""
+    right = right or [False] * len(headers)
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                str(c).rjust(w) if r else str(c).ljust(w)
+                for c, w, r in zip(cells, widths, right, strict=True)
+            )
+            + " |"
+        )
+
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if r else ("-" * (w + 2))
+            for w, r in zip(widths, right, strict=True)
+        )
+        + "|"
+    )
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def machine_md(info: dict[str, Any], date: str, contention: dict[str, float]) -> str:
+    """The header every report starts with: where, when, with what, and how busy."""
+    v = info.get("versions", {})
+    stack = ", ".join(
+        f"{k} {v[k]}" for k in ("numpy", "torch", "onnxruntime", "pillow") if v.get(k)
+    )
+    lines = [
+        f"- date: {date}",
+        f"- machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable),"
+        f" {info['platform']}",
+        f"- Python {info['python']}; {stack}",
+        f"- threads: {THREADS} (torch, onnxruntime and numpy's BLAS)",
+    ]
+    if contention:
+        lines.append(
+            f"- other processes used {contention['others_share']:.0%} of the machine's"
+            f" CPU during the run (this run: {contention['own_share']:.0%})"
+        )
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write results/<name>.json and results/<name>.md; return their paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
