@@ -589,15 +589,18 @@ def build_prompts(
 # --------------------------------------------------------------------------------------
 
 
-def _torch_bilinear_matrix(in_size: int, out_size: int) -> NDArray[np.float64]:
-    """``(out, in)`` matrix of ``F.interpolate(mode="bilinear", align_corners=False)``.
+def _torch_bilinear_taps(
+    in_size: int, out_size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per output index: lower and upper source index and their weights, as torch computes them.
 
-    Half-pixel centres: source = (dst + 0.5) * in / out - 0.5, clamped below at 0; the
-    upper neighbour is clamped to ``in - 1`` (no antialiasing, as torch's default).
-    The source position is computed the way torch does for float32 tensors (float32 ratio,
-    one float32 rounding of ``ratio * (dst + 0.5) - 0.5`` as a fused multiply-add gives):
-    at ~1000 px a float32 ulp is ~6e-5 px, which on steep logits is worth ~1e-3, so using
-    exact float64 positions would disagree with torch far more than the matmul does.
+    ``F.interpolate(mode="bilinear", align_corners=False)``: half-pixel centres, source =
+    (dst + 0.5) * in / out - 0.5, clamped below at 0; the upper neighbour is clamped to
+    ``in - 1`` (no antialiasing, as torch's default). The source position is computed the way
+    torch does for float32 tensors (float32 ratio, one float32 rounding of
+    ``ratio * (dst + 0.5) - 0.5`` as a fused multiply-add gives): at ~1000 px a float32 ulp is
+    ~6e-5 px, which on steep logits is worth ~1e-3, so exact float64 positions would disagree
+    with torch far more than the matmul does.
     """
     ratio = np.float32(in_size) / np.float32(out_size)
     half_dst = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
@@ -606,10 +609,16 @@ def _torch_bilinear_matrix(in_size: int, out_size: int) -> NDArray[np.float64]:
     lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
     frac = np.clip(src - lower.astype(np.float32), np.float32(0.0), np.float32(1.0))
+    return lower, upper, (np.float32(1.0) - frac).astype(np.float64), frac.astype(np.float64)
+
+
+def _torch_bilinear_matrix(in_size: int, out_size: int) -> NDArray[np.float64]:
+    """``(out, in)`` matrix of ``F.interpolate(mode="bilinear", align_corners=False)``."""
+    lower, upper, w_lower, w_upper = _torch_bilinear_taps(in_size, out_size)
     rows = np.arange(out_size)
     matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    np.add.at(matrix, (rows, lower), (np.float32(1.0) - frac).astype(np.float64))
-    np.add.at(matrix, (rows, upper), frac.astype(np.float64))
+    np.add.at(matrix, (rows, lower), w_lower)
+    np.add.at(matrix, (rows, upper), w_upper)
     return matrix
 
 
@@ -659,8 +668,9 @@ def _postprocess_bands(
     bands = []
     for axis in (0, 1):
         up = _torch_bilinear_matrix(low_res_size[axis], img_size)[: input_size[axis]]
-        down = _torch_bilinear_matrix(input_size[axis], original_size[axis])
-        bands.append(_banded(down @ up))
+        # down @ up, using that each row of `down` has two taps: O(out * low_res) work.
+        lower, upper, w_lower, w_upper = _torch_bilinear_taps(input_size[axis], original_size[axis])
+        bands.append(_banded(w_lower[:, None] * up[lower] + w_upper[:, None] * up[upper]))
     return bands[0], bands[1]
 
 
