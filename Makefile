@@ -31,6 +31,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_processing.py
+	$(BIN)/python benchmarks/bench_vs_official.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache .mypy_cache
