@@ -213,3 +213,16 @@ def test_interrupted_write_leaves_nothing(tmp_path, bilinear_model, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         export(bilinear_model, "decoder", OnnxOptions(output=tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["edge_sam_encoder.onnx", "edge_sam_decoder.onnx"])
+def test_no_duplicated_constants(default_artifacts, name):
+    """Each constant is stored once (the tracer folds the positional encoding at every use)."""
+    model = onnx.load(str(default_artifacts / name))
+    seen = set()
+    for init in model.graph.initializer:
+        key = (tuple(init.dims), onnx.numpy_helper.to_array(init).tobytes())
+        assert key not in seen, f"{init.name} duplicates another initializer"
+        seen.add(key)
+    n_values = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    assert n_values < (6.0e6 if "encoder" in name else 5.2e6)

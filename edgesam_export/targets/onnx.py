@@ -63,6 +63,35 @@ def build_graph(
     return module.eval(), args
 
 
+def dedupe_initializers(proto: Any) -> int:
+    """Merge byte-identical initializers; returns how many were dropped.
+
+    The TorchScript exporter folds a constant separately at every use (the decoder's 4 MB
+    positional encoding became three copies), and simplifiers keep distinct names apart.
+    """
+    from onnx import numpy_helper
+
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in proto.graph.initializer:
+        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        if key in first:
+            rename[init.name] = first[key]
+        else:
+            first[key] = init.name
+            keep.append(init)
+    if not rename:
+        return 0
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
 def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
     if not isinstance(options, OnnxOptions):
         options = OnnxOptions(**options.model_dump())
@@ -101,6 +130,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         proto = onnx.load_from_string(buffer.getvalue())
         if options.simplify:
             proto = onnxslim.slim(proto)
+        dedupe_initializers(proto)
         metadata = base_metadata(
             spec_name=spec.name,
             family=spec.family,
