@@ -1,7 +1,15 @@
-"""Shared fixtures: the golden file, loaded models and artifacts built once per test session."""
+"""Shared fixtures: golden files, loaded models and artifacts built once per test session.
+
+Every `golden_*.npz` under tests/fixtures/edge_sam/ (and ../shared/fixtures/edge_sam/ when that
+checkout sits beside this one) is a test case: golden tests are parametrised over the files and
+read the weight seed, image and prompt sets from each file, so fixtures with other seeds, images
+and prompts are checked by dropping them in.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +20,87 @@ from edgesam_export.config import ModelOptions, OnnxOptions
 from edgesam_export.models import LoadedModel, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def _golden_files() -> list[Path]:
+    found: dict[str, Path] = {}
+    for directory in (FIXTURES / "edge_sam", SHARED / "edge_sam"):
+        for path in sorted(directory.glob("golden_*.npz")):
+            found.setdefault(path.name, path)  # the repo's copy wins over ../shared's
+    return list(found.values())
+
+
+GOLDEN_FILES = _golden_files()
 GOLDEN = FIXTURES / "edge_sam" / "golden_seed0.npz"
 
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="session")
-def golden() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+class Golden(dict):
+    """The arrays of one golden file plus what the tests derive from them."""
+
+    @property
+    def seed(self) -> int:
+        return int(json.loads(str(self["meta_json"]))["seed"])
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self["original_size"])  # type: ignore[return-value]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self["input_size"])  # type: ignore[return-value]
+
+    def dec_sets(self) -> list[str]:
+        """Prompt sets fed to the decoder wrapper: dec_<x>_point_coords/labels/masks/scores."""
+        return sorted(
+            k[4:-13] for k in self if k.startswith("dec_") and k.endswith("_point_coords")
+        )
+
+    def pred_sets(self) -> list[str]:
+        """Prompt sets given to the official predictor (points and/or a box)."""
+        names = {k.split("_")[1] for k in self if k.startswith("pred_")}
+        return sorted(n for n in names if f"pred_{n}_single_masks" in self)
+
+    def pred_prompt(self, name: str) -> dict[str, np.ndarray]:
+        prompt = {}
+        if f"pred_{name}_point_coords" in self:
+            prompt["points"] = self[f"pred_{name}_point_coords"]
+            prompt["labels"] = self[f"pred_{name}_point_labels"]
+        if f"pred_{name}_box" in self:
+            prompt["box"] = self[f"pred_{name}_box"]
+        return prompt
+
+
+def read_golden(path: Path) -> Golden:
+    with np.load(path, allow_pickle=False) as data:
+        return Golden({k: data[k] for k in data.files})
+
+
+@pytest.fixture(scope="session", params=GOLDEN_FILES, ids=[p.stem for p in GOLDEN_FILES])
+def golden(request: pytest.FixtureRequest) -> Golden:
+    return read_golden(request.param)
+
+
+@functools.cache
+def model_for(seed: int, mode: str) -> LoadedModel:
+    return load_model(None, upsample_mode=mode, seed=seed)
 
 
 @pytest.fixture(scope="session")
-def bilinear_model() -> LoadedModel:
-    return load_model(None, upsample_mode="bilinear")
+def bilinear_model(golden: Golden) -> LoadedModel:
+    return model_for(golden.seed, "bilinear")
 
 
 @pytest.fixture(scope="session")
-def bicubic_model() -> LoadedModel:
-    return load_model(None, upsample_mode="bicubic")
+def bicubic_model(golden: Golden) -> LoadedModel:
+    return model_for(golden.seed, "bicubic")
 
 
 @pytest.fixture(scope="session")
 def default_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Default export (bicubic encoder + IoU decoder) made through the library pipeline."""
+    """Default export (bicubic encoder + IoU decoder, seed 0) made through the pipeline."""
     from edgesam_export.pipeline import export_artifacts
 
     out = tmp_path_factory.mktemp("default")
@@ -45,13 +110,24 @@ def default_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bilinear_artifacts(
-    tmp_path_factory: pytest.TempPathFactory, bilinear_model: LoadedModel
+    tmp_path_factory: pytest.TempPathFactory, bilinear_model: LoadedModel, golden: Golden
 ) -> Path:
-    """The official exports' flavour: bilinear encoder, plus IoU and stability decoders."""
+    """The official exports' flavour for the golden file's seed: bilinear encoder, plus IoU and
+    stability decoders."""
     from edgesam_export.targets.onnx import export
 
-    out = tmp_path_factory.mktemp("bilinear")
+    out = tmp_path_factory.mktemp(f"bilinear_seed{golden.seed}")
     export(bilinear_model, "encoder", OnnxOptions(output=out))
     export(bilinear_model, "decoder", OnnxOptions(output=out))
     export(bilinear_model, "decoder", OnnxOptions(output=out, use_stability_score=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def bicubic_encoder_artifact(
+    tmp_path_factory: pytest.TempPathFactory, bicubic_model: LoadedModel, golden: Golden
+) -> Path:
+    from edgesam_export.targets.onnx import export
+
+    out = tmp_path_factory.mktemp(f"bicubic_seed{golden.seed}")
+    return export(bicubic_model, "encoder", OnnxOptions(output=out)).path

@@ -58,35 +58,46 @@ def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model):
     assert not any(m.split_mean for m in original.modules() if isinstance(m, SqueezeExcite))
 
 
-@pytest.mark.parametrize("prompt", ["a", "b", "c", "d"])
 @pytest.mark.parametrize("stability", [False, True])
-def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, prompt, stability):
+def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, stability):
+    """Every prompt set of the file, fed the official embeddings: the tight decoder check."""
     graph = DecoderGraph(bilinear_model.model, 1024, use_stability_score=stability)
-    with torch.inference_mode():
-        scores, masks = graph(
-            torch.from_numpy(golden["embeddings_bilinear"]),
-            torch.from_numpy(golden[f"dec_{prompt}_point_coords"]),
-            torch.from_numpy(golden[f"dec_{prompt}_point_labels"]),
+    assert golden.dec_sets()
+    for prompt in golden.dec_sets():
+        with torch.inference_mode():
+            scores, masks = graph(
+                torch.from_numpy(golden["embeddings_bilinear"]),
+                torch.from_numpy(golden[f"dec_{prompt}_point_coords"]),
+                torch.from_numpy(golden[f"dec_{prompt}_point_labels"]),
+            )
+        np.testing.assert_allclose(
+            masks.numpy(),
+            golden[f"dec_{prompt}_masks"],
+            rtol=0,
+            atol=DEC_LOGIT_TOL,
+            err_msg=f"prompt set {prompt}",
         )
-    np.testing.assert_allclose(
-        masks.numpy(), golden[f"dec_{prompt}_masks"], rtol=0, atol=DEC_LOGIT_TOL
-    )
-    key = f"dec_{prompt}_scores_stability" if stability else f"dec_{prompt}_scores"
-    tol = DEC_STAB_TOL if stability else DEC_IOU_TOL
-    np.testing.assert_allclose(scores.numpy(), golden[key], rtol=0, atol=tol)
+        key = f"dec_{prompt}_scores_stability" if stability else f"dec_{prompt}_scores"
+        tol = DEC_STAB_TOL if stability else DEC_IOU_TOL
+        np.testing.assert_allclose(
+            scores.numpy(), golden[key], rtol=0, atol=tol, err_msg=f"prompt set {prompt}"
+        )
 
 
 def test_end_to_end_from_input_tensor(golden, bilinear_model):
     graph = DecoderGraph(bilinear_model.model, 1024)
     emb = torch.from_numpy(_enc(bilinear_model.model, golden["input_tensor"]))
-    with torch.inference_mode():
-        scores, masks = graph(
-            emb,
-            torch.from_numpy(golden["dec_d_point_coords"]),
-            torch.from_numpy(golden["dec_d_point_labels"]),
+    for prompt in golden.dec_sets():
+        with torch.inference_mode():
+            scores, masks = graph(
+                emb,
+                torch.from_numpy(golden[f"dec_{prompt}_point_coords"]),
+                torch.from_numpy(golden[f"dec_{prompt}_point_labels"]),
+            )
+        np.testing.assert_allclose(masks.numpy(), golden[f"dec_{prompt}_masks"], rtol=0, atol=5e-3)
+        np.testing.assert_allclose(
+            scores.numpy(), golden[f"dec_{prompt}_scores"], rtol=0, atol=2e-4
         )
-    np.testing.assert_allclose(masks.numpy(), golden["dec_d_masks"], rtol=0, atol=5e-3)
-    np.testing.assert_allclose(scores.numpy(), golden["dec_d_scores"], rtol=0, atol=2e-4)
 
 
 def test_every_registered_model_has_a_golden_test():

@@ -34,57 +34,65 @@ def _flipped_fraction(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("which", ["torch", "onnx"])
-@pytest.mark.parametrize("mode,k", [("single", 1), ("multi", 3)])
-def test_point_prompt_matches_official_predictor(request, golden, which, mode, k):
+def test_predictor_matches_official_predictor(request, golden, which):
+    """Every predictor prompt set of the file (points, box, or both), 1 and 3 masks."""
     pred = request.getfixturevalue(f"{which}_predictor")
-    out = pred.predict(
-        points=golden["pred_a_point_coords"],
-        labels=golden["pred_a_point_labels"],
-        num_multimask_outputs=k,
-    )
-    logit_tol = 5e-3  # end to end (our encoder on the image, then the decoder)
-    np.testing.assert_allclose(
-        out.low_res_logits, golden[f"pred_a_{mode}_low_res_logits"], atol=logit_tol
-    )
-    np.testing.assert_allclose(out.scores, golden[f"pred_a_{mode}_scores"], atol=2e-4)
-    assert out.masks.shape == golden[f"pred_a_{mode}_masks"].shape
-    assert out.masks.dtype == bool
-    assert _flipped_fraction(out.masks, golden[f"pred_a_{mode}_masks"]) <= 2e-4
+    assert golden.pred_sets()
+    for name in golden.pred_sets():
+        for mode, k in (("single", 1), ("multi", 3)):
+            out = pred.predict(**golden.pred_prompt(name), num_multimask_outputs=k)
+            where = f"prompt set {name}, {mode}"
+            # end to end: our encoder on the image, then the decoder
+            np.testing.assert_allclose(
+                out.low_res_logits,
+                golden[f"pred_{name}_{mode}_low_res_logits"],
+                atol=5e-3,
+                err_msg=where,
+            )
+            np.testing.assert_allclose(
+                out.scores, golden[f"pred_{name}_{mode}_scores"], atol=2e-4, err_msg=where
+            )
+            expected = golden[f"pred_{name}_{mode}_masks"]
+            assert out.masks.shape == expected.shape and out.masks.dtype == bool
+            assert _flipped_fraction(out.masks, expected) <= 2e-4, where
 
 
-@pytest.mark.parametrize("which", ["torch", "onnx"])
-def test_box_prompt_matches_official_predictor(request, golden, which):
-    pred = request.getfixturevalue(f"{which}_predictor")
-    out = pred.predict(box=golden["pred_c_box"], num_multimask_outputs=4)
+def test_four_masks_are_single_then_multi(torch_predictor, golden):
+    name = golden.pred_sets()[0]
+    out = torch_predictor.predict(**golden.pred_prompt(name), num_multimask_outputs=4)
     ref = np.concatenate(
-        [golden["pred_c_single_low_res_logits"], golden["pred_c_multi_low_res_logits"]]
+        [golden[f"pred_{name}_single_low_res_logits"], golden[f"pred_{name}_multi_low_res_logits"]]
     )
     np.testing.assert_allclose(out.low_res_logits, ref, atol=5e-3)
-    masks = np.concatenate([golden["pred_c_single_masks"], golden["pred_c_multi_masks"]])
+    masks = np.concatenate(
+        [golden[f"pred_{name}_single_masks"], golden[f"pred_{name}_multi_masks"]]
+    )
     assert _flipped_fraction(out.masks, masks) <= 2e-4
 
 
 def test_padding_point_can_be_turned_off(torch_predictor, golden):
-    """pad=False reproduces EdgeSAM's ONNX client (points sent as-is): the dec_a arrays."""
-    out = torch_predictor.predict(
-        points=golden["pred_a_point_coords"],
-        labels=golden["pred_a_point_labels"],
-        num_multimask_outputs=4,
-        pad=False,
-    )
-    np.testing.assert_allclose(out.low_res_logits, golden["dec_a_masks"][0], atol=5e-3)
-    padded = torch_predictor.predict(
-        points=golden["pred_a_point_coords"],
-        labels=golden["pred_a_point_labels"],
-        num_multimask_outputs=4,
-    )
-    assert np.abs(padded.low_res_logits - out.low_res_logits).max() > 0.05
+    """pad=False reproduces EdgeSAM's ONNX client (points sent as-is): the dec_<x> arrays of a
+    point-only prompt set; the default pad=True (the PyTorch predictor) differs."""
+    names = [
+        n
+        for n in golden.pred_sets()
+        if "box" not in golden.pred_prompt(n) and n in golden.dec_sets()
+    ]
+    assert names, "the golden file has no point-only prompt set"
+    for name in names:
+        prompt = golden.pred_prompt(name)
+        out = torch_predictor.predict(**prompt, num_multimask_outputs=4, pad=False)
+        np.testing.assert_allclose(out.low_res_logits, golden[f"dec_{name}_masks"][0], atol=5e-3)
+        padded = torch_predictor.predict(**prompt, num_multimask_outputs=4)
+        assert np.abs(padded.low_res_logits - out.low_res_logits).max() > 0.05
 
 
-def test_batch_of_boxes(onnx_predictor):
-    boxes = np.array([[10, 20, 200, 220], [300, 50, 600, 300], [50, 250, 400, 470]], np.float32)
+def test_batch_of_boxes(onnx_predictor, golden):
+    h, w = golden.original_size
+    boxes = np.array([[0.02, 0.04, 0.3, 0.45], [0.5, 0.1, 0.95, 0.6], [0.1, 0.5, 0.6, 0.98]])
+    boxes = (boxes * [w, h, w, h]).astype(np.float32)
     out = onnx_predictor.predict(box=boxes, num_multimask_outputs=3)
-    assert out.masks.shape == (3, 3, 480, 640)
+    assert out.masks.shape == (3, 3, h, w)
     assert out.scores.shape == (3, 3)
     for i, box in enumerate(boxes):
         single = onnx_predictor.predict(box=box, num_multimask_outputs=3)

@@ -22,14 +22,7 @@ from edgesam_export import processing as P
 from edgesam_export.processing import ImageInfo, ProcessingError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = REPO_ROOT / "tests" / "fixtures" / "edge_sam" / "golden_seed0.npz"
-PRED_KEYS = ("pred_a_single", "pred_a_multi", "pred_c_single", "pred_c_multi")
-
-
-@pytest.fixture(scope="module")
-def golden() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+# The `golden` fixture (conftest.py) runs each golden test once per golden file.
 
 
 def pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -232,7 +225,7 @@ def test_resize_uint8_rejects_bad_size() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_preprocess_reproduces_golden_tensor(golden: dict[str, np.ndarray]) -> None:
+def test_preprocess_reproduces_golden_tensor(golden) -> None:
     tensor, info = P.preprocess(golden["image"])
     assert tensor.shape == (1, 3, 1024, 1024) and tensor.dtype == np.float32
     assert tensor.flags["C_CONTIGUOUS"]
@@ -316,14 +309,23 @@ def test_preprocess_rejects_bad_options() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_transform_coords_and_boxes_match_golden(golden: dict[str, np.ndarray]) -> None:
-    size = (480, 640)
-    coords = P.transform_coords(golden["pred_a_point_coords"], size, 1024)
-    assert coords.dtype == np.float32
-    assert np.array_equal(coords[None], golden["dec_a_point_coords"])
-    boxes = P.transform_boxes(golden["pred_c_box"], size, 1024)
-    assert boxes.dtype == np.float32 and boxes.shape == (4,)
-    assert np.array_equal(boxes.reshape(1, 2, 2), golden["dec_c_point_coords"])
+def test_transform_coords_and_boxes_match_golden(golden) -> None:
+    """Original-image prompts map to exactly the float32 coordinates the official code fed."""
+    size = golden.original_size
+    for name in golden.pred_sets():
+        prompt = golden.pred_prompt(name)
+        if f"dec_{name}_point_coords" not in golden:
+            continue
+        rows = []
+        if "points" in prompt:
+            coords = P.transform_coords(prompt["points"], size, 1024)
+            assert coords.dtype == np.float32
+            rows.append(coords)
+        if "box" in prompt:
+            boxes = P.transform_boxes(prompt["box"], size, 1024)
+            assert boxes.dtype == np.float32 and boxes.shape == (4,)
+            rows.append(boxes.reshape(2, 2))
+        assert np.array_equal(np.concatenate(rows)[None], golden[f"dec_{name}_point_coords"])
 
 
 def test_transform_coords_round_trip() -> None:
@@ -349,30 +351,26 @@ def test_transform_rejects_bad_input() -> None:
         P.transform_boxes([[1.0, 2.0]], (10, 10), 1024)
 
 
-def test_build_prompts_points_golden(golden: dict[str, np.ndarray]) -> None:
-    coords, labels = P.build_prompts(
-        points=golden["pred_a_point_coords"],
-        labels=golden["pred_a_point_labels"],
-        original_size=(480, 640),
-    )
-    assert coords.dtype == np.float32 and labels.dtype == np.float32
-    assert np.array_equal(coords, np.array([[[240, 224], [0, 0]]], np.float32))
-    assert np.array_equal(labels, np.array([[1, -1]], np.float32))
-
-    coords, labels = P.build_prompts(
-        golden["pred_a_point_coords"],
-        golden["pred_a_point_labels"],
-        original_size=(480, 640),
-        pad=False,
-    )
-    assert np.array_equal(coords, golden["dec_a_point_coords"])
-    assert np.array_equal(labels, golden["dec_a_point_labels"])
-
-
-def test_build_prompts_box_golden(golden: dict[str, np.ndarray]) -> None:
-    coords, labels = P.build_prompts(box=golden["pred_c_box"], original_size=(480, 640))
-    assert np.array_equal(coords, golden["dec_c_point_coords"])
-    assert np.array_equal(labels, golden["dec_c_point_labels"])
+def test_build_prompts_golden(golden) -> None:
+    """pad=False gives the wrapper's inputs; pad=True appends (0, 0, -1) to point-only sets."""
+    size = golden.original_size
+    checked = 0
+    for name in golden.pred_sets():
+        if f"dec_{name}_point_coords" not in golden:
+            continue
+        prompt = golden.pred_prompt(name)
+        coords, labels = P.build_prompts(**prompt, original_size=size, pad=False)
+        assert coords.dtype == np.float32 and labels.dtype == np.float32
+        assert np.array_equal(coords, golden[f"dec_{name}_point_coords"])
+        assert np.array_equal(labels, golden[f"dec_{name}_point_labels"])
+        padded, padded_labels = P.build_prompts(**prompt, original_size=size)
+        if "box" in prompt:
+            assert np.array_equal(padded, coords) and np.array_equal(padded_labels, labels)
+        else:
+            assert np.array_equal(padded[:, :-1], coords)
+            assert padded[0, -1].tolist() == [0.0, 0.0] and padded_labels[0, -1] == -1
+        checked += 1
+    assert checked
 
 
 def test_build_prompts_points_and_box_order() -> None:
@@ -427,15 +425,17 @@ def test_build_prompts_rejects_bad_prompts(kwargs: dict[str, object], word: str)
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", PRED_KEYS)
-def test_postprocess_matches_golden_masks(golden: dict[str, np.ndarray], key: str) -> None:
-    info = ImageInfo((480, 640), (768, 1024), 1024)
-    low_res = golden[f"{key}_low_res_logits"]
-    logits = P.postprocess_masks(low_res, info)
-    assert logits.dtype == np.float32 and logits.shape == golden[f"{key}_masks"].shape
-    assert np.abs(logits - torch_postprocess(low_res, info)).max() <= 1e-4
-    flipped = np.count_nonzero(P.threshold_masks(logits) != golden[f"{key}_masks"])
-    assert flipped <= 2e-4 * logits.size
+def test_postprocess_matches_golden_masks(golden) -> None:
+    info = ImageInfo(golden.original_size, golden.input_size, 1024)
+    keys = [k[: -len("_masks")] for k in golden if k.startswith("pred_") and k.endswith("_masks")]
+    assert keys
+    for key in keys:
+        low_res = golden[f"{key}_low_res_logits"]
+        logits = P.postprocess_masks(low_res, info)
+        assert logits.dtype == np.float32 and logits.shape == golden[f"{key}_masks"].shape
+        assert np.abs(logits - torch_postprocess(low_res, info)).max() <= 1e-4
+        flipped = np.count_nonzero(P.threshold_masks(logits) != golden[f"{key}_masks"])
+        assert flipped <= 2e-4 * logits.size, key
 
 
 @pytest.mark.parametrize(
@@ -498,7 +498,7 @@ def test_threshold_masks_is_strict() -> None:
     assert P.threshold_masks(logits).dtype == np.bool_
 
 
-def test_stability_score_formula_and_golden(golden: dict[str, np.ndarray]) -> None:
+def test_stability_score_formula_and_golden(golden) -> None:
     rng = np.random.default_rng(9)
     logits = (rng.standard_normal((2, 4, 32, 32)) * 3).astype(np.float32)
     expected = (logits > 1.0).sum(axis=(-2, -1)).astype(np.float32) / (logits > -1.0).sum(
@@ -507,7 +507,7 @@ def test_stability_score_formula_and_golden(golden: dict[str, np.ndarray]) -> No
     score = P.stability_score(logits)
     assert score.dtype == np.float32 and score.shape == (2, 4)
     assert np.array_equal(score, expected)
-    for key in "abcd":
+    for key in golden.dec_sets():
         masks = golden[f"dec_{key}_masks"]
         got = P.stability_score(masks)
         assert np.array_equal(got, golden[f"dec_{key}_scores_stability"])

@@ -64,18 +64,16 @@ def test_encoder_graph_keeps_reductions_short(bilinear_artifacts):
         assert axes and len(axes[0]) == 1, f"{node.name} reduces over {axes}"
 
 
-@pytest.mark.parametrize("prompt", ["a", "b", "c", "d"])
-def test_decoder_on_onnxruntime_matches_golden(golden, bilinear_artifacts, prompt):
-    scores, masks = _session(bilinear_artifacts / "edge_sam_decoder.onnx").run(
-        None, _decoder_inputs(golden, prompt)
-    )
-    assert np.abs(masks - golden[f"dec_{prompt}_masks"]).max() < 5e-5
-    assert np.abs(scores - golden[f"dec_{prompt}_scores"]).max() < 2e-5
-    stab, masks2 = _session(bilinear_artifacts / "edge_sam_decoder_stability.onnx").run(
-        None, _decoder_inputs(golden, prompt)
-    )
-    assert np.abs(stab - golden[f"dec_{prompt}_scores_stability"]).max() < 5e-5
-    np.testing.assert_array_equal(masks, masks2)
+def test_decoder_on_onnxruntime_matches_golden(golden, bilinear_artifacts):
+    iou = _session(bilinear_artifacts / "edge_sam_decoder.onnx")
+    stab = _session(bilinear_artifacts / "edge_sam_decoder_stability.onnx")
+    for prompt in golden.dec_sets():
+        scores, masks = iou.run(None, _decoder_inputs(golden, prompt))
+        assert np.abs(masks - golden[f"dec_{prompt}_masks"]).max() < 5e-5, prompt
+        assert np.abs(scores - golden[f"dec_{prompt}_scores"]).max() < 2e-5, prompt
+        stability, masks2 = stab.run(None, _decoder_inputs(golden, prompt))
+        assert np.abs(stability - golden[f"dec_{prompt}_scores_stability"]).max() < 5e-5, prompt
+        np.testing.assert_array_equal(masks, masks2)
 
 
 def test_stability_graph_uses_float_or_int32_only(bilinear_artifacts):
@@ -150,16 +148,15 @@ def test_batched_prompt_sets_equal_single_calls(bilinear_artifacts, golden):
 def test_batched_torch_graph_equals_single_calls(bilinear_model, golden):
     graph = DecoderGraph(bilinear_model.model, 1024)
     emb = torch.from_numpy(golden["embeddings_bilinear"])
-    coords = torch.from_numpy(
-        np.concatenate([golden["dec_b_point_coords"], golden["dec_d_point_coords"]])
-    )
-    labels = torch.from_numpy(
-        np.concatenate([golden["dec_b_point_labels"], golden["dec_d_point_labels"]])
-    )
+    prompt = golden.dec_sets()[-1]
+    coords = golden[f"dec_{prompt}_point_coords"]
+    labels = golden[f"dec_{prompt}_point_labels"]
+    batch_coords = np.concatenate([coords + 37.0, coords])  # another set first, same N
+    batch_labels = np.concatenate([labels, labels])
     with torch.inference_mode():
-        scores, masks = graph(emb, coords, labels)
-    np.testing.assert_allclose(masks[1:].numpy(), golden["dec_d_masks"], atol=5e-5)
-    np.testing.assert_allclose(scores[:1].numpy(), golden["dec_b_scores"], atol=2e-5)
+        scores, masks = graph(emb, torch.from_numpy(batch_coords), torch.from_numpy(batch_labels))
+    np.testing.assert_allclose(masks[1:].numpy(), golden[f"dec_{prompt}_masks"], atol=5e-5)
+    np.testing.assert_allclose(scores[1:].numpy(), golden[f"dec_{prompt}_scores"], atol=2e-5)
 
 
 def test_metadata_props(default_artifacts):
@@ -174,11 +171,9 @@ def test_metadata_props(default_artifacts):
     assert not [n for n in model.graph.node if n.op_type == "Resize"]
 
 
-def test_bicubic_encoder_on_onnxruntime_matches_golden(golden, default_artifacts):
+def test_bicubic_encoder_on_onnxruntime_matches_golden(golden, bicubic_encoder_artifact):
     """The trained (bicubic) neck, exported without a Resize op, still matches the official."""
-    (emb,) = _session(default_artifacts / "edge_sam_encoder.onnx").run(
-        None, {"image": golden["input_tensor"]}
-    )
+    (emb,) = _session(bicubic_encoder_artifact).run(None, {"image": golden["input_tensor"]})
     assert np.abs(emb - golden["embeddings_bicubic"]).max() < 5e-3
     # and it is really the bicubic model: the bilinear embeddings are far away
     assert np.abs(emb - golden["embeddings_bilinear"]).max() > 0.1
