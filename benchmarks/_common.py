@@ -16,7 +16,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import datetime  # noqa: E402  (after the environment is set, on purpose)
 import json  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -132,3 +132,15 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
 
 def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def main(
+    name: str, run: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str]
+) -> int:
+    """Run a benchmark, write results/<name>.{json,md}, print the markdown table."""
+    result = run()
+    markdown = render(result)
+    json_path, md_path = write_results(name, result, markdown)
+    print(markdown)
+    log(f"wrote {json_path} and {md_path}")
+    return 0

@@ -12,7 +12,6 @@ Writes benchmarks/results/bench_latency.{json,md} and prints the tables. Targets
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -236,14 +235,5 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def main() -> int:
-    result = run()
-    markdown = render(result)
-    json_path, md_path = _common.write_results(NAME, result, markdown)
-    print(markdown)
-    _common.log(f"wrote {json_path} and {md_path}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(_common.main(NAME, run, render))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,14 +259,5 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def main() -> int:
-    result = run()
-    markdown = render(result)
-    json_path, md_path = _common.write_results(NAME, result, markdown)
-    print(markdown)
-    _common.log(f"wrote {json_path} and {md_path}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(_common.main(NAME, run, render))

@@ -227,14 +227,5 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def main() -> int:
-    result = run()
-    markdown = render(result)
-    json_path, md_path = _common.write_results(NAME, result, markdown)
-    print(markdown)
-    _common.log(f"wrote {json_path} and {md_path}")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_common.main(NAME, run, render))

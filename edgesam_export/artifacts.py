@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .graphs import TensorSpec
-from .models.checkpoint import file_sha256
+from .models.checkpoint import LoadedModel, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 
@@ -88,39 +88,26 @@ def write_json_atomic(dest: Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def base_metadata(
-    *,
-    spec_name: str,
-    family: str,
-    graph: str,
-    img_size: int,
-    pixel_mean: tuple[float, ...],
-    pixel_std: tuple[float, ...],
-    num_mask_tokens: int,
-    use_stability_score: bool,
-    upsample: str | None,
-    source: str,
-    synthetic: bool,
-    checkpoint_sha256: str | None,
-) -> dict[str, str]:
+def base_metadata(loaded: LoadedModel, graph: str, use_stability_score: bool) -> dict[str, str]:
     """Everything a runtime or the parity checker needs to know, as strings (ONNX metadata_props).
 
     No timestamps or absolute paths: re-exporting the same checkpoint must give identical bytes.
     """
+    spec = loaded.spec
     return {
         "edgesam_export.version": __version__,
-        "model": spec_name,
-        "family": family,
+        "model": spec.name,
+        "family": spec.family,
         "graph": graph,
-        "img_size": str(img_size),
-        "pixel_mean": json.dumps(list(pixel_mean)),
-        "pixel_std": json.dumps(list(pixel_std)),
-        "num_mask_tokens": str(num_mask_tokens),
+        "img_size": str(spec.img_size),
+        "pixel_mean": json.dumps(list(spec.pixel_mean)),
+        "pixel_std": json.dumps(list(spec.pixel_std)),
+        "num_mask_tokens": str(spec.num_mask_tokens),
         "use_stability_score": str(use_stability_score).lower(),
-        "upsample_mode": upsample or "none",
-        "weights": "synthetic-untrained" if synthetic else "checkpoint",
-        "weights_source": source if synthetic else Path(source).name,
-        "checkpoint_sha256": checkpoint_sha256 or "",
+        "upsample_mode": loaded.upsample_mode or "none",
+        "weights": "synthetic-untrained" if loaded.synthetic else "checkpoint",
+        "weights_source": loaded.source if loaded.synthetic else Path(loaded.source).name,
+        "checkpoint_sha256": loaded.sha256 or "",
     }
 
 

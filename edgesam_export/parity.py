@@ -249,6 +249,34 @@ def _judge(
     report.comparisons.append(Comparison(artifact, backend, check, case, metrics, tol, ok))
 
 
+def _judge_decoder(
+    report: ParityReport,
+    artifact: str,
+    backend: str,
+    stage: str,
+    case: str,
+    stability: bool,
+    out: Mapping[str, np.ndarray],
+    ref: Mapping[str, np.ndarray],
+    precision: str,
+) -> None:
+    """Judge one decoder call's scores and masks under `stage` ("decoder" or "end_to_end")."""
+    tag = " (stability)" if stability else ""
+    score_check = f"{stage}.stability_scores" if stability else f"{stage}.scores"
+    _judge(
+        report,
+        artifact,
+        backend,
+        score_check,
+        case + tag,
+        compare_arrays(out["scores"], ref["scores"]),
+        precision,
+    )
+    metrics = compare_arrays(out["masks"], ref["masks"])
+    metrics.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
+    _judge(report, artifact, backend, f"{stage}.masks", case + tag, metrics, precision)
+
+
 def check(
     reference_encoder: Session,
     reference_decoders: Mapping[bool, Session],
@@ -293,47 +321,15 @@ def check(
     for name, dec in decoders:
         stab = dec.metadata.get("use_stability_score", "false") == "true"
         ref_dec = reference_decoders[stab]
-        tag = " (stability)" if stab else ""
         for case in cases:
             feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
             ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
-            out = dec.run({"image_embeddings": ref_emb, **feeds})
-            score_check = "decoder.stability_scores" if stab else "decoder.scores"
-            _judge(
-                report,
-                name,
-                dec.backend,
-                score_check,
-                case.name + tag,
-                compare_arrays(out["scores"], ref["scores"]),
-                precision,
-            )
-            metrics = compare_arrays(out["masks"], ref["masks"])
-            metrics.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
-            _judge(report, name, dec.backend, "decoder.masks", case.name + tag, metrics, precision)
-            if own_embedding is not None:
-                e2e = dec.run({"image_embeddings": own_embedding, **feeds})
-                score_check = "end_to_end.stability_scores" if stab else "end_to_end.scores"
-                _judge(
-                    report,
-                    name,
-                    dec.backend,
-                    score_check,
-                    case.name + tag,
-                    compare_arrays(e2e["scores"], ref["scores"]),
-                    precision,
-                )
-                metrics = compare_arrays(e2e["masks"], ref["masks"])
-                metrics.update(
-                    mask_metrics(e2e["masks"], ref["masks"], e2e["scores"], ref["scores"])
-                )
-                _judge(
-                    report,
-                    name,
-                    dec.backend,
-                    "end_to_end.masks",
-                    case.name + tag,
-                    metrics,
-                    precision,
+            runs = [("decoder", ref_emb)]  # alone, on the reference embeddings
+            if own_embedding is not None:  # end to end, on the artifact encoder's embeddings
+                runs.append(("end_to_end", own_embedding))
+            for stage, embedding in runs:
+                out = dec.run({"image_embeddings": embedding, **feeds})
+                _judge_decoder(
+                    report, name, dec.backend, stage, case.name, stab, out, ref, precision
                 )
     return report

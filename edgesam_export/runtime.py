@@ -168,20 +168,7 @@ def reference_sessions(
     from .graphs import DecoderGraph, EncoderGraph, decoder_io, encoder_io
 
     spec = loaded.spec
-    meta = base_metadata(
-        spec_name=spec.name,
-        family=spec.family,
-        graph="",
-        img_size=spec.img_size,
-        pixel_mean=spec.pixel_mean,
-        pixel_std=spec.pixel_std,
-        num_mask_tokens=spec.num_mask_tokens,
-        use_stability_score=False,
-        upsample=loaded.upsample_mode,
-        source=loaded.source,
-        synthetic=loaded.synthetic,
-        checkpoint_sha256=loaded.sha256,
-    )
+    meta = base_metadata(loaded, graph="", use_stability_score=False)
     ein, eout = encoder_io(spec.img_size, spec.embed_shape)
     din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
     enc = TorchSession(

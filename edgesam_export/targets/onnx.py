@@ -132,18 +132,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             proto = onnxslim.slim(proto)
         dedupe_initializers(proto)
         metadata = base_metadata(
-            spec_name=spec.name,
-            family=spec.family,
-            graph=graph,
-            img_size=spec.img_size,
-            pixel_mean=spec.pixel_mean,
-            pixel_std=spec.pixel_std,
-            num_mask_tokens=spec.num_mask_tokens,
-            use_stability_score=options.use_stability_score and graph == "decoder",
-            upsample=loaded.upsample_mode,
-            source=loaded.source,
-            synthetic=loaded.synthetic,
-            checkpoint_sha256=loaded.sha256,
+            loaded, graph, use_stability_score=options.use_stability_score and graph == "decoder"
         )
         metadata["onnx.opset"] = str(options.opset)
         metadata["onnx.simplified"] = str(options.simplify).lower()
