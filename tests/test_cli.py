@@ -78,7 +78,6 @@ def test_synthetic_run_is_labelled(tmp_path: Path):
     "args,needle",
     [
         (["onnx", "missing.pth"], "not found"),
-        (["onnx", "--upsample", "nearest"], "bicubic or bilinear"),
         (["onnx", "--opset", "5"], "opset"),
         (["onnx", "--model", "sam_vit_z"], "unknown model"),
     ],
@@ -88,6 +87,13 @@ def test_bad_input_exit_3(tmp_path: Path, args, needle):
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert needle in result.output
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_upsample_is_a_usage_error(tmp_path: Path):
+    result = runner.invoke(app, ["onnx", "--upsample", "nearest", "-o", str(tmp_path)])
+    assert result.exit_code == ExitCode.USAGE
+    assert "bicubic" in result.output and "bilinear" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_truncated_checkpoint_exit_3(tmp_path: Path):

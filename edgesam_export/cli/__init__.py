@@ -6,6 +6,9 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -45,3 +48,35 @@ def guarded(debug: bool = False) -> Iterator[None]:
 def progress(step: str) -> None:
     """Progress lines go to stderr so that `--json -` output on stdout stays machine-readable."""
     err_console.print(f"[dim]•[/] {step}")
+
+
+class Upsample(str, Enum):
+    bicubic = "bicubic"
+    bilinear = "bilinear"
+
+
+# Arguments and options shared by the commands of both CLIs (Typer needs Optional on 3.10).
+CkptArg = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Argument(
+        help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
+        show_default=False,
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Synthetic-weight seed (only without CKPT).")]
+UpsampleOpt = Annotated[
+    Optional[Upsample],  # noqa: UP045
+    typer.Option(
+        case_sensitive=False,
+        help="Neck upsampling: bicubic (trained, the default) or bilinear (what the official"
+        " exports compute).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--json", help="Write a machine-readable report here ('-' for stdout).", show_default=False
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]

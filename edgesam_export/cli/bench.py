@@ -22,7 +22,17 @@ import typer
 from rich.table import Table
 
 from ..errors import BackendUnavailableError, InputError
-from . import console, err_console, guarded, progress
+from . import (
+    CkptArg,
+    DebugOpt,
+    SeedOpt,
+    Upsample,
+    UpsampleOpt,
+    console,
+    err_console,
+    guarded,
+    progress,
+)
 
 app = typer.Typer(
     name="edgesam-bench",
@@ -37,11 +47,6 @@ class Backend(str, Enum):
     onnx = "onnx"
     coreml = "coreml"
     trt = "trt"
-
-
-class Upsample(str, Enum):
-    bicubic = "bicubic"
-    bilinear = "bilinear"
 
 
 #: What an unimplemented backend needs: (python module, what to install / have).
@@ -197,13 +202,7 @@ def bench(
             show_default=False,
         ),
     ],
-    checkpoint: Annotated[
-        Optional[Path],  # noqa: UP045  (Typer needs Optional on 3.10)
-        typer.Argument(
-            help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
-            show_default=False,
-        ),
-    ] = None,
+    checkpoint: CkptArg = None,
     points: Annotated[
         str, typer.Option(help="Decoder prompt counts to time, comma-separated.")
     ] = "1,5,16",
@@ -236,16 +235,8 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    upsample: Annotated[
-        Optional[Upsample],  # noqa: UP045
-        typer.Option(
-            help="Neck upsampling of the model: bicubic (trained, default) or bilinear.",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(min=0, help="Synthetic-weight seed (only without CKPT).")
-    ] = 0,
+    upsample: UpsampleOpt = None,
+    seed: SeedOpt = 0,
     json_path: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -254,7 +245,7 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Time the EdgeSAM encoder and decoder on one backend (p50/p90 over repeated calls).
 

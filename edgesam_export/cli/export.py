@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ExitCode, InputError
-from . import console, err_console, guarded, progress
+from . import (
+    CkptArg,
+    DebugOpt,
+    JsonOpt,
+    SeedOpt,
+    UpsampleOpt,
+    console,
+    err_console,
+    guarded,
+    progress,
+)
 
 app = typer.Typer(
     name="edgesam-export",
@@ -27,21 +37,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-CkptArg = Annotated[
-    Optional[Path],  # noqa: UP045  (Typer needs Optional on 3.10)
-    typer.Argument(
-        help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
-        show_default=False,
-    ),
-]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
-SeedOpt = Annotated[int, typer.Option(help="Synthetic-weight seed (only without CKPT).")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
-JsonOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--json", help="Write a machine-readable report here ('-' for stdout)."),
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
 def _emit_json(path: Path | None, payload: dict[str, Any]) -> None:
@@ -109,13 +106,7 @@ def onnx_cmd(
             "--use-stability-score", help="Decoder `scores` output holds stability scores, not IoU."
         ),
     ] = False,
-    upsample: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            help="Neck upsampling: bicubic (trained, default) or bilinear (official exports).",
-            show_default=False,
-        ),
-    ] = None,
+    upsample: UpsampleOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
@@ -131,10 +122,13 @@ def onnx_cmd(
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
-        if upsample is not None and upsample not in ("bicubic", "bilinear"):
-            raise InputError(f"--upsample must be bicubic or bilinear, not {upsample!r}")
         try:
-            mopts = ModelOptions(model=model, checkpoint=checkpoint, seed=seed, upsample=upsample)
+            mopts = ModelOptions(
+                model=model,
+                checkpoint=checkpoint,
+                seed=seed,
+                upsample=None if upsample is None else upsample.value,
+            )
             eopts = OnnxOptions(
                 graphs=graphs or ("encoder", "decoder"),
                 use_stability_score=use_stability_score,
