@@ -169,6 +169,7 @@ def test_truncated_file(tmp_path: Path, state_dict):
         load_model(cut)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_not_a_checkpoint_pickle(tmp_path: Path):
     path = tmp_path / "obj.pth"
     with path.open("wb") as f:

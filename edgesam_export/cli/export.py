@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -53,7 +54,12 @@ def _emit_json(path: Path | None, payload: dict[str, Any]) -> None:
         write_json_atomic(path, payload)
 
 
-def _render_parity(report: Any) -> None:
+def _out(json_path: Path | None) -> Console:
+    """Human output goes to stderr when the JSON report takes stdout (`--json -`)."""
+    return err_console if json_path is not None and str(json_path) == "-" else console
+
+
+def _render_parity(report: Any, out: Console) -> None:
     table = Table(title="Parity against PyTorch (worst case per check)")
     for col in (
         "artifact",
@@ -81,7 +87,7 @@ def _render_parity(report: Any) -> None:
             iou,
             verdict,
         )
-    console.print(table)
+    out.print(table)
     for err in report.errors:
         err_console.print(
             f"[bold red]unreadable:[/] {escape(err['artifact'])}: {escape(err['error'])}"
@@ -152,7 +158,7 @@ def onnx_cmd(
         for a in artifacts:
             size = a.path.stat().st_size / 1e6
             table.add_row(a.graph, str(a.path), f"{size:.1f} MB", a.sha256()[:16])
-        console.print(table)
+        _out(json_path).print(table)
         payload: dict[str, Any] = {
             "artifacts": [a.to_json() | {"path": str(a.path)} for a in artifacts],
             "export_seconds": round(export_s, 2),
@@ -160,10 +166,10 @@ def onnx_cmd(
         report = None
         if verify:
             report = verify_artifacts(checkpoint, output, progress, loaded=loaded)
-            _render_parity(report)
+            _render_parity(report, _out(json_path))
             payload["parity"] = report.to_json()
         _emit_json(json_path, payload)
-        console.print(
+        _out(json_path).print(
             f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
             + (
                 ""
@@ -200,9 +206,11 @@ def parity_cmd(
             raise InputError("expected [CKPT] ARTIFACT_DIR")
         checkpoint, artifact_dir = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
         report = verify_artifacts(checkpoint, artifact_dir, progress)
-        _render_parity(report)
+        _render_parity(report, _out(json_path))
         _emit_json(json_path, report.to_json())
-        console.print("parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"))
+        _out(json_path).print(
+            "parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]")
+        )
         _parity_exit(report)
 
 
