@@ -31,6 +31,8 @@ def export_artifacts(
 ) -> tuple[LoadedModel, list[Artifact]]:
     """Load the model once and export each requested graph with `target`."""
     backend = get_target(target)
+    if options.output.exists() and not options.output.is_dir():
+        raise InputError(f"--output must be a directory, but {options.output} is a file")
     progress(
         f"loading {model.model} from {model.checkpoint or f'synthetic weights (seed {model.seed})'}"
     )

@@ -96,6 +96,15 @@ def test_bad_upsample_is_a_usage_error(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_that_is_a_file_exit_3(tmp_path: Path):
+    target = tmp_path / "artifacts"
+    target.write_text("not a directory")
+    result = runner.invoke(app, ["onnx", "--decoder", "-o", str(target)])
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "must be a directory" in result.output
+    assert target.read_text() == "not a directory"
+
+
 def test_truncated_checkpoint_exit_3(tmp_path: Path):
     ckpt = tmp_path / "full.pth"
     torch.save(synth_state_dict("edge_sam", 0), ckpt)
