@@ -136,7 +136,6 @@ def verify_artifacts(
     checkpoint: Path | None,
     artifact_dir: Path,
     progress: Progress = _quiet,
-    json_path: Path | None = None,
     loaded: LoadedModel | None = None,
 ) -> ParityReport:
     """Parity of every artifact in `artifact_dir` against the PyTorch graphs of the checkpoint."""
@@ -155,8 +154,6 @@ def verify_artifacts(
         progress(f"running {len(sessions)} artifact(s) and the reference on the same inputs")
         check(ref_enc, ref_decs, opened.encoders, opened.decoders, report=report)
     payload = report.to_json()
-    if json_path is not None:
-        write_json_atomic(json_path, payload)
     manifest = artifact_dir / MANIFEST_NAME
     if manifest.exists():
         try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -43,6 +44,23 @@ def guarded(debug: bool = False) -> Iterator[None]:
             "Re-run with --debug for the traceback and please report it."
         )
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def human_console(json_path: Path | None) -> Console:
+    """Human output goes to stderr when the JSON report takes stdout (`--json -`)."""
+    return err_console if json_path is not None and str(json_path) == "-" else console
+
+
+def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
+    """Write the `--json` report: to stdout for '-', else atomically to the file."""
+    if json_path is None:
+        return
+    if str(json_path) == "-":
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    from ..artifacts import write_json_atomic
+
+    write_json_atomic(json_path, payload)
 
 
 def progress(step: str) -> None:

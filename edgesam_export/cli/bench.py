@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import platform
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from ..errors import BackendUnavailableError, InputError
@@ -28,9 +28,10 @@ from . import (
     SeedOpt,
     Upsample,
     UpsampleOpt,
-    console,
+    emit_json,
     err_console,
     guarded,
+    human_console,
     progress,
 )
 
@@ -158,10 +159,9 @@ def _onnx_sessions(
             del enc, dec  # release the files before the directory goes
 
 
-def _render(timings: list[Any], box_batch: int, ratio: float | None, to_stderr: bool) -> None:
+def _render(timings: list[Any], box_batch: int, ratio: float | None, out: Console) -> None:
     from ..bench import BOX_SINGLE_STAGE, box_batch_stage
 
-    out = err_console if to_stderr else console
     table = Table(title="Latency (ms per call)")
     for col in ("stage", "backend", "p50 ms", "p90 ms", "n"):
         table.add_column(col, justify="left" if col in ("stage", "backend") else "right")
@@ -177,15 +177,6 @@ def _render(timings: list[Any], box_batch: int, ratio: float | None, to_stderr: 
             f" {single.p50:.1f} ms for one box alone: per-set ratio [bold]{ratio:.2f}[/]"
             f" ({verdict})"
         )
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    if str(path) == "-":
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
-        return
-    from ..artifacts import write_json_atomic
-
-    write_json_atomic(path, payload)
 
 
 @app.command()
@@ -303,8 +294,7 @@ def bench(
                 timings = run(enc, dec)
 
         ratio = box_set_ratio(timings, box_batch)
-        to_stderr = json_path is not None and str(json_path) == "-"
-        _render(timings, box_batch, ratio, to_stderr)
+        _render(timings, box_batch, ratio, human_console(json_path))
         if json_path is not None:
             payload: dict[str, Any] = {
                 "machine": machine_info(),
@@ -320,7 +310,7 @@ def bench(
                 "timings": [t.to_json() for t in timings],
                 "ratios": {} if ratio is None else {"box_batch_per_set": ratio},
             }
-            _write_json(json_path, payload)
+            emit_json(json_path, payload)
 
 
 def main() -> None:

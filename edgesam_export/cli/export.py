@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +19,10 @@ from . import (
     SeedOpt,
     UpsampleOpt,
     console,
+    emit_json,
     err_console,
     guarded,
+    human_console,
     progress,
 )
 
@@ -40,23 +41,6 @@ app = typer.Typer(
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
-
-
-def _emit_json(path: Path | None, payload: dict[str, Any]) -> None:
-    if path is None:
-        return
-    text = json.dumps(payload, indent=2, sort_keys=True)
-    if str(path) == "-":
-        typer.echo(text)
-    else:
-        from ..artifacts import write_json_atomic
-
-        write_json_atomic(path, payload)
-
-
-def _out(json_path: Path | None) -> Console:
-    """Human output goes to stderr when the JSON report takes stdout (`--json -`)."""
-    return err_console if json_path is not None and str(json_path) == "-" else console
 
 
 def _render_parity(report: Any, out: Console) -> None:
@@ -158,7 +142,7 @@ def onnx_cmd(
         for a in artifacts:
             size = a.path.stat().st_size / 1e6
             table.add_row(a.graph, str(a.path), f"{size:.1f} MB", a.sha256()[:16])
-        _out(json_path).print(table)
+        human_console(json_path).print(table)
         payload: dict[str, Any] = {
             "artifacts": [a.to_json() | {"path": str(a.path)} for a in artifacts],
             "export_seconds": round(export_s, 2),
@@ -166,10 +150,10 @@ def onnx_cmd(
         report = None
         if verify:
             report = verify_artifacts(checkpoint, output, progress, loaded=loaded)
-            _render_parity(report, _out(json_path))
+            _render_parity(report, human_console(json_path))
             payload["parity"] = report.to_json()
-        _emit_json(json_path, payload)
-        _out(json_path).print(
+        emit_json(json_path, payload)
+        human_console(json_path).print(
             f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
             + (
                 ""
@@ -206,9 +190,9 @@ def parity_cmd(
             raise InputError("expected [CKPT] ARTIFACT_DIR")
         checkpoint, artifact_dir = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
         report = verify_artifacts(checkpoint, artifact_dir, progress)
-        _render_parity(report, _out(json_path))
-        _emit_json(json_path, report.to_json())
-        _out(json_path).print(
+        _render_parity(report, human_console(json_path))
+        emit_json(json_path, report.to_json())
+        human_console(json_path).print(
             "parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]")
         )
         _parity_exit(report)
