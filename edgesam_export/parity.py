@@ -186,9 +186,6 @@ class ParityReport:
             not self.errors and bool(self.comparisons) and all(c.passed for c in self.comparisons)
         )
 
-    def failures(self) -> list[Comparison]:
-        return [c for c in self.comparisons if not c.passed]
-
     def summary(self) -> list[dict[str, Any]]:
         """Worst case per (artifact, check): what the table and CI logs show."""
         rows: dict[tuple[str, str], dict[str, Any]] = {}
