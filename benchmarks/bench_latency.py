@@ -33,7 +33,8 @@ from edgesam_export.bench import (
 )
 from edgesam_export.config import ModelOptions, OnnxOptions
 from edgesam_export.pipeline import export_artifacts
-from edgesam_export.runtime import open_session, reference_sessions
+from edgesam_export.reference import reference_sessions
+from edgesam_export.runtime import open_session
 
 NAME = "bench_latency"
 POINTS = (1, 5, 16)

@@ -34,7 +34,8 @@ from edgesam_export.config import ModelOptions, OnnxOptions
 from edgesam_export.graphs import DecoderGraph, EncoderGraph
 from edgesam_export.models import LoadedModel
 from edgesam_export.pipeline import export_artifacts
-from edgesam_export.runtime import Session, open_session, reference_sessions
+from edgesam_export.reference import reference_sessions
+from edgesam_export.runtime import Session, open_session
 
 NAME = "bench_vs_official"
 POINTS = (1, 5, 16)

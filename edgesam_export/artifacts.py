@@ -15,11 +15,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .graphs import TensorSpec
-from .models.checkpoint import LoadedModel, file_sha256
+from .contract import TensorSpec
+
+if TYPE_CHECKING:  # host-side type only: this module stays importable without torch
+    from .models.checkpoint import LoadedModel
 
 MANIFEST_NAME = "manifest.json"
 
@@ -48,6 +50,14 @@ class Artifact:
             "outputs": [asdict(t) for t in self.outputs],
             "metadata": self.metadata,
         }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def path_sha256(path: Path) -> str:
@@ -105,7 +115,7 @@ def base_metadata(loaded: LoadedModel, graph: str, use_stability_score: bool) ->
         "num_mask_tokens": str(spec.num_mask_tokens),
         "use_stability_score": str(use_stability_score).lower(),
         "upsample_mode": loaded.upsample_mode or "none",
-        "weights": "synthetic-untrained" if loaded.synthetic else "checkpoint",
+        "weights": loaded.weights,
         "weights_source": loaded.source if loaded.synthetic else Path(loaded.source).name,
         "checkpoint_sha256": loaded.sha256 or "",
     }

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 GraphKind = Literal["encoder", "decoder"]
 UpsampleMode = Literal["bicubic", "bilinear"]
+SyntheticKind = Literal["random", "calibrated"]
 
 
 class ModelOptions(BaseModel):
@@ -20,6 +21,9 @@ class ModelOptions(BaseModel):
     checkpoint: Path | None = None
     seed: int = Field(0, ge=0, description="synthetic-weight seed when no checkpoint is given")
     upsample: UpsampleMode | None = None  # None: the family default (EdgeSAM: bicubic, as trained)
+    # Without a checkpoint: the fixture rule's weights as drawn ("random"), or with BatchNorm
+    # statistics calibrated so activations stay near unit scale ("calibrated": fp16/int8 work).
+    synthetic: SyntheticKind = "random"
 
 
 class ExportOptions(BaseModel):

@@ -13,56 +13,24 @@ bit-faithful to the official code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .contract import (  # noqa: F401  (re-exported: the contract is part of the graphs' API)
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    MASK_THRESHOLD,
+    STABILITY_OFFSET,
+    TensorSpec,
+    decoder_io,
+    encoder_io,
+)
 from .models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
-
-ENCODER_INPUTS = ("image",)
-ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUTS = ("scores", "masks")
-MASK_THRESHOLD = 0.0
-STABILITY_OFFSET = 1.0
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, dtype and shape with symbolic axes as strings."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-
-def encoder_io(
-    img_size: int, embed_shape: tuple[int, int, int]
-) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    return (
-        [TensorSpec("image", "float32", (1, 3, img_size, img_size))],
-        [TensorSpec("image_embeddings", "float32", (1, *embed_shape))],
-    )
-
-
-def decoder_io(
-    embed_shape: tuple[int, int, int], num_mask_tokens: int
-) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    _, h, w = embed_shape
-    return (
-        [
-            TensorSpec("image_embeddings", "float32", (1, *embed_shape)),
-            TensorSpec("point_coords", "float32", ("batch", "num_points", 2)),
-            TensorSpec("point_labels", "float32", ("batch", "num_points")),
-        ],
-        [
-            TensorSpec("scores", "float32", ("batch", num_mask_tokens)),
-            TensorSpec("masks", "float32", ("batch", num_mask_tokens, 4 * h, 4 * w)),
-        ],
-    )
 
 
 def stability_score(

@@ -10,13 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import MANIFEST_NAME, Artifact, write_json_atomic, write_manifest
+from .artifacts import (
+    MANIFEST_NAME,
+    Artifact,
+    file_sha256,
+    write_json_atomic,
+    write_manifest,
+)
 from .config import ExportOptions, ModelOptions
 from .errors import ArtifactError, InputError
 from .models import LoadedModel, load_model
-from .models.checkpoint import file_sha256
 from .parity import ParityReport, check
-from .runtime import Session, open_session, reference_sessions
+from .reference import reference_sessions
+from .runtime import Session, artifact_suffixes, open_session
 from .targets import get_target
 
 Progress = Callable[[str], None]
@@ -33,11 +39,14 @@ def export_artifacts(
     backend = get_target(target)
     if options.output.exists() and not options.output.is_dir():
         raise InputError(f"--output must be a directory, but {options.output} is a file")
-    progress(
-        f"loading {model.model} from {model.checkpoint or f'synthetic weights (seed {model.seed})'}"
-    )
+    synthetic = f"{model.synthetic} synthetic weights (seed {model.seed})"
+    progress(f"loading {model.model} from {model.checkpoint or synthetic}")
     loaded = load_model(
-        model.checkpoint, model=model.model, upsample_mode=model.upsample, seed=model.seed
+        model.checkpoint,
+        model=model.model,
+        upsample_mode=model.upsample,
+        seed=model.seed,
+        synthetic=model.synthetic,
     )
     artifacts = []
     for graph in options.graphs:
@@ -50,9 +59,6 @@ def export_artifacts(
         weights=artifacts[0].metadata["weights"] if artifacts else "",
     )
     return loaded, artifacts
-
-
-ARTIFACT_SUFFIXES = (".onnx",)
 
 
 @dataclass
@@ -69,10 +75,10 @@ def open_artifacts(artifact_dir: Path) -> OpenedArtifacts:
     paths = sorted(
         p
         for p in artifact_dir.iterdir()
-        if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")
+        if p.suffix in artifact_suffixes() and not p.name.startswith(".")
     )
     if not paths:
-        raise InputError(f"no artifacts ({', '.join(ARTIFACT_SUFFIXES)}) in {artifact_dir}")
+        raise InputError(f"no artifacts ({', '.join(artifact_suffixes())}) in {artifact_dir}")
     opened = OpenedArtifacts([], [], [])
     for path in paths:
         try:
@@ -106,14 +112,15 @@ def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOpt
         raise InputError(f"encoder artifacts disagree on the upsample mode: {sorted(modes)}")
     upsample = next(iter(modes), "none")
     seed = 0
+    kinds = {m.get("weights", "") for m in metas}
     if checkpoint is None:
         sources = {m.get("weights_source", "") for m in metas}
-        if any(m.get("weights") != "synthetic-untrained" for m in metas) or len(sources) != 1:
+        if len(kinds) != 1 or not next(iter(kinds)).startswith("synthetic") or len(sources) != 1:
             raise InputError("these artifacts were exported from a checkpoint: pass it as CKPT")
         source = sources.pop()
         seed = int(source.split("seed=")[1].rstrip(")")) if "seed=" in source else 0
     else:
-        if all(m.get("weights") == "synthetic-untrained" for m in metas):
+        if all(k.startswith("synthetic") for k in kinds):
             raise InputError(
                 f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
                 " run parity with ARTIFACT_DIR only"
@@ -129,6 +136,7 @@ def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOpt
         checkpoint=checkpoint,
         seed=seed,
         upsample=None if upsample == "none" else upsample,
+        synthetic="calibrated" if kinds == {"synthetic-calibrated"} else "random",
     )  # type: ignore[arg-type]
 
 
@@ -148,7 +156,11 @@ def verify_artifacts(
             opts = _model_options(checkpoint, sessions)
             progress(f"loading the PyTorch reference ({opts.checkpoint or 'synthetic weights'})")
             loaded = load_model(
-                opts.checkpoint, model=opts.model, upsample_mode=opts.upsample, seed=opts.seed
+                opts.checkpoint,
+                model=opts.model,
+                upsample_mode=opts.upsample,
+                seed=opts.seed,
+                synthetic=opts.synthetic,
             )
         ref_enc, ref_decs = reference_sessions(loaded)
         progress(f"running {len(sessions)} artifact(s) and the reference on the same inputs")

@@ -72,6 +72,17 @@ def test_synthetic_run_is_labelled(tmp_path: Path):
     result = runner.invoke(app, ["onnx", "--decoder", "--no-verify", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "SYNTHETIC" in result.output and "UNTRAINED" in result.output
+    assert "calibrated" in result.output  # the CLI default without a checkpoint
+
+
+def test_calibrated_export_verifies_against_calibrated_reference(tmp_path: Path):
+    """The CLI default (calibrated) artifacts verify without CKPT."""
+    result = runner.invoke(app, ["onnx", "--decoder", "--no-verify", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["parity", str(tmp_path), "--json", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["passed"] and report["summary"]
 
 
 @pytest.mark.parametrize(

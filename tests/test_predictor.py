@@ -8,7 +8,8 @@ import pytest
 from edgesam_export.errors import InputError
 from edgesam_export.predictor import Predictor
 from edgesam_export.processing import ProcessingError
-from edgesam_export.runtime import open_session, reference_sessions
+from edgesam_export.reference import reference_sessions
+from edgesam_export.runtime import open_session
 
 
 @pytest.fixture(scope="module")

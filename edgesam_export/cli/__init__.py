@@ -82,6 +82,21 @@ CkptArg = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option(min=0, help="Synthetic-weight seed (only without CKPT).")]
+
+
+class Synthetic(str, Enum):
+    random = "random"
+    calibrated = "calibrated"
+
+
+SyntheticOpt = Annotated[
+    Synthetic,
+    typer.Option(
+        case_sensitive=False,
+        help="Synthetic weights (only without CKPT): calibrated (BatchNorm statistics fitted so"
+        " activations stay fp16-safe, like trained weights) or random (the fixture rule as drawn).",
+    ),
+]
 UpsampleOpt = Annotated[
     Optional[Upsample],  # noqa: UP045
     typer.Option(

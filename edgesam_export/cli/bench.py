@@ -273,7 +273,7 @@ def bench(
         )
         if backend is Backend.torch:
             from ..models import load_model
-            from ..runtime import reference_sessions
+            from ..reference import reference_sessions
 
             progress(f"loading edge_sam from {checkpoint or f'synthetic weights (seed {seed})'}")
             loaded = load_model(

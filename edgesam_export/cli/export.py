@@ -17,6 +17,8 @@ from . import (
     DebugOpt,
     JsonOpt,
     SeedOpt,
+    Synthetic,
+    SyntheticOpt,
     UpsampleOpt,
     console,
     emit_json,
@@ -103,6 +105,7 @@ def onnx_cmd(
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
     seed: SeedOpt = 0,
+    synthetic: SyntheticOpt = Synthetic.calibrated,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -118,6 +121,7 @@ def onnx_cmd(
                 checkpoint=checkpoint,
                 seed=seed,
                 upsample=None if upsample is None else upsample.value,
+                synthetic=synthetic.value,
             )
             eopts = OnnxOptions(
                 graphs=graphs or ("encoder", "decoder"),
@@ -131,7 +135,7 @@ def onnx_cmd(
         if checkpoint is None:
             err_console.print(
                 "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED"
-                f" weights (seed {seed}). Masks will not follow the image.[/]"
+                f" weights ({synthetic.value}, seed {seed}). Masks will not follow the image.[/]"
             )
         t0 = time.perf_counter()
         loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts import file_sha256
+from ..config import SyntheticKind
 from ..errors import CheckpointError
 from .registry import ModelSpec, get_spec, list_specs
 from .sam_heads import SamModel
@@ -41,10 +43,18 @@ class LoadedModel:
 
     spec: ModelSpec
     model: SamModel
-    source: str  # file path, or "synthetic(seed=N)"
+    source: str  # file path, "synthetic(seed=N)" or "synthetic-calibrated(seed=N)"
     synthetic: bool
     upsample_mode: str | None
     sha256: str | None  # of the checkpoint file, None for synthetic weights
+    calibrated: bool = False  # synthetic weights with BatchNorm statistics calibrated
+
+    @property
+    def weights(self) -> str:
+        """What artifacts record: checkpoint, synthetic-untrained or synthetic-calibrated."""
+        if not self.synthetic:
+            return "checkpoint"
+        return "synthetic-calibrated" if self.calibrated else "synthetic-untrained"
 
 
 @cache
@@ -89,14 +99,6 @@ def synth_state_dict(spec_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
         key: torch.from_numpy(synth_tensor(key, tuple(t["shape"]), t["dtype"], seed))
         for key, t in tensors.items()
     }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -209,18 +211,25 @@ def load_model(
     model: str = "edge_sam",
     upsample_mode: str | None = None,
     seed: int = 0,
+    synthetic: SyntheticKind = "random",
 ) -> LoadedModel:
-    """Build `model`; load a checkpoint strictly, or synthetic weights when checkpoint is None."""
+    """Build `model`; load a checkpoint strictly, or synthetic weights when checkpoint is None.
+
+    `synthetic="calibrated"` recalibrates the synthetic weights' BatchNorm statistics so that
+    activations stay near unit scale (what fp16/int8 checks need; see `calibration`).
+    """
     spec = get_spec(model)
     net = spec.build(upsample_mode)
     mode = upsample_mode or spec.default_upsample
     if checkpoint is None:
         state = synth_state_dict(spec.name, seed)
-        source, synthetic, digest = f"synthetic(seed={seed})", True, None
+        calibrated = synthetic == "calibrated"
+        tag = "synthetic-calibrated" if calibrated else "synthetic"
+        source, is_synthetic, digest = f"{tag}(seed={seed})", True, None
     else:
         path = Path(checkpoint)
         state = read_checkpoint(path)
-        source, synthetic, digest = str(path), False, file_sha256(path)
+        source, is_synthetic, digest, calibrated = str(path), False, file_sha256(path), False
     _check_keys(spec, net, state, source)
     expected = net.state_dict()
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
@@ -228,6 +237,16 @@ def load_model(
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    if calibrated:
+        from .calibration import calibrate_batchnorm
+
+        calibrate_batchnorm(net, spec)
     return LoadedModel(
-        spec=spec, model=net, source=source, synthetic=synthetic, upsample_mode=mode, sha256=digest
+        spec=spec,
+        model=net,
+        source=source,
+        synthetic=is_synthetic,
+        upsample_mode=mode,
+        sha256=digest,
+        calibrated=calibrated,
     )
