@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import processing as P
+from .errors import InputError
 from .runtime import Session, metadata_floats
 
 # Per-precision, per-output tolerances on max |candidate - reference|. Float32 values are about
@@ -41,6 +42,27 @@ TOLERANCES: dict[str, dict[str, float]] = {
     },
 }
 MIN_MASK_IOU = {"fp32": 0.99, "fp16": 0.95}
+
+
+def tolerances_for(backend: str, precision: str) -> tuple[dict[str, float], float]:
+    """(per-output tolerances, minimum mask IoU) for a candidate.
+
+    A backend may refine a precision's tolerances under the key "<backend>:<precision>" (e.g.
+    "coreml:fp16"), each derived and documented where it is added; otherwise the precision's
+    own row applies. An unknown precision is an error, never a silent fp32 verdict.
+    """
+    for key in (f"{backend}:{precision}", precision):
+        if key in TOLERANCES:
+            return TOLERANCES[key], MIN_MASK_IOU.get(key, MIN_MASK_IOU.get(precision, 0.99))
+    raise InputError(
+        f"no parity tolerances for precision {precision!r} ({backend});"
+        f" known: {', '.join(sorted(TOLERANCES))}"
+    )
+
+
+def candidate_precision(session: Session) -> str:
+    """The precision an artifact records in its metadata (fp32 when it records none)."""
+    return session.metadata.get("precision", "fp32")
 
 
 def make_test_image(height: int = 480, width: int = 640, seed: int = 7) -> np.ndarray:
@@ -167,6 +189,7 @@ def mask_metrics(
 class Comparison:
     artifact: str
     backend: str
+    precision: str
     check: str  # e.g. "image_embeddings", "decoder.masks", "end_to_end.scores"
     case: str
     metrics: dict[str, float]
@@ -196,6 +219,7 @@ class ParityReport:
                 {
                     "artifact": c.artifact,
                     "backend": c.backend,
+                    "precision": c.precision,
                     "check": c.check,
                     "tolerance": c.tolerance,
                     "max_abs": 0.0,
@@ -239,11 +263,14 @@ def _judge(
     metrics: dict[str, float],
     precision: str,
 ) -> None:
-    tol = TOLERANCES[precision][check]
+    tolerances, min_iou = tolerances_for(backend, precision)
+    tol = tolerances[check]
     ok = metrics["max_abs"] <= tol and "shape_mismatch" not in metrics
     if "min_mask_iou" in metrics:
-        ok = ok and metrics["min_mask_iou"] >= MIN_MASK_IOU[precision]
-    report.comparisons.append(Comparison(artifact, backend, check, case, metrics, tol, ok))
+        ok = ok and metrics["min_mask_iou"] >= min_iou
+    report.comparisons.append(
+        Comparison(artifact, backend, precision, check, case, metrics, tol, ok)
+    )
 
 
 def _judge_decoder(
@@ -281,13 +308,13 @@ def check(
     decoders: Sequence[tuple[str, Session]],
     *,
     image: np.ndarray | None = None,
-    precision: str = "fp32",
     report: ParityReport | None = None,
 ) -> ParityReport:
     """Run every candidate on the same inputs as the reference and judge each output.
 
     `reference_decoders` maps use_stability_score -> reference decoder session; each candidate
-    decoder is compared with the reference of its own flavour (read from its metadata).
+    decoder is compared with the reference of its own flavour, under the tolerances of its own
+    backend and precision (both read from its metadata).
     """
     report = report or ParityReport()
     image = make_test_image() if image is None else image
@@ -296,7 +323,7 @@ def check(
     tensor, info = P.preprocess(
         image, img_size, metadata_floats(meta, "pixel_mean"), metadata_floats(meta, "pixel_std")
     )
-    report.inputs = {"image_shape": list(image.shape), "img_size": img_size, "precision": precision}
+    report.inputs = {"image_shape": list(image.shape), "img_size": img_size}
     ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
     embeddings = {"reference": ref_emb}
     for name, enc in encoders:
@@ -309,7 +336,7 @@ def check(
             "image_embeddings",
             "test image",
             compare_arrays(emb, ref_emb),
-            precision,
+            candidate_precision(enc),
         )
 
     cases = prompt_cases(img_size, info.input_size)
@@ -327,6 +354,14 @@ def check(
             for stage, embedding in runs:
                 out = dec.run({"image_embeddings": embedding, **feeds})
                 _judge_decoder(
-                    report, name, dec.backend, stage, case.name, stab, out, ref, precision
+                    report,
+                    name,
+                    dec.backend,
+                    stage,
+                    case.name,
+                    stab,
+                    out,
+                    ref,
+                    candidate_precision(dec),
                 )
     return report
