@@ -36,14 +36,47 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_mlpackage_manifest(path: Path) -> bool:
+    return path.name == "Manifest.json" and path.parent.suffix == ".mlpackage"
+
+
+def _mlpackage_manifest_sha256(path: Path) -> str:
+    """A CoreML package's Manifest.json with its random item UUIDs replaced by item paths.
+
+    coremltools names each item of a package (model spec, weights) by a fresh UUID on every
+    save, so two conversions of the same model differ only there. The items themselves (author,
+    description, name, path) and which one is the root are what the file means; that is hashed.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        items = doc["itemInfoEntries"]
+        root = items.get(doc.get("rootModelIdentifier"), {}).get("path")
+        canonical = {
+            "fileFormatVersion": doc.get("fileFormatVersion"),
+            "items": sorted(items.values(), key=lambda item: json.dumps(item, sort_keys=True)),
+            "root": root,
+        }
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return file_sha256(path)  # not the format we know: hash the bytes as they are
+    return hashlib.sha256(b"mlpackage-manifest:" + canonical_json(canonical)).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file as the manifest records it: its bytes, except for formats that embed
+    random identifiers (a CoreML package's Manifest.json), which are normalised first."""
+    if is_mlpackage_manifest(path):
+        return _mlpackage_manifest_sha256(path)
+    return file_sha256(path)
+
+
 def path_sha256(path: Path) -> str:
     """sha256 of a file, or of a directory's files in sorted order (for .mlpackage bundles)."""
     if path.is_file():
-        return file_sha256(path)
+        return file_digest(path)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f.relative_to(path).as_posix().encode())
-        h.update(bytes.fromhex(file_sha256(f)))
+        h.update(bytes.fromhex(file_digest(f)))
     return h.hexdigest()
 
 
@@ -72,10 +105,12 @@ def walk(folder: Path) -> dict[str, Path]:
 
 def scan_files(folder: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every file `walk` finds (the manifest's `files`)."""
-    return {
-        rel: {"sha256": file_sha256(path), "size": path.stat().st_size}
-        for rel, path in walk(folder).items()
-    }
+    files: dict[str, dict[str, Any]] = {}
+    for rel, path in walk(folder).items():
+        files[rel] = {"sha256": file_digest(path), "size": path.stat().st_size}
+        if is_mlpackage_manifest(path):
+            files[rel]["normalised"] = "mlpackage item UUIDs replaced by item paths"
+    return files
 
 
 def canonical_json(payload: Any) -> bytes:
@@ -185,11 +220,11 @@ def verify(folder: Path) -> Verification:
             continue
         result.checked += 1
         size = path.stat().st_size
-        if size != want.get("size"):
+        if size != want.get("size") and "normalised" not in want:
             result.problems.append(
                 (rel, f"size {size} differs from the manifest's {want.get('size')}")
             )
-        elif file_sha256(path) != want.get("sha256"):
+        elif file_digest(path) != want.get("sha256"):
             result.problems.append((rel, "sha256 differs from the manifest: the bytes changed"))
     for rel in sorted(set(on_disk) - set(expected)):
         result.problems.append((rel, "extra: on disk, not in the manifest"))
@@ -198,6 +233,8 @@ def verify(folder: Path) -> Verification:
         target = folder / rel
         if rel in expected or not target.is_dir():
             continue  # files were checked above; bundles are checked as a whole here
+        if any(f.startswith(rel.rstrip("/") + "/") for f, _ in result.problems):
+            continue  # already named file by file
         if path_sha256(target) != art.get("sha256"):
             result.problems.append((rel, "bundle sha256 differs from the manifest"))
     return result

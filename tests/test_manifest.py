@@ -165,3 +165,60 @@ def test_read_rejects_foreign_manifests(tmp_path: Path, content: object) -> None
     (tmp_path / mf.MANIFEST_NAME).write_text(json.dumps(content))
     with pytest.raises(mf.ManifestError):
         mf.read(tmp_path)
+
+
+def _mlpackage(folder: Path, ids: tuple[str, str]) -> Path:
+    """A CoreML package as coremltools lays it out: items named by fresh UUIDs on each save."""
+    pkg = folder / "enc.mlpackage"
+    data = pkg / "Data" / "com.apple.CoreML"
+    (data / "weights").mkdir(parents=True)
+    (data / "model.mlmodel").write_bytes(b"spec")
+    (data / "weights" / "weight.bin").write_bytes(b"weights")
+    items = {
+        ids[0]: {
+            "author": "com.apple.CoreML",
+            "description": "CoreML Model Specification",
+            "name": "model.mlmodel",
+            "path": "com.apple.CoreML/model.mlmodel",
+        },
+        ids[1]: {
+            "author": "com.apple.CoreML",
+            "description": "CoreML Model Weights",
+            "name": "weights",
+            "path": "com.apple.CoreML/weights",
+        },
+    }
+    doc = {"fileFormatVersion": "1.0.0", "itemInfoEntries": items, "rootModelIdentifier": ids[0]}
+    (pkg / "Manifest.json").write_text(json.dumps(doc, indent=2))
+    return pkg
+
+
+def test_mlpackage_uuids_are_normalised_before_hashing(tmp_path: Path) -> None:
+    a = _mlpackage(
+        tmp_path / "a",
+        ("8F3C7E2A-0D2B-4F0E-9C51-6A0B1D2E3F40", "1A2B3C4D-5E6F-4A1B-8C9D-0E1F2A3B4C5D"),
+    )
+    b = _mlpackage(
+        tmp_path / "b",
+        ("C0FFEE00-1111-4222-8333-444455556666", "DEADBEEF-7777-4888-9999-AAAABBBBCCCC"),
+    )
+    assert (a / "Manifest.json").read_bytes() != (b / "Manifest.json").read_bytes()
+    assert mf.path_sha256(a) == mf.path_sha256(b)
+    assert mf.scan_files(a.parent) == mf.scan_files(b.parent)
+    # what the file means still counts: another root item is another package
+    doc = json.loads((b / "Manifest.json").read_text())
+    doc["rootModelIdentifier"] = "DEADBEEF-7777-4888-9999-AAAABBBBCCCC"
+    (b / "Manifest.json").write_text(json.dumps(doc, indent=2))
+    assert mf.path_sha256(a) != mf.path_sha256(b)
+
+
+def test_mlpackage_bundle_verifies_and_catches_a_changed_weight(tmp_path: Path) -> None:
+    pkg = _mlpackage(
+        tmp_path, ("8F3C7E2A-0D2B-4F0E-9C51-6A0B1D2E3F40", "1A2B3C4D-5E6F-4A1B-8C9D-0E1F2A3B4C5D")
+    )
+    art = {"path": pkg.name, "sha256": mf.path_sha256(pkg), "parity": "passed"}
+    mf.write(tmp_path, mf.seal({"artifacts": [art], "files": mf.scan_files(tmp_path)}))
+    assert mf.verify(tmp_path).ok
+    (pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").write_bytes(b"weightz")
+    problems = [f for f, _ in mf.verify(tmp_path).problems]
+    assert problems == ["enc.mlpackage/Data/com.apple.CoreML/weights/weight.bin"]
