@@ -192,18 +192,24 @@ def schema_cmd(
 @recipe_app.command("check")
 def check_cmd(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+    json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Validate recipes without building (exit 3 with file:line: field: message)."""
-    from ..recipes import load_recipe
+    from ..recipes import load_recipe, resolved
 
     with guarded(debug):
+        checked = []
         for path in recipes:
             loaded = load_recipe(path)
-            human_console(None).print(
+            checked.append(
+                {"file": str(path), "sha256": loaded.sha256, "recipe": resolved(loaded.recipe)}
+            )
+            human_console(json_path).print(
                 f"[green]ok[/] {path}: {len(loaded.recipe.targets)} target(s):"
                 f" {', '.join(loaded.recipe.target_names())}"
             )
+        emit_json(json_path, {"recipes": checked})
 
 
 def register(app: typer.Typer) -> None:
