@@ -204,14 +204,23 @@ def apply_tolerances(report: ParityReport, overrides: dict[str, float]) -> None:
         c.tolerance, c.passed = tol, ok
 
 
-def _artifact_entry(job: TargetJob, artifact: Any, verdict: str) -> dict[str, Any]:
+def _artifact_entry(
+    job: TargetJob, artifact: Any, verdict: str, checks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything about one artifact: bytes, I/O, options, precision, verdict and metrics."""
     entry: dict[str, Any] = artifact.to_json()
     entry.update(
         path=f"{job.target.name}/{artifact.path.name}",
         target=job.target.name,
         size=artifact.path.stat().st_size if artifact.path.is_file() else None,
         precision=artifact.metadata.get("precision", "fp32"),
+        options=json_options(job.target),
         parity=verdict,
+        parity_checks=[
+            {k: v for k, v in row.items() if k != "artifact"}
+            for row in checks
+            if row["artifact"] == artifact.path.name
+        ],
     )
     return entry
 
@@ -228,14 +237,17 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
     try:
         backend = get_target(target.kind)
         loaded = _load(model_options(job))
+        result.seconds["load"] = round(time.perf_counter() - t0, 2)  # 0 when already loaded
+        t_export = time.perf_counter()
         options = target.options.model_copy(update={"output": job.folder})
         artifacts = []
         for graph in options.graphs:
             progress(f"{name}: exporting the {graph} ({target.kind})")
             artifacts.append(backend.export(loaded, graph, options))
-        result.seconds["export"] = round(time.perf_counter() - t0, 2)
+        result.seconds["export"] = round(time.perf_counter() - t_export, 2)
         parity = target.parity or job.recipe.recipe.parity
         verdicts: dict[str, str] = {}
+        checks: list[dict[str, Any]] = []
         if parity.check:
             progress(f"{name}: parity against PyTorch")
             t1 = time.perf_counter()
@@ -244,11 +256,8 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
             apply_tolerances(report, parity.tolerances)
             result.seconds["parity"] = round(time.perf_counter() - t1, 2)
             payload = report.to_json()
-            result.parity = {
-                "passed": report.passed,
-                "summary": payload["summary"],
-                "errors": payload["errors"],
-            }
+            result.parity = {"passed": report.passed, "errors": payload["errors"]}
+            checks = payload["summary"]
             for row in payload["summary"]:
                 ok = verdicts.get(row["artifact"], PASSED) == PASSED and row["passed"]
                 verdicts[row["artifact"]] = PASSED if ok else "failed"
@@ -266,7 +275,8 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
         else:
             result.status, result.exit_code = UNCHECKED, 0
         result.artifacts = [
-            _artifact_entry(job, a, verdicts.get(a.path.name, "unchecked")) for a in artifacts
+            _artifact_entry(job, a, verdicts.get(a.path.name, "unchecked"), checks)
+            for a in artifacts
         ]
     except EdgeSamExportError as exc:
         result.status = UNAVAILABLE if isinstance(exc, BackendUnavailableError) else FAILED
@@ -540,7 +550,18 @@ def _run_jobs(
             futures[pool.submit(_run_in_worker, job)] = job
         for future in as_completed(futures):
             job = futures[future]
-            done[id(job)] = future.result()
+            try:
+                done[id(job)] = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory): not good
+                shutil.rmtree(job.folder, ignore_errors=True)
+                done[id(job)] = TargetResult(
+                    job.recipe.recipe.name,
+                    job.target.name,
+                    job.target.kind,
+                    FAILED,
+                    int(ExitCode.INTERNAL),
+                    error=f"worker process failed: {type(exc).__name__}: {exc}",
+                )
             if on_target:
                 on_target(done[id(job)])
     finally:

@@ -72,10 +72,11 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
     assert {"torch", "onnx", "onnxruntime", "onnxslim", "onnxsim"} <= set(manifest["tools"])
     assert [t["name"] for t in manifest["targets"]] == ["slim", "sim"]
     assert all(t["status"] == "passed" and t["exit_code"] == 0 for t in manifest["targets"])
-    for target in manifest["targets"]:
-        rows = target["parity"]["summary"]
+    for art in manifest["artifacts"]:
+        rows = art["parity_checks"]
         assert rows and all(r["passed"] and r["max_abs"] <= r["tolerance"] for r in rows)
         assert {r["check"] for r in rows} == {"decoder.masks", "decoder.scores"}
+        assert art["options"]["graphs"] == ["decoder"]
     by_path = {a["path"]: a for a in manifest["artifacts"]}
     assert set(by_path) == {"slim/edge_sam_decoder.onnx", "sim/edge_sam_decoder.onnx"}
     assert set(manifest["files"]) == set(by_path)
@@ -132,7 +133,7 @@ def test_verify_names_the_damaged_file(decoder_build, tmp_path: Path, damage: st
         named = "slim/notes.txt"
     else:
         manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["targets"][0]["parity"]["summary"][0]["max_abs"] = 0.0
+        manifest["artifacts"][0]["parity_checks"][0]["max_abs"] = 0.0
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
         named = "manifest.json"
     code, _, err = _cli("verify", str(tmp_path), "--json", str(tmp_path / "v.json"))
@@ -286,7 +287,7 @@ def test_full_build_of_the_ci_recipe(tmp_path: Path) -> None:
         (a["graph"], a["metadata"]["use_stability_score"]) for a in manifest["artifacts"]
     )
     assert graphs == [("decoder", "false"), ("decoder", "true"), ("encoder", "false")]
-    checks = {r["check"] for t in manifest["targets"] for r in t["parity"]["summary"]}
+    checks = {r["check"] for a in manifest["artifacts"] for r in a["parity_checks"]}
     assert {"image_embeddings", "end_to_end.masks", "decoder.stability_scores"} <= checks
     code, out, _ = _cli("verify", str(folder))
     assert code == 0 and "3 files match" in out

@@ -87,7 +87,16 @@ def build_cmd(
                 on_target=target_done,
             )
         table = Table(title="Build")
-        for col in ("recipe", "target", "status", "artifacts", "MB", "export s", "parity s"):
+        for col in (
+            "recipe",
+            "target",
+            "status",
+            "artifacts",
+            "MB",
+            "load s",
+            "export s",
+            "parity s",
+        ):
             table.add_column(col, justify="right" if col.endswith(("s", "MB")) else "left")
         for r in result.recipes:
             for t in r.targets:
@@ -98,6 +107,7 @@ def build_cmd(
                     STATUS_STYLE[t.status],
                     ", ".join(a["path"] for a in t.artifacts) or "-",
                     f"{size:.1f}",
+                    f"{t.seconds.get('load', 0):.1f}",
                     f"{t.seconds.get('export', 0):.1f}",
                     f"{t.seconds['parity']:.1f}" if "parity" in t.seconds else "-",
                 )
