@@ -456,6 +456,7 @@ def build(
     jobs: int = 1,
     progress: Progress = _quiet,
     on_target: Callable[[TargetResult], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build every recipe's targets (`jobs` at a time) and publish each recipe's folder."""
     if jobs < 1:
@@ -495,6 +496,8 @@ def build(
                 TargetJob(loaded, t, weights, stagings[name] / t.name) for t in targets
             ]
         all_jobs = [j for js in jobs_of.values() for j in js]
+        if on_plan:
+            on_plan(len(all_jobs))
         started = datetime.now(timezone.utc)
         done = _run_jobs(all_jobs, jobs, progress, on_target)
         for loaded, targets, weights in plans:

@@ -85,6 +85,7 @@ def build_cmd(
                 jobs=jobs,
                 progress=step,
                 on_target=target_done,
+                on_plan=lambda total: bar.update(task, total=total),
             )
         table = Table(title="Build")
         for col in (
