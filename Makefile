@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= artifacts/demo
 CKPT ?=
+# `make artifacts`: build, check and fingerprint every recipe, then verify (what CI runs).
+RECIPES ?= recipes/ci-smoke.yaml recipes/edge_sam.yaml recipes/edge_sam_3x.yaml
+BUILD ?= artifacts/build
+JOBS ?= 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean artifacts
 
 setup: $(VENV)/.installed
 
@@ -32,6 +36,11 @@ bench: setup
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_processing.py
 	$(BIN)/python benchmarks/bench_vs_official.py
+
+artifacts: setup
+	$(BIN)/edgesam-export build $(RECIPES) --output $(BUILD) --jobs $(JOBS) \
+		$(if $(CKPT),--checkpoint $(CKPT)) --json $(BUILD)/build-report.json
+	$(BIN)/edgesam-export verify $(BUILD)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache .mypy_cache

@@ -7,7 +7,6 @@ written under a temporary name in the destination directory and renamed into pla
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -18,12 +17,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from . import manifest as mf
 from .contract import TensorSpec
+from .manifest import MANIFEST_NAME, file_sha256, path_sha256
 
 if TYPE_CHECKING:  # host-side type only: this module stays importable without torch
     from .models.checkpoint import LoadedModel
 
-MANIFEST_NAME = "manifest.json"
+__all__ = [
+    "MANIFEST_NAME",
+    "Artifact",
+    "atomic_path",
+    "base_metadata",
+    "file_sha256",
+    "path_sha256",
+    "record_parity",
+    "write_json_atomic",
+    "write_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -50,25 +61,6 @@ class Artifact:
             "outputs": [asdict(t) for t in self.outputs],
             "metadata": self.metadata,
         }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory's files in sorted order (for .mlpackage bundles)."""
-    if path.is_file():
-        return file_sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(bytes.fromhex(file_sha256(f)))
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -121,18 +113,80 @@ def base_metadata(loaded: LoadedModel, graph: str, use_stability_score: bool) ->
     }
 
 
+def artifact_precision(metadata: dict[str, str]) -> str:
+    return metadata.get("precision", "fp32")
+
+
 def write_manifest(out_dir: Path, artifacts: list[Artifact], **extra: Any) -> Path:
-    """Merge these artifacts into out_dir/manifest.json (hashes, versions, optional verdicts)."""
+    """Rewrite out_dir/manifest.json from what is on disk now; an older manifest is ignored.
+
+    Merging with the previous manifest let an old `"parity": "passed"` survive next to newly
+    overwritten files; now every file in the folder is re-hashed, only the artifacts of this
+    export are described, and no parity verdict is written until parity runs on these bytes.
+    """
+    entries = []
+    for art in sorted(artifacts, key=lambda a: a.path.name):
+        entry = art.to_json()
+        entry["size"] = art.path.stat().st_size if art.path.is_file() else None
+        entry["precision"] = artifact_precision(art.metadata)
+        entry["parity"] = "unchecked"
+        entries.append(entry)
+    content = {
+        **extra,
+        "tool": {"name": "edgesam-export", "version": __version__},
+        "tools": mf.tool_versions(),
+        "artifacts": entries,
+        "files": mf.scan_files(out_dir),
+    }
+    return mf.write(out_dir, mf.seal(content))
+
+
+def record_parity(out_dir: Path, parity: dict[str, Any]) -> Path | None:
+    """Record a parity run in out_dir's manifest, rewritten from disk.
+
+    Only artifact entries whose recorded sha256 still matches the file on disk are kept, each
+    with the verdict for those bytes; `files` is re-hashed. Returns None when there is no
+    manifest to update.
+    """
     dest = out_dir / MANIFEST_NAME
-    current: dict[str, Any] = {}
-    if dest.exists():
-        with contextlib.suppress(json.JSONDecodeError):
-            current = json.loads(dest.read_text())
-    entries = {a["path"]: a for a in current.get("artifacts", [])}
-    for art in artifacts:
-        entries[art.path.name] = art.to_json()
-    current.update(extra)
-    current["tool"] = {"name": "edgesam-export", "version": __version__}
-    current["artifacts"] = [entries[k] for k in sorted(entries)]
-    write_json_atomic(dest, current)
-    return dest
+    if not dest.exists():
+        return None
+    try:
+        old = json.loads(dest.read_text())
+    except (json.JSONDecodeError, OSError):
+        old = {}
+    if not isinstance(old, dict):
+        old = {}
+    files = mf.scan_files(out_dir)
+    verdicts: dict[str, bool] = {}
+    for row in parity.get("summary", []):
+        verdicts[row["artifact"]] = verdicts.get(row["artifact"], True) and bool(row["passed"])
+    for err in parity.get("errors", []):
+        verdicts[err["artifact"]] = False
+    entries = []
+    for entry in old.get("artifacts", []):
+        path = out_dir / str(entry.get("path", ""))
+        if not path.exists() or path_sha256(path) != entry.get("sha256"):
+            continue  # described bytes that are gone: drop, never vouch for the new ones
+        name = str(entry["path"])
+        entry["parity"] = (
+            "unchecked" if name not in verdicts else ("passed" if verdicts[name] else "failed")
+        )
+        entries.append(entry)
+    content = {k: v for k, v in old.items() if k not in (*mf.UNHASHED, "format")}
+    content.update(
+        tools=mf.tool_versions(),
+        artifacts=entries,
+        files=files,
+        parity={
+            "passed": parity["passed"],
+            "summary": parity["summary"],
+            "errors": parity["errors"],
+            "checked": {
+                name: path_sha256(out_dir / name)
+                for name in sorted(verdicts)
+                if (out_dir / name).exists()
+            },
+        },
+    )
+    return mf.write(out_dir, mf.seal(content))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GraphKind = Literal["encoder", "decoder"]
 UpsampleMode = Literal["bicubic", "bilinear"]
 SyntheticKind = Literal["random", "calibrated"]
+# onnxslim: the default; onnxsim: what many users' pipelines name; none: the traced graph as is.
+SimplifierKind = Literal["onnxslim", "onnxsim", "none"]
 
 
 class ModelOptions(BaseModel):
@@ -45,4 +47,23 @@ class ExportOptions(BaseModel):
 
 class OnnxOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21)
-    simplify: bool = True
+    simplify: bool = True  # False is simplifier="none" (kept for --no-simplify)
+    simplifier: SimplifierKind = "onnxslim"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _simplify_means_simplifier(cls, data: object) -> object:
+        """`simplify: false` and `simplifier: none` say the same; a contradiction is an error."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("simplify") is False:
+            if data.get("simplifier", "none") != "none":
+                raise ValueError(
+                    f"simplify=false contradicts simplifier={data['simplifier']!r};"
+                    " use simplifier: none"
+                )
+            data["simplifier"] = "none"
+        elif data.get("simplifier") == "none":
+            data["simplify"] = False
+        return data

@@ -5,18 +5,11 @@ Typed options in, artifacts and reports out; no printing here (callers pass a pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import (
-    MANIFEST_NAME,
-    Artifact,
-    file_sha256,
-    write_json_atomic,
-    write_manifest,
-)
+from .artifacts import Artifact, file_sha256, record_parity, write_manifest
 from .config import ExportOptions, ModelOptions
 from .errors import ArtifactError, InputError
 from .models import LoadedModel, load_model
@@ -165,17 +158,5 @@ def verify_artifacts(
         ref_enc, ref_decs = reference_sessions(loaded)
         progress(f"running {len(sessions)} artifact(s) and the reference on the same inputs")
         check(ref_enc, ref_decs, opened.encoders, opened.decoders, report=report)
-    payload = report.to_json()
-    manifest = artifact_dir / MANIFEST_NAME
-    if manifest.exists():
-        try:
-            current = json.loads(manifest.read_text())
-            current["parity"] = {
-                "passed": report.passed,
-                "summary": payload["summary"],
-                "errors": report.errors,
-            }
-            write_json_atomic(manifest, current)
-        except (json.JSONDecodeError, OSError):
-            pass
+    record_parity(artifact_dir, report.to_json())
     return report

@@ -16,6 +16,7 @@ DEVICE_MODULES = (
     "edgesam_export.predictor",
     "edgesam_export.parity",
     "edgesam_export.artifacts",
+    "edgesam_export.manifest",
     "edgesam_export.bench",
 )
 

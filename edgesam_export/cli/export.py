@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -40,6 +41,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class Simplifier(str, Enum):
+    onnxslim = "onnxslim"
+    onnxsim = "onnxsim"
+    none = "none"
+
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
@@ -100,7 +108,13 @@ def onnx_cmd(
     ] = False,
     upsample: UpsampleOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
+    simplify: Annotated[
+        bool, typer.Option(help="Simplify (--no-simplify = --simplifier none).")
+    ] = True,
+    simplifier: Annotated[
+        Optional[Simplifier],  # noqa: UP045
+        typer.Option(help="onnxslim (default), onnxsim or none.", show_default=False),
+    ] = None,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
@@ -128,6 +142,7 @@ def onnx_cmd(
                 use_stability_score=use_stability_score,
                 opset=opset,
                 simplify=simplify,
+                **({} if simplifier is None else {"simplifier": simplifier.value}),
                 output=output,
             )
         except ValueError as exc:
@@ -220,6 +235,11 @@ def models_cmd() -> None:
             s.description,
         )
     console.print(table)
+
+
+from .recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
+
+_register_recipes(app)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""ONNX export: TorchScript-traced graphs, simplified with onnxslim, metadata and atomic writes.
+"""ONNX export: TorchScript-traced graphs, simplified (onnxslim, onnxsim or not at all), metadata
+and atomic writes.
 
 The simplified file is the one written and tested. Same checkpoint and options give the same
 bytes: no timestamps, deterministic tracing inputs, sorted metadata.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,6 +41,32 @@ def _require_onnx() -> tuple[Any, Any]:
             " pip install 'edgesam-export[onnx]'"
         ) from None
     return onnx, onnxslim
+
+
+def _simplifier(name: str) -> Callable[[Any], Any]:
+    """The chosen simplifier, checked before any tracing: a missing onnxsim is exit 6, never a
+    silent fallback to another simplifier."""
+    if name == "onnxslim":
+        import onnxslim
+
+        return onnxslim.slim  # type: ignore[no-any-return]
+    if name == "onnxsim":
+        try:
+            import onnxsim
+        except ImportError:
+            raise BackendUnavailableError(
+                "simplifier onnxsim is not installed: pip install onnxsim"
+                " (or choose --simplifier onnxslim|none)"
+            ) from None
+
+        def run_onnxsim(proto: Any) -> Any:
+            simplified, ok = onnxsim.simplify(proto)
+            if not ok:
+                raise RuntimeError("onnxsim could not validate its simplified graph")
+            return simplified
+
+        return run_onnxsim
+    return lambda proto: proto
 
 
 def build_graph(
@@ -95,7 +123,7 @@ def dedupe_initializers(proto: Any) -> int:
 def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
     if not isinstance(options, OnnxOptions):
         options = OnnxOptions(**options.model_dump())
-    onnx, onnxslim = _require_onnx()
+    onnx, _ = _require_onnx()
     spec = loaded.spec
     module, args = build_graph(loaded, graph, options.use_stability_score)
     if graph == "encoder":
@@ -112,6 +140,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             "scores": {0: "batch"},
             "masks": {0: "batch"},
         }
+    simplify = _simplifier(options.simplifier)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -128,14 +157,14 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                 do_constant_folding=True,
             )
         proto = onnx.load_from_string(buffer.getvalue())
-        if options.simplify:
-            proto = onnxslim.slim(proto)
+        proto = simplify(proto)
         dedupe_initializers(proto)
         metadata = base_metadata(
             loaded, graph, use_stability_score=options.use_stability_score and graph == "decoder"
         )
         metadata["onnx.opset"] = str(options.opset)
-        metadata["onnx.simplified"] = str(options.simplify).lower()
+        metadata["onnx.simplified"] = str(options.simplifier != "none").lower()
+        metadata["onnx.simplifier"] = options.simplifier
         del proto.metadata_props[:]
         for key in sorted(metadata):
             proto.metadata_props.add(key=key, value=metadata[key])

@@ -1,0 +1,293 @@
+"""`edgesam-export build` / `verify`: manifest, reproducibility, verification, failures, kills.
+
+Most builds use a decoder-only recipe (seconds); one test builds the CI recipe in full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgesam_export import build as B
+from edgesam_export import manifest as mf
+from edgesam_export.cli.export import app
+from edgesam_export.errors import InputError
+from edgesam_export.parity import Comparison, ParityReport
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DECODER_RECIPE = """\
+name: dec
+weights: {synthetic: random, seed: 0}
+targets:
+  - name: slim
+    kind: onnx
+    options: {graphs: [decoder]}
+  - name: sim
+    kind: onnx
+    options: {graphs: [decoder], simplifier: onnxsim}
+"""
+
+
+def _recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="session")
+def decoder_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """(recipe file, published folder, --json report) of one decoder-only build."""
+    base = tmp_path_factory.mktemp("decoder_build")
+    recipe = _recipe(base, DECODER_RECIPE)
+    code, _, err = _cli(
+        "build", str(recipe), "-o", str(base / "out"), "--json", str(base / "r.json")
+    )
+    assert code == 0, err
+    return recipe, base / "out" / "dec", json.loads((base / "r.json").read_text())
+
+
+def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
+    recipe, folder, report = decoder_build
+    manifest = mf.read(folder)
+    assert manifest["status"] == "passed" and report["exit_code"] == 0
+    assert manifest["recipe"]["sha256"] == mf.file_sha256(recipe)
+    assert manifest["recipe"]["resolved"]["targets"][1]["options"]["simplifier"] == "onnxsim"
+    assert manifest["weights"] == {"kind": "synthetic-random", "seed": 0}
+    assert {"torch", "onnx", "onnxruntime", "onnxslim", "onnxsim"} <= set(manifest["tools"])
+    assert [t["name"] for t in manifest["targets"]] == ["slim", "sim"]
+    assert all(t["status"] == "passed" and t["exit_code"] == 0 for t in manifest["targets"])
+    for art in manifest["artifacts"]:
+        rows = art["parity_checks"]
+        assert rows and all(r["passed"] and r["max_abs"] <= r["tolerance"] for r in rows)
+        assert {r["check"] for r in rows} == {"decoder.masks", "decoder.scores"}
+        assert art["options"]["graphs"] == ["decoder"]
+    by_path = {a["path"]: a for a in manifest["artifacts"]}
+    assert set(by_path) == {"slim/edge_sam_decoder.onnx", "sim/edge_sam_decoder.onnx"}
+    assert set(manifest["files"]) == set(by_path)
+    for path, art in by_path.items():
+        assert art["sha256"] == mf.file_sha256(folder / path)
+        assert art["size"] == (folder / path).stat().st_size
+        assert art["parity"] == "passed" and art["precision"] == "fp32"
+        assert [t["name"] for t in art["inputs"]] == [
+            "image_embeddings",
+            "point_coords",
+            "point_labels",
+        ]
+        assert art["metadata"]["weights"] == "synthetic-untrained"
+    # the manifest records which simplifier ran (and the artifact says so itself)
+    assert by_path["slim/edge_sam_decoder.onnx"]["metadata"]["onnx.simplifier"] == "onnxslim"
+    assert by_path["sim/edge_sam_decoder.onnx"]["metadata"]["onnx.simplifier"] == "onnxsim"
+    assert set(manifest["build"]["seconds"]) == {"slim", "sim"}
+    # nothing but the published folder is left in the build root
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["dec"]
+    assert mf.verify(folder).ok
+
+
+def test_two_builds_are_byte_identical(decoder_build, tmp_path: Path) -> None:
+    """Same recipe, another folder, two worker processes: same bytes, same manifest hash."""
+    recipe, first, _ = decoder_build
+    code, _, err = _cli("build", str(recipe), "-o", str(tmp_path), "--jobs", "2")
+    assert code == 0, err
+    second = tmp_path / "dec"
+    a, b = mf.read(first), mf.read(second)
+    assert a["content_sha256"] == b["content_sha256"]
+    assert a["files"] == b["files"]
+    for rel in a["files"]:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes()
+    assert b["build"]["jobs"] == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "missing", "extra", "manifest"])
+def test_verify_names_the_damaged_file(decoder_build, tmp_path: Path, damage: str) -> None:
+    _, published, _ = decoder_build
+    folder = tmp_path / "dec"
+    shutil.copytree(published, folder)
+    assert _cli("verify", str(folder))[0] == 0
+    target = folder / "sim" / "edge_sam_decoder.onnx"
+    if damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[12345] ^= 0x10
+        target.write_bytes(bytes(data))
+        named = "sim/edge_sam_decoder.onnx"
+    elif damage == "missing":
+        target.unlink()
+        named = "sim/edge_sam_decoder.onnx"
+    elif damage == "extra":
+        (folder / "slim" / "notes.txt").write_text("added later")
+        named = "slim/notes.txt"
+    else:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["artifacts"][0]["parity_checks"][0]["max_abs"] = 0.0
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        named = "manifest.json"
+    code, _, err = _cli("verify", str(tmp_path), "--json", str(tmp_path / "v.json"))
+    assert code == 5
+    assert named in err
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["ok"] is False
+    assert [p["file"] for p in report["folders"][0]["problems"]] == [named]
+
+
+def test_failed_targets_are_recorded_and_the_stale_build_does_not_survive(
+    decoder_build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A good target, one failing parity, one whose simplifier is not installed; built over
+    an earlier good build of the same recipe name."""
+    _, published, _ = decoder_build
+    shutil.copytree(published, tmp_path / "out" / "dec")
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # "not installed"
+    recipe = _recipe(
+        tmp_path,
+        "name: dec\nweights: {synthetic: random}\ntargets:\n"
+        "  - {name: plain, kind: onnx, options: {graphs: [decoder], simplifier: none}}\n"
+        "  - name: tight\n    kind: onnx\n    parity: {tolerances: {decoder.masks: 1.0e-12}}\n"
+        "    options: {graphs: [decoder]}\n"
+        "  - {name: sim, kind: onnx, options: {graphs: [decoder], simplifier: onnxsim}}\n",
+    )
+    result = B.build([recipe], tmp_path / "out")
+    assert result.exit_code == 4  # the first target that did not pass: tight
+    folder = tmp_path / "out" / "dec"
+    manifest = mf.read(folder)
+    status = {t["name"]: t["status"] for t in manifest["targets"]}
+    assert status == {"plain": "passed", "tight": "parity_failed", "sim": "unavailable"}
+    assert manifest["status"] == "failed"
+    sim = manifest["targets"][2]
+    assert sim["exit_code"] == 6 and "pip install onnxsim" in sim["error"]
+    assert sim["artifacts"] == [] and not (folder / "sim").exists()
+    tight = manifest["targets"][1]
+    assert "decoder.masks" in tight["error"] and tight["parity"]["passed"] is False
+    assert {a["path"]: a["parity"] for a in manifest["artifacts"]} == {
+        "plain/edge_sam_decoder.onnx": "passed",
+        "tight/edge_sam_decoder.onnx": "failed",
+    }
+    # a device app picking artifacts gets only the one that passed
+    assert [a["target"] for a in mf.select(manifest, graph="decoder")] == ["plain"]
+    # nothing of the earlier build survives: not its folders, not its verdicts
+    assert not (folder / "slim").exists()
+    assert set(manifest["files"]) == {"plain/edge_sam_decoder.onnx", "tight/edge_sam_decoder.onnx"}
+    assert mf.verify(folder).ok
+
+
+def test_only_builds_a_subset_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxsim", None)
+    recipe = _recipe(tmp_path, DECODER_RECIPE)
+    code, _, err = _cli("build", str(recipe), "-o", str(tmp_path / "out"), "--only", "sim")
+    assert code == 6, err
+    manifest = mf.read(tmp_path / "out" / "dec")
+    assert manifest["partial"] is True
+    assert [(t["name"], t["status"]) for t in manifest["targets"]] == [("sim", "unavailable")]
+    assert manifest["artifacts"] == [] and manifest["files"] == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "recipe_text", "message"),
+    [
+        (["--only", "nope"], DECODER_RECIPE, "--only nope: no such target; targets: sim, slim"),
+        (["--checkpoint", "missing.pth"], DECODER_RECIPE, "checkpoint not found: missing.pth"),
+        (
+            [],
+            DECODER_RECIPE.replace("seed: 0}", "seed: 0, require_checkpoint: true}"),
+            "weights.require_checkpoint is true: pass --checkpoint",
+        ),
+        (
+            ["--checkpoint", "{ckpt}"],
+            DECODER_RECIPE.replace("seed: 0}", f"sha256: {'a' * 64}}}"),
+            "but the recipe pins aaaa",
+        ),
+        (
+            [],
+            "name: dec\ntargets: [{name: t, kind: onnx, options: {opset: 9}}]\n",
+            "targets[0].options.opset: Input should be greater than or equal to 11",
+        ),
+    ],
+    ids=["unknown-only", "missing-checkpoint", "require-checkpoint", "sha256-pin", "schema"],
+)
+def test_bad_builds_fail_before_exporting(
+    tmp_path: Path, args: list[str], recipe_text: str, message: str
+) -> None:
+    recipe = _recipe(tmp_path, recipe_text)
+    ckpt = tmp_path / "ckpt.pth"
+    ckpt.write_bytes(b"not the pinned checkpoint")
+    args = [a.replace("{ckpt}", str(ckpt)) for a in args]
+    code, _, err = _cli("build", str(recipe), "-o", str(tmp_path / "out"), *args)
+    assert code == 3
+    assert message in " ".join(err.split())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _comparison(check: str, max_abs: float) -> Comparison:
+    return Comparison("a.onnx", "onnx", "fp32", check, "case", {"max_abs": max_abs}, 1e-4, True)
+
+
+def test_recipe_tolerances_may_only_tighten() -> None:
+    report = ParityReport(comparisons=[_comparison("decoder.scores", 1e-6)])
+    B.apply_tolerances(report, {"decoder.scores": 1e-7})
+    assert report.comparisons[0].tolerance == 1e-7 and not report.comparisons[0].passed
+    with pytest.raises(InputError, match="may only tighten"):
+        B.apply_tolerances(
+            ParityReport(comparisons=[_comparison("decoder.scores", 0.0)]), {"decoder.scores": 1.0}
+        )
+
+
+def test_killed_build_leaves_nothing_that_looks_finished(tmp_path: Path) -> None:
+    """SIGKILL once the first artifact is written (mid-build, before parity and publishing)."""
+    recipe = _recipe(tmp_path, DECODER_RECIPE)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesam_export.cli.export", "build", str(recipe), "-o", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".dec.staging-*/slim/*.onnx")):
+            assert proc.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline, "no artifact written within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    visible = [
+        p for p in out.rglob("*") if not any(s.startswith(".") for s in p.relative_to(out).parts)
+    ]
+    assert visible == []  # no published folder, no manifest
+    assert not list(out.rglob("manifest.json"))
+    (staging,) = out.glob(".dec.staging-*")
+    assert B.clean_stale(out, "dec") == [staging]  # the next build removes the remains
+    assert list(out.iterdir()) == []
+
+
+def test_full_build_of_the_ci_recipe(tmp_path: Path) -> None:
+    """Encoder + decoder + stability decoder from the shipped CI recipe, verified end to end."""
+    code, _, err = _cli("build", str(ROOT / "recipes" / "ci-smoke.yaml"), "-o", str(tmp_path))
+    assert code == 0, err
+    folder = tmp_path / "ci-smoke"
+    manifest = mf.read(folder)
+    assert manifest["status"] == "passed"
+    graphs = sorted(
+        (a["graph"], a["metadata"]["use_stability_score"]) for a in manifest["artifacts"]
+    )
+    assert graphs == [("decoder", "false"), ("decoder", "true"), ("encoder", "false")]
+    checks = {r["check"] for a in manifest["artifacts"] for r in a["parity_checks"]}
+    assert {"image_embeddings", "end_to_end.masks", "decoder.stability_scores"} <= checks
+    code, out, _ = _cli("verify", str(folder))
+    assert code == 0 and "3 files match" in out
