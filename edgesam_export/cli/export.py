@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -101,6 +101,13 @@ def onnx_cmd(
     upsample: UpsampleOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (fp16-unsafe layers kept fp32; float32 I/O).")
+    ] = "fp32",
+    quantize: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="int8: dynamic int8 quantization (onnxruntime).", show_default=False),
+    ] = None,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
@@ -129,6 +136,8 @@ def onnx_cmd(
                 opset=opset,
                 simplify=simplify,
                 output=output,
+                precision=precision,  # type: ignore[arg-type]
+                quantize=quantize,  # type: ignore[arg-type]
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -220,6 +229,11 @@ def models_cmd() -> None:
             s.description,
         )
     console.print(table)
+
+
+from .tensorrt import register as _register_tensorrt  # noqa: E402
+
+_register_tensorrt(app)
 
 
 def main() -> None:
