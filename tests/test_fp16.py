@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesam_export.config import ModelOptions, OnnxOptions
+from edgesam_export.config import OnnxOptions
 from edgesam_export.fp16 import (
     FP16_MAX,
     calibration_feeds,
@@ -20,7 +20,9 @@ from edgesam_export.fp16 import (
     fp16_report,
     run_emulated,
 )
+from edgesam_export.models import LoadedModel, load_model
 from edgesam_export.parity import TOLERANCES, tolerances_for
+from edgesam_export.targets.onnx import export
 
 F = TensorProto.FLOAT
 
@@ -116,11 +118,15 @@ def test_raw_fixture_weights_overflow_in_fp16(default_artifacts: Path):
 
 
 @pytest.fixture(scope="module")
-def calibrated_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgesam_export.pipeline import export_artifacts
+def calibrated() -> LoadedModel:
+    return load_model(None, synthetic="calibrated")
 
+
+@pytest.fixture(scope="module")
+def calibrated_artifacts(tmp_path_factory: pytest.TempPathFactory, calibrated: LoadedModel) -> Path:
     out = tmp_path_factory.mktemp("calibrated")
-    export_artifacts(ModelOptions(synthetic="calibrated"), "onnx", OnnxOptions(output=out))
+    export(calibrated, "encoder", OnnxOptions(output=out))
+    export(calibrated, "decoder", OnnxOptions(output=out))
     return out
 
 
@@ -151,26 +157,25 @@ def test_fp16_rows_are_derived_not_copied():
     assert tolerances_for("onnx", "int8")[1] == 0.85
 
 
-@pytest.mark.parametrize("kind", ["fp16", "int8"])
-def test_reduced_precision_decoder_passes_parity(tmp_path: Path, kind: str):
-    from edgesam_export.pipeline import export_artifacts, verify_artifacts
+def test_reduced_precision_decoders_pass_parity(tmp_path: Path, calibrated: LoadedModel):
+    """fp16 and int8 decoders exported side by side, judged in one parity run."""
+    from edgesam_export.pipeline import verify_artifacts
 
-    opts = (
-        OnnxOptions(graphs=("decoder",), output=tmp_path, precision="fp16")
-        if kind == "fp16"
-        else OnnxOptions(graphs=("decoder",), output=tmp_path, quantize="int8")
-    )
-    _, (art,) = export_artifacts(ModelOptions(synthetic="calibrated"), "onnx", opts)
-    assert art.path.name == f"edge_sam_decoder_{kind}.onnx"
-    assert art.metadata["precision"] == kind
-    model = onnx.load(str(art.path))
-    io_types = {v.type.tensor_type.elem_type for v in model.graph.input}
-    assert io_types == {F}  # float32 I/O: the contract is unchanged
-    weights = {i.data_type for i in model.graph.initializer}
-    assert (TensorProto.FLOAT16 if kind == "fp16" else TensorProto.INT8) in weights
-    report = verify_artifacts(None, tmp_path)
+    fp16 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, precision="fp16"))
+    int8 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, quantize="int8"))
+    for art, kind, weight_type in (
+        (fp16, "fp16", TensorProto.FLOAT16),
+        (int8, "int8", TensorProto.INT8),
+    ):
+        assert art.path.name == f"edge_sam_decoder_{kind}.onnx"
+        assert art.metadata["precision"] == kind
+        model = onnx.load(str(art.path))
+        assert {v.type.tensor_type.elem_type for v in model.graph.input} == {F}  # float32 I/O
+        assert {v.type.tensor_type.elem_type for v in model.graph.output} == {F}
+        assert weight_type in {i.data_type for i in model.graph.initializer}
+    report = verify_artifacts(None, tmp_path, loaded=calibrated)
     assert report.passed, report.summary()
-    assert {c.precision for c in report.comparisons} == {kind}
+    assert {c.precision for c in report.comparisons} == {"fp16", "int8"}
 
 
 def test_fp16_and_int8_together_is_refused():

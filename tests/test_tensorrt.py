@@ -236,3 +236,21 @@ def test_real_engine_build_and_parity(default_artifacts: Path, tmp_path: Path):
     src.unlink()  # parity over the engine alone
     report = verify_artifacts(None, tmp_path)
     assert report.passed, report.summary()
+
+
+def test_trt_on_onnx_graphs_needs_no_torch(default_artifacts: Path):
+    """On a device: readiness, profiles and trtexec lines from ONNX files, torch blocked."""
+    import subprocess
+    import sys
+
+    from test_device_side import BLOCKER
+
+    code = BLOCKER + (
+        "from typer.testing import CliRunner\n"
+        "from edgesam_export.cli.export import app\n"
+        f"r = CliRunner().invoke(app, ['trt', {str(default_artifacts)!r}, '--print-trtexec'])\n"
+        "print(r.exit_code, r.output.count('trtexec --onnx'), 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-3:] == ["0", "2", "False"]

@@ -72,8 +72,34 @@ def to_fp16(proto: Any, pins: list[str]) -> Any:
     converted = convert_float_to_float16(
         proto, keep_io_types=True, node_block_list=list(pins) or None, disable_shape_infer=False
     )
+    _toposort(converted.graph)
     _set_meta(converted, {"precision": "fp16", "fp16.fp32_nodes": ",".join(pins)})
     return converted
+
+
+def _toposort(graph: Any) -> None:
+    """Order nodes so each comes after its inputs' producers (the converter appends the
+    input casts at the end, which onnxruntime tolerates and the ONNX checker rejects)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[Any] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(t in available for t in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave it to the checker
+            ordered += rest
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered, strict=True):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def to_int8(proto: Any) -> Any:

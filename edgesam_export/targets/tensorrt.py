@@ -13,6 +13,7 @@ API (builder -> network -> OnnxParser -> config with profiles, memory pool, flag
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,7 @@ def trtexec_line(plan: EnginePlan) -> str:
 
 
 def gpu_info() -> dict[str, str]:
-    """Name and compute capability of GPU 0, through cuda-python or torch; 'unknown' if neither."""
+    """Name and compute capability of GPU 0 (cuda-python, or a torch already loaded)."""
     try:
         try:
             from cuda.bindings import runtime as cudart
@@ -160,14 +161,15 @@ def gpu_info() -> dict[str, str]:
             return {"name": name.rstrip("\x00"), "compute_capability": cc}
     except Exception:
         pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:
-        pass
+    torch = sys.modules.get("torch")  # only a torch the process already loaded
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability(0)
+                cc = f"{major}.{minor}"
+                return {"name": torch.cuda.get_device_name(0), "compute_capability": cc}
+        except Exception:
+            pass
     return {"name": "unknown", "compute_capability": "unknown"}
 
 
