@@ -112,6 +112,18 @@ def test_sidecar_records_build_and_source(default_artifacts: Path, tmp_path: Pat
     assert sidecar_path(plan.engine).name == "edge_sam_decoder_fp16.engine.json"
 
 
+def test_layer_names_map_back_to_pinned_nodes():
+    from edgesam_export.targets.tensorrt import layer_owner
+
+    nodes = {"/Add", "/Add_1", "/neck/Pow"}
+    pinned = {"/Add", "/neck/Pow"}
+    assert layer_owner("/Add", pinned, nodes) == "/Add"
+    assert layer_owner("/Add_1", pinned, nodes) is None  # another node, not a part of /Add
+    assert layer_owner("/Add_57", pinned, nodes) == "/Add"  # a further layer of /Add
+    assert layer_owner("/neck/Pow_3", pinned, nodes) == "/neck/Pow"
+    assert layer_owner("/neck/Powder", pinned, nodes) is None
+
+
 def test_engine_suffix_is_registered():
     assert ".engine" in artifact_suffixes()
 

@@ -223,12 +223,20 @@ def _tensor_specs(network: Any, inputs: bool) -> list[dict[str, Any]]:
     return specs
 
 
+def _node_names(onnx_path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {n.name or n.output[0] for n in model.graph.node}
+
+
 def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
     """Parse, configure and build with the TensorRT Python API; write engine + sidecar.
 
     Nothing is left at the destination unless both files were written.
     """
     trt = trt or require_tensorrt()
+    unmatched: list[str] = []
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -247,7 +255,7 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
         if not builder.platform_has_fast_fp16:
             raise BackendUnavailableError("this GPU has no fast fp16: build without --fp16")
         config.set_flag(trt.BuilderFlag.FP16)
-        _pin_layers(trt, network, config, plan.fp32_layers)
+        unmatched = _pin_layers(trt, network, config, plan.fp32_layers, _node_names(plan.onnx))
     cache_bytes = (
         plan.timing_cache.read_bytes() if plan.timing_cache and plan.timing_cache.is_file() else b""
     )
@@ -263,6 +271,7 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
         _tensor_specs(network, True),
         _tensor_specs(network, False),
     )
+    meta["fp32_layers_without_a_layer"] = unmatched
     side = sidecar_path(plan.engine)
     with atomic_path(plan.engine) as tmp:
         tmp.write_bytes(bytes(serialized))
@@ -277,24 +286,38 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
     return plan.engine
 
 
-def _pin_layers(trt: Any, network: Any, config: Any, names: Sequence[str]) -> None:
-    """Run the layers the ONNX parser made from the named nodes in fp32 (outputs too)."""
+def layer_owner(layer_name: str, pinned: set[str], node_names: set[str]) -> str | None:
+    """The pinned ONNX node a TensorRT layer came from, if any.
+
+    The parser names a node's first layer after the node and further layers of the same node
+    `<node>_<counter>`; a name that is itself another node's name belongs to that node.
+    """
+    if layer_name in pinned:
+        return layer_name
+    if layer_name in node_names:
+        return None
+    base, _, suffix = layer_name.rpartition("_")
+    return base if suffix.isdigit() and base in pinned else None
+
+
+def _pin_layers(
+    trt: Any, network: Any, config: Any, names: Sequence[str], node_names: set[str]
+) -> list[str]:
+    """Run the layers the ONNX parser made from the named nodes in fp32 (outputs too);
+    returns the names no layer came from (e.g. Constant nodes, folded by the parser)."""
     if not names:
-        return
+        return []
     wanted = set(names)
     found: set[str] = set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        # The parser names a layer after its ONNX node; nodes it expands get suffixed names.
-        owner = next((n for n in wanted if layer.name == n or layer.name.startswith(n + "_")), None)
+        owner = layer_owner(layer.name, wanted, node_names)
         if owner is None:
             continue
         found.add(owner)
         layer.precision = trt.float32
         for j in range(layer.num_outputs):
-            if layer.get_output_type(j) in (trt.float16, trt.float32):
+            if layer.get_output(j).dtype in (trt.float16, trt.float32):
                 layer.set_output_type(j, trt.float32)
-    missing = wanted - found
-    if missing:
-        raise InputError(f"--fp32-layers: no TensorRT layer for {sorted(missing)[:5]}")
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return sorted(wanted - found)
