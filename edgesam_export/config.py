@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 GraphKind = Literal["encoder", "decoder"]
 UpsampleMode = Literal["bicubic", "bilinear"]
@@ -67,3 +74,15 @@ class OnnxOptions(ExportOptions):
         elif data.get("simplifier") == "none":
             data["simplify"] = False
         return data
+
+    # Reduced precision (targets/onnx_precision.py): a real fp16 graph with the fp16-unsafe
+    # layers kept fp32, or dynamic int8 quantization; float32 I/O either way.
+    precision: Literal["fp32", "fp16"] = "fp32"
+    quantize: Literal["int8"] | None = None
+
+    @field_validator("quantize")
+    @classmethod
+    def _one_reduction(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("precision", "fp32") != "fp32":
+            raise ValueError("choose --precision fp16 or --quantize int8, not both")
+        return v

@@ -41,7 +41,43 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "end_to_end.stability_scores": 5e-2,
     },
 }
-MIN_MASK_IOU = {"fp32": 0.99, "fp16": 0.95}
+# fp16 rows for TensorRT engines and fp16 ONNX graphs, derived from the fp16 emulation
+# (edgesam_export.fp16: every intermediate rounded to fp16) of the calibrated synthetic EdgeSAM
+# on the parity inputs: measured worst case x3, rounded up to one significant digit. Measured
+# (bicubic and bilinear graphs): embeddings 0.097, decoder masks 0.010 / scores 1.4e-3 /
+# stability 5.4e-4, end to end masks 0.064 / scores 1.6e-3 / stability 1.2e-3, mask IoU 0.9926
+# (docs/tensorrt.md has the commands). The emulation rounds more often than onnxruntime's own
+# fp16 graph (which computes unsupported kernels in fp32), so it bounds both from above.
+_FP16_DERIVED = {
+    "image_embeddings": 3e-1,
+    "decoder.masks": 4e-2,
+    "decoder.scores": 5e-3,
+    "decoder.stability_scores": 2e-3,
+    "end_to_end.masks": 2e-1,
+    "end_to_end.scores": 5e-3,
+    "end_to_end.stability_scores": 4e-3,
+}
+TOLERANCES["tensorrt:fp16"] = dict(_FP16_DERIVED)
+TOLERANCES["onnx:fp16"] = dict(_FP16_DERIVED)
+# Dynamic int8 (MatMul/Gemm weights int8, activations quantized per call), measured by parity
+# of `edgesam-export onnx --quantize int8` on the calibrated synthetic EdgeSAM: worst case x3,
+# rounded up to one significant digit (measurements in docs/tensorrt.md).
+TOLERANCES["onnx:int8"] = {  # measured: 0.223, 0.295 / 0.0243, 0.320 / 0.0295, IoU 0.949
+    "image_embeddings": 7e-1,
+    "decoder.masks": 9e-1,
+    "decoder.scores": 8e-2,
+    "decoder.stability_scores": 8e-2,  # not measured: the scores' value
+    "end_to_end.masks": 1.0,
+    "end_to_end.scores": 9e-2,
+    "end_to_end.stability_scores": 9e-2,  # not measured: the scores' value
+}
+MIN_MASK_IOU = {
+    "fp32": 0.99,
+    "fp16": 0.95,
+    "tensorrt:fp16": 0.97,
+    "onnx:fp16": 0.97,
+    "onnx:int8": 0.85,
+}
 
 
 def tolerances_for(backend: str, precision: str) -> tuple[dict[str, float], float]:

@@ -18,6 +18,9 @@ DEVICE_MODULES = (
     "edgesam_export.artifacts",
     "edgesam_export.manifest",
     "edgesam_export.bench",
+    "edgesam_export.trt_check",
+    "edgesam_export.fp16",
+    "edgesam_export.runtime.tensorrt",
 )
 
 BLOCKER = textwrap.dedent(

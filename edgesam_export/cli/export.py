@@ -115,6 +115,13 @@ def onnx_cmd(
         Optional[Simplifier],  # noqa: UP045
         typer.Option(help="onnxslim (default), onnxsim or none.", show_default=False),
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (fp16-unsafe layers kept fp32; float32 I/O).")
+    ] = "fp32",
+    quantize: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="int8: dynamic int8 quantization (onnxruntime).", show_default=False),
+    ] = None,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
@@ -144,6 +151,8 @@ def onnx_cmd(
                 simplify=simplify,
                 **({} if simplifier is None else {"simplifier": simplifier.value}),
                 output=output,
+                precision=precision,  # type: ignore[arg-type]
+                quantize=quantize,  # type: ignore[arg-type]
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -240,6 +249,9 @@ def models_cmd() -> None:
 from .recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
 
 _register_recipes(app)
+from .tensorrt import register as _register_tensorrt  # noqa: E402
+
+_register_tensorrt(app)
 
 
 def main() -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifacts import Artifact
 from ..config import ExportOptions, GraphKind
 from ..errors import InputError
-from ..models import LoadedModel
+
+if TYPE_CHECKING:  # keeps targets.tensorrt (ONNX -> engine) importable without torch
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)

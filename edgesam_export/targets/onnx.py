@@ -171,12 +171,19 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         proto.producer_name = "edgesam-export"
         proto.producer_version = metadata["edgesam_export.version"]
         proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
+        if options.precision != "fp32" or options.quantize:
+            from .onnx_precision import reduce_precision
+
+            proto = reduce_precision(proto, loaded, options)
+            metadata = {p.key: p.value for p in proto.metadata_props}
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()
     except Exception as exc:  # the exporter's own errors are many and untyped
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(f"ONNX export of the {spec.name} {graph} failed: {first}") from exc
     dest = artifact_path(loaded, graph, options, ".onnx")
+    if metadata.get("precision", "fp32") != "fp32":  # beside, never over, the fp32 graph
+        dest = dest.with_name(f"{dest.stem}_{metadata['precision']}.onnx")
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     return Artifact(

@@ -1,0 +1,353 @@
+"""`edgesam-export trt` and `trt-check`: TensorRT engines, readiness and fp16 safety reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ExportFailedError, InputError
+from . import (
+    DebugOpt,
+    JsonOpt,
+    SeedOpt,
+    Synthetic,
+    SyntheticOpt,
+    UpsampleOpt,
+    emit_json,
+    guarded,
+    human_console,
+    progress,
+)
+
+PointsOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--points",
+        help="Profile of the decoder's point count N as MIN:OPT:MAX (default 1:2:32).",
+        show_default=False,
+    ),
+]
+BatchOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--batch",
+        help="Profile of the prompt-set batch B as MIN:OPT:MAX (default 1:1:64); applies to an"
+        " encoder only when its graph has a dynamic 'batch' axis.",
+        show_default=False,
+    ),
+]
+
+
+class NotReadyError(ExportFailedError):
+    """The graph would not parse (or not cover its shapes) in TensorRT: exit 7."""
+
+
+def _dims(points: str | None, batch: str | None) -> dict[str, Any]:
+    from ..trt_check import parse_range
+
+    return {
+        "num_points": parse_range(points, "points") if points else None,
+        "batch": parse_range(batch, "batch") if batch else None,
+    }
+
+
+def _onnx_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.glob("*.onnx") if not f.name.startswith("."))
+            if not found:
+                raise InputError(f"no .onnx files in {p}")
+            files += found
+        elif p.suffix == ".onnx":
+            files.append(p)
+        else:
+            raise InputError(f"{p}: expected an .onnx file or a directory of them")
+    return files
+
+
+def _graph_of(model: Any) -> str:
+    return {p.key: p.value for p in model.metadata_props}.get("graph", "unknown")
+
+
+def _render_readiness(report: Any, out: Any) -> None:
+    verdict = "[green]ready[/]" if report.passed else "[bold red]NOT READY[/]"
+    out.print(
+        f"{escape(report.path)}: {verdict} for the TensorRT {report.tensorrt_version} ONNX parser"
+        f" ({report.nodes} nodes, {len(report.operators)} operator types,"
+        f" {len(report.errors)} errors, {len(report.warnings)} warnings)"
+    )
+    for f in report.findings:
+        colour = "red" if f.severity == "error" else "yellow"
+        out.print(f"  [{colour}]{f.severity}[/] [{f.rule}] {escape(f.where)}: {escape(f.message)}")
+
+
+def _render_fp16(report: Any, out: Any) -> None:
+    table = Table(title=f"fp16 safety: {report.graph} ({report.weights} weights)")
+    for col in ("output", "scale", "error fp16", "error with pins", "finite with pins"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, err in report.error_unpinned.items():
+        table.add_row(
+            name,
+            f"{report.output_scale[name]:.3g}",
+            f"{err:.3g}",
+            f"{report.error_pinned[name]:.3g}",
+            "no" if report.nonfinite_pinned[name] else "yes",
+        )
+    out.print(table)
+    out.print(
+        f"  {len(report.layers)} layers: {len(report.overflowing)} overflow 65504,"
+        f" {len(report.near_overflowing)} near it, {len(report.precision_losing)} lose"
+        f" precision; {len(report.pins)} pinned to fp32 (--fp32-layers auto)"
+    )
+    for name in report.overflowing[:10]:
+        out.print(f"  [red]overflow[/] {escape(name)}")
+    if len(report.overflowing) > 10:
+        out.print(f"  ... and {len(report.overflowing) - 10} more (see --json)")
+    out.print(f"  calibration: {'; '.join(report.inputs)}")
+
+
+def _fp16_reports(models: dict[Path, Any]) -> dict[Path, Any]:
+    """fp16 reports; decoders use the fp32 embeddings of an encoder among `models` if any."""
+    from ..fp16 import calibration_feeds, fp16_report
+
+    reports: dict[Path, Any] = {}
+    embeddings = None
+    order = sorted(models, key=lambda p: _graph_of(models[p]) != "encoder")
+    for path in order:
+        model = models[path]
+        progress(f"fp16 emulation of {path.name}")
+        feeds, names = calibration_feeds(model, embeddings)
+        reports[path] = fp16_report(model, feeds, names)
+        if _graph_of(model) == "encoder" and embeddings is None:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            embeddings = sess.run(None, feeds[0])[0]
+    return reports
+
+
+def trt_check_cmd(
+    onnx_paths: Annotated[
+        list[Path], typer.Argument(help="ONNX files or directories.", show_default=False)
+    ],
+    points: PointsOpt = None,
+    batch: BatchOpt = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also run the fp16 safety report (emulated fp16).")
+    ] = False,
+    json_path: JsonOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Will TensorRT parse these graphs and cover their shapes? (No GPU, no TensorRT needed.)
+
+    Exit 0 when every graph is ready, 7 when one is not.
+    """
+    from ..targets.tensorrt import dims_for
+    from ..trt_check import check_model, load_onnx
+
+    with guarded(debug):
+        requested = _dims(points, batch)
+        files = _onnx_files(onnx_paths)
+        models = {f: load_onnx(f) for f in files}
+        out = human_console(json_path)
+        payload: dict[str, Any] = {"graphs": []}
+        ready = True
+        for f, model in models.items():
+            dims = dims_for(model, requested)
+            report = check_model(model, dims, str(f))
+            _render_readiness(report, out)
+            entry = {
+                "readiness": report.to_json(),
+                "profiles": {k: list(v) for k, v in dims.items()},
+            }
+            payload["graphs"].append(entry)
+            ready = ready and report.passed
+        if fp16:
+            reports = _fp16_reports(models)
+            for entry, f in zip(payload["graphs"], models, strict=True):
+                _render_fp16(reports[f], out)
+                entry["fp16"] = reports[f].to_json()
+        payload["passed"] = ready
+        emit_json(json_path, payload)
+        if not ready:
+            raise typer.Exit(int(NotReadyError.exit_code))
+
+
+def trt_cmd(
+    source: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(
+            help="Checkpoint (.pth) to export first, or a directory of our ONNX graphs."
+            " Omit for synthetic weights.",
+            show_default=False,
+        ),
+    ] = None,
+    encoder: Annotated[bool, typer.Option("--encoder", help="Only the encoder.")] = False,
+    decoder: Annotated[bool, typer.Option("--decoder", help="Only the decoder.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Build fp16 engines.")] = False,
+    points: PointsOpt = None,
+    batch: BatchOpt = None,
+    workspace: Annotated[int, typer.Option("--workspace", min=64, help="Workspace, MB.")] = 1024,
+    timing_cache: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--timing-cache", help="Timing cache to reuse and update.", show_default=False
+        ),
+    ] = None,
+    fp32_layers: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--fp32-layers",
+            help="With --fp16: 'auto' (the fp16 safety report's pins) or comma-separated ONNX"
+            " node names to keep in fp32.",
+            show_default=False,
+        ),
+    ] = None,
+    print_trtexec: Annotated[
+        bool,
+        typer.Option("--print-trtexec", help="Print the equivalent trtexec lines; build nothing."),
+    ] = False,
+    use_stability_score: Annotated[
+        bool, typer.Option("--use-stability-score", help="Decoder scores are stability scores.")
+    ] = False,
+    upsample: UpsampleOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path(
+        "artifacts"
+    ),
+    seed: SeedOpt = 0,
+    synthetic: SyntheticOpt = Synthetic.calibrated,
+    json_path: JsonOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build TensorRT engines (TensorRT 10+) with dynamic prompt shapes, fp16 and fp32 pins.
+
+    Each graph is checked for readiness first; engines get a JSON sidecar. Without TensorRT
+    this exits 6 and writes nothing, unless --print-trtexec (which works anywhere).
+    """
+    from ..targets.tensorrt import (
+        EnginePlan,
+        build_engine,
+        dims_for,
+        engine_path,
+        profile_shapes,
+        require_tensorrt,
+        trtexec_line,
+    )
+    from ..trt_check import check_model, load_onnx
+
+    with guarded(debug):
+        requested = _dims(points, batch)
+        if fp32_layers and not fp16:
+            raise InputError("--fp32-layers needs --fp16")
+        trt = None if print_trtexec else require_tensorrt()  # before anything is written
+        if source is not None and source.is_dir():
+            files = _onnx_files([source])
+        else:
+            files = _export_onnx(
+                source, encoder, decoder, use_stability_score, upsample, output, seed, synthetic
+            )
+        models = {f: load_onnx(f) for f in files}
+        wanted = {g for g, on in (("encoder", encoder), ("decoder", decoder)) if on}
+        if wanted:
+            models = {f: m for f, m in models.items() if _graph_of(m) in wanted}
+        if not models:
+            raise InputError("no graph to build (check --encoder/--decoder and the directory)")
+        out = human_console(json_path)
+        pins: dict[Path, list[str]] = {f: [] for f in models}
+        fp16_json: dict[Path, Any] = {}
+        if fp16 and fp32_layers == "auto":
+            for f, rep in _fp16_reports(models).items():
+                _render_fp16(rep, out)
+                pins[f] = rep.pins
+                fp16_json[f] = rep.to_json()
+        elif fp16 and fp32_layers:
+            names = [n.strip() for n in fp32_layers.split(",") if n.strip()]
+            for f, model in models.items():
+                from ..fp16 import node_name
+
+                present = {node_name(n) for n in model.graph.node}
+                pins[f] = [n for n in names if n in present]
+            unknown = set(names) - {n for p in pins.values() for n in p}
+            if unknown:
+                raise InputError(f"--fp32-layers: no node named {sorted(unknown)[:5]}")
+        payload: dict[str, Any] = {"engines": []}
+        from_dir = source is not None and source.is_dir()
+        for f, model in models.items():
+            dims = dims_for(model, requested)
+            readiness = check_model(model, dims, str(f))
+            _render_readiness(readiness, out)
+            if not readiness.passed:
+                raise NotReadyError(
+                    f"{f.name} is not ready for TensorRT ({len(readiness.errors)} errors above)"
+                )
+            plan = EnginePlan(
+                onnx=f,
+                engine=engine_path(f, f.parent if from_dir else output, fp16),
+                graph=_graph_of(model),
+                profiles=profile_shapes(model, dims),
+                fp16=fp16,
+                fp32_layers=tuple(pins[f]),
+                workspace_mb=workspace,
+                timing_cache=timing_cache,
+                onnx_metadata={p.key: p.value for p in model.metadata_props},
+            )
+            line = trtexec_line(plan)
+            entry: dict[str, Any] = {
+                "onnx": str(f),
+                "engine": str(plan.engine),
+                "precision": plan.precision,
+                "profiles": {k: [list(s) for s in v] for k, v in plan.profiles.items()},
+                "fp32_layers": list(plan.fp32_layers),
+                "trtexec": line,
+                "readiness": readiness.to_json(),
+            }
+            if f in fp16_json:
+                entry["fp16"] = fp16_json[f]
+            if print_trtexec or trt is None:
+                out.print(line, soft_wrap=True, markup=False, highlight=False)
+            else:
+                progress(f"building {plan.engine.name} (TensorRT {trt.__version__})")
+                build_engine(plan, trt)
+                entry["built"] = True
+            payload["engines"].append(entry)
+        emit_json(json_path, payload)
+
+
+def _export_onnx(
+    checkpoint: Path | None,
+    encoder: bool,
+    decoder: bool,
+    stability: bool,
+    upsample: Any,
+    output: Path,
+    seed: int,
+    synthetic: Synthetic,
+) -> list[Path]:
+    from ..config import ModelOptions, OnnxOptions
+    from ..pipeline import export_artifacts
+
+    graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
+    try:
+        mopts = ModelOptions(
+            checkpoint=checkpoint,
+            seed=seed,
+            upsample=None if upsample is None else upsample.value,
+            synthetic=synthetic.value,
+        )
+        eopts = OnnxOptions(
+            graphs=graphs or ("encoder", "decoder"), use_stability_score=stability, output=output
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    _, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
+    return [a.path for a in artifacts]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trt")(trt_cmd)
+    app.command("trt-check")(trt_check_cmd)
