@@ -17,6 +17,7 @@ from .base import Session, metadata_floats
 # artifact suffix -> (module under edgesam_export.runtime, session class)
 _OPENERS: dict[str, tuple[str, str]] = {
     ".onnx": ("onnxruntime", "OnnxRuntimeSession"),
+    ".mlpackage": ("coreml", "CoreMLSession"),
 }
 
 
