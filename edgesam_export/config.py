@@ -51,7 +51,16 @@ class OnnxOptions(ExportOptions):
 
 CoreMLPrecision = Literal["fp32", "fp16"]
 PointShapes = Literal["enumerated", "range"]
-DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+DEPLOYMENT_TARGETS = (
+    "iOS15",
+    "iOS16",
+    "iOS17",
+    "iOS18",
+    "macOS12",
+    "macOS13",
+    "macOS14",
+    "macOS15",
+)
 
 
 class CoreMLOptions(ExportOptions):
@@ -76,5 +85,6 @@ class CoreMLOptions(ExportOptions):
             if v.lower() == known.lower():
                 return known
         raise ValueError(
-            f"unknown --minimum-deployment-target {v!r}; choose one of {', '.join(DEPLOYMENT_TARGETS)}"
+            f"unknown --minimum-deployment-target {v!r};"
+            f" choose one of {', '.join(DEPLOYMENT_TARGETS)}"
         )

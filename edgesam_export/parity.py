@@ -323,7 +323,18 @@ def check(
     tensor, info = P.preprocess(
         image, img_size, metadata_floats(meta, "pixel_mean"), metadata_floats(meta, "pixel_std")
     )
-    report.inputs = {"image_shape": list(image.shape), "img_size": img_size}
+    report.inputs = {
+        "image_shape": list(image.shape),
+        "img_size": img_size,
+        "reference": (
+            f"PyTorch {meta.get('model', '?')} ({meta.get('upsample_mode', '?')} neck),"
+            f" weights {meta.get('weights', '?')} ({meta.get('weights_source', '?')})"
+        ),
+        # which runtime produced each artifact's numbers (e.g. the MIL executor on Linux)
+        "runtimes": {
+            name: getattr(s, "runtime_label", s.backend) for name, s in [*encoders, *decoders]
+        },
+    }
     ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
     embeddings = {"reference": ref_emb}
     for name, enc in encoders:
@@ -347,6 +358,12 @@ def check(
         ref_dec = reference_decoders[stab]
         for case in cases:
             feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
+            reason = dec.accepts(feeds)
+            if reason is not None:  # outside the artifact's declared shapes: listed, not judged
+                report.inputs.setdefault("skipped", []).append(
+                    {"artifact": name, "case": case.name, "reason": reason}
+                )
+                continue
             ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
             runs = [("decoder", ref_emb)]  # alone, on the reference embeddings
             if own_embedding is not None:  # end to end, on the artifact encoder's embeddings

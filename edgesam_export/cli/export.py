@@ -101,6 +101,9 @@ def onnx_cmd(
     upsample: UpsampleOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxslim.")] = True,
+    gelu_approximate: Annotated[
+        bool, typer.Option("--gelu-approximate", help="tanh GELU (EdgeSAM's export option).")
+    ] = False,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
@@ -128,6 +131,7 @@ def onnx_cmd(
                 use_stability_score=use_stability_score,
                 opset=opset,
                 simplify=simplify,
+                gelu_approximate=gelu_approximate,
                 output=output,
             )
         except ValueError as exc:
@@ -153,7 +157,8 @@ def onnx_cmd(
         }
         report = None
         if verify:
-            report = verify_artifacts(checkpoint, output, progress, loaded=loaded)
+            only = [a.path for a in artifacts]  # not unrelated files already in --output
+            report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
             _render_parity(report, human_console(json_path))
             payload["parity"] = report.to_json()
         emit_json(json_path, payload)
@@ -220,6 +225,9 @@ def models_cmd() -> None:
             s.description,
         )
     console.print(table)
+
+
+from . import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
 
 
 def main() -> None:

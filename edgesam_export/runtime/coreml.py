@@ -115,7 +115,8 @@ class CoreMLSession(Session):
                     f" (B in {batches[0]}..{batches[-1]}, N in {sizes[0]}..{sizes[-1]})"
                 )
             if ranges is not None and any(
-                not lo <= d <= (hi if hi > 0 else d) for d, (lo, hi) in zip(shape, ranges)
+                not lo <= d <= (hi if hi > 0 else d)
+                for d, (lo, hi) in zip(shape, ranges, strict=False)
             ):
                 return f"{name} shape {shape} is outside the declared ranges {ranges}"
         return None

@@ -315,7 +315,11 @@ def conv(
     dh, dw = (1, 1) if dilations is None else (int(dilations[0]), int(dilations[1]))
     groups = int(groups)
     top, bottom, left, right = _pads(pad_type, pad, (h, w), (kh, kw), (sh, sw), (dh, dw))
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if top + bottom + left + right else x
+    xp = (
+        np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        if top + bottom + left + right
+        else x
+    )
     ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
 

@@ -18,6 +18,7 @@ import shutil
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..artifacts import Artifact, atomic_path, base_metadata
@@ -93,7 +94,7 @@ def point_shapes(options: CoreMLOptions) -> list[tuple[int, int]]:
 
 
 def _decoder_inputs(ct: Any, spec: Any, options: CoreMLOptions) -> list[Any]:
-    emb = ct.TensorType("image_embeddings", shape=(1, *spec.embed_shape), dtype=float)
+    emb = ct.TensorType("image_embeddings", shape=(1, *spec.embed_shape), dtype=np.float32)
     if options.point_shapes == "enumerated":
         pairs = point_shapes(options)
         coords = ct.EnumeratedShapes(shapes=[(b, n, 2) for b, n in pairs], default=(1, 1, 2))
@@ -107,8 +108,8 @@ def _decoder_inputs(ct: Any, spec: Any, options: CoreMLOptions) -> list[Any]:
         labels = ct.Shape(shape=(batch, points))
     return [
         emb,
-        ct.TensorType("point_coords", shape=coords, dtype=float),
-        ct.TensorType("point_labels", shape=labels, dtype=float),
+        ct.TensorType("point_coords", shape=coords, dtype=np.float32),
+        ct.TensorType("point_labels", shape=labels, dtype=np.float32),
     ]
 
 
@@ -185,8 +186,10 @@ def _quantize_int8(ct: Any, mlmodel: Any) -> Any:
 def _describe(mlmodel: Any, loaded: LoadedModel, graph: str, meta: dict[str, str]) -> None:
     spec = loaded.spec
     mlmodel.author = AUTHOR
-    mlmodel.license = SYNTHETIC_LICENSE if loaded.synthetic else LICENSES.get(
-        spec.family, "see the checkpoint's license"
+    mlmodel.license = (
+        SYNTHETIC_LICENSE
+        if loaded.synthetic
+        else LICENSES.get(spec.family, "see the checkpoint's license")
     )
     mlmodel.version = meta["edgesam_export.version"]
     stab = " (stability scores)" if meta["use_stability_score"] == "true" else ""
@@ -211,11 +214,14 @@ def convert(
     spec = loaded.spec
     module, args = build_module(loaded, graph, options)
     if graph == "encoder":
-        inputs = [ct.TensorType("image", shape=tuple(args[0].shape), dtype=float)]
-        outputs = [ct.TensorType("image_embeddings", dtype=float)]
+        inputs = [ct.TensorType("image", shape=tuple(args[0].shape), dtype=np.float32)]
+        outputs = [ct.TensorType("image_embeddings", dtype=np.float32)]
     else:
         inputs = _decoder_inputs(ct, spec, options)
-        outputs = [ct.TensorType("scores", dtype=float), ct.TensorType("masks", dtype=float)]
+        outputs = [
+            ct.TensorType("scores", dtype=np.float32),
+            ct.TensorType("masks", dtype=np.float32),
+        ]
     precision = ct.precision.FLOAT16 if options.precision == "fp16" else ct.precision.FLOAT32
     try:
         with warnings.catch_warnings(), torch.no_grad():
