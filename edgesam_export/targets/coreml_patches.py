@@ -22,7 +22,7 @@ Version = tuple[int, ...]
 
 
 def parse_version(text: str) -> Version:
-    """'7.1' -> (7, 1, 0); '9.0b1' -> (9, 0, 0): release numbers only."""
+    """'7.1' -> (7, 1, 0); the first three numbers of a version string."""
     parts = [int(m) for m in re.findall(r"\d+", text.split("+")[0])[:3]]
     return tuple(parts + [0] * (3 - len(parts)))
 
