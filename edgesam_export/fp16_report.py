@@ -2,10 +2,11 @@
 
 Runs the MIL executor over a package with per-op recording on the calibration inputs (the parity
 test image and a few prompt sets) and lists every op whose float values overflow fp16
-(|v| > 65504: inf on a device) or underflow it (nonzero values that flush to zero, or land in the
-subnormal range where fp16 keeps few bits). Values are recorded before the op's own rounding, so
-an fp32 package shows what an fp16 conversion would meet, and an fp16 package shows where it
-already saturates. Device side: numpy and the executor only.
+(|v| > 65504: inf on a device) or underflow it (values significant for that op that fall below
+fp16's smallest normal number, where it keeps few bits; see `runtime.mil.OpRange`). Values are
+recorded before the op's own rounding, so an fp32 package shows what an fp16 conversion would
+meet, and an fp16 package shows where it already saturates. Device side: numpy and the
+executor only.
 """
 
 from __future__ import annotations
@@ -20,30 +21,32 @@ from .parity import make_test_image, prompt_cases
 from .runtime import metadata_floats
 from .runtime.mil import FP16_MAX, OpRange
 
-# An op is listed as underflowing when at least this share of its nonzero values flush to zero.
+# An op is listed as underflowing when at least this share of its values are significant (at
+# least 1e-3 of the op's peak) yet below fp16's smallest normal number (see OpRange).
 UNDERFLOW_SHARE = 1e-3
 # Prompt sets used for the decoder (the report is about ranges, not about every prompt kind).
 REPORT_CASES = ("1 positive point", "point + box", "16 random points")
 
 
 def _rows(record: dict[str, OpRange]) -> dict[str, list[dict[str, Any]]]:
-    overflow, underflow = [], []
+    overflow: list[dict[str, Any]] = []
+    underflow: list[dict[str, Any]] = []
     for var, r in record.items():
-        row = {
+        row: dict[str, Any] = {
             "op": r.name,
             "var": var,
             "op_type": r.op_type,
             "max_abs": r.max_abs,
             "min_nonzero_abs": r.min_nonzero_abs if np.isfinite(r.min_nonzero_abs) else None,
-            "flushed_share": r.tiny / r.count if r.count else 0.0,
-            "subnormal_share": r.subnormal / r.count if r.count else 0.0,
+            "lost_share": r.lost / r.count if r.count else 0.0,
+            "flushed_share": r.flushed / r.count if r.count else 0.0,
         }
         if r.max_abs > FP16_MAX:
             overflow.append(row)
-        if r.count and r.tiny / r.count >= UNDERFLOW_SHARE:
+        if r.count and r.lost / r.count >= UNDERFLOW_SHARE:
             underflow.append(row)
     overflow.sort(key=lambda row: -row["max_abs"])
-    underflow.sort(key=lambda row: -row["flushed_share"])
+    underflow.sort(key=lambda row: -row["lost_share"])
     return {"overflow": overflow, "underflow": underflow}
 
 

@@ -447,28 +447,36 @@ class Step:
 
 @dataclass
 class OpRange:
-    """What one op produced on the recorded inputs (float outputs, before rounding)."""
+    """What one op produced on the recorded inputs (float outputs, before rounding).
+
+    `lost` counts values that matter (at least `SIGNIFICANT` of the op's own peak in that
+    call) but fall below fp16's smallest normal number, where fp16 keeps few or no bits: the
+    underflow that changes results. Tiny values next to large ones (a GELU's far negative tail,
+    softmax's far-off tokens) also flush in fp16 but cannot change anything; `flushed` counts
+    them for information only.
+    """
 
     op_type: str
     name: str
     max_abs: float = 0.0
     min_nonzero_abs: float = math.inf
-    tiny: int = 0  # nonzero values below fp16's smallest subnormal / 2 (they flush to zero)
-    subnormal: int = 0  # nonzero values in fp16's subnormal range (precision lost)
+    lost: int = 0
+    flushed: int = 0
     count: int = 0
 
+    SIGNIFICANT = 1e-3
+
     def update(self, x: np.ndarray) -> None:
-        a = np.abs(x[np.isfinite(x)]).astype(np.float64)
-        nz = a[a > 0]
+        finite = np.isfinite(x)
+        a = np.abs(np.where(finite, x, 0)).astype(np.float32)
         self.count += int(x.size)
-        if a.size:
-            self.max_abs = max(self.max_abs, float(a.max()))
-        if not np.isfinite(x).all():
-            self.max_abs = math.inf
+        peak = float(a.max()) if a.size else 0.0
+        self.max_abs = max(self.max_abs, peak) if finite.all() else math.inf
+        nz = a[a > 0]
         if nz.size:
             self.min_nonzero_abs = min(self.min_nonzero_abs, float(nz.min()))
-            self.tiny += int((nz < FP16_MIN_SUBNORMAL / 2).sum())
-            self.subnormal += int(((nz >= FP16_MIN_SUBNORMAL / 2) & (nz < FP16_MIN_NORMAL)).sum())
+            self.flushed += int((nz < FP16_MIN_SUBNORMAL / 2).sum())
+            self.lost += int(((nz >= self.SIGNIFICANT * peak) & (nz < FP16_MIN_NORMAL)).sum())
 
 
 @dataclass
