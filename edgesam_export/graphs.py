@@ -98,8 +98,8 @@ class DecoderGraph(nn.Module):
       last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
       instead of to the 32 feature channels.
 
-    `gelu_approximate` (optimized graph only) computes the upscaling GELUs with the tanh
-    approximation, as EdgeSAM's `--gelu-approximate` export option does.
+    `gelu_approximate` computes the upscaling GELUs with the tanh approximation, as EdgeSAM's
+    `--gelu-approximate` export option does (on a copy: the loaded model is untouched).
     """
 
     image_pe: Tensor
@@ -119,11 +119,14 @@ class DecoderGraph(nn.Module):
         gelu_approximate: bool = False,
     ) -> None:
         super().__init__()
-        if gelu_approximate and not optimized:
-            raise ValueError("gelu_approximate applies to the optimized (exported) graph only")
         self.gelu = "tanh" if gelu_approximate else "none"
         self.prompt_encoder: PromptEncoder = model.prompt_encoder
         self.mask_decoder: MaskDecoder = model.mask_decoder
+        if gelu_approximate and not optimized:  # the reference of a tanh-GELU export: a copy
+            self.mask_decoder = copy.deepcopy(model.mask_decoder)
+            for module in self.mask_decoder.modules():
+                if isinstance(module, nn.GELU):
+                    module.approximate = "tanh"
         self.img_size = img_size
         self.use_stability_score = use_stability_score
         self.optimized = optimized

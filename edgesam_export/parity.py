@@ -330,7 +330,8 @@ def check(
         "image_shape": list(image.shape),
         "img_size": img_size,
         "reference": (
-            f"PyTorch {meta.get('model', '?')} ({meta.get('upsample_mode', '?')} neck),"
+            f"PyTorch {meta.get('model', '?')} ({meta.get('upsample_mode', '?')} neck"
+            f"{', tanh GELU' if meta.get('gelu_approximate') == 'true' else ''}),"
             f" weights {meta.get('weights', '?')} ({meta.get('weights_source', '?')})"
         ),
         # which runtime produced each artifact's numbers (e.g. the MIL executor on Linux)

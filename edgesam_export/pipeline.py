@@ -151,7 +151,8 @@ _GROUP_KEYS = ("model", "weights", "weights_source", "checkpoint_sha256", "upsam
 
 def _group_key(session: Session) -> tuple[str, ...]:
     """(backend, recorded source): artifacts are only paired and judged within one group."""
-    return (session.backend, *(session.metadata.get(k, "") for k in _GROUP_KEYS))
+    gelu = session.metadata.get("gelu_approximate", "false")
+    return (session.backend, *(session.metadata.get(k, "") for k in _GROUP_KEYS), gelu)
 
 
 def _matches(loaded: LoadedModel, session: Session) -> bool:
@@ -195,7 +196,7 @@ def verify_artifacts(
                 for name, _ in group.encoders + group.decoders:
                     report.errors.append({"artifact": name, "error": f"not checked: {exc}"})
                 continue
-            source_key = key[1:]
+            source_key = key[1:-1]
             ref = references.get(source_key)
             if ref is None:
                 progress(f"loading the PyTorch reference ({opts.checkpoint or key[3]})")
@@ -207,7 +208,7 @@ def verify_artifacts(
                     synthetic=opts.synthetic,
                 )
                 references[source_key] = ref
-        ref_enc, ref_decs = reference_sessions(ref)
+        ref_enc, ref_decs = reference_sessions(ref, gelu_approximate=key[-1] == "true")
         progress(
             f"running {len(sessions)} {key[0]} artifact(s) and the reference on the same inputs"
         )

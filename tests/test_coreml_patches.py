@@ -123,3 +123,28 @@ def test_cast_patch_is_needed_and_sufficient() -> None:
     with cp.patched_coremltools():
         model = _convert(ShapeArithmetic(), (1, 3, 8))
     assert "transpose" in [op.op_type for op in model._mil_program.functions["main"].operations]
+
+
+@pytest.mark.skipif(CT_VERSION >= (8, 0, 0), reason="the main suite converts on current versions")
+def test_our_decoder_converts_and_runs_on_7x(tmp_path) -> None:
+    """EdgeSAM's coremltools (7.1) with torch 2.13: our decoder graph converts (range shapes,
+    patches applied as its version needs) and the saved package matches PyTorch."""
+    from edgesam_export.config import CoreMLOptions
+    from edgesam_export.models import load_model
+    from edgesam_export.reference import reference_sessions
+    from edgesam_export.runtime import open_session
+    from edgesam_export.targets.coreml import export
+
+    loaded = load_model(None, synthetic="calibrated")
+    art = export(loaded, "decoder", CoreMLOptions(output=tmp_path, point_shapes="range"))
+    assert art.metadata["coreml.coremltools_version"].startswith("7.")
+    session = open_session(art.path, runtime="mil")
+    rng = np.random.default_rng(1)
+    feeds = {
+        "image_embeddings": rng.normal(size=(1, 256, 64, 64)).astype(np.float32),
+        "point_coords": (rng.random((1, 3, 2)) * 1024).astype(np.float32),
+        "point_labels": np.array([[1.0, 0.0, 2.0]], np.float32),
+    }
+    out, ref = session.run(feeds), reference_sessions(loaded)[1][False].run(feeds)
+    assert np.abs(out["masks"] - ref["masks"]).max() < 1e-4
+    assert np.abs(out["scores"] - ref["scores"]).max() < 5e-5

@@ -272,3 +272,20 @@ def test_bench_coreml_runs_the_executor_and_says_so(fp32_pair) -> None:
     payload = json.loads(result.stdout)
     assert {t["backend"] for t in payload["timings"]} == {f"coreml ({MIL_EXECUTOR})"}
     assert [t["name"] for t in payload["timings"]][:2] == ["encoder", "decoder N=1"]
+
+
+def test_gelu_approximate_is_judged_against_a_tanh_gelu_reference(tmp_path) -> None:
+    """`--gelu-approximate` (EdgeSAM's option, on onnx as on coreml) changes the maths: parity
+    compares it with the tanh-GELU PyTorch graph, and the exact reference would reject it."""
+    from edgesam_export.config import OnnxOptions
+    from edgesam_export.parity import check
+    from edgesam_export.targets.onnx import export as onnx_export
+
+    art = onnx_export(calibrated(), "decoder", OnnxOptions(output=tmp_path, gelu_approximate=True))
+    assert art.metadata["gelu_approximate"] == "true"
+    report = verify_artifacts(None, tmp_path)
+    assert report.passed, report.summary()
+    assert "tanh GELU" in report.inputs["reference"]
+    enc, decs = reference_sessions(calibrated())  # the exact-GELU model
+    exact = check(enc, decs, [], [(art.path.name, open_session(art.path))])
+    assert not exact.passed
