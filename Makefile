@@ -11,7 +11,7 @@ RECIPES ?= recipes/ci-smoke.yaml recipes/edge_sam.yaml recipes/edge_sam_3x.yaml
 BUILD ?= artifacts/build
 JOBS ?= 1
 
-.PHONY: setup demo test lint bench clean artifacts
+.PHONY: setup demo test test-coreml71 lint bench clean artifacts
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,22 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The coremltools patches against coremltools 7.1 (EdgeSAM's version) in an environment of its own:
+# 7.1 needs numpy < 2 and has wheels up to Python 3.11.
+PYTHON311 ?= python3.11
+CT71_VENV ?= .venv-ct71
+
+test-coreml71: $(CT71_VENV)/.installed
+	$(CT71_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_coreml_patches.py
+
+$(CT71_VENV)/.installed: pyproject.toml
+	$(PYTHON311) -m venv $(CT71_VENV)
+	$(CT71_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CT71_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "coremltools==7.1" "numpy<2" "pytest>=8"
+	$(CT71_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(CT71_VENV)/bin/python -m pip install --quiet "typer>=0.12" "rich>=13" "pydantic>=2.5" "pyyaml>=6"
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check edgesam_export tests benchmarks
 	$(BIN)/mypy
@@ -43,4 +59,4 @@ artifacts: setup
 	$(BIN)/edgesam-export verify $(BUILD)
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(CT71_VENV) artifacts .pytest_cache .ruff_cache .mypy_cache

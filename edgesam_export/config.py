@@ -56,6 +56,7 @@ class OnnxOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21)
     simplify: bool = True  # False is simplifier="none" (kept for --no-simplify)
     simplifier: SimplifierKind = "onnxslim"
+    gelu_approximate: bool = False  # tanh GELU (EdgeSAM's --gelu-approximate)
 
     @model_validator(mode="before")
     @classmethod
@@ -86,3 +87,44 @@ class OnnxOptions(ExportOptions):
         if v is not None and info.data.get("precision", "fp32") != "fp32":
             raise ValueError("choose --precision fp16 or --quantize int8, not both")
         return v
+
+
+CoreMLPrecision = Literal["fp32", "fp16"]
+PointShapes = Literal["enumerated", "range"]
+DEPLOYMENT_TARGETS = (
+    "iOS15",
+    "iOS16",
+    "iOS17",
+    "iOS18",
+    "macOS12",
+    "macOS13",
+    "macOS14",
+    "macOS15",
+)
+
+
+class CoreMLOptions(ExportOptions):
+    """CoreML ML Program export (see docs/coreml.md for the trade-offs of each choice)."""
+
+    precision: CoreMLPrecision = "fp32"  # compute precision of the ML Program
+    quantize: Literal["int8"] | None = None  # weight-only linear quantization
+    max_points: int = Field(16, ge=1, le=64, description="largest prompt point count")
+    max_batch: int = Field(1, ge=1, le=16, description="largest number of prompt sets (B)")
+    # enumerated: one shape per (B, N) (keeps the Neural Engine); range: RangeDim (CPU/GPU only)
+    point_shapes: PointShapes = "enumerated"
+    gelu_approximate: bool = False
+    # None: the oldest target the other options allow (iOS18 for enumerated, else iOS16).
+    minimum_deployment_target: str | None = None
+
+    @field_validator("minimum_deployment_target")
+    @classmethod
+    def _known_target(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        for known in DEPLOYMENT_TARGETS:
+            if v.lower() == known.lower():
+                return known
+        raise ValueError(
+            f"unknown --minimum-deployment-target {v!r};"
+            f" choose one of {', '.join(DEPLOYMENT_TARGETS)}"
+        )

@@ -13,6 +13,7 @@ bit-faithful to the official code.
 
 from __future__ import annotations
 
+import copy
 from typing import cast
 
 import torch
@@ -54,10 +55,18 @@ class EncoderGraph(nn.Module):
     the same function with runtime-friendly reductions and re-parameterised blocks.
     """
 
-    def __init__(self, image_encoder: nn.Module, optimized: bool = False) -> None:
+    def __init__(
+        self, image_encoder: nn.Module, optimized: bool = False, gelu_approximate: bool = False
+    ) -> None:
         super().__init__()
         rewrite = getattr(image_encoder, "export_friendly", None) if optimized else None
         self.image_encoder = rewrite() if callable(rewrite) else image_encoder
+        if gelu_approximate:  # EdgeSAM's --gelu-approximate: tanh GELU, on a copy
+            if self.image_encoder is image_encoder:
+                self.image_encoder = copy.deepcopy(image_encoder)
+            for module in self.image_encoder.modules():
+                if isinstance(module, nn.GELU):
+                    module.approximate = "tanh"
 
     def forward(self, image: Tensor) -> Tensor:
         return self.image_encoder(image)
@@ -88,6 +97,9 @@ class DecoderGraph(nn.Module):
     - output upscaling runs channels-last: each 2x2 transposed conv is one GEMM, LayerNorm2d is a
       last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
       instead of to the 32 feature channels.
+
+    `gelu_approximate` computes the upscaling GELUs with the tanh approximation, as EdgeSAM's
+    `--gelu-approximate` export option does (on a copy: the loaded model is untouched).
     """
 
     image_pe: Tensor
@@ -104,10 +116,17 @@ class DecoderGraph(nn.Module):
         img_size: int,
         use_stability_score: bool = False,
         optimized: bool = False,
+        gelu_approximate: bool = False,
     ) -> None:
         super().__init__()
+        self.gelu = "tanh" if gelu_approximate else "none"
         self.prompt_encoder: PromptEncoder = model.prompt_encoder
         self.mask_decoder: MaskDecoder = model.mask_decoder
+        if gelu_approximate and not optimized:  # the reference of a tanh-GELU export: a copy
+            self.mask_decoder = copy.deepcopy(model.mask_decoder)
+            for module in self.mask_decoder.modules():
+                if isinstance(module, nn.GELU):
+                    module.approximate = "tanh"
         self.img_size = img_size
         self.use_stability_score = use_stability_score
         self.optimized = optimized
@@ -159,8 +178,10 @@ class DecoderGraph(nn.Module):
         up = dec.output_upscaling
         norm = cast(LayerNorm2d, up[1])
         x = (src @ self.up1_weight + self.up1_bias).reshape(batch, h * w * 4, -1)
-        x = F.gelu(F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps))
-        x = F.gelu(x @ self.up2_weight + self.up2_bias).reshape(batch, h * w * 16, -1)
+        x = F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps)
+        x = F.gelu(x, approximate=self.gelu)
+        x = F.gelu(x @ self.up2_weight + self.up2_bias, approximate=self.gelu)
+        x = x.reshape(batch, h * w * 16, -1)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
             dim=1,

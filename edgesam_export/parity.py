@@ -77,7 +77,12 @@ MIN_MASK_IOU = {
     "tensorrt:fp16": 0.97,
     "onnx:fp16": 0.97,
     "onnx:int8": 0.85,
+    "coreml:fp16": 0.95,
+    "coreml:int8": 0.9,
 }
+# CoreML rows (PROVISIONAL, being measured).
+TOLERANCES["coreml:fp16"] = dict(TOLERANCES["fp16"])
+TOLERANCES["coreml:int8"] = {k: 4 * v for k, v in TOLERANCES["fp16"].items()}
 
 
 def tolerances_for(backend: str, precision: str) -> tuple[dict[str, float], float]:
@@ -359,7 +364,19 @@ def check(
     tensor, info = P.preprocess(
         image, img_size, metadata_floats(meta, "pixel_mean"), metadata_floats(meta, "pixel_std")
     )
-    report.inputs = {"image_shape": list(image.shape), "img_size": img_size}
+    report.inputs = {
+        "image_shape": list(image.shape),
+        "img_size": img_size,
+        "reference": (
+            f"PyTorch {meta.get('model', '?')} ({meta.get('upsample_mode', '?')} neck"
+            f"{', tanh GELU' if meta.get('gelu_approximate') == 'true' else ''}),"
+            f" weights {meta.get('weights', '?')} ({meta.get('weights_source', '?')})"
+        ),
+        # which runtime produced each artifact's numbers (e.g. the MIL executor on Linux)
+        "runtimes": {
+            name: getattr(s, "runtime_label", s.backend) for name, s in [*encoders, *decoders]
+        },
+    }
     ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
     embeddings = {"reference": ref_emb}
     for name, enc in encoders:
@@ -383,6 +400,12 @@ def check(
         ref_dec = reference_decoders[stab]
         for case in cases:
             feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
+            reason = dec.accepts(feeds)
+            if reason is not None:  # outside the artifact's declared shapes: listed, not judged
+                report.inputs.setdefault("skipped", []).append(
+                    {"artifact": name, "case": case.name, "reason": reason}
+                )
+                continue
             ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
             runs = [("decoder", ref_emb)]  # alone, on the reference embeddings
             if own_embedding is not None:  # end to end, on the artifact encoder's embeddings

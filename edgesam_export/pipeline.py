@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .artifacts import Artifact, file_sha256, record_parity, write_manifest
+from .artifacts import Artifact, base_metadata, file_sha256, record_parity, write_manifest
 from .config import ExportOptions, ModelOptions
 from .errors import ArtifactError, InputError
 from .models import LoadedModel, load_model
@@ -61,8 +62,8 @@ class OpenedArtifacts:
     errors: list[dict[str, str]]
 
 
-def open_artifacts(artifact_dir: Path) -> OpenedArtifacts:
-    """Open every artifact in a directory; unreadable ones become errors, not exceptions."""
+def open_artifacts(artifact_dir: Path, only: list[Path] | None = None) -> OpenedArtifacts:
+    """Open every artifact in a directory (or just `only`); unreadable ones become errors."""
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")
     paths = sorted(
@@ -70,6 +71,9 @@ def open_artifacts(artifact_dir: Path) -> OpenedArtifacts:
         for p in artifact_dir.iterdir()
         if p.suffix in artifact_suffixes() and not p.name.startswith(".")
     )
+    if only is not None:
+        wanted = {p.name for p in only}
+        paths = [p for p in paths if p.name in wanted]
     if not paths:
         raise InputError(f"no artifacts ({', '.join(artifact_suffixes())}) in {artifact_dir}")
     opened = OpenedArtifacts([], [], [])
@@ -133,30 +137,93 @@ def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOpt
     )  # type: ignore[arg-type]
 
 
+# What makes two artifacts comparable with one reference and pairable end to end.
+_GROUP_KEYS = ("model", "weights", "weights_source", "checkpoint_sha256", "upsample_mode")
+
+
+def _group_key(session: Session) -> tuple[str, ...]:
+    """(backend, recorded source): artifacts are only paired and judged within one group."""
+    gelu = session.metadata.get("gelu_approximate", "false")
+    return (session.backend, *(session.metadata.get(k, "") for k in _GROUP_KEYS), gelu)
+
+
+def _matches(loaded: LoadedModel, session: Session) -> bool:
+    meta = base_metadata(loaded, session.graph, use_stability_score=False)
+    return all(session.metadata.get(k, "") == meta[k] for k in _GROUP_KEYS)
+
+
 def verify_artifacts(
     checkpoint: Path | None,
     artifact_dir: Path,
     progress: Progress = _quiet,
     loaded: LoadedModel | None = None,
+    only: list[Path] | None = None,
 ) -> ParityReport:
-    """Parity of every artifact in `artifact_dir` against the PyTorch graphs of the checkpoint."""
+    """Parity of the artifacts in `artifact_dir` (or just `only`) against PyTorch.
+
+    Artifacts are grouped by backend and by the weights each records (model, checkpoint hash
+    or synthetic seed, upsample mode): each group is judged against its own reference, and
+    decoders run end to end only on an encoder of their own group. In a folder that mixes
+    groups, a group that the given CKPT cannot reproduce becomes an error entry (a single group
+    raises InputError, as a wrong CKPT always did). `loaded` serves the groups it matches.
+    """
     progress(f"opening artifacts in {artifact_dir}")
-    opened = open_artifacts(artifact_dir)
-    sessions = [s for _, s in opened.encoders + opened.decoders]
+    opened = open_artifacts(artifact_dir, only)
     report = ParityReport(errors=list(opened.errors))
-    if sessions:
-        if loaded is None:
-            opts = _model_options(checkpoint, sessions)
-            progress(f"loading the PyTorch reference ({opts.checkpoint or 'synthetic weights'})")
-            loaded = load_model(
-                opts.checkpoint,
-                model=opts.model,
-                upsample_mode=opts.upsample,
-                seed=opts.seed,
-                synthetic=opts.synthetic,
-            )
-        ref_enc, ref_decs = reference_sessions(loaded)
-        progress(f"running {len(sessions)} artifact(s) and the reference on the same inputs")
-        check(ref_enc, ref_decs, opened.encoders, opened.decoders, report=report)
+    groups: dict[tuple[str, ...], OpenedArtifacts] = {}
+    for kind in ("encoders", "decoders"):
+        for name, session in getattr(opened, kind):
+            group = groups.setdefault(_group_key(session), OpenedArtifacts([], [], []))
+            getattr(group, kind).append((name, session))
+    references: dict[tuple[str, ...], LoadedModel] = {}
+    for key, group in groups.items():
+        sessions = [s for _, s in group.encoders + group.decoders]
+        ref = loaded if loaded is not None and _matches(loaded, sessions[0]) else None
+        if ref is None:
+            try:
+                opts = _model_options(checkpoint, sessions)
+            except InputError as exc:
+                if len(groups) == 1:
+                    raise
+                for name, _ in group.encoders + group.decoders:
+                    report.errors.append({"artifact": name, "error": f"not checked: {exc}"})
+                continue
+            source_key = key[1:-1]
+            ref = references.get(source_key)
+            if ref is None:
+                progress(f"loading the PyTorch reference ({opts.checkpoint or key[3]})")
+                ref = load_model(
+                    opts.checkpoint,
+                    model=opts.model,
+                    upsample_mode=opts.upsample,
+                    seed=opts.seed,
+                    synthetic=opts.synthetic,
+                )
+                references[source_key] = ref
+        ref_enc, ref_decs = reference_sessions(ref, gelu_approximate=key[-1] == "true")
+        progress(
+            f"running {len(sessions)} {key[0]} artifact(s) and the reference on the same inputs"
+        )
+        part = check(ref_enc, ref_decs, group.encoders, group.decoders)
+        report.comparisons.extend(part.comparisons)
+        _merge_inputs(report.inputs, part.inputs)
+    if only is not None:  # a partial check does not speak for the folder's manifest
+        return report
     record_parity(artifact_dir, report.to_json())
     return report
+
+
+def _merge_inputs(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Fold one group's report inputs into the whole report's (lists and maps accumulate)."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            into.setdefault(key, {}).update(value)
+        elif key == "skipped":
+            into.setdefault(key, []).extend(value)
+        elif key == "reference":
+            refs = into.setdefault("references", [])
+            if value not in refs:
+                refs.append(value)
+            into.setdefault(key, value)
+        else:
+            into.setdefault(key, value)

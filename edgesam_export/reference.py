@@ -47,22 +47,25 @@ class TorchSession(Session):
 
 
 def reference_sessions(
-    loaded: Any, device: str = "cpu"
+    loaded: Any, device: str = "cpu", gelu_approximate: bool = False
 ) -> tuple[TorchSession, dict[bool, TorchSession]]:
     """PyTorch encoder and decoder sessions of a loaded model: the parity reference.
 
     Returns the encoder and the decoders keyed by use_stability_score. The encoder keeps the
-    official single spatial mean, so the reference is the official maths.
+    official single spatial mean, so the reference is the official maths. `gelu_approximate`
+    gives the reference of artifacts exported with tanh GELUs (the same maths, tanh GELU).
     """
     from .artifacts import base_metadata
     from .graphs import DecoderGraph, EncoderGraph, decoder_io, encoder_io
 
     spec = loaded.spec
     meta = base_metadata(loaded, graph="", use_stability_score=False)
+    if gelu_approximate:
+        meta["gelu_approximate"] = "true"
     ein, eout = encoder_io(spec.img_size, spec.embed_shape)
     din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
     enc = TorchSession(
-        EncoderGraph(loaded.model.image_encoder),
+        EncoderGraph(loaded.model.image_encoder, gelu_approximate=gelu_approximate),
         "encoder",
         ein,
         eout,
@@ -71,7 +74,7 @@ def reference_sessions(
     )
     decoders = {
         stab: TorchSession(
-            DecoderGraph(loaded.model, spec.img_size, stab),
+            DecoderGraph(loaded.model, spec.img_size, stab, gelu_approximate=gelu_approximate),
             "decoder",
             din,
             dout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,8 @@ def test_tiny_onnx_run_on_artifacts(default_artifacts: Path) -> None:
 
 
 @pytest.mark.parametrize(("backend", "needs"), [("trt", "tensorrt"), ("coreml", "coremltools")])
-def test_unavailable_backends_exit_6(backend: str, needs: str) -> None:
+def test_unavailable_backends_exit_6(backend: str, needs: str, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, needs, None)  # not importable, even where installed
     result = runner.invoke(app, ["--backend", backend])
     assert result.exit_code == ExitCode.BACKEND_UNAVAILABLE == 6
     assert needs in result.stderr

@@ -75,6 +75,15 @@ def _check_backend(backend: Backend) -> None:
     """Raise BackendUnavailableError for the backends this version cannot time."""
     if backend not in _NEEDS:
         return
+    if backend is Backend.coreml:  # macOS: the CoreML runtime; elsewhere: our MIL executor
+        try:
+            importlib.import_module("coremltools")
+            return
+        except Exception:
+            raise BackendUnavailableError(
+                "the coreml backend needs coremltools (the package's coreml extra, or pip install"
+                " coremltools): on macOS it runs the CoreML runtime, elsewhere the MIL executor"
+            ) from None
     module, needs = _NEEDS[backend]
     try:
         importlib.import_module(module)
@@ -188,8 +197,8 @@ def bench(
             "-b",
             case_sensitive=False,
             help="What to time: the PyTorch reference (torch) or ONNX artifacts"
-            " on onnxruntime (onnx). coreml and trt are not available in"
-            " this version (exit 6).",
+            " on onnxruntime (onnx), CoreML packages (coreml: the CoreML runtime on macOS,"
+            " the numpy MIL executor elsewhere). trt is not available in this version (exit 6).",
             show_default=False,
         ),
     ],
@@ -221,8 +230,8 @@ def bench(
     artifacts: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            help="ONNX only: time the *_encoder.onnx and *_decoder.onnx in this"
-            " directory instead of exporting CKPT first.",
+            help="ONNX / CoreML: time the *_encoder.onnx and *_decoder.onnx (or .mlpackage)"
+            " in this directory instead of exporting CKPT first.",
             show_default=False,
         ),
     ] = None,
@@ -250,8 +259,8 @@ def bench(
     with guarded(debug):
         _check_backend(backend)
         counts = _parse_points(points)
-        if artifacts is not None and backend is not Backend.onnx:
-            raise InputError("--artifacts only applies to --backend onnx")
+        if artifacts is not None and backend not in (Backend.onnx, Backend.coreml):
+            raise InputError("--artifacts only applies to --backend onnx or coreml")
         if artifacts is not None and (checkpoint is not None or upsample is not None):
             raise InputError(
                 "--artifacts times existing artifacts: CKPT and --upsample would be"
@@ -283,6 +292,17 @@ def bench(
                 err_console.print(SYNTHETIC_NOTE)
             enc, decoders = reference_sessions(loaded)
             timings = run(enc, decoders[False])
+        elif backend is Backend.coreml:
+            from ._bench_coreml import coreml_sessions, label_timings
+
+            with coreml_sessions(checkpoint, artifacts, upsample, seed, counts, box_batch) as (
+                enc,
+                dec,
+                synthetic,
+            ):
+                if synthetic:
+                    err_console.print(SYNTHETIC_NOTE)
+                timings = label_timings(run(enc, dec), enc)
         else:
             with _onnx_sessions(checkpoint, artifacts, upsample, seed, threads) as (
                 enc,

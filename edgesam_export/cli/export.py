@@ -122,6 +122,9 @@ def onnx_cmd(
         Optional[str],  # noqa: UP045
         typer.Option(help="int8: dynamic int8 quantization (onnxruntime).", show_default=False),
     ] = None,
+    gelu_approximate: Annotated[
+        bool, typer.Option("--gelu-approximate", help="tanh GELU (EdgeSAM's export option).")
+    ] = False,
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
@@ -150,6 +153,7 @@ def onnx_cmd(
                 opset=opset,
                 simplify=simplify,
                 **({} if simplifier is None else {"simplifier": simplifier.value}),
+                gelu_approximate=gelu_approximate,
                 output=output,
                 precision=precision,  # type: ignore[arg-type]
                 quantize=quantize,  # type: ignore[arg-type]
@@ -177,7 +181,8 @@ def onnx_cmd(
         }
         report = None
         if verify:
-            report = verify_artifacts(checkpoint, output, progress, loaded=loaded)
+            only = [a.path for a in artifacts]  # not unrelated files already in --output
+            report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
             _render_parity(report, human_console(json_path))
             payload["parity"] = report.to_json()
         emit_json(json_path, payload)
@@ -252,6 +257,7 @@ _register_recipes(app)
 from .tensorrt import register as _register_tensorrt  # noqa: E402
 
 _register_tensorrt(app)
+from . import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from .base import Session, metadata_floats
 _OPENERS: dict[str, tuple[str, str]] = {
     ".onnx": ("onnxruntime", "OnnxRuntimeSession"),
     ".engine": ("tensorrt", "TensorRTSession"),
+    ".mlpackage": ("coreml", "CoreMLSession"),
 }
 
 

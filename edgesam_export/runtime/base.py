@@ -56,6 +56,14 @@ class Session(ABC):
             ):
                 raise InputError(f"{name}: expected shape {spec.shape}, got {arr.shape}")
 
+    def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
+        """Why these feeds' shapes are outside what the artifact declares (None: accepted).
+
+        Artifacts with a fixed set of prompt shapes (CoreML enumerated shapes, TensorRT
+        profiles) override this so callers can skip a case instead of failing on it.
+        """
+        return None
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)
         return self._run(feeds)

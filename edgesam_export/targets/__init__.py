@@ -40,4 +40,8 @@ def get_target(name: str) -> Target:
         from .onnx import TARGET
 
         return TARGET
-    raise InputError(f"unknown target {name!r}; available: onnx")
+    if name == "coreml":
+        from .coreml import TARGET as COREML
+
+        return COREML
+    raise InputError(f"unknown target {name!r}; available: onnx, coreml")

@@ -70,18 +70,29 @@ def _simplifier(name: str) -> Callable[[Any], Any]:
 
 
 def build_graph(
-    loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
+    loaded: LoadedModel,
+    graph: GraphKind,
+    use_stability_score: bool,
+    gelu_approximate: bool = False,
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module to trace and deterministic example inputs for it."""
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
     if graph == "encoder":
-        module: torch.nn.Module = EncoderGraph(loaded.model.image_encoder, optimized=True)
+        module: torch.nn.Module = EncoderGraph(
+            loaded.model.image_encoder, optimized=True, gelu_approximate=gelu_approximate
+        )
         args: tuple[torch.Tensor, ...] = (
             torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
         )
     else:
-        module = DecoderGraph(loaded.model, spec.img_size, use_stability_score, optimized=True)
+        module = DecoderGraph(
+            loaded.model,
+            spec.img_size,
+            use_stability_score,
+            optimized=True,
+            gelu_approximate=gelu_approximate,
+        )
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
             torch.randn(1, *spec.embed_shape, generator=gen),
@@ -125,7 +136,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         options = OnnxOptions(**options.model_dump())
     onnx, _ = _require_onnx()
     spec = loaded.spec
-    module, args = build_graph(loaded, graph, options.use_stability_score)
+    module, args = build_graph(loaded, graph, options.use_stability_score, options.gelu_approximate)
     if graph == "encoder":
         inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
         names_in: tuple[str, ...] = ENCODER_INPUTS
@@ -165,6 +176,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         metadata["onnx.opset"] = str(options.opset)
         metadata["onnx.simplified"] = str(options.simplifier != "none").lower()
         metadata["onnx.simplifier"] = options.simplifier
+        if options.gelu_approximate:
+            metadata["gelu_approximate"] = "true"
         del proto.metadata_props[:]
         for key in sorted(metadata):
             proto.metadata_props.add(key=key, value=metadata[key])
