@@ -84,7 +84,7 @@ def bar_chart_svg(timings: Sequence[Mapping[str, Any]], width: int = 760) -> str
     stages = list(dict.fromkeys(t["name"] for t in timings))
     backends = list(dict.fromkeys(t["backend"] for t in timings))
     colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backends)}
-    bar_h, gap, label_w = 16, 14, 210
+    bar_h, gap, label_w = 16, 14, 260
     rows = []
     y = 28
     for stage in stages:
@@ -338,15 +338,17 @@ def backends_table(backends: Sequence[Mapping[str, Any]]) -> str:
         parity = b.get("parity") or {}
         if not b["available"]:
             verdict = ("unavailable", "na")
+            b = {**b, "precision": "-"}
         elif not parity:
             verdict = ("-", "na")
         else:
             verdict = ("pass", "pass") if parity.get("passed") else ("FAIL", "fail")
-        rss = b.get("peak_rss_mb")
+        rss, added = b.get("peak_rss_mb"), b.get("rss_added_mb")
         rows.append(
             [
                 (b["name"], "l"),
                 (b.get("precision") or "-", "l"),
+                ("" if added is None else f"{added:.0f}", ""),
                 ("" if rss is None else f"{rss:.0f}", ""),
                 (parity.get("reference", "-"), "l"),
                 verdict,
@@ -354,7 +356,8 @@ def backends_table(backends: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return table_html(
-        ("backend", "precision", "peak RSS MB", "parity reference", "verdict", "notes"), rows
+        ("backend", "precision", "RSS +MB", "peak RSS MB", "parity reference", "verdict", "notes"),
+        rows,
     )
 
 

@@ -296,6 +296,17 @@ def _open_reference(run: Run, directory: Path | None) -> None:
     run.reference_note = f"golden {golden.path.name}"
 
 
+def _is_reference(run: Run, col: OpenedBackend) -> bool:
+    """Whether this column computes exactly the reference (torch as loaded, fp32, CPU)."""
+    return (
+        run.reference is not None
+        and run.reference[0] == "torch"
+        and col.name == "torch"
+        and col.precision == "fp32"
+        and getattr(col.encoder, "device", "cpu") == "cpu"
+    )
+
+
 def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
     """Judge one column against the run's reference; None for the reference itself."""
     from ..parity import ParityReport, check
@@ -303,9 +314,8 @@ def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
     if run.reference is None or col.encoder is None or col.decoder is None:
         return None
     kind = run.reference[0]
-    if kind == "torch" and col.name == "torch" and col.precision == "fp32":
-        if getattr(col.encoder, "device", "cpu") == "cpu":
-            return None  # this column is the reference
+    if _is_reference(run, col):
+        return None
     record: dict[str, Any] = {}
     report = ParityReport()
     pairs = ([(col.name, col.encoder)], [(col.name, col.decoder)])
@@ -587,6 +597,8 @@ def bench(
             _open_reference(run, folder)
             parity: dict[str, Any] = {}
             for col in live:
+                if run.reference is None or _is_reference(run, col):
+                    continue
                 progress(f"parity of {col.name} against {run.reference_note}")
                 result = _parity(run, col)
                 if result is not None:
