@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build. Where pip has no
+# local wheel of it, take it from PyTorch's CPU index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 OUT ?= artifacts/demo
 CKPT ?=
 # `make artifacts`: build, check and fingerprint every recipe, then verify (what CI runs).
@@ -11,15 +14,25 @@ RECIPES ?= recipes/ci-smoke.yaml recipes/edge_sam.yaml recipes/edge_sam_3x.yaml
 BUILD ?= artifacts/build
 JOBS ?= 1
 
-.PHONY: setup demo test test-coreml71 lint bench clean artifacts
+# The device install (no torch) and the artifacts it is tested on (exported by $(VENV)).
+DEVICE_VENV ?= .venv-device
+DEVICE_ART ?= artifacts/device-check
+
+.PHONY: setup demo test test-device test-coreml71 lint bench clean artifacts
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(DEVICE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEVICE_VENV)/bin/python -m pip install --quiet -e ".[onnxruntime]"
 	touch $@
 
 demo: setup
@@ -44,6 +57,15 @@ $(CT71_VENV)/.installed: pyproject.toml
 	$(CT71_VENV)/bin/python -m pip install --quiet "typer>=0.12" "rich>=13" "pydantic>=2.5" "pyyaml>=6"
 	touch $@
 
+# The device path where torch is not installed at all: export with $(VENV), then run the
+# predictor, edgesam-bench and parity (against the shipped golden outputs) from $(DEVICE_VENV).
+test-device: setup $(DEVICE_VENV)/.installed
+	rm -rf $(DEVICE_ART)
+	$(BIN)/edgesam-export onnx --output $(DEVICE_ART)
+	$(DEVICE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+		|| (echo "$(DEVICE_VENV) has torch: not a device install" && false)
+	$(DEVICE_VENV)/bin/python tests/device_check.py $(DEVICE_ART)
+
 lint: setup
 	$(BIN)/ruff check edgesam_export tests benchmarks
 	$(BIN)/mypy
@@ -59,4 +81,4 @@ artifacts: setup
 	$(BIN)/edgesam-export verify $(BUILD)
 
 clean:
-	rm -rf $(VENV) $(CT71_VENV) artifacts .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(DEVICE_VENV) $(CT71_VENV) artifacts .pytest_cache .ruff_cache .mypy_cache

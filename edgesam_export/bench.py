@@ -35,9 +35,12 @@ VERSIONED_PACKAGES = ("numpy", "torch", "onnxruntime", "onnx", "pillow")
 
 @dataclass(frozen=True)
 class Timing:
+    """The timed calls of one stage on one backend (warm-up calls excluded, their count kept)."""
+
     name: str
     backend: str
     samples_ms: tuple[float, ...]
+    warmup: int = 0
 
     @property
     def p50(self) -> float:
@@ -47,9 +50,29 @@ class Timing:
     def p90(self) -> float:
         return float(np.percentile(self.samples_ms, 90))
 
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.samples_ms, 99))
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples_ms))
+
+    @property
+    def throughput(self) -> float:
+        """Calls per second at the mean latency (one call at a time)."""
+        return 1e3 / self.mean if self.mean > 0 else float("inf")
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(p50_ms=self.p50, p90_ms=self.p90, n=len(self.samples_ms))
+        d.update(
+            p50_ms=self.p50,
+            p90_ms=self.p90,
+            p99_ms=self.p99,
+            mean_ms=self.mean,
+            throughput_per_s=self.throughput,
+            n=len(self.samples_ms),
+        )
         return d
 
 
@@ -155,6 +178,32 @@ def encoder_input(encoder: Session, image: np.ndarray | None = None) -> np.ndarr
     return tensor
 
 
+#: End-to-end stage names (what an application sees, numpy processing included).
+CLICK_STAGE = "click (decoder + postprocess)"
+IMAGE_STAGE = "image (preprocess + encoder + click)"
+#: Stages that run the encoder (they get the encoder's iteration and warm-up counts).
+ENCODER_STAGES = ("encoder", IMAGE_STAGE)
+
+
+def end_to_end_stages(encoder: Session, decoder: Session, image: np.ndarray) -> list[Stage]:
+    """A click on cached embeddings (decoder, then numpy post-processing to the original size)
+    and a new image (numpy pre-processing, encoder, one click), through `Predictor`."""
+    from .predictor import Predictor
+
+    predictor = Predictor(encoder, decoder)
+    predictor.set_image(image)
+    h, w = image.shape[:2]
+    click = functools.partial(
+        predictor.predict, points=np.array([[0.3 * w, 0.35 * h]]), labels=np.array([1])
+    )
+
+    def new_image() -> object:
+        predictor.set_image(image)
+        return click()
+
+    return [Stage(CLICK_STAGE, "decoder", click), Stage(IMAGE_STAGE, "encoder", new_image)]
+
+
 def session_stages(
     encoder: Session,
     decoder: Session,
@@ -162,12 +211,14 @@ def session_stages(
     points: Sequence[int] = (1, 5, 16),
     box_batch: int = 8,
     image: np.ndarray | None = None,
+    end_to_end: bool = False,
 ) -> list[Stage]:
     """The stages of a session benchmark, feeds prepared (runs the encoder once for them).
 
     Encoder; decoder with N random points for each N in `points`; and, when box_batch > 1,
     the first box alone and `box_batch` boxes in one call (the single box is the batch's first
-    row, so both calls decode the same kind of prompt).
+    row, so both calls decode the same kind of prompt); with `end_to_end`, the click and image
+    stages of `end_to_end_stages`.
     """
     img_size = int(encoder.metadata["img_size"])
     feeds = {"image": encoder_input(encoder, image)}
@@ -186,6 +237,8 @@ def session_stages(
         stages.append(
             Stage(box_batch_stage(box_batch), "decoder", functools.partial(decoder.run, many))
         )
+    if end_to_end:
+        stages += end_to_end_stages(encoder, decoder, make_test_image() if image is None else image)
     return stages
 
 
@@ -236,13 +289,47 @@ def box_set_ratio(
     return (batched.p50 / box_batch) / single.p50
 
 
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS counter (Linux `clear_refs` 5); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> float | None:
+    """Current resident memory of this process in MB (Linux), else None."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory in MB since the last `reset_peak_rss` (Linux), else since start."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    import resource  # Unix; ru_maxrss is KB on Linux, bytes on macOS
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def set_threads(threads: int) -> None:
     """Use `threads` intra-op threads in torch (ORT takes them per session: open_session)."""
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # only where torch is already in use: never import it here
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _cpu_model() -> str:

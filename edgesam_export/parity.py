@@ -79,10 +79,15 @@ MIN_MASK_IOU = {
     "onnx:int8": 0.85,
     "coreml:fp16": 0.95,
     "coreml:int8": 0.9,
+    "bf16": 0.9,
 }
 # CoreML rows (PROVISIONAL, being measured).
 TOLERANCES["coreml:fp16"] = dict(TOLERANCES["fp16"])
 TOLERANCES["coreml:int8"] = {k: 4 * v for k, v in TOLERANCES["fp16"].items()}
+# bfloat16 keeps 8 significant bits where float16 keeps 11: its rounding step is 8x float16's,
+# so its row is the fp16 row times 8 (derived, not measured; the PyTorch --precision bf16
+# column of edgesam-bench is what uses it).
+TOLERANCES["bf16"] = {k: 8 * v for k, v in TOLERANCES["fp16"].items()}
 
 
 def tolerances_for(backend: str, precision: str) -> tuple[dict[str, float], float]:
@@ -350,12 +355,14 @@ def check(
     *,
     image: np.ndarray | None = None,
     report: ParityReport | None = None,
+    record: dict[str, Any] | None = None,
 ) -> ParityReport:
     """Run every candidate on the same inputs as the reference and judge each output.
 
     `reference_decoders` maps use_stability_score -> reference decoder session; each candidate
     decoder is compared with the reference of its own flavour, under the tolerances of its own
-    backend and precision (both read from its metadata).
+    backend and precision (both read from its metadata). `record` (optional) receives the raw
+    outputs, `record[name][case]`, with the reference's under "reference" (for the report).
     """
     report = report or ParityReport()
     image = make_test_image() if image is None else image
@@ -407,11 +414,15 @@ def check(
                 )
                 continue
             ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
+            if record is not None:  # both flavours share their masks
+                record.setdefault("reference", {})[case.name] = ref
             runs = [("decoder", ref_emb)]  # alone, on the reference embeddings
             if own_embedding is not None:  # end to end, on the artifact encoder's embeddings
                 runs.append(("end_to_end", own_embedding))
             for stage, embedding in runs:
                 out = dec.run({"image_embeddings": embedding, **feeds})
+                if record is not None and stage == "decoder":
+                    record.setdefault(name, {})[case.name] = out
                 _judge_decoder(
                     report,
                     name,

@@ -1,23 +1,28 @@
 """The library behind the CLI: export artifacts, then verify them against PyTorch.
 
 Typed options in, artifacts and reports out; no printing here (callers pass a progress callback).
+Importable without torch: exporting and the PyTorch reference import the host side on use, and
+`verify_artifacts` falls back to the golden sidecar (`golden.py`) where torch is absent.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .artifacts import Artifact, base_metadata, file_sha256, record_parity, write_manifest
 from .config import ExportOptions, ModelOptions
-from .errors import ArtifactError, InputError
-from .models import LoadedModel, load_model
+from .errors import ArtifactError, BackendUnavailableError, InputError
 from .parity import ParityReport, check
-from .reference import reference_sessions
 from .runtime import Session, artifact_suffixes, open_session
-from .targets import get_target
+
+if TYPE_CHECKING:  # host side, imported on use
+    from .models import LoadedModel
+
+ReferenceKind = Literal["auto", "torch", "golden"]
 
 Progress = Callable[[str], None]
 
@@ -29,7 +34,10 @@ def _quiet(_: str) -> None:
 def export_artifacts(
     model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
 ) -> tuple[LoadedModel, list[Artifact]]:
-    """Load the model once and export each requested graph with `target`."""
+    """Load the model once, export each requested graph with `target`, write the golden sidecar."""
+    from .models import load_model
+    from .targets import artifact_path, get_target
+
     backend = get_target(target)
     if options.output.exists() and not options.output.is_dir():
         raise InputError(f"--output must be a directory, but {options.output} is a file")
@@ -46,13 +54,41 @@ def export_artifacts(
     for graph in options.graphs:
         progress(f"exporting the {graph} to {target}")
         artifacts.append(backend.export(loaded, graph, options))
+    progress("writing the golden reference outputs (parity without torch)")
+    stem = artifact_path(loaded, "encoder", options, "").name.removesuffix("_encoder")
+    golden = write_reference_outputs(loaded, options.output, stem)
     write_manifest(
         options.output,
         artifacts,
         model=loaded.spec.name,
         weights=artifacts[0].metadata["weights"] if artifacts else "",
+        golden={"path": golden.name, "sha256": file_sha256(golden)},
     )
     return loaded, artifacts
+
+
+def write_reference_outputs(loaded: LoadedModel, out_dir: Path, stem: str) -> Path:
+    """`<stem>_reference.npz`: the PyTorch reference's outputs on the parity inputs."""
+    import torch
+
+    from .golden import sidecar_path, write_golden
+    from .reference import reference_sessions
+
+    enc, decs = reference_sessions(loaded)
+    return write_golden(
+        sidecar_path(out_dir, stem),
+        enc,
+        decs,
+        reference=f"torch {torch.__version__} cpu float32",
+    )
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported here (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass
@@ -100,7 +136,13 @@ def open_artifacts(artifact_dir: Path, only: list[Path] | None = None) -> Opened
 
 def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOptions:
     """Model, weights and upsample mode as recorded in the artifacts' metadata."""
-    metas = [s.metadata for s in sessions]
+    return model_options_from_metadata(checkpoint, [s.metadata for s in sessions])
+
+
+def model_options_from_metadata(
+    checkpoint: Path | None, metas: list[dict[str, str]]
+) -> ModelOptions:
+    """The `ModelOptions` that rebuild the PyTorch model some artifacts were exported from."""
     models = {m.get("model") for m in metas}
     if len(models) != 1 or None in models:
         raise InputError(f"artifacts disagree on, or lack, the model: {sorted(map(str, models))}")
@@ -152,24 +194,91 @@ def _matches(loaded: LoadedModel, session: Session) -> bool:
     return all(session.metadata.get(k, "") == meta[k] for k in _GROUP_KEYS)
 
 
+def resolve_reference(reference: ReferenceKind) -> Literal["torch", "golden"]:
+    """`auto` is torch where it is installed, else the golden sidecar."""
+    if reference == "auto":
+        return "torch" if torch_available() else "golden"
+    if reference == "torch" and not torch_available():
+        raise BackendUnavailableError(
+            "the PyTorch reference needs torch (pip install 'edgesam-export[export]'); without"
+            " it, parity compares with the golden outputs shipped with the artifacts"
+            " (--reference golden)"
+        )
+    return reference
+
+
+def _check_golden_checkpoint(checkpoint: Path, golden_meta: dict[str, Any]) -> None:
+    if not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    recorded = golden_meta.get("checkpoint_sha256", "")
+    if not recorded:
+        raise InputError(
+            f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
+            " run parity with ARTIFACT_DIR only"
+        )
+    if file_sha256(checkpoint) != recorded:
+        raise InputError(
+            f"{checkpoint} is not the checkpoint these artifacts were exported from"
+            " (sha256 differs from their metadata)"
+        )
+
+
 def verify_artifacts(
     checkpoint: Path | None,
     artifact_dir: Path,
     progress: Progress = _quiet,
     loaded: LoadedModel | None = None,
     only: list[Path] | None = None,
+    reference: ReferenceKind = "auto",
+    record: dict[str, Any] | None = None,
 ) -> ParityReport:
-    """Parity of the artifacts in `artifact_dir` (or just `only`) against PyTorch.
+    """Parity of the artifacts in `artifact_dir` (or just `only`) against a reference.
 
-    Artifacts are grouped by backend and by the weights each records (model, checkpoint hash
-    or synthetic seed, upsample mode): each group is judged against its own reference, and
-    decoders run end to end only on an encoder of their own group. In a folder that mixes
-    groups, a group that the given CKPT cannot reproduce becomes an error entry (a single group
-    raises InputError, as a wrong CKPT always did). `loaded` serves the groups it matches.
+    The reference is PyTorch (where torch is installed), or, without torch (or with
+    reference="golden"), the golden sidecar shipped in the folder. Against PyTorch, artifacts
+    are grouped by backend and by the weights each records (model, checkpoint hash or synthetic
+    seed, upsample mode): each group is judged against its own reference, and decoders run end
+    to end only on an encoder of their own group. In a folder that mixes groups, a group that
+    the given CKPT cannot reproduce becomes an error entry (a single group raises InputError,
+    as a wrong CKPT always did). `loaded` serves the groups it matches.
+
+    `record` (optional) receives the raw outputs (see `parity.check`); with the golden
+    reference, `record["golden"]` is the `Golden` read.
     """
+    kind = "torch" if loaded is not None else resolve_reference(reference)
     progress(f"opening artifacts in {artifact_dir}")
     opened = open_artifacts(artifact_dir, only)
     report = ParityReport(errors=list(opened.errors))
+    sessions = [s for _, s in opened.encoders + opened.decoders]
+    if sessions and kind == "golden":
+        from .golden import check_golden, find_golden
+
+        golden = find_golden(artifact_dir, sessions[0].metadata)
+        if checkpoint is not None:
+            _check_golden_checkpoint(checkpoint, golden.meta)
+        progress(f"running {len(sessions)} artifact(s) against {golden.path.name}")
+        check_golden(golden, opened.encoders, opened.decoders, report=report, record=record)
+        if record is not None:
+            record["golden"] = golden
+    elif sessions:
+        _check_against_torch(checkpoint, opened, report, progress, loaded, record)
+    if only is not None:  # a partial check does not speak for the folder's manifest
+        return report
+    record_parity(artifact_dir, report.to_json())
+    return report
+
+
+def _check_against_torch(
+    checkpoint: Path | None,
+    opened: OpenedArtifacts,
+    report: ParityReport,
+    progress: Progress,
+    loaded: LoadedModel | None,
+    record: dict[str, Any] | None,
+) -> None:
+    from .models import load_model
+    from .reference import reference_sessions
+
     groups: dict[tuple[str, ...], OpenedArtifacts] = {}
     for kind in ("encoders", "decoders"):
         for name, session in getattr(opened, kind):
@@ -204,13 +313,9 @@ def verify_artifacts(
         progress(
             f"running {len(sessions)} {key[0]} artifact(s) and the reference on the same inputs"
         )
-        part = check(ref_enc, ref_decs, group.encoders, group.decoders)
+        part = check(ref_enc, ref_decs, group.encoders, group.decoders, record=record)
         report.comparisons.extend(part.comparisons)
         _merge_inputs(report.inputs, part.inputs)
-    if only is not None:  # a partial check does not speak for the folder's manifest
-        return report
-    record_parity(artifact_dir, report.to_json())
-    return report
 
 
 def _merge_inputs(into: dict[str, Any], part: dict[str, Any]) -> None:

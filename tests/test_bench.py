@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from edgesam_export.bench import (
     BOX_SINGLE_STAGE,
+    CLICK_STAGE,
+    IMAGE_STAGE,
     Timing,
     box_batch_stage,
     box_set_ratio,
@@ -23,35 +25,54 @@ from edgesam_export.errors import ExitCode
 
 runner = CliRunner()
 TINY = ["--points", "1", "--box-batch", "2", "--iters", "1", "--warmup", "0"]
-TINY_STAGES = ["encoder", "decoder N=1", BOX_SINGLE_STAGE, box_batch_stage(2)]
+TINY_STAGES = [
+    "encoder",
+    "decoder N=1",
+    BOX_SINGLE_STAGE,
+    box_batch_stage(2),
+    CLICK_STAGE,
+    IMAGE_STAGE,
+]
+STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "n", "warmup")
 
 
-def _check_report(path: Path, backend: str) -> dict:
-    report = json.loads(path.read_text())
-    assert report["backend"] == backend
-    assert [t["name"] for t in report["timings"]] == TINY_STAGES
+def _check_timings(report: dict, backends: list[str]) -> None:
+    names = [t["name"] for t in report["timings"]]
+    assert names == [s for s in TINY_STAGES for _ in backends]  # stage by stage, interleaved
     for t in report["timings"]:
-        assert t["backend"] == backend and t["n"] == 1 and t["p50_ms"] > 0
-    assert report["ratios"]["box_batch_per_set"] > 0
+        assert t["backend"] in backends and t["n"] == 1 and t["warmup"] == 0
+        assert all(k in t for k in STATS) and t["p50_ms"] > 0
+        assert t["throughput_per_s"] == pytest.approx(1e3 / t["mean_ms"])
     assert report["machine"]["cores"] >= 1
-    return report
 
 
 def test_help() -> None:
-    result = runner.invoke(app, ["--help"])
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}, terminal_width=80)
     assert result.exit_code == 0
-    for option in ("--backend", "--points", "--box-batch", "--artifacts", "--json"):
+    for option in (
+        "--backend", "--points", "--box-batch", "--iterations", "--warmup", "--threads",
+        "--model", "--device", "--cuda-graphs", "--precision", "--json", "--report",
+    ):  # fmt: skip
         assert option in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "…" not in result.stdout and "<bool>" not in result.stdout
 
 
-def test_tiny_torch_run_writes_json(tmp_path: Path) -> None:
+def test_tiny_torch_run_has_both_torch_columns(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     result = runner.invoke(app, ["--backend", "torch", *TINY, "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "synthetic" in result.stderr.lower()  # the untrained-weights note
     assert "per-set ratio" in result.stdout
-    report = _check_report(out, "torch")
-    assert report["settings"]["box_batch"] == 2
+    report = json.loads(out.read_text())
+    assert report["backend"] == "torch" and report["settings"]["box_batch"] == 2
+    _check_timings(report, ["torch", "torch-opt"])
+    by_name = {b["name"]: b for b in report["backends"]}
+    assert by_name["torch"]["parity"]["reference"] == "is the reference"
+    # the export's graph rewrites, judged against torch as loaded
+    assert by_name["torch-opt"]["parity"]["passed"] is True
+    assert by_name["torch-opt"]["peak_rss_mb"] > 0
+    assert set(report["ratios"]) == {"torch", "torch-opt"}
 
 
 @pytest.mark.slow
@@ -61,9 +82,39 @@ def test_tiny_onnx_run_on_artifacts(default_artifacts: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # with --json -, stdout holds the JSON only
-    assert [t["name"] for t in report["timings"]] == TINY_STAGES
-    assert all(t["backend"] == "onnx" and t["p50_ms"] > 0 for t in report["timings"])
+    _check_timings(report, ["onnx"])
+    (onnx,) = report["backends"]
+    assert onnx["parity"]["passed"] and onnx["parity"]["reference"].startswith("torch")
     assert "Latency" in result.stderr  # the table moved to stderr
+
+
+def test_all_backends_in_one_table_with_verdicts_and_report(
+    default_artifacts: Path, tmp_path: Path
+) -> None:
+    from browser import assert_not_blank, screenshot
+
+    report_dir = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        ["--backend", "all", str(default_artifacts), *TINY, "--json", "-", "--report",
+         str(report_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    _check_timings(report, ["torch", "torch-opt", "onnx"])
+    by_name = {b["name"]: b for b in report["backends"]}
+    assert list(by_name) == ["torch", "torch-opt", "onnx", "coreml", "trt"]
+    for name in ("torch-opt", "onnx"):
+        assert by_name[name]["available"] and by_name[name]["parity"]["passed"] is True
+        assert by_name[name]["rss_added_mb"] is not None
+    for name, suffix in (("coreml", ".mlpackage"), ("trt", ".engine")):
+        assert not by_name[name]["available"] and suffix in by_name[name]["reason"]
+    for col in ("p99", "x torch", "RSS +MB", "unavailable"):
+        assert col in result.stderr
+    page = report_dir / "index.html"
+    html = page.read_text()
+    assert "<svg" in html and "torch-opt" in html and "unavailable" in html
+    assert_not_blank(screenshot(page, 1100, 1500), 1100, 1500)
 
 
 @pytest.mark.parametrize(("backend", "needs"), [("trt", "tensorrt"), ("coreml", "coremltools")])
@@ -74,18 +125,35 @@ def test_unavailable_backends_exit_6(backend: str, needs: str, monkeypatch) -> N
     assert needs in result.stderr
 
 
+def test_cuda_without_a_gpu_exits_6() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the error path does not apply")
+    result = runner.invoke(app, ["--backend", "torch", "--device", "cuda", *TINY])
+    assert result.exit_code == ExitCode.BACKEND_UNAVAILABLE, result.output
+    assert "CUDA" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["--backend", "onnx", "--points", "1,x"],
         ["--backend", "onnx", "--points", "0"],
-        ["--backend", "torch", "--artifacts", "."],
         ["--backend", "onnx", "--artifacts", "/nonexistent/dir"],
+        ["--backend", "onnx", "--upsample", "nearest"],
+        ["--backend", "onnx", "--iterations", "0"],
+        ["--backend", "fast"],
+        ["--backend", "torch", "--cuda-graphs"],
     ],
 )
 def test_bad_options_exit_3(args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
+
+
+def test_missing_backend_is_usage() -> None:
+    assert runner.invoke(app, []).exit_code == ExitCode.USAGE
 
 
 def test_time_call_sample_count() -> None:

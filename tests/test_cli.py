@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -100,11 +101,54 @@ def test_bad_input_exit_3(tmp_path: Path, args, needle):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-def test_bad_upsample_is_a_usage_error(tmp_path: Path):
-    result = runner.invoke(app, ["onnx", "--upsample", "nearest", "-o", str(tmp_path)])
-    assert result.exit_code == ExitCode.USAGE
-    assert "bicubic" in result.output and "bilinear" in result.output
+@pytest.mark.parametrize(
+    "args",
+    [["onnx", "--upsample", "nearest"], ["onnx", "--opset", "x"], ["parity", "--reference", "x"]],
+)
+def test_bad_option_values_exit_3_like_every_bad_value(tmp_path: Path, args):
+    """One table: a value Click rejects exits 3 (bad input), as `--opset 5` does."""
+    result = runner.invoke(app, [*args, "-o", str(tmp_path)] if args[0] == "onnx" else args)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    if "--upsample" in args:
+        assert "bicubic" in result.output and "bilinear" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["onnx", "--no-such-option"], ["no-such-command"], ["parity"]])
+def test_usage_errors_exit_2(args):
+    """Unknown options, unknown commands and missing arguments stay usage errors (2)."""
+    assert runner.invoke(app, args).exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("command", [["onnx"], ["parity"], ["models"]])
+def test_help_is_readable_at_80_columns(command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.output
+    assert "…" not in result.output and "<bool>" not in result.output
+    if command == ["onnx"]:
+        for option in ("--use-stability-score", "--synthetic", "--no-verify", "--upsample"):
+            assert option in result.output
+
+
+def test_models_json():
+    result = runner.invoke(app, ["models", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.stdout)["models"]
+    edge = next(m for m in models if m["name"] == "edge_sam")
+    assert edge["img_size"] == 1024 and edge["num_mask_tokens"] == 4
+
+
+def test_image_renamed_pth_gets_its_own_message(tmp_path: Path):
+    from edgesam_export.png import encode_png
+
+    fake = tmp_path / "edge_sam_3x.pth"
+    fake.write_bytes(encode_png(np.zeros((8, 8, 3), dtype=np.uint8)))
+    result = runner.invoke(app, ["onnx", str(fake), "-o", str(tmp_path / "o")])
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "is a PNG image, not a model checkpoint" in result.output
+    assert "pickles" not in result.output
 
 
 def test_output_that_is_a_file_exit_3(tmp_path: Path):

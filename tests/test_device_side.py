@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,16 @@ DEVICE_MODULES = (
     "edgesam_export.trt_check",
     "edgesam_export.fp16",
     "edgesam_export.runtime.tensorrt",
+    "edgesam_export.golden",
+    "edgesam_export.backends",
+    "edgesam_export.report",
+    "edgesam_export.png",
+    "edgesam_export.pipeline",  # importable; exporting and the torch reference import on use
+    "edgesam_export.cli.export",
+    "edgesam_export.cli.bench",
+    "edgesam_export.cli.options",
 )
+TESTS = Path(__file__).parent
 
 BLOCKER = textwrap.dedent(
     """
@@ -52,3 +63,31 @@ def test_blocker_really_blocks() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "blocked: torch" in proc.stderr
+
+
+def test_device_path_end_to_end_with_torch_blocked(default_artifacts: Path) -> None:
+    """Predictor, edgesam-bench --backend onnx and parity on exported ONNX files, in processes
+    where importing torch, cv2 or PIL raises (the blocker is a sitecustomize on PYTHONPATH, so
+    the CLI subprocesses inherit it)."""
+    root = TESTS.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "torch_blocker"), str(root)]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "device_check.py"), str(default_artifacts)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "device check: all OK" in proc.stdout
+
+
+def test_torch_blocker_blocks_subprocesses() -> None:
+    env = {**os.environ, "PYTHONPATH": str(TESTS / "torch_blocker")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode != 0 and "blocked for the device-side test" in proc.stderr

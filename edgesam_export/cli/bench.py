@@ -1,32 +1,34 @@
-"""`edgesam-bench`: latency of the encoder and decoder on one backend, as a table and JSON.
+"""`edgesam-bench`: latency of every backend on the same inputs, with its parity verdict.
 
-This module owns the command line only: parsing, choosing and opening the sessions (PyTorch
-reference, or ONNX artifacts given or freshly exported), rendering. The timing itself lives in
-`edgesam_export.bench`, shared with the scripts in `benchmarks/`.
+This module owns the command line: parsing, choosing and opening the backends (the PyTorch
+reference as loaded and with the export's graph rewrites, ONNX, CoreML and TensorRT artifacts
+through `backends.BACKENDS`), timing them interleaved, judging each against the reference
+(PyTorch, or the golden sidecar where torch is absent), rendering. Timing and statistics live in
+`edgesam_export.bench`, shared with `benchmarks/`. Torch is imported only where it is installed
+and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs without it.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import platform
+import contextlib
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ..errors import BackendUnavailableError, InputError
+from ..backends import BACKENDS, OpenedBackend, open_artifact_backend, unavailable
+from ..errors import BackendUnavailableError, ExitCode, InputError
+from ..runtime import Session
 from . import (
-    CkptArg,
     DebugOpt,
     SeedOpt,
-    Upsample,
     UpsampleOpt,
     emit_json,
     err_console,
@@ -34,10 +36,11 @@ from . import (
     human_console,
     progress,
 )
+from .options import ExitCodeCommand, ReportOpt
 
 app = typer.Typer(
     name="edgesam-bench",
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -48,59 +51,26 @@ class Backend(str, Enum):
     onnx = "onnx"
     coreml = "coreml"
     trt = "trt"
+    all = "all"
 
 
-#: What an unimplemented backend needs: (python module, what to install / have).
-_NEEDS = {
-    Backend.coreml: (
-        "coremltools",
-        "coremltools on macOS (the package's coreml extra, or"
-        " pip install coremltools, on a Mac: CoreML models only run"
-        " on Apple platforms)",
-    ),
-    Backend.trt: (
-        "tensorrt",
-        "tensorrt and an NVIDIA GPU (the package's tensorrt extra, or"
-        " pip install tensorrt, on a machine with CUDA)",
-    ),
-}
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
 
 SYNTHETIC_NOTE = (
     "[yellow]Synthetic, untrained weights: the timings are valid (the graphs are the"
     " real ones), but masks would not follow the image.[/]"
 )
-
-
-def _check_backend(backend: Backend) -> None:
-    """Raise BackendUnavailableError for the backends this version cannot time."""
-    if backend not in _NEEDS:
-        return
-    if backend is Backend.coreml:  # macOS: the CoreML runtime; elsewhere: our MIL executor
-        try:
-            importlib.import_module("coremltools")
-            return
-        except Exception:
-            raise BackendUnavailableError(
-                "the coreml backend needs coremltools (the package's coreml extra, or pip install"
-                " coremltools): on macOS it runs the CoreML runtime, elsewhere the MIL executor"
-            ) from None
-    module, needs = _NEEDS[backend]
-    try:
-        importlib.import_module(module)
-    except Exception:  # ImportError, or a native library that fails to load
-        where = (
-            ""
-            if backend is not Backend.coreml or platform.system() == "Darwin"
-            else (f" (this is {platform.system()}, not macOS)")
-        )
-        raise BackendUnavailableError(
-            f"the {backend.value} backend needs {needs}; {module} is not importable here{where}."
-            " Use --backend onnx or --backend torch."
-        ) from None
-    raise BackendUnavailableError(
-        f"{module} is installed, but the {backend.value} backend is not implemented in"
-        " edgesam-bench in this version. Use --backend onnx or --backend torch."
-    )
+#: Column name of the PyTorch graphs with the export's rewrites.
+TORCH_OPT = "torch-opt"
 
 
 def _parse_points(text: str) -> tuple[int, ...]:
@@ -115,80 +85,320 @@ def _parse_points(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts))
 
 
-def _find_one(directory: Path, pattern: str) -> Path:
-    found = sorted(p for p in directory.glob(pattern) if not p.name.startswith("."))
-    if len(found) != 1:
-        what = "none" if not found else ", ".join(p.name for p in found)
-        raise InputError(f"expected exactly one {pattern} in {directory}, found {what}")
-    return found[0]
+def _split_paths(paths: list[Path], artifacts: Path | None) -> tuple[Path | None, Path | None]:
+    """[CKPT] [ARTIFACT_DIR] in either order: a directory is the artifacts, a file the CKPT."""
+    checkpoint = None
+    directory = artifacts
+    for path in paths:
+        if path.is_dir():
+            if directory is not None:
+                raise InputError("give one ARTIFACT_DIR")
+            directory = path
+        elif checkpoint is None:
+            checkpoint = path
+        else:
+            raise InputError("expected [CKPT] [ARTIFACT_DIR]")
+    if artifacts is not None and not artifacts.is_dir():
+        raise InputError(f"artifact directory not found: {artifacts}")
+    return checkpoint, directory
 
 
-@contextmanager
-def _onnx_sessions(
+@dataclass
+class Run:
+    """What one invocation opened: backend columns, the parity reference, where artifacts are."""
+
+    columns: list[OpenedBackend] = field(default_factory=list)
+    loaded: Any = None  # LoadedModel where torch is used
+    reference: Any = None  # ("torch", enc, decoders) or ("golden", Golden) or None
+    reference_note: str = ""
+    synthetic: bool = False
+
+
+def _measured(open_fn: Any) -> OpenedBackend:
+    """Open a backend and warm it once; record the resident memory that took."""
+    from ..bench import peak_rss_mb, reset_peak_rss, rss_mb
+
+    reset_peak_rss()
+    before = rss_mb()
+    opened: OpenedBackend = open_fn()
+    if opened.available:
+        from ..bench import decoder_feeds, encoder_input
+
+        assert opened.encoder is not None and opened.decoder is not None
+        emb = opened.encoder.run({"image": encoder_input(opened.encoder)})["image_embeddings"]
+        opened.decoder.run(decoder_feeds(emb, 1, img_size=int(opened.encoder.metadata["img_size"])))
+        opened.peak_rss_mb = peak_rss_mb()
+        if before is not None:
+            opened.rss_added_mb = max(0.0, opened.peak_rss_mb - before)
+    return opened
+
+
+def _load_torch(
+    run: Run,
     checkpoint: Path | None,
-    artifacts: Path | None,
-    upsample: Upsample | None,
+    directory: Path | None,
+    model: str,
+    upsample: Any,
     seed: int,
-    threads: int,
-) -> Iterator[tuple[Any, Any, bool]]:
-    """ONNX encoder and (IoU) decoder sessions, and whether their weights are synthetic."""
-    from ..runtime import open_session
+) -> str:
+    """Load the PyTorch model into `run.loaded`; returns why not ("" when loaded)."""
+    from ..pipeline import torch_available
 
-    if artifacts is not None:
-        if not artifacts.is_dir():
-            raise InputError(f"artifact directory not found: {artifacts}")
-        enc_path = _find_one(artifacts, "*_encoder.onnx")
-        dec_path = _find_one(artifacts, "*_decoder.onnx")
-        progress(f"opening {enc_path.name} and {dec_path.name}")
-        enc = open_session(enc_path, threads=threads)
-        dec = open_session(dec_path, threads=threads)
-        yield enc, dec, enc.metadata.get("weights") == "synthetic-untrained"
+    if not torch_available():
+        return f"torch is not installed here: needs {BACKENDS['torch'].needs}"
+    from ..config import ModelOptions
+    from ..models import load_model
+
+    if directory is not None and checkpoint is None:
+        metas = _recorded_metadata(directory)
+        if not metas:
+            return f"no artifact metadata in {directory} to rebuild the PyTorch model from"
+        if not all(m.get("weights", "").startswith("synthetic") for m in metas):
+            return "the artifacts came from a checkpoint: pass it as CKPT to time PyTorch"
+    try:
+        if directory is not None:
+            from ..pipeline import model_options_from_metadata
+
+            opts = model_options_from_metadata(checkpoint, _recorded_metadata(directory))
+        else:
+            opts = ModelOptions(
+                model=model,
+                checkpoint=checkpoint,
+                seed=seed,
+                upsample=None if upsample is None else upsample.value,
+                synthetic="calibrated",
+            )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    progress(
+        f"loading {opts.model} from {opts.checkpoint or f'synthetic weights (seed {opts.seed})'}"
+    )
+    run.loaded = load_model(
+        opts.checkpoint,
+        model=opts.model,
+        upsample_mode=opts.upsample,
+        seed=opts.seed,
+        synthetic=opts.synthetic,
+    )
+    run.synthetic = run.synthetic or run.loaded.synthetic
+    return ""
+
+
+def _recorded_metadata(directory: Path) -> list[dict[str, str]]:
+    """Artifact metadata as the manifest records it (no runtime needed)."""
+    import json
+
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return []
+    try:
+        entries = json.loads(manifest.read_text()).get("artifacts", [])
+    except (json.JSONDecodeError, OSError):
+        return []
+    return [e.get("metadata", {}) for e in entries if e.get("metadata")]
+
+
+def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: bool) -> None:
+    from ..reference import torch_sessions
+
+    if device is Device.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"--device cuda needs a CUDA build of torch and an NVIDIA GPU; this torch"
+                f" ({torch.__version__}) sees none. Use --device cpu."
+            )
+    for name, optimized in (("torch", False), (TORCH_OPT, True)):
+
+        def open_one(optimized: bool = optimized, name: str = name) -> OpenedBackend:
+            enc: Session
+            dec: Session
+            enc, dec = torch_sessions(
+                run.loaded, optimized=optimized, device=device.value, precision=precision.value
+            )
+            if cuda_graphs:
+                from ..reference import CudaGraphSession
+
+                enc, dec = CudaGraphSession(enc), CudaGraphSession(dec)  # type: ignore[arg-type]
+            return OpenedBackend(name, enc, dec, precision=precision.value)
+
+        progress(f"building {name} ({device.value}, {precision.value})")
+        run.columns.append(_measured(open_one))
+
+
+@contextlib.contextmanager
+def _artifact_dir(
+    run: Run,
+    directory: Path | None,
+    wanted: list[str],
+    checkpoint: Path | None,
+    args: dict[str, Any],
+) -> Iterator[Path | None]:
+    """The artifact directory given, or ONNX artifacts exported into a temporary one."""
+    runnable = [b for b in wanted if BACKENDS[b].suffix]
+    if directory is not None or not runnable:
+        yield directory
         return
+    from ..pipeline import torch_available
 
+    if not torch_available():
+        yield None
+        return
     from ..config import ModelOptions, OnnxOptions
     from ..pipeline import export_artifacts
 
     with tempfile.TemporaryDirectory(prefix="edgesam-bench-") as tmp:
         try:
             mopts = ModelOptions(
+                model=args["model"],
                 checkpoint=checkpoint,
-                seed=seed,
-                upsample=None if upsample is None else upsample.value,
+                seed=args["seed"],
+                upsample=None if args["upsample"] is None else args["upsample"].value,
+                synthetic="calibrated",
             )
-            eopts = OnnxOptions.model_validate({"output": Path(tmp)})
+            eopts = OnnxOptions(output=Path(tmp))
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        loaded, arts = export_artifacts(mopts, "onnx", eopts, progress)
-        paths = {a.graph: a.path for a in arts}
-        enc = open_session(paths["encoder"], threads=threads)
-        dec = open_session(paths["decoder"], threads=threads)
-        try:
-            yield enc, dec, loaded.synthetic
-        finally:
-            del enc, dec  # release the files before the directory goes
+        loaded, _ = export_artifacts(mopts, "onnx", eopts, progress)
+        run.synthetic = run.synthetic or loaded.synthetic
+        yield Path(tmp)
+        for col in run.columns:  # release the files before the directory goes
+            col.encoder = col.decoder = None
 
 
-def _render(timings: list[Any], box_batch: int, ratio: float | None, out: Console) -> None:
-    from ..bench import BOX_SINGLE_STAGE, box_batch_stage
+def _open_reference(run: Run, directory: Path | None) -> None:
+    """PyTorch as loaded (float32, CPU) where available, else the golden sidecar."""
+    if run.loaded is not None:
+        from ..reference import reference_sessions
 
-    table = Table(title="Latency (ms per call)")
-    for col in ("stage", "backend", "p50 ms", "p90 ms", "n"):
-        table.add_column(col, justify="left" if col in ("stage", "backend") else "right")
-    for t in timings:
-        table.add_row(t.name, t.backend, f"{t.p50:.1f}", f"{t.p90:.1f}", str(len(t.samples_ms)))
-    out.print(table)
-    if ratio is not None:
-        by_name = {t.name: t for t in timings}
-        single, batched = by_name[BOX_SINGLE_STAGE], by_name[box_batch_stage(box_batch)]
-        verdict = "[green]batching pays[/]" if ratio <= 1.0 else "[yellow]batching is slower[/]"
-        out.print(
-            f"{box_batch} boxes in one call: {batched.p50 / box_batch:.1f} ms per box vs"
-            f" {single.p50:.1f} ms for one box alone: per-set ratio [bold]{ratio:.2f}[/]"
-            f" ({verdict})"
+        enc, decs = reference_sessions(run.loaded)
+        run.reference = ("torch", enc, decs)
+        run.reference_note = "torch (as loaded, fp32, cpu)"
+        return
+    if directory is None:
+        run.reference_note = "none (no torch and no artifact folder)"
+        return
+    metas = _recorded_metadata(directory) or [
+        c.encoder.metadata for c in run.columns if c.encoder is not None
+    ]
+    if not metas:
+        run.reference_note = "none (no artifact metadata)"
+        return
+    from ..golden import find_golden
+
+    try:
+        golden = find_golden(directory, metas[0])
+    except InputError as exc:
+        run.reference_note = f"none ({exc})"
+        return
+    run.reference = ("golden", golden)
+    run.reference_note = f"golden {golden.path.name}"
+
+
+def _is_reference(run: Run, col: OpenedBackend) -> bool:
+    """Whether this column computes exactly the reference (torch as loaded, fp32, CPU)."""
+    return (
+        run.reference is not None
+        and run.reference[0] == "torch"
+        and col.name == "torch"
+        and col.precision == "fp32"
+        and getattr(col.encoder, "device", "cpu") == "cpu"
+    )
+
+
+def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
+    """Judge one column against the run's reference; None for the reference itself."""
+    from ..parity import ParityReport, check
+
+    if run.reference is None or col.encoder is None or col.decoder is None:
+        return None
+    kind = run.reference[0]
+    if _is_reference(run, col):
+        return None
+    record: dict[str, Any] = {}
+    report = ParityReport()
+    pairs = ([(col.name, col.encoder)], [(col.name, col.decoder)])
+    try:
+        if kind == "torch":
+            _, enc, decs = run.reference
+            check(enc, decs, *pairs, report=report, record=record)
+        else:
+            from ..golden import check_golden
+
+            check_golden(run.reference[1], *pairs, report=report, record=record)
+            record["golden"] = run.reference[1]
+    except InputError as exc:  # e.g. no tolerances for this precision
+        report.errors.append({"artifact": col.name, "error": str(exc)})
+    return report, record
+
+
+def _render(
+    run: Run,
+    timings: list[Any],
+    parity: dict[str, Any],
+    box_batch: int,
+    out: Console,
+    warm: tuple[int, int],
+) -> None:
+    from ..bench import box_set_ratio
+
+    backends = Table(title=f"Backends (parity reference: {run.reference_note})")
+    for head in ("backend", "status", "precision", "RSS +MB", "peak MB", "parity", "notes"):
+        backends.add_column(head, justify="right" if "MB" in head else "left", overflow="fold")
+    for col in run.columns:
+        if not col.available:
+            backends.add_row(
+                col.name, "[yellow]unavailable[/]", "-", "-", "-", "-", escape(col.reason)
+            )
+            continue
+        rep = parity.get(col.name)
+        if rep is None:
+            verdict = "reference" if run.reference is not None else "[yellow]no reference[/]"
+        else:
+            verdict = "[green]pass[/]" if rep[0].passed else "[bold red]FAIL[/]"
+        backends.add_row(
+            col.name,
+            "[green]ok[/]",
+            col.precision,
+            "-" if col.rss_added_mb is None else f"{col.rss_added_mb:.0f}",
+            "-" if col.peak_rss_mb is None else f"{col.peak_rss_mb:.0f}",
+            verdict,
+            escape(", ".join(col.artifacts)),
         )
+    out.print(backends)
+    table = Table(
+        title=f"Latency (ms per call; warm-up excluded: {warm[0]} call(s) per decoder stage,"
+        f" {warm[1]} per encoder stage)"
+    )
+    for name in ("stage", "backend", "p50", "p90", "p99", "mean", "calls/s", "n", "x torch"):
+        table.add_column(name, justify="left" if name in ("stage", "backend") else "right")
+    torch_p50 = {t.name: t.p50 for t in timings if t.backend == "torch"}
+    for t in timings:
+        ratio = torch_p50.get(t.name)
+        table.add_row(
+            t.name,
+            t.backend,
+            f"{t.p50:.1f}",
+            f"{t.p90:.1f}",
+            f"{t.p99:.1f}",
+            f"{t.mean:.1f}",
+            f"{t.throughput:.1f}",
+            str(len(t.samples_ms)),
+            "-" if ratio is None or t.backend == "torch" else f"{ratio / t.p50:.2f}x",
+        )
+    out.print(table)
+    for col in run.columns:
+        ratio = box_set_ratio(timings, box_batch, backend=col.name)
+        if ratio is not None:
+            verdict = "[green]batching pays[/]" if ratio <= 1.0 else "[yellow]batching is slower[/]"
+            out.print(
+                f"{col.name}: {box_batch} boxes in one call vs one box per call: per-set ratio"
+                f" [bold]{ratio:.2f}[/] ({verdict})"
+            )
 
 
-@app.command()
+@app.command(cls=ExitCodeCommand)
 def bench(
     backend: Annotated[
         Backend,
@@ -196,13 +406,39 @@ def bench(
             "--backend",
             "-b",
             case_sensitive=False,
-            help="What to time: the PyTorch reference (torch) or ONNX artifacts"
-            " on onnxruntime (onnx), CoreML packages (coreml: the CoreML runtime on macOS,"
-            " the numpy MIL executor elsewhere). trt is not available in this version (exit 6).",
+            help="torch (PyTorch as loaded, plus torch-opt: the export's graph rewrites),"
+            " onnx, coreml, trt, or all (every one available here, interleaved).",
             show_default=False,
         ),
     ],
-    checkpoint: CkptArg = None,
+    paths: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(
+            help="[CKPT] [ARTIFACT_DIR]: a checkpoint (omit for synthetic weights) and/or a"
+            " folder of exported artifacts (without one, ONNX artifacts are exported to a"
+            " temporary folder).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")] = (
+        "edge_sam"
+    ),
+    device: Annotated[
+        Device,
+        typer.Option(case_sensitive=False, help="Device of the PyTorch columns."),
+    ] = Device.cpu,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option("--cuda-graphs", help="Replay the PyTorch columns as CUDA graphs (cuda)."),
+    ] = False,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            case_sensitive=False,
+            help="PyTorch columns run in this dtype; artifact backends use the artifacts"
+            " recorded at this precision.",
+        ),
+    ] = Precision.fp32,
     points: Annotated[
         str, typer.Option(help="Decoder prompt counts to time, comma-separated.")
     ] = "1,5,16",
@@ -212,16 +448,19 @@ def bench(
             min=1, help="Boxes decoded in one call, compared with one box per call (1: skip)."
         ),
     ] = 8,
-    iters: Annotated[
+    iterations: Annotated[
         int,
         typer.Option(
-            min=1, help="Timed decoder calls per stage; the encoder runs half as many (at least 1)."
+            "--iterations",
+            "--iters",
+            min=1,
+            help="Timed calls per decoder stage; encoder stages run half as many (at least 1).",
         ),
     ] = 10,
     warmup: Annotated[
         int,
         typer.Option(
-            min=0, help="Untimed calls per decoder stage before timing (the encoder: at most 1)."
+            min=0, help="Untimed calls per decoder stage before timing (encoder stages: at most 1)."
         ),
     ] = 2,
     threads: Annotated[
@@ -229,11 +468,7 @@ def bench(
     ] = 2,
     artifacts: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(
-            help="ONNX / CoreML: time the *_encoder.onnx and *_decoder.onnx (or .mlpackage)"
-            " in this directory instead of exporting CKPT first.",
-            show_default=False,
-        ),
+        typer.Option(help="Same as giving ARTIFACT_DIR.", show_default=False),
     ] = None,
     upsample: UpsampleOpt = None,
     seed: SeedOpt = 0,
@@ -241,96 +476,190 @@ def bench(
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--json",
-            help="Write the timings as JSON here ('-' for stdout; the table then goes to stderr).",
+            help="Write the results as JSON here ('-' for stdout; tables then go to stderr).",
             show_default=False,
         ),
     ] = None,
+    report_dir: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Time the EdgeSAM encoder and decoder on one backend (p50/p90 over repeated calls).
+    """Time EdgeSAM on one or every backend, each with its parity verdict.
 
-    Stages: the encoder, the decoder per prompt count (--points), and BOX_BATCH boxes in one
-    decoder call vs one box alone (the per-set ratio below 1.0 means batching pays). Without
-    CKPT, deterministic synthetic (untrained) weights are used; the timings are still valid.
+    Stages: the encoder; the decoder per prompt count (--points); BOX_BATCH boxes in one call
+    vs one box alone; a click (decoder + numpy post-processing to the original size, on cached
+    embeddings); and an image (numpy pre-processing + encoder + one click). Statistics: p50,
+    p90, p99, mean, calls/s and the number of timed calls; warm-up calls are excluded. Every
+    backend is judged on the same inputs against PyTorch, or, without torch, against the golden
+    outputs shipped in ARTIFACT_DIR.
 
-    Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, options),
-    5 artifact unreadable, 6 backend not installed / not available, 7 export failed.
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, option values),
+    4 a backend failed parity, 5 artifact unreadable, 6 backend not installed / not available.
     """
     with guarded(debug):
-        _check_backend(backend)
         counts = _parse_points(points)
-        if artifacts is not None and backend not in (Backend.onnx, Backend.coreml):
-            raise InputError("--artifacts only applies to --backend onnx or coreml")
-        if artifacts is not None and (checkpoint is not None or upsample is not None):
+        checkpoint, directory = _split_paths(list(paths or []), artifacts)
+        if directory is not None and upsample is not None:
             raise InputError(
-                "--artifacts times existing artifacts: CKPT and --upsample would be"
-                " ignored, drop them (the artifacts record their own weights)"
+                "--upsample applies to a fresh export: artifacts record their own upsampling"
             )
+        if cuda_graphs and device is not Device.cuda:
+            raise InputError("--cuda-graphs needs --device cuda")
+        wanted = list(BACKENDS) if backend is Backend.all else [backend.value]
+        if backend is not Backend.all:  # say so before loading or exporting anything
+            from ..runtime import artifact_suffixes
 
-        from ..bench import bench_sessions, box_set_ratio, machine_info, set_threads
-
-        set_threads(threads)
-        run = functools.partial(
-            bench_sessions,
-            points=counts,
-            box_batch=box_batch,
-            warmup=warmup,
-            iters=iters,
-            encoder_iters=max(1, iters // 2),
-            encoder_warmup=min(warmup, 1),
-            progress=progress,
+            spec = BACKENDS[backend.value]
+            if spec.suffix and spec.suffix not in artifact_suffixes():
+                raise BackendUnavailableError(
+                    f"the {spec.name} backend is not available here: no runtime for"
+                    f" {spec.suffix} artifacts; it needs {spec.needs}"
+                )
+        from ..bench import (
+            ENCODER_STAGES,
+            Timing,
+            machine_info,
+            session_stages,
+            set_threads,
+            time_interleaved,
         )
-        if backend is Backend.torch:
-            from ..models import load_model
-            from ..reference import reference_sessions
 
-            progress(f"loading edge_sam from {checkpoint or f'synthetic weights (seed {seed})'}")
-            loaded = load_model(
-                checkpoint, upsample_mode=None if upsample is None else upsample.value, seed=seed
-            )
-            if loaded.synthetic:
+        run = Run()
+        torch_reason = _load_torch(run, checkpoint, directory, model, upsample, seed)
+        if run.loaded is not None:
+            set_threads(threads)
+        with _artifact_dir(
+            run, directory, wanted, checkpoint, {"model": model, "seed": seed, "upsample": upsample}
+        ) as folder:
+            for name in wanted:
+                if name == "torch":
+                    if torch_reason:
+                        run.columns.append(
+                            unavailable(name, torch_reason, ExitCode.BACKEND_UNAVAILABLE)
+                        )
+                    else:
+                        _torch_columns(run, device, precision, cuda_graphs)
+                elif folder is None:
+                    run.columns.append(
+                        unavailable(
+                            name,
+                            "no ARTIFACT_DIR given, and no torch here to export one",
+                            ExitCode.BAD_INPUT,
+                        )
+                    )
+                else:
+                    progress(f"opening {name} artifacts")
+                    spec = BACKENDS[name]
+                    run.columns.append(
+                        _measured(
+                            lambda spec=spec: open_artifact_backend(
+                                spec, folder, precision.value, threads
+                            )
+                        )
+                    )
+            live = [c for c in run.columns if c.available]
+            if not live:
+                worst = next((c for c in run.columns if not c.available), None)
+                for c in run.columns:
+                    err_console.print(f"[bold red]unavailable:[/] {c.name}: {escape(c.reason)}")
+                code = ExitCode.BACKEND_UNAVAILABLE if worst is None else worst.exit_code
+                raise typer.Exit(int(code) if backend is not Backend.all else 6)
+            if run.synthetic or any(
+                c.encoder is not None and c.encoder.metadata.get("weights", "").startswith("synth")
+                for c in live
+            ):
                 err_console.print(SYNTHETIC_NOTE)
-            enc, decoders = reference_sessions(loaded)
-            timings = run(enc, decoders[False])
-        elif backend is Backend.coreml:
-            from ._bench_coreml import coreml_sessions, label_timings
 
-            with coreml_sessions(checkpoint, artifacts, upsample, seed, counts, box_batch) as (
-                enc,
-                dec,
-                synthetic,
-            ):
-                if synthetic:
-                    err_console.print(SYNTHETIC_NOTE)
-                timings = label_timings(run(enc, dec), enc)
-        else:
-            with _onnx_sessions(checkpoint, artifacts, upsample, seed, threads) as (
-                enc,
-                dec,
-                synthetic,
-            ):
-                if synthetic:
-                    err_console.print(SYNTHETIC_NOTE)
-                timings = run(enc, dec)
+            stages = {
+                c.name: session_stages(
+                    c.encoder,  # type: ignore[arg-type]
+                    c.decoder,  # type: ignore[arg-type]
+                    points=counts,
+                    box_batch=box_batch,
+                    end_to_end=True,
+                )
+                for c in live
+            }
+            enc_iters, enc_warm = max(1, iterations // 2), min(warmup, 1)
+            timings: list[Timing] = []
+            names = [s.name for s in next(iter(stages.values()))]
+            for i, stage_name in enumerate(names):
+                is_enc = stage_name in ENCODER_STAGES
+                w, n = (enc_warm, enc_iters) if is_enc else (warmup, iterations)
+                progress(f"timing {stage_name} ({', '.join(stages)})")
+                samples = time_interleaved(
+                    {b: s[i].call for b, s in stages.items()},
+                    warmup=w,
+                    iters=n,
+                    gap_s=0.02 if len(stages) > 1 else 0.0,
+                )
+                timings += [Timing(stage_name, b, samples[b], w) for b in stages]
 
-        ratio = box_set_ratio(timings, box_batch)
-        _render(timings, box_batch, ratio, human_console(json_path))
-        if json_path is not None:
+            _open_reference(run, folder)
+            parity: dict[str, Any] = {}
+            for col in live:
+                if run.reference is None or _is_reference(run, col):
+                    continue
+                progress(f"parity of {col.name} against {run.reference_note}")
+                result = _parity(run, col)
+                if result is not None:
+                    parity[col.name] = result
+
+            out = human_console(json_path)
+            _render(run, timings, parity, box_batch, out, (warmup, enc_warm))
+            from ..bench import box_set_ratio
+
+            backends_json = []
+            for col in run.columns:
+                entry = col.to_json()
+                rep = parity.get(col.name)
+                if rep is not None:
+                    entry["parity"] = {
+                        "passed": rep[0].passed,
+                        "reference": run.reference_note,
+                        "summary": rep[0].summary(),
+                        "errors": rep[0].errors,
+                    }
+                elif col.available and run.reference is not None:
+                    entry["parity"] = {"passed": True, "reference": "is the reference"}
+                backends_json.append(entry)
             payload: dict[str, Any] = {
                 "machine": machine_info(),
                 "backend": backend.value,
                 "settings": {
                     "points": list(counts),
                     "box_batch": box_batch,
-                    "iters": iters,
+                    "iterations": iterations,
                     "warmup": warmup,
+                    "encoder_iterations": enc_iters,
+                    "encoder_warmup": enc_warm,
                     "threads": threads,
-                    "artifacts": None if artifacts is None else str(artifacts),
+                    "device": device.value,
+                    "precision": precision.value,
+                    "interleaved": len(stages) > 1,
+                    "artifacts": None if directory is None else str(directory),
+                    "checkpoint": None if checkpoint is None else str(checkpoint),
                 },
+                "reference": run.reference_note,
+                "backends": backends_json,
                 "timings": [t.to_json() for t in timings],
-                "ratios": {} if ratio is None else {"box_batch_per_set": ratio},
+                "ratios": {
+                    c.name: {"box_batch_per_set": r}
+                    for c in live
+                    if (r := box_set_ratio(timings, box_batch, backend=c.name)) is not None
+                },
             }
             emit_json(json_path, payload)
+            if report_dir is not None:
+                from ..report import write_bench_report
+
+                page = write_bench_report(report_dir, payload, parity)
+                out.print(f"report: [bold]{page}[/]")
+            failed = [name for name, (rep, _) in parity.items() if not rep.passed]
+            if backend is not Backend.all and not run.columns[0].available:
+                raise typer.Exit(run.columns[0].exit_code)
+            if failed:
+                err_console.print(f"[bold red]parity FAILED:[/] {', '.join(failed)}")
+                raise typer.Exit(int(ExitCode.PARITY_FAILED))
 
 
 def main() -> None:

@@ -21,13 +21,13 @@ from . import (
     Synthetic,
     SyntheticOpt,
     UpsampleOpt,
-    console,
     emit_json,
     err_console,
     guarded,
     human_console,
     progress,
 )
+from .options import ExitCodeGroup, ReportOpt
 
 app = typer.Typer(
     name="edgesam-export",
@@ -40,6 +40,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # Click's plain help: readable at 80 columns
+    cls=ExitCodeGroup,  # a bad option value exits 3, like the values our code rejects
 )
 
 
@@ -54,7 +56,8 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output director
 
 
 def _render_parity(report: Any, out: Console) -> None:
-    table = Table(title="Parity against PyTorch (worst case per check)")
+    reference = report.inputs.get("reference", "PyTorch")
+    table = Table(title=f"Parity against {reference} (worst case per check)")
     for col in (
         "artifact",
         "check",
@@ -198,23 +201,41 @@ def onnx_cmd(
             _parity_exit(report)
 
 
+class Reference(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    golden = "golden"
+
+
 @app.command("parity")
 def parity_cmd(
     paths: Annotated[
         list[Path],
         typer.Argument(
             help="[CKPT] ARTIFACT_DIR: the checkpoint the artifacts came from (omit"
-            " for artifacts exported from synthetic weights) and their directory.",
+            " for artifacts exported from synthetic weights, or to use the golden"
+            " reference) and their directory.",
             show_default=False,
         ),
     ],
+    reference: Annotated[
+        Reference,
+        typer.Option(
+            case_sensitive=False,
+            help="Compare with the PyTorch graphs (torch), with the golden outputs"
+            " shipped in ARTIFACT_DIR (golden), or torch where installed (auto).",
+        ),
+    ] = Reference.auto,
+    report_dir: ReportOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare every artifact in ARTIFACT_DIR with the PyTorch graphs; non-zero exit on failure.
+    """Compare every artifact in ARTIFACT_DIR with the reference; non-zero exit on failure.
 
     Options (model, upsample mode, stability flag) are read from the artifacts' metadata.
-    Exit 4 when an output is outside tolerance, 5 when an artifact cannot be read or run.
+    Without torch, the reference is the golden sidecar the export wrote
+    (<stem>_reference.npz). Exit 4 when an output is outside tolerance, 5 when an artifact
+    cannot be read or run.
     """
     from ..pipeline import verify_artifacts
 
@@ -222,9 +243,17 @@ def parity_cmd(
         if len(paths) not in (1, 2):
             raise InputError("expected [CKPT] ARTIFACT_DIR")
         checkpoint, artifact_dir = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
-        report = verify_artifacts(checkpoint, artifact_dir, progress)
+        record: dict[str, Any] | None = {} if report_dir is not None else None
+        report = verify_artifacts(
+            checkpoint, artifact_dir, progress, reference=reference.value, record=record
+        )
         _render_parity(report, human_console(json_path))
         emit_json(json_path, report.to_json())
+        if report_dir is not None and record is not None:
+            from ..report import write_parity_report
+
+            page = write_parity_report(report_dir, report, record)
+            human_console(json_path).print(f"report: [bold]{page}[/]")
         human_console(json_path).print(
             "parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]")
         )
@@ -232,10 +261,28 @@ def parity_cmd(
 
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(json_path: JsonOpt = None) -> None:
     """List the registered models."""
     from ..models import list_specs
 
+    emit_json(
+        json_path,
+        {
+            "models": [
+                {
+                    "name": s.name,
+                    "family": s.family,
+                    "img_size": s.img_size,
+                    "num_mask_tokens": s.num_mask_tokens,
+                    "upsample_modes": list(s.upsample_modes),
+                    "pixel_mean": list(s.pixel_mean),
+                    "pixel_std": list(s.pixel_std),
+                    "description": s.description,
+                }
+                for s in list_specs()
+            ]
+        },
+    )
     table = Table(title="Registered models")
     for col in ("name", "family", "input", "mask tokens", "upsample modes", "description"):
         table.add_column(col)
@@ -248,7 +295,7 @@ def models_cmd() -> None:
             ", ".join(s.upsample_modes) or "-",
             s.description,
         )
-    console.print(table)
+    human_console(json_path).print(table)
 
 
 from .recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)

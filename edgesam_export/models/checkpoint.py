@@ -101,12 +101,49 @@ def synth_state_dict(spec_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+#: Leading bytes of files people mistake for checkpoints -> what they are.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"<!DOCTYPE html", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+)
+
+
+def sniff_non_checkpoint(path: Path) -> str | None:
+    """What a file is when its first bytes say it cannot be a checkpoint (images, pages...)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Open a checkpoint file safely and return its flat tensor state dict."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    kind = sniff_non_checkpoint(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not a model checkpoint (whatever its name says): pass the"
+            " .pth state dict the model was trained into"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
