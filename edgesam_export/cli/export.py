@@ -218,6 +218,11 @@ def models_cmd() -> None:
     console.print(table)
 
 
+from .everything import everything_cmd  # noqa: E402  (segment everything, its own module)
+
+app.command("everything")(everything_cmd)
+
+
 def main() -> None:
     app()
 
