@@ -7,13 +7,20 @@ later backends, because sessions share one interface.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import processing as P
+from .amg.generator import default_multimask_tokens
 from .errors import InputError
 from .runtime import Session, metadata_floats
+
+#: The quality score each family's own predictor reports when a caller does not choose:
+#: EdgeSAM's `SamPredictor.predict_torch` defaults to `use_stability_score=True`; SAM,
+#: MobileSAM and EfficientViT-SAM use the IoU head. A `quality_score` metadata entry wins.
+DEFAULT_SCORE_BY_FAMILY = {"EdgeSAM": "stability"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,23 @@ class Predictor:
             ) from None
         self.encoder = encoder
         self.decoder = decoder
+        dmeta = decoder.metadata
+        self.num_mask_tokens = int(dmeta.get("num_mask_tokens", meta.get("num_mask_tokens", 4)))
+        # Which outputs are the multimask answers: a `multimask_tokens` metadata entry (JSON
+        # list) wins; otherwise the SAM-family convention for `num_mask_tokens`.
+        tokens = dmeta.get("multimask_tokens")
+        self.multimask_tokens: tuple[int, ...] = (
+            tuple(int(t) for t in json.loads(tokens))
+            if tokens
+            else default_multimask_tokens(self.num_mask_tokens)
+        )
+        family = dmeta.get("family", meta.get("family", ""))
+        self.default_score: str = dmeta.get(
+            "quality_score", DEFAULT_SCORE_BY_FAMILY.get(family, "iou")
+        )
+        self.scores_kind = (
+            "stability" if dmeta.get("use_stability_score", "false") == "true" else "iou"
+        )
         self._embeddings: np.ndarray | None = None
         self._info: P.ImageInfo | None = None
 
@@ -81,3 +105,35 @@ class Predictor:
         if not batched:
             return Prediction(masks[0], scores[0], logits[0])
         return Prediction(masks, scores, logits)
+
+    def predict_low_res(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, pad: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All K low-res logits (B, K, 256, 256) and scores (B, K) for B prompt sets, one call.
+
+        `point_coords` (B, N, 2) are (x, y) in the `img_size` frame of the image last set
+        (see `processing.transform_coords`), `point_labels` (B, N). This is the interface the
+        automatic mask generator drives. With `pad` (default), prompt sets without box corners
+        get EdgeSAM's padding point, as its PyTorch predictor adds one.
+        """
+        if self._embeddings is None:
+            raise InputError("call set_image(image) before predict_low_res()")
+        coords = np.asarray(point_coords, dtype=np.float32)
+        labels = np.asarray(point_labels, dtype=np.float32)
+        if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+            raise InputError(
+                "predict_low_res expects point_coords (B, N, 2) and point_labels (B, N), got"
+                f" {coords.shape} and {labels.shape}"
+            )
+        if pad and not np.isin(labels, (2.0, 3.0)).any():
+            b = coords.shape[0]
+            coords = np.concatenate([coords, np.zeros((b, 1, 2), np.float32)], axis=1)
+            labels = np.concatenate([labels, np.full((b, 1), -1.0, np.float32)], axis=1)
+        out = self.decoder.run(
+            {
+                "image_embeddings": self._embeddings,
+                "point_coords": np.ascontiguousarray(coords),
+                "point_labels": np.ascontiguousarray(labels),
+            }
+        )
+        return out["masks"], out["scores"]

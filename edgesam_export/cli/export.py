@@ -307,6 +307,11 @@ _register_tensorrt(app)
 from . import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
 
 
+from .everything import everything_cmd  # noqa: E402  (segment everything, its own module)
+
+app.command("everything")(everything_cmd)
+
+
 def main() -> None:
     app()
 
