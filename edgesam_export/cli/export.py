@@ -222,6 +222,11 @@ def models_cmd() -> None:
     console.print(table)
 
 
+from .web import web_cmd  # noqa: E402 - the `web` command lives in its own module
+
+app.command("web")(web_cmd)
+
+
 def main() -> None:
     app()
 
