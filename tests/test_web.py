@@ -228,14 +228,10 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> 
     scores = [m["score"] for m in ref["masks"]]
     assert chosen == 1 + int(np.argmax(scores[1:])), "one point: the best multimask answer"
     mask = ref["masks"][chosen]["mask"]
-    assert 0.01 < mask.mean() < 0.99
-    # Away from mask edges (where anti-aliasing is not at stake anyway) and the click marker.
-    interior = np.ones_like(mask)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            interior &= np.roll(mask, (dy, dx), (0, 1)) == mask
+    assert 0.01 < mask.mean() < 0.99, "the overlay check needs pixels on both sides"
+    # Every pixel (the overlay is drawn 1:1, without smoothing) except around the click marker.
     yy, xx = np.mgrid[0:h, 0:w]
-    interior &= (xx - click[0]) ** 2 + (yy - click[1]) ** 2 > 10**2
+    interior = (xx - click[0]) ** 2 + (yy - click[1]) ** 2 > 10**2
     alpha = round(0.55 * 255) / 255
     tinted = np.rint(image * (1 - alpha) + np.array([30, 144, 255]) * alpha)
     on = interior & mask
