@@ -177,8 +177,8 @@ def test_server_sends_isolation_headers_and_types(web_dir: Path, server: WebServ
 @pytest.mark.parametrize("case", [UPSCALED, DOWNSCALED], ids=["upscaled-point", "downscaled-box"])
 def test_selftest_agrees_with_python_predictor(web_dir, server, browser, case) -> None:
     name, (h, w), prompts = case
-    page = browser.new_page()
-    js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
+    with browser.new_page() as page:
+        js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
     assert js["backend"] == "wasm" and js["cross_origin_isolated"] is True and js["threads"] == 2
     py = python_reference(web_dir / "models", make_test_image(h, w), prompts)
     agree = agreement(js, py)
@@ -222,6 +222,7 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> 
     chosen = page.evaluate("window.edgesam.result.chosen")
 
     shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.int32)
+    page.close()
     shown = shot[top : top + h, left : left + w]
     image = make_test_image(h, w).astype(np.int32)
     ref = python_reference(web_dir / "models", make_test_image(h, w), [(*click, 1)])
@@ -263,14 +264,14 @@ def _broken_copy(web_dir: Path, dest: Path, graph: str, how: str) -> Path:
 def test_broken_model_shows_an_error_on_the_page(web_dir, browser, tmp_path, graph, how) -> None:
     site = _broken_copy(web_dir, tmp_path / "site", graph, how)
     with WebServer(site) as srv:
-        page = browser.new_page()
-        page.goto(srv.url + "index.html")
-        page.wait_for("document.body && document.body.dataset.state === 'error'", timeout=120)
-        error = page.evaluate(
-            "(() => { const e = document.getElementById('error');"
-            " const r = e.getBoundingClientRect();"
-            " return {hidden: e.hidden, text: e.textContent, h: r.height}; })()"
-        )
+        with browser.new_page() as page:
+            page.goto(srv.url + "index.html")
+            page.wait_for("document.body && document.body.dataset.state === 'error'", timeout=120)
+            error = page.evaluate(
+                "(() => { const e = document.getElementById('error');"
+                " const r = e.getBoundingClientRect();"
+                " return {hidden: e.hidden, text: e.textContent, h: r.height}; })()"
+            )
     assert not error["hidden"] and error["h"] > 0
     assert f"edge_sam_{graph}.onnx" in error["text"]
     assert ("404" in error["text"]) if how == "missing" else ("cannot load" in error["text"])
@@ -287,3 +288,68 @@ def test_static_assets_are_shipped_as_package_data() -> None:
     """pyproject's package-data must list the static folder, or a wheel ships no page."""
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"edgesam_export.web" = ["static/*"]' in text
+
+
+PROCESSING_JS = """
+(async () => {
+  const P = await import('/processing.js');
+  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const b64 = (u8) => {
+    let s = '';
+    for (let i = 0; i < u8.length; i += 0x8000) {
+      s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
+    }
+    return btoa(s);
+  };
+  const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, 1024, __MEAN__, __STD__);
+  const low = new Float32Array(bytes(__LOW__).buffer);
+  const logits = P.postprocessMask(low, 256, 256, info);
+  return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
+          logits: b64(new Uint8Array(logits.buffer))};
+})()
+"""
+
+
+@needs_chromium
+@pytest.mark.parametrize(
+    "shape",
+    [(240, 320), (1300, 600), (600, 1300), (3000, 41), (7, 5)],
+)
+def test_processing_js_matches_numpy(server, browser, shape) -> None:
+    """processing.js against processing.py on one image and random logits, without the graphs:
+    the encoder input bit for bit (up, down, both Pillow pass orders, no resize, extreme aspect
+    ratios), the upscaled logits to float32 rounding, and the threshold wherever it is not
+    within that rounding of zero."""
+    import base64
+
+    from edgesam_export import processing as P
+
+    h, w = shape
+    rng = np.random.default_rng(h * 7919 + w)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgba = np.concatenate([image, np.full((h, w, 1), 255, np.uint8)], axis=-1)
+    low = (rng.standard_normal((256, 256)) * 8).astype(np.float32)
+    values = {  # base64 has no underscores, so no value can contain a later placeholder
+        "__W__": str(w),
+        "__H__": str(h),
+        "__MEAN__": str(list(P.DEFAULT_PIXEL_MEAN)),
+        "__STD__": str(list(P.DEFAULT_PIXEL_STD)),
+        "__RGBA__": repr(base64.b64encode(rgba.tobytes()).decode()),
+        "__LOW__": repr(base64.b64encode(low.tobytes()).decode()),
+    }
+    script = PROCESSING_JS
+    for key, value in values.items():
+        script = script.replace(key, value)
+    with browser.new_page() as page:
+        page.goto(server.url + "style.css")
+        out = page.evaluate(script, timeout=120)
+    tensor, info = P.preprocess(image)
+    js_tensor = np.frombuffer(base64.b64decode(out["input"]), np.float32).reshape(tensor.shape)
+    assert out["inputSize"] == list(info.input_size)
+    assert np.array_equal(js_tensor, tensor), f"encoder input differs for {shape}"
+    ref = P.postprocess_masks(low[None], info)[0]
+    js = np.frombuffer(base64.b64decode(out["logits"]), np.float32).reshape(h, w)
+    tol = 1e-5 * max(1.0, float(np.abs(ref).max()))
+    assert np.abs(js - ref).max() <= tol
+    decided = np.abs(ref) > tol
+    assert np.array_equal((js > 0)[decided], (ref > 0)[decided])

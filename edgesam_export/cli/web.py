@@ -81,8 +81,9 @@ def web_cmd(
             if source is not None and not source.exists():
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
             export = _exporter(source, model, upsample, seed, synthetic)
-        built = build_web(output, artifact_dir=artifact_dir, export=export, webgpu=webgpu,
-                          progress=progress)
+        built = build_web(
+            output, artifact_dir=artifact_dir, export=export, webgpu=webgpu, progress=progress
+        )
         table = Table(title=f"Web folder {output}")
         table.add_column("part")
         table.add_column("size", justify="right")
@@ -98,7 +99,8 @@ def web_cmd(
         card = built.card
         if card["synthetic"]:
             err_console.print(
-                f"[yellow]The page runs {card['weights']} weights: masks do not follow the image.[/]"
+                f"[yellow]The page runs {card['weights']} weights: masks do not follow the"
+                " image.[/]"
             )
         payload: dict[str, Any] = built.to_json()
         if serve:

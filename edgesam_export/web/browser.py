@@ -160,7 +160,7 @@ class Chromium:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
             "sessionId"
         ]
-        page = Page(self, session)
+        page = Page(self, session, target)
         page.send("Page.enable")
         page.send("Runtime.enable")
         page.send(
@@ -199,9 +199,19 @@ class Chromium:
 class Page:
     """One tab: navigate, evaluate JavaScript, wait for a condition, click, screenshot."""
 
-    def __init__(self, browser: Chromium, session: str) -> None:
+    def __init__(self, browser: Chromium, session: str, target: str) -> None:
         self.browser = browser
         self.session = session
+        self.target = target
+
+    def close(self) -> None:
+        self.browser.send("Target.closeTarget", {"targetId": self.target})
+
+    def __enter__(self) -> Page:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
         return self.browser.send(method, params, session=self.session, timeout=timeout)
@@ -242,9 +252,7 @@ class Page:
                 )
             time.sleep(poll)
 
-    def mouse(
-        self, kind: str, x: float, y: float, modifiers: int = 0, buttons: int = 0
-    ) -> None:
+    def mouse(self, kind: str, x: float, y: float, modifiers: int = 0, buttons: int = 0) -> None:
         self.send(
             "Input.dispatchMouseEvent",
             {

@@ -37,7 +37,8 @@ Progress = Callable[[str], None]
 ORT_WEB_VERSION = "1.30.0"
 #: `npm view onnxruntime-web@1.30.0 dist.integrity`: the tarball is checked against it.
 ORT_WEB_INTEGRITY = (
-    "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7svNc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ=="
+    "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7sv"
+    "Nc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ=="
 )
 #: Runtime files per variant, from the package's dist/. The wasm variant is what the page uses
 #: without WebGPU; the webgpu bundle (asyncify build) runs the WebGPU execution provider and
@@ -140,8 +141,9 @@ def ort_web_tarball(progress: Progress = _quiet) -> Path:
     found = _integrity(path)
     if found != ORT_WEB_INTEGRITY:
         raise ArtifactError(
-            f"{path} is not onnxruntime-web {ORT_WEB_VERSION} as published (integrity {found[:24]}..."
-            f" differs from the pinned {ORT_WEB_INTEGRITY[:24]}...): delete it and build again"
+            f"{path} is not onnxruntime-web {ORT_WEB_VERSION} as published (integrity"
+            f" {found[:24]}... differs from the pinned {ORT_WEB_INTEGRITY[:24]}...):"
+            " delete it and build again"
         )
     return path
 
@@ -170,7 +172,7 @@ def _extract_runtime(tgz: Path, dest: Path, variants: tuple[str, ...]) -> None:
 def _pick(found: list[tuple[Path, dict[str, str]]], graph: str, where: Path) -> tuple[Path, dict]:
     candidates = [(p, m) for p, m in found if m.get("graph") == graph]
     if graph == "decoder" and len(candidates) > 1:
-        # the IoU decoder is what the page ranks masks with; a stability-score variant may sit beside
+        # the page ranks masks by predicted IoU; a stability-score decoder may sit beside it
         candidates = [(p, m) for p, m in candidates if m.get("use_stability_score") != "true"]
     if len(candidates) != 1:
         names = sorted(p.name for p, _ in candidates)

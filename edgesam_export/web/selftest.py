@@ -45,7 +45,12 @@ def selftest_url(base: str, image: str, prompts: Sequence[Prompt], **extra: Any)
 
 
 def run_selftest(
-    page: Page, base: str, image: str, prompts: Sequence[Prompt], timeout: float = 240.0, **extra: Any
+    page: Page,
+    base: str,
+    image: str,
+    prompts: Sequence[Prompt],
+    timeout: float = 240.0,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Navigate to the self-test and return its JSON report (raises on a page error)."""
     page.goto(selftest_url(base, image, prompts, **extra))
@@ -90,7 +95,9 @@ def python_reference(
     encoder = open_session(models_dir / "edge_sam_encoder.onnx", threads=2)
     decoder = open_session(models_dir / "edge_sam_decoder.onnx", threads=2)
     predictor = Predictor(encoder, decoder)
-    tensor, info = P.preprocess(image, predictor.img_size, predictor.pixel_mean, predictor.pixel_std)
+    tensor, info = P.preprocess(
+        image, predictor.img_size, predictor.pixel_mean, predictor.pixel_std
+    )
     predictor.set_image(image)
     split = _split(prompts)
     coords, labels = P.build_prompts(
