@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_processing.py
 	$(BIN)/python benchmarks/bench_vs_official.py
+	$(BIN)/python benchmarks/bench_web.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache .mypy_cache

@@ -17,6 +17,11 @@ DEVICE_MODULES = (
     "edgesam_export.parity",
     "edgesam_export.artifacts",
     "edgesam_export.bench",
+    # torch-free too: a web page is built from existing artifacts without torch
+    "edgesam_export.web.build",
+    "edgesam_export.web.server",
+    "edgesam_export.web.browser",
+    "edgesam_export.web.selftest",
 )
 
 BLOCKER = textwrap.dedent(

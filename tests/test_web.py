@@ -200,6 +200,11 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> 
     page = browser.new_page()
     page.goto(f"{server.url}index.html?image=selftest/{name}&threads=2")
     page.wait_for("document.body && document.body.dataset.encoded === '1'", timeout=240)
+    # the page says which runtime it uses, and shows the model card
+    runtime = page.evaluate("document.getElementById('runtime').textContent")
+    assert "WebAssembly" in runtime and "2 threads" in runtime, runtime
+    card = page.evaluate("document.getElementById('card-fields').innerText")
+    assert "EdgeSAM" in card and "synthetic-calibrated: synthetic, untrained" in card, card
     # Pin the stage to whole viewport pixels so that screenshot pixels map 1:1 to image pixels
     # (text above it may end on a fractional line height).
     rect = page.evaluate(
