@@ -9,6 +9,7 @@ Standard library only: this is what `edgesam-export web --serve` and the browser
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,14 +43,24 @@ class _Handler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    verbose = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that closes a page mid-download resets its connection: not our error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class WebServer:
     """A threaded static server for `root` on 127.0.0.1 (port 0 picks a free port)."""
 
     def __init__(self, root: Path, port: int = 0, verbose: bool = False) -> None:
         handler = functools.partial(_Handler, directory=str(root))
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.httpd.verbose = verbose  # type: ignore[attr-defined]
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), handler)
+        self.httpd.verbose = verbose
         self._thread: threading.Thread | None = None
 
     @property
