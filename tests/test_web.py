@@ -1,7 +1,8 @@
 """`edgesam-export web`: the builder, the server, and the page in a real (headless) Chromium.
 
 One web folder is built per session through the CLI exactly as a user would (no checkpoint:
-the synthetic demo weights are exported first); the browser tests share it and one Chromium.
+the synthetic demo weights are exported first) and served by `edgesam-export web SITE --serve`
+in a subprocess; the browser tests share it and one Chromium.
 They skip only when Chromium is absent (`apt-get install chromium`; `.ci/run` installs it).
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,10 +63,39 @@ def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class ServedByCli:
+    """`edgesam-export web SITE --serve --port 0` in a subprocess: what a user runs."""
+
+    def __init__(self, site: Path) -> None:
+        code = "from edgesam_export.cli.export import main; main()"
+        args = ["web", str(site), "--serve", "--port", "0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        for line in self.proc.stdout:  # blocks until the server prints its URL
+            seen.append(line)
+            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            if found:
+                self.url = found.group(0)
+                return
+        raise AssertionError("--serve printed no URL:\n" + "".join(seen))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops cleanly
+        return self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def server(web_dir: Path):
-    with WebServer(web_dir) as srv:
-        yield srv
+    served = ServedByCli(web_dir)
+    yield served
+    assert served.stop() == 0
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +186,7 @@ def test_tampered_runtime_tarball_is_refused(tmp_path: Path, monkeypatch) -> Non
         web_build.ort_web_tarball()
 
 
-def test_server_sends_isolation_headers_and_types(web_dir: Path, server: WebServer) -> None:
+def test_server_sends_isolation_headers_and_types(web_dir: Path, server: ServedByCli) -> None:
     for path, mime in (
         ("index.html", "text/html"),
         ("app.js", "text/javascript"),
