@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -229,7 +230,9 @@ def test_selftest_agrees_with_python_predictor(web_dir, server, browser, case) -
 
 
 @needs_chromium
-def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> None:
+def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser, tmp_path) -> None:
+    """A click shows the mask in the overlay colour; then download, hover, shift-click, box,
+    undo and clear on the same page (one encoder run)."""
     name, (h, w), _ = UPSCALED
     page = browser.new_page()
     page.goto(f"{server.url}index.html?image=selftest/{name}&threads=2")
@@ -261,7 +264,6 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> 
     chosen = page.evaluate("window.edgesam.result.chosen")
 
     shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.int32)
-    page.close()
     shown = shot[top : top + h, left : left + w]
     image = make_test_image(h, w).astype(np.int32)
     ref = python_reference(web_dir / "models", make_test_image(h, w), [(*click, 1)])
@@ -280,6 +282,23 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser) -> 
     close_off = np.all(np.abs(shown - image) <= 2, axis=-1)
     assert close_on[on].mean() > 0.99, "overlay colour missing inside the mask"
     assert close_off[off].mean() > 0.99, "overlay colour outside the mask"
+
+    # Download: the chosen mask as a white-on-black PNG of the image's size.
+    browser.send(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    page.evaluate("document.getElementById('download').click()")
+    png = tmp_path / "mask.png"
+    for _ in range(100):
+        if png.is_file() and png.stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    downloaded = np.asarray(Image.open(png).convert("L"))
+    assert downloaded.shape == (h, w) and set(np.unique(downloaded)) <= {0, 255}
+    assert np.array_equal(downloaded == 255, mask)
+
+    _interact(page, left, top)
+    page.close()
 
 
 def _broken_copy(web_dir: Path, dest: Path, graph: str, how: str) -> Path:
@@ -392,3 +411,49 @@ def test_processing_js_matches_numpy(server, browser, shape) -> None:
     assert np.abs(js - ref).max() <= tol
     decided = np.abs(ref) > tol
     assert np.array_equal((js > 0)[decided], (ref > 0)[decided])
+
+
+PREVIEW_PIXELS = (
+    "(() => { const c = document.getElementById('preview');"
+    " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"
+)
+
+
+def _wait_masks(page, n: int) -> None:
+    page.wait_for(
+        f"document.body.dataset.masks === '{n}' && document.body.dataset.state === 'ready'",
+        timeout=120,
+    )
+
+
+def _interact(page, left: int, top: int) -> None:
+    # Hover previews what a click would give, without committing a prompt.
+    page.mouse("mouseMoved", left + 60, top + 200)
+    page.wait_for(PREVIEW_PIXELS + " > 1000", timeout=120)
+    assert page.evaluate("document.body.dataset.masks") == "1"
+    # Shift-click adds a negative point; a drag adds a box.
+    page.click(left + 100, top + 150, shift=True)
+    _wait_masks(page, 2)
+    page.mouse("mouseMoved", left + 20, top + 20)
+    page.mouse("mousePressed", left + 20, top + 20, buttons=1)
+    page.mouse("mouseMoved", left + 90, top + 60, buttons=1)
+    page.mouse("mouseMoved", left + 150, top + 120, buttons=1)
+    page.mouse("mouseReleased", left + 150, top + 120)
+    _wait_masks(page, 3)
+    prompts = page.evaluate("window.edgesam.prompts")
+    assert prompts == [
+        {"type": "point", "x": 200, "y": 70, "label": 1},
+        {"type": "point", "x": 100, "y": 150, "label": 0},
+        {"type": "box", "x0": 20, "y0": 20, "x1": 150, "y1": 120},
+    ]
+    assert page.evaluate("window.edgesam.result.chosen") == 0, "several prompts: single mask"
+    # Undo removes the box and decodes again; clear removes everything.
+    page.evaluate("document.getElementById('undo').click()")
+    _wait_masks(page, 4)
+    assert len(page.evaluate("window.edgesam.prompts")) == 2
+    page.evaluate("document.getElementById('clear').click()")
+    page.wait_for("window.edgesam.prompts.length === 0", timeout=30)
+    overlay_alpha = PREVIEW_PIXELS.replace("'preview'", "'overlay'")
+    assert page.evaluate(overlay_alpha) == 0
+    assert page.evaluate("document.getElementById('download').disabled") is True
