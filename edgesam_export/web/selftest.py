@@ -28,11 +28,12 @@ Prompt = tuple[float, float, int]  # x, y in image pixels; label 0/1 (points) or
 
 #: Documented tolerances of the browser against Python on the same ONNX files (docs/web.md).
 #: onnxruntime-web's wasm kernels are not bit-identical to native onnxruntime, so logits differ
-#: in the last bits (observed: scores within 3e-7, no mask pixel flipped); pre-processing and
-#: prompts are compared exactly, and a mask must be bit-identical (same sha256) whenever no
-#: Python logit lies within NEAR_THRESHOLD of the threshold.
+#: in the last bits (observed: scores within 8e-7, at most 2 pixels of a mask flipped, i.e. a
+#: fraction of 3e-6). Pre-processing and prompts are compared exactly; a mask pixel may differ
+#: only where Python's logit lies within NEAR_THRESHOLD of the threshold, so a mask with no
+#: such pixel must be bit-identical (same sha256).
 SCORE_ATOL = 1e-4
-FLIPPED_FRACTION_MAX = 1e-3
+FLIPPED_FRACTION_MAX = 1e-4
 NEAR_THRESHOLD = 1e-3
 
 
@@ -116,6 +117,7 @@ def python_reference(
                 "bbox": bbox,
                 "sha256": mask_sha256(mask),
                 "mask": mask,
+                "near": np.abs(logits[k]) < NEAR_THRESHOLD,
                 "near_threshold": int(np.count_nonzero(np.abs(logits[k]) < NEAR_THRESHOLD)),
             }
         )
@@ -145,8 +147,10 @@ def agreement(js: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
         }
         if "rle" in a:
             mask_js = decode_rle(a["rle"], b["mask"].shape)
-            row["flipped"] = int(np.count_nonzero(mask_js != b["mask"]))
+            flips = mask_js != b["mask"]
+            row["flipped"] = int(np.count_nonzero(flips))
             row["flipped_fraction"] = row["flipped"] / b["mask"].size
+            row["flipped_away_from_threshold"] = int(np.count_nonzero(flips & ~b["near"]))
         rows.append(row)
     return {
         "input_identical": js["input_sha256"] == py["input_sha256"],
