@@ -74,6 +74,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_processing.py
 	$(BIN)/python benchmarks/bench_vs_official.py
+	$(BIN)/python benchmarks/bench_web.py
 
 artifacts: setup
 	$(BIN)/edgesam-export build $(RECIPES) --output $(BUILD) --jobs $(JOBS) \

@@ -34,6 +34,11 @@ DEVICE_MODULES = (
     "edgesam_export.cli.export",
     "edgesam_export.cli.bench",
     "edgesam_export.cli.options",
+    # torch-free too: a web page is built from existing artifacts without torch
+    "edgesam_export.web.build",
+    "edgesam_export.web.server",
+    "edgesam_export.web.browser",
+    "edgesam_export.web.selftest",
 )
 TESTS = Path(__file__).parent
 

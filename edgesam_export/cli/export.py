@@ -312,6 +312,11 @@ from .everything import everything_cmd  # noqa: E402  (segment everything, its o
 app.command("everything")(everything_cmd)
 
 
+from .web import web_cmd  # noqa: E402 - the `web` command lives in its own module
+
+app.command("web")(web_cmd)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,158 @@
+"""`edgesam-export web`: build (and optionally serve) the static browser page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from . import (
+    DebugOpt,
+    JsonOpt,
+    SeedOpt,
+    Synthetic,
+    SyntheticOpt,
+    UpsampleOpt,
+    emit_json,
+    err_console,
+    guarded,
+    human_console,
+    progress,
+)
+
+SourceArg = Annotated[
+    Optional[Path],  # noqa: UP045 - Typer needs Optional on 3.10
+    typer.Argument(
+        help="A checkpoint (.pth) to export, or a directory of ONNX artifacts to copy. Omit for"
+        " deterministic synthetic (untrained) weights.",
+        show_default=False,
+    ),
+]
+
+
+def web_cmd(
+    source: SourceArg = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")] = (
+        "edge_sam"
+    ),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
+        "artifacts/web"
+    ),
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the folder on 127.0.0.1 (COOP/COEP headers).")
+    ] = False,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port for --serve.")] = 8000,
+    webgpu: Annotated[
+        bool,
+        typer.Option(
+            help="Ship onnxruntime-web's WebGPU build too (+27 MB); without it the page runs"
+            " on wasm only."
+        ),
+    ] = True,
+    upsample: UpsampleOpt = None,
+    seed: SeedOpt = 0,
+    synthetic: SyntheticOpt = Synthetic.calibrated,
+    json_path: JsonOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a static page that runs the encoder and decoder in the browser (click to segment).
+
+    With a checkpoint (or nothing: synthetic weights) the ONNX graphs are exported first; with
+    an artifact directory its encoder and decoder .onnx files are copied. onnxruntime-web
+    comes from npm at a pinned version (fetched once, cached). --serve then serves the folder.
+    """
+    from ..web.build import CARD_NAME, build_web
+
+    with guarded(debug):
+        if source is not None and (source / CARD_NAME).is_file():
+            # Already a web build: serve it as it is.
+            if not serve:
+                raise InputError(f"{source} is a web build already: add --serve to serve it")
+            _serve(source, port, json_path, {"output": str(source)})
+            return
+        export = None
+        artifact_dir = None
+        if source is not None and source.is_dir():
+            artifact_dir = source
+        else:
+            if source is not None and not source.exists():
+                raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
+            export = _exporter(source, model, upsample, seed, synthetic)
+        built = build_web(
+            output, artifact_dir=artifact_dir, export=export, webgpu=webgpu, progress=progress
+        )
+        table = Table(title=f"Web folder {output}")
+        table.add_column("part")
+        table.add_column("size", justify="right")
+        parts: dict[str, int] = {}
+        for name, size in built.files.items():
+            key = name.split("/")[0] if "/" in name else "page"
+            parts[key] = parts.get(key, 0) + size
+        for key, size in sorted(parts.items()):
+            table.add_row(key, f"{size / 1e6:.1f} MB")
+        table.add_row("total", f"{built.total_bytes / 1e6:.1f} MB")
+        out = human_console(json_path)
+        out.print(table)
+        card = built.card
+        if card["synthetic"]:
+            err_console.print(
+                f"[yellow]The page runs {card['weights']} weights: masks do not follow the"
+                " image.[/]"
+            )
+        payload: dict[str, Any] = built.to_json()
+        if serve:
+            _serve(output, port, json_path, payload)
+            return
+        emit_json(json_path, payload)
+        out.print(
+            f"Built [bold]{output.resolve()}[/]; try it with: edgesam-export web {output} --serve"
+        )
+
+
+def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, Any]) -> None:
+    from ..web.server import WebServer
+
+    try:
+        server = WebServer(folder, port=port)
+    except OSError as exc:
+        raise InputError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}; try --port") from None
+    emit_json(json_path, payload | {"url": server.url})
+    out = human_console(json_path)
+    out.print(f"Serving [bold]{folder.resolve()}[/] at [bold]{server.url}[/] (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out.print("stopped")
+    finally:
+        server.stop()
+
+
+def _exporter(
+    checkpoint: Path | None, model: str, upsample: Any, seed: int, synthetic: Synthetic
+) -> Any:
+    from ..config import ModelOptions, OnnxOptions
+    from ..pipeline import export_artifacts
+
+    try:
+        mopts = ModelOptions(
+            model=model,
+            checkpoint=checkpoint,
+            seed=seed,
+            upsample=None if upsample is None else upsample.value,
+            synthetic=synthetic.value,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if checkpoint is None:
+        err_console.print(
+            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED weights"
+            f" ({synthetic.value}, seed {seed}). Masks will not follow the image.[/]"
+        )
+
+    def export(models_dir: Path) -> None:
+        export_artifacts(mopts, "onnx", OnnxOptions(output=models_dir), progress)
+
+    return export

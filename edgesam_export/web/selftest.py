@@ -1,0 +1,163 @@
+"""Run the page's self-test in Chromium and judge it against the Python predictor.
+
+The page (`index.html?selftest=IMAGE&prompts=x,y,label;...`) preprocesses the image, runs both
+graphs in onnxruntime-web and post-processes in JavaScript; it reports, per decoder token, the
+score, area, bounding box, sha256 of the thresholded mask and (with `rle=1`) its run lengths.
+`python_reference` computes the same report with `Predictor` over the same ONNX files on
+onnxruntime, and `agreement` says how far apart the two are. Used by the browser tests and
+`benchmarks/bench_web.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from .. import processing as P
+from ..predictor import Predictor
+from ..runtime import open_session
+from .browser import Page
+
+Prompt = tuple[float, float, int]  # x, y in image pixels; label 0/1 (points) or 2/3 (box)
+
+#: Documented tolerances of the browser against Python on the same ONNX files (docs/web.md).
+#: onnxruntime-web's wasm kernels are not bit-identical to native onnxruntime, so logits differ
+#: in the last bits (observed: scores within 8e-7, at most 2 pixels of a mask flipped, i.e. a
+#: fraction of 3e-6). Pre-processing and prompts are compared exactly; a mask pixel may differ
+#: only where Python's logit lies within NEAR_THRESHOLD of the threshold, so a mask with no
+#: such pixel must be bit-identical (same sha256).
+SCORE_ATOL = 1e-4
+FLIPPED_FRACTION_MAX = 1e-4
+NEAR_THRESHOLD = 1e-3
+
+
+def selftest_url(base: str, image: str, prompts: Sequence[Prompt], **extra: Any) -> str:
+    text = ";".join(f"{x:g},{y:g},{int(label)}" for x, y, label in prompts)
+    query = f"selftest={quote(image)}&prompts={quote(text, safe=',;')}"
+    for key, value in extra.items():
+        query += f"&{key}={quote(str(value))}"
+    return f"{base}index.html?{query}"
+
+
+def run_selftest(
+    page: Page,
+    base: str,
+    image: str,
+    prompts: Sequence[Prompt],
+    timeout: float = 240.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Navigate to the self-test and return its JSON report (raises on a page error)."""
+    page.goto(selftest_url(base, image, prompts, **extra))
+    status = page.wait_for("document.body && document.body.dataset.selftest", timeout=timeout)
+    report: dict[str, Any] = json.loads(
+        page.evaluate("document.getElementById('selftest').textContent")
+    )
+    if status != "done" or not report.get("ok"):
+        logs = "\n".join(page.console_messages()[-10:])
+        raise AssertionError(f"self-test failed: {report.get('error')}\n{logs}")
+    return report
+
+
+def _split(prompts: Sequence[Prompt]) -> dict[str, Any]:
+    points = [(x, y) for x, y, label in prompts if label in (0, 1)]
+    labels = [label for _, _, label in prompts if label in (0, 1)]
+    corners = {label: (x, y) for x, y, label in prompts if label in (2, 3)}
+    out: dict[str, Any] = {}
+    if points:
+        out["points"], out["labels"] = np.array(points, float), np.array(labels, float)
+    if corners:
+        out["box"] = np.array([*corners[2], *corners[3]], float)
+    return out
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def decode_rle(runs: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    values = np.arange(len(runs)) % 2
+    flat = np.repeat(values.astype(bool), np.asarray(runs, dtype=np.int64))
+    if flat.size != shape[0] * shape[1]:
+        raise ValueError(f"run lengths cover {flat.size} pixels, expected {shape[0] * shape[1]}")
+    return flat.reshape(shape)
+
+
+def python_reference(
+    models_dir: Path, image: np.ndarray, prompts: Sequence[Prompt], num_masks: int = 4
+) -> dict[str, Any]:
+    """The self-test's report computed by `Predictor` on onnxruntime, plus full-res logits."""
+    encoder = open_session(models_dir / "edge_sam_encoder.onnx", threads=2)
+    decoder = open_session(models_dir / "edge_sam_decoder.onnx", threads=2)
+    predictor = Predictor(encoder, decoder)
+    tensor, info = P.preprocess(
+        image, predictor.img_size, predictor.pixel_mean, predictor.pixel_std
+    )
+    predictor.set_image(image)
+    split = _split(prompts)
+    coords, labels = P.build_prompts(
+        split.get("points"), split.get("labels"), split.get("box"), original_size=info.original_size
+    )
+    out = predictor.predict(**split, num_multimask_outputs=num_masks)
+    logits = P.postprocess_masks(out.low_res_logits, info)
+    masks = []
+    for k, mask in enumerate(out.masks):
+        ys, xs = np.nonzero(mask)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if xs.size else None
+        masks.append(
+            {
+                "score": float(out.scores[k]),
+                "area": int(mask.sum()),
+                "bbox": bbox,
+                "sha256": mask_sha256(mask),
+                "mask": mask,
+                "near": np.abs(logits[k]) < NEAR_THRESHOLD,
+                "near_threshold": int(np.count_nonzero(np.abs(logits[k]) < NEAR_THRESHOLD)),
+            }
+        )
+    return {
+        "input_sha256": hashlib.sha256(tensor.tobytes()).hexdigest(),
+        "input_size": list(info.input_size),
+        "point_coords": coords.ravel().tolist(),
+        "point_labels": labels.ravel().tolist(),
+        "masks": masks,
+    }
+
+
+def agreement(js: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
+    """Per-mask differences between the browser's report and Python's (numbers, no verdict)."""
+    rows = []
+    for a, b in zip(js["masks"], py["masks"], strict=True):
+        row: dict[str, Any] = {
+            "token": a["token"],
+            "score_js": a["score"],
+            "score_py": b["score"],
+            "score_diff": abs(a["score"] - b["score"]),
+            "area_js": a["area"],
+            "area_py": b["area"],
+            "same_hash": a["sha256"] == b["sha256"],
+            "same_bbox": a["bbox"] == b["bbox"],
+            "near_threshold_py": b["near_threshold"],
+        }
+        if "rle" in a:
+            mask_js = decode_rle(a["rle"], b["mask"].shape)
+            flips = mask_js != b["mask"]
+            row["flipped"] = int(np.count_nonzero(flips))
+            row["flipped_fraction"] = row["flipped"] / b["mask"].size
+            row["flipped_away_from_threshold"] = int(np.count_nonzero(flips & ~b["near"]))
+        rows.append(row)
+    return {
+        "input_identical": js["input_sha256"] == py["input_sha256"],
+        "prompts_identical": js["point_coords"] == py["point_coords"]
+        and js["point_labels"] == py["point_labels"],
+        "masks": rows,
+        "max_score_diff": max(r["score_diff"] for r in rows),
+        "max_flipped_fraction": max(r.get("flipped_fraction", 0.0) for r in rows),
+        "identical_masks": sum(r["same_hash"] for r in rows),
+    }

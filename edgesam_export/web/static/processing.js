@@ -1,0 +1,357 @@
+// Pre- and post-processing for EdgeSAM in the browser: a step-by-step port of
+// edgesam_export/processing.py, so the page feeds the graphs the same tensors as Python.
+//
+// - resize: Pillow's uint8 bilinear resize (22-bit fixed-point taps, two separable passes
+//   with a uint8 intermediate, Pillow 13's pass order), implemented here because canvas
+//   resizing is not specified to the bit. JavaScript numbers are float64, so the tap
+//   computation follows numpy's float64 operations in the same order.
+// - normalisation: (x - mean) / std in float32 (Math.fround after each operation, as numpy's
+//   float32 arithmetic rounds), zero padding to S x S at the bottom/right.
+// - prompts: (x, y) * (new / old) in float64, rounded to float32; EdgeSAM's padding point.
+// - masks: F.interpolate(bilinear, align_corners=False) to S x S, crop, bilinear to the
+//   original size, composed per axis in float64 and applied in float32; logits > 0.
+// Pure functions of typed arrays: no DOM, no onnxruntime.
+
+export const DEFAULT_IMG_SIZE = 1024;
+const PRECISION_BITS = 22;
+const FIXED_ONE = 2 ** PRECISION_BITS;
+const FIXED_HALF = 2 ** (PRECISION_BITS - 1);
+const f32 = Math.fround;
+
+export class ProcessingError extends Error {}
+
+/** [h, w] of an h x w image resized so its long side is `longSide` (SAM's rounding). */
+export function getPreprocessShape(height, width, longSide) {
+  const scale = (longSide * 1.0) / Math.max(height, width);
+  return [
+    Math.max(1, Math.trunc(height * scale + 0.5)),
+    Math.max(1, Math.trunc(width * scale + 0.5)),
+  ];
+}
+
+/** Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis: tap starts, counts, weights. */
+export function pillowTaps(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1.0);
+  const support = 1.0 * filterscale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const invFilterscale = 1.0 / filterscale;
+  const start = new Int32Array(outSize);
+  const count = new Int32Array(outSize);
+  const weights = new Int32Array(outSize * ksize);
+  const w = new Float64Array(ksize);
+  for (let o = 0; o < outSize; o++) {
+    const center = (o + 0.5) * scale;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize);
+    const n = Math.min(Math.max(xmax - xmin, 0), ksize);
+    let total = 0.0;
+    for (let k = 0; k < ksize; k++) {
+      const arg = (xmin + k - center + 0.5) * invFilterscale;
+      w[k] = k < n ? Math.max(1.0 - Math.abs(arg), 0.0) : 0.0;
+      total += w[k]; // left to right, as Pillow (and the numpy cumsum) accumulate
+    }
+    for (let k = 0; k < ksize; k++) {
+      const v = total !== 0.0 ? w[k] / total : w[k];
+      const scaled = v * FIXED_ONE;
+      weights[o * ksize + k] = scaled < 0 ? Math.trunc(-0.5 + scaled) : Math.trunc(0.5 + scaled);
+    }
+    start[o] = xmin;
+    count[o] = n;
+  }
+  return { start, count, weights, ksize };
+}
+
+// One 8-bit resampling pass over `planes` (C planes of rows x cols, row-major) along the
+// rows axis (vertical) or the columns axis (horizontal). Integer arithmetic is exact in
+// float64, so the accumulation order does not matter.
+function resamplePass(planes, rows, cols, outSize, vertical) {
+  const inSize = vertical ? rows : cols;
+  const { start, count, weights, ksize } = pillowTaps(inSize, outSize);
+  const outRows = vertical ? outSize : rows;
+  const outCols = vertical ? cols : outSize;
+  return planes.map((src) => {
+    const dst = new Uint8Array(outRows * outCols);
+    if (vertical) {
+      const acc = new Float64Array(cols);
+      for (let o = 0; o < outSize; o++) {
+        acc.fill(FIXED_HALF);
+        for (let k = 0; k < count[o]; k++) {
+          const wk = weights[o * ksize + k];
+          const base = (start[o] + k) * cols;
+          for (let x = 0; x < cols; x++) acc[x] += src[base + x] * wk;
+        }
+        const rowOut = o * cols;
+        for (let x = 0; x < cols; x++) {
+          const v = Math.floor(acc[x] / FIXED_ONE);
+          dst[rowOut + x] = v < 0 ? 0 : v > 255 ? 255 : v;
+        }
+      }
+    } else {
+      for (let y = 0; y < rows; y++) {
+        const rowIn = y * cols;
+        const rowOut = y * outCols;
+        for (let o = 0; o < outSize; o++) {
+          let acc = FIXED_HALF;
+          const s = rowIn + start[o];
+          const wb = o * ksize;
+          for (let k = 0; k < count[o]; k++) acc += src[s + k] * weights[wb + k];
+          const v = Math.floor(acc / FIXED_ONE);
+          dst[rowOut + o] = v < 0 ? 0 : v > 255 ? 255 : v;
+        }
+      }
+    }
+    return dst;
+  });
+}
+
+/** Whether Pillow >= 13 runs the vertical pass first (see processing._pillow_vertical_first). */
+export function pillowVerticalFirst(inH, inW, outH, outW) {
+  return outH < inH && inH - outH > 2 * (inW - outW);
+}
+
+/**
+ * Resize C uint8 planes (each inH x inW) to outH x outW exactly like Pillow's BILINEAR.
+ * Returns new planes; a pass is skipped when its axis keeps its size.
+ */
+export function resizePlanes(planes, inH, inW, outH, outW) {
+  const needsH = inW !== outW;
+  const needsV = inH !== outH;
+  const verticalFirst = pillowVerticalFirst(inH, inW, outH, outW);
+  let p = planes;
+  if (needsH && !(verticalFirst && needsV)) {
+    p = resamplePass(p, inH, inW, outW, false);
+    if (needsV) p = resamplePass(p, inH, outW, outH, true);
+    return p;
+  }
+  if (needsV) p = resamplePass(p, inH, inW, outH, true);
+  if (needsH) p = resamplePass(p, outH, inW, outW, false);
+  return needsH || needsV ? p : p.map((x) => x.slice());
+}
+
+/** RGBA bytes (ImageData.data) -> three RGB planes; alpha is dropped, as in processing. */
+export function rgbaToPlanes(rgba, width, height) {
+  const n = width * height;
+  const planes = [new Uint8Array(n), new Uint8Array(n), new Uint8Array(n)];
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    planes[0][i] = rgba[j];
+    planes[1][i] = rgba[j + 1];
+    planes[2][i] = rgba[j + 2];
+  }
+  return planes;
+}
+
+/**
+ * The (1, 3, S, S) float32 encoder input and the geometry to undo it (processing.preprocess).
+ * `rgba`: ImageData.data of a width x height image.
+ */
+export function preprocess(rgba, width, height, imgSize, pixelMean, pixelStd) {
+  if (!(width >= 1 && height >= 1)) throw new ProcessingError(`empty image ${width}x${height}`);
+  if (rgba.length !== width * height * 4) {
+    throw new ProcessingError(`expected ${width * height * 4} RGBA bytes, got ${rgba.length}`);
+  }
+  const [newH, newW] = getPreprocessShape(height, width, imgSize);
+  const planes = resizePlanes(rgbaToPlanes(rgba, width, height), height, width, newH, newW);
+  const tensor = new Float32Array(3 * imgSize * imgSize); // zeros: the padding
+  for (let c = 0; c < 3; c++) {
+    const mean = f32(pixelMean[c]);
+    const std = f32(pixelStd[c]);
+    const table = new Float32Array(256);
+    for (let v = 0; v < 256; v++) table[v] = f32(f32(v - mean) / std);
+    const plane = planes[c];
+    const base = c * imgSize * imgSize;
+    for (let y = 0; y < newH; y++) {
+      const row = base + y * imgSize;
+      const src = y * newW;
+      for (let x = 0; x < newW; x++) tensor[row + x] = table[plane[src + x]];
+    }
+  }
+  const info = { originalSize: [height, width], inputSize: [newH, newW], imgSize };
+  return { tensor, info };
+}
+
+/** (x, y) in original pixels -> the S frame, float32 (processing.transform_coords). */
+export function transformCoords(x, y, originalSize, imgSize) {
+  const [oldH, oldW] = originalSize;
+  const [newH, newW] = getPreprocessShape(oldH, oldW, imgSize);
+  return [f32(x * (newW / oldW)), f32(y * (newH / oldH))];
+}
+
+/**
+ * Decoder inputs for points [{x, y, label: 0|1}] and an optional box {x0, y0, x1, y1}
+ * (processing.build_prompts): points, then box corners labelled 2 and 3; without a box and
+ * with `pad`, EdgeSAM's padding point (0, 0) labelled -1.
+ */
+export function buildPrompts(points, box, originalSize, imgSize, pad = true) {
+  if (points.length === 0 && !box) {
+    throw new ProcessingError("no prompt given: click a point or drag a box");
+  }
+  const rows = [];
+  for (const p of points) {
+    if (p.label !== 0 && p.label !== 1) {
+      throw new ProcessingError(`point labels must be 0 or 1, got ${p.label}`);
+    }
+    rows.push([...transformCoords(p.x, p.y, originalSize, imgSize), p.label]);
+  }
+  if (box) {
+    if (box.x1 < box.x0 || box.y1 < box.y0) throw new ProcessingError("box corners are inverted");
+    rows.push([...transformCoords(box.x0, box.y0, originalSize, imgSize), 2]);
+    rows.push([...transformCoords(box.x1, box.y1, originalSize, imgSize), 3]);
+  } else if (pad) {
+    rows.push([0, 0, -1]);
+  }
+  const coords = new Float32Array(rows.length * 2);
+  const labels = new Float32Array(rows.length);
+  rows.forEach(([x, y, l], i) => {
+    coords[2 * i] = x;
+    coords[2 * i + 1] = y;
+    labels[i] = l;
+  });
+  return { coords, labels, count: rows.length };
+}
+
+// F.interpolate(bilinear, align_corners=False) taps for one axis, with torch's float32
+// source positions (processing._torch_bilinear_taps).
+export function torchTaps(inSize, outSize) {
+  const ratio = f32(f32(inSize) / f32(outSize));
+  const lower = new Int32Array(outSize);
+  const upper = new Int32Array(outSize);
+  const wLower = new Float64Array(outSize);
+  const wUpper = new Float64Array(outSize);
+  for (let d = 0; d < outSize; d++) {
+    let src = f32(ratio * f32(d + 0.5) - 0.5);
+    if (src < 0) src = 0;
+    const lo = Math.min(Math.floor(src), inSize - 1);
+    const frac = Math.min(Math.max(f32(src - lo), 0), 1);
+    lower[d] = lo;
+    upper[d] = Math.min(lo + 1, inSize - 1);
+    wLower[d] = f32(1 - frac);
+    wUpper[d] = frac;
+  }
+  return { lower, upper, wLower, wUpper };
+}
+
+// The composite operator (upscale to S, crop to inputSize, resize to outSize) for one axis,
+// as sparse float32 rows: computed in float64 with the same operations as the numpy matrices.
+function compositeAxis(lowRes, imgSize, inputSize, outSize) {
+  const up = torchTaps(lowRes, imgSize);
+  const upRow = (r) => {
+    const m = new Map();
+    m.set(up.lower[r], (m.get(up.lower[r]) ?? 0) + up.wLower[r]);
+    m.set(up.upper[r], (m.get(up.upper[r]) ?? 0) + up.wUpper[r]);
+    return m;
+  };
+  const down = torchTaps(inputSize, outSize);
+  const index = [];
+  const weight = [];
+  for (let o = 0; o < outSize; o++) {
+    const a = upRow(down.lower[o]);
+    const b = upRow(down.upper[o]);
+    const cols = [...new Set([...a.keys(), ...b.keys()])].sort((x, y) => x - y);
+    const idx = [];
+    const wts = [];
+    for (const c of cols) {
+      const v = down.wLower[o] * (a.get(c) ?? 0) + down.wUpper[o] * (b.get(c) ?? 0);
+      if (v !== 0) {
+        idx.push(c);
+        wts.push(f32(v));
+      }
+    }
+    index.push(Int32Array.from(idx));
+    weight.push(Float32Array.from(wts));
+  }
+  return { index, weight };
+}
+
+const operatorCache = new Map();
+
+function compositeOperators(info, lowH, lowW) {
+  const key = JSON.stringify([info.originalSize, info.inputSize, info.imgSize, lowH, lowW]);
+  let ops = operatorCache.get(key);
+  if (!ops) {
+    ops = {
+      rows: compositeAxis(lowH, info.imgSize, info.inputSize[0], info.originalSize[0]),
+      cols: compositeAxis(lowW, info.imgSize, info.inputSize[1], info.originalSize[1]),
+    };
+    operatorCache.set(key, ops);
+  }
+  return ops;
+}
+
+/**
+ * One low-resolution logit map (lowH x lowW, Float32Array) -> logits at the original size
+ * (processing.postprocess_masks): columns first on the small map, then rows, float32 storage.
+ */
+export function postprocessMask(lowRes, lowH, lowW, info) {
+  const [outH, outW] = info.originalSize;
+  const { rows, cols } = compositeOperators(info, lowH, lowW);
+  const mid = new Float32Array(lowH * outW);
+  for (let y = 0; y < lowH; y++) {
+    const base = y * lowW;
+    for (let x = 0; x < outW; x++) {
+      const idx = cols.index[x];
+      const wts = cols.weight[x];
+      let acc = 0;
+      for (let k = 0; k < idx.length; k++) acc += wts[k] * lowRes[base + idx[k]];
+      mid[y * outW + x] = acc;
+    }
+  }
+  const out = new Float32Array(outH * outW);
+  for (let y = 0; y < outH; y++) {
+    const idx = rows.index[y];
+    const wts = rows.weight[y];
+    const row = y * outW;
+    for (let x = 0; x < outW; x++) {
+      let acc = 0;
+      for (let k = 0; k < idx.length; k++) acc += wts[k] * mid[idx[k] * outW + x];
+      out[row + x] = acc;
+    }
+  }
+  return out;
+}
+
+/** Binary mask logits > threshold (strict, SAM's mask_threshold), as 0/1 bytes. */
+export function thresholdMask(logits, threshold = 0.0) {
+  const mask = new Uint8Array(logits.length);
+  for (let i = 0; i < logits.length; i++) mask[i] = logits[i] > threshold ? 1 : 0;
+  return mask;
+}
+
+/** Area and inclusive bounding box [x0, y0, x1, y1] (null when empty) of a 0/1 mask. */
+export function maskStats(mask, width, height) {
+  let area = 0;
+  let x0 = width;
+  let y0 = height;
+  let x1 = -1;
+  let y1 = -1;
+  for (let y = 0; y < height; y++) {
+    const row = y * width;
+    for (let x = 0; x < width; x++) {
+      if (mask[row + x]) {
+        area++;
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+        if (y < y0) y0 = y;
+        if (y > y1) y1 = y;
+      }
+    }
+  }
+  return { area, bbox: area ? [x0, y0, x1, y1] : null };
+}
+
+/** Decoder token indices for 1, 3 or 4 outputs (processing.select_masks): 0 | 1..3 | 0..3. */
+export function selectTokens(numOutputs) {
+  const table = { 1: [0], 3: [1, 2, 3], 4: [0, 1, 2, 3] };
+  if (!(numOutputs in table)) throw new ProcessingError("number of masks must be 1, 3 or 4");
+  return table[numOutputs];
+}
+
+/** Hex sha256 of bytes (Web Crypto: available on http://127.0.0.1 and https). */
+export async function sha256Hex(bytes) {
+  const view =
+    bytes instanceof Uint8Array
+      ? bytes
+      : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const digest = await crypto.subtle.digest("SHA-256", view);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}

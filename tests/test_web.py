@@ -1,0 +1,460 @@
+"""`edgesam-export web`: the builder, the server, and the page in a real (headless) Chromium.
+
+One web folder is built per session through the CLI exactly as a user would (no checkpoint:
+the synthetic demo weights are exported first) and served by `edgesam-export web SITE --serve`
+in a subprocess; the browser tests share it and one Chromium.
+They skip only when Chromium is absent (`apt-get install chromium`; `.ci/run` installs it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edgesam_export.cli.export import app
+from edgesam_export.parity import make_test_image
+from edgesam_export.web import build as web_build
+from edgesam_export.web.browser import Chromium, find_chromium
+from edgesam_export.web.selftest import (
+    FLIPPED_FRACTION_MAX,
+    SCORE_ATOL,
+    agreement,
+    python_reference,
+    run_selftest,
+)
+from edgesam_export.web.server import ISOLATION_HEADERS, WebServer
+
+runner = CliRunner()
+needs_chromium = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium; or set $CHROMIUM)",
+)
+
+# Two self-test cases: an upscaled landscape image with one positive point (Pillow's
+# horizontal-first passes), and a portrait image shrunk vertical-first by Pillow 13's rule,
+# prompted with a box and a negative point.
+UPSCALED = ("up.png", (240, 320), [(200.0, 70.0, 1)])
+DOWNSCALED = ("down.png", (1300, 600), [(150.0, 300.0, 2), (480.0, 1000.0, 3), (300.0, 900.0, 0)])
+
+
+@pytest.fixture(scope="session")
+def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`edgesam-export web --output DIR` with no checkpoint: the demo, exported then built."""
+    out = tmp_path_factory.mktemp("web") / "site"
+    result = runner.invoke(app, ["web", "--output", str(out), "--json", str(out.parent / "b.json")])
+    assert result.exit_code == 0, result.output
+    images = out / "selftest"
+    images.mkdir()
+    for name, (h, w), _ in (UPSCALED, DOWNSCALED):
+        Image.fromarray(make_test_image(h, w)).save(images / name)
+    return out
+
+
+class ServedByCli:
+    """`edgesam-export web SITE --serve --port 0` in a subprocess: what a user runs."""
+
+    def __init__(self, site: Path) -> None:
+        code = "from edgesam_export.cli.export import main; main()"
+        args = ["web", str(site), "--serve", "--port", "0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        for line in self.proc.stdout:  # blocks until the server prints its URL
+            seen.append(line)
+            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            if found:
+                self.url = found.group(0)
+                return
+        raise AssertionError("--serve printed no URL:\n" + "".join(seen))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops cleanly
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(web_dir: Path):
+    served = ServedByCli(web_dir)
+    yield served
+    assert served.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    with Chromium() as chromium:
+        yield chromium
+
+
+# --------------------------------------------------------------------------------------
+# the folder, the CLI, the server (no browser)
+# --------------------------------------------------------------------------------------
+
+
+def test_folder_layout_and_model_card(web_dir: Path) -> None:
+    report = json.loads((web_dir.parent / "b.json").read_text())
+    card = json.loads((web_dir / "model.json").read_text())
+    assert card == report["card"]
+    assert card["model"] == "edge_sam" and card["family"] == "EdgeSAM"
+    assert card["weights"] == "synthetic-calibrated" and card["synthetic"] is True
+    assert card["img_size"] == 1024 and card["onnxruntime_web"]["version"] == "1.30.0"
+    for graph in ("encoder", "decoder"):
+        entry = card["graphs"][graph]
+        path = web_dir / entry["file"]
+        assert path.stat().st_size == entry["bytes"] and entry["metadata"]["graph"] == graph
+    for files in web_build.ORT_RUNTIME_FILES.values():
+        for name in files:
+            assert (web_dir / "ort" / name).stat().st_size > 0
+    for name in web_build.STATIC_FILES:
+        assert (web_dir / name).read_bytes() == (web_build.STATIC_DIR / name).read_bytes()
+    assert report["total_bytes"] == sum(report["files"].values())
+    # nothing half-written beside it
+    assert not [p for p in web_dir.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_artifact_dir_is_copied_and_wasm_only(web_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    result = runner.invoke(app, ["web", str(web_dir / "models"), "-o", str(out), "--no-webgpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("edge_sam_encoder.onnx", "edge_sam_decoder.onnx"):
+        assert (out / "models" / name).read_bytes() == (web_dir / "models" / name).read_bytes()
+    assert sorted(p.name for p in (out / "ort").iterdir()) == sorted(
+        web_build.ORT_RUNTIME_FILES["wasm"]
+    )
+    assert json.loads((out / "model.json").read_text())["onnxruntime_web"]["variants"] == ["wasm"]
+    # a rebuild replaces the earlier build in place
+    result = runner.invoke(app, ["web", str(web_dir / "models"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "ort" / "ort.webgpu.min.mjs").is_file()
+
+
+def test_bad_outputs_and_sources_exit_3(web_dir: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (
+        [str(web_dir / "models"), "-o", str(a_file)],
+        [str(web_dir / "models"), "-o", str(foreign)],
+        [str(empty), "-o", str(tmp_path / "o1")],
+        [str(tmp_path / "missing.pth"), "-o", str(tmp_path / "o2")],
+        [str(web_dir), "-o", str(tmp_path / "o3")],  # a web build without --serve
+    ):
+        result = runner.invoke(app, ["web", *args])
+        assert result.exit_code == 3, (args, result.output)
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_npm_missing_exits_6(web_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(web_build.ENV_CACHE, str(tmp_path / "empty-cache"))
+    monkeypatch.delenv(web_build.ENV_ORT_TGZ, raising=False)
+    monkeypatch.setattr(web_build.shutil, "which", lambda name: None)
+    result = runner.invoke(app, ["web", str(web_dir / "models"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 6, result.output
+    assert "npm" in result.output and web_build.ENV_ORT_TGZ in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_tampered_runtime_tarball_is_refused(tmp_path: Path, monkeypatch) -> None:
+    fake = tmp_path / "onnxruntime-web.tgz"
+    fake.write_bytes(b"not the published tarball")
+    monkeypatch.setenv(web_build.ENV_ORT_TGZ, str(fake))
+    with pytest.raises(web_build.ArtifactError, match="integrity"):
+        web_build.ort_web_tarball()
+
+
+def test_server_sends_isolation_headers_and_types(web_dir: Path, server: ServedByCli) -> None:
+    for path, mime in (
+        ("index.html", "text/html"),
+        ("app.js", "text/javascript"),
+        ("ort/ort.wasm.min.mjs", "text/javascript"),
+        ("ort/ort-wasm-simd-threaded.wasm", "application/wasm"),
+    ):
+        with urllib.request.urlopen(server.url + path) as response:
+            assert response.headers["Content-Type"].startswith(mime), path
+            for key, value in ISOLATION_HEADERS.items():
+                assert response.headers[key] == value
+    assert server.url.startswith("http://127.0.0.1:")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(server.url + "no-such-file")
+
+
+# --------------------------------------------------------------------------------------
+# in Chromium
+# --------------------------------------------------------------------------------------
+
+
+@needs_chromium
+@pytest.mark.parametrize("case", [UPSCALED, DOWNSCALED], ids=["upscaled-point", "downscaled-box"])
+def test_selftest_agrees_with_python_predictor(web_dir, server, browser, case) -> None:
+    name, (h, w), prompts = case
+    with browser.new_page() as page:
+        js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
+    assert js["backend"] == "wasm" and js["cross_origin_isolated"] is True and js["threads"] == 2
+    py = python_reference(web_dir / "models", make_test_image(h, w), prompts)
+    agree = agreement(js, py)
+    # Pre-processing (Pillow-exact resize, normalisation, padding) and prompts: bit-identical.
+    assert agree["input_identical"], "the encoder input differs from processing.preprocess"
+    assert agree["prompts_identical"], (js["point_coords"], py["point_coords"])
+    assert js["input_size"] == py["input_size"]
+    for row, ref in zip(agree["masks"], py["masks"], strict=True):
+        assert 0.001 < ref["area"] / (h * w) < 0.999, "a trivial mask would prove nothing"
+        assert row["score_diff"] <= SCORE_ATOL, row
+        assert row["flipped_fraction"] <= FLIPPED_FRACTION_MAX, row
+        assert row["flipped_away_from_threshold"] == 0, row  # only float-rounding ties differ
+        if ref["near_threshold"] == 0:  # no ambiguous pixel: the mask must be bit-identical
+            assert row["same_hash"] and row["same_bbox"], row
+
+
+@needs_chromium
+def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser, tmp_path) -> None:
+    """A click shows the mask in the overlay colour; then download, hover, shift-click, box,
+    undo and clear on the same page (one encoder run)."""
+    name, (h, w), _ = UPSCALED
+    page = browser.new_page()
+    page.goto(f"{server.url}index.html?image=selftest/{name}&threads=2")
+    page.wait_for("document.body && document.body.dataset.encoded === '1'", timeout=240)
+    # the page says which runtime it uses, and shows the model card
+    runtime = page.evaluate("document.getElementById('runtime').textContent")
+    assert "WebAssembly" in runtime and "2 threads" in runtime, runtime
+    card = page.evaluate("document.getElementById('card-fields').innerText")
+    assert "EdgeSAM" in card and "synthetic-calibrated: synthetic, untrained" in card, card
+    # Pin the stage to whole viewport pixels so that screenshot pixels map 1:1 to image pixels
+    # (text above it may end on a fractional line height).
+    rect = page.evaluate(
+        "(() => { const s = document.getElementById('stage');"
+        " s.style.position = 'fixed'; s.style.left = '40px'; s.style.top = '300px';"
+        " const r = document.getElementById('image').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+    assert rect[2:] == [w, h], "the test image should be shown at 1:1"
+    left, top = int(rect[0]), int(rect[1])
+    assert [left, top] == rect[:2]
+    click = (200, 70)
+    page.click(left + click[0], top + click[1])
+    page.wait_for(
+        "document.body.dataset.masks === '1' && document.body.dataset.state === 'ready'",
+        timeout=120,
+    )
+    prompt = page.evaluate("window.edgesam.prompts")
+    assert prompt == [{"type": "point", "x": click[0], "y": click[1], "label": 1}]
+    chosen = page.evaluate("window.edgesam.result.chosen")
+
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.int32)
+    shown = shot[top : top + h, left : left + w]
+    image = make_test_image(h, w).astype(np.int32)
+    ref = python_reference(web_dir / "models", make_test_image(h, w), [(*click, 1)])
+    scores = [m["score"] for m in ref["masks"]]
+    assert chosen == 1 + int(np.argmax(scores[1:])), "one point: the best multimask answer"
+    mask = ref["masks"][chosen]["mask"]
+    assert 0.01 < mask.mean() < 0.99, "the overlay check needs pixels on both sides"
+    # Every pixel (the overlay is drawn 1:1, without smoothing) except around the click marker.
+    yy, xx = np.mgrid[0:h, 0:w]
+    interior = (xx - click[0]) ** 2 + (yy - click[1]) ** 2 > 10**2
+    alpha = round(0.55 * 255) / 255
+    tinted = np.rint(image * (1 - alpha) + np.array([30, 144, 255]) * alpha)
+    on = interior & mask
+    off = interior & ~mask
+    close_on = np.all(np.abs(shown - tinted) <= 3, axis=-1)
+    close_off = np.all(np.abs(shown - image) <= 2, axis=-1)
+    assert close_on[on].mean() > 0.99, "overlay colour missing inside the mask"
+    assert close_off[off].mean() > 0.99, "overlay colour outside the mask"
+
+    # Download: the chosen mask as a white-on-black PNG of the image's size.
+    browser.send(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    page.evaluate("document.getElementById('download').click()")
+    png = tmp_path / "mask.png"
+    for _ in range(100):
+        if png.is_file() and png.stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    downloaded = np.asarray(Image.open(png).convert("L"))
+    assert downloaded.shape == (h, w) and set(np.unique(downloaded)) <= {0, 255}
+    assert np.array_equal(downloaded == 255, mask)
+
+    _interact(page, left, top)
+    page.close()
+
+
+def _broken_copy(web_dir: Path, dest: Path, graph: str, how: str) -> Path:
+    """A copy of the site (big files linked) whose `graph` model is missing or corrupt."""
+    dest.mkdir()
+    for entry in web_dir.iterdir():
+        if entry.name != "models":
+            os.symlink(entry, dest / entry.name)
+    (dest / "models").mkdir()
+    for f in (web_dir / "models").iterdir():
+        if graph in f.name:
+            if how == "corrupt":
+                (dest / "models" / f.name).write_bytes(f.read_bytes()[:4096])
+        else:
+            os.symlink(f, dest / "models" / f.name)
+    return dest
+
+
+@needs_chromium
+@pytest.mark.parametrize(("graph", "how"), [("decoder", "missing"), ("encoder", "corrupt")])
+def test_broken_model_shows_an_error_on_the_page(web_dir, browser, tmp_path, graph, how) -> None:
+    site = _broken_copy(web_dir, tmp_path / "site", graph, how)
+    with WebServer(site) as srv:
+        with browser.new_page() as page:
+            page.goto(srv.url + "index.html")
+            page.wait_for("document.body && document.body.dataset.state === 'error'", timeout=120)
+            error = page.evaluate(
+                "(() => { const e = document.getElementById('error');"
+                " const r = e.getBoundingClientRect();"
+                " return {hidden: e.hidden, text: e.textContent, h: r.height}; })()"
+            )
+    assert not error["hidden"] and error["h"] > 0
+    assert f"edge_sam_{graph}.onnx" in error["text"]
+    assert ("404" in error["text"]) if how == "missing" else ("cannot load" in error["text"])
+
+
+def test_web_command_help() -> None:
+    result = runner.invoke(app, ["web", "--help"])
+    assert result.exit_code == 0
+    for option in ("--output", "--serve", "--port", "--model", "--no-webgpu"):
+        assert option in result.output
+
+
+def test_static_assets_are_shipped_as_package_data() -> None:
+    """pyproject's package-data must list the static folder, or a wheel ships no page."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"edgesam_export.web" = ["static/*"]' in text
+
+
+PROCESSING_JS = """
+(async () => {
+  const P = await import('/processing.js');
+  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const b64 = (u8) => {
+    let s = '';
+    for (let i = 0; i < u8.length; i += 0x8000) {
+      s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
+    }
+    return btoa(s);
+  };
+  const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, 1024, __MEAN__, __STD__);
+  const low = new Float32Array(bytes(__LOW__).buffer);
+  const logits = P.postprocessMask(low, 256, 256, info);
+  return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
+          logits: b64(new Uint8Array(logits.buffer))};
+})()
+"""
+
+
+@needs_chromium
+@pytest.mark.parametrize(
+    "shape",
+    [(240, 320), (1300, 600), (600, 1300), (3000, 41), (7, 5)],
+)
+def test_processing_js_matches_numpy(server, browser, shape) -> None:
+    """processing.js against processing.py on one image and random logits, without the graphs:
+    the encoder input bit for bit (up, down, both Pillow pass orders, no resize, extreme aspect
+    ratios), the upscaled logits to float32 rounding, and the threshold wherever it is not
+    within that rounding of zero."""
+    import base64
+
+    from edgesam_export import processing as P
+
+    h, w = shape
+    rng = np.random.default_rng(h * 7919 + w)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgba = np.concatenate([image, np.full((h, w, 1), 255, np.uint8)], axis=-1)
+    low = (rng.standard_normal((256, 256)) * 8).astype(np.float32)
+    values = {  # base64 has no underscores, so no value can contain a later placeholder
+        "__W__": str(w),
+        "__H__": str(h),
+        "__MEAN__": str(list(P.DEFAULT_PIXEL_MEAN)),
+        "__STD__": str(list(P.DEFAULT_PIXEL_STD)),
+        "__RGBA__": repr(base64.b64encode(rgba.tobytes()).decode()),
+        "__LOW__": repr(base64.b64encode(low.tobytes()).decode()),
+    }
+    script = PROCESSING_JS
+    for key, value in values.items():
+        script = script.replace(key, value)
+    with browser.new_page() as page:
+        page.goto(server.url + "style.css")
+        out = page.evaluate(script, timeout=120)
+    tensor, info = P.preprocess(image)
+    js_tensor = np.frombuffer(base64.b64decode(out["input"]), np.float32).reshape(tensor.shape)
+    assert out["inputSize"] == list(info.input_size)
+    assert np.array_equal(js_tensor, tensor), f"encoder input differs for {shape}"
+    ref = P.postprocess_masks(low[None], info)[0]
+    js = np.frombuffer(base64.b64decode(out["logits"]), np.float32).reshape(h, w)
+    tol = 1e-5 * max(1.0, float(np.abs(ref).max()))
+    assert np.abs(js - ref).max() <= tol
+    decided = np.abs(ref) > tol
+    assert np.array_equal((js > 0)[decided], (ref > 0)[decided])
+
+
+PREVIEW_PIXELS = (
+    "(() => { const c = document.getElementById('preview');"
+    " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"
+)
+
+
+def _wait_masks(page, n: int) -> None:
+    page.wait_for(
+        f"document.body.dataset.masks === '{n}' && document.body.dataset.state === 'ready'",
+        timeout=120,
+    )
+
+
+def _interact(page, left: int, top: int) -> None:
+    # Hover previews what a click would give, without committing a prompt.
+    page.mouse("mouseMoved", left + 60, top + 200)
+    page.wait_for(PREVIEW_PIXELS + " > 1000", timeout=120)
+    assert page.evaluate("document.body.dataset.masks") == "1"
+    # Shift-click adds a negative point; a drag adds a box.
+    page.click(left + 100, top + 150, shift=True)
+    _wait_masks(page, 2)
+    page.mouse("mouseMoved", left + 20, top + 20)
+    page.mouse("mousePressed", left + 20, top + 20, buttons=1)
+    page.mouse("mouseMoved", left + 90, top + 60, buttons=1)
+    page.mouse("mouseMoved", left + 150, top + 120, buttons=1)
+    page.mouse("mouseReleased", left + 150, top + 120)
+    _wait_masks(page, 3)
+    prompts = page.evaluate("window.edgesam.prompts")
+    assert prompts == [
+        {"type": "point", "x": 200, "y": 70, "label": 1},
+        {"type": "point", "x": 100, "y": 150, "label": 0},
+        {"type": "box", "x0": 20, "y0": 20, "x1": 150, "y1": 120},
+    ]
+    assert page.evaluate("window.edgesam.result.chosen") == 0, "several prompts: single mask"
+    # Undo removes the box and decodes again; clear removes everything.
+    page.evaluate("document.getElementById('undo').click()")
+    _wait_masks(page, 4)
+    assert len(page.evaluate("window.edgesam.prompts")) == 2
+    page.evaluate("document.getElementById('clear').click()")
+    page.wait_for("window.edgesam.prompts.length === 0", timeout=30)
+    overlay_alpha = PREVIEW_PIXELS.replace("'preview'", "'overlay'")
+    assert page.evaluate(overlay_alpha) == 0
+    assert page.evaluate("document.getElementById('download').disabled") is True
