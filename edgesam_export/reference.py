@@ -71,7 +71,7 @@ def reference_sessions(
     )
     decoders = {
         stab: TorchSession(
-            DecoderGraph(loaded.model, spec.img_size, stab),
+            DecoderGraph(loaded.model, spec.frame, stab),
             "decoder",
             din,
             dout,

@@ -53,11 +53,11 @@ def build_graph(
             torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
         )
     else:
-        module = DecoderGraph(loaded.model, spec.img_size, use_stability_score, optimized=True)
+        module = DecoderGraph(loaded.model, spec.frame, use_stability_score, optimized=True)
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
             torch.randn(1, *spec.embed_shape, generator=gen),
-            torch.rand(2, 3, 2, generator=gen) * spec.img_size,
+            torch.rand(2, 3, 2, generator=gen) * spec.frame,
             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
         )
     return module.eval(), args
