@@ -202,24 +202,9 @@ def parity_cmd(
         _parity_exit(report)
 
 
-@app.command("models")
-def models_cmd() -> None:
-    """List the registered models."""
-    from ..models import list_specs
+from .models import register as _register_models  # noqa: E402
 
-    table = Table(title="Registered models")
-    for col in ("name", "family", "input", "mask tokens", "upsample modes", "description"):
-        table.add_column(col)
-    for s in list_specs():
-        table.add_row(
-            s.name,
-            s.family,
-            str(s.img_size),
-            str(s.num_mask_tokens),
-            ", ".join(s.upsample_modes) or "-",
-            s.description,
-        )
-    console.print(table)
+_register_models(app)
 
 
 def main() -> None:
