@@ -68,7 +68,7 @@ def evit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_preprocessing_is_bit_exact(evit):
-    variant, loaded, g, tensor, info, _ = evit
+    variant, _, g, tensor, info, _ = evit
     side = 512 if variant == "l0" else 1024
     assert tensor.shape == (1, 3, side, side)
     assert hashlib.sha256(tensor.tobytes()).hexdigest() == str(g["input_image_sha256"])

@@ -20,7 +20,6 @@ from . import (
     Synthetic,
     SyntheticOpt,
     UpsampleOpt,
-    console,
     emit_json,
     err_console,
     guarded,
