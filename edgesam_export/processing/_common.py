@@ -28,9 +28,10 @@ class ImageInfo:
 
     Attributes:
         original_size: ``(H, W)`` of the image as supplied by the user.
-        input_size: ``(h, w)`` of the resized image inside the ``S x S`` frame, before the
-            bottom/right zero padding.
-        img_size: ``S``, the side of the square encoder input.
+        input_size: ``(h, w)`` of the image scaled to the ``S x S`` prompt/mask frame (long
+            side ``S``), before the bottom/right padding.
+        img_size: ``S``, the side of the prompt/mask frame. It equals the encoder input side
+            for SAM and EdgeSAM; EfficientViT-SAM-L encodes 512x512 but keeps ``S = 1024``.
     """
 
     original_size: tuple[int, int]

@@ -22,7 +22,7 @@ _PAD_LABEL = -1.0
 def transform_coords(
     coords: ArrayLike, original_size: tuple[int, int], img_size: int = DEFAULT_IMG_SIZE
 ) -> NDArray[np.float32]:
-    """Map ``(..., 2)`` ``(x, y)`` pixel coordinates of the original image to the S frame.
+    """Map ``(..., 2)`` ``(x, y)`` pixel coordinates of the original image to the S prompt frame.
 
     The scaling is done in float64 and then cast to float32, exactly like SAM's
     ``ResizeLongestSide.apply_coords`` followed by the predictor's float32 tensor
@@ -46,7 +46,7 @@ def transform_coords(
 def transform_boxes(
     boxes: ArrayLike, original_size: tuple[int, int], img_size: int = DEFAULT_IMG_SIZE
 ) -> NDArray[np.float32]:
-    """Map ``(..., 4)`` XYXY boxes of the original image to the S frame (float32).
+    """Map ``(..., 4)`` XYXY boxes of the original image to the S prompt frame (float32).
 
     Boxes are treated as two corner points so the mapping is identical to
     :func:`transform_coords` (as in SAM's ``apply_boxes``).
@@ -130,7 +130,9 @@ def build_prompts(
     ``(x1, y1)`` with labels 2 and 3. When no box is given and ``pad`` is true, a padding
     row ``(0, 0)`` with label -1 is appended, as EdgeSAM's PyTorch prompt encoder does; it
     changes the logits noticeably, so it is the default. ``pad=False`` reproduces EdgeSAM's
-    official ONNX client, which sends the points as they are.
+    official ONNX client (and EfficientViT-SAM's ONNX runner), which send the points as they
+    are. ``img_size`` is the model's prompt frame (``Preprocessing.frame``: 1024 for every
+    family, also where the encoder sees 512).
 
     Shapes: ``points`` ``(K, 2)`` and ``labels`` ``(K,)`` in original-image pixels; ``box``
     ``(4,)`` gives outputs ``(1, N, 2)`` / ``(1, N)``. A batch of boxes ``(B, 4)`` gives one
