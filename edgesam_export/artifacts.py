@@ -101,10 +101,8 @@ def base_metadata(loaded: LoadedModel, graph: str, use_stability_score: bool) ->
         "model": spec.name,
         "family": spec.family,
         "graph": graph,
-        "img_size": str(spec.img_size),
-        "pixel_mean": json.dumps(list(spec.pixel_mean)),
-        "pixel_std": json.dumps(list(spec.pixel_std)),
-        "num_mask_tokens": str(spec.num_mask_tokens),
+        **spec.preprocessing.to_metadata(),  # img_size, prompt_frame, pixel_*, normalize, pad
+        **spec.tokens.to_metadata(),  # num_mask_tokens, mask_tokens_single/multi
         "use_stability_score": str(use_stability_score).lower(),
         "upsample_mode": loaded.upsample_mode or "none",
         "weights": loaded.weights,

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import processing as P
 from .parity import make_test_image
-from .runtime import Session, metadata_floats
+from .runtime import Session
 
 #: Stage name of a single-box decoder call (the reference for the batched-boxes ratio).
 BOX_SINGLE_STAGE = "decoder 1 box"
@@ -168,13 +168,8 @@ def decoder_feeds(
 
 def encoder_input(encoder: Session, image: np.ndarray | None = None) -> np.ndarray:
     """The encoder's input tensor for `image` (default: the structured parity test image)."""
-    meta = encoder.metadata
-    tensor, _ = P.preprocess(
-        make_test_image() if image is None else image,
-        int(meta["img_size"]),
-        metadata_floats(meta, "pixel_mean"),
-        metadata_floats(meta, "pixel_std"),
-    )
+    params = P.Preprocessing.from_metadata(encoder.metadata)
+    tensor, _ = P.preprocess(make_test_image() if image is None else image, params=params)
     return tensor
 
 
@@ -220,7 +215,7 @@ def session_stages(
     row, so both calls decode the same kind of prompt); with `end_to_end`, the click and image
     stages of `end_to_end_stages`.
     """
-    img_size = int(encoder.metadata["img_size"])
+    img_size = P.Preprocessing.from_metadata(encoder.metadata).frame  # prompts: prompt frame
     feeds = {"image": encoder_input(encoder, image)}
     stages = [Stage("encoder", "encoder", functools.partial(encoder.run, feeds))]
     emb = encoder.run(feeds)["image_embeddings"]

@@ -1,7 +1,8 @@
 """The exported graphs: the exact I/O contract every backend reproduces.
 
 Encoder: `image` (1, 3, S, S) float32, normalised and padded -> `image_embeddings` (1, C, h, w).
-Decoder: `image_embeddings` (1, C, h, w), `point_coords` (B, N, 2) (x, y) in the S frame,
+Decoder: `image_embeddings` (1, C, h, w), `point_coords` (B, N, 2) (x, y) in the prompt frame
+(`ModelSpec.frame`: SAM's 1024, also for encoders that see 512),
 `point_labels` (B, N) -> `scores` (B, K), `masks` (B, K, 4h, 4w) low-resolution logits.
 B = 1 is exactly EdgeSAM's own export; B > 1 runs B prompt sets (same N) against one image.
 
@@ -113,7 +114,7 @@ class DecoderGraph(nn.Module):
     def __init__(
         self,
         model: SamModel,
-        img_size: int,
+        img_size: int,  # the prompt frame's side (ModelSpec.frame), not the encoder input
         use_stability_score: bool = False,
         optimized: bool = False,
         gelu_approximate: bool = False,

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import processing as P
 from .errors import InputError
-from .runtime import Session, metadata_floats
+from .runtime import Session
 
 # Per-precision, per-output tolerances on max |candidate - reference|. Float32 values are about
 # 10x the largest differences measured between float32 and float64 runs of the official code
@@ -147,8 +147,13 @@ class PromptCase:
     point_labels: np.ndarray  # (B, N) float32
 
 
-def prompt_cases(img_size: int, input_size: tuple[int, int], seed: int = 0) -> list[PromptCase]:
-    """Points, negative points, boxes, box + point, 1..16 points, and a batch of boxes."""
+def prompt_cases(frame: int, input_size: tuple[int, int], seed: int = 0) -> list[PromptCase]:
+    """Points, negative points, boxes, box + point, 1..16 points, and a batch of boxes.
+
+    Coordinates lie inside `input_size`, the image's extent in the `frame` x `frame` prompt
+    frame (SAM's 1024 for every family, also when the encoder sees 512).
+    """
+    del frame  # the cases are placed relative to input_size, which lives in the frame
     h, w = input_size
     rng = np.random.default_rng(seed)
 
@@ -367,13 +372,12 @@ def check(
     report = report or ParityReport()
     image = make_test_image() if image is None else image
     meta = reference_encoder.metadata
-    img_size = int(meta["img_size"])
-    tensor, info = P.preprocess(
-        image, img_size, metadata_floats(meta, "pixel_mean"), metadata_floats(meta, "pixel_std")
-    )
+    params = P.Preprocessing.from_metadata(meta)
+    tensor, info = P.preprocess(image, params=params)
     report.inputs = {
         "image_shape": list(image.shape),
-        "img_size": img_size,
+        "img_size": params.encoder_size,
+        "prompt_frame": params.frame,
         "reference": (
             f"PyTorch {meta.get('model', '?')} ({meta.get('upsample_mode', '?')} neck"
             f"{', tanh GELU' if meta.get('gelu_approximate') == 'true' else ''}),"
@@ -399,7 +403,7 @@ def check(
             candidate_precision(enc),
         )
 
-    cases = prompt_cases(img_size, info.input_size)
+    cases = prompt_cases(params.frame, info.input_size)
     report.inputs["prompt_cases"] = [c.name for c in cases]
     own_embedding = next(iter(embeddings[n] for n, _ in encoders), None)
     for name, dec in decoders:

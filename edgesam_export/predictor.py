@@ -15,7 +15,7 @@ import numpy as np
 from . import processing as P
 from .amg.generator import default_multimask_tokens
 from .errors import InputError
-from .runtime import Session, metadata_floats
+from .runtime import Session
 
 #: The quality score each family's own predictor reports when a caller does not choose:
 #: EdgeSAM's `SamPredictor.predict_torch` defaults to `use_stability_score=True`; SAM,
@@ -34,14 +34,17 @@ class Predictor:
     def __init__(self, encoder: Session, decoder: Session) -> None:
         meta = encoder.metadata
         try:
-            self.img_size = int(meta["img_size"])
-            self.pixel_mean = metadata_floats(meta, "pixel_mean")
-            self.pixel_std = metadata_floats(meta, "pixel_std")
+            self.preprocessing = P.Preprocessing.from_metadata(meta)
         except KeyError as exc:
             raise InputError(
                 f"encoder artifact has no {exc.args[0]!r} metadata: was it exported by"
                 " edgesam-export?"
             ) from None
+        self.tokens = P.MaskTokens.from_metadata(decoder.metadata)
+        self.img_size = self.preprocessing.encoder_size  # encoder input side
+        self.frame = self.preprocessing.frame  # prompt / mask frame side
+        self.pixel_mean = self.preprocessing.pixel_mean
+        self.pixel_std = self.preprocessing.pixel_std
         self.encoder = encoder
         self.decoder = decoder
         dmeta = decoder.metadata
@@ -71,9 +74,7 @@ class Predictor:
         return self._info
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        tensor, info = P.preprocess(
-            image, self.img_size, self.pixel_mean, self.pixel_std, image_format=image_format
-        )
+        tensor, info = P.preprocess(image, image_format=image_format, params=self.preprocessing)
         self._embeddings = self.encoder.run({"image": tensor})["image_embeddings"]
         self._info = info
 
@@ -94,12 +95,14 @@ class Predictor:
         info = self.image_info
         assert self._embeddings is not None
         coords, lab = P.build_prompts(
-            points, labels, box, original_size=info.original_size, img_size=self.img_size, pad=pad
+            points, labels, box, original_size=info.original_size, img_size=self.frame, pad=pad
         )
         out = self.decoder.run(
             {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
         )
-        scores, logits = P.select_masks(out["scores"], out["masks"], num_multimask_outputs)
+        scores, logits = P.select_masks(
+            out["scores"], out["masks"], num_multimask_outputs, self.tokens
+        )
         masks = P.threshold_masks(P.postprocess_masks(logits, info))
         batched = box is not None and np.asarray(box).ndim == 2
         if not batched:

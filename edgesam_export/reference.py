@@ -76,7 +76,7 @@ def torch_sessions(
     # the float32 CPU reference built from the same loaded model stays untouched.
     own = copy.deepcopy if (dtype != "float32" or device != "cpu") else (lambda m: m)
     enc_module = own(EncoderGraph(loaded.model.image_encoder, optimized=optimized))
-    dec_module = own(DecoderGraph(loaded.model, spec.img_size, False, optimized=optimized))
+    dec_module = own(DecoderGraph(loaded.model, spec.frame, False, optimized=optimized))
     enc_meta = {**meta, "graph": "encoder"}
     dec_meta = {**meta, "graph": "decoder"}
     enc = TorchSession(enc_module, "encoder", ein, eout, enc_meta, device, dtype)
@@ -112,7 +112,7 @@ def reference_sessions(
     )
     decoders = {
         stab: TorchSession(
-            DecoderGraph(loaded.model, spec.img_size, stab, gelu_approximate=gelu_approximate),
+            DecoderGraph(loaded.model, spec.frame, stab, gelu_approximate=gelu_approximate),
             "decoder",
             din,
             dout,

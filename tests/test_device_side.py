@@ -13,6 +13,10 @@ import pytest
 DEVICE_MODULES = (
     "edgesam_export.contract",
     "edgesam_export.processing",
+    "edgesam_export.processing.resize",
+    "edgesam_export.processing.image",
+    "edgesam_export.processing.prompts",
+    "edgesam_export.processing.masks",
     "edgesam_export.runtime",
     "edgesam_export.runtime.onnxruntime",
     "edgesam_export.runtime.coreml",

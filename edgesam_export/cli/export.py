@@ -260,44 +260,6 @@ def parity_cmd(
         _parity_exit(report)
 
 
-@app.command("models")
-def models_cmd(json_path: JsonOpt = None) -> None:
-    """List the registered models."""
-    from ..models import list_specs
-
-    emit_json(
-        json_path,
-        {
-            "models": [
-                {
-                    "name": s.name,
-                    "family": s.family,
-                    "img_size": s.img_size,
-                    "num_mask_tokens": s.num_mask_tokens,
-                    "upsample_modes": list(s.upsample_modes),
-                    "pixel_mean": list(s.pixel_mean),
-                    "pixel_std": list(s.pixel_std),
-                    "description": s.description,
-                }
-                for s in list_specs()
-            ]
-        },
-    )
-    table = Table(title="Registered models")
-    for col in ("name", "family", "input", "mask tokens", "upsample modes", "description"):
-        table.add_column(col)
-    for s in list_specs():
-        table.add_row(
-            s.name,
-            s.family,
-            str(s.img_size),
-            str(s.num_mask_tokens),
-            ", ".join(s.upsample_modes) or "-",
-            s.description,
-        )
-    human_console(json_path).print(table)
-
-
 from .recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
 
 _register_recipes(app)
@@ -305,8 +267,6 @@ from .tensorrt import register as _register_tensorrt  # noqa: E402
 
 _register_tensorrt(app)
 from . import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
-
-
 from .everything import everything_cmd  # noqa: E402  (segment everything, its own module)
 
 app.command("everything")(everything_cmd)
@@ -315,6 +275,11 @@ app.command("everything")(everything_cmd)
 from .web import web_cmd  # noqa: E402 - the `web` command lives in its own module
 
 app.command("web")(web_cmd)
+
+
+from .models import register as _register_models  # noqa: E402
+
+_register_models(app)
 
 
 def main() -> None:

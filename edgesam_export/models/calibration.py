@@ -25,9 +25,7 @@ from .sam_heads import SamModel
 
 def calibration_input(spec: ModelSpec) -> torch.Tensor:
     """The preprocessed calibration image (the parity test image, a different noise seed)."""
-    tensor, _ = P.preprocess(
-        make_test_image(seed=11), spec.img_size, spec.pixel_mean, spec.pixel_std
-    )
+    tensor, _ = P.preprocess(make_test_image(seed=11), params=spec.preprocessing)
     return torch.from_numpy(tensor)
 
 

@@ -256,6 +256,8 @@ EDGE_SAM = register(
         layout="edge_sam.json",
         signature_prefixes=("image_encoder.features.", "image_encoder.fuse_stage3."),
         upsample_modes=("bicubic", "bilinear"),
+        checkpoint_format="bare state_dict (edge_sam.pth / edge_sam_3x.pth)",
         builder=build_edge_sam,
+        verified_targets=("onnx",),
     )
 )

@@ -10,24 +10,70 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..contract import SAM_PIXEL_MEAN, SAM_PIXEL_STD, MaskTokens, Preprocessing
 from ..errors import InputError
 from .sam_heads import SamModel
+
+__all__ = ["MaskTokens", "ModelSpec", "Preprocessing", "get_spec", "list_specs", "register"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One registered model variant. Only the first block of fields is required per entry.
+
+    Frames: `img_size` is the side of the square encoder input (what the image is resized and
+    padded to); `prompt_frame` is the side of SAM's frame in which prompts are given to the
+    decoder and its low-res masks are upscaled (None = same as img_size). EfficientViT-SAM-L
+    encodes 512x512 images but keeps SAM's 1024 prompt/mask frame.
+    """
+
     name: str
     family: str
     description: str
-    img_size: int
-    pixel_mean: tuple[float, float, float]
-    pixel_std: tuple[float, float, float]
-    num_mask_tokens: int
-    embed_shape: tuple[int, int, int]
+    img_size: int  # encoder input side S_enc
     layout: str  # JSON file under edgesam_export/models/layouts/
     signature_prefixes: tuple[str, ...]  # key prefixes that identify this family's checkpoints
     builder: Callable[..., SamModel] = field(repr=False)
+    prompt_frame: int | None = None  # prompt/mask frame side; None = img_size
+    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN  # in 0..255 units
+    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
+    normalize: str = "sam"  # "sam": (x - mean) / std on 0..255; "unit": x/255 then mean/255 ...
+    pad: str = "after-normalize"  # or "before-normalize" (zero pixels, then normalised)
+    num_mask_tokens: int = 4  # tokens the decoder emits (all are exported)
+    mask_tokens: MaskTokens | None = None  # single/multimask slots; None = EdgeSAM/SAM's 0 | 1..3
+    embed_shape: tuple[int, int, int] = (256, 64, 64)
+    checkpoint_format: str = "state_dict"  # what the official loader accepts (for docs/CLI)
     upsample_modes: tuple[str, ...] = ()  # first one is the default; () = no such option
+    verified_targets: tuple[str, ...] = ()  # targets with an export + parity test for it
+
+    def __post_init__(self) -> None:
+        if self.tokens.count != self.num_mask_tokens:
+            raise ValueError(f"{self.name}: mask_tokens.count != num_mask_tokens")
+        self.preprocessing  # validates normalize / pad  # noqa: B018
+
+    @property
+    def tokens(self) -> MaskTokens:
+        """The mask-token convention (defaults to token 0 single, tokens 1..3 multimask)."""
+        if self.mask_tokens is not None:
+            return self.mask_tokens
+        return MaskTokens(count=self.num_mask_tokens)
+
+    @property
+    def frame(self) -> int:
+        """Side of the prompt/mask frame (SAM's 1024 for every current family)."""
+        return self.prompt_frame if self.prompt_frame is not None else self.img_size
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The device-side preprocessing parameters of this model."""
+        return Preprocessing(
+            encoder_size=self.img_size,
+            frame=self.frame,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            normalize=self.normalize,
+            pad=self.pad,
+        )
 
     @property
     def default_upsample(self) -> str | None:

@@ -165,17 +165,18 @@ class TwoWayAttentionBlock(nn.Module):
         mlp_dim: int,
         attention_downsample_rate: int,
         skip_first_layer_pe: bool,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.norm1 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.cross_attn_token_to_image = Attention(
             embedding_dim, num_heads, attention_downsample_rate
         )
-        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.norm2 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.mlp = MLPBlock(embedding_dim, mlp_dim)
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.norm3 = nn.LayerNorm(embedding_dim, eps=norm_eps)
+        self.norm4 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.cross_attn_image_to_token = Attention(
             embedding_dim, num_heads, attention_downsample_rate
         )
@@ -210,6 +211,7 @@ class TwoWayTransformer(nn.Module):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         attention_downsample_rate: int = 2,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -219,13 +221,14 @@ class TwoWayTransformer(nn.Module):
                 mlp_dim,
                 attention_downsample_rate,
                 skip_first_layer_pe=(i == 0),
+                norm_eps=norm_eps,
             )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(
             embedding_dim, num_heads, attention_downsample_rate
         )
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim, eps=norm_eps)
 
     def forward(
         self, keys: Tensor, key_pe: Tensor, point_embedding: Tensor
@@ -267,10 +270,11 @@ class MaskDecoder(nn.Module):
         num_mask_tokens: int = 4,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.num_mask_tokens = num_mask_tokens
-        self.transformer = TwoWayTransformer(embedding_dim=transformer_dim)
+        self.transformer = TwoWayTransformer(embedding_dim=transformer_dim, norm_eps=norm_eps)
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
         self.output_upscaling = nn.Sequential(
@@ -323,10 +327,19 @@ class MaskDecoder(nn.Module):
 
 
 class SamModel(nn.Module):
-    """Image encoder + SAM heads under the checkpoint's top-level names."""
+    """Image encoder + SAM heads under the checkpoint's top-level names.
 
-    def __init__(self, image_encoder: nn.Module, num_mask_tokens: int = 4) -> None:
+    `norm_eps` is the epsilon of the two-way transformer's LayerNorms: `nn.LayerNorm`'s 1e-5 in
+    SAM and EdgeSAM; EfficientViT-SAM's zoo sets 1e-6 on its whole model. (The LayerNorm2d of
+    the prompt encoder and output upscaling are 1e-6 in every family.)
+    """
+
+    def __init__(
+        self, image_encoder: nn.Module, num_mask_tokens: int = 4, norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder: PromptEncoder = PromptEncoder()
-        self.mask_decoder: MaskDecoder = MaskDecoder(num_mask_tokens=num_mask_tokens)
+        self.mask_decoder: MaskDecoder = MaskDecoder(
+            num_mask_tokens=num_mask_tokens, norm_eps=norm_eps
+        )

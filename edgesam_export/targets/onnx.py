@@ -88,7 +88,7 @@ def build_graph(
     else:
         module = DecoderGraph(
             loaded.model,
-            spec.img_size,
+            spec.frame,
             use_stability_score,
             optimized=True,
             gelu_approximate=gelu_approximate,
@@ -96,7 +96,7 @@ def build_graph(
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
             torch.randn(1, *spec.embed_shape, generator=gen),
-            torch.rand(2, 3, 2, generator=gen) * spec.img_size,
+            torch.rand(2, 3, 2, generator=gen) * spec.frame,
             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
         )
     return module.eval(), args

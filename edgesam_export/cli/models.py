@@ -1,0 +1,69 @@
+"""`edgesam-export models`: every registered family and variant, with what is verified for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from . import DebugOpt, JsonOpt, emit_json, guarded, human_console
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One row per registered variant; parameter counts from a weightless (meta) build."""
+    import torch
+
+    from ..models import list_specs
+
+    rows = []
+    for spec in list_specs():
+        with torch.device("meta"):
+            model = spec.build()
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "encoder_input": spec.img_size,
+                "prompt_frame": spec.frame,
+                "normalize": spec.normalize,
+                "mask_tokens": {
+                    "count": spec.tokens.count,
+                    "single": list(spec.tokens.single),
+                    "multi": list(spec.tokens.multi),
+                },
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "checkpoint_format": spec.checkpoint_format,
+                "upsample_modes": list(spec.upsample_modes),
+                "targets_verified": list(spec.verified_targets),
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+def models_cmd(json_path: JsonOpt = None, debug: DebugOpt = False) -> None:
+    """List every registered family and variant: input size, prompt frame, parameter count and
+    the targets verified for it (an export + parity test exists for each listed target)."""
+    with guarded(debug):
+        rows = model_rows()
+        table = Table(title="Registered models")
+        for col in ("name", "family", "input", "frame", "params", "targets verified", "notes"):
+            table.add_column(col)
+        for r in rows:
+            notes = f"upsample: {', '.join(r['upsample_modes'])}" if r["upsample_modes"] else ""
+            table.add_row(
+                r["name"],
+                r["family"],
+                f"{r['encoder_input']}",
+                f"{r['prompt_frame']}",
+                f"{r['parameters'] / 1e6:.2f}M",
+                ", ".join(r["targets_verified"]) or "-",
+                notes,
+            )
+        human_console(json_path).print(table)
+        emit_json(json_path, {"models": rows})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models_cmd)

@@ -1,0 +1,105 @@
+"""Nothing ships untested: every registered variant has a golden test and an export test.
+
+The tables below are derived-against, not hand-waved: `test_every_registered_variant_is_tested`
+compares them with the registry, so registering a variant (any family) fails this module until
+the variant is added to both tables, and every table entry names a test that exists. The
+export table drives `test_export_and_parity` itself: "default" rows run in `make test`,
+"heavy" rows (large encoders: minutes and hundreds of MB each on 2 cores) run with
+`pytest -m heavy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgesam_export.config import ModelOptions, OnnxOptions
+from edgesam_export.models import list_specs
+from edgesam_export.pipeline import export_artifacts, verify_artifacts
+
+# variant -> (test module, test function) of its golden test. Variants without an official
+# fixture are pinned by their layout test (built model == official configuration's layout and
+# parameter count) and exported below.
+_EVIT_GOLDEN = ("test_efficientvit", "test_predictor_matches_golden_at_the_original_size")
+GOLDEN: dict[str, tuple[str, str]] = {
+    "edge_sam": ("test_models", "test_encoder_matches_golden"),
+    "efficientvit_sam_l0": _EVIT_GOLDEN,
+    "efficientvit_sam_xl0": _EVIT_GOLDEN,
+    "efficientvit_sam_l1": ("test_efficientvit", "test_layout_matches_built_model"),
+    "efficientvit_sam_l2": ("test_efficientvit", "test_layout_matches_built_model"),
+    "efficientvit_sam_xl1": ("test_efficientvit", "test_layout_matches_built_model"),
+}  # fmt: skip
+
+# variant -> where its ONNX export + parity test runs: "default" / "heavy" (this module), or
+# (module, function) of an existing test.
+EXPORT: dict[str, str | tuple[str, str]] = {
+    "edge_sam": ("test_targets_onnx", "test_encoder_on_onnxruntime_matches_golden"),
+    "efficientvit_sam_l0": "default",
+    "efficientvit_sam_l1": "heavy",
+    "efficientvit_sam_l2": "heavy",
+    "efficientvit_sam_xl0": "heavy",
+    "efficientvit_sam_xl1": "heavy",
+}
+
+
+def _exists(module: str, function: str) -> bool:
+    return callable(getattr(importlib.import_module(module), function, None))
+
+
+def test_every_registered_variant_is_tested():
+    registered = {s.name for s in list_specs()}
+    assert registered - set(GOLDEN) == set(), "registered variants without a golden test"
+    assert registered - set(EXPORT) == set(), "registered variants without an export test"
+    assert set(GOLDEN) <= registered and set(EXPORT) <= registered, "stale table rows"
+    for module, function in GOLDEN.values():
+        assert _exists(module, function), (module, function)
+    for where in EXPORT.values():
+        if isinstance(where, tuple):
+            assert _exists(*where), where
+        else:
+            assert where in ("default", "heavy")
+    for spec in list_specs():  # what `edgesam-export models` claims is backed by a test
+        if "onnx" in spec.verified_targets:
+            assert spec.name in EXPORT
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for name, where in sorted(EXPORT.items()):
+        if where == "default":
+            cases.append(name)
+        elif where == "heavy":
+            cases.append(pytest.param(name, marks=pytest.mark.heavy))
+    return cases
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_export_and_parity(name: str, tmp_path: Path):
+    """Synthetic weights of the variant's checkpoint layout -> ONNX encoder + decoder ->
+    parity against PyTorch on onnxruntime (embeddings, decoder alone, end to end)."""
+    t0 = time.perf_counter()
+    loaded, artifacts = export_artifacts(
+        ModelOptions(model=name, synthetic="random"), "onnx", OnnxOptions(output=tmp_path)
+    )
+    export_s = time.perf_counter() - t0
+    spec = loaded.spec
+    enc = next(a for a in artifacts if a.graph == "encoder")
+    proto = onnx.load(str(enc.path), load_external_data=False)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, spec.img_size, spec.img_size]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["img_size"] == str(spec.img_size) and meta["prompt_frame"] == str(spec.frame)
+    assert meta["normalize"] == spec.normalize
+    report = verify_artifacts(None, tmp_path, loaded=loaded)
+    assert report.passed, report.to_json()["summary"]
+    worst = max(
+        (r for r in report.to_json()["comparisons"] if r["check"] == "image_embeddings"),
+        key=lambda r: r["metrics"]["max_abs"],
+    )
+    assert np.isfinite(worst["metrics"]["max_abs"])
+    print(f"{name}: export {export_s:.1f} s, embeddings max abs {worst['metrics']['max_abs']:.2e}")
