@@ -130,7 +130,7 @@ def build_module(
     else:
         module = DecoderGraph(
             loaded.model,
-            spec.img_size,
+            spec.frame,
             options.use_stability_score,
             optimized=True,
             gelu_approximate=options.gelu_approximate,
