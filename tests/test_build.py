@@ -70,6 +70,8 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
     assert manifest["recipe"]["resolved"]["targets"][1]["options"]["simplifier"] == "onnxsim"
     assert manifest["weights"] == {"kind": "synthetic-random", "seed": 0}
     assert {"torch", "onnx", "onnxruntime", "onnxslim", "onnxsim"} <= set(manifest["tools"])
+    assert "coremltools" not in manifest["tools"]  # only what the targets use: an unrelated
+    assert "tensorrt" not in manifest["tools"]  # install does not change the manifest hash
     assert [t["name"] for t in manifest["targets"]] == ["slim", "sim"]
     assert all(t["status"] == "passed" and t["exit_code"] == 0 for t in manifest["targets"])
     for art in manifest["artifacts"]:
@@ -109,7 +111,9 @@ def _differences(a: object, b: object, where: str = "") -> list[str]:
         ]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [
-            d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _differences(x, y, f"{where}[{i}]")
         ]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
