@@ -398,7 +398,9 @@ def manifest_content(
         },
         "model": recipe.model,
         "weights": weights.describe(),
-        "tools": mf.tool_versions(),
+        "tools": mf.tool_versions(
+            tuple(dict.fromkeys(mf.BASE_PACKAGES + tuple(p for t in targets for p in t.packages())))
+        ),
         "status": recipe_status(results),
         "partial": partial,  # --only: not every target of the recipe was built
         "targets": [

@@ -277,15 +277,23 @@ TOOL_PACKAGES = (
 )
 
 
-def tool_versions() -> dict[str, str]:
-    """Installed versions of edgesam-export and the libraries it exports and checks with."""
+# What every build uses, whatever its targets.
+BASE_PACKAGES = ("numpy", "torch", "pydantic")
+
+
+def tool_versions(packages: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Installed versions of edgesam-export, Python and `packages` (default: TOOL_PACKAGES).
+
+    A build passes the packages its targets use, so that installing an unrelated backend does
+    not change its manifest hash.
+    """
     import platform
     from importlib import metadata
 
     from . import __version__
 
     versions = {"edgesam-export": __version__, "python": platform.python_version()}
-    for name in TOOL_PACKAGES:
+    for name in TOOL_PACKAGES if packages is None else packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -103,6 +103,11 @@ class TargetBase(_Strict):
     parity: Parity | None = Field(None, description="Overrides the recipe's parity settings.")
     options: ExportOptions
 
+    def packages(self) -> tuple[str, ...]:
+        """The libraries this target exports and checks with (their versions go in the
+        manifest)."""
+        return ()
+
 
 def _no_output(options: Any) -> Any:
     if "output" in options.model_fields_set:
@@ -118,6 +123,10 @@ class OnnxTarget(TargetBase):
     options: OnnxOptions = Field(default_factory=OnnxOptions)
 
     _check_output = field_validator("options")(_no_output)
+
+    def packages(self) -> tuple[str, ...]:
+        extra = ("onnxsim",) if self.options.simplifier == "onnxsim" else ()
+        return ("onnx", "onnxruntime", "onnxslim", *extra)
 
 
 # One member per backend; the lead adds CoreMLTarget / TensorRTTarget here as they land.

@@ -32,7 +32,17 @@ def test_missing_onnxsim_is_exit_6_naming_the_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # "not installed"
     result = CliRunner().invoke(
-        app, ["onnx", "--decoder", "--simplifier", "onnxsim", "-o", str(tmp_path)]
+        app,
+        [
+            "onnx",
+            "--decoder",
+            "--simplifier",
+            "onnxsim",
+            "--synthetic",
+            "random",
+            "-o",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 6, result.output
     assert "pip install onnxsim" in result.stderr
