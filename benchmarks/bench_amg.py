@@ -50,7 +50,7 @@ IMAGE = _common.HERE.parent / "tests" / "fixtures" / "edge_sam" / "golden_seed0.
 CONFIGS: dict[str, dict[str, Any]] = {
     "sam-defaults": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
     "loose": {"pred_iou_thresh": 0.4, "stability_score_thresh": 0.0},
-    "loose, batch 16": {
+    "loose-b16": {
         "pred_iou_thresh": 0.4,
         "stability_score_thresh": 0.0,
         "points_per_batch": 16,
@@ -248,6 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             export_artifacts(ModelOptions(), "onnx", OnnxOptions(output=artifacts))
         results: dict[str, Any] = {}
         for name, thresholds in CONFIGS.items():
+            if args.configs and name not in args.configs.split(","):
+                continue
             params = {
                 "points_per_side": args.points_per_side,
                 "points_per_batch": args.points_per_batch,
@@ -375,13 +377,15 @@ def main() -> int:
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--artifacts", help="ONNX artifact dir (default: export to a temp dir)")
+    parser.add_argument("--configs", help=f"comma-separated subset of: {', '.join(CONFIGS)}")
+    parser.add_argument("--name", default=NAME, help="results/<name>.{json,md}")
     parser.add_argument("--child", choices=["ours", "official"], help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, Path(args.artifacts), json.loads(args.params))))
         return 0
-    return _common.main(NAME, lambda: run(args), render)
+    return _common.main(args.name, lambda: run(args), render)
 
 
 if __name__ == "__main__":

@@ -468,6 +468,7 @@ from amg_oracle import OraclePredictor
 from edgesam_export.amg import MaskGenerator
 from edgesam_export.amg.overlay import render_overlay
 from edgesam_export.amg.png import decode_png, encode_png
+import edgesam_export.cli.everything  # the command module imports no torch either
 image = np.load("tests/fixtures/edge_sam/golden_seed0.npz")["image"]
 gen = MaskGenerator(OraclePredictor(), points_per_side=8, crop_n_layers=1,
                     crop_n_points_downscale_factor=2, pred_iou_thresh=0.7,
