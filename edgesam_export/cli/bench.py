@@ -414,6 +414,7 @@ def bench(
     paths: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Argument(
+            metavar="CKPT|ARTIFACT_DIR",
             help="[CKPT] [ARTIFACT_DIR]: a checkpoint (omit for synthetic weights) and/or a"
             " folder of exported artifacts (without one, ONNX artifacts are exported to a"
             " temporary folder).",
