@@ -41,10 +41,35 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "end_to_end.stability_scores": 5e-2,
     },
 }
-# CoreML rows (PROVISIONAL, being measured).
-TOLERANCES["coreml:fp16"] = dict(TOLERANCES["fp16"])
-TOLERANCES["coreml:int8"] = {k: 4 * v for k, v in TOLERANCES["fp16"].items()}
-MIN_MASK_IOU = {"fp32": 0.99, "fp16": 0.95, "coreml:fp16": 0.95, "coreml:int8": 0.9}
+# CoreML fp16 / int8-weight rows: measured with the MIL executor on saved packages of the
+# calibrated synthetic weights (load_model(None, synthetic="calibrated")), on the parity test
+# image and prompt cases, then set to about 2-3x the worst value seen (docs/coreml.md has the
+# measurements and the commands). fp16: every op rounded to fp16, as the program declares.
+TOLERANCES["coreml:fp16"] = {
+    "image_embeddings": 2e-1,  # measured 9.2e-2 (relative to max |ref| 1.8e-2, cosine 0.99994)
+    "decoder.masks": 2e-2,  # 7.8e-3
+    "decoder.scores": 2e-3,  # 9.2e-4
+    "decoder.stability_scores": 2e-2,  # the fp16 row's
+    "end_to_end.masks": 1.5e-1,  # 5.5e-2
+    "end_to_end.scores": 5e-3,  # 1.5e-3
+    "end_to_end.stability_scores": 5e-2,  # the fp16 row's
+}
+# int8: weight-only linear symmetric per-channel quantization (coremltools.optimize), fp32 compute.
+TOLERANCES["coreml:int8"] = {
+    "image_embeddings": 1.5,  # measured 0.66 (relative 0.13, cosine 0.9969)
+    "decoder.masks": 3e-1,  # 0.12
+    "decoder.scores": 5e-2,  # 1.6e-2
+    "decoder.stability_scores": 1e-1,  # not measured: twice the score row
+    "end_to_end.masks": 1.5,  # 0.62
+    "end_to_end.scores": 7e-2,  # 2.3e-2
+    "end_to_end.stability_scores": 2e-1,  # not measured: twice the score row
+}
+MIN_MASK_IOU = {
+    "fp32": 0.99,
+    "fp16": 0.95,
+    "coreml:fp16": 0.97,  # measured 0.9938 end to end
+    "coreml:int8": 0.9,  # measured 0.935 end to end (top-mask agreement 1.0)
+}
 
 
 def tolerances_for(backend: str, precision: str) -> tuple[dict[str, float], float]:
