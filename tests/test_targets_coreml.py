@@ -241,8 +241,14 @@ def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
     shutil.copytree(fp32_pair / "edge_sam_decoder.mlpackage", package)
     weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     data = bytearray(weights.read_bytes())
-    middle = len(data) // 2
-    for i in range(middle + 3, middle + 3 + 4 * 4096, 4):  # flip the sign of 4096 floats
+    # inside the largest blob (between two 0xDEADBEEF blob headers), flip the sign of 4096 floats
+    headers = [i for i in range(0, len(data) - 3, 64) if data[i : i + 4] == b"\xef\xbe\xad\xde"]
+    start, end = max(
+        zip(headers, [*headers[1:], len(data)], strict=True), key=lambda se: se[1] - se[0]
+    )
+    first = start + 128  # past the blob's 64-byte header and the data's 64-byte alignment
+    assert end - first > 4 * 4096
+    for i in range(first + 3, first + 3 + 4 * 4096, 4):
         data[i] ^= 0x80
     weights.write_bytes(bytes(data))
 
