@@ -71,19 +71,39 @@ TOLERANCES["onnx:int8"] = {  # measured: 0.223, 0.295 / 0.0243, 0.320 / 0.0295, 
     "end_to_end.scores": 9e-2,
     "end_to_end.stability_scores": 9e-2,  # not measured: the scores' value
 }
+# CoreML fp16 / int8-weight rows: measured with the MIL executor on saved packages of the
+# calibrated synthetic weights (load_model(None, synthetic="calibrated")), on the parity test
+# image and prompt cases, then set to about 2-3x the worst value seen (docs/coreml.md has the
+# measurements and the commands). fp16: every op rounded to fp16, as the program declares.
+TOLERANCES["coreml:fp16"] = {
+    "image_embeddings": 2e-1,  # measured 9.2e-2 (relative to max |ref| 1.8e-2, cosine 0.99994)
+    "decoder.masks": 2e-2,  # 7.8e-3
+    "decoder.scores": 2e-3,  # 9.2e-4
+    "decoder.stability_scores": 2e-2,  # the fp16 row's
+    "end_to_end.masks": 1.5e-1,  # 5.5e-2
+    "end_to_end.scores": 5e-3,  # 1.5e-3
+    "end_to_end.stability_scores": 5e-2,  # the fp16 row's
+}
+# int8: weight-only linear symmetric per-channel quantization (coremltools.optimize), fp32 compute.
+TOLERANCES["coreml:int8"] = {
+    "image_embeddings": 1.5,  # measured 0.66 (relative 0.13, cosine 0.9969)
+    "decoder.masks": 3e-1,  # 0.12
+    "decoder.scores": 5e-2,  # 1.6e-2
+    "decoder.stability_scores": 1e-1,  # not measured: twice the score row
+    "end_to_end.masks": 1.5,  # 0.62
+    "end_to_end.scores": 7e-2,  # 2.3e-2
+    "end_to_end.stability_scores": 2e-1,  # not measured: twice the score row
+}
 MIN_MASK_IOU = {
     "fp32": 0.99,
     "fp16": 0.95,
     "tensorrt:fp16": 0.97,
     "onnx:fp16": 0.97,
     "onnx:int8": 0.85,
-    "coreml:fp16": 0.95,
-    "coreml:int8": 0.9,
+    "coreml:fp16": 0.97,  # measured 0.9938 end to end
+    "coreml:int8": 0.9,  # measured 0.935 end to end (top-mask agreement 1.0)
     "bf16": 0.9,
 }
-# CoreML rows (PROVISIONAL, being measured).
-TOLERANCES["coreml:fp16"] = dict(TOLERANCES["fp16"])
-TOLERANCES["coreml:int8"] = {k: 4 * v for k, v in TOLERANCES["fp16"].items()}
 # bfloat16 keeps 8 significant bits where float16 keeps 11: its rounding step is 8x float16's,
 # so its row is the fp16 row times 8 (derived, not measured; the PyTorch --precision bf16
 # column of edgesam-bench is what uses it).

@@ -45,12 +45,18 @@ def golden0():
 
 
 @pytest.fixture(scope="session")
-def fp32_pair(tmp_path_factory, golden0) -> Path:
-    """Bicubic encoder + IoU decoder (fp32, enumerated 1..16 points) from the golden weights."""
+def fp32_decoder(tmp_path_factory, golden0) -> Path:
+    """IoU decoder (fp32, enumerated 1..16 points) from the golden weights, in its folder."""
     out = tmp_path_factory.mktemp("coreml_fp32")
-    loaded = model_for(golden0.seed, "bicubic")
-    export(loaded, "encoder", CoreMLOptions(output=out))
-    export(loaded, "decoder", CoreMLOptions(output=out))
+    export(model_for(golden0.seed, "bicubic"), "decoder", CoreMLOptions(output=out))
+    return out / "edge_sam_decoder.mlpackage"
+
+
+@pytest.fixture(scope="session")
+def fp32_pair(fp32_decoder, golden0) -> Path:
+    """The decoder's folder plus the bicubic encoder from the same weights."""
+    out = fp32_decoder.parent
+    export(model_for(golden0.seed, "bicubic"), "encoder", CoreMLOptions(output=out))
     return out
 
 
@@ -135,10 +141,10 @@ def test_bicubic_encoder_matches_golden_and_fp16_report_flags_random_weights(
     }
 
 
-def test_decoder_matches_golden(fp32_pair, golden0) -> None:
+def test_decoder_matches_golden(fp32_decoder, golden0) -> None:
     """The official decoder's outputs (on the fixture's bilinear embeddings), same tolerances
     as the ONNX golden test."""
-    dec = _mil(fp32_pair / "edge_sam_decoder.mlpackage")
+    dec = _mil(fp32_decoder)
     for name in golden0.dec_sets():
         out = dec.run(
             {
@@ -151,8 +157,8 @@ def test_decoder_matches_golden(fp32_pair, golden0) -> None:
         assert np.abs(out["scores"] - golden0[f"dec_{name}_scores"]).max() < 2e-5, name
 
 
-def test_every_point_count_1_to_16_runs_on_the_executor(fp32_pair, golden0) -> None:
-    dec = _mil(fp32_pair / "edge_sam_decoder.mlpackage")
+def test_every_point_count_1_to_16_runs_on_the_executor(fp32_decoder, golden0) -> None:
+    dec = _mil(fp32_decoder)
     _, refs = reference_sessions(model_for(golden0.seed, "bicubic"))
     rng = np.random.default_rng(3)
     emb = golden0["embeddings_bicubic"]
@@ -230,7 +236,7 @@ def test_impossible_option_combinations_fail_clearly() -> None:
 
 
 def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
-    tmp_path, fp32_pair
+    tmp_path, fp32_decoder
 ) -> None:
     """A package whose weights changed after export fails parity; `onnx` into the same folder
     verifies only its own file; the folder (CoreML from random weights, ONNX from calibrated
@@ -238,11 +244,17 @@ def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
     folder = tmp_path / "mixed"
     folder.mkdir()
     package = folder / "edge_sam_decoder.mlpackage"
-    shutil.copytree(fp32_pair / "edge_sam_decoder.mlpackage", package)
+    shutil.copytree(fp32_decoder, package)
     weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     data = bytearray(weights.read_bytes())
-    middle = len(data) // 2
-    for i in range(middle + 3, middle + 3 + 4 * 4096, 4):  # flip the sign of 4096 floats
+    # inside the largest blob (between two 0xDEADBEEF blob headers), flip the sign of 4096 floats
+    headers = [i for i in range(0, len(data) - 3, 64) if data[i : i + 4] == b"\xef\xbe\xad\xde"]
+    start, end = max(
+        zip(headers, [*headers[1:], len(data)], strict=True), key=lambda se: se[1] - se[0]
+    )
+    first = start + 128  # past the blob's 64-byte header and the data's 64-byte alignment
+    assert end - first > 4 * 4096
+    for i in range(first + 3, first + 3 + 4 * 4096, 4):
         data[i] ^= 0x80
     weights.write_bytes(bytes(data))
 
