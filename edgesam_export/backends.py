@@ -131,6 +131,10 @@ def open_artifact_backend(
             ExitCode.BAD_INPUT,
         )
     (enc_path, enc), (dec_path, dec) = chosen["encoder"], chosen["decoder"]
+    # A backend with more than one runtime (CoreML: the real runtime on macOS, our MIL executor
+    # elsewhere) names the one that produced the numbers in its column.
+    label = getattr(enc, "runtime_label", None)
+    name = f"{spec.name} ({label})" if label else spec.name
     return OpenedBackend(
-        spec.name, enc, dec, artifacts=[enc_path.name, dec_path.name], precision=precision
+        name, enc, dec, artifacts=[enc_path.name, dec_path.name], precision=precision
     )
