@@ -93,8 +93,10 @@ class MaskTokens:
     def from_metadata(cls, meta: Mapping[str, str]) -> MaskTokens:
         """Read back; artifacts older than these keys used the EdgeSAM convention."""
         count = int(meta.get("num_mask_tokens", 4))
+        # Without explicit slots: SAM's 3 + 1 for four tokens, else every token answers both.
+        default_multi = (1, 2, 3) if count == 4 else tuple(range(count))
         single = tuple(int(v) for v in _floats(meta, "mask_tokens_single", (0,)))
-        multi = tuple(int(v) for v in _floats(meta, "mask_tokens_multi", (1, 2, 3)))
+        multi = tuple(int(v) for v in _floats(meta, "mask_tokens_multi", default_multi))
         return cls(count, single, multi)
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import processing as P
-from .amg.generator import default_multimask_tokens
 from .errors import InputError
 from .runtime import Session
 
@@ -50,12 +49,10 @@ class Predictor:
         dmeta = decoder.metadata
         self.num_mask_tokens = int(dmeta.get("num_mask_tokens", meta.get("num_mask_tokens", 4)))
         # Which outputs are the multimask answers: a `multimask_tokens` metadata entry (JSON
-        # list) wins; otherwise the SAM-family convention for `num_mask_tokens`.
+        # list) wins; otherwise the model's recorded mask-token convention (`self.tokens`).
         tokens = dmeta.get("multimask_tokens")
         self.multimask_tokens: tuple[int, ...] = (
-            tuple(int(t) for t in json.loads(tokens))
-            if tokens
-            else default_multimask_tokens(self.num_mask_tokens)
+            tuple(int(t) for t in json.loads(tokens)) if tokens else self.tokens.multi
         )
         family = dmeta.get("family", meta.get("family", ""))
         self.default_score: str = dmeta.get(
