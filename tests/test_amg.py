@@ -467,7 +467,7 @@ sys.path.insert(0, "tests")
 from amg_oracle import OraclePredictor
 from edgesam_export.amg import MaskGenerator
 from edgesam_export.amg.overlay import render_overlay
-from edgesam_export.amg.png import decode_png, encode_png
+from edgesam_export.png import decode_png, encode_png
 import edgesam_export.cli.everything  # the command module imports no torch either
 image = np.load("tests/fixtures/edge_sam/golden_seed0.npz")["image"]
 gen = MaskGenerator(OraclePredictor(), points_per_side=8, crop_n_layers=1,

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from edgesam_export import processing as P
 from edgesam_export.amg import MaskGenerator, coco_rle_to_rle, rle_to_mask
-from edgesam_export.amg.png import encode_png
 from edgesam_export.cli.export import app
 from edgesam_export.errors import ExitCode, InputError
+from edgesam_export.png import encode_png
 from edgesam_export.predictor import Predictor
 from edgesam_export.runtime import open_session
 

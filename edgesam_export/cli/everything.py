@@ -143,7 +143,7 @@ def everything_cmd(
     """
     from ..amg import MaskGenerator
     from ..amg.overlay import render_overlay
-    from ..amg.png import read_image, write_png
+    from ..png import read_image, write_png
 
     with guarded(debug):
         if output.exists() and not output.is_dir():
