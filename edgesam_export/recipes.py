@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ExportOptions, OnnxOptions, SyntheticKind, UpsampleMode
+from .config import CoreMLOptions, ExportOptions, OnnxOptions, SyntheticKind, UpsampleMode
 from .errors import InputError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # target and folder names: safe on every filesystem
@@ -129,8 +129,19 @@ class OnnxTarget(TargetBase):
         return ("onnx", "onnxruntime", "onnxslim", *extra)
 
 
-# One member per backend; the lead adds CoreMLTarget / TensorRTTarget here as they land.
-TARGET_ENTRIES: tuple[type[TargetBase], ...] = (OnnxTarget,)
+class CoreMLTarget(TargetBase):
+    kind: Literal["coreml"]
+    options: CoreMLOptions = Field(default_factory=CoreMLOptions)
+
+    _check_output = field_validator("options")(_no_output)
+
+    def packages(self) -> tuple[str, ...]:
+        return ("coremltools",)
+
+
+# One member per backend that exports from a checkpoint (TensorRT engines are built from the
+# ONNX artifacts on the device: `edgesam-export trt ONNX_DIR`).
+TARGET_ENTRIES: tuple[type[TargetBase], ...] = (OnnxTarget, CoreMLTarget)
 if typing.TYPE_CHECKING:
     TargetEntry = TargetBase
 else:

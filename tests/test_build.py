@@ -311,3 +311,28 @@ def test_full_build_of_the_ci_recipe(tmp_path: Path) -> None:
     assert {"image_embeddings", "end_to_end.masks", "decoder.stability_scores"} <= checks
     code, out, _ = _cli("verify", str(folder))
     assert code == 0 and "3 files match" in out
+
+
+def test_coreml_target_builds_from_a_recipe(tmp_path: Path) -> None:
+    """A CoreML entry is one more target kind: exported, checked (MIL executor off macOS),
+    fingerprinted and verified like the ONNX ones."""
+    pytest.importorskip("coremltools")
+    recipe = _recipe(
+        tmp_path,
+        """\
+name: cm
+weights: {synthetic: calibrated, seed: 0}
+targets:
+  - name: coreml
+    kind: coreml
+    options: {graphs: [decoder], max_points: 3}
+""",
+    )
+    code, _, err = _cli("build", str(recipe), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    manifest = mf.read(tmp_path / "out" / "cm")
+    assert manifest["status"] == "passed"
+    (art,) = manifest["artifacts"]
+    assert art["path"].endswith(".mlpackage") and art["parity"] == "passed"
+    assert "coremltools" in manifest["tools"]
+    assert _cli("verify", str(tmp_path / "out" / "cm"))[0] == 0
