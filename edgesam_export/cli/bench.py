@@ -198,17 +198,27 @@ def _recorded_metadata(directory: Path) -> list[dict[str, str]]:
     return [e.get("metadata", {}) for e in entries if e.get("metadata")]
 
 
+def _require_cuda() -> None:
+    from ..pipeline import torch_available
+
+    if not torch_available():
+        raise BackendUnavailableError(
+            f"--device cuda runs the PyTorch columns: needs {BACKENDS['torch'].needs}"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"--device cuda needs a CUDA build of torch and an NVIDIA GPU; this torch"
+            f" ({torch.__version__}) sees none. Use --device cpu."
+        )
+
+
 def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: bool) -> None:
     from ..reference import torch_sessions
 
     if device is Device.cuda:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                f"--device cuda needs a CUDA build of torch and an NVIDIA GPU; this torch"
-                f" ({torch.__version__}) sees none. Use --device cpu."
-            )
+        _require_cuda()
     for name, optimized in (("torch", False), (TORCH_OPT, True)):
 
         def open_one(optimized: bool = optimized, name: str = name) -> OpenedBackend:
@@ -505,6 +515,8 @@ def bench(
             )
         if cuda_graphs and device is not Device.cuda:
             raise InputError("--cuda-graphs needs --device cuda")
+        if device is Device.cuda and backend in (Backend.torch, Backend.all):
+            _require_cuda()  # before loading anything
         wanted = list(BACKENDS) if backend is Backend.all else [backend.value]
         if backend is not Backend.all:  # say so before loading or exporting anything
             from ..runtime import artifact_suffixes
