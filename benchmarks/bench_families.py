@@ -13,12 +13,13 @@ Ours: `export_artifacts` (the product path: export-friendly encoder, channels-la
 onnxslim). Both from the same synthetic seed-0 weights of the fixture rule. Also recorded per
 variant: parameter count and our export wall time.
 
-    python benchmarks/bench_families.py
+    python benchmarks/bench_families.py [VARIANT ...]   # default: efficientvit_sam_l0 xl0
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import tempfile
 import time
 import warnings
@@ -256,7 +257,7 @@ def run() -> dict[str, Any]:
     date = _common.now_utc()
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgesam-families-") as tmp:
-        for name in VARIANTS:
+        for name in sys.argv[1:] or VARIANTS:
             results[name] = bench_variant(name, Path(tmp))
     return {
         "benchmark": NAME,
