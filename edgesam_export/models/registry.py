@@ -7,8 +7,9 @@ that ships with the package (for synthetic weights and key checks) and the build
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import InputError
 from .sam_heads import SamModel
@@ -28,6 +29,16 @@ class ModelSpec:
     signature_prefixes: tuple[str, ...]  # key prefixes that identify this family's checkpoints
     builder: Callable[..., SamModel] = field(repr=False)
     upsample_modes: tuple[str, ...] = ()  # first one is the default; () = no such option
+    # Families whose layout varies per file (SlimSAM's pruned widths) build from the state dict.
+    build_from_state: Callable[[Mapping[str, Any]], SamModel] | None = field(
+        default=None, repr=False
+    )
+    checkpoint_format: str = "state_dict"  # "state_dict" | "pickled-module" (SlimSAM)
+    # The official loader's strict=False (EdgeSAM): unknown extra keys warn instead of stopping.
+    extra_keys_allowed: bool = False
+    # Decoder I/O contracts an ONNX export may follow: "edgesam" (ours, the default) and
+    # "official" (segment-anything's SamOnnxModel: mask_input, has_mask_input, orig_im_size).
+    decoder_contracts: tuple[str, ...] = ("edgesam",)
 
     @property
     def default_upsample(self) -> str | None:
@@ -47,6 +58,14 @@ class ModelSpec:
                 raise InputError(f"{self.name} has no neck upsampling option; drop --upsample")
             model = self.builder()
         return model.eval()
+
+    def build_for(self, state: Mapping[str, Any], upsample_mode: str | None = None) -> SamModel:
+        """A model shaped for this state dict (per-file widths), or `build()` for fixed layouts."""
+        if self.build_from_state is None:
+            return self.build(upsample_mode)
+        if upsample_mode is not None:
+            raise InputError(f"{self.name} has no neck upsampling option; drop --upsample")
+        return self.build_from_state(state).eval()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
