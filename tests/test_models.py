@@ -103,6 +103,8 @@ def test_end_to_end_from_input_tensor(golden, bilinear_model):
 def test_every_registered_model_has_a_golden_test():
     """Nothing ships untested: a new registry entry must add its fixture here."""
     tested = {"edge_sam"}
+    # SAM, SlimSAM and MobileSAM: tables in test_sam_families.py (golden or synthetic-only)
+    tested |= {"sam_vit_b", "sam_vit_l", "sam_vit_h", "slimsam_50", "slimsam_77", "mobile_sam"}
     assert {s.name for s in list_specs()} <= tested
 
 
