@@ -155,7 +155,9 @@ def _prompt(g: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
 
 
 def _prompt_sets(g: dict[str, np.ndarray]) -> list[str]:
-    return sorted({k.split("_")[0] for k in g if k.endswith("_single_masks") and len(k) > 14})
+    return sorted(
+        {k.split("_")[0] for k in g if k.endswith("_single_masks") and not k.startswith("onnx_")}
+    )
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -257,5 +257,6 @@ EDGE_SAM = register(
         signature_prefixes=("image_encoder.features.", "image_encoder.fuse_stage3."),
         upsample_modes=("bicubic", "bilinear"),
         builder=build_edge_sam,
+        extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     )
 )
