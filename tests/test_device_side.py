@@ -17,6 +17,7 @@ DEVICE_MODULES = (
     "edgesam_export.parity",
     "edgesam_export.artifacts",
     "edgesam_export.bench",
+    "edgesam_export.official_contract",
 )
 
 BLOCKER = textwrap.dedent(
