@@ -14,14 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graphs import stability_score
-from .models.sam_heads import MaskDecoder, PromptEncoder, SamModel
+from .graphs import DecoderGraph, stability_score
+from .models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
 from .official_contract import SINGLE_MASK_REWEIGHT
 
 
 class OfficialDecoderGraph(nn.Module):
     """(image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size)
-    -> (masks upscaled to orig_im_size, iou_predictions, low_res_masks)."""
+    -> (masks upscaled to orig_im_size, iou_predictions, low_res_masks).
+
+    `optimized=False` runs the mask decoder as the official code does (the reference);
+    `optimized=True` (what is exported) runs it channels-last like `DecoderGraph`'s exported
+    form (one GEMM per transposed conv, constant channels-last positional encoding), with the
+    dense (mask-prompt) embedding added to the image tokens.
+    """
 
     image_pe: Tensor
     score_reweight: Tensor
@@ -32,8 +38,11 @@ class OfficialDecoderGraph(nn.Module):
         img_size: int,
         return_single_mask: bool = False,
         use_stability_score: bool = False,
+        optimized: bool = False,
     ) -> None:
         super().__init__()
+        self.optimized = optimized
+        self.fast = DecoderGraph(model, img_size, optimized=True) if optimized else None
         self.prompt_encoder: PromptEncoder = model.prompt_encoder
         self.mask_decoder: MaskDecoder = model.mask_decoder
         self.img_size = img_size
@@ -72,7 +81,12 @@ class OfficialDecoderGraph(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels, self.img_size)
         dense = self._embed_masks(mask_input, has_mask_input)
-        masks, scores = self.mask_decoder.predict(image_embeddings, self.image_pe, sparse, dense)
+        if self.fast is not None:
+            masks, scores = _channels_last(self.fast, image_embeddings, sparse, dense)
+        else:
+            masks, scores = self.mask_decoder.predict(
+                image_embeddings, self.image_pe, sparse, dense
+            )
         if self.use_stability_score:
             scores = stability_score(masks)
         if self.return_single_mask:
@@ -81,3 +95,31 @@ class OfficialDecoderGraph(nn.Module):
             masks = masks[torch.arange(masks.shape[0]), best].unsqueeze(1)
             scores = scores[torch.arange(scores.shape[0]), best].unsqueeze(1)
         return self._upscale(masks, orig_im_size), scores, masks
+
+
+def _channels_last(
+    g: DecoderGraph, image_embeddings: Tensor, sparse: Tensor, dense: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`DecoderGraph`'s channels-last mask prediction with a per-call dense embedding."""
+    dec = g.mask_decoder
+    batch = sparse.shape[0]
+    h, w = image_embeddings.shape[-2:]
+    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
+    keys = (image_embeddings + dense).flatten(2).permute(0, 2, 1)
+    hs, src = dec.transformer(keys, g.image_pe_tokens, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+    norm = dec.output_upscaling[1]
+    assert isinstance(norm, LayerNorm2d)
+    x = (src @ g.up1_weight + g.up1_bias).reshape(batch, h * w * 4, -1)
+    x = F.gelu(F.layer_norm(x, g.up1_norm_shape, norm.weight, norm.bias, norm.eps))
+    x = F.gelu(x @ g.up2_weight + g.up2_bias).reshape(batch, h * w * 16, -1)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    k = dec.num_mask_tokens
+    masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
+    masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
+    return masks, dec.iou_prediction_head(iou_token_out)

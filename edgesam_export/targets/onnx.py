@@ -67,7 +67,7 @@ def build_graph(
         from ..graphs_official import OfficialDecoderGraph
 
         official = OfficialDecoderGraph(
-            loaded.model, spec.img_size, return_single_mask, use_stability_score
+            loaded.model, spec.img_size, return_single_mask, use_stability_score, optimized=True
         )
         h, w = spec.embed_shape[1:]
         return official.eval(), (
