@@ -332,23 +332,29 @@ def run(families: tuple[str, ...]) -> dict[str, Any]:
     set_threads(_common.THREADS)
     monitor = _common.CpuMonitor()
     date = _common.now_utc()
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def payload() -> dict[str, Any]:
+        return {
+            "benchmark": NAME,
+            "date": date,
+            "machine": machine_info(),
+            "contention": monitor.result(),
+            "settings": {
+                "threads": _common.THREADS,
+                "plan_warmup_iters": PLAN,
+                "gap_s": GAP_S,
+                "weights": "the golden fixtures' (synthetic seed 0)",
+            },
+            "families": results,
+        }
+
     with tempfile.TemporaryDirectory(prefix="edgesam-sam-families-") as tmp:
         for family in families:
             results.append(bench_family(family, Path(tmp)))
-    return {
-        "benchmark": NAME,
-        "date": date,
-        "machine": machine_info(),
-        "contention": monitor.result(),
-        "settings": {
-            "threads": _common.THREADS,
-            "plan_warmup_iters": PLAN,
-            "gap_s": GAP_S,
-            "weights": "the golden fixtures' (synthetic seed 0)",
-        },
-        "families": results,
-    }
+            partial = payload()  # each finished family is on disk even if a later one is cut
+            _common.write_results(NAME, partial, render(partial))
+    return payload()
 
 
 def render(result: dict[str, Any]) -> str:
