@@ -7,6 +7,7 @@ written under a temporary name in the destination directory and renamed into pla
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -47,12 +48,21 @@ class Artifact:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metadata: dict[str, str] = field(default_factory=dict)
+    # Files the artifact needs beside it (an ONNX graph's external-data sidecar).
+    data_files: list[Path] = field(default_factory=list)
 
     def sha256(self) -> str:
-        return path_sha256(self.path)
+        """Of the file (or bundle); with data files, of the file's and each data file's hash."""
+        if not self.data_files:
+            return path_sha256(self.path)
+        h = hashlib.sha256(bytes.fromhex(path_sha256(self.path)))
+        for f in self.data_files:
+            h.update(f.name.encode())
+            h.update(bytes.fromhex(file_sha256(f)))
+        return h.hexdigest()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "path": self.path.name,
             "backend": self.backend,
             "graph": self.graph,
@@ -61,6 +71,12 @@ class Artifact:
             "outputs": [asdict(t) for t in self.outputs],
             "metadata": self.metadata,
         }
+        if self.data_files:
+            out["data_files"] = [
+                {"path": f.name, "sha256": file_sha256(f), "bytes": f.stat().st_size}
+                for f in self.data_files
+            ]
+        return out
 
 
 @contextlib.contextmanager
@@ -108,7 +124,12 @@ def base_metadata(loaded: LoadedModel, graph: str, use_stability_score: bool) ->
         "weights": loaded.weights,
         "weights_source": loaded.source if loaded.synthetic else Path(loaded.source).name,
         "checkpoint_sha256": loaded.sha256 or "",
-    }
+    } | (
+        # Extra checkpoint keys left unused (EdgeSAM's official strict=False loading).
+        {"ignored_checkpoint_keys": json.dumps(list(loaded.ignored_keys))}
+        if getattr(loaded, "ignored_keys", ())
+        else {}
+    )
 
 
 def artifact_precision(metadata: dict[str, str]) -> str:

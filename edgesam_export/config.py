@@ -33,6 +33,8 @@ class ModelOptions(BaseModel):
     # Without a checkpoint: the fixture rule's weights as drawn ("random"), or with BatchNorm
     # statistics calibrated so activations stay near unit scale ("calibrated": fp16/int8 work).
     synthetic: SyntheticKind = "random"
+    # Refuse checkpoint keys a family's official loader ignores (EdgeSAM loads strict=False).
+    strict: bool = False
 
 
 class ExportOptions(BaseModel):
@@ -52,11 +54,19 @@ class ExportOptions(BaseModel):
         return tuple(dict.fromkeys(v))
 
 
+DecoderContract = Literal["edgesam", "official"]
+
+
 class OnnxOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21)
     simplify: bool = True  # False is simplifier="none" (kept for --no-simplify)
     simplifier: SimplifierKind = "onnxslim"
     gelu_approximate: bool = False  # tanh GELU (EdgeSAM's --gelu-approximate)
+    # Decoder I/O: "edgesam" (ours) or "official" (segment-anything's SamOnnxModel signature).
+    decoder_contract: DecoderContract = "edgesam"
+    return_single_mask: bool = False  # official contract only: keep one mask, as its notebook
+    # Weights in a `<file>.onnx.data` sidecar: None = when the graph would pass ONNX's 2 GB limit.
+    external_data: bool | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import processing as P
 from .errors import InputError
+from .official_contract import is_official, official_feeds, single_mask_index
 from .runtime import Session
 
 # Per-precision, per-output tolerances on max |candidate - reference|. Float32 values are about
@@ -30,6 +31,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "end_to_end.masks": 2e-2,
         "end_to_end.scores": 2e-3,
         "end_to_end.stability_scores": 5e-3,
+        # official decoder contract: logits upscaled to the original size (a convex combination
+        # of low-res logits: at most their error plus the resize's float32 rounding)
+        "decoder.upscaled_masks": 5e-4,
+        "end_to_end.upscaled_masks": 2e-2,
     },
     "fp16": {
         "image_embeddings": 5e-2,
@@ -39,6 +44,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "end_to_end.masks": 2e-1,
         "end_to_end.scores": 5e-2,
         "end_to_end.stability_scores": 5e-2,
+        "decoder.upscaled_masks": 5e-2,
+        "end_to_end.upscaled_masks": 2e-1,
     },
 }
 # fp16 rows for TensorRT engines and fp16 ONNX graphs, derived from the fp16 emulation
@@ -335,7 +342,8 @@ def _judge(
     precision: str,
 ) -> None:
     tolerances, min_iou = tolerances_for(backend, precision)
-    tol = tolerances[check]
+    # rows without an upscaled-mask entry judge upscaled logits like the low-res ones
+    tol = tolerances.get(check) or tolerances[check.replace(".upscaled_masks", ".masks")]
     ok = metrics["max_abs"] <= tol and "shape_mismatch" not in metrics
     if "min_mask_iou" in metrics:
         ok = ok and metrics["min_mask_iou"] >= min_iou
@@ -429,6 +437,9 @@ def check(
     for name, dec in decoders:
         stab = dec.metadata.get("use_stability_score", "false") == "true"
         ref_dec = reference_decoders[stab]
+        if is_official(dec.metadata):
+            _check_official(report, name, dec, ref_dec, ref_emb, own_embedding, cases, info)
+            continue
         for case in cases:
             feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
             reason = dec.accepts(feeds)
@@ -459,3 +470,64 @@ def check(
                     candidate_precision(dec),
                 )
     return report
+
+
+def _check_official(
+    report: ParityReport,
+    name: str,
+    dec: Session,
+    ref_dec: Session,
+    ref_emb: np.ndarray,
+    own_embedding: np.ndarray | None,
+    cases: Sequence[PromptCase],
+    info: P.ImageInfo,
+) -> None:
+    """A decoder with segment-anything's official contract against our reference decoder.
+
+    Batch-1 cases only (the contract has no batch axis). Low-res masks and scores are judged like
+    any decoder's (for `return_single_mask`, against the token the official rule picks from the
+    reference scores); the upscaled masks against the reference low-res logits post-processed
+    by `processing.postprocess_masks` (bilinear to the padded frame, crop, bilinear to the
+    original size: what the contract computes).
+    """
+    stab = dec.metadata.get("use_stability_score", "false") == "true"
+    single = dec.metadata.get("return_single_mask", "false") == "true"
+    precision = candidate_precision(dec)
+    for case in cases:
+        if case.point_coords.shape[0] != 1:
+            continue
+        feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
+        ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
+        ref_scores, ref_masks = ref["scores"], ref["masks"]
+        if single:
+            idx = single_mask_index(ref_scores, case.point_coords.shape[1])
+            ref_scores = np.take_along_axis(ref_scores, idx[:, None], axis=1)
+            ref_masks = ref_masks[np.arange(ref_masks.shape[0]), idx][:, None]
+        ref_up = P.postprocess_masks(ref_masks[0], info)
+        runs = [("decoder", ref_emb)]
+        if own_embedding is not None:
+            runs.append(("end_to_end", own_embedding))
+        for stage, embedding in runs:
+            out = dec.run(
+                official_feeds(embedding, case.point_coords, case.point_labels, info.original_size)
+            )
+            _judge_decoder(
+                report,
+                name,
+                dec.backend,
+                stage,
+                case.name,
+                stab,
+                {"scores": out["iou_predictions"], "masks": out["low_res_masks"]},
+                {"scores": ref_scores, "masks": ref_masks},
+                precision,
+            )
+            _judge(
+                report,
+                name,
+                dec.backend,
+                f"{stage}.upscaled_masks",
+                case.name + (" (stability)" if stab else ""),
+                compare_arrays(out["masks"][0], ref_up),
+                precision,
+            )

@@ -49,6 +49,7 @@ def export_artifacts(
         upsample_mode=model.upsample,
         seed=model.seed,
         synthetic=model.synthetic,
+        strict=model.strict,
     )
     artifacts = []
     for graph in options.graphs:

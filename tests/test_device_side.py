@@ -43,6 +43,7 @@ DEVICE_MODULES = (
     "edgesam_export.web.server",
     "edgesam_export.web.browser",
     "edgesam_export.web.selftest",
+    "edgesam_export.official_contract",
 )
 TESTS = Path(__file__).parent
 

@@ -33,6 +33,12 @@ GOLDEN: dict[str, tuple[str, str]] = {
     "efficientvit_sam_l1": ("test_efficientvit", "test_layout_matches_built_model"),
     "efficientvit_sam_l2": ("test_efficientvit", "test_layout_matches_built_model"),
     "efficientvit_sam_xl1": ("test_efficientvit", "test_layout_matches_built_model"),
+    "sam_vit_b": ("test_sam_families", "test_encoder_matches_golden"),
+    "mobile_sam": ("test_sam_families", "test_encoder_matches_golden"),
+    "slimsam_77": ("test_sam_families", "test_encoder_matches_golden"),
+    "sam_vit_l": ("test_sam_families", "test_layout_matches_built_model"),
+    "sam_vit_h": ("test_sam_families", "test_layout_matches_built_model"),
+    "slimsam_50": ("test_sam_families", "test_layout_matches_built_model"),
 }  # fmt: skip
 
 # variant -> where its ONNX export + parity test runs: "default" / "heavy" (this module), or
@@ -44,6 +50,26 @@ EXPORT: dict[str, str | tuple[str, str]] = {
     "efficientvit_sam_l2": "heavy",
     "efficientvit_sam_xl0": "heavy",
     "efficientvit_sam_xl1": "heavy",
+    # SAM, MobileSAM, SlimSAM: their export tests live in test_sam_families.py (the large
+    # encoders behind EDGESAM_HEAVY=1 there).
+    "mobile_sam": ("test_sam_families", "test_onnx_export_passes_parity"),
+    "slimsam_77": ("test_sam_families", "test_onnx_export_passes_parity"),
+    "sam_vit_b": (
+        "test_sam_families",
+        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
+    ),
+    "sam_vit_l": (
+        "test_sam_families",
+        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
+    ),
+    "sam_vit_h": (
+        "test_sam_families",
+        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
+    ),
+    "slimsam_50": (
+        "test_sam_families",
+        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
+    ),
 }
 
 

@@ -135,6 +135,27 @@ def onnx_cmd(
     synthetic: SyntheticOpt = Synthetic.calibrated,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
+    decoder_contract: Annotated[
+        str,
+        typer.Option(
+            "--decoder-contract",
+            help="Decoder I/O: edgesam (ours) or official (segment-anything's SamOnnxModel:"
+            " mask_input, has_mask_input, orig_im_size; SAM, SlimSAM and MobileSAM).",
+        ),
+    ] = "edgesam",
+    return_single_mask: Annotated[
+        bool,
+        typer.Option(
+            "--return-single-mask", help="Official contract: return the one best mask only."
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse checkpoint keys the official loader ignores (EdgeSAM's fpn.*/rpn_head.*).",
+        ),
+    ] = False,
 ) -> None:
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
     from ..config import ModelOptions, OnnxOptions
@@ -149,6 +170,7 @@ def onnx_cmd(
                 seed=seed,
                 upsample=None if upsample is None else upsample.value,
                 synthetic=synthetic.value,
+                strict=strict,
             )
             eopts = OnnxOptions(
                 graphs=graphs or ("encoder", "decoder"),
@@ -160,6 +182,8 @@ def onnx_cmd(
                 output=output,
                 precision=precision,  # type: ignore[arg-type]
                 quantize=quantize,  # type: ignore[arg-type]
+                decoder_contract=decoder_contract,  # type: ignore[arg-type]
+                return_single_mask=return_single_mask,
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -171,6 +195,14 @@ def onnx_cmd(
         t0 = time.perf_counter()
         loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
         export_s = time.perf_counter() - t0
+        if loaded.ignored_keys:
+            err_console.print(
+                f"[yellow]{len(loaded.ignored_keys)} extra checkpoint keys ignored, as the"
+                f" official {loaded.spec.family} loader does (strict=False):"
+                f" {escape(', '.join(loaded.ignored_keys[:6]))}"
+                + (" ..." if len(loaded.ignored_keys) > 6 else "")
+                + " (recorded in the metadata; --strict refuses them)[/]"
+            )
         table = Table(title=f"ONNX artifacts ({loaded.spec.family}, {loaded.source})")
         for col in ("graph", "file", "size", "sha256"):
             table.add_column(col)

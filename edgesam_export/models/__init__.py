@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import edgesam as _edgesam  # noqa: F401  (registers the spec)
 from . import efficientvit as _efficientvit  # noqa: F401  (registers the specs)
+from . import sam_family as _sam_family  # noqa: F401  (SAM, SlimSAM, MobileSAM)
 from .checkpoint import LoadedModel, detect_family, load_model, read_checkpoint, synth_state_dict
 from .registry import ModelSpec, get_spec, list_specs, register
 

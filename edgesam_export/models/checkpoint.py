@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import pickle
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -24,16 +25,10 @@ from torch import nn
 from ..artifacts import file_sha256
 from ..config import SyntheticKind
 from ..errors import CheckpointError
-from .registry import ModelSpec, get_spec, list_specs
+from .identify import identify
+from .registry import ModelSpec, get_spec
 from .sam_heads import SamModel
 
-# Families we recognise but do not build yet: key prefix -> human name.
-_FOREIGN_SIGNATURES: dict[str, str] = {
-    "image_encoder.backbone.stages.": "EfficientViT-SAM",
-    "image_encoder.layers.": "MobileSAM (TinyViT)",
-    "image_encoder.module.": "SlimSAM (pruned ViT wrapped in DataParallel)",
-    "image_encoder.blocks.": "SAM (ViT-B/L/H)",
-}
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
 
@@ -48,6 +43,8 @@ class LoadedModel:
     upsample_mode: str | None
     sha256: str | None  # of the checkpoint file, None for synthetic weights
     calibrated: bool = False  # synthetic weights with BatchNorm statistics calibrated
+    # Extra checkpoint keys the family's official loader ignores (strict=False), left unused.
+    ignored_keys: tuple[str, ...] = ()
 
     @property
     def weights(self) -> str:
@@ -132,8 +129,18 @@ def sniff_non_checkpoint(path: Path) -> str | None:
     return None
 
 
+def _is_module_pickle_error(msg: str) -> bool:
+    return "Weights only load failed" in msg or "GLOBAL" in msg
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Open a checkpoint file safely and return its flat tensor state dict."""
+    """Open a checkpoint file safely and return its flat tensor state dict.
+
+    Plain weights files go through `torch.load(weights_only=True)`. Whole pickled modules
+    (SlimSAM's releases) are read by `safe_pickle`'s restricted unpickler, which rebuilds tensors
+    and inert module records only and refuses any other global by name; DataParallel wrappers
+    (`image_encoder.module.`) are unwrapped.
+    """
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -148,17 +155,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Weights only load failed" in msg or "GLOBAL" in msg:
-            hint = ""
-            if "segment_anything" in msg or "DataParallel" in msg or "Sam" in msg:
-                hint = (
-                    " It looks like a whole pickled model (SlimSAM-style); this version loads"
-                    " only state dicts."
-                )
-            raise CheckpointError(
-                f"{path} is not a plain weights file: it pickles Python objects, which are not"
-                f" loaded for safety (torch.load(weights_only=True)).{hint}"
-            ) from None
+        if _is_module_pickle_error(msg):
+            if not zipfile.is_zipfile(path):  # legacy/plain pickles: never unpickled here
+                raise CheckpointError(
+                    f"{path} is not a plain weights file: it pickles Python objects, which are"
+                    " not loaded for safety (torch.load(weights_only=True) refused it)"
+                ) from None
+            return _read_module_pickle(path)
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})"
         ) from None
@@ -179,39 +182,79 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds a dict without tensors: not a model checkpoint")
-    return tensors
+    return _unwrap_data_parallel(tensors)
 
 
-def detect_family(keys: set[str]) -> str | None:
-    """Name of the registered spec or known foreign family whose signature the keys carry.
+def _unwrap_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`image_encoder.module.*` (a DataParallel-wrapped encoder) -> `image_encoder.*`."""
+    prefix = "image_encoder.module."
+    if not any(k.startswith(prefix) for k in state):
+        return state
+    return {
+        ("image_encoder." + k[len(prefix) :] if k.startswith(prefix) else k): v
+        for k, v in state.items()
+    }
 
-    Variants of one family share their signature: among several matching specs the one whose
-    layout has exactly these keys (BatchNorm step counters aside) is named, else none.
-    """
-    candidates = [
-        spec
-        for spec in list_specs()
-        if all(any(k.startswith(p) for k in keys) for p in spec.signature_prefixes)
-    ]
-    if len(candidates) == 1:
-        return candidates[0].name
-    if candidates:
-        counters = ".num_batches_tracked"
-        wanted = {k for k in keys if not k.endswith(counters)}
-        for spec in candidates:
-            layout = {k for k in load_layout(spec.name)["tensors"] if not k.endswith(counters)}
-            if layout == wanted:
-                return spec.name
+
+def _read_module_pickle(path: Path) -> dict[str, torch.Tensor]:
+    from .safe_pickle import UnsafePickleError, read_module_checkpoint
+
+    try:
+        ckpt = read_module_checkpoint(path)
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(
+            f"{path} is not a plain weights file and was not loaded: {exc}"
+        ) from None
+    return _unwrap_data_parallel(ckpt.state_dict)
+
+
+def detect_family(keys: set[str] | dict[str, torch.Tensor]) -> str | None:
+    """The registered model (or, when none builds it, the family) the checkpoint belongs to."""
+    found = identify(keys)
+    if found is None:
         return None
-    for prefix, name in _FOREIGN_SIGNATURES.items():
-        if any(k.startswith(prefix) for k in keys):
-            return name
-    return None
+    return found.model or found.description
+
+
+def _show(keys: list[str]) -> str:
+    head = ", ".join(keys[:8])
+    return head + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+
+def _foreign_error(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a CheckpointError naming the file's family when it is not `spec`'s."""
+    found = identify(state)
+    if found is not None and found.model != spec.name:
+        advice = (
+            f" Use --model {found.model}."
+            if found.model is not None
+            else " That model is not supported by this version."
+        )
+        raise CheckpointError(
+            f"{source} is a {found.description} checkpoint, not {spec.family}"
+            f" ({spec.name}).{advice}"
+        )
+    if found is None and not any(k.startswith(("image_encoder.", "mask_decoder.")) for k in state):
+        raise CheckpointError(
+            f"{source} is not a Segment-Anything-family checkpoint (first keys:"
+            f" {', '.join(sorted(state)[:3])})"
+        )
 
 
 def _check_keys(
-    spec: ModelSpec, model: nn.Module, state: dict[str, torch.Tensor], source: str
-) -> None:
+    spec: ModelSpec,
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    strict: bool = False,
+) -> tuple[str, ...]:
+    """Check `state` against the model; returns the extra keys left unused (EdgeSAM only).
+
+    Missing keys and wrong shapes always stop with an error that names them; so do unexpected
+    keys, except for families whose official loader uses strict=False (EdgeSAM's released files
+    may carry `fpn.*` / `rpn_head.*` from a merged RPN) unless `strict`. BatchNorm's
+    `num_batches_tracked` may be absent, as PyTorch's strict loading allows.
+    """
     expected = model.state_dict()
     # BatchNorm step counters carry no weights; PyTorch's strict load of official files
     # succeeds without them (efficientvit fixture README), so their absence is not an error.
@@ -219,36 +262,15 @@ def _check_keys(
         k for k in set(expected) - set(state) if not k.endswith(".num_batches_tracked")
     )
     unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        family = detect_family(set(state))
-        if family is not None and family != spec.name:
-            other = f"model {family!r}" if family in {s.name for s in list_specs()} else family
-            raise CheckpointError(
-                f"{source} is a {other} checkpoint, not {spec.family} ({spec.name});"
-                f" {len(missing)} expected keys missing, {len(unexpected)} unexpected."
-                + (
-                    f" Use --model {family}."
-                    if other.startswith("model")
-                    else " That family is not supported by this version."
-                )
-            )
-        if family is None and not any(
-            k.startswith(("image_encoder.", "mask_decoder.")) for k in state
-        ):
-            raise CheckpointError(
-                f"{source} is not a Segment-Anything-family checkpoint (first keys:"
-                f" {', '.join(sorted(state)[:3])})"
-            )
-
-        def show(keys: list[str]) -> str:
-            head = ", ".join(keys[:8])
-            return head + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
+    if missing or (unexpected and (strict or not spec.extra_keys_allowed)):
+        _foreign_error(spec, state, source)
         parts = [f"{source} does not match the {spec.name} layout:"]
         if missing:
-            parts.append(f"missing keys: {show(missing)}")
+            parts.append(f"missing keys: {_show(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
+            parts.append(f"unexpected keys: {_show(unexpected)}")
+            if spec.extra_keys_allowed:
+                parts.append("(extra keys are refused because of --strict)")
         raise CheckpointError(" ".join(parts))
     bad = [
         f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
@@ -256,10 +278,12 @@ def _check_keys(
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if bad:
+        _foreign_error(spec, state, source)
         raise CheckpointError(
             f"{source}: {len(bad)} tensors have the wrong shape for {spec.name}: "
             + "; ".join(bad[:5])
         )
+    return tuple(unexpected)
 
 
 def load_model(
@@ -269,15 +293,18 @@ def load_model(
     upsample_mode: str | None = None,
     seed: int = 0,
     synthetic: SyntheticKind = "random",
+    strict: bool = False,
 ) -> LoadedModel:
-    """Build `model`; load a checkpoint strictly, or synthetic weights when checkpoint is None.
+    """Build `model`; load a checkpoint's keys exactly, or synthetic weights when it is None.
 
     `synthetic="calibrated"` recalibrates the synthetic weights' BatchNorm statistics so that
     activations stay near unit scale (what fp16/int8 checks need; see `calibration`).
+    `strict=True` also refuses extra keys a family's official loader would ignore (EdgeSAM).
     """
     spec = get_spec(model)
-    net = spec.build(upsample_mode)
     mode = upsample_mode or spec.default_upsample
+    if spec.build_from_state is None:
+        net = spec.build(upsample_mode)
     if checkpoint is None:
         state = synth_state_dict(spec.name, seed)
         calibrated = synthetic == "calibrated"
@@ -287,16 +314,22 @@ def load_model(
         path = Path(checkpoint)
         state = read_checkpoint(path)
         source, is_synthetic, digest, calibrated = str(path), False, file_sha256(path), False
-    _check_keys(spec, net, state, source)
+    if spec.build_from_state is not None:  # widths differ per file (SlimSAM)
+        try:
+            net = spec.build_for(state, upsample_mode)
+        except CheckpointError as exc:
+            _foreign_error(spec, state, source)
+            raise CheckpointError(f"{source}: {exc}") from None
+    ignored = _check_keys(spec, net, state, source, strict)
     expected = net.state_dict()
-    for key in set(expected) - set(state):  # only BatchNorm step counters (see _check_keys)
-        state[key] = torch.zeros_like(expected[key])
-    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    state = {k: v.to(expected[k].dtype) for k, v in state.items() if k in expected}
+    for key, value in expected.items():  # absent num_batches_tracked: keep the module's own
+        state.setdefault(key, value)
     net.load_state_dict(state, strict=True)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    if calibrated:
+    if calibrated and any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
         from .calibration import calibrate_batchnorm
 
         calibrate_batchnorm(net, spec)
@@ -308,4 +341,5 @@ def load_model(
         upsample_mode=mode,
         sha256=digest,
         calibrated=calibrated,
+        ignored_keys=ignored,
     )

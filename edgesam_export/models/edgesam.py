@@ -259,5 +259,6 @@ EDGE_SAM = register(
         checkpoint_format="bare state_dict (edge_sam.pth / edge_sam_3x.pth)",
         builder=build_edge_sam,
         verified_targets=("onnx",),
+        extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     )
 )

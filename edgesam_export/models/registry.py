@@ -7,8 +7,9 @@ that ships with the package (for synthetic weights and key checks) and the build
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..contract import SAM_PIXEL_MEAN, SAM_PIXEL_STD, MaskTokens, Preprocessing
 from ..errors import InputError
@@ -45,6 +46,15 @@ class ModelSpec:
     checkpoint_format: str = "state_dict"  # what the official loader accepts (for docs/CLI)
     upsample_modes: tuple[str, ...] = ()  # first one is the default; () = no such option
     verified_targets: tuple[str, ...] = ()  # targets with an export + parity test for it
+    # Families whose layout varies per file (SlimSAM's pruned widths) build from the state dict.
+    build_from_state: Callable[[Mapping[str, Any]], SamModel] | None = field(
+        default=None, repr=False
+    )
+    # The official loader's strict=False (EdgeSAM): unknown extra keys warn instead of stopping.
+    extra_keys_allowed: bool = False
+    # Decoder I/O contracts an ONNX export may follow: "edgesam" (ours, the default) and
+    # "official" (segment-anything's SamOnnxModel: mask_input, has_mask_input, orig_im_size).
+    decoder_contracts: tuple[str, ...] = ("edgesam",)
 
     def __post_init__(self) -> None:
         if self.tokens.count != self.num_mask_tokens:
@@ -93,6 +103,14 @@ class ModelSpec:
                 raise InputError(f"{self.name} has no neck upsampling option; drop --upsample")
             model = self.builder()
         return model.eval()
+
+    def build_for(self, state: Mapping[str, Any], upsample_mode: str | None = None) -> SamModel:
+        """A model shaped for this state dict (per-file widths), or `build()` for fixed layouts."""
+        if self.build_from_state is None:
+            return self.build(upsample_mode)
+        if upsample_mode is not None:
+            raise InputError(f"{self.name} has no neck upsampling option; drop --upsample")
+        return self.build_from_state(state).eval()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

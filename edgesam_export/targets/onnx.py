@@ -8,15 +8,19 @@ bytes: no timestamps, deterministic tracing inputs, sorted metadata.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..artifacts import Artifact, atomic_path, base_metadata
 from ..config import ExportOptions, GraphKind, OnnxOptions
-from ..errors import BackendUnavailableError, ExportFailedError
+from ..errors import BackendUnavailableError, ExportFailedError, InputError
 from ..graphs import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -28,7 +32,15 @@ from ..graphs import (
     encoder_io,
 )
 from ..models import LoadedModel
+from ..official_contract import (
+    OFFICIAL_DECODER_INPUTS,
+    OFFICIAL_DECODER_OUTPUTS,
+    official_decoder_io,
+)
 from . import Target, artifact_path
+
+# ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -74,10 +86,27 @@ def build_graph(
     graph: GraphKind,
     use_stability_score: bool,
     gelu_approximate: bool = False,
+    contract: str = "edgesam",
+    return_single_mask: bool = False,
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module to trace and deterministic example inputs for it."""
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
+    if graph == "decoder" and contract == "official":
+        from ..graphs_official import OfficialDecoderGraph
+
+        official = OfficialDecoderGraph(
+            loaded.model, spec.img_size, return_single_mask, use_stability_score, optimized=True
+        )
+        h, w = spec.embed_shape[1:]
+        return official.eval(), (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(1, 3, 2, generator=gen) * spec.img_size,
+            torch.tensor([[1.0, 0.0, -1.0]]),
+            torch.randn(1, 1, 4 * h, 4 * w, generator=gen),
+            torch.tensor([1.0]),
+            torch.tensor([480.0, 640.0]),
+        )
     if graph == "encoder":
         module: torch.nn.Module = EncoderGraph(
             loaded.model.image_encoder, optimized=True, gelu_approximate=gelu_approximate
@@ -136,11 +165,36 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         options = OnnxOptions(**options.model_dump())
     onnx, _ = _require_onnx()
     spec = loaded.spec
-    module, args = build_graph(loaded, graph, options.use_stability_score, options.gelu_approximate)
-    if graph == "encoder":
+    official = graph == "decoder" and options.decoder_contract == "official"
+    if official and "official" not in spec.decoder_contracts:
+        raise InputError(
+            f"{spec.name} has no official ONNX decoder contract; use --decoder-contract edgesam"
+        )
+    if options.return_single_mask and not official:
+        raise InputError("--return-single-mask needs --decoder-contract official")
+    module, args = build_graph(
+        loaded,
+        graph,
+        options.use_stability_score,
+        gelu_approximate=options.gelu_approximate,
+        contract=options.decoder_contract,
+        return_single_mask=options.return_single_mask,
+    )
+    if official:
+        inputs, outputs = official_decoder_io(
+            spec.embed_shape, spec.num_mask_tokens, options.return_single_mask
+        )
+        names_in: tuple[str, ...] = OFFICIAL_DECODER_INPUTS
+        names_out: tuple[str, ...] = OFFICIAL_DECODER_OUTPUTS
+        dynamic: dict[str, dict[int, str]] | None = {
+            "point_coords": {1: "num_points"},
+            "point_labels": {1: "num_points"},
+            "masks": {2: "orig_height", 3: "orig_width"},
+        }
+    elif graph == "encoder":
         inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
-        names_in: tuple[str, ...] = ENCODER_INPUTS
-        names_out: tuple[str, ...] = ENCODER_OUTPUTS
+        names_in = ENCODER_INPUTS
+        names_out = ENCODER_OUTPUTS
         dynamic = None
     else:
         inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
@@ -151,57 +205,130 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             "scores": {0: "batch"},
             "masks": {0: "batch"},
         }
-    simplify = _simplifier(options.simplifier)
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                buffer,  # type: ignore[arg-type]
-                dynamo=False,
-                opset_version=options.opset,
-                input_names=list(names_in),
-                output_names=list(names_out),
-                dynamic_axes=dynamic,
-                do_constant_folding=True,
-            )
-        proto = onnx.load_from_string(buffer.getvalue())
-        proto = simplify(proto)
-        dedupe_initializers(proto)
-        metadata = base_metadata(
-            loaded, graph, use_stability_score=options.use_stability_score and graph == "decoder"
-        )
-        metadata["onnx.opset"] = str(options.opset)
-        metadata["onnx.simplified"] = str(options.simplifier != "none").lower()
-        metadata["onnx.simplifier"] = options.simplifier
-        if options.gelu_approximate:
-            metadata["gelu_approximate"] = "true"
-        del proto.metadata_props[:]
-        for key in sorted(metadata):
-            proto.metadata_props.add(key=key, value=metadata[key])
-        proto.producer_name = "edgesam-export"
-        proto.producer_version = metadata["edgesam_export.version"]
-        proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
-        if options.precision != "fp32" or options.quantize:
-            from .onnx_precision import reduce_precision
-
-            proto = reduce_precision(proto, loaded, options)
-            metadata = {p.key: p.value for p in proto.metadata_props}
-        onnx.checker.check_model(proto)
-        data = proto.SerializeToString()
-    except Exception as exc:  # the exporter's own errors are many and untyped
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
-        raise ExportFailedError(f"ONNX export of the {spec.name} {graph} failed: {first}") from exc
-    dest = artifact_path(loaded, graph, options, ".onnx")
-    if metadata.get("precision", "fp32") != "fp32":  # beside, never over, the fp32 graph
-        dest = dest.with_name(f"{dest.stem}_{metadata['precision']}.onnx")
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
-    return Artifact(
-        path=dest, backend="onnx", graph=graph, inputs=inputs, outputs=outputs, metadata=metadata
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers()
     )
+    external = (
+        options.external_data
+        if options.external_data is not None
+        else weight_bytes > EXTERNAL_DATA_THRESHOLD
+    )
+    simplify = _simplifier(options.simplifier)
+    dest = artifact_path(loaded, graph, options, ".onnx")
+    reduced = options.precision if options.precision != "fp32" else options.quantize
+    if reduced:  # beside, never over, the fp32 graph
+        dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
+    if official:
+        tag = "_official_single" if options.return_single_mask else "_official"
+        dest = dest.with_name(dest.stem + tag + dest.suffix)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        try:
+            proto = _trace(onnx, module, args, options, names_in, names_out, dynamic, workdir)
+            simplified = options.simplifier != "none" and not external
+            if simplified:  # the simplifiers need a protobuf under 2 GB
+                proto = simplify(proto)
+            dedupe_initializers(proto)
+            metadata = base_metadata(
+                loaded,
+                graph,
+                use_stability_score=options.use_stability_score and graph == "decoder",
+            )
+            metadata["onnx.opset"] = str(options.opset)
+            metadata["onnx.simplified"] = str(simplified).lower()
+            metadata["onnx.simplifier"] = options.simplifier if simplified else "none"
+            if options.gelu_approximate:
+                metadata["gelu_approximate"] = "true"
+            if graph == "decoder":
+                metadata["decoder_contract"] = options.decoder_contract
+                if official:
+                    metadata["return_single_mask"] = str(options.return_single_mask).lower()
+            if external:
+                metadata["onnx.external_data"] = f"{dest.name}.data"
+            del proto.metadata_props[:]
+            for key in sorted(metadata):
+                proto.metadata_props.add(key=key, value=metadata[key])
+            proto.producer_name = "edgesam-export"
+            proto.producer_version = metadata["edgesam_export.version"]
+            proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
+            if reduced:
+                from .onnx_precision import reduce_precision
+
+                proto = reduce_precision(proto, loaded, options)
+                metadata = {p.key: p.value for p in proto.metadata_props}
+            staged = workdir / dest.name
+            if external:
+                onnx.save_model(
+                    proto,
+                    str(staged),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=f"{dest.name}.data",
+                    size_threshold=1024,
+                )
+                onnx.checker.check_model(str(staged))
+            else:
+                onnx.checker.check_model(proto)
+                staged.write_bytes(proto.SerializeToString())
+        except InputError:
+            raise
+        except Exception as exc:  # the exporter's own errors are many and untyped
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+            raise ExportFailedError(
+                f"ONNX export of the {spec.name} {graph} failed: {first}"
+            ) from exc
+        data_files: list[Path] = []
+        if external:  # the sidecar first, the graph last: a finished-looking .onnx is complete
+            sidecar = dest.with_name(f"{dest.name}.data")
+            os.replace(workdir / sidecar.name, sidecar)
+            data_files.append(sidecar)
+        elif dest.with_name(f"{dest.name}.data").exists():
+            dest.with_name(f"{dest.name}.data").unlink()  # a stale sidecar of an earlier export
+        with atomic_path(dest) as tmp:
+            os.replace(staged, tmp)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return Artifact(
+        path=dest,
+        backend="onnx",
+        graph=graph,
+        inputs=inputs,
+        outputs=outputs,
+        metadata=metadata,
+        data_files=data_files,
+    )
+
+
+def _trace(
+    onnx: Any,
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    options: OnnxOptions,
+    names_in: tuple[str, ...],
+    names_out: tuple[str, ...],
+    dynamic: dict[str, dict[int, str]] | None,
+    workdir: Path,
+) -> Any:
+    """TorchScript-export `module`; via a file (external data kept) past ONNX's 2 GB limit."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    target: Any = io.BytesIO() if weight_bytes < EXTERNAL_DATA_THRESHOLD else workdir / "trace.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            target if isinstance(target, io.BytesIO) else str(target),  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=options.opset,
+            input_names=list(names_in),
+            output_names=list(names_out),
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    if isinstance(target, io.BytesIO):
+        return onnx.load_from_string(target.getvalue())
+    return onnx.load(str(target), load_external_data=True)
 
 
 TARGET = Target(name="onnx", suffix=".onnx", export=export)
