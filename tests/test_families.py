@@ -43,6 +43,10 @@ GOLDEN: dict[str, tuple[str, str]] = {
 
 # variant -> where its ONNX export + parity test runs: "default" / "heavy" (this module), or
 # (module, function) of an existing test.
+_SAM_HEAVY = (
+    "test_sam_families",
+    "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
+)
 EXPORT: dict[str, str | tuple[str, str]] = {
     "edge_sam": ("test_targets_onnx", "test_encoder_on_onnxruntime_matches_golden"),
     "efficientvit_sam_l0": "default",
