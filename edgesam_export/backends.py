@@ -24,6 +24,7 @@ class BackendSpec:
     suffix: str  # artifact suffix ("" for torch)
     needs: str  # what to install, for the "unavailable" reason
     threads_option: bool = False  # whether open_session takes threads=
+    module: str = ""  # the Python package its runtime needs ("" = none beyond the core)
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -36,12 +37,14 @@ BACKENDS: dict[str, BackendSpec] = {
         ".mlpackage",
         "the CoreML runtime session (pip install 'edgesam-export[coreml]'; coremltools runs"
         " models on macOS, the MIL executor elsewhere)",
+        module="coremltools",
     ),
     "trt": BackendSpec(
         "trt",
         ".engine",
         "the TensorRT runtime session (pip install 'edgesam-export[tensorrt]' on a machine"
         " with an NVIDIA GPU and CUDA)",
+        module="tensorrt",
     ),
 }
 

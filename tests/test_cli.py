@@ -137,7 +137,7 @@ def test_models_json():
     assert result.exit_code == 0, result.output
     models = json.loads(result.stdout)["models"]
     edge = next(m for m in models if m["name"] == "edge_sam")
-    assert edge["img_size"] == 1024 and edge["num_mask_tokens"] == 4
+    assert edge["encoder_input"] == 1024 and edge["mask_tokens"]["count"] == 4
 
 
 def test_image_renamed_pth_gets_its_own_message(tmp_path: Path):

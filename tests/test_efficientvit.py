@@ -203,7 +203,7 @@ def test_bare_state_dict_loads_and_variants_are_told_apart(tmp_path):
     key = "image_encoder.neck.output_ops.0.op_list.0.conv.weight"
     assert torch.equal(loaded.model.state_dict()[key], state[key])
     for other in ("efficientvit_sam_l1", "edge_sam"):
-        with pytest.raises(CheckpointError, match="'efficientvit_sam_l0'"):
+        with pytest.raises(CheckpointError, match="--model efficientvit_sam_l0"):
             load_model(bare, model=other)  # the variant is named, not just the family
 
 

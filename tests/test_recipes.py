@@ -102,11 +102,11 @@ def test_every_target_kind_is_an_options_class() -> None:
         ),
         (
             "name: a\ntargets:\n  - name: t\n    kind: tflite\n",
-            "r.yaml:3:5: targets[0]: unknown target kind 'tflite'; allowed: onnx",
+            "r.yaml:3:5: targets[0]: unknown target kind 'tflite'; allowed: coreml, onnx",
         ),
         (
             "name: a\ntargets:\n  - name: t\n",
-            "r.yaml:3:5: targets[0]: each target needs a kind; allowed: onnx",
+            "r.yaml:3:5: targets[0]: each target needs a kind; allowed: coreml, onnx",
         ),
         (
             "name: a\nweights:\n  synthetic: noise\ntargets: [{name: t, kind: onnx}]\n",
@@ -203,7 +203,7 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         if definition.get("type") == "object":
             assert definition.get("additionalProperties") is False, name
     mapping = schema["properties"]["targets"]["items"]["discriminator"]["mapping"]
-    assert set(mapping) == {"onnx"}
+    assert set(mapping) == {"onnx", "coreml"}
     onnx_options = schema["$defs"]["OnnxOptions"]["properties"]
     assert onnx_options["simplifier"]["enum"] == ["onnxslim", "onnxsim", "none"]
 

@@ -11,6 +11,7 @@ and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs withou
 from __future__ import annotations
 
 import contextlib
+import importlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -527,6 +528,14 @@ def bench(
                     f"the {spec.name} backend is not available here: no runtime for"
                     f" {spec.suffix} artifacts; it needs {spec.needs}"
                 )
+            if spec.module:
+                try:
+                    importlib.import_module(spec.module)
+                except Exception:  # ImportError, or a native library that fails to load
+                    raise BackendUnavailableError(
+                        f"the {spec.name} backend is not available here: {spec.module} does not"
+                        f" import; it needs {spec.needs}"
+                    ) from None
         from ..bench import (
             ENCODER_STAGES,
             Timing,

@@ -230,10 +230,12 @@ def _foreign_error(spec: ModelSpec, state: dict[str, torch.Tensor], source: str)
             if found.model is not None
             else " That model is not supported by this version."
         )
-        raise CheckpointError(
-            f"{source} is a {found.description} checkpoint, not {spec.family}"
-            f" ({spec.name}).{advice}"
+        what = (
+            f"holds {found.model}, another {spec.family} variant, not {spec.name}"
+            if found.description == spec.family and found.model is not None
+            else f"is a {found.description} checkpoint, not {spec.family} ({spec.name})"
         )
+        raise CheckpointError(f"{source} {what}.{advice}")
     if found is None and not any(k.startswith(("image_encoder.", "mask_decoder.")) for k in state):
         raise CheckpointError(
             f"{source} is not a Segment-Anything-family checkpoint (first keys:"
