@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,8 +85,17 @@ class ServedByCli:
             found = re.search(r"http://127\.0\.0\.1:\d+/", line)
             if found:
                 self.url = found.group(0)
+                # Keep reading the request log: a full pipe would block the server's
+                # handler threads, and then its clean shutdown on Ctrl-C.
+                self.log = seen
+                threading.Thread(target=self._drain, daemon=True).start()
                 return
         raise AssertionError("--serve printed no URL:\n" + "".join(seen))
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops cleanly
