@@ -99,7 +99,13 @@ class ServedByCli:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)  # Ctrl-C: the command stops cleanly
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            # Seen only at the end of a full-suite run, never alone: SIGINT did not reach the
+            # server's handler. `kill` must stop it just as cleanly (exit 0).
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -122,6 +123,11 @@ def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, A
     emit_json(json_path, payload | {"url": server.url})
     out = human_console(json_path)
     out.print(f"Serving [bold]{folder.resolve()}[/] at [bold]{server.url}[/] (Ctrl-C stops)")
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # `kill` (SIGTERM) stops as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
