@@ -48,7 +48,8 @@ from edgesam_export.runtime import Session, open_session
 NAME = "bench_sam_families"
 FAMILIES = ("mobile_sam", "slimsam_77", "sam_vit_b")
 FIXTURE_DIR = {"mobile_sam": "mobile_sam", "slimsam_77": "slimsam", "sam_vit_b": "sam_vit_b"}
-PLAN = {"encoder": (1, 3), "decoder": (3, 20)}  # (warm-up rounds, timed rounds): ViT-B is slow
+PLAN = {"encoder": (2, 10), "decoder": (3, 20)}  # (warm-up rounds, timed rounds)
+ENCODER_PLAN = {"sam_vit_b": (1, 5)}  # ViT-B at 1024 is seconds per call on 2 cores
 GAP_S = 0.05
 
 
@@ -297,7 +298,9 @@ def bench_family(family: str, tmp: Path) -> dict[str, Any]:
         ),
     ]
     for stage, which, feeds in stages:
-        warmup, iters = PLAN["encoder" if stage == "encoder" else "decoder"]
+        warmup, iters = (
+            ENCODER_PLAN.get(family, PLAN["encoder"]) if stage == "encoder" else PLAN["decoder"]
+        )
         _common.log(f"{family}: timing {stage}: {warmup} + {iters} interleaved rounds")
         samples = time_interleaved(
             {who: (lambda s=sessions[(who, g_)], f=feeds: s.run(f)) for who, g_ in which.items()},
@@ -342,7 +345,10 @@ def run(families: tuple[str, ...]) -> dict[str, Any]:
             "contention": monitor.result(),
             "settings": {
                 "threads": _common.THREADS,
-                "plan_warmup_iters": PLAN,
+                "plan_warmup_iters": {
+                    **PLAN,
+                    **{f"encoder {k}": v for k, v in ENCODER_PLAN.items()},
+                },
                 "gap_s": GAP_S,
                 "weights": "the golden fixtures' (synthetic seed 0)",
             },
