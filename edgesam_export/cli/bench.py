@@ -685,13 +685,14 @@ def bench(
                 timings += [Timing(stage_name, b, samples[b], w) for b in stages]
 
             amg_iters = max(1, iterations // 2)
+            amg_image = make_test_image()  # the image the other stages use
             amg_runs = []
             if everything_points > 0:
                 from ..bench_everything import everything_stage
 
                 amg_runs = everything_stage(
                     {c.name: (c.encoder, c.decoder) for c in live},  # type: ignore[misc]
-                    make_test_image(),
+                    amg_image,
                     points_per_side=everything_points,
                     batches=amg_batches,
                     iters=amg_iters,
@@ -761,7 +762,7 @@ def bench(
             }
             if everything_points > 0:
                 payload["everything"] = {
-                    "image": "parity test image 640x480",
+                    "image": f"parity test image {amg_image.shape[1]}x{amg_image.shape[0]}",
                     "points_per_side": everything_points,
                     "points": everything_points**2,
                     "batches": list(amg_batches),
@@ -780,7 +781,7 @@ def bench(
                     report_dir,
                     payload,
                     parity,
-                    everything_overlays=overlays(amg_runs, make_test_image()),
+                    everything_overlays=overlays(amg_runs, amg_image),
                 )
                 out.print(f"report: [bold]{page}[/]")
             failed = [name for name, (rep, _) in parity.items() if not rep.passed]
