@@ -3,7 +3,8 @@
 Device side: numpy, our own PNG writer and inline SVG (no Pillow, no matplotlib). The page shows
 the test image; per backend and prompt the mask overlaid on the image beside the reference's;
 a heat-map of the low-resolution logit error; the parity table with verdicts; and, from the
-benchmark, the latency table and a bar chart of p50 per stage and backend.
+benchmark, the latency table and a bar chart of p50 per stage and backend, and the segment
+everything stage: its timings and, per backend, the masks found painted over the image.
 
 The page is written into a temporary sibling directory and renamed into place when complete.
 """
@@ -361,12 +362,91 @@ def backends_table(backends: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _ms(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+EVERYTHING_HEADERS = (
+    "backend",
+    "B",
+    "per image p50 ms",
+    "per decoder call ms",
+    "per prompt ms",
+    "post-processing ms",
+    "decoder calls",
+    "masks",
+    "notes",
+)
+
+
+def everything_section(
+    page: Page, everything: Mapping[str, Any], overlays: Mapping[str, np.ndarray]
+) -> str:
+    """Segment everything: per backend and batch size the timings and mask count, and per
+    backend the masks over the image (its largest timed batch size)."""
+    runs = everything.get("runs", [])
+    rows = []
+    for r in runs:
+        if r["status"] != "ok":
+            cls = "na" if r["status"] == "skipped" else "fail"
+            rows.append(
+                [(r["backend"], "l"), (r["points_per_batch"], "")]
+                + [("-", "")] * 6
+                + [(f"{r['status']}: {r['reason']}", f"l {cls}")]
+            )
+            continue
+        rows.append(
+            [
+                (r["backend"], "l"),
+                (r["points_per_batch"], ""),
+                (_ms(r["image_ms"]["p50_ms"], 0), ""),
+                (_ms(r["decoder_call_ms"]), ""),
+                (_ms(r["decoder_ms_per_prompt"], 2), ""),
+                (_ms(r["postprocess_ms"]), ""),
+                (r["decoder_calls"], ""),
+                (r["masks"], ""),
+                ("fallback: the largest batch the decoder accepts" if r["fallback"] else "", "l"),
+            ]
+        )
+    side = everything.get("points_per_side", "?")
+    parts = [
+        f"<h2>Segment everything ({side}x{side} points)</h2>",
+        f"<p>{html.escape(str(everything.get('image', '')))}; quality above"
+        f" {everything.get('pred_iou_thresh')}, stability at least"
+        f" {everything.get('stability_score_thresh')}; median of {everything.get('iterations')}"
+        " run(s) per row. Per image: the whole generator (encoder, decoder calls,"
+        " post-processing); per decoder call and per prompt: decoder time only.</p>",
+        table_html(EVERYTHING_HEADERS, rows),
+    ]
+    figures = []
+    for backend, image in overlays.items():
+        best = max(
+            (r for r in runs if r["backend"] == backend and r["status"] == "ok"),
+            key=lambda r: r["points_per_batch"],
+            default=None,
+        )
+        caption = backend
+        if best is not None:
+            caption = (
+                f"{backend}: {best['masks']} masks, B={best['points_per_batch']},"
+                f" {_ms(best['image_ms']['p50_ms'], 0)} ms per image,"
+                f" {_ms(best['decoder_call_ms'])} ms per decoder call"
+            )
+        figures.append(page.add_image(f"everything_{_slug(backend)}.png", image, caption))
+    if figures:
+        parts.append('<div class="row">' + "".join(figures) + "</div>")
+    return "\n".join(parts)
+
+
 def write_bench_report(
     directory: Path,
     payload: Mapping[str, Any],
     parity: Mapping[str, tuple[ParityReport, Mapping[str, Any]]],
+    everything_overlays: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """The benchmark page: backends with verdicts, latency table and chart, parity and masks."""
+    """The benchmark page: backends with verdicts, latency table and chart, parity and masks,
+    and the everything stage (its table, and the masks each backend found painted over the
+    image) when the payload has one."""
     page = Page("edgesam-bench: latency with its accuracy verdict")
     machine = payload.get("machine", {})
     page.sections.append(
@@ -379,6 +459,10 @@ def write_bench_report(
     if timings:
         page.sections.append("<h2>Latency p50 per stage</h2>" + bar_chart_svg(timings))
         page.sections.append("<h2>Latency</h2>" + latency_table(timings))
+    if payload.get("everything"):
+        page.sections.append(
+            everything_section(page, payload["everything"], everything_overlays or {})
+        )
     for backend, (report, record) in parity.items():
         page.sections.append(f"<h2>Parity: {html.escape(backend)}</h2>" + parity_table(report))
         page.sections.append(overlay_section(page, record, tag=f"{_slug(backend)}_"))

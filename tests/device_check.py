@@ -7,7 +7,8 @@ ONNX artifacts and the golden sidecar written by `edgesam-export onnx`.
 
 Checks: torch/cv2/PIL are really absent; `Predictor` over the ONNX files, end to end from a
 uint8 image, reproduces the golden reference; `edgesam-bench --backend onnx ARTIFACT_DIR`
-runs with a passing parity verdict against the golden outputs and writes its report;
+runs with a passing parity verdict against the golden outputs, its everything stage (segment
+everything at two batch sizes) included, and writes its report with the everything overlay;
 `edgesam-export parity ARTIFACT_DIR` passes against the golden outputs; asking for the PyTorch
 reference or backend says it is not installed (exit 6). Exits non-zero on any failure.
 """
@@ -78,6 +79,8 @@ def check_cli(artifacts: Path, work: Path) -> None:
     proc = _cli(
         "bench", "--backend", "onnx", str(artifacts), "--points", "1", "--box-batch", "2",
         "--iterations", "1", "--warmup", "0", "--json", "-", "--report", str(report),
+        "--everything-points", "2", "--everything-batches", "2,4",
+        "--everything-iou-thresh", "0", "--everything-stability-thresh", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
@@ -86,8 +89,16 @@ def check_cli(artifacts: Path, work: Path) -> None:
     assert onnx["parity"]["passed"] and onnx["parity"]["reference"].startswith("golden"), onnx
     stages = {t["name"] for t in payload["timings"]}
     assert {"encoder", "click (decoder + postprocess)"} <= stages, stages
+    runs = payload["everything"]["runs"]
+    assert [(r["backend"], r["points_per_batch"], r["status"]) for r in runs] == [
+        ("onnx", 2, "ok"),
+        ("onnx", 4, "ok"),
+    ], runs
+    assert [r["decoder_calls"] for r in runs] == [2, 1] and all(r["masks"] > 0 for r in runs)
     assert (report / "index.html").is_file()
-    print("edgesam-bench --backend onnx: OK")
+    assert "everything_onnx.png" in (report / "index.html").read_text()
+    assert (report / "everything_onnx.png").is_file()
+    print("edgesam-bench --backend onnx (everything stage included): OK")
 
     proc = _cli("export", "parity", str(artifacts), "--json", "-")
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,8 @@ from edgesam_export.predictor import Predictor
 from edgesam_export.runtime import open_session
 
 runner = CliRunner()
+#: The keys of `edgesam-export everything --json` (stdout or file: the same document).
+REPORT_KEYS = {"image", "masks", "overlay", "annotations", "params", "seconds", "stats"}
 GOLDEN_IMAGE = Path(__file__).parent / "fixtures" / "edge_sam" / "golden_seed0.npz"
 # Synthetic weights predict IoU <= ~0.6: a low threshold lets masks through for the checks.
 ARGS = ["--points-per-side", "4", "--points-per-batch", "16", "--pred-iou-thresh", "0.3"]
@@ -102,7 +104,8 @@ def test_everything_on_the_demo_export(default_artifacts, image, predictor, tmp_
         app, ["everything", str(default_artifacts), str(png), *ARGS, "-o", str(out), "--json", "-"]
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)  # stdout holds the JSON only
+    assert set(report) == REPORT_KEYS
     assert report["params"]["score"] == "iou" and report["stats"]["decoder_calls"] == 1
     coco = json.loads((out / "photo_masks.json").read_text())
     anns = coco["annotations"]
@@ -151,7 +154,12 @@ def test_everything_default_score_is_the_models(default_artifacts, image, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert "SYNTHETIC" in result.output
-    assert json.loads(report_path.read_text())["params"]["score"] == "stability"
+    text = report_path.read_text()
+    report = json.loads(text)
+    assert set(report) == REPORT_KEYS and text.endswith("}\n")
+    assert report["params"]["score"] == "stability"
+    assert report["overlay"] == str(tmp_path / "o" / "img_masks.png")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically
 
 
 def test_everything_bad_input(default_artifacts, tmp_path):

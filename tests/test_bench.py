@@ -22,9 +22,16 @@ from edgesam_export.bench import (
 )
 from edgesam_export.cli.bench import app
 from edgesam_export.errors import ExitCode
+from edgesam_export.parity import make_test_image
+from edgesam_export.png import decode_png
 
 runner = CliRunner()
-TINY = ["--points", "1", "--box-batch", "2", "--iters", "1", "--warmup", "0"]
+TINY_BASE = ["--points", "1", "--box-batch", "2", "--iters", "1", "--warmup", "0"]
+TINY = [*TINY_BASE, "--everything-points", "0"]  # the everything stage: one test below
+# 2x2 grid points in one decoder call; no quality filters (synthetic weights score low). Several
+# batch sizes: tests/device_check.py (onnx) and tests/test_bench_everything.py.
+TINY_EVERYTHING = ["--everything-points", "2", "--everything-batches", "4"]
+TINY_EVERYTHING += ["--everything-iou-thresh", "0", "--everything-stability-thresh", "0"]
 TINY_STAGES = [
     "encoder",
     "decoder N=1",
@@ -52,6 +59,7 @@ def test_help() -> None:
     for option in (
         "--backend", "--points", "--box-batch", "--iterations", "--warmup", "--threads",
         "--model", "--device", "--cuda-graphs", "--precision", "--json", "--report",
+        "--everything-points", "--everything-batches",
     ):  # fmt: skip
         assert option in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
@@ -73,6 +81,7 @@ def test_tiny_torch_run_has_both_torch_columns(tmp_path: Path) -> None:
     assert by_name["torch-opt"]["parity"]["passed"] is True
     assert by_name["torch-opt"]["peak_rss_mb"] > 0
     assert set(report["ratios"]) == {"torch", "torch-opt"}
+    assert report["settings"]["everything_points"] == 0 and "everything" not in report
 
 
 @pytest.mark.slow
@@ -96,8 +105,8 @@ def test_all_backends_in_one_table_with_verdicts_and_report(
     report_dir = tmp_path / "report"
     result = runner.invoke(
         app,
-        ["--backend", "all", str(default_artifacts), *TINY, "--json", "-", "--report",
-         str(report_dir)],
+        ["--backend", "all", str(default_artifacts), *TINY_BASE, *TINY_EVERYTHING, "--json",
+         "-", "--report", str(report_dir)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -114,6 +123,27 @@ def test_all_backends_in_one_table_with_verdicts_and_report(
     page = report_dir / "index.html"
     html = page.read_text()
     assert "<svg" in html and "torch-opt" in html and "unavailable" in html
+
+    # the everything stage: every live backend, in the tables and the page
+    every = report["everything"]
+    assert every["points"] == 4 and every["batches"] == [4]
+    runs = {(r["backend"], r["points_per_batch"]): r for r in every["runs"]}
+    assert list(runs) == [(b, 4) for b in ("torch", "torch-opt", "onnx")]
+    for (_, batch), r in runs.items():
+        assert r["status"] == "ok" and not r["fallback"], r
+        assert r["decoder_batch_sizes"] == [batch] * (4 // batch)
+        assert r["image_ms"]["p50_ms"] > r["decoder_ms"] > 0 and r["image_ms"]["n"] == 1
+        assert r["decoder_call_ms"] == pytest.approx(r["decoder_ms"] / (4 // batch), abs=0.01)
+        assert r["masks"] > 0  # no quality filters: some masks survive box NMS
+    assert "Segment everything" in result.stderr
+    assert "Segment everything (2x2 points)" in html
+    for backend in ("torch", "torch-opt", "onnx"):
+        r = runs[(backend, 4)]
+        assert f"{backend}: {r['masks']} masks, B=4" in html
+        overlay = decode_png(
+            (report_dir / f"everything_{backend.replace('-', '_')}.png").read_bytes()
+        )
+        assert overlay.shape == (480, 640, 3) and (overlay != make_test_image()).any()
     assert_not_blank(screenshot(page, 1100, 1500), 1100, 1500)
 
 
@@ -145,6 +175,10 @@ def test_cuda_without_a_gpu_exits_6() -> None:
         ["--backend", "onnx", "--iterations", "0"],
         ["--backend", "fast"],
         ["--backend", "torch", "--cuda-graphs"],
+        ["--backend", "onnx", "--everything-batches", "16,0"],
+        ["--backend", "onnx", "--everything-batches", "x"],
+        ["--backend", "onnx", "--everything-points", "-1"],
+        ["--backend", "onnx", "--everything-iou-thresh", "1.5"],
     ],
 )
 def test_bad_options_exit_3(args: list[str]) -> None:

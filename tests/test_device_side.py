@@ -27,6 +27,8 @@ DEVICE_MODULES = (
     "edgesam_export.artifacts",
     "edgesam_export.manifest",
     "edgesam_export.bench",
+    "edgesam_export.bench_everything",
+    "edgesam_export.cli.everything",
     "edgesam_export.trt_check",
     "edgesam_export.fp16",
     "edgesam_export.runtime.tensorrt",

@@ -86,6 +86,19 @@ def _parse_points(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts))
 
 
+def _parse_batches(text: str) -> tuple[int, ...]:
+    """--everything-batches: comma-separated points-per-batch values, each >= 1."""
+    try:
+        batches = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        batches = ()
+    if not batches or any(b < 1 for b in batches):
+        raise InputError(
+            f"--everything-batches must be comma-separated integers >= 1 like 16,64, not {text!r}"
+        )
+    return tuple(dict.fromkeys(batches))
+
+
 def _split_paths(paths: list[Path], artifacts: Path | None) -> tuple[Path | None, Path | None]:
     """[CKPT] [ARTIFACT_DIR] in either order: a directory is the artifacts, a file the CKPT."""
     checkpoint = None
@@ -409,6 +422,37 @@ def _render(
             )
 
 
+def _render_everything(runs: list[Any], points_per_side: int, out: Console) -> None:
+    table = Table(
+        title=f"Segment everything ({points_per_side}x{points_per_side} points on the test"
+        " image; ms)"
+    )
+    for name in ("backend", "B", "per image p50", "per decoder call", "per prompt", "calls"):
+        table.add_column(name, justify="left" if name == "backend" else "right")
+    table.add_column("masks", justify="right")
+    table.add_column("notes", overflow="fold")
+    for r in runs:
+        j = r.to_json()
+        if r.status != "ok":
+            colour = "yellow" if r.status == "skipped" else "bold red"
+            table.add_row(
+                r.backend, str(r.points_per_batch), "-", "-", "-", "-", "-",
+                f"[{colour}]{r.status}[/]: {escape(r.reason)}",
+            )  # fmt: skip
+            continue
+        table.add_row(
+            r.backend,
+            str(r.points_per_batch),
+            f"{j['image_ms']['p50_ms']:.0f}",
+            f"{j['decoder_call_ms']:.1f}",
+            f"{j['decoder_ms_per_prompt']:.2f}",
+            str(j["decoder_calls"]),
+            str(j["masks"]),
+            "fallback: the largest batch this decoder accepts" if r.fallback else "",
+        )
+    out.print(table)
+
+
 @app.command(cls=ExitCodeCommand)
 def bench(
     backend: Annotated[
@@ -493,13 +537,35 @@ def bench(
         ),
     ] = None,
     report_dir: ReportOpt = None,
+    everything_points: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Everything stage: grid points per image side (0: skip the stage; the issue's"
+            " and segment-anything's grid: 32).",
+        ),
+    ] = 8,
+    everything_batches: Annotated[
+        str,
+        typer.Option(help="Everything stage: points per decoder call to time, comma-separated."),
+    ] = "16,64",
+    everything_iou_thresh: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Everything stage: keep masks scoring above this."),
+    ] = 0.88,
+    everything_stability_thresh: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Everything stage: keep masks this stable or more."),
+    ] = 0.95,
     debug: DebugOpt = False,
 ) -> None:
     """Time EdgeSAM on one or every backend, each with its parity verdict.
 
     Stages: the encoder; the decoder per prompt count (--points); BOX_BATCH boxes in one call
     vs one box alone; a click (decoder + numpy post-processing to the original size, on cached
-    embeddings); and an image (numpy pre-processing + encoder + one click). Statistics: p50,
+    embeddings); an image (numpy pre-processing + encoder + one click); and segment everything
+    (an EVERYTHING_POINTS x EVERYTHING_POINTS grid, per image and per decoder call, at each
+    EVERYTHING_BATCHES size a backend's decoder accepts; half the iterations). Statistics: p50,
     p90, p99, mean, calls/s and the number of timed calls; warm-up calls are excluded. Every
     backend is judged on the same inputs against PyTorch, or, without torch, against the golden
     outputs shipped in ARTIFACT_DIR.
@@ -509,6 +575,7 @@ def bench(
     """
     with guarded(debug):
         counts = _parse_points(points)
+        amg_batches = _parse_batches(everything_batches)
         checkpoint, directory = _split_paths(list(paths or []), artifacts)
         if directory is not None and upsample is not None:
             raise InputError(
@@ -544,6 +611,7 @@ def bench(
             set_threads,
             time_interleaved,
         )
+        from ..parity import make_test_image
 
         run = Run()
         torch_reason = _load_torch(run, checkpoint, directory, model, upsample, seed)
@@ -616,6 +684,24 @@ def bench(
                 )
                 timings += [Timing(stage_name, b, samples[b], w) for b in stages]
 
+            amg_iters = max(1, iterations // 2)
+            amg_image = make_test_image()  # the image the other stages use
+            amg_runs = []
+            if everything_points > 0:
+                from ..bench_everything import everything_stage
+
+                amg_runs = everything_stage(
+                    {c.name: (c.encoder, c.decoder) for c in live},  # type: ignore[misc]
+                    amg_image,
+                    points_per_side=everything_points,
+                    batches=amg_batches,
+                    iters=amg_iters,
+                    warmup=enc_warm,
+                    pred_iou_thresh=everything_iou_thresh,
+                    stability_score_thresh=everything_stability_thresh,
+                    progress=progress,
+                )
+
             _open_reference(run, folder)
             parity: dict[str, Any] = {}
             for col in live:
@@ -628,6 +714,8 @@ def bench(
 
             out = human_console(json_path)
             _render(run, timings, parity, box_batch, out, (warmup, enc_warm))
+            if amg_runs:
+                _render_everything(amg_runs, everything_points, out)
             from ..bench import box_set_ratio
 
             backends_json = []
@@ -660,6 +748,8 @@ def bench(
                     "interleaved": len(stages) > 1,
                     "artifacts": None if directory is None else str(directory),
                     "checkpoint": None if checkpoint is None else str(checkpoint),
+                    "everything_points": everything_points,
+                    "everything_batches": list(amg_batches),
                 },
                 "reference": run.reference_note,
                 "backends": backends_json,
@@ -670,11 +760,29 @@ def bench(
                     if (r := box_set_ratio(timings, box_batch, backend=c.name)) is not None
                 },
             }
+            if everything_points > 0:
+                payload["everything"] = {
+                    "image": f"parity test image {amg_image.shape[1]}x{amg_image.shape[0]}",
+                    "points_per_side": everything_points,
+                    "points": everything_points**2,
+                    "batches": list(amg_batches),
+                    "iterations": amg_iters,
+                    "warmup": enc_warm,
+                    "pred_iou_thresh": everything_iou_thresh,
+                    "stability_score_thresh": everything_stability_thresh,
+                    "runs": [r.to_json() for r in amg_runs],
+                }
             emit_json(json_path, payload)
             if report_dir is not None:
+                from ..bench_everything import overlays
                 from ..report import write_bench_report
 
-                page = write_bench_report(report_dir, payload, parity)
+                page = write_bench_report(
+                    report_dir,
+                    payload,
+                    parity,
+                    everything_overlays=overlays(amg_runs, amg_image),
+                )
                 out.print(f"report: [bold]{page}[/]")
             failed = [name for name, (rep, _) in parity.items() if not rep.passed]
             if backend is not Backend.all and not run.columns[0].available:

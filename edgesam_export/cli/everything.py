@@ -8,8 +8,6 @@ masks) to the output directory, atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -19,25 +17,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..artifacts import atomic_path
 from ..errors import InputError
-from . import DebugOpt, JsonOpt, err_console, guarded, human_console
+from . import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
 
 
 class Score(str, Enum):
     stability = "stability"
     iou = "iou"
-
-
-def _write_text_atomic(dest: Path, text: str) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def open_predictor(artifact_dir: Path, score: str | None, threads: int | None) -> Any:
@@ -221,7 +208,8 @@ def everything_cmd(
             "params": params,
             "model": {k: meta.get(k, "") for k in ("model", "family", "weights")},
         }
-        _write_text_atomic(coco_path, json.dumps(coco) + "\n")
+        with atomic_path(coco_path) as tmp:  # compact: the masks make it large
+            tmp.write_text(json.dumps(coco) + "\n")
 
         out = human_console(json_path)
         table = Table(title=f"Segment everything: {image.name} ({rgb.shape[1]}x{rgb.shape[0]})")
@@ -236,8 +224,9 @@ def everything_cmd(
             str(coco_path),
         )
         out.print(table)
-        if json_path is not None:
-            payload = {
+        emit_json(
+            json_path,
+            {
                 "image": str(image),
                 "masks": len(records),
                 "overlay": str(png_path),
@@ -245,9 +234,5 @@ def everything_cmd(
                 "params": params,
                 "seconds": round(seconds, 3),
                 "stats": generator.stats.to_json(),
-            }
-            text = json.dumps(payload, indent=2, sort_keys=True)
-            if str(json_path) == "-":
-                typer.echo(text)
-            else:
-                _write_text_atomic(json_path, text + "\n")
+            },
+        )
