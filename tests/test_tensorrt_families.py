@@ -71,14 +71,14 @@ def test_every_family_has_a_tensorrt_readiness_case() -> None:
 
 
 @pytest.fixture(scope="module")
-def graphs(default_artifacts: Path, family_artifacts):
+def graphs(request: pytest.FixtureRequest, family_artifacts):
     """model -> {"encoder": (path, ModelProto), "decoder": (path, ModelProto)}."""
     cache: dict[str, dict[str, tuple[Path, onnx.ModelProto]]] = {}
 
     def get(model: str) -> dict[str, tuple[Path, onnx.ModelProto]]:
         if model not in cache:
-            if model == "edge_sam":
-                folder = default_artifacts
+            if model == "edge_sam":  # the session's default export, shared with other tests
+                folder = request.getfixturevalue("default_artifacts")
             else:
                 folder = family_artifacts(model, sidecar=model == "efficientvit_sam_l0")
             found = {}
