@@ -462,17 +462,13 @@ def calibration_feeds(
     """
     from . import processing as P
     from .parity import make_test_image, prompt_cases
-    from .runtime import metadata_floats
 
     meta = {p.key: p.value for p in model.metadata_props}
-    img_size = int(meta.get("img_size", "1024"))
+    # The model's own preprocessing and prompt frame (EfficientViT-SAM-L: 512 input, /255
+    # normalisation, prompts in the 1024 frame); graphs without img_size: EdgeSAM's.
+    params = P.Preprocessing.from_metadata({"img_size": "1024", **meta})
     image = make_test_image()
-    tensor, info = P.preprocess(
-        image,
-        img_size,
-        metadata_floats(meta, "pixel_mean"),
-        metadata_floats(meta, "pixel_std"),
-    )
+    tensor, info = P.preprocess(image, params=params)
     if meta.get("graph") == "encoder":
         return [{"image": tensor}], ["parity test image (480x640)"]
     label = "embeddings of the parity test image"
@@ -480,7 +476,7 @@ def calibration_feeds(
         shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         embeddings = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         label = "unit-normal stand-in embeddings (no encoder given)"
-    cases = {c.name: c for c in prompt_cases(img_size, info.input_size)}
+    cases = {c.name: c for c in prompt_cases(params.frame, info.input_size)}
     feeds = [
         {
             "image_embeddings": embeddings,

@@ -44,7 +44,7 @@ from .parity import (
     mask_metrics,
     prompt_cases,
 )
-from .runtime import Session, metadata_floats
+from .runtime import Session
 
 SIDECAR_SUFFIX = "_reference.npz"
 FORMAT_VERSION = 1
@@ -76,6 +76,11 @@ class Golden:
     def stride(self) -> int:
         return int(self.meta["mask_stride"])
 
+    @property
+    def preprocessing(self) -> P.Preprocessing:
+        """How the reference preprocessed the image and where its prompt cases live."""
+        return P.Preprocessing.from_metadata({k: str(v) for k, v in self.meta.items()})
+
     def matches(self, metadata: Mapping[str, str]) -> bool:
         return all(self.meta.get(k, "") == metadata.get(k, "") for k in MATCH_KEYS)
 
@@ -99,15 +104,10 @@ def write_golden(
     """
     image = make_test_image() if image is None else np.ascontiguousarray(image, dtype=np.uint8)
     meta_in = encoder.metadata
-    img_size = int(meta_in["img_size"])
-    tensor, info = P.preprocess(
-        image,
-        img_size,
-        metadata_floats(meta_in, "pixel_mean"),
-        metadata_floats(meta_in, "pixel_std"),
-    )
+    params = P.Preprocessing.from_metadata(meta_in)  # encoder size, prompt frame, normalisation
+    tensor, info = P.preprocess(image, params=params)
     emb = encoder.run({"image": tensor})["image_embeddings"].astype(np.float32)
-    cases = prompt_cases(img_size, info.input_size)
+    cases = prompt_cases(params.frame, info.input_size)  # in the prompt frame
     arrays: dict[str, np.ndarray] = {"image": image, "image_embeddings": emb}
     for i, case in enumerate(cases):
         feeds = {
@@ -130,9 +130,10 @@ def write_golden(
     meta.update(
         format=FORMAT_VERSION,
         reference=reference,
-        img_size=img_size,
-        pixel_mean=meta_in["pixel_mean"],
-        pixel_std=meta_in["pixel_std"],
+        # img_size, prompt_frame, pixel_mean, pixel_std, normalize, pad (sidecars written
+        # before prompt_frame existed hold only the first three: `preprocessing` reads them as
+        # EdgeSAM's recipe with the frame = img_size, which is how they were written).
+        **params.to_metadata(),
         mask_stride=MASK_STRIDE,
         mask_shape=list(masks.shape[-2:]),
         cases=[c.name for c in cases],
@@ -215,16 +216,12 @@ def check_golden(
     """
     report = report or ParityReport()
     meta = golden.meta
-    img_size = int(meta["img_size"])
-    tensor, _ = P.preprocess(
-        golden.image,
-        img_size,
-        tuple(float(v) for v in json.loads(meta["pixel_mean"])),
-        tuple(float(v) for v in json.loads(meta["pixel_std"])),
-    )
+    params = golden.preprocessing
+    tensor, _ = P.preprocess(golden.image, params=params)
     report.inputs = {
         "image_shape": list(golden.image.shape),
-        "img_size": img_size,
+        "img_size": params.encoder_size,
+        "prompt_frame": params.frame,
         "reference": f"golden {golden.path.name} ({meta['reference']})",
         "mask_stride": golden.stride,
         "prompt_cases": [c.case.name for c in golden.cases],

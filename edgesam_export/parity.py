@@ -416,6 +416,8 @@ def check(
             name: getattr(s, "runtime_label", s.backend) for name, s in [*encoders, *decoders]
         },
     }
+    if record is not None:  # the report places prompts and masks in this frame
+        record["preprocessing"] = params
     ref_emb = reference_encoder.run({"image": tensor})["image_embeddings"]
     embeddings = {"reference": ref_emb}
     for name, enc in encoders:

@@ -203,13 +203,24 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
 
+def _prompt_frame(record: Mapping[str, Any]) -> int:
+    """The side of the prompt/mask frame the record's cases and logits use: the golden
+    sidecar's (older sidecars: their img_size), else what the parity run recorded, else
+    EdgeSAM's 1024."""
+    golden = record.get("golden")
+    if golden is not None:
+        return int(golden.preprocessing.frame)
+    params = record.get("preprocessing")
+    return int(params.frame) if isinstance(params, P.Preprocessing) else 1024
+
+
 def overlay_section(page: Page, record: Mapping[str, Any], tag: str = "") -> str:
     """Per candidate decoder and shown prompt: reference overlay, candidate overlay, error map."""
     golden = record.get("golden")
     image = golden.image if golden is not None else make_test_image()
-    img_size = int(golden.meta["img_size"]) if golden is not None else 1024
-    input_size = P.get_preprocess_shape(image.shape[0], image.shape[1], img_size)
-    info = P.ImageInfo(image.shape[:2], input_size, img_size)
+    frame = _prompt_frame(record)  # prompts and masks live here (1024 also for a 512 encoder)
+    input_size = P.get_preprocess_shape(image.shape[0], image.shape[1], frame)
+    info = P.ImageInfo(image.shape[:2], input_size, frame)
     stride = _display_stride(image)
     shown = image[::stride, ::stride]
     if golden is not None:
@@ -219,7 +230,7 @@ def overlay_section(page: Page, record: Mapping[str, Any], tag: str = "") -> str
         }
         sub = golden.stride
     else:
-        cases = {c.name: c for c in prompt_cases(img_size, input_size)}
+        cases = {c.name: c for c in prompt_cases(frame, input_size)}
         refs = {
             name: (out["scores"], out["masks"], out["masks"], cases[name])
             for name, out in record.get("reference", {}).items()

@@ -131,3 +131,32 @@ def bicubic_encoder_artifact(
 
     out = tmp_path_factory.mktemp(f"bicubic_seed{golden.seed}")
     return export(bicubic_model, "encoder", OnnxOptions(output=out)).path
+
+
+@pytest.fixture(scope="session")
+def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
+    """`family_artifacts(model, sidecar=True)`: a folder with the ONNX encoder + decoder of a
+    registered variant (synthetic random weights, seed 0), exported once per session. With
+    `sidecar` through the pipeline (golden sidecar and manifest too); without, the two graphs
+    alone (half the time). Shared by the web, report and TensorRT tests (EfficientViT-SAM-L0:
+    512 encoder input, prompts in the 1024 frame, /255 normalisation)."""
+    from edgesam_export.pipeline import export_artifacts
+    from edgesam_export.targets.onnx import export
+
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def get(model: str, sidecar: bool = True) -> Path:
+        if (model, True) in cache:
+            return cache[(model, True)]
+        if (model, sidecar) not in cache:
+            out = tmp_path_factory.mktemp(model)
+            if sidecar:
+                export_artifacts(ModelOptions(model=model), "onnx", OnnxOptions(output=out))
+            else:
+                loaded = load_model(None, model=model, synthetic="random")
+                for graph in ("encoder", "decoder"):
+                    export(loaded, graph, OnnxOptions(output=out))
+            cache[(model, sidecar)] = out
+        return cache[(model, sidecar)]
+
+    return get

@@ -211,12 +211,17 @@ def test_trt_check_passes_ours_and_fails_int16(default_artifacts: Path, tmp_path
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAS_TRT, reason="tensorrt is not installed (no wheel reachable here)")
-def test_real_engine_build_and_parity(default_artifacts: Path, tmp_path: Path):
-    """Where TensorRT and a GPU exist: build the decoder engine and run parity on it."""
+@pytest.mark.parametrize("model", ["edge_sam", "efficientvit_sam_l0", "mobile_sam"])
+def test_real_engine_build_and_parity(
+    default_artifacts: Path, family_artifacts, tmp_path: Path, model: str
+):
+    """Where TensorRT and a GPU exist: build each family's decoder engine, run it on the
+    shapes its graph and metadata give (embeddings, mask tokens), and run parity on it."""
     import shutil
 
+    from edgesam_export.contract import MaskTokens
     from edgesam_export.pipeline import verify_artifacts
-    from edgesam_export.targets.tensorrt import build_engine, require_tensorrt
+    from edgesam_export.targets.tensorrt import build_engine, input_dims, require_tensorrt
 
     trt = require_tensorrt()
     try:
@@ -224,27 +229,31 @@ def test_real_engine_build_and_parity(default_artifacts: Path, tmp_path: Path):
     except Exception as exc:  # no GPU / driver
         pytest.skip(f"TensorRT cannot create a builder here: {exc}")
     del builder
-    src = tmp_path / "edge_sam_decoder.onnx"
-    shutil.copy(default_artifacts / "edge_sam_decoder.onnx", src)
-    model = onnx.load(str(src))
+    folder = default_artifacts if model == "edge_sam" else family_artifacts(model, sidecar=False)
+    src = tmp_path / f"{model}_decoder.onnx"
+    shutil.copy(folder / src.name, src)
+    onnx_model = onnx.load(str(src))
     plan = EnginePlan(
         onnx=src,
-        engine=tmp_path / "edge_sam_decoder.engine",
+        engine=tmp_path / f"{model}_decoder.engine",
         graph="decoder",
-        profiles=profile_shapes(model, dims_for(model)),
-        onnx_metadata={p.key: p.value for p in model.metadata_props},
+        profiles=profile_shapes(onnx_model, dims_for(onnx_model)),
+        onnx_metadata={p.key: p.value for p in onnx_model.metadata_props},
     )
     build_engine(plan, trt)
     session = open_session(plan.engine)
     assert session.metadata["precision"] == "fp32"
+    assert session.metadata["prompt_frame"] == plan.onnx_metadata["prompt_frame"]
+    embed = input_dims(onnx_model)["image_embeddings"]
+    tokens = MaskTokens.from_metadata(session.metadata)
     out = session.run(
         {
-            "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+            "image_embeddings": np.zeros(embed, np.float32),
             "point_coords": np.zeros((2, 3, 2), np.float32),
             "point_labels": np.ones((2, 3), np.float32),
         }
     )
-    assert out["masks"].shape == (2, 4, 256, 256)
+    assert out["masks"].shape == (2, tokens.count, 4 * embed[2], 4 * embed[3])
     src.unlink()  # parity over the engine alone
     report = verify_artifacts(None, tmp_path)
     assert report.passed, report.summary()

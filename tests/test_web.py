@@ -474,3 +474,242 @@ def _interact(page, left: int, top: int) -> None:
     overlay_alpha = PREVIEW_PIXELS.replace("'preview'", "'overlay'")
     assert page.evaluate(overlay_alpha) == 0
     assert page.evaluate("document.getElementById('download').disabled") is True
+
+
+# --------------------------------------------------------------------------------------
+# other families: the page follows the artifact's preprocessing, frame and mask tokens
+# --------------------------------------------------------------------------------------
+
+# A family's site is built by the CLI from that family's ONNX folder (shared session export).
+# EfficientViT-SAM-L0: 512 x 512 encoder input, prompts and masks in SAM's 1024 frame, /255
+# normalisation (torchvision's ToTensor + Normalize), padding after normalisation.
+# MobileSAM: SAM's 3 + 1 mask tokens at 1024.
+FAMILY_SITES = {"efficientvit_sam_l0": True, "mobile_sam": False}  # model -> golden sidecar
+
+
+@pytest.fixture(scope="session")
+def family_site(tmp_path_factory: pytest.TempPathFactory, family_artifacts):
+    cache: dict[str, tuple[Path, WebServer]] = {}
+
+    def get(model: str) -> tuple[Path, WebServer]:
+        if model not in cache:
+            src = family_artifacts(model, sidecar=FAMILY_SITES[model])
+            site = tmp_path_factory.mktemp(f"web_{model}") / "site"
+            result = runner.invoke(app, ["web", str(src), "-o", str(site), "--no-webgpu"])
+            assert result.exit_code == 0, result.output
+            images = site / "selftest"
+            images.mkdir()
+            for name, (h, w), _ in (UPSCALED, DOWNSCALED):
+                Image.fromarray(make_test_image(h, w)).save(images / name)
+            cache[model] = (site, WebServer(site).start())
+        return cache[model]
+
+    yield get
+    for _, srv in cache.values():
+        srv.stop()
+
+
+def test_l0_card_records_encoder_size_frame_and_normalisation(family_site) -> None:
+    from edgesam_export.models import get_spec
+
+    site, _ = family_site("efficientvit_sam_l0")
+    card = json.loads((site / "model.json").read_text())
+    spec = get_spec("efficientvit_sam_l0")
+    assert (card["img_size"], card["prompt_frame"]) == (spec.img_size, spec.frame) == (512, 1024)
+    assert (card["normalize"], card["pad"]) == (spec.normalize, spec.pad)
+    assert card["pixel_mean"] == list(spec.pixel_mean)
+    assert card["mask_tokens"] == {"count": 4, "single": [0], "multi": [1, 2, 3]}
+    assert card["family"] == "EfficientViT-SAM" and card["synthetic"] is True
+
+
+def test_card_of_older_artifacts_uses_edgesam_defaults(tmp_path: Path) -> None:
+    """Artifacts without prompt_frame/normalize/pad/mask-token keys: img_size is the frame."""
+    enc, dec = tmp_path / "e.onnx", tmp_path / "d.onnx"
+    enc.write_bytes(b"e")
+    dec.write_bytes(b"d")
+    old = {"model": "edge_sam", "img_size": "1024", "pixel_mean": "[1, 2, 3]"}
+    old["pixel_std"] = "[4, 5, 6]"
+    card = web_build._card(
+        {"encoder": (enc, {**old, "graph": "encoder"}), "decoder": (dec, {"model": "edge_sam"})},
+        ("wasm",),
+    )
+    assert card["prompt_frame"] == card["img_size"] == 1024
+    assert (card["normalize"], card["pad"]) == ("sam", "after-normalize")
+    assert card["pixel_mean"] == [1, 2, 3]
+    assert card["mask_tokens"] == {"count": 4, "single": [0], "multi": [1, 2, 3]}
+    with pytest.raises(web_build.InputError, match="keep one model"):
+        web_build._card(
+            {"encoder": (enc, old), "decoder": (dec, {"model": "mobile_sam"})}, ("wasm",)
+        )
+
+
+def _assert_page_agrees(js: dict, py: dict, h: int, w: int) -> dict:
+    agree = agreement(js, py)
+    assert agree["frames_identical"], (js["img_size"], js["prompt_frame"], py["prompt_frame"])
+    assert agree["input_identical"], "the encoder input differs from processing.preprocess"
+    assert agree["prompts_identical"], (js["point_coords"], py["point_coords"])
+    assert agree["same_tokens"] and js["input_size"] == py["input_size"]
+    for row, ref in zip(agree["masks"], py["masks"], strict=True):
+        assert 0.001 < ref["area"] / (h * w) < 0.999, "a trivial mask would prove nothing"
+        assert row["score_diff"] <= SCORE_ATOL, row
+        assert row["flipped_fraction"] <= FLIPPED_FRACTION_MAX, row
+        assert row["flipped_away_from_threshold"] == 0, row
+        if ref["near_threshold"] == 0:
+            assert row["same_hash"] and row["same_bbox"], row
+    flipped = max(r["flipped"] for r in agree["masks"])
+    print(  # for docs/web.md (pytest -s)
+        f"identical masks {agree['identical_masks']}/{len(agree['masks'])}, flipped pixels"
+        f" {flipped} of {h * w}, max score diff {agree['max_score_diff']:.1e}"
+    )
+    return agree
+
+
+@needs_chromium
+def test_l0_selftest_agrees_with_python_predictor(family_site, browser) -> None:
+    """EfficientViT-SAM-L0 in the browser: the 512 encoder input (/255 normalisation), the
+    prompts in the 1024 frame and the masks upscaled through that frame, all as Python
+    (a box and a negative point on an image shrunk vertical-first)."""
+    name, (h, w), prompts = DOWNSCALED
+    site, srv = family_site("efficientvit_sam_l0")
+    with browser.new_page() as page:
+        js = run_selftest(page, srv.url, f"selftest/{name}", prompts, rle=1, threads=2)
+    assert (js["img_size"], js["prompt_frame"]) == (512, 1024)
+    # the first point (points come before box corners), scaled to the long side 1024, not 512
+    x, y = next((x, y) for x, y, label in prompts if label in (0, 1))
+    scale = 1024 / max(h, w)
+    assert js["point_coords"][:2] == pytest.approx([x * scale, y * scale], abs=0.5)
+    assert max(js["input_size"]) == 1024
+    py = python_reference(site / "models", make_test_image(h, w), prompts)
+    _assert_page_agrees(js, py, h, w)
+
+
+@needs_chromium
+def test_mobile_sam_selftest_agrees_with_python_predictor(family_site, browser) -> None:
+    """MobileSAM (SAM's 3 + 1 tokens) on one upscaled image and one point (EdgeSAM's padding
+    point added): the multimask answers are tokens 1..3, as in `Predictor`."""
+    name, (h, w), prompts = UPSCALED
+    site, srv = family_site("mobile_sam")
+    with browser.new_page() as page:
+        js = run_selftest(page, srv.url, f"selftest/{name}", prompts, rle=1, masks=3)
+    assert [m["token"] for m in js["masks"]] == [1, 2, 3]
+    assert js["point_labels"] == [1.0, -1.0]
+    py = python_reference(site / "models", make_test_image(h, w), prompts, 3)
+    _assert_page_agrees(js, py, h, w)
+
+
+PROCESSING_PARAMS_JS = """
+(async () => {
+  const P = await import('/processing.js');
+  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const b64 = (u8) => {
+    let s = '';
+    for (let i = 0; i < u8.length; i += 0x8000) {
+      s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
+    }
+    return btoa(s);
+  };
+  const pre = P.preprocessingFromCard(__CARD__);
+  const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, pre);
+  const low = new Float32Array(bytes(__LOW__).buffer);
+  const logits = P.postprocessMask(low, 256, 256, info);
+  const prompts = P.buildPrompts([{x: 5.5, y: 3.25, label: 1}], null, info.originalSize,
+                                 info.imgSize, true);
+  return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
+          frame: info.imgSize, coords: Array.from(prompts.coords),
+          logits: b64(new Uint8Array(logits.buffer))};
+})()
+"""
+
+
+@needs_chromium
+@pytest.mark.parametrize(
+    ("size", "frame", "normalize", "pad"),
+    [
+        (512, 1024, "unit", "after-normalize"),  # EfficientViT-SAM-L
+        (1024, 1024, "unit", "after-normalize"),  # EfficientViT-SAM-XL
+        (512, 1024, "sam", "before-normalize"),
+        (1024, 1024, "unit", "before-normalize"),
+    ],
+)
+def test_processing_js_follows_the_card(server, browser, size, frame, normalize, pad) -> None:
+    """processing.js driven by a model card's preprocessing, against processing.preprocess
+    with the same `Preprocessing`: encoder input bit for bit, prompts in the frame exactly,
+    logits upscaled through the frame to float32 rounding."""
+    import base64
+
+    from edgesam_export import processing as P
+
+    h, w = (300, 200) if pad == "before-normalize" else (130, 600)
+    rng = np.random.default_rng(size + h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgba = np.concatenate([image, np.full((h, w, 1), 255, np.uint8)], axis=-1)
+    low = (rng.standard_normal((256, 256)) * 8).astype(np.float32)
+    params = P.Preprocessing(encoder_size=size, frame=frame, normalize=normalize, pad=pad)
+    card = {
+        "img_size": size,
+        "prompt_frame": frame,
+        "pixel_mean": list(params.pixel_mean),
+        "pixel_std": list(params.pixel_std),
+        "normalize": normalize,
+        "pad": pad,
+    }
+    values = {
+        "__CARD__": json.dumps(card),
+        "__W__": str(w),
+        "__H__": str(h),
+        "__RGBA__": repr(base64.b64encode(rgba.tobytes()).decode()),
+        "__LOW__": repr(base64.b64encode(low.tobytes()).decode()),
+    }
+    script = PROCESSING_PARAMS_JS
+    for key, value in values.items():
+        script = script.replace(key, value)
+    with browser.new_page() as page:
+        page.goto(server.url + "style.css")
+        out = page.evaluate(script, timeout=120)
+    tensor, info = P.preprocess(image, params=params)
+    js_tensor = np.frombuffer(base64.b64decode(out["input"]), np.float32).reshape(tensor.shape)
+    assert np.array_equal(js_tensor, tensor), (size, frame, normalize, pad)
+    assert out["inputSize"] == list(info.input_size) and out["frame"] == frame
+    coords, _ = P.build_prompts(
+        np.array([[5.5, 3.25]]), np.array([1.0]), original_size=(h, w), img_size=frame
+    )
+    assert out["coords"] == coords.ravel().tolist()
+    ref = P.postprocess_masks(low[None], info)[0]
+    js = np.frombuffer(base64.b64decode(out["logits"]), np.float32).reshape(h, w)
+    assert np.abs(js - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+
+
+@needs_chromium
+def test_select_tokens_js_matches_select_masks(server, browser) -> None:
+    from edgesam_export import processing as P
+
+    conventions = [
+        P.MaskTokens(),
+        P.MaskTokens(count=4, single=(3,), multi=(0, 1, 2)),
+        P.MaskTokens(count=3, single=(0,), multi=(0, 1, 2)),
+    ]
+    cards = [
+        {"count": t.count, "single": list(t.single), "multi": list(t.multi)} for t in conventions
+    ]
+    script = (
+        "(async () => { const P = await import('/processing.js'); const out = [];"
+        f" for (const t of {json.dumps(cards)})"
+        "  for (const n of [1, 2, 3, 4]) {"
+        "   try { out.push(P.selectTokens(n, t)); } catch (e) { out.push(null); } }"
+        " return out; })()"
+    )
+    with browser.new_page() as page:
+        page.goto(server.url + "style.css")
+        js = page.evaluate(script, timeout=60)
+    expected = []
+    for tokens in conventions:
+        for n in (1, 2, 3, 4):
+            try:
+                slots, _ = P.select_masks(
+                    np.arange(tokens.count), np.zeros((tokens.count, 1, 1)), n, tokens
+                )
+                expected.append(slots.tolist())
+            except P.ProcessingError:
+                expected.append(None)
+    assert js == expected
+    assert js[:4] == [[0], None, [1, 2, 3], [0, 1, 2, 3]]

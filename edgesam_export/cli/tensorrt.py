@@ -42,6 +42,17 @@ BatchOpt = Annotated[
 ]
 
 
+ModelNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Registered model name, for a checkpoint or synthetic weights (a directory of ONNX"
+        " graphs says its own model in their metadata).",
+    ),
+]
+
+
 class NotReadyError(ExportFailedError):
     """The graph would not parse (or not cover its shapes) in TensorRT: exit 7."""
 
@@ -219,6 +230,7 @@ def trt_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path(
         "artifacts"
     ),
+    model_name: ModelNameOpt = "edge_sam",
     seed: SeedOpt = 0,
     synthetic: SyntheticOpt = Synthetic.calibrated,
     json_path: JsonOpt = None,
@@ -249,7 +261,15 @@ def trt_cmd(
             files = _onnx_files([source])
         else:
             files = _export_onnx(
-                source, encoder, decoder, use_stability_score, upsample, output, seed, synthetic
+                source,
+                model_name,
+                encoder,
+                decoder,
+                use_stability_score,
+                upsample,
+                output,
+                seed,
+                synthetic,
             )
         models = {f: load_onnx(f) for f in files}
         wanted = {g for g, on in (("encoder", encoder), ("decoder", decoder)) if on}
@@ -320,6 +340,7 @@ def trt_cmd(
 
 def _export_onnx(
     checkpoint: Path | None,
+    model: str,
     encoder: bool,
     decoder: bool,
     stability: bool,
@@ -334,6 +355,7 @@ def _export_onnx(
     graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
     try:
         mopts = ModelOptions(
+            model=model,
             checkpoint=checkpoint,
             seed=seed,
             upsample=None if upsample is None else upsample.value,

@@ -40,6 +40,29 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
+def outside_profile(
+    profiles: Mapping[str, Mapping[str, list[int]]], feeds: Mapping[str, np.ndarray]
+) -> str | None:
+    """Why these feeds' shapes fall outside the engine's optimisation profiles (None: inside).
+
+    `profiles` is the sidecar's {input: {"min": [...], "max": [...]}}; inputs without a
+    profile are static and checked against the engine's own shapes elsewhere.
+    """
+    for name, arr in feeds.items():
+        rng = profiles.get(name)
+        if not rng:
+            continue
+        shape = tuple(np.shape(arr))
+        if len(shape) != len(rng["min"]) or not all(
+            lo <= s <= hi for lo, s, hi in zip(rng["min"], shape, rng["max"], strict=True)
+        ):
+            return (
+                f"{name}: shape {shape} is outside the engine's profile"
+                f" {rng['min']}..{rng['max']}; rebuild with wider ranges (--points/--batch)"
+            )
+    return None
+
+
 class _CudaPython:
     """Device buffers and a stream through cuda-python's runtime API."""
 
@@ -173,16 +196,15 @@ class TensorRTSession(Session):
             self.buffers[name] = (ptr, size)
         return ptr
 
+    def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
+        """Parity skips (and lists) prompt shapes outside the profiles instead of failing."""
+        return outside_profile(self.profiles, feeds)
+
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reason = outside_profile(self.profiles, feeds)
+        if reason is not None:
+            raise InputError(reason)
         for name, arr in feeds.items():
-            rng = self.profiles.get(name)
-            if rng and not all(
-                lo <= s <= hi for lo, s, hi in zip(rng["min"], arr.shape, rng["max"], strict=True)
-            ):
-                raise InputError(
-                    f"{name}: shape {arr.shape} is outside the engine's profile"
-                    f" {rng['min']}..{rng['max']}; rebuild with wider ranges"
-                )
             host = np.ascontiguousarray(arr)
             ptr = self._buffer(name, host.nbytes)
             self.device.to_device(ptr, host)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_path, file_sha256, write_json_atomic
+from ..contract import MaskTokens, Preprocessing
 from ..errors import BackendUnavailableError, ExportFailedError, InputError
 from ..trt_check import DimRange
 
@@ -173,6 +174,34 @@ def gpu_info() -> dict[str, str]:
     return {"name": "unknown", "compute_capability": "unknown"}
 
 
+def model_conventions(meta: Mapping[str, str]) -> dict[str, Any]:
+    """What a caller of the engine needs beyond its tensors, from the ONNX metadata: the
+    preprocessing (encoder input side, prompt/mask frame, normalisation, padding) and the
+    mask-token convention. Graphs older than these keys get the values every reader assumes
+    for them (EdgeSAM's recipe, frame = img_size, tokens 0 | 1..3); a graph without img_size
+    (not ours) gets only the tokens."""
+    out: dict[str, Any] = {}
+    if "img_size" in meta:
+        pre = Preprocessing.from_metadata(meta)
+        out["preprocessing"] = {
+            "encoder_size": pre.encoder_size,
+            "prompt_frame": pre.frame,
+            "pixel_mean": list(pre.pixel_mean),
+            "pixel_std": list(pre.pixel_std),
+            "normalize": pre.normalize,
+            "pad": pre.pad,
+        }
+        out["metadata"] = pre.to_metadata()
+    tokens = MaskTokens.from_metadata(meta)
+    out["mask_tokens"] = {
+        "count": tokens.count,
+        "single": list(tokens.single),
+        "multi": list(tokens.multi),
+    }
+    out["metadata"] = out.get("metadata", {}) | tokens.to_metadata()
+    return out
+
+
 def sidecar(
     plan: EnginePlan,
     tensorrt_version: str,
@@ -180,7 +209,13 @@ def sidecar(
     inputs: Sequence[Mapping[str, Any]],
     outputs: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """The JSON written beside an engine: how it was built and what it computes."""
+    """The JSON written beside an engine: how it was built and what it computes.
+
+    `metadata` is the source ONNX's metadata with the preprocessing and mask-token keys made
+    explicit (what `Predictor` reads from a TensorRT session); `preprocessing` and
+    `mask_tokens` repeat them as numbers for callers in other languages.
+    """
+    conventions = model_conventions(plan.onnx_metadata)
     return {
         "format": "edgesam-export tensorrt sidecar v1",
         "engine": plan.engine.name,
@@ -198,7 +233,11 @@ def sidecar(
         "source_onnx": {"file": plan.onnx.name, "sha256": file_sha256(plan.onnx)},
         "inputs": list(inputs),
         "outputs": list(outputs),
-        "metadata": dict(plan.onnx_metadata) | {"precision": plan.precision},
+        "preprocessing": conventions.get("preprocessing"),
+        "mask_tokens": conventions["mask_tokens"],
+        "metadata": conventions["metadata"]
+        | dict(plan.onnx_metadata)
+        | {"precision": plan.precision},
         "trtexec": trtexec_command(plan),
     }
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import MANIFEST_NAME, atomic_path, file_sha256
+from ..contract import MaskTokens, Preprocessing
 from ..errors import ArtifactError, BackendUnavailableError, InputError
 
 Progress = Callable[[str], None]
@@ -197,13 +198,28 @@ def read_onnx_artifacts(artifact_dir: Path) -> dict[str, tuple[Path, dict[str, s
 
 
 def _card(models: dict[str, tuple[Path, dict[str, str]]], variants: tuple[str, ...]) -> dict:
-    enc_meta = models["encoder"][1]
+    """The model card the page reads: file facts plus the preprocessing and mask-token
+    convention recorded in the graphs' metadata (what `Predictor` reads from the same keys)."""
+    enc_path, enc_meta = models["encoder"]
+    dec_path, dec_meta = models["decoder"]
     for key in ("img_size", "pixel_mean", "pixel_std"):
         if key not in enc_meta:
             raise InputError(
-                f"the encoder {models['encoder'][0].name} has no {key!r} metadata: was it"
+                f"the encoder {enc_path.name} has no {key!r} metadata: was it"
                 " exported by edgesam-export?"
             )
+    if enc_meta.get("model") != dec_meta.get("model"):
+        raise InputError(
+            f"the encoder {enc_path.name} is {enc_meta.get('model')!r} but the decoder"
+            f" {dec_path.name} is {dec_meta.get('model')!r}: keep one model's graphs per folder"
+        )
+    # Artifacts older than these keys: img_size is the prompt frame and EdgeSAM's recipe
+    # applies (contract.Preprocessing / MaskTokens.from_metadata say so once, for every reader).
+    try:
+        pre = Preprocessing.from_metadata(enc_meta)
+        tokens = MaskTokens.from_metadata(dec_meta)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise InputError(f"{enc_path.name} / {dec_path.name}: bad metadata ({exc})") from None
     graphs = {
         graph: {
             "file": f"models/{path.name}",
@@ -219,10 +235,18 @@ def _card(models: dict[str, tuple[Path, dict[str, str]]], variants: tuple[str, .
         "weights": enc_meta.get("weights", ""),
         "weights_source": enc_meta.get("weights_source", ""),
         "synthetic": enc_meta.get("weights", "").startswith("synthetic"),
-        "img_size": int(enc_meta["img_size"]),
-        "pixel_mean": json.loads(enc_meta["pixel_mean"]),
-        "pixel_std": json.loads(enc_meta["pixel_std"]),
-        "use_stability_score": models["decoder"][1].get("use_stability_score") == "true",
+        "img_size": pre.encoder_size,  # encoder input side
+        "prompt_frame": pre.frame,  # prompts and low-res masks live in this frame
+        "pixel_mean": list(pre.pixel_mean),
+        "pixel_std": list(pre.pixel_std),
+        "normalize": pre.normalize,
+        "pad": pre.pad,
+        "mask_tokens": {
+            "count": tokens.count,
+            "single": list(tokens.single),
+            "multi": list(tokens.multi),
+        },
+        "use_stability_score": dec_meta.get("use_stability_score") == "true",
         "graphs": graphs,
         "onnxruntime_web": {"version": ORT_WEB_VERSION, "variants": list(variants)},
     }

@@ -90,28 +90,43 @@ def decode_rle(runs: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
 
 
 def python_reference(
-    models_dir: Path, image: np.ndarray, prompts: Sequence[Prompt], num_masks: int = 4
+    models_dir: Path, image: np.ndarray, prompts: Sequence[Prompt], num_masks: int | None = None
 ) -> dict[str, Any]:
-    """The self-test's report computed by `Predictor` on onnxruntime, plus full-res logits."""
-    encoder = open_session(models_dir / "edge_sam_encoder.onnx", threads=2)
-    decoder = open_session(models_dir / "edge_sam_decoder.onnx", threads=2)
+    """The self-test's report computed by `Predictor` on onnxruntime, plus full-res logits.
+
+    The graphs are the folder's encoder and decoder (any model); preprocessing, prompt frame
+    and mask tokens come from their metadata as the page reads them. `num_masks` defaults to
+    all the decoder's tokens, like the page's self-test.
+    """
+    from .build import read_onnx_artifacts
+
+    found = read_onnx_artifacts(models_dir)
+    encoder = open_session(found["encoder"][0], threads=2)
+    decoder = open_session(found["decoder"][0], threads=2)
     predictor = Predictor(encoder, decoder)
-    tensor, info = P.preprocess(
-        image, predictor.img_size, predictor.pixel_mean, predictor.pixel_std
-    )
+    tensor, info = P.preprocess(image, params=predictor.preprocessing)
     predictor.set_image(image)
     split = _split(prompts)
     coords, labels = P.build_prompts(
-        split.get("points"), split.get("labels"), split.get("box"), original_size=info.original_size
+        split.get("points"),
+        split.get("labels"),
+        split.get("box"),
+        original_size=info.original_size,
+        img_size=predictor.frame,
     )
-    out = predictor.predict(**split, num_multimask_outputs=num_masks)
+    count = predictor.tokens.count
+    n = count if num_masks is None else num_masks
+    out = predictor.predict(**split, num_multimask_outputs=n)
     logits = P.postprocess_masks(out.low_res_logits, info)
+    # which decoder tokens those are, by the same rule
+    tokens, _ = P.select_masks(np.arange(count), np.zeros((count, 1, 1)), n, predictor.tokens)
     masks = []
     for k, mask in enumerate(out.masks):
         ys, xs = np.nonzero(mask)
         bbox = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if xs.size else None
         masks.append(
             {
+                "token": int(tokens[k]),
                 "score": float(out.scores[k]),
                 "area": int(mask.sum()),
                 "bbox": bbox,
@@ -123,6 +138,8 @@ def python_reference(
         )
     return {
         "input_sha256": hashlib.sha256(tensor.tobytes()).hexdigest(),
+        "img_size": predictor.img_size,
+        "prompt_frame": predictor.frame,
         "input_size": list(info.input_size),
         "point_coords": coords.ravel().tolist(),
         "point_labels": labels.ravel().tolist(),
@@ -136,6 +153,7 @@ def agreement(js: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
     for a, b in zip(js["masks"], py["masks"], strict=True):
         row: dict[str, Any] = {
             "token": a["token"],
+            "same_token": a["token"] == b["token"],
             "score_js": a["score"],
             "score_py": b["score"],
             "score_diff": abs(a["score"] - b["score"]),
@@ -154,10 +172,13 @@ def agreement(js: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
         rows.append(row)
     return {
         "input_identical": js["input_sha256"] == py["input_sha256"],
+        "frames_identical": js.get("img_size") == py["img_size"]
+        and js.get("prompt_frame") == py["prompt_frame"],
         "prompts_identical": js["point_coords"] == py["point_coords"]
         and js["point_labels"] == py["point_labels"],
         "masks": rows,
         "max_score_diff": max(r["score_diff"] for r in rows),
         "max_flipped_fraction": max(r.get("flipped_fraction", 0.0) for r in rows),
         "identical_masks": sum(r["same_hash"] for r in rows),
+        "same_tokens": all(r["same_token"] for r in rows),
     }

@@ -15,6 +15,8 @@ const PREVIEW_ALPHA = 0.35;
 
 const state = {
   card: null,
+  pre: null, // the model's preprocessing (encoder size, prompt frame, normalisation, padding)
+  tokens: null, // the model's mask-token convention {count, single, multi}
   rt: null, // { ort, backend, threads }
   encoder: null,
   decoder: null,
@@ -63,6 +65,8 @@ function renderCard(card) {
       : card.weights,
     Source: card.weights_source,
     "Input size": `${card.img_size} x ${card.img_size}`,
+    "Prompt frame": `${card.prompt_frame ?? card.img_size} x ${card.prompt_frame ?? card.img_size}`,
+    Normalisation: `${card.normalize ?? "sam"}, padding ${card.pad ?? "after-normalize"}`,
     Scores: card.use_stability_score ? "stability score" : "predicted IoU",
     "onnxruntime-web": card.onnxruntime_web.version,
   };
@@ -92,6 +96,8 @@ async function loadModels() {
   const response = await fetch("model.json");
   if (!response.ok) throw new Error(`model.json: HTTP ${response.status}: is this a web build?`);
   state.card = await response.json();
+  state.pre = P.preprocessingFromCard(state.card);
+  state.tokens = P.tokensFromCard(state.card);
   renderCard(state.card);
   const threads = Number(params.get("threads")) || 0;
   state.rt = await loadRuntime(params.get("ep") || "auto", state.card.onnxruntime_web.variants, threads);
@@ -154,12 +160,11 @@ async function setImage(blob) {
   drawMask();
   $("status").textContent = "Encoding the image (runs once per image)…";
   $("progress").removeAttribute("value"); // indeterminate while the encoder runs
-  const c = state.card;
   let t = performance.now();
-  const { tensor, info } = P.preprocess(image.rgba, image.width, image.height, c.img_size, c.pixel_mean, c.pixel_std);
+  const { tensor, info } = P.preprocess(image.rgba, image.width, image.height, state.pre);
   state.timings.preprocess_ms = performance.now() - t;
   t = performance.now();
-  state.embeddings = await runEncoder(state.rt.ort, state.encoder, tensor, c.img_size);
+  state.embeddings = await runEncoder(state.rt.ort, state.encoder, tensor, state.pre.encoderSize);
   state.timings.encoder_ms = performance.now() - t;
   state.info = info;
   document.body.dataset.encoded = String(Number(document.body.dataset.encoded || 0) + 1);
@@ -193,10 +198,10 @@ async function decode(prompts) {
   const embeddings = state.embeddings;
   const out = await exclusive(() => runDecoder(state.rt.ort, state.decoder, embeddings, built));
   const [, , lowH, lowW] = out.dims;
-  // SAM's convention: one point alone is ambiguous, so offer the multimask answers (tokens
-  // 1..3, best first); with more prompts the single-mask token 0.
+  // SAM's convention: one point alone is ambiguous, so offer the multimask answers (the
+  // model's multimask tokens, best first); with more prompts its single-mask token.
   const ambiguous = points.length === 1 && !box;
-  const tokens = ambiguous ? P.selectTokens(3) : P.selectTokens(1);
+  const tokens = ambiguous ? state.tokens.multi : state.tokens.single;
   const best = tokens.reduce((a, b) => (out.scores[b] > out.scores[a] ? b : a));
   return { scores: out.scores, masks: out.masks, lowH, lowW, chosen: best, cache: new Map(), built };
 }
@@ -257,7 +262,7 @@ function drawMask() {
     for (let k = 0; k < r.scores.length; k++) {
       const b = document.createElement("button");
       b.type = "button";
-      b.textContent = `${k === 0 ? "single" : `mask ${k}`} (${r.scores[k].toFixed(3)})`;
+      b.textContent = `${state.tokens.single.includes(k) ? "single" : `mask ${k}`} (${r.scores[k].toFixed(3)})`;
       if (k === r.chosen) b.className = "chosen";
       b.onclick = () => {
         r.chosen = k;
@@ -434,6 +439,7 @@ function downloadMask() {
 
 // ---------------------------------------------------------------------------------------
 // self-test: ?selftest=IMAGE_URL&prompts=x,y,label;...[&masks=1|3|4][&pad=0][&repeat=N]
+// (masks: the model's single-mask, multimask or all tokens; default all)
 // ---------------------------------------------------------------------------------------
 
 function parsePrompts(text) {
@@ -478,7 +484,8 @@ function median(values) {
 
 async function selfTest() {
   const { points, box } = parsePrompts(params.get("prompts"));
-  const numMasks = Number(params.get("masks") || 4);
+  const numMasks = Number(params.get("masks") || state.tokens.count);
+  const selected = P.selectTokens(numMasks, state.tokens);
   const pad = params.get("pad") !== "0";
   const repeat = Math.max(1, Number(params.get("repeat") || 1));
   const response = await fetch(params.get("selftest"));
@@ -494,7 +501,7 @@ async function selfTest() {
   const plane = lowH * lowW;
   const [height, width] = info.originalSize;
   const masks = [];
-  for (const token of P.selectTokens(numMasks)) {
+  for (const token of selected) {
     const mask = P.thresholdMask(P.postprocessMask(out.masks.subarray(token * plane, (token + 1) * plane), lowH, lowW, info));
     if (masks.length === 0) state.timings.first_mask_ms = performance.now();
     const { area, bbox } = P.maskStats(mask, width, height);
@@ -513,7 +520,7 @@ async function selfTest() {
     clickMs.push(performance.now() - t);
     decodeOnlyMs.push(mid - t);
   }
-  state.result = { scores: out.scores, masks: out.masks, lowH, lowW, chosen: P.selectTokens(numMasks)[0], cache: new Map() };
+  state.result = { scores: out.scores, masks: out.masks, lowH, lowW, chosen: selected[0], cache: new Map() };
   state.prompts = [...points, ...(box ? [{ type: "box", ...box }] : [])];
   drawMask();
   writeSelfTest({
@@ -523,7 +530,8 @@ async function selfTest() {
     cross_origin_isolated: self.crossOriginIsolated,
     user_agent: navigator.userAgent,
     image: { width, height },
-    img_size: info.imgSize,
+    img_size: state.pre.encoderSize,
+    prompt_frame: info.imgSize,
     input_size: info.inputSize,
     input_sha256: await P.sha256Hex(tensor),
     point_coords: Array.from(prompts.coords),

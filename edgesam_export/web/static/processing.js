@@ -1,15 +1,22 @@
-// Pre- and post-processing for EdgeSAM in the browser: a step-by-step port of
-// edgesam_export/processing.py, so the page feeds the graphs the same tensors as Python.
+// Pre- and post-processing in the browser: a step-by-step port of edgesam_export/processing,
+// driven by the model's recorded preprocessing (model.json), so the page feeds the graphs the
+// same tensors as Python for every family.
 //
 // - resize: Pillow's uint8 bilinear resize (22-bit fixed-point taps, two separable passes
 //   with a uint8 intermediate, Pillow 13's pass order), implemented here because canvas
 //   resizing is not specified to the bit. JavaScript numbers are float64, so the tap
-//   computation follows numpy's float64 operations in the same order.
-// - normalisation: (x - mean) / std in float32 (Math.fround after each operation, as numpy's
-//   float32 arithmetic rounds), zero padding to S x S at the bottom/right.
-// - prompts: (x, y) * (new / old) in float64, rounded to float32; EdgeSAM's padding point.
-// - masks: F.interpolate(bilinear, align_corners=False) to S x S, crop, bilinear to the
+//   computation follows numpy's float64 operations in the same order. The long side becomes
+//   the encoder size (1024 for EdgeSAM/SAM, 512 for EfficientViT-SAM-L).
+// - normalisation in float32 (Math.fround after each operation, as numpy's float32
+//   arithmetic rounds): "sam" = (x - mean) / std on 0..255; "unit" = x / 255, then
+//   (x - mean/255) / (std/255) with the constants divided in float64 (torchvision's ToTensor +
+//   Normalize). Zero padding to S x S at the bottom/right "after-normalize" (0 in normalised
+//   space) or "before-normalize" (the normalised value of a 0 pixel).
+// - prompts: (x, y) * (new / old) in float64, rounded to float32, in the prompt frame (SAM's
+//   1024, also when the encoder sees 512); EdgeSAM's padding point.
+// - masks: F.interpolate(bilinear, align_corners=False) to the frame, crop, bilinear to the
 //   original size, composed per axis in float64 and applied in float32; logits > 0.
+// - mask tokens: the model's convention (single-mask and multimask slots).
 // Pure functions of typed arrays: no DOM, no onnxruntime.
 
 export const DEFAULT_IMG_SIZE = 1024;
@@ -141,36 +148,101 @@ export function rgbaToPlanes(rgba, width, height) {
   return planes;
 }
 
+/** EdgeSAM's preprocessing at side `imgSize` (what artifacts without the newer keys used). */
+export function defaultPreprocessing(imgSize = DEFAULT_IMG_SIZE) {
+  return {
+    encoderSize: imgSize,
+    frame: imgSize,
+    pixelMean: [123.675, 116.28, 103.53],
+    pixelStd: [58.395, 57.12, 57.375],
+    normalize: "sam",
+    pad: "after-normalize",
+  };
+}
+
+/** The preprocessing recorded in a model card (model.json), with the old cards' defaults. */
+export function preprocessingFromCard(card) {
+  const p = defaultPreprocessing(card.img_size);
+  return {
+    encoderSize: card.img_size,
+    frame: card.prompt_frame ?? card.img_size,
+    pixelMean: card.pixel_mean ?? p.pixelMean,
+    pixelStd: card.pixel_std ?? p.pixelStd,
+    normalize: card.normalize ?? p.normalize,
+    pad: card.pad ?? p.pad,
+  };
+}
+
+/** The mask-token convention of a model card; old cards: 4 tokens, 0 single, 1..3 multi. */
+export function tokensFromCard(card) {
+  return card.mask_tokens ?? { count: 4, single: [0], multi: [1, 2, 3] };
+}
+
+/** uint8 level -> normalised float32 value, per channel (processing.normalization_table). */
+export function normalizationTable(pixelMean, pixelStd, normalize = "sam") {
+  const tables = [];
+  for (let c = 0; c < 3; c++) {
+    const table = new Float32Array(256);
+    if (normalize === "sam") {
+      const mean = f32(pixelMean[c]);
+      const std = f32(pixelStd[c]);
+      for (let v = 0; v < 256; v++) table[v] = f32(f32(v - mean) / std);
+    } else if (normalize === "unit") {
+      const mean = f32(pixelMean[c] / 255.0); // float64 division, stored as float32
+      const std = f32(pixelStd[c] / 255.0);
+      const inv = f32(255.0);
+      for (let v = 0; v < 256; v++) table[v] = f32(f32(f32(v / inv) - mean) / std);
+    } else {
+      throw new ProcessingError(`normalize must be "sam" or "unit", got ${JSON.stringify(normalize)}`);
+    }
+    tables.push(table);
+  }
+  return tables;
+}
+
 /**
  * The (1, 3, S, S) float32 encoder input and the geometry to undo it (processing.preprocess).
- * `rgba`: ImageData.data of a width x height image.
+ * `rgba`: ImageData.data of a width x height image. `params`: the model's preprocessing
+ * ({encoderSize, frame, pixelMean, pixelStd, normalize, pad}, see preprocessingFromCard), or,
+ * as before, an encoder size followed by pixelMean and pixelStd (EdgeSAM's recipe).
+ * `info` describes the prompt/mask frame (its imgSize is the frame, inputSize the image's
+ * extent in it).
  */
-export function preprocess(rgba, width, height, imgSize, pixelMean, pixelStd) {
+export function preprocess(rgba, width, height, params, pixelMean, pixelStd) {
+  const pre =
+    typeof params === "number"
+      ? { ...defaultPreprocessing(params), pixelMean, pixelStd }
+      : { ...defaultPreprocessing(params.encoderSize), ...params };
+  const size = pre.encoderSize;
+  const frame = pre.frame ?? size;
   if (!(width >= 1 && height >= 1)) throw new ProcessingError(`empty image ${width}x${height}`);
   if (rgba.length !== width * height * 4) {
     throw new ProcessingError(`expected ${width * height * 4} RGBA bytes, got ${rgba.length}`);
   }
-  const [newH, newW] = getPreprocessShape(height, width, imgSize);
+  if (pre.pad !== "after-normalize" && pre.pad !== "before-normalize") {
+    throw new ProcessingError(`pad must be "after-normalize" or "before-normalize", got ${pre.pad}`);
+  }
+  const tables = normalizationTable(pre.pixelMean, pre.pixelStd, pre.normalize);
+  const [newH, newW] = getPreprocessShape(height, width, size);
   const planes = resizePlanes(rgbaToPlanes(rgba, width, height), height, width, newH, newW);
-  const tensor = new Float32Array(3 * imgSize * imgSize); // zeros: the padding
+  const tensor = new Float32Array(3 * size * size); // zeros: the padding after normalisation
   for (let c = 0; c < 3; c++) {
-    const mean = f32(pixelMean[c]);
-    const std = f32(pixelStd[c]);
-    const table = new Float32Array(256);
-    for (let v = 0; v < 256; v++) table[v] = f32(f32(v - mean) / std);
+    const table = tables[c];
     const plane = planes[c];
-    const base = c * imgSize * imgSize;
+    const base = c * size * size;
+    if (pre.pad === "before-normalize") tensor.fill(table[0], base, base + size * size);
     for (let y = 0; y < newH; y++) {
-      const row = base + y * imgSize;
+      const row = base + y * size;
       const src = y * newW;
       for (let x = 0; x < newW; x++) tensor[row + x] = table[plane[src + x]];
     }
   }
-  const info = { originalSize: [height, width], inputSize: [newH, newW], imgSize };
+  const inputSize = frame === size ? [newH, newW] : getPreprocessShape(height, width, frame);
+  const info = { originalSize: [height, width], inputSize, imgSize: frame };
   return { tensor, info };
 }
 
-/** (x, y) in original pixels -> the S frame, float32 (processing.transform_coords). */
+/** (x, y) in original pixels -> the prompt frame, float32 (processing.transform_coords). */
 export function transformCoords(x, y, originalSize, imgSize) {
   const [oldH, oldW] = originalSize;
   const [newH, newW] = getPreprocessShape(oldH, oldW, imgSize);
@@ -339,11 +411,21 @@ export function maskStats(mask, width, height) {
   return { area, bbox: area ? [x0, y0, x1, y1] : null };
 }
 
-/** Decoder token indices for 1, 3 or 4 outputs (processing.select_masks): 0 | 1..3 | 0..3. */
-export function selectTokens(numOutputs) {
-  const table = { 1: [0], 3: [1, 2, 3], 4: [0, 1, 2, 3] };
-  if (!(numOutputs in table)) throw new ProcessingError("number of masks must be 1, 3 or 4");
-  return table[numOutputs];
+/**
+ * Decoder token indices for a number of outputs (processing.select_masks): the single-mask
+ * slots, the multimask slots or all tokens, following the model's convention `tokens`
+ * ({count, single, multi}; default EdgeSAM/SAM's 4 tokens: 1 -> 0, 3 -> 1..3, 4 -> 0..3).
+ */
+export function selectTokens(numOutputs, tokens = { count: 4, single: [0], multi: [1, 2, 3] }) {
+  const choices = new Map();
+  choices.set(tokens.count, [...Array(tokens.count).keys()]);
+  choices.set(tokens.multi.length, [...tokens.multi]);
+  choices.set(tokens.single.length, [...tokens.single]);
+  if (!choices.has(numOutputs)) {
+    const allowed = [...choices.keys()].sort((a, b) => a - b).join(", ");
+    throw new ProcessingError(`number of masks must be one of ${allowed}, got ${numOutputs}`);
+  }
+  return choices.get(numOutputs);
 }
 
 /** Hex sha256 of bytes (Web Crypto: available on http://127.0.0.1 and https). */
