@@ -134,6 +134,38 @@ def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def paired_ratio_ci(
+    official_ms: Sequence[float], ours_ms: Sequence[float], level: float = 0.95
+) -> tuple[float, float, float]:
+    """Median of the per-round ratios official/ours and a bootstrap confidence interval of it.
+
+    The samples come from interleaved rounds (round i of each side ran back to back), so the
+    ratio is taken pair by pair, which cancels drift of the machine's speed between rounds.
+    """
+    import numpy as np
+
+    pairs = min(len(official_ms), len(ours_ms))
+    ratios = np.asarray(official_ms[:pairs], dtype=np.float64) / np.asarray(
+        ours_ms[:pairs], dtype=np.float64
+    )
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(2000, pairs), replace=True), axis=1)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(np.median(ratios)), float(lo), float(hi)
+
+
+def speed_verdict(official_ms: Sequence[float], ours_ms: Sequence[float]) -> str:
+    """ "met" (ours at least as fast), "tie" (the 95 % interval of the paired ratio spans 1.0:
+    no difference this run can resolve) or "**missed**" (the whole interval is below 1.0)."""
+    ratio, lo, hi = paired_ratio_ci(official_ms, ours_ms)
+    if ratio >= 1.0:
+        return f"met (95% CI {lo:.2f}-{hi:.2f})"
+    if hi >= 1.0:
+        return f"tie (95% CI {lo:.2f}-{hi:.2f})"
+    return f"**missed** (95% CI {lo:.2f}-{hi:.2f})"
+
+
 def main(
     name: str, run: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str]
 ) -> int:

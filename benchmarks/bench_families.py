@@ -296,7 +296,7 @@ def render(result: dict[str, Any]) -> str:
                     f"{o.p50:.1f}",
                     str(len(o.samples_ms)),
                     f"{ratio:.2f}x",
-                    _common.met(ratio >= 1.0),
+                    _common.speed_verdict(f.samples_ms, o.samples_ms),
                 ]
             )
         speed = _common.md_table(
