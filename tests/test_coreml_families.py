@@ -166,3 +166,44 @@ def test_prompt_points_are_traced_in_the_prompt_frame() -> None:
     _, args = build_module(loaded, "decoder", CoreMLOptions(output=Path("unused")))
     assert float(args[1].max()) > 512 and float(args[1].max()) <= 1024
     assert np.isfinite(args[1].numpy()).all()
+
+
+def test_efficientvit_coreml_pair_matches_the_official_predictor(coreml_family) -> None:
+    """The device path end to end on the saved L0 packages (MIL executor): the Predictor reads
+    the encoder size (512) and prompt frame (1024) from the packages' metadata, and its scores,
+    low-res logits and original-size masks match the official predictor's golden outputs for
+    point, multi-point, box and point+box prompts (the export's seed-0 weights are the
+    fixture's)."""
+    from edgesam_export.predictor import Predictor
+
+    exp = coreml_family("efficientvit_sam_l0")
+    with np.load(
+        Path(__file__).parent / "fixtures" / "efficientvit_sam" / "golden_l0_seed0.npz"
+    ) as data:
+        g = {k: data[k] for k in data.files}
+    enc = open_session(exp.folder / "efficientvit_sam_l0_encoder.mlpackage", runtime="mil")
+    dec = open_session(exp.folder / "efficientvit_sam_l0_decoder.mlpackage", runtime="mil")
+    predictor = Predictor(enc, dec)
+    assert predictor.img_size == 512 and predictor.frame == 1024
+    predictor.set_image(g["image"])
+    h, w = (int(v) for v in g["original_size"])
+    for p in "abcd":
+        prompt: dict[str, np.ndarray] = {}
+        if f"{p}_point_coords" in g:
+            prompt["points"], prompt["labels"] = g[f"{p}_point_coords"], g[f"{p}_point_labels"]
+        if f"{p}_box" in g:
+            prompt["box"] = g[f"{p}_box"]
+        for kind, n in (("single", 1), ("multi", 3)):
+            pred = predictor.predict(**prompt, num_multimask_outputs=n)
+            where = f"prompt {p} {kind}"
+            np.testing.assert_allclose(
+                pred.low_res_logits[..., ::2, ::2], g[f"{p}_{kind}_low_res_sub2"], atol=3e-4,
+                err_msg=where,
+            )  # fmt: skip
+            np.testing.assert_allclose(
+                pred.scores, g[f"{p}_{kind}_scores"], atol=2e-5, err_msg=where
+            )
+            masks = np.unpackbits(g[f"{p}_{kind}_masks_packed"], axis=-1, count=w).astype(bool)
+            assert pred.masks.shape == masks.shape == (n, h, w)
+            mismatch = (pred.masks != masks).reshape(n, -1).mean(axis=1)
+            assert mismatch.max() <= 1e-4, (where, mismatch)
