@@ -56,8 +56,7 @@ class Exported:
         return max(float(r["max_abs"]) for r in rows)
 
 
-@functools.cache
-def _exported(name: str, root: Path) -> Exported:
+def _export_and_verify(name: str, root: Path) -> Exported:
     loaded = load_model(None, model=name, synthetic="random")
     folder = root / name
     seconds = {}
@@ -67,6 +66,9 @@ def _exported(name: str, root: Path) -> Exported:
         seconds[graph] = time.perf_counter() - t0
     report = verify_artifacts(None, folder, loaded=loaded)
     return Exported(loaded, folder, seconds, report)
+
+
+_exported = functools.cache(_export_and_verify)  # default rows: shared by several tests
 
 
 @pytest.fixture(scope="session")
@@ -122,8 +124,9 @@ def test_coreml_export_and_parity(name: str, coreml_family) -> None:
 
 
 @pytest.mark.parametrize("name", _rows("heavy"))
-def test_coreml_export_and_parity_heavy(name: str, coreml_family) -> None:
-    _check_export_and_parity(coreml_family(name))
+def test_coreml_export_and_parity_heavy(name: str, tmp_path: Path) -> None:
+    """The same for the large encoders, one at a time (nothing kept after the test)."""
+    _check_export_and_parity(_export_and_verify(name, tmp_path))
 
 
 def test_efficientvit_packages_describe_the_1024_prompt_frame(coreml_family) -> None:

@@ -84,7 +84,13 @@ COREML: dict[str, str | tuple[str, str]] = {
     "efficientvit_sam_l0": "default",
     "mobile_sam": "default",
     "slimsam_77": "default",
+    "efficientvit_sam_l1": "heavy",
+    "efficientvit_sam_l2": "heavy",
+    "efficientvit_sam_xl0": "heavy",
+    "efficientvit_sam_xl1": "heavy",
     "sam_vit_b": "heavy",
+    "sam_vit_l": "heavy",
+    "slimsam_50": "heavy",
 }
 
 # target -> its export + parity test table; every target a spec's verified_targets names

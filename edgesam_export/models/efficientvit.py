@@ -376,8 +376,14 @@ def build_efficientvit_sam(variant: Variant) -> SamModel:
 
 
 # Targets with an export + parity test row per variant (tests/test_families.py ties these to
-# the test tables); the other variants' CoreML conversion is not tested yet.
-VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {"efficientvit_sam_l0": ("onnx", "coreml")}
+# the test tables: L0 in `make test`, the others with `pytest -m heavy`).
+VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {
+    "efficientvit_sam_l0": ("onnx", "coreml"),
+    "efficientvit_sam_l1": ("onnx", "coreml"),
+    "efficientvit_sam_l2": ("onnx", "coreml"),
+    "efficientvit_sam_xl0": ("onnx", "coreml"),
+    "efficientvit_sam_xl1": ("onnx", "coreml"),
+}
 
 
 def _register(variant: Variant) -> ModelSpec:
