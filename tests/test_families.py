@@ -5,7 +5,9 @@ compares them with the registry, so registering a variant (any family) fails thi
 the variant is added to both tables, and every table entry names a test that exists. The
 export table drives `test_export_and_parity` itself: "default" rows run in `make test`,
 "heavy" rows (large encoders: minutes and hundreds of MB each on 2 cores) run with
-`pytest -m heavy`.
+`pytest -m heavy`. `COREML` is the CoreML column (its rows run in test_coreml_families.py), and
+`test_verified_targets_match_the_test_tables` ties each spec's `verified_targets` to these
+per-target tables in both directions, so `edgesam-export models` claims exactly what is tested.
 """
 
 from __future__ import annotations
