@@ -5,7 +5,9 @@ compares them with the registry, so registering a variant (any family) fails thi
 the variant is added to both tables, and every table entry names a test that exists. The
 export table drives `test_export_and_parity` itself: "default" rows run in `make test`,
 "heavy" rows (large encoders: minutes and hundreds of MB each on 2 cores) run with
-`pytest -m heavy`.
+`pytest -m heavy`. `COREML` is the CoreML column (its rows run in test_coreml_families.py), and
+`test_verified_targets_match_the_test_tables` ties each spec's `verified_targets` to these
+per-target tables in both directions, so `edgesam-export models` claims exactly what is tested.
 """
 
 from __future__ import annotations
@@ -76,6 +78,27 @@ EXPORT: dict[str, str | tuple[str, str]] = {
     ),
 }
 
+# variant -> where its CoreML (fp32) export + parity test runs: "default" / "heavy" rows run in
+# tests/test_coreml_families.py, or (module, function) of an existing test. A variant without a
+# row is not CoreML-verified (its spec's verified_targets must not say "coreml").
+COREML: dict[str, str | tuple[str, str]] = {
+    "edge_sam": ("test_targets_coreml", "test_fp32_parity_end_to_end_on_the_saved_packages"),
+    "efficientvit_sam_l0": "default",
+    "mobile_sam": "default",
+    "slimsam_77": "default",
+    "efficientvit_sam_l1": "heavy",
+    "efficientvit_sam_l2": "heavy",
+    "efficientvit_sam_xl0": "heavy",
+    "efficientvit_sam_xl1": "heavy",
+    "sam_vit_b": "heavy",
+    "sam_vit_l": "heavy",
+    "slimsam_50": "heavy",
+}
+
+# target -> its export + parity test table; every target a spec's verified_targets names
+# needs one (test_verified_targets_match_the_test_tables).
+TARGET_TABLES: dict[str, dict[str, str | tuple[str, str]]] = {"onnx": EXPORT, "coreml": COREML}
+
 
 def _exists(module: str, function: str) -> bool:
     return callable(getattr(importlib.import_module(module), function, None))
@@ -93,9 +116,27 @@ def test_every_registered_variant_is_tested():
             assert _exists(*where), where
         else:
             assert where in ("default", "heavy")
-    for spec in list_specs():  # what `edgesam-export models` claims is backed by a test
-        if "onnx" in spec.verified_targets:
-            assert spec.name in EXPORT
+
+
+def test_verified_targets_match_the_test_tables():
+    """What `edgesam-export models` claims is exactly what the tables test: a target is in a
+    spec's `verified_targets` if and only if that target's table has a row for the variant,
+    and every row names a test that exists ("default"/"heavy" rows run in their module)."""
+    tables = TARGET_TABLES
+    for spec in list_specs():
+        unknown = set(spec.verified_targets) - set(tables)
+        assert not unknown, f"{spec.name}: verified_targets {unknown} have no test table"
+        for target, table in tables.items():
+            claimed = target in spec.verified_targets
+            assert claimed == (spec.name in table), (
+                f"{spec.name}: verified_targets says {target} {'is' if claimed else 'is not'}"
+                f" verified, but its {target} test table {'lacks' if claimed else 'has'} a row"
+            )
+    registered = {s.name for s in list_specs()}
+    for target, table in tables.items():
+        assert set(table) <= registered, f"stale {target} rows"
+        for where in table.values():
+            assert where in ("default", "heavy") or _exists(*where), (target, where)
 
 
 def _cases() -> list[object]:

@@ -147,6 +147,44 @@ CASES: dict[str, list[tuple[dict[str, Any], Callable[[], np.ndarray]]]] = {
             lambda: X[:, 2],
         ),
     ],
+    "pad": [
+        (  # EfficientViT's LiteMLA: a row of ones after the values (last 3 axes given)
+            {
+                "x": X,
+                "pad": np.array([0, 0, 0, 1, 0, 0]),
+                "mode": "constant",
+                "constant_val": np.float32(1.0),
+            },
+            lambda: F.pad(t(X), (0, 0, 0, 1), value=1.0).numpy(),
+        ),
+        (  # window padding (TinyViT, ViT): bottom/right zeros on the two spatial axes
+            {
+                "x": IMG,
+                "pad": np.array([0, 2, 0, 3]),
+                "mode": "constant",
+                "constant_val": np.float32(0.0),
+            },
+            lambda: F.pad(t(IMG), (0, 3, 0, 2)).numpy(),
+        ),
+        (
+            {"x": IMG, "pad": np.array([1, 2, 2, 1]), "mode": "reflect"},
+            lambda: F.pad(t(IMG), (2, 1, 1, 2), mode="reflect").numpy(),
+        ),
+        (
+            {"x": IMG, "pad": np.array([1, 0, 0, 2]), "mode": "replicate"},
+            lambda: F.pad(t(IMG), (0, 2, 1, 0), mode="replicate").numpy(),
+        ),
+    ],
+    "split": [
+        (  # TinyViT's q, k, v of unequal widths
+            {"x": X, "split_sizes": np.array([1, 3]), "axis": -1},
+            lambda: tuple(p.numpy() for p in torch.split(t(X), [1, 3], dim=-1)),
+        ),
+        (
+            {"x": X, "num_splits": 3, "axis": 1},
+            lambda: tuple(p.numpy() for p in torch.chunk(t(X), 3, dim=1)),
+        ),
+    ],
     "cast": [
         ({"x": X * 1000, "dtype": "fp16"}, lambda: (X * 1000).astype(np.float16)),
         ({"x": X > 0, "dtype": "fp32"}, lambda: (X > 0).astype(np.float32)),
@@ -248,13 +286,20 @@ def test_every_op_has_a_case() -> None:
 )
 def test_op_matches_reference(op: str, index: int) -> None:
     kwargs, ref = CASES[op][index]
-    got = np.asarray(mil.OPS[op](**kwargs))
-    want = np.asarray(_reference(op, kwargs, ref))
-    assert got.shape == want.shape
-    if want.dtype == np.bool_:
-        np.testing.assert_array_equal(got, want)
+    result = mil.OPS[op](**kwargs)
+    expected = _reference(op, kwargs, ref)
+    if isinstance(expected, tuple):  # multi-output ops (split): one array per output
+        assert isinstance(result, tuple) and len(result) == len(expected)
+        pairs = list(zip(result, expected, strict=True))
     else:
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+        pairs = [(result, expected)]
+    for got_, want_ in pairs:
+        got, want = np.asarray(got_), np.asarray(want_)
+        assert got.shape == want.shape
+        if want.dtype == np.bool_:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_erf_accuracy() -> None:
@@ -282,6 +327,33 @@ def test_fp16_results_are_rounded_where_declared() -> None:
     assert out["h"].dtype == np.float16 and out["h"][0] == 1.0 and np.isinf(out["h"][1])
     assert out["f"][0] == np.float32(1.0 + 2.0**-13)
     assert record["h"].max_abs == 70000.0  # the range is recorded before rounding
+
+
+def test_values_are_freed_after_their_last_read() -> None:
+    """A run keeps only live values (ViT global attention: ~0.8 GB per intermediate): each
+    computed variable is dropped after the step that reads it last; inputs read later,
+    constants and the outputs stay; a value nobody reads is dropped at once."""
+    x = r(2, 3)
+    steps = [
+        mil.Step("relu", "a", mil.OPS["relu"], {"x": "x"}, [("y", np.float32)]),
+        mil.Step("exp", "dead", mil.OPS["exp"], {"x": "x"}, [("unused", np.float32)]),
+        mil.Step("add", "b", mil.OPS["add"], {"x": "y", "y": "y"}, [("z", np.float32)]),
+        mil.Step("mul", "c", mil.OPS["mul"], {"x": "z", "y": "two"}, [("w", np.float32)]),
+        mil.Step("add", "d", mil.OPS["add"], {"x": "w", "y": "x"}, [("out", np.float32)]),
+    ]
+    prog = mil.MilProgram(
+        inputs=["x"], outputs=["z", "out"], steps=steps, constants={"two": np.float32(2)}
+    )
+    assert {i: sorted(v) for i, v in prog.last_reads.items()} == {
+        1: ["unused"],
+        2: ["y"],
+        4: ["w", "x"],
+    }
+    out = prog.run({"x": x})
+    relu = np.maximum(x, 0)
+    np.testing.assert_allclose(out["z"], 2 * relu)
+    np.testing.assert_allclose(out["out"], 4 * relu + x)
+    assert prog.run({"x": x})["out"].shape == (2, 3)  # constants survive a run
 
 
 def test_unknown_op_is_a_clear_error(tmp_path) -> None:

@@ -258,7 +258,7 @@ EDGE_SAM = register(
         upsample_modes=("bicubic", "bilinear"),
         checkpoint_format="bare state_dict (edge_sam.pth / edge_sam_3x.pth)",
         builder=build_edge_sam,
-        verified_targets=("onnx",),
+        verified_targets=("onnx", "coreml"),
         extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     )
 )

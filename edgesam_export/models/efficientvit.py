@@ -375,6 +375,17 @@ def build_efficientvit_sam(variant: Variant) -> SamModel:
     return SamModel(encoder, num_mask_tokens=4, norm_eps=NORM_EPS)
 
 
+# Targets with an export + parity test row per variant (tests/test_families.py ties these to
+# the test tables: L0 in `make test`, the others with `pytest -m heavy`).
+VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {
+    "efficientvit_sam_l0": ("onnx", "coreml"),
+    "efficientvit_sam_l1": ("onnx", "coreml"),
+    "efficientvit_sam_l2": ("onnx", "coreml"),
+    "efficientvit_sam_xl0": ("onnx", "coreml"),
+    "efficientvit_sam_xl1": ("onnx", "coreml"),
+}
+
+
 def _register(variant: Variant) -> ModelSpec:
     def builder() -> SamModel:
         return build_efficientvit_sam(variant)
@@ -395,7 +406,7 @@ def _register(variant: Variant) -> ModelSpec:
             signature_prefixes=("image_encoder.backbone.stages.", "image_encoder.neck.input_ops."),
             checkpoint_format="state_dict, bare or under 'state_dict' (weights_only)",
             builder=builder,
-            verified_targets=("onnx",),
+            verified_targets=VERIFIED_TARGETS.get(variant.name, ("onnx",)),
         )
     )
 

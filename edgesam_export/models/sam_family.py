@@ -68,6 +68,18 @@ _COMMON: dict[str, Any] = dict(
     decoder_contracts=("edgesam", "official"),
 )
 
+# Targets with an export + parity test row per variant (tests/test_families.py ties these to
+# the test tables): ONNX for all (the large ones in the heavy run), CoreML where converted and
+# checked on the MIL executor (not ViT-H: 2.5 GB of fp32 weights, not converted here).
+VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {
+    "sam_vit_b": ("onnx", "coreml"),
+    "sam_vit_l": ("onnx", "coreml"),
+    "sam_vit_h": ("onnx",),
+    "slimsam_50": ("onnx", "coreml"),
+    "slimsam_77": ("onnx", "coreml"),
+    "mobile_sam": ("onnx", "coreml"),
+}
+
 _SAM_DESCRIPTIONS = {
     "sam_vit_b": "SAM ViT-B (Meta, 12 blocks, width 768): sam_vit_b_01ec64.pth",
     "sam_vit_l": "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth",
@@ -83,6 +95,7 @@ for _name, _cfg in SAM_VIT_CONFIGS.items():
             layout=f"{_name}.json",
             signature_prefixes=("image_encoder.blocks.0.attn.qkv.", "image_encoder.pos_embed"),
             builder=partial(build_sam_vit, _cfg),
+            verified_targets=VERIFIED_TARGETS[_name],
             **_COMMON,
         )
     )
@@ -104,6 +117,7 @@ for _name, _ratio, _file in (
             builder=partial(_slimsam_from_layout, _name),
             build_from_state=build_slimsam,
             checkpoint_format="pickled-module",
+            verified_targets=VERIFIED_TARGETS[_name],
             **_COMMON,
         )
     )
@@ -116,6 +130,7 @@ register(
         layout="mobile_sam.json",
         signature_prefixes=("image_encoder.layers.", "image_encoder.patch_embed.seq."),
         builder=build_mobile_sam,
+        verified_targets=VERIFIED_TARGETS["mobile_sam"],
         **_COMMON,
     )
 )

@@ -138,14 +138,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """In place on one fresh array (ViT global attention: 12 x 4096 x 4096 values per call)."""
     x = _f32(x)
-    e = np.exp(x - x.max(axis=int(axis), keepdims=True))
-    return e / e.sum(axis=int(axis), keepdims=True)
+    e = np.subtract(x, x.max(axis=int(axis), keepdims=True))
+    np.exp(e, out=e)
+    e /= e.sum(axis=int(axis), keepdims=True)
+    return e
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    out = _f32(x) @ _f32(weight).T
-    return out if bias is None else out + _f32(bias)
+    """One GEMM over all leading axes (numpy loops over stacked 2-D products otherwise)."""
+    x, weight = _f32(x), _f32(weight)
+    out = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    if bias is not None:
+        out += _f32(bias)
+    return out
 
 
 def matmul(
@@ -156,7 +163,8 @@ def matmul(
         x = np.swapaxes(x, -1, -2)
     if transpose_y:
         y = np.swapaxes(y, -1, -2)
-    return np.matmul(x, y)
+    # Stacked products of strided views (transposes) leave BLAS: 25x slower on ViT windows.
+    return np.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y))
 
 
 def layer_norm(
@@ -259,6 +267,46 @@ def slice_by_index(
         else:
             index.append(slice(b, e, int(stride[i])))
     return np.asarray(x[tuple(index)])
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def pad(x: np.ndarray, pad: Any, mode: str = "constant", constant_val: Any = 0.0) -> np.ndarray:
+    """MIL pad: `pad` holds (before, after) pairs for the LAST len(pad) / 2 axes."""
+    x = np.asarray(x)
+    pairs = np.asarray(pad, dtype=np.int64).reshape(-1, 2)
+    if pairs.shape[0] > x.ndim:
+        raise UnsupportedOpError(f"pad of {pairs.shape[0]} axes on a rank-{x.ndim} input")
+    if mode not in _PAD_MODES:
+        raise UnsupportedOpError(f"pad mode {mode!r} is not implemented")
+    if (pairs < 0).any():
+        raise UnsupportedOpError("pad with negative amounts (cropping) is not implemented")
+    widths = [(0, 0)] * (x.ndim - pairs.shape[0]) + [(int(a), int(b)) for a, b in pairs]
+    if mode == "constant":
+        value = _f32(np.asarray(constant_val)).reshape(()).item()
+        return np.pad(x, widths, mode="constant", constant_values=value)
+    return np.pad(x, widths, mode=_PAD_MODES[mode])  # type: ignore[call-overload]
+
+
+def split(
+    x: np.ndarray, axis: int, num_splits: Any = None, split_sizes: Any = None
+) -> tuple[np.ndarray, ...]:
+    """MIL split: equal parts (`num_splits`) or the given `split_sizes` along `axis`."""
+    x = np.asarray(x)
+    axis = int(axis) % x.ndim
+    if split_sizes is not None:
+        sizes = [int(s) for s in np.atleast_1d(split_sizes)]
+    elif num_splits is not None:
+        n = int(num_splits)
+        if x.shape[axis] % n:
+            raise UnsupportedOpError(f"split of {x.shape[axis]} into {n} unequal parts")
+        sizes = [x.shape[axis] // n] * n
+    else:
+        raise UnsupportedOpError("split needs num_splits or split_sizes")
+    if sum(sizes) != x.shape[axis]:
+        raise UnsupportedOpError(f"split sizes {sizes} do not add up to {x.shape[axis]}")
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
 
 
 _CAST_DTYPES = {
@@ -424,6 +472,8 @@ OPS: dict[str, Callable[..., Any]] = {
     "concat": concat,
     "stack": stack,
     "slice_by_index": slice_by_index,
+    "pad": pad,
+    "split": split,
     "cast": cast,
     "conv": conv,
     "select": lambda cond, a, b: np.where(np.asarray(cond), _f32(a), _f32(b)),
@@ -479,6 +529,26 @@ class OpRange:
             self.lost += int(((nz >= self.SIGNIFICANT * peak) & (nz < FP16_MIN_NORMAL)).sum())
 
 
+def _last_reads(
+    steps: list[Step], constants: Mapping[str, Any], outputs: list[str]
+) -> dict[int, list[str]]:
+    """For each step, the computed variables (not constants, not outputs) it reads last."""
+    last: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        for value in step.params.values():
+            for name in value if isinstance(value, list) else [value]:
+                last[name] = index
+    for index, step in enumerate(steps):  # computed but never read: free at once
+        for name, _ in step.outputs:
+            last.setdefault(name, index)
+    keep = set(constants) | set(outputs)
+    out: dict[int, list[str]] = {}
+    for name, index in last.items():
+        if name not in keep:
+            out.setdefault(index, []).append(name)
+    return out
+
+
 @dataclass
 class MilProgram:
     """The main function of a package's ML Program, ready to execute."""
@@ -488,6 +558,14 @@ class MilProgram:
     steps: list[Step]
     constants: dict[str, Any]
     op_types: dict[str, int] = field(default_factory=dict)
+    # step index -> variables computed by earlier steps that are read for the last time there
+    # (freed right after it, so a run holds only live values: ViT global attention makes
+    # ~0.8 GB tensors per op, and keeping every intermediate took 16 GB on SlimSAM-77).
+    last_reads: dict[int, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.last_reads:
+            self.last_reads = _last_reads(self.steps, self.constants, self.outputs)
 
     @classmethod
     def load(cls, package: Path, spec: Any | None = None) -> MilProgram:
@@ -555,7 +633,7 @@ class MilProgram:
         env: dict[str, Any] = dict(self.constants)
         for name in self.inputs:
             env[name] = np.asarray(feeds[name])
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             kwargs = {
                 k: [env[n] for n in v] if isinstance(v, list) else env[v]
                 for k, v in step.params.items()
@@ -571,4 +649,7 @@ class MilProgram:
                     with np.errstate(over="ignore"):  # fp16 overflow is inf, as on a device
                         value = value.astype(dtype)
                 env[name] = value
+            del kwargs, result, results
+            for name in self.last_reads.get(index, ()):
+                del env[name]
         return {name: env[name] for name in self.outputs}
