@@ -117,7 +117,7 @@ def time_interleaved(
     block: int = 1,
     settle_s: float = 0.0,
 ) -> dict[str, tuple[float, ...]]:
-    """Per-call wall times in ms of several callables, timed round-robin (A B A B ...).
+    """Per-call wall times in ms of several callables, timed round-robin (A B, B A, A B ...).
 
     Interleaving spreads slow drift (thermal, other tenants, page cache) evenly over the
     contenders instead of penalising whichever ran last. Each of the `iters` rounds gives every
@@ -135,8 +135,10 @@ def time_interleaved(
             fn()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
+    order = list(calls.items())
     for i in range(iters):
-        for name, fn in calls.items():
+        # A B, then B A: whoever runs first in a round gets no systematic advantage.
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             if settle_s > 0:
                 settled = time.perf_counter() + settle_s
                 fn()
