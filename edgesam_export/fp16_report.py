@@ -18,7 +18,6 @@ import numpy as np
 
 from . import processing as P
 from .parity import make_test_image, prompt_cases
-from .runtime import metadata_floats
 from .runtime.mil import FP16_MAX, OpRange
 
 # An op is listed as underflowing when at least this share of its values are significant (at
@@ -56,13 +55,10 @@ def fp16_report(encoder: Any | None, decoders: Sequence[tuple[str, Any]]) -> dic
     if not sessions:
         return {"artifacts": {}}
     meta = sessions[0].metadata
-    img_size = int(meta["img_size"])
-    tensor, info = P.preprocess(
-        make_test_image(),
-        img_size,
-        metadata_floats(meta, "pixel_mean"),
-        metadata_floats(meta, "pixel_std"),
-    )
+    # The model's recorded preprocessing and prompt frame (EfficientViT-SAM-L: 512 input, /255
+    # normalisation, prompts in the 1024 frame), as fp16.calibration_feeds reads them.
+    params = P.Preprocessing.from_metadata({"img_size": "1024", **meta})
+    tensor, info = P.preprocess(make_test_image(), params=params)
     result: dict[str, Any] = {
         "weights": f"{meta.get('weights', '?')} ({meta.get('weights_source', '?')})",
         "inputs": {"image": "parity test image", "prompt_cases": list(REPORT_CASES)},
@@ -78,7 +74,7 @@ def fp16_report(encoder: Any | None, decoders: Sequence[tuple[str, Any]]) -> dic
     if embeddings is None:
         embeddings = np.zeros((1, *_embed_shape(decoders[0][1])), np.float32)
         result["inputs"]["image"] = "zero embeddings (no encoder given)"
-    cases = [c for c in prompt_cases(img_size, info.input_size) if c.name in REPORT_CASES]
+    cases = [c for c in prompt_cases(params.frame, info.input_size) if c.name in REPORT_CASES]
     for name, dec in decoders:
         record = {}
         for case in cases:

@@ -185,3 +185,46 @@ def test_fp16_and_int8_together_is_refused():
 
 def test_fp16_max_is_float16_max():
     assert FP16_MAX == float(np.finfo(np.float16).max)
+
+
+def test_coreml_fp16_report_feeds_follow_the_recorded_preprocessing():
+    """The CoreML fp16 report feeds the model's own input: an EfficientViT-SAM-L encoder gets a
+    512 input normalised /255, and its decoder gets prompts in the 1024 prompt frame."""
+    from edgesam_export import processing as P
+    from edgesam_export.fp16_report import REPORT_CASES, fp16_report
+    from edgesam_export.parity import make_test_image, prompt_cases
+
+    meta = {
+        "img_size": "512",
+        "prompt_frame": "1024",
+        "normalize": "unit",
+        "pad": "before-normalize",
+        "pixel_mean": "[123.675, 116.28, 103.53]",
+        "pixel_std": "[58.395, 57.12, 57.375]",
+    }
+    seen: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "decoder": []}
+
+    class Fake:
+        def __init__(self, kind: str) -> None:
+            self.kind, self.metadata, self.path = kind, meta, Path(f"{kind}.mlpackage")
+
+        def accepts(self, feeds):
+            return None
+
+        def run_recorded(self, feeds, record):
+            seen[self.kind].append(feeds)
+            if self.kind == "encoder":
+                return {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32)}
+            return {}
+
+    fp16_report(Fake("encoder"), [("decoder", Fake("decoder"))])
+    params = P.Preprocessing.from_metadata(meta)
+    expected, info = P.preprocess(make_test_image(), params=params)
+    (enc_feeds,) = seen["encoder"]
+    assert enc_feeds["image"].shape == (1, 3, 512, 512)
+    np.testing.assert_array_equal(enc_feeds["image"], expected)
+    cases = [c for c in prompt_cases(1024, info.input_size) if c.name in REPORT_CASES]
+    assert len(seen["decoder"]) == len(cases) > 0
+    for case, feeds in zip(cases, seen["decoder"], strict=True):
+        np.testing.assert_array_equal(feeds["point_coords"], case.point_coords)
+    assert max(float(f["point_coords"].max()) for f in seen["decoder"]) > 512
