@@ -54,7 +54,7 @@ class ExportOptions(BaseModel):
         return tuple(dict.fromkeys(v))
 
 
-DecoderContract = Literal["edgesam", "official"]
+DecoderContract = Literal["edgesam", "official", "efficientvit"]
 
 
 class OnnxOptions(ExportOptions):
@@ -62,9 +62,10 @@ class OnnxOptions(ExportOptions):
     simplify: bool = True  # False is simplifier="none" (kept for --no-simplify)
     simplifier: SimplifierKind = "onnxslim"
     gelu_approximate: bool = False  # tanh GELU (EdgeSAM's --gelu-approximate)
-    # Decoder I/O: "edgesam" (ours) or "official" (segment-anything's SamOnnxModel signature).
+    # Decoder I/O: "edgesam" (ours), "official" (segment-anything's SamOnnxModel signature) or
+    # "efficientvit" (EfficientViT-SAM's DecoderOnnxModel).
     decoder_contract: DecoderContract = "edgesam"
-    return_single_mask: bool = False  # official contract only: keep one mask, as its notebook
+    return_single_mask: bool = False  # family contracts only: keep one mask, as their exports
     # Weights in a `<file>.onnx.data` sidecar: None = when the graph would pass ONNX's 2 GB limit.
     external_data: bool | None = None
 

@@ -123,3 +123,43 @@ def _channels_last(
     masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
     masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
     return masks, dec.iou_prediction_head(iou_token_out)
+
+
+class EfficientViTDecoderGraph(nn.Module):
+    """EfficientViT-SAM's `DecoderOnnxModel` contract: (image_embeddings, point_coords,
+    point_labels) -> (masks: 256x256 logits, iou_predictions), see `official_contract`.
+
+    The mask prediction is `DecoderGraph`'s (points embedded as given, no padding point added,
+    no-mask dense prompt); only the output order, the names and the optional single-mask
+    selection (argmax of the predicted IoU over every token) differ.
+    """
+
+    def __init__(
+        self,
+        model: SamModel,
+        frame: int,
+        return_single_mask: bool = False,
+        use_stability_score: bool = False,
+        optimized: bool = False,
+        gelu_approximate: bool = False,
+    ) -> None:
+        super().__init__()
+        self.decoder = DecoderGraph(
+            model,
+            frame,
+            use_stability_score,
+            optimized=optimized,
+            gelu_approximate=gelu_approximate,
+        )
+        self.return_single_mask = return_single_mask
+
+    def forward(
+        self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        scores, masks = self.decoder(image_embeddings, point_coords, point_labels)
+        if self.return_single_mask:
+            rows = torch.arange(masks.shape[0])
+            best = torch.argmax(scores, dim=1)
+            masks = masks[rows, best].unsqueeze(1)
+            scores = scores[rows, best].unsqueeze(1)
+        return masks, scores

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import processing as P
 from .errors import InputError
-from .official_contract import is_official, official_feeds, single_mask_index
+from .official_contract import ForeignContract, foreign_contract
 from .runtime import Session
 
 # Per-precision, per-output tolerances on max |candidate - reference|. Float32 values are about
@@ -439,8 +439,9 @@ def check(
     for name, dec in decoders:
         stab = dec.metadata.get("use_stability_score", "false") == "true"
         ref_dec = reference_decoders[stab]
-        if is_official(dec.metadata):
-            _check_official(report, name, dec, ref_dec, ref_emb, own_embedding, cases, info)
+        foreign = foreign_contract(dec.metadata)
+        if foreign is not None:
+            _check_foreign(report, name, dec, foreign, ref_dec, ref_emb, own_embedding, cases, info)
             continue
         for case in cases:
             feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
@@ -474,44 +475,46 @@ def check(
     return report
 
 
-def _check_official(
+def _check_foreign(
     report: ParityReport,
     name: str,
     dec: Session,
+    contract: ForeignContract,
     ref_dec: Session,
     ref_emb: np.ndarray,
     own_embedding: np.ndarray | None,
     cases: Sequence[PromptCase],
     info: P.ImageInfo,
 ) -> None:
-    """A decoder with segment-anything's official contract against our reference decoder.
+    """A decoder with a family's own contract (`official_contract.FOREIGN`) against our
+    reference decoder, on the same prompt rows (the contracts add no padding point themselves).
 
-    Batch-1 cases only (the contract has no batch axis). Low-res masks and scores are judged like
-    any decoder's (for `return_single_mask`, against the token the official rule picks from the
-    reference scores); the upscaled masks against the reference low-res logits post-processed
-    by `processing.postprocess_masks` (bilinear to the padded frame, crop, bilinear to the
-    original size: what the contract computes).
+    Batch-1 cases only where the contract has no batch axis. Low-res masks and scores are judged
+    like any decoder's (for `return_single_mask`, against the token the contract's rule picks
+    from the reference scores); where the contract upscales (segment-anything's), the upscaled
+    masks against the reference low-res logits post-processed by `processing.postprocess_masks`
+    (bilinear to the padded frame, crop, bilinear to the original size: what it computes).
     """
     stab = dec.metadata.get("use_stability_score", "false") == "true"
     single = dec.metadata.get("return_single_mask", "false") == "true"
     precision = candidate_precision(dec)
     for case in cases:
-        if case.point_coords.shape[0] != 1:
+        if case.point_coords.shape[0] != 1 and not contract.batched:
             continue
         feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
         ref = ref_dec.run({"image_embeddings": ref_emb, **feeds})
         ref_scores, ref_masks = ref["scores"], ref["masks"]
         if single:
-            idx = single_mask_index(ref_scores, case.point_coords.shape[1])
+            idx = contract.single_mask_index(ref_scores, case.point_coords.shape[1])
             ref_scores = np.take_along_axis(ref_scores, idx[:, None], axis=1)
             ref_masks = ref_masks[np.arange(ref_masks.shape[0]), idx][:, None]
-        ref_up = P.postprocess_masks(ref_masks[0], info)
+        ref_up = P.postprocess_masks(ref_masks[0], info) if contract.upscaled_key else None
         runs = [("decoder", ref_emb)]
         if own_embedding is not None:
             runs.append(("end_to_end", own_embedding))
         for stage, embedding in runs:
             out = dec.run(
-                official_feeds(embedding, case.point_coords, case.point_labels, info.original_size)
+                contract.feeds(embedding, case.point_coords, case.point_labels, info.original_size)
             )
             _judge_decoder(
                 report,
@@ -520,16 +523,18 @@ def _check_official(
                 stage,
                 case.name,
                 stab,
-                {"scores": out["iou_predictions"], "masks": out["low_res_masks"]},
+                {"scores": out[contract.scores_key], "masks": out[contract.low_res_key]},
                 {"scores": ref_scores, "masks": ref_masks},
                 precision,
             )
+            if contract.upscaled_key is None or ref_up is None:
+                continue
             _judge(
                 report,
                 name,
                 dec.backend,
                 f"{stage}.upscaled_masks",
                 case.name + (" (stability)" if stab else ""),
-                compare_arrays(out["masks"][0], ref_up),
+                compare_arrays(out[contract.upscaled_key][0], ref_up),
                 precision,
             )

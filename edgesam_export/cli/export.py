@@ -139,14 +139,16 @@ def onnx_cmd(
         str,
         typer.Option(
             "--decoder-contract",
-            help="Decoder I/O: edgesam (ours) or official (segment-anything's SamOnnxModel:"
-            " mask_input, has_mask_input, orig_im_size; SAM, SlimSAM and MobileSAM).",
+            help="Decoder I/O: edgesam (ours), official (segment-anything's SamOnnxModel:"
+            " mask_input, has_mask_input, orig_im_size; SAM, SlimSAM and MobileSAM) or"
+            " efficientvit (EfficientViT-SAM's DecoderOnnxModel: masks, iou_predictions).",
         ),
     ] = "edgesam",
     return_single_mask: Annotated[
         bool,
         typer.Option(
-            "--return-single-mask", help="Official contract: return the one best mask only."
+            "--return-single-mask",
+            help="official / efficientvit contract: return the one best mask only.",
         ),
     ] = False,
     strict: Annotated[

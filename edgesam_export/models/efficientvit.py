@@ -407,6 +407,7 @@ def _register(variant: Variant) -> ModelSpec:
             checkpoint_format="state_dict, bare or under 'state_dict' (weights_only)",
             builder=builder,
             verified_targets=VERIFIED_TARGETS.get(variant.name, ("onnx",)),
+            decoder_contracts=("edgesam", "efficientvit"),
         )
     )
 

@@ -53,7 +53,8 @@ class ModelSpec:
     # The official loader's strict=False (EdgeSAM): unknown extra keys warn instead of stopping.
     extra_keys_allowed: bool = False
     # Decoder I/O contracts an ONNX export may follow: "edgesam" (ours, the default) and
-    # "official" (segment-anything's SamOnnxModel: mask_input, has_mask_input, orig_im_size).
+    # "official" (segment-anything's SamOnnxModel: mask_input, has_mask_input, orig_im_size),
+    # "efficientvit" (EfficientViT-SAM's DecoderOnnxModel: masks, iou_predictions).
     decoder_contracts: tuple[str, ...] = ("edgesam",)
 
     def __post_init__(self) -> None:

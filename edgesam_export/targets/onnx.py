@@ -32,11 +32,7 @@ from ..graphs import (
     encoder_io,
 )
 from ..models import LoadedModel
-from ..official_contract import (
-    OFFICIAL_DECODER_INPUTS,
-    OFFICIAL_DECODER_OUTPUTS,
-    official_decoder_io,
-)
+from ..official_contract import FOREIGN
 from . import Target, artifact_path
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
@@ -107,6 +103,23 @@ def build_graph(
             torch.tensor([1.0]),
             torch.tensor([480.0, 640.0]),
         )
+    if graph == "decoder" and contract == "efficientvit":
+        from ..graphs_official import EfficientViTDecoderGraph
+
+        evit = EfficientViTDecoderGraph(
+            loaded.model,
+            spec.frame,
+            return_single_mask,
+            use_stability_score,
+            optimized=True,
+            gelu_approximate=gelu_approximate,
+        )
+        # B=2, N=3 while tracing so neither axis is specialised to 1.
+        return evit.eval(), (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * spec.frame,
+            torch.tensor([[1.0, 0.0, 1.0], [2.0, 3.0, 1.0]]),
+        )
     if graph == "encoder":
         module: torch.nn.Module = EncoderGraph(
             loaded.model.image_encoder, optimized=True, gelu_approximate=gelu_approximate
@@ -165,13 +178,16 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         options = OnnxOptions(**options.model_dump())
     onnx, _ = _require_onnx()
     spec = loaded.spec
-    official = graph == "decoder" and options.decoder_contract == "official"
-    if official and "official" not in spec.decoder_contracts:
+    contract = options.decoder_contract
+    foreign = FOREIGN.get(contract) if graph == "decoder" else None
+    if foreign is not None and contract not in spec.decoder_contracts:
+        choices = ", ".join(spec.decoder_contracts)
         raise InputError(
-            f"{spec.name} has no official ONNX decoder contract; use --decoder-contract edgesam"
+            f"{spec.name} has no {contract} ONNX decoder contract (that is {foreign.family});"
+            f" --decoder-contract takes {choices} for this model"
         )
-    if options.return_single_mask and not official:
-        raise InputError("--return-single-mask needs --decoder-contract official")
+    if options.return_single_mask and contract not in FOREIGN:  # (the encoder ignores it)
+        raise InputError("--return-single-mask needs --decoder-contract " + " or ".join(FOREIGN))
     module, args = build_graph(
         loaded,
         graph,
@@ -180,16 +196,14 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         contract=options.decoder_contract,
         return_single_mask=options.return_single_mask,
     )
-    if official:
-        inputs, outputs = official_decoder_io(
+    if foreign is not None:
+        inputs, outputs = foreign.io(
             spec.embed_shape, spec.num_mask_tokens, options.return_single_mask
         )
-        names_in: tuple[str, ...] = OFFICIAL_DECODER_INPUTS
-        names_out: tuple[str, ...] = OFFICIAL_DECODER_OUTPUTS
+        names_in: tuple[str, ...] = foreign.inputs
+        names_out: tuple[str, ...] = foreign.outputs
         dynamic: dict[str, dict[int, str]] | None = {
-            "point_coords": {1: "num_points"},
-            "point_labels": {1: "num_points"},
-            "masks": {2: "orig_height", 3: "orig_width"},
+            k: dict(v) for k, v in foreign.dynamic_axes.items()
         }
     elif graph == "encoder":
         inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
@@ -218,8 +232,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     reduced = options.precision if options.precision != "fp32" else options.quantize
     if reduced:  # beside, never over, the fp32 graph
         dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
-    if official:
-        tag = "_official_single" if options.return_single_mask else "_official"
+    if foreign is not None:
+        tag = foreign.file_tag(options.return_single_mask)
         dest = dest.with_name(dest.stem + tag + dest.suffix)
     dest.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
@@ -242,7 +256,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                 metadata["gelu_approximate"] = "true"
             if graph == "decoder":
                 metadata["decoder_contract"] = options.decoder_contract
-                if official:
+                if foreign is not None:
                     metadata["return_single_mask"] = str(options.return_single_mask).lower()
             if external:
                 metadata["onnx.external_data"] = f"{dest.name}.data"
