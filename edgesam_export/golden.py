@@ -34,6 +34,7 @@ import numpy as np
 from . import processing as P
 from .artifacts import atomic_path
 from .errors import ArtifactError, InputError
+from .official_contract import foreign_contract
 from .parity import (
     ParityReport,
     PromptCase,
@@ -212,7 +213,10 @@ def check_golden(
 
     Mask max/mean abs errors are measured on the stored pixel grid (every `stride`-th row and
     column), mask IoU on every pixel, scores in full. `record` (optional) receives the
-    candidates' raw outputs for the report.
+    candidates' raw outputs for the report. A decoder with a family's own contract
+    (`official_contract.FOREIGN`) gets its contract's feeds and has its low-res masks and scores
+    judged (single-mask files against the token the contract's rule picks); upscaled masks are
+    not (the sidecar keeps no full-precision logits to upscale).
     """
     report = report or ParityReport()
     meta = golden.meta
@@ -243,18 +247,38 @@ def check_golden(
         runs = [("decoder", golden.embeddings)]
         if own_embedding is not None:
             runs.append(("end_to_end", own_embedding))
+        foreign = foreign_contract(dec.metadata)
+        single = dec.metadata.get("return_single_mask", "false") == "true"
         for gc in golden.cases:
             ref_scores = gc.stability_scores if stab else gc.scores
-            feeds = {"point_coords": gc.case.point_coords, "point_labels": gc.case.point_labels}
+            masks_sub, masks_bits = gc.masks_sub, gc.masks_bits
+            coords, labels = gc.case.point_coords, gc.case.point_labels
+            if foreign is not None and coords.shape[0] != 1 and not foreign.batched:
+                continue
+            if foreign is not None and single:
+                rows = np.arange(ref_scores.shape[0])
+                idx = foreign.single_mask_index(ref_scores, coords.shape[1])
+                ref_scores = ref_scores[rows, idx][:, None]
+                masks_sub, masks_bits = (
+                    masks_sub[rows, idx][:, None],
+                    masks_bits[rows, idx][:, None],
+                )
             for stage, embedding in runs:
-                out = dec.run({"image_embeddings": embedding, **feeds})
+                if foreign is None:
+                    out = dec.run(
+                        {"image_embeddings": embedding, "point_coords": coords,
+                         "point_labels": labels}
+                    )  # fmt: skip
+                else:
+                    raw = dec.run(foreign.feeds(embedding, coords, labels, golden.image.shape[:2]))
+                    out = {"scores": raw[foreign.scores_key], "masks": raw[foreign.low_res_key]}
                 if record is not None and stage == "decoder":
                     record.setdefault(name, {})[gc.case.name] = out
                 case = gc.case.name + tag
                 metrics = compare_arrays(out["scores"], ref_scores)
                 _judge(report, name, dec.backend, f"{stage}.{score_key}", case, metrics, precision)
-                metrics = compare_arrays(_subsample(out["masks"], golden.stride), gc.masks_sub)
-                ref_logits = gc.masks_bits.astype(np.float32) - 0.5  # > 0 exactly on the mask
+                metrics = compare_arrays(_subsample(out["masks"], golden.stride), masks_sub)
+                ref_logits = masks_bits.astype(np.float32) - 0.5  # > 0 exactly on the mask
                 metrics.update(mask_metrics(out["masks"], ref_logits, out["scores"], ref_scores))
                 _judge(report, name, dec.backend, f"{stage}.masks", case, metrics, precision)
     return report

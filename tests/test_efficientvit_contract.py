@@ -53,8 +53,9 @@ def golden() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, golden):
-    """The two contract decoders (all tokens, single mask) of the fixture's weights (seed 0)
-    and our encoder's embeddings of the fixture image."""
+    """The two contract decoders (all tokens, single mask) of the fixture's weights (seed 0),
+    the golden sidecar beside them, and our encoder's embeddings of the fixture image."""
+    from edgesam_export.pipeline import write_reference_outputs
     from edgesam_export.targets.onnx import export
 
     loaded = load_model(None, model=MODEL, synthetic="random")
@@ -67,6 +68,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, golden):
         ).path
         for single in (False, True)
     }
+    write_reference_outputs(loaded, out, MODEL)
     tensor, _ = P.preprocess(golden["image"], params=loaded.spec.preprocessing)
     with torch.inference_mode():
         emb = loaded.model.image_encoder(torch.from_numpy(tensor)).numpy()
@@ -139,13 +141,18 @@ def test_batch_axis_runs_prompt_rows_independently(exported, golden):
             np.testing.assert_allclose(both[key][row], alone[key][0], rtol=0, atol=1e-5)
 
 
-def test_parity_judges_the_contract(exported):
-    """Parity runs each contract decoder on the prompt cases (batched ones included) and judges
-    its low-res masks and IoU against the reference, picking the token by the contract's rule."""
+@pytest.mark.parametrize("reference", ["torch", "golden"])
+def test_parity_judges_the_contract(exported, reference):
+    """Parity (against PyTorch, and against the golden sidecar as on a device without torch)
+    runs each contract decoder on every prompt case, batched ones included, and judges its
+    low-res masks and IoU, picking the reference token by the contract's single-mask rule."""
     from edgesam_export.pipeline import verify_artifacts
 
     loaded, out, paths, _ = exported
-    report = verify_artifacts(None, out, loaded=loaded)
+    if reference == "torch":
+        report = verify_artifacts(None, out, loaded=loaded)
+    else:
+        report = verify_artifacts(None, out, reference="golden")
     assert report.passed, [r for r in report.summary() if not r["passed"]] or report.errors
     checks = {(r["artifact"], r["check"]) for r in report.summary()}
     for path in paths.values():
@@ -153,6 +160,8 @@ def test_parity_judges_the_contract(exported):
         assert (path.name, "decoder.scores") in checks
         assert not any(a == path.name and "upscaled" in c for a, c in checks)
     assert not report.inputs.get("skipped")
+    cases = {c.case for c in report.comparisons if c.artifact == paths[True].name}
+    assert any("batch" in c for c in cases), cases
 
 
 def test_contract_refused_where_the_family_has_none(tmp_path):
