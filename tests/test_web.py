@@ -584,6 +584,7 @@ def test_l0_selftest_agrees_with_python_predictor(family_site, browser) -> None:
 
 
 @needs_chromium
+@pytest.mark.heavy  # ~30 s of browser time; the L0 test above covers the frame/normalisation path
 def test_mobile_sam_selftest_agrees_with_python_predictor(family_site, browser) -> None:
     """MobileSAM (SAM's 3 + 1 tokens) on one upscaled image and one point (EdgeSAM's padding
     point added): the multimask answers are tokens 1..3, as in `Predictor`."""
