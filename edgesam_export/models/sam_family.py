@@ -74,7 +74,7 @@ _COMMON: dict[str, Any] = dict(
 VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {
     "sam_vit_b": ("onnx", "coreml"),
     "sam_vit_l": ("onnx", "coreml"),
-    "sam_vit_h": ("onnx",),
+    "sam_vit_h": ("onnx", "coreml"),
     "slimsam_50": ("onnx", "coreml"),
     "slimsam_77": ("onnx", "coreml"),
     "mobile_sam": ("onnx", "coreml"),
