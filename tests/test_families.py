@@ -85,7 +85,7 @@ COREML: dict[str, str | tuple[str, str]] = {
     "edge_sam": ("test_targets_coreml", "test_fp32_parity_end_to_end_on_the_saved_packages"),
     "efficientvit_sam_l0": "default",
     "mobile_sam": "default",
-    "slimsam_77": "heavy",  # ~1 min on 2 cores; MobileSAM keeps the SAM decoder path in make test
+    "slimsam_77": "default",
     "efficientvit_sam_l1": "heavy",
     "efficientvit_sam_l2": "heavy",
     "efficientvit_sam_xl0": "heavy",
