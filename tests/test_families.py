@@ -60,22 +60,10 @@ EXPORT: dict[str, str | tuple[str, str]] = {
     # encoders behind EDGESAM_HEAVY=1 there).
     "mobile_sam": ("test_sam_families", "test_onnx_export_passes_parity"),
     "slimsam_77": ("test_sam_families", "test_onnx_export_passes_parity"),
-    "sam_vit_b": (
-        "test_sam_families",
-        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
-    ),
-    "sam_vit_l": (
-        "test_sam_families",
-        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
-    ),
-    "sam_vit_h": (
-        "test_sam_families",
-        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
-    ),
-    "slimsam_50": (
-        "test_sam_families",
-        "test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity",
-    ),
+    "sam_vit_b": _SAM_HEAVY,
+    "sam_vit_l": _SAM_HEAVY,
+    "sam_vit_h": _SAM_HEAVY,
+    "slimsam_50": _SAM_HEAVY,
 }
 
 # variant -> where its CoreML (fp32) export + parity test runs: "default" / "heavy" rows run in

@@ -365,8 +365,8 @@ def test_static_assets_are_shipped_as_package_data() -> None:
     assert '"edgesam_export.web" = ["static/*"]' in text
 
 
-PROCESSING_JS = """
-(async () => {
+# Shared by the processing.js tests: the module, base64 -> bytes and bytes -> base64.
+JS_PRELUDE = """
   const P = await import('/processing.js');
   const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
   const b64 = (u8) => {
@@ -376,12 +376,26 @@ PROCESSING_JS = """
     }
     return btoa(s);
   };
+"""
+
+
+def _evaluate_js(server, browser, body: str, values: dict[str, str]) -> dict:
+    """Run `body` after JS_PRELUDE in an async page function, placeholders filled in order
+    (base64 has no underscores, so no value can contain a later placeholder)."""
+    script = "(async () => {" + JS_PRELUDE + body + "})()"
+    for key, value in values.items():
+        script = script.replace(key, value)
+    with browser.new_page() as page:
+        page.goto(server.url + "style.css")
+        return page.evaluate(script, timeout=120)
+
+
+PROCESSING_JS = """
   const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, 1024, __MEAN__, __STD__);
   const low = new Float32Array(bytes(__LOW__).buffer);
   const logits = P.postprocessMask(low, 256, 256, info);
   return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
           logits: b64(new Uint8Array(logits.buffer))};
-})()
 """
 
 
@@ -404,7 +418,7 @@ def test_processing_js_matches_numpy(server, browser, shape) -> None:
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     rgba = np.concatenate([image, np.full((h, w, 1), 255, np.uint8)], axis=-1)
     low = (rng.standard_normal((256, 256)) * 8).astype(np.float32)
-    values = {  # base64 has no underscores, so no value can contain a later placeholder
+    values = {
         "__W__": str(w),
         "__H__": str(h),
         "__MEAN__": str(list(P.DEFAULT_PIXEL_MEAN)),
@@ -412,12 +426,7 @@ def test_processing_js_matches_numpy(server, browser, shape) -> None:
         "__RGBA__": repr(base64.b64encode(rgba.tobytes()).decode()),
         "__LOW__": repr(base64.b64encode(low.tobytes()).decode()),
     }
-    script = PROCESSING_JS
-    for key, value in values.items():
-        script = script.replace(key, value)
-    with browser.new_page() as page:
-        page.goto(server.url + "style.css")
-        out = page.evaluate(script, timeout=120)
+    out = _evaluate_js(server, browser, PROCESSING_JS, values)
     tensor, info = P.preprocess(image)
     js_tensor = np.frombuffer(base64.b64decode(out["input"]), np.float32).reshape(tensor.shape)
     assert out["inputSize"] == list(info.input_size)
@@ -599,16 +608,6 @@ def test_mobile_sam_selftest_agrees_with_python_predictor(family_site, browser) 
 
 
 PROCESSING_PARAMS_JS = """
-(async () => {
-  const P = await import('/processing.js');
-  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-  const b64 = (u8) => {
-    let s = '';
-    for (let i = 0; i < u8.length; i += 0x8000) {
-      s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
-    }
-    return btoa(s);
-  };
   const pre = P.preprocessingFromCard(__CARD__);
   const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, pre);
   const low = new Float32Array(bytes(__LOW__).buffer);
@@ -618,7 +617,6 @@ PROCESSING_PARAMS_JS = """
   return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
           frame: info.imgSize, coords: Array.from(prompts.coords),
           logits: b64(new Uint8Array(logits.buffer))};
-})()
 """
 
 
@@ -661,12 +659,7 @@ def test_processing_js_follows_the_card(server, browser, size, frame, normalize,
         "__RGBA__": repr(base64.b64encode(rgba.tobytes()).decode()),
         "__LOW__": repr(base64.b64encode(low.tobytes()).decode()),
     }
-    script = PROCESSING_PARAMS_JS
-    for key, value in values.items():
-        script = script.replace(key, value)
-    with browser.new_page() as page:
-        page.goto(server.url + "style.css")
-        out = page.evaluate(script, timeout=120)
+    out = _evaluate_js(server, browser, PROCESSING_PARAMS_JS, values)
     tensor, info = P.preprocess(image, params=params)
     js_tensor = np.frombuffer(base64.b64decode(out["input"]), np.float32).reshape(tensor.shape)
     assert np.array_equal(js_tensor, tensor), (size, frame, normalize, pad)
