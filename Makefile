@@ -69,6 +69,7 @@ test-device: setup $(DEVICE_VENV)/.installed
 lint: setup
 	$(BIN)/ruff check edgesam_export tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/bench_latency.py

@@ -1,6 +1,6 @@
 """Segment everything: our numpy generator on ONNX vs segment-anything's, side by side.
 
-Ours: `edgesam_export.amg.MaskGenerator` over `Predictor` on our ONNX artifacts (onnxruntime),
+Ours: `device.amg.MaskGenerator` over `Predictor` on our ONNX artifacts (onnxruntime),
 B grid points per decoder call. Official: segment-anything's `SamAutomaticMaskGenerator`
 (PyTorch, torchvision's `batched_nms`) over segment-anything's own `Sam` built from the same
 weights: its `PromptEncoder` and `MaskDecoder` load our model's state dicts (official key names,
@@ -76,7 +76,7 @@ def _official_model() -> Any:
     import torch
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    from edgesam_export.models import load_model
+    from edgesam_export.host.models import load_model
 
     torch.set_num_threads(_common.THREADS)
     loaded = load_model(None, seed=0)
@@ -108,8 +108,8 @@ def _official_model() -> Any:
 
 
 def _our_predictor(artifacts: Path) -> Any:
-    from edgesam_export.predictor import Predictor
-    from edgesam_export.runtime import open_session
+    from edgesam_export.device.predictor import Predictor
+    from edgesam_export.device.runtime import open_session
 
     return Predictor(
         open_session(artifacts / "edge_sam_encoder.onnx", threads=_common.THREADS),
@@ -122,7 +122,7 @@ def _generator(side: str, model: Any, params: dict[str, Any]) -> Any:
         from segment_anything import SamAutomaticMaskGenerator
 
         return SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **params)
-    from edgesam_export.amg import MaskGenerator
+    from edgesam_export.device.amg import MaskGenerator
 
     return MaskGenerator(model, output_mode="uncompressed_rle", score="iou", **params)
 
@@ -190,7 +190,7 @@ def _run_child(side: str, artifacts: Path, params: dict[str, Any]) -> dict[str, 
 
 def compare(ours: list[dict[str, Any]], official: list[dict[str, Any]]) -> dict[str, Any]:
     """One-to-one matching of masks by IoU (greedy, most certain first)."""
-    from edgesam_export.amg import rle_to_mask
+    from edgesam_export.device.amg import rle_to_mask
 
     if not ours or not official:
         return {"ours": len(ours), "official": len(official), "matched": 0, "min_iou": None}
@@ -235,14 +235,14 @@ class _TreeCpuMonitor(_common.CpuMonitor):
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from edgesam_export.bench import machine_info
+    from edgesam_export.device.bench import machine_info
 
     monitor = _TreeCpuMonitor()
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = Path(args.artifacts) if args.artifacts else Path(tmp)
         if not args.artifacts:
-            from edgesam_export.config import ModelOptions, OnnxOptions
-            from edgesam_export.pipeline import export_artifacts
+            from edgesam_export.host.config import ModelOptions, OnnxOptions
+            from edgesam_export.host.pipeline import export_artifacts
 
             _common.log("exporting the ONNX artifacts (synthetic seed-0 weights, bicubic neck)")
             export_artifacts(ModelOptions(), "onnx", OnnxOptions(output=artifacts))

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edgesam_export import processing as P
-from edgesam_export.bench import (
+from edgesam_export.device import processing as P
+from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
     encoder_input,
@@ -40,12 +40,12 @@ from edgesam_export.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.graphs import EncoderGraph
-from edgesam_export.models import LoadedModel
-from edgesam_export.pipeline import export_artifacts
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import Session, open_session
+from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.graphs import EncoderGraph
+from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.pipeline import export_artifacts
+from edgesam_export.host.reference import reference_sessions
 
 NAME = "bench_families"
 VARIANTS = ("efficientvit_sam_l0", "efficientvit_sam_xl0")

@@ -20,7 +20,7 @@ from typing import Any
 import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 
-from edgesam_export.bench import (
+from edgesam_export.device.bench import (
     BOX_SINGLE_STAGE,
     Timing,
     box_batch_stage,
@@ -31,10 +31,10 @@ from edgesam_export.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.pipeline import export_artifacts
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import open_session
+from edgesam_export.device.runtime import open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.pipeline import export_artifacts
+from edgesam_export.host.reference import reference_sessions
 
 NAME = "bench_latency"
 POINTS = (1, 5, 16)

@@ -2,7 +2,7 @@
 
 Run from the repository root:  python benchmarks/bench_processing.py
 
-* preprocess: `edgesam_export.processing.preprocess` (numpy, Pillow-exact resize) vs SAM's
+* preprocess: `edgesam_export.device.processing.preprocess` (numpy, Pillow-exact resize) vs SAM's
   predictor: Pillow `Image.resize` BILINEAR to the long-side-1024 size, then torch
   `as_tensor(...).permute`, `(x - mean) / std` and `F.pad` to 1024 x 1024.
 * postprocess: `postprocess_masks` + `threshold_masks` (numpy) vs SAM's `postprocess_masks`:
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from edgesam_export import processing as P
-from edgesam_export.bench import Timing, machine_info, set_threads, time_interleaved
-from edgesam_export.parity import make_test_image
+from edgesam_export.device import processing as P
+from edgesam_export.device.bench import Timing, machine_info, set_threads, time_interleaved
+from edgesam_export.device.parity import make_test_image
 
 NAME = "bench_processing"
 SIZES = ((480, 640), (1080, 1920))

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgesam_export import processing as P
-from edgesam_export.bench import Timing, machine_info, set_threads, time_interleaved
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.graphs import EncoderGraph
-from edgesam_export.models import LoadedModel
-from edgesam_export.models.vit import ViTAttention, ViTBlock
-from edgesam_export.official_contract import official_feeds
-from edgesam_export.pipeline import export_artifacts
-from edgesam_export.runtime import Session, open_session
+from edgesam_export.device import processing as P
+from edgesam_export.device.bench import Timing, machine_info, set_threads, time_interleaved
+from edgesam_export.device.official_contract import official_feeds
+from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.graphs import EncoderGraph
+from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.models.vit import ViTAttention, ViTBlock
+from edgesam_export.host.pipeline import export_artifacts
 
 NAME = "bench_sam_families"
 FAMILIES = ("mobile_sam", "slimsam_77", "sam_vit_b")

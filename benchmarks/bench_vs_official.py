@@ -22,7 +22,7 @@ import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 import torch
 
-from edgesam_export.bench import (
+from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
     encoder_input,
@@ -30,12 +30,12 @@ from edgesam_export.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.graphs import DecoderGraph, EncoderGraph
-from edgesam_export.models import LoadedModel
-from edgesam_export.pipeline import export_artifacts
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import Session, open_session
+from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
+from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.pipeline import export_artifacts
+from edgesam_export.host.reference import reference_sessions
 
 NAME = "bench_vs_official"
 POINTS = (1, 5, 16)

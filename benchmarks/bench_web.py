@@ -30,11 +30,11 @@ from typing import Any
 import _common  # sorts before numpy: pins thread pools before numpy/onnxruntime load
 from PIL import Image
 
-from edgesam_export.bench import decoder_feeds, machine_info, time_call
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.parity import make_test_image
-from edgesam_export.pipeline import export_artifacts
-from edgesam_export.runtime import open_session
+from edgesam_export.device.bench import decoder_feeds, machine_info, time_call
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.runtime import open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.pipeline import export_artifacts
 from edgesam_export.web.browser import Chromium, chromium_version
 from edgesam_export.web.build import ORT_WEB_VERSION, build_web
 from edgesam_export.web.selftest import agreement, python_reference, run_selftest
@@ -66,7 +66,7 @@ def _parts(files: dict[str, int]) -> dict[str, int]:
 def _native(models: Path, threads: int) -> dict[str, float]:
     encoder = open_session(models / "edge_sam_encoder.onnx", threads=threads)
     decoder = open_session(models / "edge_sam_decoder.onnx", threads=threads)
-    from edgesam_export import processing as P
+    from edgesam_export.device import processing as P
 
     tensor, _ = P.preprocess(make_test_image(*SHAPE))
     emb = encoder.run({"image": tensor})["image_embeddings"]

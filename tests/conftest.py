@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.models import LoadedModel, load_model
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.models import LoadedModel, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -101,7 +101,7 @@ def bicubic_model(golden: Golden) -> LoadedModel:
 @pytest.fixture(scope="session")
 def default_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Default export (bicubic encoder + IoU decoder, seed 0) made through the pipeline."""
-    from edgesam_export.pipeline import export_artifacts
+    from edgesam_export.host.pipeline import export_artifacts
 
     out = tmp_path_factory.mktemp("default")
     export_artifacts(ModelOptions(), "onnx", OnnxOptions(output=out))
@@ -114,7 +114,7 @@ def bilinear_artifacts(
 ) -> Path:
     """The official exports' flavour for the golden file's seed: bilinear encoder, plus IoU and
     stability decoders."""
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.targets.onnx import export
 
     out = tmp_path_factory.mktemp(f"bilinear_seed{golden.seed}")
     export(bilinear_model, "encoder", OnnxOptions(output=out))
@@ -127,7 +127,7 @@ def bilinear_artifacts(
 def bicubic_encoder_artifact(
     tmp_path_factory: pytest.TempPathFactory, bicubic_model: LoadedModel, golden: Golden
 ) -> Path:
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.targets.onnx import export
 
     out = tmp_path_factory.mktemp(f"bicubic_seed{golden.seed}")
     return export(bicubic_model, "encoder", OnnxOptions(output=out)).path
@@ -140,8 +140,8 @@ def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
     `sidecar` through the pipeline (golden sidecar and manifest too); without, the two graphs
     alone (half the time). Shared by the web, report and TensorRT tests (EfficientViT-SAM-L0:
     512 encoder input, prompts in the 1024 frame, /255 normalisation)."""
-    from edgesam_export.pipeline import export_artifacts
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.pipeline import export_artifacts
+    from edgesam_export.host.targets.onnx import export
 
     cache: dict[tuple[str, bool], Path] = {}
 

@@ -46,9 +46,9 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def check_predictor(artifacts: Path) -> None:
-    from edgesam_export.golden import find_golden
-    from edgesam_export.predictor import Predictor
-    from edgesam_export.runtime import open_session
+    from edgesam_export.device.golden import find_golden
+    from edgesam_export.device.predictor import Predictor
+    from edgesam_export.device.runtime import open_session
 
     encoder = open_session(next(artifacts.glob("*_encoder.onnx")))
     decoder = open_session(next(artifacts.glob("*_decoder.onnx")))

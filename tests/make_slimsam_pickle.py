@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgesam_export.models.checkpoint import synth_tensor
+from edgesam_export.host.models.checkpoint import synth_tensor
 
 _NAMESPACES = {
     "sam": "segment_anything_kd.modeling.sam",

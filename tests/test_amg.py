@@ -1,4 +1,4 @@
-"""Segment everything (`edgesam_export.amg`): golden parity with the official generator driven
+"""Segment everything (`device.amg`): golden parity with the official generator driven
 by the oracle decoder, the numpy building blocks against brute force and pycocotools, the
 mask-token and score conventions, and the generator with torch, torchvision and cv2 blocked."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from amg_oracle import OraclePredictor
 
-from edgesam_export.amg import (
+from edgesam_export.device.amg import (
     MaskGenerator,
     box_nms,
     build_point_grid,
@@ -29,8 +29,8 @@ from edgesam_export.amg import (
     rle_to_coco_rle,
     rle_to_mask,
 )
-from edgesam_export.amg.rle import decode_counts, encode_counts
-from edgesam_export.errors import InputError
+from edgesam_export.device.amg.rle import decode_counts, encode_counts
+from edgesam_export.device.errors import InputError
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -465,9 +465,9 @@ sys.meta_path.insert(0, Block())
 import numpy as np
 sys.path.insert(0, "tests")
 from amg_oracle import OraclePredictor
-from edgesam_export.amg import MaskGenerator
-from edgesam_export.amg.overlay import render_overlay
-from edgesam_export.png import decode_png, encode_png
+from edgesam_export.device.amg import MaskGenerator
+from edgesam_export.device.amg.overlay import render_overlay
+from edgesam_export.device.png import decode_png, encode_png
 import edgesam_export.cli.everything  # the command module imports no torch either
 image = np.load("tests/fixtures/edge_sam/golden_seed0.npz")["image"]
 gen = MaskGenerator(OraclePredictor(), points_per_side=8, crop_n_layers=1,

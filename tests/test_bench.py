@@ -1,4 +1,4 @@
-"""`edgesam-bench` and the timing helpers of `edgesam_export.bench` (tiny, fast runs only)."""
+"""`edgesam-bench` and the timing helpers of `device.bench` (tiny, fast runs only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgesam_export.bench import (
+from edgesam_export.cli.bench import app
+from edgesam_export.device.bench import (
     BOX_SINGLE_STAGE,
     CLICK_STAGE,
     IMAGE_STAGE,
@@ -20,10 +21,9 @@ from edgesam_export.bench import (
     time_call,
     time_interleaved,
 )
-from edgesam_export.cli.bench import app
-from edgesam_export.errors import ExitCode
-from edgesam_export.parity import make_test_image
-from edgesam_export.png import decode_png
+from edgesam_export.device.errors import ExitCode
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.png import decode_png
 
 runner = CliRunner()
 TINY_BASE = ["--points", "1", "--box-batch", "2", "--iters", "1", "--warmup", "0"]

@@ -1,4 +1,4 @@
-"""The everything stage of `edgesam-bench` (`edgesam_export.bench_everything`) and its report
+"""The everything stage of `edgesam-bench` (`edgesam_export.device.bench_everything`) and its report
 section: batch-size planning against what a decoder declares (CoreML `max_batch`, TensorRT-style
 profiles, refusals found only when run), the stage's numbers on ONNX sessions with a tiny grid,
 and the overlay PNG on the report page."""
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgesam_export.amg import coco_rle_to_rle, rle_to_mask
-from edgesam_export.amg.overlay import render_overlay
-from edgesam_export.bench_everything import (
+from edgesam_export.device.amg import coco_rle_to_rle, rle_to_mask
+from edgesam_export.device.amg.overlay import render_overlay
+from edgesam_export.device.bench_everything import (
     FAILED,
     OK,
     POINTS_PER_PROMPT,
@@ -25,12 +25,12 @@ from edgesam_export.bench_everything import (
     plan,
     refusal,
 )
-from edgesam_export.contract import TensorSpec
-from edgesam_export.errors import InputError
-from edgesam_export.parity import make_test_image
-from edgesam_export.png import decode_png
-from edgesam_export.report import write_bench_report
-from edgesam_export.runtime import Session, open_session
+from edgesam_export.device.contract import TensorSpec
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.png import decode_png
+from edgesam_export.device.report import write_bench_report
+from edgesam_export.device.runtime import Session, open_session
 
 
 class Wrapped(Session):

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgesam_export import build as B
-from edgesam_export import manifest as mf
 from edgesam_export.cli.export import app
-from edgesam_export.errors import InputError
-from edgesam_export.parity import Comparison, ParityReport
+from edgesam_export.device import manifest as mf
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.parity import Comparison, ParityReport
+from edgesam_export.host import build as B
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from edgesam_export.artifacts import base_metadata
-from edgesam_export.models import load_model
-from edgesam_export.models.calibration import activation_peak, calibration_input
+from edgesam_export.host.metadata import base_metadata
+from edgesam_export.host.models import load_model
+from edgesam_export.host.models.calibration import activation_peak, calibration_input
 
 FP16_MAX = 65504.0
 
@@ -43,7 +43,7 @@ def test_calibrated_weights_are_labelled():
 def test_parity_rebuilds_the_weights_the_artifacts_record():
     from types import SimpleNamespace
 
-    from edgesam_export.pipeline import _model_options
+    from edgesam_export.host.pipeline import _model_options
 
     def sessions(weights: str, source: str) -> list:
         meta = {"model": "edge_sam", "graph": "encoder", "upsample_mode": "bicubic"}

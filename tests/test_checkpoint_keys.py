@@ -13,12 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgesam_export.artifacts import base_metadata
 from edgesam_export.cli.export import app
-from edgesam_export.errors import CheckpointError
-from edgesam_export.models import load_model, synth_state_dict
-from edgesam_export.models.checkpoint import load_layout
-from edgesam_export.models.identify import identify
+from edgesam_export.device.errors import CheckpointError
+from edgesam_export.host.metadata import base_metadata, load_layout
+from edgesam_export.host.models import load_model, synth_state_dict
+from edgesam_export.host.models.identify import identify
 
 
 def _shapes_only(model: str) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.errors import ExitCode
-from edgesam_export.models import synth_state_dict
+from edgesam_export.device.errors import ExitCode
+from edgesam_export.host.models import synth_state_dict
 
 runner = CliRunner()
 
@@ -141,7 +141,7 @@ def test_models_json():
 
 
 def test_image_renamed_pth_gets_its_own_message(tmp_path: Path):
-    from edgesam_export.png import encode_png
+    from edgesam_export.device.png import encode_png
 
     fake = tmp_path / "edge_sam_3x.pth"
     fake.write_bytes(encode_png(np.zeros((8, 8, 3), dtype=np.uint8)))

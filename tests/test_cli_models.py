@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.models import list_specs
+from edgesam_export.host.models import list_specs
 
 runner = CliRunner()
 

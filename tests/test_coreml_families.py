@@ -24,14 +24,14 @@ from test_families import COREML
 
 pytest.importorskip("coremltools")
 
-from edgesam_export.config import CoreMLOptions
-from edgesam_export.models import LoadedModel, get_spec, list_specs, load_model
-from edgesam_export.parity import ParityReport
-from edgesam_export.pipeline import verify_artifacts
-from edgesam_export.runtime import open_session
-from edgesam_export.runtime.coreml import MIL_EXECUTOR
-from edgesam_export.runtime.mil import read_spec
-from edgesam_export.targets.coreml import LICENSES, SYNTHETIC_LICENSE, descriptions, export
+from edgesam_export.device.parity import ParityReport
+from edgesam_export.device.runtime import open_session
+from edgesam_export.device.runtime.coreml import MIL_EXECUTOR
+from edgesam_export.device.runtime.mil import read_spec
+from edgesam_export.host.config import CoreMLOptions
+from edgesam_export.host.models import LoadedModel, get_spec, list_specs, load_model
+from edgesam_export.host.pipeline import verify_artifacts
+from edgesam_export.host.targets.coreml import LICENSES, SYNTHETIC_LICENSE, descriptions, export
 
 # Every check a CoreML pair must pass (the parity report's rows for the fp32 IoU decoder).
 CHECKS = {
@@ -163,7 +163,7 @@ def test_every_family_has_a_license_line() -> None:
 
 def test_prompt_points_are_traced_in_the_prompt_frame() -> None:
     """The decoder's example points span the prompt frame (1024 for L0, not 512)."""
-    from edgesam_export.targets.coreml import build_module
+    from edgesam_export.host.targets.coreml import build_module
 
     loaded = load_model(None, model="efficientvit_sam_l0", synthetic="random")
     _, args = build_module(loaded, "decoder", CoreMLOptions(output=Path("unused")))
@@ -177,7 +177,7 @@ def test_efficientvit_coreml_pair_matches_the_official_predictor(coreml_family) 
     low-res logits and original-size masks match the official predictor's golden outputs for
     point, multi-point, box and point+box prompts (the export's seed-0 weights are the
     fixture's)."""
-    from edgesam_export.predictor import Predictor
+    from edgesam_export.device.predictor import Predictor
 
     exp = coreml_family("efficientvit_sam_l0")
     with np.load(

@@ -14,7 +14,7 @@ import torch
 
 ct = pytest.importorskip("coremltools")
 
-from edgesam_export.targets import coreml_patches as cp  # noqa: E402
+from edgesam_export.host.targets import coreml_patches as cp  # noqa: E402
 
 CT_VERSION = cp.coremltools_version()
 NUMPY_24 = cp.parse_version(np.__version__) >= (2, 4, 0)
@@ -89,7 +89,7 @@ def test_mean_dtype_fails_stock_and_converts_patched_on_7x(tmp_path) -> None:
     ops = [op.op_type for op in model._mil_program.functions["main"].operations]
     assert "reduce_mean" in ops
     # the package as saved computes the mean (run by our executor)
-    from edgesam_export.runtime.mil import MilProgram
+    from edgesam_export.device.runtime.mil import MilProgram
 
     path = tmp_path / "mean.mlpackage"
     model.save(str(path))
@@ -129,11 +129,11 @@ def test_cast_patch_is_needed_and_sufficient() -> None:
 def test_our_decoder_converts_and_runs_on_7x(tmp_path) -> None:
     """EdgeSAM's coremltools (7.1) with torch 2.13: our decoder graph converts (range shapes,
     patches applied as its version needs) and the saved package matches PyTorch."""
-    from edgesam_export.config import CoreMLOptions
-    from edgesam_export.models import load_model
-    from edgesam_export.reference import reference_sessions
-    from edgesam_export.runtime import open_session
-    from edgesam_export.targets.coreml import export
+    from edgesam_export.device.runtime import open_session
+    from edgesam_export.host.config import CoreMLOptions
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.reference import reference_sessions
+    from edgesam_export.host.targets.coreml import export
 
     loaded = load_model(None, synthetic="calibrated")
     art = export(loaded, "decoder", CoreMLOptions(output=tmp_path, point_shapes="range"))

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam_export import processing as P
-from edgesam_export.errors import CheckpointError
-from edgesam_export.graphs import DecoderGraph
-from edgesam_export.models import LoadedModel, get_spec, load_model, synth_state_dict
-from edgesam_export.models.checkpoint import load_layout
-from edgesam_export.predictor import Predictor
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import Session
+from edgesam_export.device import processing as P
+from edgesam_export.device.errors import CheckpointError
+from edgesam_export.device.predictor import Predictor
+from edgesam_export.device.runtime import Session
+from edgesam_export.host.graphs import DecoderGraph
+from edgesam_export.host.models import LoadedModel, get_spec, load_model, synth_state_dict
+from edgesam_export.host.models.checkpoint import load_layout
+from edgesam_export.host.reference import reference_sessions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "efficientvit_sam"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

@@ -18,17 +18,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgesam_export import processing as P
 from edgesam_export.cli.export import app
-from edgesam_export.config import OnnxOptions
-from edgesam_export.errors import InputError
-from edgesam_export.models import get_spec, load_model
-from edgesam_export.official_contract import (
+from edgesam_export.device import processing as P
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.official_contract import (
     EFFICIENTVIT_DECODER_INPUTS,
     EFFICIENTVIT_DECODER_OUTPUTS,
     efficientvit_feeds,
 )
-from edgesam_export.runtime import open_session
+from edgesam_export.device.runtime import open_session
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.models import get_spec, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "efficientvit_sam"
 MODEL = "efficientvit_sam_l0"
@@ -55,8 +55,8 @@ def golden() -> dict[str, np.ndarray]:
 def exported(tmp_path_factory: pytest.TempPathFactory, golden):
     """The two contract decoders (all tokens, single mask) of the fixture's weights (seed 0),
     the golden sidecar beside them, and our encoder's embeddings of the fixture image."""
-    from edgesam_export.pipeline import write_reference_outputs
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.pipeline import write_reference_outputs
+    from edgesam_export.host.targets.onnx import export
 
     loaded = load_model(None, model=MODEL, synthetic="random")
     out = tmp_path_factory.mktemp("evit_contract")
@@ -146,7 +146,7 @@ def test_parity_judges_the_contract(exported, reference):
     """Parity (against PyTorch, and against the golden sidecar as on a device without torch)
     runs each contract decoder on every prompt case, batched ones included, and judges its
     low-res masks and IoU, picking the reference token by the contract's single-mask rule."""
-    from edgesam_export.pipeline import verify_artifacts
+    from edgesam_export.host.pipeline import verify_artifacts
 
     loaded, out, paths, _ = exported
     if reference == "torch":
@@ -176,7 +176,7 @@ def test_contract_refused_where_the_family_has_none(tmp_path):
     assert result.exit_code == 3, result.output  # InputError: bad input
     assert "edge_sam has no efficientvit ONNX decoder contract" in result.output
     assert not list(tmp_path.glob("*.onnx"))
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.targets.onnx import export
 
     lm = load_model(None, model=MODEL, synthetic="random")
     with pytest.raises(InputError, match="has no official ONNX decoder contract"):

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.models import list_specs, load_model
-from edgesam_export.pipeline import export_artifacts, verify_artifacts
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.models import list_specs, load_model
+from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
 # variant -> (test module, test function) of its golden test. Variants without an official
 # fixture are pinned by their layout test (built model == official configuration's layout and

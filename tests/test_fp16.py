@@ -12,17 +12,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesam_export.config import OnnxOptions
-from edgesam_export.fp16 import (
+from edgesam_export.device.fp16 import (
     FP16_MAX,
     calibration_feeds,
     emulated_model,
     fp16_report,
     run_emulated,
 )
-from edgesam_export.models import LoadedModel, load_model
-from edgesam_export.parity import TOLERANCES, tolerances_for
-from edgesam_export.targets.onnx import export
+from edgesam_export.device.parity import TOLERANCES, tolerances_for
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.models import LoadedModel, load_model
+from edgesam_export.host.targets.onnx import export
 
 F = TensorProto.FLOAT
 
@@ -159,7 +159,7 @@ def test_fp16_rows_are_derived_not_copied():
 
 def test_reduced_precision_decoders_pass_parity(tmp_path: Path, calibrated: LoadedModel):
     """fp16 and int8 decoders exported side by side, judged in one parity run."""
-    from edgesam_export.pipeline import verify_artifacts
+    from edgesam_export.host.pipeline import verify_artifacts
 
     fp16 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, precision="fp16"))
     int8 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, quantize="int8"))
@@ -190,9 +190,9 @@ def test_fp16_max_is_float16_max():
 def test_coreml_fp16_report_feeds_follow_the_recorded_preprocessing():
     """The CoreML fp16 report feeds the model's own input: an EfficientViT-SAM-L encoder gets a
     512 input normalised /255, and its decoder gets prompts in the 1024 prompt frame."""
-    from edgesam_export import processing as P
-    from edgesam_export.fp16_report import REPORT_CASES, fp16_report
-    from edgesam_export.parity import make_test_image, prompt_cases
+    from edgesam_export.device import processing as P
+    from edgesam_export.device.fp16_report import REPORT_CASES, fp16_report
+    from edgesam_export.device.parity import make_test_image, prompt_cases
 
     meta = {
         "img_size": "512",

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesam_export.errors import InputError
-from edgesam_export.golden import MASK_STRIDE, SIDECAR_SUFFIX, check_golden, find_golden
-from edgesam_export.parity import prompt_cases
-from edgesam_export.pipeline import open_artifacts, verify_artifacts
-from edgesam_export.runtime import Session
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.golden import MASK_STRIDE, SIDECAR_SUFFIX, check_golden, find_golden
+from edgesam_export.device.parity import prompt_cases
+from edgesam_export.device.runtime import Session
+from edgesam_export.host.pipeline import open_artifacts, verify_artifacts
 
 
 class Shifted(Session):

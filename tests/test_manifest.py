@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgesam_export import manifest as mf
-from edgesam_export.artifacts import Artifact, record_parity, write_manifest
-from edgesam_export.contract import TensorSpec
+from edgesam_export.device import manifest as mf
+from edgesam_export.device.artifacts import Artifact, record_parity, write_manifest
+from edgesam_export.device.contract import TensorSpec
 
 
 def _folder(tmp_path: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesam_export.runtime import mil
+from edgesam_export.device.runtime import mil
 
 RNG = np.random.default_rng(0)
 
@@ -372,7 +372,7 @@ def test_unknown_op_is_a_clear_error(tmp_path) -> None:
 
 
 def test_not_a_package_is_an_artifact_error(tmp_path) -> None:
-    from edgesam_export.errors import ArtifactError
+    from edgesam_export.device.errors import ArtifactError
 
     (tmp_path / "x.mlpackage").mkdir()
     with pytest.raises(ArtifactError, match=r"Manifest\.json"):
@@ -381,7 +381,7 @@ def test_not_a_package_is_an_artifact_error(tmp_path) -> None:
 
 def test_fp16_report_criteria() -> None:
     """Overflow is any |v| > 65504; underflow counts only values that matter for their op."""
-    from edgesam_export.fp16_report import _rows
+    from edgesam_export.device.fp16_report import _rows
 
     big = mil.OpRange("conv", "big")
     big.update(np.array([1.0, -7e4], np.float32))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam_export.errors import CheckpointError, InputError
-from edgesam_export.graphs import DecoderGraph, EncoderGraph
-from edgesam_export.models import get_spec, load_model, synth_state_dict
-from edgesam_export.models.checkpoint import load_layout
+from edgesam_export.device.errors import CheckpointError, InputError
+from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
+from edgesam_export.host.models import get_spec, load_model, synth_state_dict
+from edgesam_export.host.models.checkpoint import load_layout
 
 # Tolerances from the fixture README (10x the float32-vs-float64 noise of the official code).
 EMBED_TOL = 5e-3
@@ -43,7 +43,7 @@ def test_upsample_modes_really_differ(golden, bilinear_model, bicubic_model):
 
 def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model):
     """Split means and fused RepVGG blocks: what is exported, still within the tolerance."""
-    from edgesam_export.models.edgesam import RepVGGDW, SqueezeExcite
+    from edgesam_export.host.models.edgesam import RepVGGDW, SqueezeExcite
 
     original = bilinear_model.model.image_encoder
     graph = EncoderGraph(original, optimized=True)

@@ -13,8 +13,8 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.errors import ExitCode
-from edgesam_export.parity import compare_arrays, make_test_image, mask_metrics, prompt_cases
+from edgesam_export.device.errors import ExitCode
+from edgesam_export.device.parity import compare_arrays, make_test_image, mask_metrics, prompt_cases
 
 runner = CliRunner()
 
@@ -91,7 +91,7 @@ def test_wrong_checkpoint_is_refused(default_artifacts: Path, tmp_path: Path):
     refused before any comparison."""
     import torch
 
-    from edgesam_export.models import synth_state_dict
+    from edgesam_export.host.models import synth_state_dict
 
     ckpt = tmp_path / "other.pth"
     torch.save(synth_state_dict("edge_sam", 5), ckpt)
@@ -140,8 +140,8 @@ def test_test_image_is_structured():
 
 
 def test_tolerances_follow_the_artifact_precision_and_backend():
-    from edgesam_export.errors import InputError
-    from edgesam_export.parity import TOLERANCES, tolerances_for
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.device.parity import TOLERANCES, tolerances_for
 
     fp32, _ = tolerances_for("onnx", "fp32")
     fp16, iou16 = tolerances_for("onnx", "fp16")

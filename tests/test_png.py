@@ -1,4 +1,4 @@
-"""The Pillow-free PNG codec of `edgesam_export.png`: against Pillow (host side only)."""
+"""The Pillow-free PNG codec of `edgesam_export.device.png`: against Pillow (host side only)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgesam_export.errors import InputError
-from edgesam_export.png import decode_png, encode_png, read_image
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.png import decode_png, encode_png, read_image
 
 
 def _pil_bytes(img: Image.Image, **kw) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for `edgesam_export.processing`: Pillow exactness, golden parity, prompts, masks.
+"""Tests for `edgesam_export.device.processing`: Pillow exactness, golden parity, prompts, masks.
 
 torch and Pillow are test dependencies: they provide the reference semantics (SAM's
 torch post-processing, Pillow's resize) that the pure-numpy device code must reproduce.
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from edgesam_export import processing as P
-from edgesam_export.processing import ImageInfo, ProcessingError
-from edgesam_export.processing import masks as PM
+from edgesam_export.device import processing as P
+from edgesam_export.device.processing import ImageInfo, ProcessingError
+from edgesam_export.device.processing import masks as PM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The `golden` fixture (conftest.py) runs each golden test once per golden file.
@@ -65,7 +65,7 @@ def reference_preprocess(
 def test_import_pulls_in_no_heavy_dependencies() -> None:
     code = (
         "import sys\n"
-        "import edgesam_export.processing\n"
+        "import edgesam_export.device.processing\n"
         "bad = sorted(m for m in ('torch', 'cv2', 'PIL') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam_export import processing as P
-from edgesam_export.contract import MaskTokens, Preprocessing
-from edgesam_export.models import get_spec
-from edgesam_export.parity import make_test_image
+from edgesam_export.device import processing as P
+from edgesam_export.device.contract import MaskTokens, Preprocessing
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.host.models import get_spec
 
 IMAGE = make_test_image(120, 160, seed=3)
 
@@ -85,7 +85,7 @@ def test_select_masks_follows_the_token_convention():
 
 
 def test_spec_defaults_let_a_new_entry_give_only_its_own_values():
-    from edgesam_export.models.registry import ModelSpec
+    from edgesam_export.host.models.registry import ModelSpec
 
     spec = ModelSpec(
         name="x",

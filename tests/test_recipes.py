@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.config import OnnxOptions
-from edgesam_export.errors import InputError
-from edgesam_export.recipes import (
+from edgesam_export.device.errors import InputError
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.recipes import (
     TARGET_ENTRIES,
     OnnxTarget,
     Recipe,

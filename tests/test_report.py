@@ -11,17 +11,17 @@ import pytest
 from browser import assert_not_blank, screenshot
 from PIL import Image
 
-from edgesam_export import processing as P
-from edgesam_export.parity import make_test_image
-from edgesam_export.pipeline import verify_artifacts
-from edgesam_export.png import decode_png, encode_png
-from edgesam_export.report import (
+from edgesam_export.device import processing as P
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.png import decode_png, encode_png
+from edgesam_export.device.report import (
     OVERLAY_ALPHA,
     OVERLAY_RGB,
     bar_chart_svg,
     blend,
     write_parity_report,
 )
+from edgesam_export.host.pipeline import verify_artifacts
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (33, 17), (1, 1, 3)])
@@ -34,7 +34,7 @@ def test_png_round_trip_with_pillow_and_ours(shape: tuple[int, ...]) -> None:
 
 
 def test_png_rejects_what_it_cannot_write() -> None:
-    from edgesam_export.errors import InputError
+    from edgesam_export.device.errors import InputError
 
     with pytest.raises(InputError):
         encode_png(np.zeros((4, 4), dtype=np.float32))

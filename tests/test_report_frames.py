@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgesam_export import processing as P
-from edgesam_export.contract import encoder_io
-from edgesam_export.golden import SIDECAR_SUFFIX, read_golden
-from edgesam_export.models import get_spec
-from edgesam_export.parity import check, make_test_image
-from edgesam_export.pipeline import verify_artifacts
-from edgesam_export.png import decode_png
-from edgesam_export.report import POSITIVE_RGB, _prompt_frame, blend, write_parity_report
-from edgesam_export.runtime import Session
+from edgesam_export.device import processing as P
+from edgesam_export.device.contract import encoder_io
+from edgesam_export.device.golden import SIDECAR_SUFFIX, read_golden
+from edgesam_export.device.parity import check, make_test_image
+from edgesam_export.device.png import decode_png
+from edgesam_export.device.report import POSITIVE_RGB, _prompt_frame, blend, write_parity_report
+from edgesam_export.device.runtime import Session
+from edgesam_export.host.models import get_spec
+from edgesam_export.host.pipeline import verify_artifacts
 
 L0 = "efficientvit_sam_l0"
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesam_export.errors import CheckpointError
-from edgesam_export.models import load_model
-from edgesam_export.models.checkpoint import read_checkpoint
-from edgesam_export.models.safe_pickle import (
+from edgesam_export.device.errors import CheckpointError
+from edgesam_export.host.models import load_model
+from edgesam_export.host.models.checkpoint import read_checkpoint
+from edgesam_export.host.models.safe_pickle import (
     UnsafePickleError,
     load_pickle_restricted,
     read_module_checkpoint,

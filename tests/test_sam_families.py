@@ -26,19 +26,18 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam_export import processing as P
-from edgesam_export.artifacts import base_metadata
-from edgesam_export.config import ModelOptions, OnnxOptions
-from edgesam_export.contract import encoder_io
-from edgesam_export.graphs_official import OfficialDecoderGraph
-from edgesam_export.models import LoadedModel, get_spec, list_specs, load_model
-from edgesam_export.models.checkpoint import load_layout
-from edgesam_export.models.sam_family import SAM_VIT_CONFIGS
-from edgesam_export.models.vit import parameter_count
-from edgesam_export.official_contract import official_feeds, single_mask_index
-from edgesam_export.predictor import Predictor
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import Session, open_session
+from edgesam_export.device import processing as P
+from edgesam_export.device.contract import encoder_io
+from edgesam_export.device.official_contract import official_feeds, single_mask_index
+from edgesam_export.device.predictor import Predictor
+from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.host.config import ModelOptions, OnnxOptions
+from edgesam_export.host.graphs_official import OfficialDecoderGraph
+from edgesam_export.host.metadata import base_metadata, load_layout
+from edgesam_export.host.models import LoadedModel, get_spec, list_specs, load_model
+from edgesam_export.host.models.sam_family import SAM_VIT_CONFIGS
+from edgesam_export.host.models.vit import parameter_count
+from edgesam_export.host.reference import reference_sessions
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
@@ -359,7 +358,7 @@ def test_official_contract_graph_matches_samonnxmodel(model, loaded):
 
 
 def _export_and_verify(model: str, out: Path, checkpoint: Path | None = None):
-    from edgesam_export.pipeline import export_artifacts, verify_artifacts
+    from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
     mopts = ModelOptions(model=model, checkpoint=checkpoint)
     lm, arts = export_artifacts(mopts, "onnx", OnnxOptions(output=out))
@@ -412,7 +411,7 @@ def test_onnx_encoder_matches_golden(model, exported):
 
 def test_onnx_official_contract_matches_samonnxmodel_golden(tmp_path, loaded):
     """The exported official-contract decoders on onnxruntime against SamOnnxModel's outputs."""
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.targets.onnx import export
 
     lm = loaded("mobile_sam")
     g = golden("mobile_sam")
@@ -447,8 +446,8 @@ def test_onnx_official_contract_matches_samonnxmodel_golden(tmp_path, loaded):
 
 
 def test_official_contract_refused_where_none_exists(tmp_path):
-    from edgesam_export.errors import InputError
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.host.targets.onnx import export
 
     lm = load_model(None)  # EdgeSAM: its own export has no mask input
     with pytest.raises(InputError, match="no official ONNX decoder contract"):
@@ -460,8 +459,8 @@ def test_official_contract_refused_where_none_exists(tmp_path):
 def test_external_data_export_hash_and_parity(tmp_path, loaded):
     """What ViT-H needs (weights past 2 GB in a sidecar), forced on MobileSAM's small encoder:
     the sidecar is written, hashed into the manifest, loaded by onnxruntime, and passes parity."""
-    from edgesam_export.pipeline import verify_artifacts
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.pipeline import verify_artifacts
+    from edgesam_export.host.targets.onnx import export
 
     lm = loaded("mobile_sam")
     art = export(lm, "encoder", OnnxOptions(output=tmp_path, external_data=True))
@@ -510,7 +509,7 @@ def test_shared_slimsam_file_loads_and_matches_golden():
 @pytest.mark.parametrize("model", HEAVY_EXPORT)
 def test_heavy_variant_loads_its_checkpoint_exports_and_passes_parity(model, tmp_path):
     """Build, load a synthetic checkpoint file of the variant's layout, export, parity."""
-    from edgesam_export.models import synth_state_dict
+    from edgesam_export.host.models import synth_state_dict
 
     if get_spec(model).checkpoint_format == "pickled-module":
         ckpt = make_slimsam_pickle(f"{model}.json", tmp_path / f"{model}.pth", seed=1)

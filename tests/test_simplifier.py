@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgesam_export import manifest as mf
 from edgesam_export.cli.export import app
-from edgesam_export.config import OnnxOptions
+from edgesam_export.device import manifest as mf
+from edgesam_export.host.config import OnnxOptions
 
 
 def test_simplify_flag_and_simplifier_agree() -> None:

@@ -21,15 +21,15 @@ from typer.testing import CliRunner
 pytest.importorskip("coremltools")
 
 from edgesam_export.cli.export import app
-from edgesam_export.config import CoreMLOptions
-from edgesam_export.errors import InputError
-from edgesam_export.models import LoadedModel, load_model
-from edgesam_export.pipeline import verify_artifacts
-from edgesam_export.reference import reference_sessions
-from edgesam_export.runtime import open_session
-from edgesam_export.runtime.coreml import MIL_EXECUTOR, CoreMLSession
-from edgesam_export.runtime.mil import OpRange, read_spec
-from edgesam_export.targets.coreml import deployment_target, export
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.runtime import open_session
+from edgesam_export.device.runtime.coreml import MIL_EXECUTOR, CoreMLSession
+from edgesam_export.device.runtime.mil import OpRange, read_spec
+from edgesam_export.host.config import CoreMLOptions
+from edgesam_export.host.models import LoadedModel, load_model
+from edgesam_export.host.pipeline import verify_artifacts
+from edgesam_export.host.reference import reference_sessions
+from edgesam_export.host.targets.coreml import deployment_target, export
 
 runner = CliRunner()
 
@@ -113,7 +113,7 @@ def test_bicubic_encoder_matches_golden_and_fp16_report_flags_random_weights(
 ) -> None:
     """The trained (bicubic) neck survives CoreML conversion exactly; on the fixture's random
     weights (activations ~4e7) the fp16 safety report lists overflowing ops."""
-    from edgesam_export.fp16_report import _summary
+    from edgesam_export.device.fp16_report import _summary
 
     enc = _mil(fp32_pair / "edge_sam_encoder.mlpackage")
     assert enc.runtime_label == MIL_EXECUTOR
@@ -289,9 +289,9 @@ def test_bench_coreml_runs_the_executor_and_says_so(fp32_pair) -> None:
 def test_gelu_approximate_is_judged_against_a_tanh_gelu_reference(tmp_path) -> None:
     """`--gelu-approximate` (EdgeSAM's option, on onnx as on coreml) changes the maths: parity
     compares it with the tanh-GELU PyTorch graph, and the exact reference would reject it."""
-    from edgesam_export.config import OnnxOptions
-    from edgesam_export.parity import check
-    from edgesam_export.targets.onnx import export as onnx_export
+    from edgesam_export.device.parity import check
+    from edgesam_export.host.config import OnnxOptions
+    from edgesam_export.host.targets.onnx import export as onnx_export
 
     art = onnx_export(calibrated(), "decoder", OnnxOptions(output=tmp_path, gelu_approximate=True))
     assert art.metadata["gelu_approximate"] == "true"

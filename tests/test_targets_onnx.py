@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgesam_export.config import OnnxOptions
-from edgesam_export.errors import ExportFailedError
-from edgesam_export.graphs import DecoderGraph
-from edgesam_export.models import load_model
-from edgesam_export.parity import make_test_image
-from edgesam_export.processing import preprocess
-from edgesam_export.targets.onnx import export
+from edgesam_export.device.errors import ExportFailedError
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.processing import preprocess
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.graphs import DecoderGraph
+from edgesam_export.host.models import load_model
+from edgesam_export.host.targets.onnx import export
 
 
 def _session(path: Path) -> ort.InferenceSession:

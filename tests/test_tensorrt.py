@@ -14,9 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.errors import ArtifactError, BackendUnavailableError, ExitCode, InputError
-from edgesam_export.runtime import artifact_suffixes, open_session
-from edgesam_export.targets.tensorrt import (
+from edgesam_export.device.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ExitCode,
+    InputError,
+)
+from edgesam_export.device.runtime import artifact_suffixes, open_session
+from edgesam_export.host.targets.tensorrt import (
     DEFAULT_DIMS,
     EnginePlan,
     dims_for,
@@ -95,7 +100,7 @@ def test_sidecar_records_build_and_source(default_artifacts: Path, tmp_path: Pat
     path, _ = _decoder(default_artifacts)
     plan = _plan(path, tmp_path, fp16=True, fp32_layers=("/a/Pow",))
     side = sidecar(plan, "10.7.0", {"name": "Orin", "compute_capability": "8.7"}, [], [])
-    from edgesam_export.artifacts import file_sha256
+    from edgesam_export.device.artifacts import file_sha256
 
     assert side["source_onnx"] == {"file": path.name, "sha256": file_sha256(path)}
     assert side["precision"] == "fp16" and side["metadata"]["precision"] == "fp16"
@@ -113,7 +118,7 @@ def test_sidecar_records_build_and_source(default_artifacts: Path, tmp_path: Pat
 
 
 def test_layer_names_map_back_to_pinned_nodes():
-    from edgesam_export.targets.tensorrt import layer_owner
+    from edgesam_export.host.targets.tensorrt import layer_owner
 
     nodes = {"/Add", "/Add_1", "/neck/Pow"}
     pinned = {"/Add", "/neck/Pow"}
@@ -219,9 +224,9 @@ def test_real_engine_build_and_parity(
     shapes its graph and metadata give (embeddings, mask tokens), and run parity on it."""
     import shutil
 
-    from edgesam_export.contract import MaskTokens
-    from edgesam_export.pipeline import verify_artifacts
-    from edgesam_export.targets.tensorrt import build_engine, input_dims, require_tensorrt
+    from edgesam_export.device.contract import MaskTokens
+    from edgesam_export.host.pipeline import verify_artifacts
+    from edgesam_export.host.targets.tensorrt import build_engine, input_dims, require_tensorrt
 
     trt = require_tensorrt()
     try:

@@ -20,17 +20,18 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from edgesam_export import processing as P
 from edgesam_export.cli.export import app
-from edgesam_export.contract import MaskTokens, Preprocessing, TensorSpec
-from edgesam_export.errors import ExitCode
-from edgesam_export.fp16 import calibration_feeds
-from edgesam_export.models import get_spec, list_specs
-from edgesam_export.parity import make_test_image
-from edgesam_export.predictor import Predictor
-from edgesam_export.runtime import Session
-from edgesam_export.runtime.tensorrt import outside_profile
-from edgesam_export.targets.tensorrt import (
+from edgesam_export.device import processing as P
+from edgesam_export.device.contract import MaskTokens, Preprocessing, TensorSpec
+from edgesam_export.device.errors import ExitCode
+from edgesam_export.device.fp16 import calibration_feeds
+from edgesam_export.device.parity import make_test_image
+from edgesam_export.device.predictor import Predictor
+from edgesam_export.device.runtime import Session
+from edgesam_export.device.runtime.tensorrt import outside_profile
+from edgesam_export.device.trt_check import check_model
+from edgesam_export.host.models import get_spec, list_specs
+from edgesam_export.host.targets.tensorrt import (
     DEFAULT_DIMS,
     EnginePlan,
     dims_for,
@@ -41,7 +42,6 @@ from edgesam_export.targets.tensorrt import (
     sidecar,
     trtexec_command,
 )
-from edgesam_export.trt_check import check_model
 
 runner = CliRunner()
 
@@ -270,9 +270,9 @@ def test_official_contract_decoder_is_not_ready(tmp_path: Path) -> None:
     """SAM/MobileSAM's official ONNX decoder sizes its upscaled masks from the *values* of
     orig_im_size: a data-dependent shape the readiness check names (the default contract
     returns low-res masks of a fixed size and is ready)."""
-    from edgesam_export.config import OnnxOptions
-    from edgesam_export.models import load_model
-    from edgesam_export.targets.onnx import export
+    from edgesam_export.host.config import OnnxOptions
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.targets.onnx import export
 
     loaded = load_model(None, model="mobile_sam", synthetic="random")
     art = export(loaded, "decoder", OnnxOptions(output=tmp_path, decoder_contract="official"))

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesam_export.targets.tensorrt import dims_for
-from edgesam_export.trt_check import check_model, check_path, parse_range, parser_support
+from edgesam_export.device.trt_check import check_model, check_path, parse_range, parser_support
+from edgesam_export.host.targets.tensorrt import dims_for
 
 F, I16, I32, I64, DBL = (
     TensorProto.FLOAT,
@@ -170,7 +170,7 @@ def test_parse_range(text, expected):
 
 @pytest.mark.parametrize("text", ["0:1:2", "3:2:4", "1:2", "a:b:c"])
 def test_parse_range_rejects(text):
-    from edgesam_export.errors import InputError
+    from edgesam_export.device.errors import InputError
 
     with pytest.raises(InputError, match="--points"):
         parse_range(text, "points")

@@ -27,7 +27,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
-from edgesam_export.parity import make_test_image
+from edgesam_export.device.parity import make_test_image
 from edgesam_export.web import build as web_build
 from edgesam_export.web.browser import Chromium, find_chromium
 from edgesam_export.web.selftest import (
@@ -411,7 +411,7 @@ def test_processing_js_matches_numpy(server, browser, shape) -> None:
     within that rounding of zero."""
     import base64
 
-    from edgesam_export import processing as P
+    from edgesam_export.device import processing as P
 
     h, w = shape
     rng = np.random.default_rng(h * 7919 + w)
@@ -519,7 +519,7 @@ def family_site(tmp_path_factory: pytest.TempPathFactory, family_artifacts):
 
 
 def test_l0_card_records_encoder_size_frame_and_normalisation(family_site) -> None:
-    from edgesam_export.models import get_spec
+    from edgesam_export.host.models import get_spec
 
     site, _ = family_site("efficientvit_sam_l0")
     card = json.loads((site / "model.json").read_text())
@@ -636,7 +636,7 @@ def test_processing_js_follows_the_card(server, browser, size, frame, normalize,
     logits upscaled through the frame to float32 rounding."""
     import base64
 
-    from edgesam_export import processing as P
+    from edgesam_export.device import processing as P
 
     h, w = (300, 200) if pad == "before-normalize" else (130, 600)
     rng = np.random.default_rng(size + h)
@@ -675,7 +675,7 @@ def test_processing_js_follows_the_card(server, browser, size, frame, normalize,
 
 @needs_chromium
 def test_select_tokens_js_matches_select_masks(server, browser) -> None:
-    from edgesam_export import processing as P
+    from edgesam_export.device import processing as P
 
     conventions = [
         P.MaskTokens(),

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EdgeSamExportError, ExitCode
+from edgesam_export.device.errors import EdgeSamExportError, ExitCode
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -58,7 +58,7 @@ def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
     if str(json_path) == "-":
         typer.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
-    from ..artifacts import write_json_atomic
+    from edgesam_export.device.artifacts import write_json_atomic
 
     write_json_atomic(json_path, payload)
 

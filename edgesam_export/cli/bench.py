@@ -4,7 +4,7 @@ This module owns the command line: parsing, choosing and opening the backends (t
 reference as loaded and with the export's graph rewrites, ONNX, CoreML and TensorRT artifacts
 through `backends.BACKENDS`), timing them interleaved, judging each against the reference
 (PyTorch, or the golden sidecar where torch is absent), rendering. Timing and statistics live in
-`edgesam_export.bench`, shared with `benchmarks/`. Torch is imported only where it is installed
+`device.bench`, shared with `benchmarks/`. Torch is imported only where it is installed
 and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs without it.
 """
 
@@ -24,10 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..backends import BACKENDS, OpenedBackend, open_artifact_backend, unavailable
-from ..errors import BackendUnavailableError, ExitCode, InputError
-from ..runtime import Session
-from . import (
+from edgesam_export.cli import (
     DebugOpt,
     SeedOpt,
     UpsampleOpt,
@@ -37,7 +34,15 @@ from . import (
     human_console,
     progress,
 )
-from .options import ExitCodeCommand, ReportOpt
+from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
+from edgesam_export.device.backends import (
+    BACKENDS,
+    OpenedBackend,
+    open_artifact_backend,
+    unavailable,
+)
+from edgesam_export.device.errors import BackendUnavailableError, ExitCode, InputError
+from edgesam_export.device.runtime import Session
 
 app = typer.Typer(
     name="edgesam-bench",
@@ -130,13 +135,13 @@ class Run:
 
 def _measured(open_fn: Any) -> OpenedBackend:
     """Open a backend and warm it once; record the resident memory that took."""
-    from ..bench import peak_rss_mb, reset_peak_rss, rss_mb
+    from edgesam_export.device.bench import peak_rss_mb, reset_peak_rss, rss_mb
 
     reset_peak_rss()
     before = rss_mb()
     opened: OpenedBackend = open_fn()
     if opened.available:
-        from ..bench import decoder_feeds, encoder_input
+        from edgesam_export.device.bench import decoder_feeds, encoder_input
 
         assert opened.encoder is not None and opened.decoder is not None
         emb = opened.encoder.run({"image": encoder_input(opened.encoder)})["image_embeddings"]
@@ -156,12 +161,12 @@ def _load_torch(
     seed: int,
 ) -> str:
     """Load the PyTorch model into `run.loaded`; returns why not ("" when loaded)."""
-    from ..pipeline import torch_available
+    from edgesam_export.host.pipeline import torch_available
 
     if not torch_available():
         return f"torch is not installed here: needs {BACKENDS['torch'].needs}"
-    from ..config import ModelOptions
-    from ..models import load_model
+    from edgesam_export.host.config import ModelOptions
+    from edgesam_export.host.models import load_model
 
     if directory is not None and checkpoint is None:
         metas = _recorded_metadata(directory)
@@ -171,7 +176,7 @@ def _load_torch(
             return "the artifacts came from a checkpoint: pass it as CKPT to time PyTorch"
     try:
         if directory is not None:
-            from ..pipeline import model_options_from_metadata
+            from edgesam_export.host.pipeline import model_options_from_metadata
 
             opts = model_options_from_metadata(checkpoint, _recorded_metadata(directory))
         else:
@@ -213,7 +218,7 @@ def _recorded_metadata(directory: Path) -> list[dict[str, str]]:
 
 
 def _require_cuda() -> None:
-    from ..pipeline import torch_available
+    from edgesam_export.host.pipeline import torch_available
 
     if not torch_available():
         raise BackendUnavailableError(
@@ -229,7 +234,7 @@ def _require_cuda() -> None:
 
 
 def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: bool) -> None:
-    from ..reference import torch_sessions
+    from edgesam_export.host.reference import torch_sessions
 
     if device is Device.cuda:
         _require_cuda()
@@ -242,7 +247,7 @@ def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: 
                 run.loaded, optimized=optimized, device=device.value, precision=precision.value
             )
             if cuda_graphs:
-                from ..reference import CudaGraphSession
+                from edgesam_export.host.reference import CudaGraphSession
 
                 enc, dec = CudaGraphSession(enc), CudaGraphSession(dec)  # type: ignore[arg-type]
             return OpenedBackend(name, enc, dec, precision=precision.value)
@@ -264,13 +269,13 @@ def _artifact_dir(
     if directory is not None or not runnable:
         yield directory
         return
-    from ..pipeline import torch_available
+    from edgesam_export.host.pipeline import torch_available
 
     if not torch_available():
         yield None
         return
-    from ..config import ModelOptions, OnnxOptions
-    from ..pipeline import export_artifacts
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts
 
     with tempfile.TemporaryDirectory(prefix="edgesam-bench-") as tmp:
         try:
@@ -294,7 +299,7 @@ def _artifact_dir(
 def _open_reference(run: Run, directory: Path | None) -> None:
     """PyTorch as loaded (float32, CPU) where available, else the golden sidecar."""
     if run.loaded is not None:
-        from ..reference import reference_sessions
+        from edgesam_export.host.reference import reference_sessions
 
         enc, decs = reference_sessions(run.loaded)
         run.reference = ("torch", enc, decs)
@@ -309,7 +314,7 @@ def _open_reference(run: Run, directory: Path | None) -> None:
     if not metas:
         run.reference_note = "none (no artifact metadata)"
         return
-    from ..golden import find_golden
+    from edgesam_export.device.golden import find_golden
 
     try:
         golden = find_golden(directory, metas[0])
@@ -333,7 +338,7 @@ def _is_reference(run: Run, col: OpenedBackend) -> bool:
 
 def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
     """Judge one column against the run's reference; None for the reference itself."""
-    from ..parity import ParityReport, check
+    from edgesam_export.device.parity import ParityReport, check
 
     if run.reference is None or col.encoder is None or col.decoder is None:
         return None
@@ -348,7 +353,7 @@ def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
             _, enc, decs = run.reference
             check(enc, decs, *pairs, report=report, record=record)
         else:
-            from ..golden import check_golden
+            from edgesam_export.device.golden import check_golden
 
             check_golden(run.reference[1], *pairs, report=report, record=record)
             record["golden"] = run.reference[1]
@@ -365,7 +370,7 @@ def _render(
     out: Console,
     warm: tuple[int, int],
 ) -> None:
-    from ..bench import box_set_ratio
+    from edgesam_export.device.bench import box_set_ratio
 
     backends = Table(title=f"Backends (parity reference: {run.reference_note})")
     for head in ("backend", "status", "precision", "RSS +MB", "peak MB", "parity", "notes"):
@@ -587,7 +592,7 @@ def bench(
             _require_cuda()  # before loading anything
         wanted = list(BACKENDS) if backend is Backend.all else [backend.value]
         if backend is not Backend.all:  # say so before loading or exporting anything
-            from ..runtime import artifact_suffixes
+            from edgesam_export.device.runtime import artifact_suffixes
 
             spec = BACKENDS[backend.value]
             if spec.suffix and spec.suffix not in artifact_suffixes():
@@ -603,7 +608,7 @@ def bench(
                         f"the {spec.name} backend is not available here: {spec.module} does not"
                         f" import; it needs {spec.needs}"
                     ) from None
-        from ..bench import (
+        from edgesam_export.device.bench import (
             ENCODER_STAGES,
             Timing,
             machine_info,
@@ -611,7 +616,7 @@ def bench(
             set_threads,
             time_interleaved,
         )
-        from ..parity import make_test_image
+        from edgesam_export.device.parity import make_test_image
 
         run = Run()
         torch_reason = _load_torch(run, checkpoint, directory, model, upsample, seed)
@@ -688,7 +693,7 @@ def bench(
             amg_image = make_test_image()  # the image the other stages use
             amg_runs = []
             if everything_points > 0:
-                from ..bench_everything import everything_stage
+                from edgesam_export.device.bench_everything import everything_stage
 
                 amg_runs = everything_stage(
                     {c.name: (c.encoder, c.decoder) for c in live},  # type: ignore[misc]
@@ -716,7 +721,7 @@ def bench(
             _render(run, timings, parity, box_batch, out, (warmup, enc_warm))
             if amg_runs:
                 _render_everything(amg_runs, everything_points, out)
-            from ..bench import box_set_ratio
+            from edgesam_export.device.bench import box_set_ratio
 
             backends_json = []
             for col in run.columns:
@@ -774,8 +779,8 @@ def bench(
                 }
             emit_json(json_path, payload)
             if report_dir is not None:
-                from ..bench_everything import overlays
-                from ..report import write_bench_report
+                from edgesam_export.device.bench_everything import overlays
+                from edgesam_export.device.report import write_bench_report
 
                 page = write_bench_report(
                     report_dir,

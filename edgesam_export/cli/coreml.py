@@ -10,8 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from ..errors import InputError
-from . import (
+from edgesam_export.cli import (
     CkptArg,
     DebugOpt,
     JsonOpt,
@@ -25,7 +24,8 @@ from . import (
     human_console,
     progress,
 )
-from .export import ModelOpt, OutputOpt, _parity_exit, _render_parity, app
+from edgesam_export.cli.export import ModelOpt, OutputOpt, _parity_exit, _render_parity, app
+from edgesam_export.device.errors import InputError
 
 
 class Precision(str, Enum):
@@ -127,8 +127,8 @@ def coreml_cmd(
     Same input/output names and semantics as the ONNX graphs. Parity runs on the saved
     packages: with the CoreML runtime on macOS, with the numpy MIL executor elsewhere.
     """
-    from ..config import CoreMLOptions, ModelOptions
-    from ..pipeline import export_artifacts, verify_artifacts
+    from edgesam_export.host.config import CoreMLOptions, ModelOptions
+    from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
@@ -154,7 +154,7 @@ def coreml_cmd(
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        from ..targets.coreml import deployment_target
+        from edgesam_export.host.targets.coreml import deployment_target
 
         deployment_target(eopts)  # an impossible combination fails before any work
         if checkpoint is None:
@@ -190,8 +190,8 @@ def coreml_cmd(
             _render_parity(report, out)
             payload["parity"] = report.to_json()
         if fp16_report:
-            from ..fp16_report import fp16_report as make_report
-            from ..runtime import open_session
+            from edgesam_export.device.fp16_report import fp16_report as make_report
+            from edgesam_export.device.runtime import open_session
 
             progress("fp16 safety report: running the MIL executor with per-op recording")
             sessions = {

@@ -17,9 +17,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..artifacts import atomic_path
-from ..errors import InputError
-from . import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.device.artifacts import atomic_path
+from edgesam_export.device.errors import InputError
 
 
 class Score(str, Enum):
@@ -33,8 +33,8 @@ def open_predictor(artifact_dir: Path, score: str | None, threads: int | None) -
     Prefers a decoder with the IoU head (it serves both scores); a stability-score decoder is
     used when it is the only one and the score is stability.
     """
-    from ..predictor import Predictor
-    from ..runtime import open_session
+    from edgesam_export.device.predictor import Predictor
+    from edgesam_export.device.runtime import open_session
 
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")
@@ -128,9 +128,9 @@ def everything_cmd(
     Writes OUTPUT/<image>_masks.png (masks over the image) and OUTPUT/<image>_masks.json
     (COCO-style annotations, compressed RLE masks).
     """
-    from ..amg import MaskGenerator
-    from ..amg.overlay import render_overlay
-    from ..png import read_image, write_png
+    from edgesam_export.device.amg import MaskGenerator
+    from edgesam_export.device.amg.overlay import render_overlay
+    from edgesam_export.device.png import read_image, write_png
 
     with guarded(debug):
         if output.exists() and not output.is_dir():

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExitCode, InputError
-from . import (
+from edgesam_export.cli import (
     CkptArg,
     DebugOpt,
     JsonOpt,
@@ -27,7 +26,8 @@ from . import (
     human_console,
     progress,
 )
-from .options import ExitCodeGroup, ReportOpt
+from edgesam_export.cli.options import ExitCodeGroup, ReportOpt
+from edgesam_export.device.errors import ExitCode, InputError
 
 app = typer.Typer(
     name="edgesam-export",
@@ -160,8 +160,8 @@ def onnx_cmd(
     ] = False,
 ) -> None:
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
-    from ..config import ModelOptions, OnnxOptions
-    from ..pipeline import export_artifacts, verify_artifacts
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
@@ -271,7 +271,7 @@ def parity_cmd(
     (<stem>_reference.npz). Exit 4 when an output is outside tolerance, 5 when an artifact
     cannot be read or run.
     """
-    from ..pipeline import verify_artifacts
+    from edgesam_export.host.pipeline import verify_artifacts
 
     with guarded(debug):
         if len(paths) not in (1, 2):
@@ -284,7 +284,7 @@ def parity_cmd(
         _render_parity(report, human_console(json_path))
         emit_json(json_path, report.to_json())
         if report_dir is not None and record is not None:
-            from ..report import write_parity_report
+            from edgesam_export.device.report import write_parity_report
 
             page = write_parity_report(report_dir, report, record)
             human_console(json_path).print(f"report: [bold]{page}[/]")
@@ -294,24 +294,24 @@ def parity_cmd(
         _parity_exit(report)
 
 
-from .recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
+from edgesam_export.cli.recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
 
 _register_recipes(app)
-from .tensorrt import register as _register_tensorrt  # noqa: E402
+from edgesam_export.cli.tensorrt import register as _register_tensorrt  # noqa: E402
 
 _register_tensorrt(app)
-from . import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
-from .everything import everything_cmd  # noqa: E402  (segment everything, its own module)
+from edgesam_export.cli import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
+from edgesam_export.cli.everything import everything_cmd  # noqa: E402  (segment everything, its own module)
 
 app.command("everything")(everything_cmd)
 
 
-from .web import web_cmd  # noqa: E402 - the `web` command lives in its own module
+from edgesam_export.cli.web import web_cmd  # noqa: E402 - the `web` command lives in its own module
 
 app.command("web")(web_cmd)
 
 
-from .models import register as _register_models  # noqa: E402
+from edgesam_export.cli.models import register as _register_models  # noqa: E402
 
 _register_models(app)
 

@@ -7,14 +7,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import DebugOpt, JsonOpt, emit_json, guarded, human_console
+from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, guarded, human_console
 
 
 def model_rows() -> list[dict[str, Any]]:
     """One row per registered variant; parameter counts from a weightless (meta) build."""
     import torch
 
-    from ..models import list_specs
+    from edgesam_export.host.models import list_specs
 
     rows = []
     for spec in list_specs():

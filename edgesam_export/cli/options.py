@@ -16,12 +16,12 @@ import typer
 from typer import BadParameter
 from typer.core import TyperCommand, TyperGroup
 
-from ..errors import ExitCode
+from edgesam_export.device.errors import ExitCode
 
 try:  # Typer >= 0.20 vendors Click as typer._click; older versions depend on click
     from typer._click.exceptions import MissingParameter
 except ImportError:  # pragma: no cover
-    from click.exceptions import MissingParameter  # type: ignore[no-redef]
+    from click.exceptions import MissingParameter  # type: ignore[no-redef,assignment]
 
 
 def _bad_value_exits_3(exc: BadParameter) -> None:

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from ..errors import ExitCode, InputError
-from . import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.device.errors import ExitCode, InputError
 
 recipe_app = typer.Typer(name="recipe", help="Recipe schema and validation.", no_args_is_help=True)
 
@@ -52,7 +52,7 @@ def build_cmd(
     that did not: 3 bad input, 4 parity failed, 5 unreadable, 6 backend not installed, 7 export
     failed. Nothing half-built is ever published.
     """
-    from ..build import build
+    from edgesam_export.host.build import build
 
     with guarded(debug):
         out = human_console(json_path)
@@ -132,7 +132,7 @@ def build_cmd(
 
 def _manifest_folders(folder: Path) -> list[Path]:
     """DIR itself when it holds a manifest, else each sub-folder that does (a build root)."""
-    from ..manifest import MANIFEST_NAME
+    from edgesam_export.device.manifest import MANIFEST_NAME
 
     if not folder.is_dir():
         raise InputError(f"not a folder: {folder}")
@@ -159,7 +159,7 @@ def verify_cmd(
 
     Catches flipped bytes, missing or extra files, and a manifest edited by hand.
     """
-    from ..manifest import verify
+    from edgesam_export.device.manifest import verify
 
     with guarded(debug):
         out = human_console(json_path)
@@ -189,13 +189,13 @@ def schema_cmd(
     ] = None,
 ) -> None:
     """Print the recipe JSON schema (point your editor's YAML plugin at it)."""
-    from ..recipes import json_schema
+    from edgesam_export.host.recipes import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:
-        from ..artifacts import write_json_atomic
+        from edgesam_export.device.artifacts import write_json_atomic
 
         write_json_atomic(output, json_schema())
 
@@ -207,7 +207,7 @@ def check_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Validate recipes without building (exit 3 with file:line: field: message)."""
-    from ..recipes import load_recipe, resolved
+    from edgesam_export.host.recipes import load_recipe, resolved
 
     with guarded(debug):
         checked = []

@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExportFailedError, InputError
-from . import (
+from edgesam_export.cli import (
     DebugOpt,
     JsonOpt,
     SeedOpt,
@@ -22,6 +21,7 @@ from . import (
     human_console,
     progress,
 )
+from edgesam_export.device.errors import ExportFailedError, InputError
 
 PointsOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -58,7 +58,7 @@ class NotReadyError(ExportFailedError):
 
 
 def _dims(points: str | None, batch: str | None) -> dict[str, Any]:
-    from ..trt_check import parse_range
+    from edgesam_export.device.trt_check import parse_range
 
     return {
         "num_points": parse_range(points, "points") if points else None,
@@ -124,7 +124,7 @@ def _render_fp16(report: Any, out: Any) -> None:
 
 def _fp16_reports(models: dict[Path, Any]) -> dict[Path, Any]:
     """fp16 reports; decoders use the fp32 embeddings of an encoder among `models` if any."""
-    from ..fp16 import calibration_feeds, fp16_report
+    from edgesam_export.device.fp16 import calibration_feeds, fp16_report
 
     reports: dict[Path, Any] = {}
     embeddings = None
@@ -158,8 +158,8 @@ def trt_check_cmd(
 
     Exit 0 when every graph is ready, 7 when one is not.
     """
-    from ..targets.tensorrt import dims_for
-    from ..trt_check import check_model, load_onnx
+    from edgesam_export.device.trt_check import check_model, load_onnx
+    from edgesam_export.host.targets.tensorrt import dims_for
 
     with guarded(debug):
         requested = _dims(points, batch)
@@ -241,7 +241,8 @@ def trt_cmd(
     Each graph is checked for readiness first; engines get a JSON sidecar. Without TensorRT
     this exits 6 and writes nothing, unless --print-trtexec (which works anywhere).
     """
-    from ..targets.tensorrt import (
+    from edgesam_export.device.trt_check import check_model, load_onnx
+    from edgesam_export.host.targets.tensorrt import (
         EnginePlan,
         build_engine,
         dims_for,
@@ -250,7 +251,6 @@ def trt_cmd(
         require_tensorrt,
         trtexec_line,
     )
-    from ..trt_check import check_model, load_onnx
 
     with guarded(debug):
         requested = _dims(points, batch)
@@ -288,7 +288,7 @@ def trt_cmd(
         elif fp16 and fp32_layers:
             names = [n.strip() for n in fp32_layers.split(",") if n.strip()]
             for f, model in models.items():
-                from ..fp16 import node_name
+                from edgesam_export.device.fp16 import node_name
 
                 present = {node_name(n) for n in model.graph.node}
                 pins[f] = [n for n in names if n in present]
@@ -349,8 +349,8 @@ def _export_onnx(
     seed: int,
     synthetic: Synthetic,
 ) -> list[Path]:
-    from ..config import ModelOptions, OnnxOptions
-    from ..pipeline import export_artifacts
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts
 
     graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
     try:

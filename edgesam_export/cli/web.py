@@ -9,8 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from ..errors import InputError
-from . import (
+from edgesam_export.cli import (
     DebugOpt,
     JsonOpt,
     SeedOpt,
@@ -23,6 +22,7 @@ from . import (
     human_console,
     progress,
 )
+from edgesam_export.device.errors import InputError
 
 SourceArg = Annotated[
     Optional[Path],  # noqa: UP045 - Typer needs Optional on 3.10
@@ -65,7 +65,7 @@ def web_cmd(
     an artifact directory its encoder and decoder .onnx files are copied. onnxruntime-web
     comes from npm at a pinned version (fetched once, cached). --serve then serves the folder.
     """
-    from ..web.build import CARD_NAME, build_web
+    from edgesam_export.web.build import CARD_NAME, build_web
 
     with guarded(debug):
         if source is not None and (source / CARD_NAME).is_file():
@@ -114,7 +114,7 @@ def web_cmd(
 
 
 def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, Any]) -> None:
-    from ..web.server import WebServer
+    from edgesam_export.web.server import WebServer
 
     try:
         server = WebServer(folder, port=port)
@@ -139,8 +139,8 @@ def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, A
 def _exporter(
     checkpoint: Path | None, model: str, upsample: Any, seed: int, synthetic: Synthetic
 ) -> Any:
-    from ..config import ModelOptions, OnnxOptions
-    from ..pipeline import export_artifacts
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts
 
     try:
         mopts = ModelOptions(

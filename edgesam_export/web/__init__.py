@@ -3,5 +3,5 @@ from our ONNX artifacts, a tiny COOP/COEP server, and a headless-Chromium driver
 
 `build.build_web` writes the folder, `server.WebServer` serves it on 127.0.0.1, and
 `browser.Chromium` drives Debian's Chromium over the DevTools pipe. The page's pre- and
-post-processing (`static/processing.js`) mirrors `edgesam_export.processing` step by step.
+post-processing (`static/processing.js`) mirrors `edgesam_export.device.processing` step by step.
 """

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, atomic_path, file_sha256
-from ..contract import MaskTokens, Preprocessing
-from ..errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.artifacts import MANIFEST_NAME, atomic_path, file_sha256
+from edgesam_export.device.contract import MaskTokens, Preprocessing
+from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
 
 Progress = Callable[[str], None]
 
@@ -186,7 +186,7 @@ def _pick(found: list[tuple[Path, dict[str, str]]], graph: str, where: Path) -> 
 
 def read_onnx_artifacts(artifact_dir: Path) -> dict[str, tuple[Path, dict[str, str]]]:
     """The encoder and decoder .onnx files of a directory with their metadata (runs no model)."""
-    from ..runtime import open_session
+    from edgesam_export.device.runtime import open_session
 
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")

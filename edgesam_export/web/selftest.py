@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .. import processing as P
-from ..predictor import Predictor
-from ..runtime import open_session
-from .browser import Page
+from edgesam_export.device import processing as P
+from edgesam_export.device.predictor import Predictor
+from edgesam_export.device.runtime import open_session
+from edgesam_export.web.browser import Page
 
 Prompt = tuple[float, float, int]  # x, y in image pixels; label 0/1 (points) or 2/3 (box)
 
@@ -98,7 +98,7 @@ def python_reference(
     and mask tokens come from their metadata as the page reads them. `num_masks` defaults to
     all the decoder's tokens, like the page's self-test.
     """
-    from .build import read_onnx_artifacts
+    from edgesam_export.web.build import read_onnx_artifacts
 
     found = read_onnx_artifacts(models_dir)
     encoder = open_session(found["encoder"][0], threads=2)

@@ -1,0 +1,139 @@
+"""A runtime predictor over any pair of sessions, built only from `processing` plus the sessions.
+
+`set_image` runs the encoder once; `predict` runs the decoder for points, a box, or a batch of
+boxes in one call, and post-processes in numpy. The same class serves torch, onnxruntime and
+later backends, because sessions share one interface.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgesam_export.device import processing as P
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.runtime import Session
+
+#: The quality score each family's own predictor reports when a caller does not choose:
+#: EdgeSAM's `SamPredictor.predict_torch` defaults to `use_stability_score=True`; SAM,
+#: MobileSAM and EfficientViT-SAM use the IoU head. A `quality_score` metadata entry wins.
+DEFAULT_SCORE_BY_FAMILY = {"EdgeSAM": "stability"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    masks: np.ndarray  # bool, (K, H, W) or (B, K, H, W) for a batch of boxes
+    scores: np.ndarray  # float32, (K,) or (B, K)
+    low_res_logits: np.ndarray  # float32, (K, 256, 256) or (B, K, 256, 256)
+
+
+class Predictor:
+    def __init__(self, encoder: Session, decoder: Session) -> None:
+        meta = encoder.metadata
+        try:
+            self.preprocessing = P.Preprocessing.from_metadata(meta)
+        except KeyError as exc:
+            raise InputError(
+                f"encoder artifact has no {exc.args[0]!r} metadata: was it exported by"
+                " edgesam-export?"
+            ) from None
+        self.tokens = P.MaskTokens.from_metadata(decoder.metadata)
+        self.img_size = self.preprocessing.encoder_size  # encoder input side
+        self.frame = self.preprocessing.frame  # prompt / mask frame side
+        self.pixel_mean = self.preprocessing.pixel_mean
+        self.pixel_std = self.preprocessing.pixel_std
+        self.encoder = encoder
+        self.decoder = decoder
+        dmeta = decoder.metadata
+        self.num_mask_tokens = int(dmeta.get("num_mask_tokens", meta.get("num_mask_tokens", 4)))
+        # Which outputs are the multimask answers: a `multimask_tokens` metadata entry (JSON
+        # list) wins; otherwise the model's recorded mask-token convention (`self.tokens`).
+        tokens = dmeta.get("multimask_tokens")
+        self.multimask_tokens: tuple[int, ...] = (
+            tuple(int(t) for t in json.loads(tokens)) if tokens else self.tokens.multi
+        )
+        family = dmeta.get("family", meta.get("family", ""))
+        self.default_score: str = dmeta.get(
+            "quality_score", DEFAULT_SCORE_BY_FAMILY.get(family, "iou")
+        )
+        self.scores_kind = (
+            "stability" if dmeta.get("use_stability_score", "false") == "true" else "iou"
+        )
+        self._embeddings: np.ndarray | None = None
+        self._info: P.ImageInfo | None = None
+
+    @property
+    def image_info(self) -> P.ImageInfo:
+        if self._info is None:
+            raise InputError("call set_image(image) before predict()")
+        return self._info
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        tensor, info = P.preprocess(image, image_format=image_format, params=self.preprocessing)
+        self._embeddings = self.encoder.run({"image": tensor})["image_embeddings"]
+        self._info = info
+
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        num_multimask_outputs: int = 1,
+        pad: bool = True,
+    ) -> Prediction:
+        """Masks at the original size for prompts in original-image pixels.
+
+        `box` may be (4,) or, with no points, (B, 4): B boxes decoded in one call.
+        `pad=True` appends EdgeSAM's padding point to point-only prompts as its PyTorch
+        predictor does; `pad=False` sends points as-is, like EdgeSAM's ONNX client.
+        """
+        info = self.image_info
+        assert self._embeddings is not None
+        coords, lab = P.build_prompts(
+            points, labels, box, original_size=info.original_size, img_size=self.frame, pad=pad
+        )
+        out = self.decoder.run(
+            {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
+        )
+        scores, logits = P.select_masks(
+            out["scores"], out["masks"], num_multimask_outputs, self.tokens
+        )
+        masks = P.threshold_masks(P.postprocess_masks(logits, info))
+        batched = box is not None and np.asarray(box).ndim == 2
+        if not batched:
+            return Prediction(masks[0], scores[0], logits[0])
+        return Prediction(masks, scores, logits)
+
+    def predict_low_res(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, pad: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All K low-res logits (B, K, 256, 256) and scores (B, K) for B prompt sets, one call.
+
+        `point_coords` (B, N, 2) are (x, y) in the `img_size` frame of the image last set
+        (see `processing.transform_coords`), `point_labels` (B, N). This is the interface the
+        automatic mask generator drives. With `pad` (default), prompt sets without box corners
+        get EdgeSAM's padding point, as its PyTorch predictor adds one.
+        """
+        if self._embeddings is None:
+            raise InputError("call set_image(image) before predict_low_res()")
+        coords = np.asarray(point_coords, dtype=np.float32)
+        labels = np.asarray(point_labels, dtype=np.float32)
+        if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+            raise InputError(
+                "predict_low_res expects point_coords (B, N, 2) and point_labels (B, N), got"
+                f" {coords.shape} and {labels.shape}"
+            )
+        if pad and not np.isin(labels, (2.0, 3.0)).any():
+            b = coords.shape[0]
+            coords = np.concatenate([coords, np.zeros((b, 1, 2), np.float32)], axis=1)
+            labels = np.concatenate([labels, np.full((b, 1), -1.0, np.float32)], axis=1)
+        out = self.decoder.run(
+            {
+                "image_embeddings": self._embeddings,
+                "point_coords": np.ascontiguousarray(coords),
+                "point_labels": np.ascontiguousarray(labels),
+            }
+        )
+        return out["masks"], out["scores"]

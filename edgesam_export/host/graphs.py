@@ -1,0 +1,194 @@
+"""The exported graphs: the exact I/O contract every backend reproduces.
+
+Encoder: `image` (1, 3, S, S) float32, normalised and padded -> `image_embeddings` (1, C, h, w).
+Decoder: `image_embeddings` (1, C, h, w), `point_coords` (B, N, 2) (x, y) in the prompt frame
+(`ModelSpec.frame`: SAM's 1024, also for encoders that see 512),
+`point_labels` (B, N) -> `scores` (B, K), `masks` (B, K, 4h, 4w) low-resolution logits.
+B = 1 is exactly EdgeSAM's own export; B > 1 runs B prompt sets (same N) against one image.
+
+These wrappers exist for tracing: no data-dependent Python control flow, positional encodings
+precomputed as constants, and export-only rewrites (split squeeze-excite means, fused blocks,
+channels-last upscaling) applied to copies or buffers, so the PyTorch reference model stays
+bit-faithful to the official code.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgesam_export.device.contract import (  # noqa: F401  (re-exported: the contract is part of the graphs' API)
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    MASK_THRESHOLD,
+    STABILITY_OFFSET,
+    TensorSpec,
+    decoder_io,
+    encoder_io,
+)
+from edgesam_export.host.models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
+
+
+def stability_score(
+    masks: Tensor, threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET
+) -> Tensor:
+    """count(logit > t + o) / count(logit > t - o) per mask, in float32 only.
+
+    Counts are sums of 0/1 float32 values: exact below 2**24 pixels, and unlike the official
+    int16 row sums they pass TensorRT's ONNX parser. 0/0 gives NaN, as the official code does.
+    """
+    high = (masks > threshold + offset).to(torch.float32).sum(dim=(-1, -2))
+    low = (masks > threshold - offset).to(torch.float32).sum(dim=(-1, -2))
+    return high / low
+
+
+class EncoderGraph(nn.Module):
+    """image -> image_embeddings.
+
+    `optimized=False` runs the encoder as loaded (the parity reference). `optimized=True` (what
+    is exported) uses the encoder's `export_friendly()` copy when the family provides one:
+    the same function with runtime-friendly reductions and re-parameterised blocks.
+    """
+
+    def __init__(
+        self, image_encoder: nn.Module, optimized: bool = False, gelu_approximate: bool = False
+    ) -> None:
+        super().__init__()
+        rewrite = getattr(image_encoder, "export_friendly", None) if optimized else None
+        self.image_encoder = rewrite() if callable(rewrite) else image_encoder
+        if gelu_approximate:  # EdgeSAM's --gelu-approximate: tanh GELU, on a copy
+            if self.image_encoder is image_encoder:
+                self.image_encoder = copy.deepcopy(image_encoder)
+            for module in self.image_encoder.modules():
+                if isinstance(module, nn.GELU):
+                    module.approximate = "tanh"
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.image_encoder(image)
+
+
+def _deconv2x2_as_matrix(deconv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
+    """A 2x2 stride-2 transposed conv as one (Cin, 4*Cout) matrix over channels-last pixels.
+
+    Column (a*2 + b)*Cout + o produces output sub-pixel (a, b) of channel o: the same dot
+    products as the convolution, as one large GEMM instead of ConvTranspose's scatter.
+    """
+    w = deconv.weight.detach()  # (Cin, Cout, 2, 2)
+    if w.shape[2:] != (2, 2) or deconv.stride != (2, 2) or deconv.bias is None:
+        raise ValueError("expected a 2x2, stride-2 transposed convolution with bias")
+    cin, cout = w.shape[:2]
+    return w.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(), deconv.bias.detach().repeat(4)
+
+
+class DecoderGraph(nn.Module):
+    """(image_embeddings, point_coords, point_labels) -> (scores, masks), all mask tokens.
+
+    `optimized=False` runs the mask decoder exactly as the official code does (the parity
+    reference). `optimized=True` (what is exported) computes the same function in a layout that
+    runtimes execute faster:
+    - image tokens stay batch 1 and broadcast against the B prompt sets, so the first layer's
+      image-side projections run once, and no Expand copies of the 4 MB embeddings are made;
+    - the positional encoding is a channels-last constant (no runtime transpose);
+    - output upscaling runs channels-last: each 2x2 transposed conv is one GEMM, LayerNorm2d is a
+      last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
+      instead of to the 32 feature channels.
+
+    `gelu_approximate` computes the upscaling GELUs with the tanh approximation, as EdgeSAM's
+    `--gelu-approximate` export option does (on a copy: the loaded model is untouched).
+    """
+
+    image_pe: Tensor
+    image_pe_tokens: Tensor
+    dense_embedding: Tensor
+    up1_weight: Tensor
+    up1_bias: Tensor
+    up2_weight: Tensor
+    up2_bias: Tensor
+
+    def __init__(
+        self,
+        model: SamModel,
+        img_size: int,  # the prompt frame's side (ModelSpec.frame), not the encoder input
+        use_stability_score: bool = False,
+        optimized: bool = False,
+        gelu_approximate: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gelu = "tanh" if gelu_approximate else "none"
+        self.prompt_encoder: PromptEncoder = model.prompt_encoder
+        self.mask_decoder: MaskDecoder = model.mask_decoder
+        if gelu_approximate and not optimized:  # the reference of a tanh-GELU export: a copy
+            self.mask_decoder = copy.deepcopy(model.mask_decoder)
+            for module in self.mask_decoder.modules():
+                if isinstance(module, nn.GELU):
+                    module.approximate = "tanh"
+        self.img_size = img_size
+        self.use_stability_score = use_stability_score
+        self.optimized = optimized
+        with torch.no_grad():
+            image_pe = self.prompt_encoder.dense_pe()
+            self.register_buffer("image_pe", image_pe, persistent=False)
+            self.register_buffer(
+                "image_pe_tokens", image_pe.flatten(2).permute(0, 2, 1).clone(), persistent=False
+            )
+            self.register_buffer(
+                "dense_embedding", self.prompt_encoder.dense_embedding().clone(), persistent=False
+            )
+            up = self.mask_decoder.output_upscaling
+            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[0]))
+            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[3]))
+            self.register_buffer("up1_weight", w1, persistent=False)
+            self.register_buffer("up1_bias", b1, persistent=False)
+            self.register_buffer("up2_weight", w2, persistent=False)
+            self.register_buffer("up2_bias", b2, persistent=False)
+        self.up1_norm_shape = (int(b1.shape[0]) // 4,)
+
+    def forward(
+        self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        sparse = self.prompt_encoder.embed_points(point_coords, point_labels, self.img_size)
+        if self.optimized:
+            masks, scores = self._predict_channels_last(image_embeddings, sparse)
+        else:
+            masks, scores = self.mask_decoder.predict(
+                image_embeddings, self.image_pe, sparse, self.dense_embedding
+            )
+        if self.use_stability_score:
+            scores = stability_score(masks)
+        return scores, masks
+
+    def _predict_channels_last(
+        self, image_embeddings: Tensor, sparse: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        dec = self.mask_decoder
+        batch = sparse.shape[0]
+        _, c, h, w = image_embeddings.shape
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
+        keys = image_embeddings.flatten(2).permute(0, 2, 1) + self.dense_embedding.reshape(1, 1, c)
+        hs, src = dec.transformer(keys, self.image_pe_tokens, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+
+        up = dec.output_upscaling
+        norm = cast(LayerNorm2d, up[1])
+        x = (src @ self.up1_weight + self.up1_bias).reshape(batch, h * w * 4, -1)
+        x = F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps)
+        x = F.gelu(x, approximate=self.gelu)
+        x = F.gelu(x @ self.up2_weight + self.up2_bias, approximate=self.gelu)
+        x = x.reshape(batch, h * w * 16, -1)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        k = dec.num_mask_tokens
+        # Rows of x are ordered (i, j, a, b, c, d): pixel (4i + 2a + c, 4j + 2b + d).
+        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
+        masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
+        return masks, dec.iou_prediction_head(iou_token_out)

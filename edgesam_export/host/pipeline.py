@@ -1,0 +1,341 @@
+"""The library behind the CLI: export artifacts, then verify them against PyTorch.
+
+Typed options in, artifacts and reports out; no printing here (callers pass a progress callback).
+Importable without torch: exporting and the PyTorch reference import the host side on use, and
+`verify_artifacts` falls back to the golden sidecar (`golden.py`) where torch is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgesam_export.device.artifacts import (
+    Artifact,
+    file_sha256,
+    record_parity,
+    write_manifest,
+)
+from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.parity import ParityReport, check
+from edgesam_export.device.runtime import Session, artifact_suffixes, open_session
+from edgesam_export.host.config import ExportOptions, ModelOptions
+from edgesam_export.host.metadata import base_metadata
+
+if TYPE_CHECKING:  # host side, imported on use
+    from edgesam_export.host.models import LoadedModel
+
+ReferenceKind = Literal["auto", "torch", "golden"]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def export_artifacts(
+    model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
+) -> tuple[LoadedModel, list[Artifact]]:
+    """Load the model once, export each requested graph with `target`, write the golden sidecar."""
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.targets import artifact_path, get_target
+
+    backend = get_target(target)
+    if options.output.exists() and not options.output.is_dir():
+        raise InputError(f"--output must be a directory, but {options.output} is a file")
+    synthetic = f"{model.synthetic} synthetic weights (seed {model.seed})"
+    progress(f"loading {model.model} from {model.checkpoint or synthetic}")
+    loaded = load_model(
+        model.checkpoint,
+        model=model.model,
+        upsample_mode=model.upsample,
+        seed=model.seed,
+        synthetic=model.synthetic,
+        strict=model.strict,
+    )
+    artifacts = []
+    for graph in options.graphs:
+        progress(f"exporting the {graph} to {target}")
+        artifacts.append(backend.export(loaded, graph, options))
+    progress("writing the golden reference outputs (parity without torch)")
+    stem = artifact_path(loaded, "encoder", options, "").name.removesuffix("_encoder")
+    golden = write_reference_outputs(loaded, options.output, stem)
+    write_manifest(
+        options.output,
+        artifacts,
+        model=loaded.spec.name,
+        weights=artifacts[0].metadata["weights"] if artifacts else "",
+        golden={"path": golden.name, "sha256": file_sha256(golden)},
+    )
+    return loaded, artifacts
+
+
+def write_reference_outputs(loaded: LoadedModel, out_dir: Path, stem: str) -> Path:
+    """`<stem>_reference.npz`: the PyTorch reference's outputs on the parity inputs."""
+    import torch
+
+    from edgesam_export.device.golden import sidecar_path, write_golden
+    from edgesam_export.host.reference import reference_sessions
+
+    enc, decs = reference_sessions(loaded)
+    return write_golden(
+        sidecar_path(out_dir, stem),
+        enc,
+        decs,
+        reference=f"torch {torch.__version__} cpu float32",
+    )
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported here (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class OpenedArtifacts:
+    encoders: list[tuple[str, Session]]
+    decoders: list[tuple[str, Session]]
+    errors: list[dict[str, str]]
+
+
+def open_artifacts(artifact_dir: Path, only: list[Path] | None = None) -> OpenedArtifacts:
+    """Open every artifact in a directory (or just `only`); unreadable ones become errors."""
+    if not artifact_dir.is_dir():
+        raise InputError(f"artifact directory not found: {artifact_dir}")
+    paths = sorted(
+        p
+        for p in artifact_dir.iterdir()
+        if p.suffix in artifact_suffixes() and not p.name.startswith(".")
+    )
+    if only is not None:
+        wanted = {p.name for p in only}
+        paths = [p for p in paths if p.name in wanted]
+    if not paths:
+        raise InputError(f"no artifacts ({', '.join(artifact_suffixes())}) in {artifact_dir}")
+    opened = OpenedArtifacts([], [], [])
+    for path in paths:
+        try:
+            session = open_session(path)
+        except ArtifactError as exc:
+            opened.errors.append({"artifact": path.name, "error": str(exc)})
+            continue
+        graph = session.metadata.get("graph")
+        if graph == "encoder":
+            opened.encoders.append((path.name, session))
+        elif graph == "decoder":
+            opened.decoders.append((path.name, session))
+        else:
+            opened.errors.append(
+                {
+                    "artifact": path.name,
+                    "error": "no edgesam-export metadata (graph=encoder|decoder)",
+                }
+            )
+    return opened
+
+
+def _model_options(checkpoint: Path | None, sessions: list[Session]) -> ModelOptions:
+    """Model, weights and upsample mode as recorded in the artifacts' metadata."""
+    return model_options_from_metadata(checkpoint, [s.metadata for s in sessions])
+
+
+def model_options_from_metadata(
+    checkpoint: Path | None, metas: list[dict[str, str]]
+) -> ModelOptions:
+    """The `ModelOptions` that rebuild the PyTorch model some artifacts were exported from."""
+    models = {m.get("model") for m in metas}
+    if len(models) != 1 or None in models:
+        raise InputError(f"artifacts disagree on, or lack, the model: {sorted(map(str, models))}")
+    modes = {m["upsample_mode"] for m in metas if m.get("graph") == "encoder"}
+    if len(modes) > 1:
+        raise InputError(f"encoder artifacts disagree on the upsample mode: {sorted(modes)}")
+    upsample = next(iter(modes), "none")
+    seed = 0
+    kinds = {m.get("weights", "") for m in metas}
+    if checkpoint is None:
+        sources = {m.get("weights_source", "") for m in metas}
+        if len(kinds) != 1 or not next(iter(kinds)).startswith("synthetic") or len(sources) != 1:
+            raise InputError("these artifacts were exported from a checkpoint: pass it as CKPT")
+        source = sources.pop()
+        seed = int(source.split("seed=")[1].rstrip(")")) if "seed=" in source else 0
+    else:
+        if all(k.startswith("synthetic") for k in kinds):
+            raise InputError(
+                f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
+                " run parity with ARTIFACT_DIR only"
+            )
+        digests = {m.get("checkpoint_sha256") for m in metas} - {"", None}
+        if checkpoint.is_file() and digests and file_sha256(checkpoint) not in digests:
+            raise InputError(
+                f"{checkpoint} is not the checkpoint these artifacts were exported from"
+                " (sha256 differs from their metadata)"
+            )
+    return ModelOptions(
+        model=models.pop(),
+        checkpoint=checkpoint,
+        seed=seed,
+        upsample=None if upsample == "none" else upsample,
+        synthetic="calibrated" if kinds == {"synthetic-calibrated"} else "random",
+    )  # type: ignore[arg-type]
+
+
+# What makes two artifacts comparable with one reference and pairable end to end.
+_GROUP_KEYS = ("model", "weights", "weights_source", "checkpoint_sha256", "upsample_mode")
+
+
+def _group_key(session: Session) -> tuple[str, ...]:
+    """(backend, recorded source): artifacts are only paired and judged within one group."""
+    gelu = session.metadata.get("gelu_approximate", "false")
+    return (session.backend, *(session.metadata.get(k, "") for k in _GROUP_KEYS), gelu)
+
+
+def _matches(loaded: LoadedModel, session: Session) -> bool:
+    meta = base_metadata(loaded, session.graph, use_stability_score=False)
+    return all(session.metadata.get(k, "") == meta[k] for k in _GROUP_KEYS)
+
+
+def resolve_reference(reference: ReferenceKind) -> Literal["torch", "golden"]:
+    """`auto` is torch where it is installed, else the golden sidecar."""
+    if reference == "auto":
+        return "torch" if torch_available() else "golden"
+    if reference == "torch" and not torch_available():
+        raise BackendUnavailableError(
+            "the PyTorch reference needs torch (pip install 'edgesam-export[export]'); without"
+            " it, parity compares with the golden outputs shipped with the artifacts"
+            " (--reference golden)"
+        )
+    return reference
+
+
+def _check_golden_checkpoint(checkpoint: Path, golden_meta: dict[str, Any]) -> None:
+    if not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    recorded = golden_meta.get("checkpoint_sha256", "")
+    if not recorded:
+        raise InputError(
+            f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
+            " run parity with ARTIFACT_DIR only"
+        )
+    if file_sha256(checkpoint) != recorded:
+        raise InputError(
+            f"{checkpoint} is not the checkpoint these artifacts were exported from"
+            " (sha256 differs from their metadata)"
+        )
+
+
+def verify_artifacts(
+    checkpoint: Path | None,
+    artifact_dir: Path,
+    progress: Progress = _quiet,
+    loaded: LoadedModel | None = None,
+    only: list[Path] | None = None,
+    reference: ReferenceKind = "auto",
+    record: dict[str, Any] | None = None,
+) -> ParityReport:
+    """Parity of the artifacts in `artifact_dir` (or just `only`) against a reference.
+
+    The reference is PyTorch (where torch is installed), or, without torch (or with
+    reference="golden"), the golden sidecar shipped in the folder. Against PyTorch, artifacts
+    are grouped by backend and by the weights each records (model, checkpoint hash or synthetic
+    seed, upsample mode): each group is judged against its own reference, and decoders run end
+    to end only on an encoder of their own group. In a folder that mixes groups, a group that
+    the given CKPT cannot reproduce becomes an error entry (a single group raises InputError,
+    as a wrong CKPT always did). `loaded` serves the groups it matches.
+
+    `record` (optional) receives the raw outputs (see `parity.check`); with the golden
+    reference, `record["golden"]` is the `Golden` read.
+    """
+    kind = "torch" if loaded is not None else resolve_reference(reference)
+    progress(f"opening artifacts in {artifact_dir}")
+    opened = open_artifacts(artifact_dir, only)
+    report = ParityReport(errors=list(opened.errors))
+    sessions = [s for _, s in opened.encoders + opened.decoders]
+    if sessions and kind == "golden":
+        from edgesam_export.device.golden import check_golden, find_golden
+
+        golden = find_golden(artifact_dir, sessions[0].metadata)
+        if checkpoint is not None:
+            _check_golden_checkpoint(checkpoint, golden.meta)
+        progress(f"running {len(sessions)} artifact(s) against {golden.path.name}")
+        check_golden(golden, opened.encoders, opened.decoders, report=report, record=record)
+        if record is not None:
+            record["golden"] = golden
+    elif sessions:
+        _check_against_torch(checkpoint, opened, report, progress, loaded, record)
+    # A partial check (`only`) is recorded too: the manifest keeps a verdict per artifact and
+    # lists the ones checked, so unrelated files in the folder stay "unchecked".
+    record_parity(artifact_dir, report.to_json())
+    return report
+
+
+def _check_against_torch(
+    checkpoint: Path | None,
+    opened: OpenedArtifacts,
+    report: ParityReport,
+    progress: Progress,
+    loaded: LoadedModel | None,
+    record: dict[str, Any] | None,
+) -> None:
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.reference import reference_sessions
+
+    groups: dict[tuple[str, ...], OpenedArtifacts] = {}
+    for kind in ("encoders", "decoders"):
+        for name, session in getattr(opened, kind):
+            group = groups.setdefault(_group_key(session), OpenedArtifacts([], [], []))
+            getattr(group, kind).append((name, session))
+    references: dict[tuple[str, ...], LoadedModel] = {}
+    for key, group in groups.items():
+        sessions = [s for _, s in group.encoders + group.decoders]
+        ref = loaded if loaded is not None and _matches(loaded, sessions[0]) else None
+        if ref is None:
+            try:
+                opts = _model_options(checkpoint, sessions)
+            except InputError as exc:
+                if len(groups) == 1:
+                    raise
+                for name, _ in group.encoders + group.decoders:
+                    report.errors.append({"artifact": name, "error": f"not checked: {exc}"})
+                continue
+            source_key = key[1:-1]
+            ref = references.get(source_key)
+            if ref is None:
+                progress(f"loading the PyTorch reference ({opts.checkpoint or key[3]})")
+                ref = load_model(
+                    opts.checkpoint,
+                    model=opts.model,
+                    upsample_mode=opts.upsample,
+                    seed=opts.seed,
+                    synthetic=opts.synthetic,
+                )
+                references[source_key] = ref
+        ref_enc, ref_decs = reference_sessions(ref, gelu_approximate=key[-1] == "true")
+        progress(
+            f"running {len(sessions)} {key[0]} artifact(s) and the reference on the same inputs"
+        )
+        part = check(ref_enc, ref_decs, group.encoders, group.decoders, record=record)
+        report.comparisons.extend(part.comparisons)
+        _merge_inputs(report.inputs, part.inputs)
+
+
+def _merge_inputs(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Fold one group's report inputs into the whole report's (lists and maps accumulate)."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            into.setdefault(key, {}).update(value)
+        elif key == "skipped":
+            into.setdefault(key, []).extend(value)
+        elif key == "reference":
+            refs = into.setdefault("references", [])
+            if value not in refs:
+                refs.append(value)
+            into.setdefault(key, value)
+        else:
+            into.setdefault(key, value)

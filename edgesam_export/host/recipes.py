@@ -1,0 +1,454 @@
+"""Recipes: declarative builds (YAML) validated by one typed schema.
+
+A recipe names a model, its weights, and the targets to build, each target's `options` being
+exactly that backend's typed options class (`config.OnnxOptions`, ...). A new backend is its
+options class plus one member of `TARGET_ENTRIES`; the build code does not change.
+
+Errors name the file, line and column, the field (`targets[1].options.opset`) and what is
+allowed; unknown and duplicate keys are errors, never ignored. Paths in a recipe are relative to
+the recipe file's folder. Torch-free: `edgesam-export recipe schema` and editors need no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgesam_export.device.errors import InputError
+from edgesam_export.host.config import (
+    CoreMLOptions,
+    ExportOptions,
+    OnnxOptions,
+    SyntheticKind,
+    UpsampleMode,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # target and folder names: safe on every filesystem
+
+
+def parity_checks() -> tuple[str, ...]:
+    """The check names a recipe may set tolerances for (those of parity.TOLERANCES)."""
+    from edgesam_export.device.parity import TOLERANCES
+
+    return tuple(TOLERANCES["fp32"])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Weights(_Strict):
+    """A checkpoint, or deterministic synthetic weights (labelled as such in every artifact)."""
+
+    checkpoint: Path | None = Field(
+        None,
+        description="Checkpoint path, relative to the recipe file; `--checkpoint` overrides it."
+        " Null: synthetic weights (demos and CI) unless require_checkpoint is true.",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Pin: the build refuses a checkpoint with another sha256.",
+    )
+    require_checkpoint: bool = Field(
+        False, description="Refuse to build from synthetic weights (release recipes)."
+    )
+    synthetic: SyntheticKind = Field(
+        "calibrated", description="Synthetic weights when no checkpoint is given."
+    )
+    seed: int = Field(0, ge=0, description="Synthetic-weight seed.")
+
+
+class Parity(_Strict):
+    """Whether to check each artifact against PyTorch, and tolerances tighter than the defaults."""
+
+    check: bool = Field(True, description="Run the parity check (false: artifacts 'unchecked').")
+    tolerances: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-check max |candidate - reference|, e.g. {decoder.masks: 5e-5}. May only"
+        " tighten the tolerances of parity.TOLERANCES for the artifact's backend and precision.",
+    )
+
+    @field_validator("tolerances")
+    @classmethod
+    def _known_checks(cls, v: dict[str, float]) -> dict[str, float]:
+        known = parity_checks()
+        for key, value in v.items():
+            if key not in known:
+                raise ValueError(f"unknown parity check {key!r}; allowed: {', '.join(known)}")
+            if not value > 0:
+                raise ValueError(f"tolerance for {key} must be > 0, got {value}")
+        return v
+
+
+class Output(_Strict):
+    directory: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Folder under --output holding this recipe's build (default: the recipe"
+        " name). Each target's files go to <directory>/<target name>/.",
+    )
+
+
+class TargetBase(_Strict):
+    """What every target entry has; `kind` selects the backend and the type of `options`."""
+
+    kind: str  # each member narrows it to its Literal tag (the union's discriminator)
+    name: str = Field(pattern=NAME_PATTERN, description="Unique in the recipe; its folder name.")
+    upsample: UpsampleMode | None = Field(
+        None, description="Neck upsampling for this target (default: the recipe's)."
+    )
+    parity: Parity | None = Field(None, description="Overrides the recipe's parity settings.")
+    options: ExportOptions
+
+    def packages(self) -> tuple[str, ...]:
+        """The libraries this target exports and checks with (their versions go in the
+        manifest)."""
+        return ()
+
+
+def _no_output(options: Any) -> Any:
+    if "output" in options.model_fields_set:
+        raise ValueError(
+            "options.output is set by the build (--output and the recipe's output.directory);"
+            " remove it"
+        )
+    return options
+
+
+class OnnxTarget(TargetBase):
+    kind: Literal["onnx"]
+    options: OnnxOptions = Field(default_factory=OnnxOptions)
+
+    _check_output = field_validator("options")(_no_output)
+
+    def packages(self) -> tuple[str, ...]:
+        extra = ("onnxsim",) if self.options.simplifier == "onnxsim" else ()
+        return ("onnx", "onnxruntime", "onnxslim", *extra)
+
+
+class CoreMLTarget(TargetBase):
+    kind: Literal["coreml"]
+    options: CoreMLOptions = Field(default_factory=CoreMLOptions)
+
+    _check_output = field_validator("options")(_no_output)
+
+    def packages(self) -> tuple[str, ...]:
+        return ("coremltools",)
+
+
+# One member per backend that exports from a checkpoint (TensorRT engines are built from the
+# ONNX artifacts on the device: `edgesam-export trt ONNX_DIR`).
+TARGET_ENTRIES: tuple[type[TargetBase], ...] = (OnnxTarget, CoreMLTarget)
+if typing.TYPE_CHECKING:
+    TargetEntry = TargetBase
+else:
+    TargetEntry = Annotated[typing.Union[tuple(TARGET_ENTRIES)], Field(discriminator="kind")]  # noqa: UP007
+
+
+class Recipe(_Strict):
+    """One model, its weights and the artifacts to build from it."""
+
+    version: Literal[1] = Field(1, description="Recipe format version.")
+    name: str = Field(pattern=NAME_PATTERN, description="Recipe name (default output folder).")
+    description: str = ""
+    model: str = Field("edge_sam", description="Registered model name (edgesam-export models).")
+    upsample: UpsampleMode | None = Field(
+        None, description="Neck upsampling (default: the family's trained setting)."
+    )
+    weights: Weights = Field(default_factory=Weights)  # type: ignore[arg-type]
+    parity: Parity = Field(default_factory=Parity)  # type: ignore[arg-type]
+    output: Output = Field(default_factory=Output)  # type: ignore[arg-type]
+    targets: list[TargetEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_target_names(self) -> Recipe:
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice")
+            seen.add(target.name)
+        return self
+
+    @property
+    def directory(self) -> str:
+        return self.output.directory or self.name
+
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+
+def json_schema() -> dict[str, Any]:
+    """The recipe JSON schema (for editors: yaml-language-server, VS Code, JetBrains)."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgesam-export recipe"
+    return schema
+
+
+# --- loading with file:line:column in every error --------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    recipe: Recipe
+    path: Path
+    sha256: str  # of the file's bytes: the manifest records exactly which recipe was built
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def checkpoint_path(self) -> Path | None:
+        ckpt = self.recipe.weights.checkpoint
+        if ckpt is None:
+            return None
+        return ckpt if ckpt.is_absolute() else self.base_dir / ckpt
+
+
+def _mark(node: yaml.Node) -> str:
+    return f"{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, bool]:
+    """The YAML node at a pydantic error location; (closest parent, False) if it is absent.
+
+    Steps that are not in the document (a discriminated union's tag, a model validator's
+    empty step) are skipped, so the location still lands on the right line.
+    """
+    node = root
+    for step in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            for key, value in node.value:
+                if key.value == step:
+                    node = value
+                    break
+            else:
+                if step in _KEYS_OF_UNION_TAGS:
+                    continue
+                return node, False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if step >= len(node.value):
+                return node, False
+            node = node.value[step]
+        else:
+            continue
+    return node, True
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | None:
+    """The key node of the last step (where an unknown key is written)."""
+    parent, found = _find_node(root, loc[:-1])
+    if found and isinstance(parent, yaml.MappingNode):
+        for key, _ in parent.value:
+            if key.value == loc[-1]:
+                return key  # type: ignore[no-any-return]
+    return None
+
+
+def _tag(entry: Any) -> str | None:
+    """The `kind` literal of a target entry class."""
+    fields = getattr(entry, "model_fields", {})
+    if "kind" not in fields:
+        return None
+    args = typing.get_args(fields["kind"].annotation)
+    return str(args[0]) if args else None
+
+
+_KEYS_OF_UNION_TAGS: set[str] = {str(_tag(t)) for t in TARGET_ENTRIES}
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated/Optional/list to the model classes a location step can lead into."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+        return members[0] if len(members) == 1 else members
+    return tp
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys allowed in the mapping at `loc` (for 'unknown key' messages)."""
+    current: Any = Recipe
+    for step in loc:
+        current = _unwrap(current)
+        if step in _KEYS_OF_UNION_TAGS:  # a discriminated union's tag: select its member
+            members = current if isinstance(current, list) else [current]
+            current = next((m for m in members if _tag(m) == step), None)
+            if current is None:
+                return None
+            continue
+        if isinstance(step, int):
+            args = typing.get_args(current)
+            current = args[0] if args else None
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(step)
+        if field is None:
+            return None
+        current = field.annotation
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        keys = list(current.model_fields)
+        if issubclass(current, ExportOptions):  # options.output belongs to the build
+            keys.remove("output")
+        return keys
+    return None
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for step in loc:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif step in _KEYS_OF_UNION_TAGS or step == "":
+            continue
+        else:
+            out += f".{step}" if out else str(step)
+    return out or "(recipe)"
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    loc = tuple(err["loc"])
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key {loc[-1]!r}{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    if kind == "union_tag_invalid":
+        tags = ", ".join(sorted(_KEYS_OF_UNION_TAGS))
+        return f"unknown target kind {err['input'].get('kind')!r}; allowed: {tags}"
+    if kind == "union_tag_not_found":
+        return f"each target needs a kind; allowed: {', '.join(sorted(_KEYS_OF_UNION_TAGS))}"
+    if kind == "string_pattern_mismatch":
+        return f"{err['input']!r} is not allowed: use lowercase letters, digits, '.', '_', '-'"
+    return msg.removeprefix("Value error, ")
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str, where: str) -> list[str]:
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            name = f"{path}.{key.value}" if path else str(key.value)
+            if key.value in seen:
+                problems.append(
+                    f"{where}:{_mark(key)}: {name}: duplicate key (first at line"
+                    f" {seen[key.value].start_mark.line + 1})"
+                )
+            seen[key.value] = key
+            problems += _duplicate_keys(value, name, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{i}]", where)
+    return problems
+
+
+def parse_recipe(text: str, where: str = "<recipe>") -> Recipe:
+    """Validate YAML text; every problem becomes one `file:line:col: field: message` line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        pos = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        raise InputError(f"{where}:{pos}: not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: a recipe is a YAML mapping (name:, targets:, ...)")
+    problems = _duplicate_keys(root, "", where)
+    if problems:
+        raise InputError("invalid recipe:\n" + "\n".join(problems))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            node: yaml.Node | None
+            if err["type"] == "extra_forbidden":
+                node = _key_node(root, loc)
+            else:
+                node, _ = _find_node(root, loc)
+            pos = _mark(node) if node is not None else "1:1"
+            lines.append(f"{where}:{pos}: {_field_name(loc)}: {_message(err)}")
+        raise InputError("invalid recipe:\n" + "\n".join(lines)) from None
+
+
+def load_recipe(path: Path) -> LoadedRecipe:
+    """Read and validate a recipe file, including the model name against the registry."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    recipe = parse_recipe(text, str(path))
+    _check_model(recipe, text, str(path))
+    return LoadedRecipe(recipe=recipe, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _check_model(recipe: Recipe, text: str, where: str) -> None:
+    """The model must be registered (the registry needs torch, so it is checked here, after the
+    torch-free schema)."""
+    from edgesam_export.host.models import list_specs
+
+    names = [s.name for s in list_specs()]
+    if recipe.model not in names:
+        node, _ = _find_node(yaml.compose(text, Loader=yaml.SafeLoader), ("model",))
+        pos = _mark(node) if node is not None else "1:1"
+        raise InputError(
+            f"invalid recipe:\n{where}:{pos}: model: unknown model {recipe.model!r};"
+            f" allowed: {', '.join(names)}"
+        )
+
+
+def resolved(recipe: Recipe) -> dict[str, Any]:
+    """The recipe with every default filled in, as JSON (what the manifest records)."""
+    return json.loads(recipe.model_dump_json())
+
+
+def select_targets(recipe: Recipe, only: list[str] | None) -> list[TargetBase]:
+    targets: list[TargetBase] = list(recipe.targets)
+    if not only:
+        return targets
+    unknown = [n for n in only if n not in recipe.target_names()]
+    if unknown:
+        raise InputError(
+            f"recipe {recipe.name}: no target named {', '.join(map(repr, unknown))};"
+            f" targets: {', '.join(recipe.target_names())}"
+        )
+    return [t for t in targets if t.name in only]
+
+
+__all__ = [
+    "TARGET_ENTRIES",
+    "LoadedRecipe",
+    "OnnxTarget",
+    "Parity",
+    "Recipe",
+    "TargetBase",
+    "Weights",
+    "json_schema",
+    "load_recipe",
+    "parse_recipe",
+    "resolved",
+    "select_targets",
+]

@@ -1,0 +1,349 @@
+"""ONNX export: TorchScript-traced graphs, simplified (onnxslim, onnxsim or not at all), metadata
+and atomic writes.
+
+The simplified file is the one written and tested. Same checkpoint and options give the same
+bytes: no timestamps, deterministic tracing inputs, sorted metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgesam_export.device.artifacts import Artifact, atomic_path
+from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
+from edgesam_export.device.official_contract import FOREIGN
+from edgesam_export.host.config import ExportOptions, GraphKind, OnnxOptions
+from edgesam_export.host.graphs import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    DecoderGraph,
+    EncoderGraph,
+    decoder_io,
+    encoder_io,
+)
+from edgesam_export.host.metadata import base_metadata
+from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.targets import Target, artifact_path
+
+# ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxslim
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"ONNX export needs onnx and onnxslim ({exc.name} is missing):"
+            " pip install 'edgesam-export[onnx]'"
+        ) from None
+    return onnx, onnxslim
+
+
+def _simplifier(name: str) -> Callable[[Any], Any]:
+    """The chosen simplifier, checked before any tracing: a missing onnxsim is exit 6, never a
+    silent fallback to another simplifier."""
+    if name == "onnxslim":
+        import onnxslim
+
+        return onnxslim.slim  # type: ignore[no-any-return]
+    if name == "onnxsim":
+        try:
+            import onnxsim
+        except ImportError:
+            raise BackendUnavailableError(
+                "simplifier onnxsim is not installed: pip install onnxsim"
+                " (or choose --simplifier onnxslim|none)"
+            ) from None
+
+        def run_onnxsim(proto: Any) -> Any:
+            simplified, ok = onnxsim.simplify(proto)
+            if not ok:
+                raise RuntimeError("onnxsim could not validate its simplified graph")
+            return simplified
+
+        return run_onnxsim
+    return lambda proto: proto
+
+
+def build_graph(
+    loaded: LoadedModel,
+    graph: GraphKind,
+    use_stability_score: bool,
+    gelu_approximate: bool = False,
+    contract: str = "edgesam",
+    return_single_mask: bool = False,
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The module to trace and deterministic example inputs for it."""
+    spec = loaded.spec
+    gen = torch.Generator().manual_seed(0)
+    if graph == "decoder" and contract == "official":
+        from edgesam_export.host.graphs_official import OfficialDecoderGraph
+
+        official = OfficialDecoderGraph(
+            loaded.model, spec.img_size, return_single_mask, use_stability_score, optimized=True
+        )
+        h, w = spec.embed_shape[1:]
+        return official.eval(), (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(1, 3, 2, generator=gen) * spec.img_size,
+            torch.tensor([[1.0, 0.0, -1.0]]),
+            torch.randn(1, 1, 4 * h, 4 * w, generator=gen),
+            torch.tensor([1.0]),
+            torch.tensor([480.0, 640.0]),
+        )
+    if graph == "decoder" and contract == "efficientvit":
+        from edgesam_export.host.graphs_official import EfficientViTDecoderGraph
+
+        evit = EfficientViTDecoderGraph(
+            loaded.model,
+            spec.frame,
+            return_single_mask,
+            use_stability_score,
+            optimized=True,
+            gelu_approximate=gelu_approximate,
+        )
+        # B=2, N=3 while tracing so neither axis is specialised to 1.
+        return evit.eval(), (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * spec.frame,
+            torch.tensor([[1.0, 0.0, 1.0], [2.0, 3.0, 1.0]]),
+        )
+    if graph == "encoder":
+        module: torch.nn.Module = EncoderGraph(
+            loaded.model.image_encoder, optimized=True, gelu_approximate=gelu_approximate
+        )
+        args: tuple[torch.Tensor, ...] = (
+            torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
+        )
+    else:
+        module = DecoderGraph(
+            loaded.model,
+            spec.frame,
+            use_stability_score,
+            optimized=True,
+            gelu_approximate=gelu_approximate,
+        )
+        # B=2, N=3 while tracing so neither axis is specialised to 1.
+        args = (
+            torch.randn(1, *spec.embed_shape, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * spec.frame,
+            torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
+        )
+    return module.eval(), args
+
+
+def dedupe_initializers(proto: Any) -> int:
+    """Merge byte-identical initializers; returns how many were dropped.
+
+    The TorchScript exporter folds a constant separately at every use (the decoder's 4 MB
+    positional encoding became three copies), and simplifiers keep distinct names apart.
+    """
+    from onnx import numpy_helper
+
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in proto.graph.initializer:
+        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        if key in first:
+            rename[init.name] = first[key]
+        else:
+            first[key] = init.name
+            keep.append(init)
+    if not rename:
+        return 0
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
+def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
+    if not isinstance(options, OnnxOptions):
+        options = OnnxOptions(**options.model_dump())
+    onnx, _ = _require_onnx()
+    spec = loaded.spec
+    contract = options.decoder_contract
+    foreign = FOREIGN.get(contract) if graph == "decoder" else None
+    if foreign is not None and contract not in spec.decoder_contracts:
+        choices = ", ".join(spec.decoder_contracts)
+        raise InputError(
+            f"{spec.name} has no {contract} ONNX decoder contract (that is {foreign.family});"
+            f" --decoder-contract takes {choices} for this model"
+        )
+    if options.return_single_mask and contract not in FOREIGN:  # (the encoder ignores it)
+        raise InputError("--return-single-mask needs --decoder-contract " + " or ".join(FOREIGN))
+    module, args = build_graph(
+        loaded,
+        graph,
+        options.use_stability_score,
+        gelu_approximate=options.gelu_approximate,
+        contract=options.decoder_contract,
+        return_single_mask=options.return_single_mask,
+    )
+    if foreign is not None:
+        inputs, outputs = foreign.io(
+            spec.embed_shape, spec.num_mask_tokens, options.return_single_mask
+        )
+        names_in: tuple[str, ...] = foreign.inputs
+        names_out: tuple[str, ...] = foreign.outputs
+        dynamic: dict[str, dict[int, str]] | None = {
+            k: dict(v) for k, v in foreign.dynamic_axes.items()
+        }
+    elif graph == "encoder":
+        inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
+        names_in = ENCODER_INPUTS
+        names_out = ENCODER_OUTPUTS
+        dynamic = None
+    else:
+        inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+        names_in, names_out = DECODER_INPUTS, DECODER_OUTPUTS
+        dynamic = {
+            "point_coords": {0: "batch", 1: "num_points"},
+            "point_labels": {0: "batch", 1: "num_points"},
+            "scores": {0: "batch"},
+            "masks": {0: "batch"},
+        }
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers()
+    )
+    external = (
+        options.external_data
+        if options.external_data is not None
+        else weight_bytes > EXTERNAL_DATA_THRESHOLD
+    )
+    simplify = _simplifier(options.simplifier)
+    dest = artifact_path(loaded, graph, options, ".onnx")
+    reduced = options.precision if options.precision != "fp32" else options.quantize
+    if reduced:  # beside, never over, the fp32 graph
+        dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
+    if foreign is not None:
+        tag = foreign.file_tag(options.return_single_mask)
+        dest = dest.with_name(dest.stem + tag + dest.suffix)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        try:
+            proto = _trace(onnx, module, args, options, names_in, names_out, dynamic, workdir)
+            simplified = options.simplifier != "none" and not external
+            if simplified:  # the simplifiers need a protobuf under 2 GB
+                proto = simplify(proto)
+            dedupe_initializers(proto)
+            metadata = base_metadata(
+                loaded,
+                graph,
+                use_stability_score=options.use_stability_score and graph == "decoder",
+            )
+            metadata["onnx.opset"] = str(options.opset)
+            metadata["onnx.simplified"] = str(simplified).lower()
+            metadata["onnx.simplifier"] = options.simplifier if simplified else "none"
+            if options.gelu_approximate:
+                metadata["gelu_approximate"] = "true"
+            if graph == "decoder":
+                metadata["decoder_contract"] = options.decoder_contract
+                if foreign is not None:
+                    metadata["return_single_mask"] = str(options.return_single_mask).lower()
+            if external:
+                metadata["onnx.external_data"] = f"{dest.name}.data"
+            del proto.metadata_props[:]
+            for key in sorted(metadata):
+                proto.metadata_props.add(key=key, value=metadata[key])
+            proto.producer_name = "edgesam-export"
+            proto.producer_version = metadata["edgesam_export.version"]
+            proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
+            if reduced:
+                from edgesam_export.host.targets.onnx_precision import reduce_precision
+
+                proto = reduce_precision(proto, loaded, options)
+                metadata = {p.key: p.value for p in proto.metadata_props}
+            staged = workdir / dest.name
+            if external:
+                onnx.save_model(
+                    proto,
+                    str(staged),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=f"{dest.name}.data",
+                    size_threshold=1024,
+                )
+                onnx.checker.check_model(str(staged))
+            else:
+                onnx.checker.check_model(proto)
+                staged.write_bytes(proto.SerializeToString())
+        except InputError:
+            raise
+        except Exception as exc:  # the exporter's own errors are many and untyped
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+            raise ExportFailedError(
+                f"ONNX export of the {spec.name} {graph} failed: {first}"
+            ) from exc
+        data_files: list[Path] = []
+        if external:  # the sidecar first, the graph last: a finished-looking .onnx is complete
+            sidecar = dest.with_name(f"{dest.name}.data")
+            os.replace(workdir / sidecar.name, sidecar)
+            data_files.append(sidecar)
+        elif dest.with_name(f"{dest.name}.data").exists():
+            dest.with_name(f"{dest.name}.data").unlink()  # a stale sidecar of an earlier export
+        with atomic_path(dest) as tmp:
+            os.replace(staged, tmp)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return Artifact(
+        path=dest,
+        backend="onnx",
+        graph=graph,
+        inputs=inputs,
+        outputs=outputs,
+        metadata=metadata,
+        data_files=data_files,
+    )
+
+
+def _trace(
+    onnx: Any,
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    options: OnnxOptions,
+    names_in: tuple[str, ...],
+    names_out: tuple[str, ...],
+    dynamic: dict[str, dict[int, str]] | None,
+    workdir: Path,
+) -> Any:
+    """TorchScript-export `module`; via a file (external data kept) past ONNX's 2 GB limit."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    target: Any = io.BytesIO() if weight_bytes < EXTERNAL_DATA_THRESHOLD else workdir / "trace.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            target if isinstance(target, io.BytesIO) else str(target),  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=options.opset,
+            input_names=list(names_in),
+            output_names=list(names_out),
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    if isinstance(target, io.BytesIO):
+        return onnx.load_from_string(target.getvalue())
+    return onnx.load(str(target), load_external_data=True)
+
+
+TARGET = Target(name="onnx", suffix=".onnx", export=export)

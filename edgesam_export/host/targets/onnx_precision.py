@@ -1,0 +1,129 @@
+"""Reduced-precision ONNX: a real fp16 graph, or a dynamically quantized int8 graph.
+
+Post-processing of the fp32 graph that `targets/onnx.py` builds, driven by the same fp16
+safety analysis as the TensorRT target:
+
+- fp16: float weights and activations in float16 (onnxruntime's float16 converter), except
+  the nodes the fp16 safety report pins (overflow or near-overflow on the calibration input),
+  which stay float32 with Casts around them. Inputs and outputs stay float32 (`keep_io_types`),
+  so the I/O contract and every caller are unchanged; the cast to fp16 happens inside.
+- int8: onnxruntime's dynamic quantization (weights int8 ahead of time, activations quantized
+  per call from their observed range); MatMul and Gemm only: dynamically quantized Conv
+  (ConvInteger) is slower than fp32 on onnxruntime's CPU kernels and loses more accuracy.
+
+Each records `precision` (fp16 | int8) and what was kept in fp32 in the ONNX metadata; parity
+reads it and judges the artifact with its own tolerance row.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesam_export.device.errors import BackendUnavailableError
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.models import LoadedModel
+
+INT8_OPS = ("MatMul", "Gemm")
+
+
+def reduce_precision(proto: Any, loaded: LoadedModel, options: OnnxOptions) -> Any:
+    """The hook `targets/onnx.py` calls on its finished fp32 graph."""
+    if options.quantize == "int8":
+        return to_int8(proto)
+    embeddings = None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("graph") == "decoder":  # calibrate on the reference encoder's embeddings
+        embeddings = reference_embeddings(loaded)
+    return to_fp16(proto, safety_pins(proto, embeddings))
+
+
+def reference_embeddings(loaded: LoadedModel) -> np.ndarray:
+    """The PyTorch encoder's embeddings of the parity test image (the calibration input)."""
+    from edgesam_export.device import processing as P
+    from edgesam_export.device.parity import make_test_image
+    from edgesam_export.host.reference import reference_sessions
+
+    spec = loaded.spec
+    tensor, _ = P.preprocess(make_test_image(), spec.img_size, spec.pixel_mean, spec.pixel_std)
+    encoder, _ = reference_sessions(loaded)
+    return encoder.run({"image": tensor})["image_embeddings"]
+
+
+def safety_pins(proto: Any, embeddings: np.ndarray | None = None) -> list[str]:
+    """Nodes the fp16 safety report pins to fp32 on this graph's calibration inputs."""
+    from edgesam_export.device.fp16 import calibration_feeds, fp16_report
+
+    feeds, names = calibration_feeds(proto, embeddings)
+    return fp16_report(proto, feeds, names).pins
+
+
+def to_fp16(proto: Any, pins: list[str]) -> Any:
+    """float16 weights and activations, `pins` kept float32, float32 inputs and outputs."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise BackendUnavailableError(
+            "--precision fp16 uses onnxruntime's float16 converter: pip install onnxruntime"
+        ) from None
+    converted = convert_float_to_float16(
+        proto, keep_io_types=True, node_block_list=list(pins) or None, disable_shape_infer=False
+    )
+    _toposort(converted.graph)
+    _set_meta(converted, {"precision": "fp16", "fp16.fp32_nodes": ",".join(pins)})
+    return converted
+
+
+def _toposort(graph: Any) -> None:
+    """Order nodes so each comes after its inputs' producers (the converter appends the
+    input casts at the end, which onnxruntime tolerates and the ONNX checker rejects)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[Any] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(t in available for t in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave it to the checker
+            ordered += rest
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered, strict=True):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def to_int8(proto: Any) -> Any:
+    """Dynamic int8 quantization of MatMul/Gemm weights (onnxruntime.quantization)."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise BackendUnavailableError(
+            "--quantize int8 uses onnxruntime.quantization: pip install onnxruntime"
+        ) from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(proto, str(src))
+        quantize_dynamic(src, dst, op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
+        quantized = onnx.load(str(dst))
+    meta |= {"precision": "int8", "int8.method": "dynamic", "int8.ops": ",".join(INT8_OPS)}
+    _set_meta(quantized, meta)
+    return quantized
+
+
+def _set_meta(proto: Any, extra: dict[str, str]) -> None:
+    meta = {p.key: p.value for p in proto.metadata_props} | extra
+    del proto.metadata_props[:]
+    for key in sorted(meta):
+        proto.metadata_props.add(key=key, value=meta[key])

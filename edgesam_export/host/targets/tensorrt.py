@@ -1,0 +1,362 @@
+"""TensorRT engines from our ONNX graphs: profiles, fp16 with fp32 pins, timing cache, sidecar.
+
+Engines carry no metadata, so every `.engine` gets a JSON sidecar (`<engine>.json`): TensorRT
+version, GPU, optimisation profiles, precision, pinned layers, the source ONNX's sha256 and
+the metadata that ONNX carries. The runtime session (`runtime/tensorrt.py`) reads it back.
+
+Everything except `build_engine` runs without TensorRT: profile shapes, the equivalent
+`trtexec` command lines, the sidecar's content. `build_engine` follows the TensorRT 10 Python
+API (builder -> network -> OnnxParser -> config with profiles, memory pool, flags, timing cache
+-> build_serialized_network) and is exercised only where `tensorrt` imports and a GPU exists.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgesam_export.device.artifacts import atomic_path, file_sha256, write_json_atomic
+from edgesam_export.device.contract import MaskTokens, Preprocessing
+from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
+from edgesam_export.device.trt_check import DimRange
+
+ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, opt, max
+
+# Default ranges of the decoder's dynamic axes. num_points = clicks + 1 padding point (no box)
+# or clicks + 2 box corners: one click or one box (2) is the common interactive call; 32 covers
+# 30 clicks with a box. batch = prompt sets per call: 1 interactively, up to 64 boxes or grid
+# points per call for segment-everything.
+DEFAULT_DIMS: dict[str, DimRange] = {"num_points": (1, 2, 32), "batch": (1, 1, 64)}
+SIDECAR_SUFFIX = ".json"
+INSTALL_HINT = (
+    "building TensorRT engines needs the tensorrt Python package (TensorRT 10+) and an NVIDIA"
+    " GPU: pip install 'tensorrt>=10' (on Jetson: JetPack's python3-libnvinfer), or build on the"
+    " device from the lines of --print-trtexec"
+)
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + SIDECAR_SUFFIX)
+
+
+def input_dims(model: Any) -> dict[str, list[int | str]]:
+    """Each network input's dims: an int, or the dim_param name of a dynamic axis."""
+    inits = {i.name for i in model.graph.initializer}
+    return {
+        vi.name: [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim
+        ]
+        for vi in model.graph.input
+        if vi.name not in inits
+    }
+
+
+def dims_for(
+    model: Any, requested: Mapping[str, DimRange | None] | None = None
+) -> dict[str, DimRange]:
+    """The (min, opt, max) of every dynamic axis name this graph has: requested, else default."""
+    given: dict[str, DimRange] = {k: v for k, v in (requested or {}).items() if v is not None}
+    names = {d for dims in input_dims(model).values() for d in dims if isinstance(d, str)}
+    out: dict[str, DimRange] = {}
+    for name in sorted(names):
+        if name in given:
+            out[name] = given[name]
+        elif name in DEFAULT_DIMS:
+            out[name] = DEFAULT_DIMS[name]
+    return out
+
+
+def profile_shapes(model: Any, dims: Mapping[str, DimRange]) -> dict[str, ShapeRange]:
+    """min/opt/max shape of every dynamic network input; InputError on an uncovered axis."""
+    shapes: dict[str, ShapeRange] = {}
+    for name, input_dims_ in input_dims(model).items():
+        if all(isinstance(d, int) for d in input_dims_):
+            continue
+        three: list[list[int]] = [[], [], []]
+        for d in input_dims_:
+            if isinstance(d, int):
+                for s in three:
+                    s.append(d)
+            elif d in dims:
+                for s, v in zip(three, dims[d], strict=True):
+                    s.append(v)
+            else:
+                raise InputError(
+                    f"input '{name}' has a dynamic axis '{d}' without a profile:"
+                    " give its range as MIN:OPT:MAX"
+                )
+        shapes[name] = (tuple(three[0]), tuple(three[1]), tuple(three[2]))
+    return shapes
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Everything a build needs, decided before TensorRT is touched."""
+
+    onnx: Path
+    engine: Path
+    graph: str
+    profiles: dict[str, ShapeRange]
+    fp16: bool = False
+    fp32_layers: tuple[str, ...] = ()
+    workspace_mb: int = 1024
+    timing_cache: Path | None = None
+    onnx_metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
+
+
+def engine_path(onnx_path: Path, output: Path, fp16: bool) -> Path:
+    return output / f"{onnx_path.stem}{'_fp16' if fp16 else ''}.engine"
+
+
+def _shape_arg(shapes: Mapping[str, ShapeRange], which: int) -> str:
+    return ",".join(
+        f"{name}:{'x'.join(str(v) for v in rng[which])}" for name, rng in shapes.items()
+    )
+
+
+def trtexec_command(plan: EnginePlan) -> list[str]:
+    """The `trtexec` arguments that build the same engine (TensorRT 10 spelling)."""
+    args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}"]
+    if plan.profiles:
+        for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+            args.append(f"{flag}={_shape_arg(plan.profiles, which)}")
+    args.append(f"--memPoolSize=workspace:{plan.workspace_mb}M")
+    if plan.fp16:
+        args.append("--fp16")
+        if plan.fp32_layers:
+            spec = ",".join(f"{name}:fp32" for name in plan.fp32_layers)
+            args += [
+                f"--layerPrecisions={spec}",
+                f"--layerOutputTypes={spec}",
+                "--precisionConstraints=obey",
+            ]
+    if plan.timing_cache is not None:
+        args.append(f"--timingCacheFile={plan.timing_cache}")
+    return args
+
+
+def trtexec_line(plan: EnginePlan) -> str:
+    return shlex.join(trtexec_command(plan))
+
+
+def gpu_info() -> dict[str, str]:
+    """Name and compute capability of GPU 0 (cuda-python, or a torch already loaded)."""
+    try:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart  # cuda-python < 12.6
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+            cc = f"{props.major}.{props.minor}"
+            return {"name": name.rstrip("\x00"), "compute_capability": cc}
+    except Exception:
+        pass
+    torch = sys.modules.get("torch")  # only a torch the process already loaded
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability(0)
+                cc = f"{major}.{minor}"
+                return {"name": torch.cuda.get_device_name(0), "compute_capability": cc}
+        except Exception:
+            pass
+    return {"name": "unknown", "compute_capability": "unknown"}
+
+
+def model_conventions(meta: Mapping[str, str]) -> dict[str, Any]:
+    """What a caller of the engine needs beyond its tensors, from the ONNX metadata: the
+    preprocessing (encoder input side, prompt/mask frame, normalisation, padding) and the
+    mask-token convention. Graphs older than these keys get the values every reader assumes
+    for them (EdgeSAM's recipe, frame = img_size, tokens 0 | 1..3); a graph without img_size
+    (not ours) gets only the tokens."""
+    out: dict[str, Any] = {}
+    if "img_size" in meta:
+        pre = Preprocessing.from_metadata(meta)
+        out["preprocessing"] = {
+            "encoder_size": pre.encoder_size,
+            "prompt_frame": pre.frame,
+            "pixel_mean": list(pre.pixel_mean),
+            "pixel_std": list(pre.pixel_std),
+            "normalize": pre.normalize,
+            "pad": pre.pad,
+        }
+        out["metadata"] = pre.to_metadata()
+    tokens = MaskTokens.from_metadata(meta)
+    out["mask_tokens"] = {
+        "count": tokens.count,
+        "single": list(tokens.single),
+        "multi": list(tokens.multi),
+    }
+    out["metadata"] = out.get("metadata", {}) | tokens.to_metadata()
+    return out
+
+
+def sidecar(
+    plan: EnginePlan,
+    tensorrt_version: str,
+    gpu: Mapping[str, str],
+    inputs: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The JSON written beside an engine: how it was built and what it computes.
+
+    `metadata` is the source ONNX's metadata with the preprocessing and mask-token keys made
+    explicit (what `Predictor` reads from a TensorRT session); `preprocessing` and
+    `mask_tokens` repeat them as numbers for callers in other languages.
+    """
+    conventions = model_conventions(plan.onnx_metadata)
+    return {
+        "format": "edgesam-export tensorrt sidecar v1",
+        "engine": plan.engine.name,
+        "tensorrt_version": tensorrt_version,
+        "gpu": dict(gpu),
+        "graph": plan.graph,
+        "precision": plan.precision,
+        "fp32_layers": list(plan.fp32_layers),
+        "profiles": {
+            name: {"min": list(r[0]), "opt": list(r[1]), "max": list(r[2])}
+            for name, r in plan.profiles.items()
+        },
+        "workspace_mb": plan.workspace_mb,
+        "timing_cache": plan.timing_cache.name if plan.timing_cache else None,
+        "source_onnx": {"file": plan.onnx.name, "sha256": file_sha256(plan.onnx)},
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "preprocessing": conventions.get("preprocessing"),
+        "mask_tokens": conventions["mask_tokens"],
+        "metadata": conventions["metadata"]
+        | dict(plan.onnx_metadata)
+        | {"precision": plan.precision},
+        "trtexec": trtexec_command(plan),
+    }
+
+
+def require_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailableError(INSTALL_HINT) from None
+    return trt
+
+
+def _tensor_specs(network: Any, inputs: bool) -> list[dict[str, Any]]:
+    count = network.num_inputs if inputs else network.num_outputs
+    get = network.get_input if inputs else network.get_output
+    specs = []
+    for i in range(count):
+        t = get(i)
+        specs.append(
+            {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}
+        )
+    return specs
+
+
+def _node_names(onnx_path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {n.name or n.output[0] for n in model.graph.node}
+
+
+def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
+    """Parse, configure and build with the TensorRT Python API; write engine + sidecar.
+
+    Nothing is left at the destination unless both files were written.
+    """
+    trt = trt or require_tensorrt()
+    unmatched: list[str] = []
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(plan.onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportFailedError(f"TensorRT's ONNX parser rejected {plan.onnx.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+    if plan.profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in plan.profiles.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    if plan.fp16:
+        if not builder.platform_has_fast_fp16:
+            raise BackendUnavailableError("this GPU has no fast fp16: build without --fp16")
+        config.set_flag(trt.BuilderFlag.FP16)
+        unmatched = _pin_layers(trt, network, config, plan.fp32_layers, _node_names(plan.onnx))
+    cache_bytes = (
+        plan.timing_cache.read_bytes() if plan.timing_cache and plan.timing_cache.is_file() else b""
+    )
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportFailedError(f"TensorRT could not build an engine from {plan.onnx.name}")
+    meta = sidecar(
+        plan,
+        trt.__version__,
+        gpu_info(),
+        _tensor_specs(network, True),
+        _tensor_specs(network, False),
+    )
+    meta["fp32_layers_without_a_layer"] = unmatched
+    side = sidecar_path(plan.engine)
+    with atomic_path(plan.engine) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    try:
+        write_json_atomic(side, meta)
+    except BaseException:
+        plan.engine.unlink(missing_ok=True)
+        raise
+    if plan.timing_cache is not None:
+        with atomic_path(plan.timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return plan.engine
+
+
+def layer_owner(layer_name: str, pinned: set[str], node_names: set[str]) -> str | None:
+    """The pinned ONNX node a TensorRT layer came from, if any.
+
+    The parser names a node's first layer after the node and further layers of the same node
+    `<node>_<counter>`; a name that is itself another node's name belongs to that node.
+    """
+    if layer_name in pinned:
+        return layer_name
+    if layer_name in node_names:
+        return None
+    base, _, suffix = layer_name.rpartition("_")
+    return base if suffix.isdigit() and base in pinned else None
+
+
+def _pin_layers(
+    trt: Any, network: Any, config: Any, names: Sequence[str], node_names: set[str]
+) -> list[str]:
+    """Run the layers the ONNX parser made from the named nodes in fp32 (outputs too);
+    returns the names no layer came from (e.g. Constant nodes, folded by the parser)."""
+    if not names:
+        return []
+    wanted = set(names)
+    found: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        owner = layer_owner(layer.name, wanted, node_names)
+        if owner is None:
+            continue
+        found.add(owner)
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in (trt.float16, trt.float32):
+                layer.set_output_type(j, trt.float32)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return sorted(wanted - found)
