@@ -33,8 +33,9 @@ from edgesam_export.device.predictor import Predictor
 from edgesam_export.device.runtime import Session, open_session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs_official import OfficialDecoderGraph
-from edgesam_export.host.metadata import base_metadata, load_layout
+from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel, get_spec, list_specs, load_model
+from edgesam_export.host.models.checkpoint import load_layout
 from edgesam_export.host.models.sam_family import SAM_VIT_CONFIGS
 from edgesam_export.host.models.vit import parameter_count
 from edgesam_export.host.reference import reference_sessions
