@@ -1,7 +1,7 @@
 """The numpy MIL executor, op by op against numpy/torch references (no conversion needed), plus
 the loader's refusal of an op it does not implement.
 
-Every op in `mil.OPS` must have a case here: `test_every_op_has_a_case` keeps it that way.
+Every op in `mil_ops.OPS` must have a case here: `test_every_op_has_a_case` keeps it that way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesam_export.device.runtime import mil
+from edgesam_export.device.runtime import mil, mil_ops
 
 RNG = np.random.default_rng(0)
 
@@ -278,7 +278,7 @@ def _reference(op: str, kwargs: dict[str, Any], ref: Callable[[], np.ndarray] | 
 
 
 def test_every_op_has_a_case() -> None:
-    assert set(CASES) == set(mil.OPS)
+    assert set(CASES) == set(mil_ops.OPS)
 
 
 @pytest.mark.parametrize(
@@ -286,7 +286,7 @@ def test_every_op_has_a_case() -> None:
 )
 def test_op_matches_reference(op: str, index: int) -> None:
     kwargs, ref = CASES[op][index]
-    result = mil.OPS[op](**kwargs)
+    result = mil_ops.OPS[op](**kwargs)
     expected = _reference(op, kwargs, ref)
     if isinstance(expected, tuple):  # multi-output ops (split): one array per output
         assert isinstance(result, tuple) and len(result) == len(expected)
@@ -305,7 +305,7 @@ def test_op_matches_reference(op: str, index: int) -> None:
 def test_erf_accuracy() -> None:
     x = np.linspace(-6, 6, 10001)
     want = np.array([math.erf(v) for v in x])
-    assert np.abs(mil.erf(x) - want).max() < 2e-7
+    assert np.abs(mil_ops.erf(x) - want).max() < 2e-7
 
 
 def test_fp16_results_are_rounded_where_declared() -> None:
@@ -316,9 +316,11 @@ def test_fp16_results_are_rounded_where_declared() -> None:
         outputs=["h", "f"],
         steps=[
             mil.Step(
-                "add", "to_half", mil.OPS["add"], {"x": "x", "y": "zero"}, [("h", np.float16)]
+                "add", "to_half", mil_ops.OPS["add"], {"x": "x", "y": "zero"}, [("h", np.float16)]
             ),
-            mil.Step("add", "full", mil.OPS["add"], {"x": "x", "y": "zero"}, [("f", np.float32)]),
+            mil.Step(
+                "add", "full", mil_ops.OPS["add"], {"x": "x", "y": "zero"}, [("f", np.float32)]
+            ),
         ],
         constants={"zero": np.float32(0)},
     )
@@ -335,11 +337,11 @@ def test_values_are_freed_after_their_last_read() -> None:
     constants and the outputs stay; a value nobody reads is dropped at once."""
     x = r(2, 3)
     steps = [
-        mil.Step("relu", "a", mil.OPS["relu"], {"x": "x"}, [("y", np.float32)]),
-        mil.Step("exp", "dead", mil.OPS["exp"], {"x": "x"}, [("unused", np.float32)]),
-        mil.Step("add", "b", mil.OPS["add"], {"x": "y", "y": "y"}, [("z", np.float32)]),
-        mil.Step("mul", "c", mil.OPS["mul"], {"x": "z", "y": "two"}, [("w", np.float32)]),
-        mil.Step("add", "d", mil.OPS["add"], {"x": "w", "y": "x"}, [("out", np.float32)]),
+        mil.Step("relu", "a", mil_ops.OPS["relu"], {"x": "x"}, [("y", np.float32)]),
+        mil.Step("exp", "dead", mil_ops.OPS["exp"], {"x": "x"}, [("unused", np.float32)]),
+        mil.Step("add", "b", mil_ops.OPS["add"], {"x": "y", "y": "y"}, [("z", np.float32)]),
+        mil.Step("mul", "c", mil_ops.OPS["mul"], {"x": "z", "y": "two"}, [("w", np.float32)]),
+        mil.Step("add", "d", mil_ops.OPS["add"], {"x": "w", "y": "x"}, [("out", np.float32)]),
     ]
     prog = mil.MilProgram(
         inputs=["x"], outputs=["z", "out"], steps=steps, constants={"two": np.float32(2)}
