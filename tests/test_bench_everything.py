@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgesam_export.device.amg import coco_rle_to_rle, rle_to_mask
-from edgesam_export.device.amg.overlay import render_overlay
 from edgesam_export.device.bench_everything import (
     FAILED,
     OK,
@@ -27,6 +25,8 @@ from edgesam_export.device.bench_everything import (
 )
 from edgesam_export.device.contract import TensorSpec
 from edgesam_export.device.errors import InputError
+from edgesam_export.device.everything import coco_rle_to_rle, rle_to_mask
+from edgesam_export.device.everything.overlay import render_overlay
 from edgesam_export.device.parity import make_test_image
 from edgesam_export.device.png import decode_png
 from edgesam_export.device.report import write_bench_report

@@ -1,6 +1,6 @@
 """`edgesam-export everything`: segment everything in an image with exported artifacts.
 
-Device side: onnxruntime sessions, our `Predictor` and `amg.MaskGenerator`, numpy, and a small
+Device side: onnxruntime sessions, our `Predictor` and `everything.MaskGenerator`, numpy, and a
 PNG codec; no torch, cv2 or Pillow. Writes a PNG overlay and COCO-style JSON (compressed RLE
 masks) to the output directory, atomically.
 """
@@ -128,8 +128,8 @@ def everything_cmd(
     Writes OUTPUT/<image>_masks.png (masks over the image) and OUTPUT/<image>_masks.json
     (COCO-style annotations, compressed RLE masks).
     """
-    from edgesam_export.device.amg import MaskGenerator
-    from edgesam_export.device.amg.overlay import render_overlay
+    from edgesam_export.device.everything import MaskGenerator
+    from edgesam_export.device.everything.overlay import render_overlay
     from edgesam_export.device.png import read_image, write_png
 
     with guarded(debug):

@@ -1,6 +1,6 @@
 """The everything stage of `edgesam-bench`: segment everything per backend and batch size.
 
-Device side (numpy, our sessions, `amg.MaskGenerator`). For each backend and each
+Device side (numpy, our sessions, `everything.MaskGenerator`). For each backend and each
 ``points_per_batch`` value B, `MaskGenerator.generate` runs on the benchmark image over a
 `Predictor` of that backend's sessions; we record the time per image (the whole `generate`:
 encoder, every decoder call, post-processing) and, from the generator's own counters, the time
@@ -175,7 +175,7 @@ def everything_stage(
     first. Records are kept as COCO RLE (as `edgesam-export everything` writes them); each run
     keeps the last call's records for the report's overlay.
     """
-    from edgesam_export.device.amg import MaskGenerator
+    from edgesam_export.device.everything import MaskGenerator
     from edgesam_export.device.predictor import Predictor
 
     n_points = points_per_side * points_per_side
@@ -272,7 +272,7 @@ def _time_or_refuse(
 
 def overlays(runs: Sequence[EverythingRun], image: np.ndarray) -> dict[str, np.ndarray]:
     """Per backend, the masks of its largest timed batch size painted over `image`."""
-    from edgesam_export.device.amg.overlay import render_overlay
+    from edgesam_export.device.everything.overlay import render_overlay
 
     best: dict[str, EverythingRun] = {}
     for run in runs:

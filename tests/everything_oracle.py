@@ -1,4 +1,4 @@
-"""The oracle decoder of tests/fixtures/amg/README.md, as a predictor for `MaskGenerator`.
+"""The oracle decoder of tests/fixtures/everything/README.md, as a predictor for `MaskGenerator`.
 
 The golden records were produced by the official generator driving this oracle instead of a
 network, so matching them checks the generator's own logic (grids, crops, batching, filters,

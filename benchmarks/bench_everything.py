@@ -1,6 +1,6 @@
 """Segment everything: our numpy generator on ONNX vs segment-anything's, side by side.
 
-Ours: `device.amg.MaskGenerator` over `Predictor` on our ONNX artifacts (onnxruntime),
+Ours: `device.everything.MaskGenerator` over `Predictor` on our ONNX artifacts (onnxruntime),
 B grid points per decoder call. Official: segment-anything's `SamAutomaticMaskGenerator`
 (PyTorch, torchvision's `batched_nms`) over segment-anything's own `Sam` built from the same
 weights: its `PromptEncoder` and `MaskDecoder` load our model's state dicts (official key names,
@@ -16,10 +16,10 @@ IoU between the two sides' records.
 segment-anything needs torchvision, which does not import beside the project's torch 2.13, so
 run this from a separate environment (not a project dependency):
 
-    python3.11 -m venv /work/wt/venvs/amgbench
-    /work/wt/venvs/amgbench/bin/pip install torch==2.14.1 torchvision==0.29.1 segment-anything \
-        onnx onnxruntime onnxslim pydantic typer rich pyyaml
-    /work/wt/venvs/amgbench/bin/python benchmarks/bench_amg.py
+    python3.11 -m venv /work/wt/venvs/everything-bench
+    /work/wt/venvs/everything-bench/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        segment-anything onnx onnxruntime onnxslim pydantic typer rich pyyaml
+    /work/wt/venvs/everything-bench/bin/python benchmarks/bench_everything.py
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 
-NAME = "bench_amg"
+NAME = "bench_everything"
 IMAGE = _common.HERE.parent / "tests" / "fixtures" / "edge_sam" / "golden_seed0.npz"
 #: Parameter sets. Synthetic weights predict IoU <= 0.6 and full-size stability <= 0.1, so
 #: SAM's default thresholds keep nothing (both generators still decode every grid point; the
@@ -122,7 +122,7 @@ def _generator(side: str, model: Any, params: dict[str, Any]) -> Any:
         from segment_anything import SamAutomaticMaskGenerator
 
         return SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **params)
-    from edgesam_export.device.amg import MaskGenerator
+    from edgesam_export.device.everything import MaskGenerator
 
     return MaskGenerator(model, output_mode="uncompressed_rle", score="iou", **params)
 
@@ -190,7 +190,7 @@ def _run_child(side: str, artifacts: Path, params: dict[str, Any]) -> dict[str, 
 
 def compare(ours: list[dict[str, Any]], official: list[dict[str, Any]]) -> dict[str, Any]:
     """One-to-one matching of masks by IoU (greedy, most certain first)."""
-    from edgesam_export.device.amg import rle_to_mask
+    from edgesam_export.device.everything import rle_to_mask
 
     if not ours or not official:
         return {"ours": len(ours), "official": len(official), "matched": 0, "min_iou": None}

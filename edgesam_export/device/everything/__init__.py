@@ -8,20 +8,20 @@ torch, torchvision, cv2 or pycocotools, driving anything with ``set_image`` and
 
 from __future__ import annotations
 
-from edgesam_export.device.amg.boxes import box_nms, masks_to_boxes
-from edgesam_export.device.amg.generator import (
+from edgesam_export.device.everything.boxes import box_nms, masks_to_boxes
+from edgesam_export.device.everything.generator import (
     GenerationStats,
     LowResPredictor,
     MaskGenerator,
     default_multimask_tokens,
 )
-from edgesam_export.device.amg.grids import (
+from edgesam_export.device.everything.grids import (
     build_all_layer_point_grids,
     build_point_grid,
     generate_crop_boxes,
 )
-from edgesam_export.device.amg.regions import connected_components, remove_small_regions
-from edgesam_export.device.amg.rle import (
+from edgesam_export.device.everything.regions import connected_components, remove_small_regions
+from edgesam_export.device.everything.rle import (
     coco_rle_to_rle,
     masks_to_rle,
     rle_area,

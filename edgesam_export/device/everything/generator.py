@@ -22,17 +22,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgesam_export.device import processing as P
-from edgesam_export.device.amg.boxes import (
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.everything.boxes import (
     box_area,
     box_nms,
     is_box_near_crop_edge,
     masks_to_boxes,
     xyxy_to_xywh,
 )
-from edgesam_export.device.amg.grids import build_all_layer_point_grids, generate_crop_boxes
-from edgesam_export.device.amg.regions import remove_small_regions
-from edgesam_export.device.amg.rle import Rle, masks_to_rle, rle_area, rle_to_coco_rle, rle_to_mask
-from edgesam_export.device.errors import InputError
+from edgesam_export.device.everything.grids import build_all_layer_point_grids, generate_crop_boxes
+from edgesam_export.device.everything.regions import remove_small_regions
+from edgesam_export.device.everything.rle import (
+    Rle,
+    masks_to_rle,
+    rle_area,
+    rle_to_coco_rle,
+    rle_to_mask,
+)
 
 __all__ = ["GenerationStats", "LowResPredictor", "MaskGenerator"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgesam_export.device.amg.rle import rle_to_mask
+from edgesam_export.device.everything.rle import rle_to_mask
 
 __all__ = ["mask_of", "render_overlay"]
 
@@ -23,7 +23,7 @@ def mask_of(record: dict[str, Any]) -> NDArray[np.bool_]:
     if isinstance(seg, np.ndarray):
         return seg.astype(bool)
     if isinstance(seg.get("counts"), (str, bytes)):
-        from edgesam_export.device.amg.rle import coco_rle_to_rle
+        from edgesam_export.device.everything.rle import coco_rle_to_rle
 
         seg = coco_rle_to_rle(seg)
     return rle_to_mask(seg)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device import processing as P
-from edgesam_export.device.amg import MaskGenerator, coco_rle_to_rle, rle_to_mask
 from edgesam_export.device.errors import ExitCode, InputError
+from edgesam_export.device.everything import MaskGenerator, coco_rle_to_rle, rle_to_mask
 from edgesam_export.device.png import encode_png
 from edgesam_export.device.predictor import Predictor
 from edgesam_export.device.runtime import open_session

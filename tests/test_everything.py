@@ -1,4 +1,4 @@
-"""Segment everything (`device.amg`): golden parity with the official generator driven
+"""Segment everything (`device.everything`): golden parity with the official generator driven
 by the oracle decoder, the numpy building blocks against brute force and pycocotools, the
 mask-token and score conventions, and the generator with torch, torchvision and cv2 blocked."""
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amg_oracle import OraclePredictor
+from everything_oracle import OraclePredictor
 
-from edgesam_export.device.amg import (
+from edgesam_export.device.errors import InputError
+from edgesam_export.device.everything import (
     MaskGenerator,
     box_nms,
     build_point_grid,
@@ -29,18 +30,17 @@ from edgesam_export.device.amg import (
     rle_to_coco_rle,
     rle_to_mask,
 )
-from edgesam_export.device.amg.rle import decode_counts, encode_counts
-from edgesam_export.device.errors import InputError
+from edgesam_export.device.everything.rle import decode_counts, encode_counts
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-AMG_FIXTURES = HERE / "fixtures" / "amg"
+EVERYTHING_FIXTURES = HERE / "fixtures" / "everything"
 GOLDEN_IMAGE = HERE / "fixtures" / "edge_sam" / "golden_seed0.npz"
 
 
 @pytest.fixture(scope="module")
-def amg_golden() -> dict:
-    return json.loads((AMG_FIXTURES / "golden_seed0.json").read_text())
+def everything_golden() -> dict:
+    return json.loads((EVERYTHING_FIXTURES / "golden_seed0.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +105,18 @@ def compare_records(ours: list[dict], golden: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def golden_runs(amg_golden, image) -> dict[str, tuple[list[dict], MaskGenerator]]:
+def golden_runs(everything_golden, image) -> dict[str, tuple[list[dict], MaskGenerator]]:
     runs = {}
-    for name, cfg in amg_golden["configs"].items():
+    for name, cfg in everything_golden["configs"].items():
         gen = MaskGenerator(OraclePredictor(), output_mode="uncompressed_rle", **cfg["params"])
         runs[name] = (gen.generate(image), gen)
     return runs
 
 
 @pytest.mark.parametrize("config", ["default", "crops"])
-def test_golden_parity(golden_runs, amg_golden, config):
+def test_golden_parity(golden_runs, everything_golden, config):
     ours, _ = golden_runs[config]
-    golden = amg_golden["configs"][config]["masks"]
+    golden = everything_golden["configs"][config]["masks"]
     report = compare_records(ours, golden)
     print(f"\n{config}: {json.dumps(report)}")
     # Float32 noise may move a mask across a threshold: allow one mask more or less in each
@@ -132,12 +132,12 @@ def test_golden_parity(golden_runs, amg_golden, config):
     assert report["order_score_gap"] <= 2e-3, report
 
 
-def test_golden_crop_boxes_and_batches(golden_runs, amg_golden, image):
+def test_golden_crop_boxes_and_batches(golden_runs, everything_golden, image):
     """The crop layer visits the official crops, with the official number of decoder calls."""
     _, gen = golden_runs["crops"]
     boxes, layers = generate_crop_boxes(image.shape[:2], 1, 512 / 1500)
     assert layers == [0, 1, 1, 1, 1]
-    golden_crops = {tuple(r["crop_box"]) for r in amg_golden["configs"]["crops"]["masks"]}
+    golden_crops = {tuple(r["crop_box"]) for r in everything_golden["configs"]["crops"]["masks"]}
     xywh = {(float(x0), float(y0), float(x1 - x0), float(y1 - y0)) for x0, y0, x1, y1 in boxes}
     assert golden_crops <= xywh and len(golden_crops) == 5
     # 16x16 points on the image in batches of 50, then 8x8 on each of the 4 crops
@@ -363,14 +363,14 @@ def test_rle_roundtrip_and_official_layout():
         assert r["counts"][0] == first_set
 
 
-def test_golden_rles_roundtrip(amg_golden):
-    for rec in amg_golden["configs"]["crops"]["masks"][:20]:
+def test_golden_rles_roundtrip(everything_golden):
+    for rec in everything_golden["configs"]["crops"]["masks"][:20]:
         mask = rle_to_mask(rec["rle"])
         assert masks_to_rle(mask[None])[0] == rec["rle"] and rle_area(rec["rle"]) == rec["area"]
 
 
 def test_coco_strings_match_pycocotools():
-    ref = json.loads((AMG_FIXTURES / "pycocotools_rle.json").read_text())
+    ref = json.loads((EVERYTHING_FIXTURES / "pycocotools_rle.json").read_text())
     for case in ref["cases"]:
         h, w = case["size"]
         if "uncompressed_counts" in case:
@@ -464,9 +464,9 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 sys.path.insert(0, "tests")
-from amg_oracle import OraclePredictor
-from edgesam_export.device.amg import MaskGenerator
-from edgesam_export.device.amg.overlay import render_overlay
+from everything_oracle import OraclePredictor
+from edgesam_export.device.everything import MaskGenerator
+from edgesam_export.device.everything.overlay import render_overlay
 from edgesam_export.device.png import decode_png, encode_png
 import edgesam_export.cli.everything  # the command module imports no torch either
 image = np.load("tests/fixtures/edge_sam/golden_seed0.npz")["image"]
