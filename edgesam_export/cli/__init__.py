@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from edgesam_export.device.errors import EdgeSamExportError, ExitCode
 
@@ -113,3 +114,50 @@ JsonOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
+
+
+def render_parity(report: Any, out: Console) -> None:
+    """The parity table every command that checks artifacts prints (onnx, coreml, parity)."""
+    reference = report.inputs.get("reference", "PyTorch")
+    table = Table(title=f"Parity against {reference} (worst case per check)")
+    for col in (
+        "artifact",
+        "check",
+        "max abs",
+        "tolerance",
+        "mean abs",
+        "rel",
+        "cosine",
+        "mask IoU",
+        "verdict",
+    ):
+        table.add_column(col, justify="left" if col in ("artifact", "check") else "right")
+    for row in report.summary():
+        iou = f"{row['min_mask_iou']:.4f}" if "min_mask_iou" in row else "-"
+        verdict = "[green]pass[/]" if row["passed"] else "[bold red]FAIL[/]"
+        table.add_row(
+            row["artifact"],
+            row["check"],
+            f"{row['max_abs']:.2e}",
+            f"{row['tolerance']:.0e}",
+            f"{row['mean_abs']:.2e}",
+            f"{row['rel']:.2e}",
+            f"{row['cosine']:.6f}",
+            iou,
+            verdict,
+        )
+    out.print(table)
+    for err in report.errors:
+        err_console.print(
+            f"[bold red]unreadable:[/] {escape(err['artifact'])}: {escape(err['error'])}"
+        )
+
+
+def parity_exit(report: Any) -> None:
+    """Exit 5 when an artifact could not be run, 4 when an output is outside tolerance."""
+    if report.errors:
+        raise typer.Exit(int(ExitCode.ARTIFACT_UNREADABLE))
+    if not report.passed:
+        raise typer.Exit(int(ExitCode.PARITY_FAILED))

@@ -14,6 +14,8 @@ from edgesam_export.cli import (
     CkptArg,
     DebugOpt,
     JsonOpt,
+    ModelOpt,
+    OutputOpt,
     SeedOpt,
     Synthetic,
     SyntheticOpt,
@@ -22,9 +24,10 @@ from edgesam_export.cli import (
     err_console,
     guarded,
     human_console,
+    parity_exit,
     progress,
+    render_parity,
 )
-from edgesam_export.cli.export import ModelOpt, OutputOpt, _parity_exit, _render_parity, app
 from edgesam_export.device.errors import InputError
 
 
@@ -60,7 +63,6 @@ def _render_fp16(report: dict[str, Any], out: Any) -> None:
     out.print(table)
 
 
-@app.command("coreml")
 def coreml_cmd(
     checkpoint: CkptArg = None,
     encoder: Annotated[bool, typer.Option("--encoder", help="Export only the encoder.")] = False,
@@ -187,7 +189,7 @@ def coreml_cmd(
         if verify:
             only = [a.path for a in artifacts]
             report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
-            _render_parity(report, out)
+            render_parity(report, out)
             payload["parity"] = report.to_json()
         if fp16_report:
             from edgesam_export.device.fp16_report import fp16_report as make_report
@@ -211,4 +213,4 @@ def coreml_cmd(
             )
         )
         if report is not None:
-            _parity_exit(report)
+            parity_exit(report)

@@ -1,14 +1,14 @@
-"""`edgesam-export`: export graphs to ONNX (CoreML and TensorRT next) and check parity."""
+"""`edgesam-export`: the app, its one command table, and the `onnx` and `parity` commands."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,6 +16,8 @@ from edgesam_export.cli import (
     CkptArg,
     DebugOpt,
     JsonOpt,
+    ModelOpt,
+    OutputOpt,
     SeedOpt,
     Synthetic,
     SyntheticOpt,
@@ -24,10 +26,18 @@ from edgesam_export.cli import (
     err_console,
     guarded,
     human_console,
+    parity_exit,
     progress,
+    render_parity,
 )
+from edgesam_export.cli.coreml import coreml_cmd
+from edgesam_export.cli.everything import everything_cmd
+from edgesam_export.cli.models import models_cmd
 from edgesam_export.cli.options import ExitCodeGroup, ReportOpt
-from edgesam_export.device.errors import ExitCode, InputError
+from edgesam_export.cli.recipes import build_cmd, recipe_app, verify_cmd
+from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
+from edgesam_export.cli.web import web_cmd
+from edgesam_export.device.errors import InputError
 
 app = typer.Typer(
     name="edgesam-export",
@@ -51,54 +61,6 @@ class Simplifier(str, Enum):
     none = "none"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
-
-
-def _render_parity(report: Any, out: Console) -> None:
-    reference = report.inputs.get("reference", "PyTorch")
-    table = Table(title=f"Parity against {reference} (worst case per check)")
-    for col in (
-        "artifact",
-        "check",
-        "max abs",
-        "tolerance",
-        "mean abs",
-        "rel",
-        "cosine",
-        "mask IoU",
-        "verdict",
-    ):
-        table.add_column(col, justify="left" if col in ("artifact", "check") else "right")
-    for row in report.summary():
-        iou = f"{row['min_mask_iou']:.4f}" if "min_mask_iou" in row else "-"
-        verdict = "[green]pass[/]" if row["passed"] else "[bold red]FAIL[/]"
-        table.add_row(
-            row["artifact"],
-            row["check"],
-            f"{row['max_abs']:.2e}",
-            f"{row['tolerance']:.0e}",
-            f"{row['mean_abs']:.2e}",
-            f"{row['rel']:.2e}",
-            f"{row['cosine']:.6f}",
-            iou,
-            verdict,
-        )
-    out.print(table)
-    for err in report.errors:
-        err_console.print(
-            f"[bold red]unreadable:[/] {escape(err['artifact'])}: {escape(err['error'])}"
-        )
-
-
-def _parity_exit(report: Any) -> None:
-    if report.errors:
-        raise typer.Exit(int(ExitCode.ARTIFACT_UNREADABLE))
-    if not report.passed:
-        raise typer.Exit(int(ExitCode.PARITY_FAILED))
-
-
-@app.command("onnx")
 def onnx_cmd(
     checkpoint: CkptArg = None,
     encoder: Annotated[bool, typer.Option("--encoder", help="Export only the encoder.")] = False,
@@ -220,7 +182,7 @@ def onnx_cmd(
         if verify:
             only = [a.path for a in artifacts]  # not unrelated files already in --output
             report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
-            _render_parity(report, human_console(json_path))
+            render_parity(report, human_console(json_path))
             payload["parity"] = report.to_json()
         emit_json(json_path, payload)
         human_console(json_path).print(
@@ -232,7 +194,7 @@ def onnx_cmd(
             )
         )
         if report is not None:
-            _parity_exit(report)
+            parity_exit(report)
 
 
 class Reference(str, Enum):
@@ -241,7 +203,6 @@ class Reference(str, Enum):
     golden = "golden"
 
 
-@app.command("parity")
 def parity_cmd(
     paths: Annotated[
         list[Path],
@@ -281,7 +242,7 @@ def parity_cmd(
         report = verify_artifacts(
             checkpoint, artifact_dir, progress, reference=reference.value, record=record
         )
-        _render_parity(report, human_console(json_path))
+        render_parity(report, human_console(json_path))
         emit_json(json_path, report.to_json())
         if report_dir is not None and record is not None:
             from edgesam_export.device.report import write_parity_report
@@ -291,29 +252,28 @@ def parity_cmd(
         human_console(json_path).print(
             "parity " + ("[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]")
         )
-        _parity_exit(report)
+        parity_exit(report)
 
 
-from edgesam_export.cli.recipes import register as _register_recipes  # noqa: E402  (build, verify, recipe)
-
-_register_recipes(app)
-from edgesam_export.cli.tensorrt import register as _register_tensorrt  # noqa: E402
-
-_register_tensorrt(app)
-from edgesam_export.cli import coreml as _coreml  # noqa: E402, F401  (registers the `coreml` command)
-from edgesam_export.cli.everything import everything_cmd  # noqa: E402  (segment everything, its own module)
-
-app.command("everything")(everything_cmd)
-
-
-from edgesam_export.cli.web import web_cmd  # noqa: E402 - the `web` command lives in its own module
-
-app.command("web")(web_cmd)
-
-
-from edgesam_export.cli.models import register as _register_models  # noqa: E402
-
-_register_models(app)
+# The one table of `edgesam-export` commands, in the order `--help` lists them. A command
+# module defines plain functions; only this table registers them (no import side effects).
+COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("onnx", onnx_cmd),
+    ("parity", parity_cmd),
+    ("build", build_cmd),
+    ("verify", verify_cmd),
+    ("trt", trt_cmd),
+    ("trt-check", trt_check_cmd),
+    ("coreml", coreml_cmd),
+    ("everything", everything_cmd),
+    ("web", web_cmd),
+    ("models", models_cmd),
+)
+GROUPS: tuple[typer.Typer, ...] = (recipe_app,)  # `recipe check|schema`
+for _name, _command in COMMANDS:
+    app.command(_name)(_command)
+for _group in GROUPS:
+    app.add_typer(_group)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import typer
 from rich.table import Table
 
 from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, guarded, human_console
@@ -63,7 +62,3 @@ def models_cmd(json_path: JsonOpt = None, debug: DebugOpt = False) -> None:
             )
         human_console(json_path).print(table)
         emit_json(json_path, {"models": rows})
-
-
-def register(app: typer.Typer) -> None:
-    app.command("models")(models_cmd)

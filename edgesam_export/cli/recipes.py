@@ -221,10 +221,3 @@ def check_cmd(
                 f" {', '.join(loaded.recipe.target_names())}"
             )
         emit_json(json_path, {"recipes": checked})
-
-
-def register(app: typer.Typer) -> None:
-    """Add `build`, `verify` and `recipe` to the `edgesam-export` app."""
-    app.command("build")(build_cmd)
-    app.command("verify")(verify_cmd)
-    app.add_typer(recipe_app)

@@ -368,8 +368,3 @@ def _export_onnx(
         raise InputError(str(exc)) from None
     _, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
     return [a.path for a in artifacts]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("trt")(trt_cmd)
-    app.command("trt-check")(trt_check_cmd)
