@@ -18,7 +18,7 @@ JOBS ?= 1
 DEVICE_VENV ?= .venv-device
 DEVICE_ART ?= artifacts/device-check
 
-.PHONY: setup demo test test-device test-coreml71 lint bench clean artifacts
+.PHONY: setup demo test test-heavy test-device test-coreml71 lint bench clean artifacts
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Every row marked `heavy` (large encoders: EfficientViT-SAM L1-XL1, SAM ViT-B/L/H, SlimSAM-50;
+# minutes and GBs each): the one marker is the only gate.
+test-heavy: setup
+	$(BIN)/python -m pytest -q -m heavy
 
 # The coremltools patches against coremltools 7.1 (EdgeSAM's version) in an environment of its own:
 # 7.1 needs numpy < 2 and has wheels up to Python 3.11.

@@ -57,7 +57,7 @@ EXPORT: dict[str, str | tuple[str, str]] = {
     "efficientvit_sam_xl0": "heavy",
     "efficientvit_sam_xl1": "heavy",
     # SAM, MobileSAM, SlimSAM: their export tests live in test_sam_families.py (the large
-    # encoders behind EDGESAM_HEAVY=1 there).
+    # encoders marked `heavy` there).
     "mobile_sam": ("test_sam_families", "test_onnx_export_passes_parity"),
     "slimsam_77": ("test_sam_families", "test_onnx_export_passes_parity"),
     "sam_vit_b": _SAM_HEAVY,

@@ -32,7 +32,7 @@ class ModelSpec:
     family: str
     description: str
     img_size: int  # encoder input side S_enc
-    layout: str  # JSON file under edgesam_export/models/layouts/
+    layout: str  # JSON file under edgesam_export/host/models/layouts/
     signature_prefixes: tuple[str, ...]  # key prefixes that identify this family's checkpoints
     builder: Callable[..., SamModel] = field(repr=False)
     prompt_frame: int | None = None  # prompt/mask frame side; None = img_size
