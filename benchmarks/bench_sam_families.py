@@ -198,7 +198,7 @@ def _checkpoint(family: str, tmp: Path) -> Path | None:
         [
             sys.executable,
             str(root / "tests/make_slimsam_pickle.py"),
-            str(root / "edgesam_export/models/layouts/slimsam_77.json"),
+            str(root / "edgesam_export/device/data/layouts/slimsam_77.json"),
             "0",
             str(out),
         ],

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device.errors import CheckpointError
+from edgesam_export.device.models import load_layout
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import load_model, synth_state_dict
-from edgesam_export.host.models.checkpoint import load_layout
 from edgesam_export.host.models.identify import identify
 
 

@@ -20,11 +20,17 @@ import torch
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.errors import CheckpointError
+from edgesam_export.device.models import load_layout
 from edgesam_export.device.predictor import Predictor
 from edgesam_export.device.runtime import Session
 from edgesam_export.host.graphs import DecoderGraph
-from edgesam_export.host.models import LoadedModel, get_spec, load_model, synth_state_dict
-from edgesam_export.host.models.checkpoint import load_layout
+from edgesam_export.host.models import (
+    LoadedModel,
+    build_model,
+    get_spec,
+    load_model,
+    synth_state_dict,
+)
 from edgesam_export.host.reference import reference_sessions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "efficientvit_sam"
@@ -158,10 +164,10 @@ def test_decoder_without_padding_matches_the_official_runner(evit):
 
 def test_norm_eps_is_part_of_the_model_definition():
     """The zoo sets eps 1e-6 on every norm, the mask decoder's LayerNorms included."""
-    model = get_spec("efficientvit_sam_l0").build()
+    model = build_model(get_spec("efficientvit_sam_l0"))
     eps = {type(m).__name__: m.eps for m in model.modules() if hasattr(m, "eps")}
     assert eps == {"BatchNorm2d": 1e-6, "LayerNorm2d": 1e-6, "LayerNorm": 1e-6}
-    edge = get_spec("edge_sam").build()
+    edge = build_model(get_spec("edge_sam"))
     assert {m.eps for m in edge.mask_decoder.modules() if type(m).__name__ == "LayerNorm"} == {1e-5}
 
 
@@ -178,7 +184,7 @@ PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_layout_matches_built_model(name):
-    model = get_spec(name).build()
+    model = build_model(get_spec(name))
     layout = load_layout(name)["tensors"]
     state = model.state_dict()
     assert set(state) == set(layout)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from edgesam_export.device.errors import CheckpointError, InputError
+from edgesam_export.device.models import load_layout
 from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
-from edgesam_export.host.models import get_spec, load_model, synth_state_dict
-from edgesam_export.host.models.checkpoint import load_layout
+from edgesam_export.host.models import build_model, get_spec, load_model, synth_state_dict
 
 # Tolerances from the fixture README (10x the float32-vs-float64 noise of the official code).
 EMBED_TOL = 5e-3
@@ -102,7 +102,7 @@ def test_end_to_end_from_input_tensor(golden, bilinear_model):
 
 def test_layout_matches_built_model():
     spec = get_spec("edge_sam")
-    model = spec.build()
+    model = build_model(spec)
     layout = load_layout("edge_sam")["tensors"]
     state = model.state_dict()
     assert list(state) == list(layout)

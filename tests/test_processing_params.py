@@ -85,7 +85,7 @@ def test_select_masks_follows_the_token_convention():
 
 
 def test_spec_defaults_let_a_new_entry_give_only_its_own_values():
-    from edgesam_export.host.models.registry import ModelSpec
+    from edgesam_export.device.models import ModelSpec
 
     spec = ModelSpec(
         name="x",

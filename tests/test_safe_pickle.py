@@ -211,8 +211,8 @@ def test_malformed_tensor_records_are_errors(tmp_path: Path):
 def test_module_checkpoint_is_read_without_the_fork(tmp_path: Path):
     """A whole pickled module tree under SlimSAM's class names: tensors and inert records."""
     helper = Path(__file__).parent / "make_slimsam_pickle.py"
-    root = Path(__file__).resolve().parents[1]
-    layout = root / "edgesam_export" / "host" / "models" / "layouts" / "slimsam_77.json"
+    layouts = Path(__file__).resolve().parents[1] / "edgesam_export/device/data/layouts"
+    layout = layouts / "slimsam_77.json"
     path = tmp_path / "SlimSAM-77.pth"
     subprocess.run([sys.executable, str(helper), str(layout), "0", str(path)], check=True)
     ckpt = read_module_checkpoint(path)

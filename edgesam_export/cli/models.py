@@ -10,15 +10,11 @@ from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, guarded, human_cons
 
 
 def model_rows() -> list[dict[str, Any]]:
-    """One row per registered variant; parameter counts from a weightless (meta) build."""
-    import torch
-
-    from edgesam_export.host.models import list_specs
+    """One row per registered variant; parameter counts from the shipped layouts (no torch)."""
+    from edgesam_export.device.models import list_specs, parameter_count
 
     rows = []
     for spec in list_specs():
-        with torch.device("meta"):
-            model = spec.build()
         rows.append(
             {
                 "name": spec.name,
@@ -31,7 +27,7 @@ def model_rows() -> list[dict[str, Any]]:
                     "single": list(spec.tokens.single),
                     "multi": list(spec.tokens.multi),
                 },
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "parameters": parameter_count(spec),
                 "checkpoint_format": spec.checkpoint_format,
                 "upsample_modes": list(spec.upsample_modes),
                 "targets_verified": list(spec.verified_targets),

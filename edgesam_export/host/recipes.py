@@ -408,7 +408,7 @@ def load_recipe(path: Path) -> LoadedRecipe:
 def _check_model(recipe: Recipe, text: str, where: str) -> None:
     """The model must be registered (the registry needs torch, so it is checked here, after the
     torch-free schema)."""
-    from edgesam_export.host.models import list_specs
+    from edgesam_export.device.models import list_specs
 
     names = [s.name for s in list_specs()]
     if recipe.model not in names:

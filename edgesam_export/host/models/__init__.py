@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from edgesam_export.host.models import edgesam as _edgesam  # noqa: F401  (registers the spec)
-from edgesam_export.host.models import efficientvit as _efficientvit  # noqa: F401  (registers the specs)
-from edgesam_export.host.models import sam_family as _sam_family  # noqa: F401  (SAM, SlimSAM, MobileSAM)
+from edgesam_export.device.models import ModelSpec, get_spec, list_specs
 from edgesam_export.host.models.checkpoint import (
     LoadedModel,
     detect_family,
@@ -12,16 +10,17 @@ from edgesam_export.host.models.checkpoint import (
     read_checkpoint,
     synth_state_dict,
 )
-from edgesam_export.host.models.registry import ModelSpec, get_spec, list_specs, register
+from edgesam_export.host.models.registry import build_for_state, build_model
 
 __all__ = [
     "LoadedModel",
     "ModelSpec",
+    "build_for_state",
+    "build_model",
     "detect_family",
     "get_spec",
     "list_specs",
     "load_model",
     "read_checkpoint",
-    "register",
     "synth_state_dict",
 ]

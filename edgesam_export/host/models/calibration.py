@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.models import ModelSpec
 from edgesam_export.device.parity import make_test_image
-from edgesam_export.host.models.registry import ModelSpec
 from edgesam_export.host.models.sam_heads import SamModel
 
 

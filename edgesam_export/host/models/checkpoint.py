@@ -8,15 +8,11 @@ family (or no checkpoint at all) is called what it is.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import pickle
 import zipfile
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +20,10 @@ from torch import nn
 
 from edgesam_export.device.artifacts import file_sha256
 from edgesam_export.device.errors import CheckpointError
+from edgesam_export.device.models import ModelSpec, get_spec, load_layout
 from edgesam_export.host.config import SyntheticKind
 from edgesam_export.host.models.identify import identify
-from edgesam_export.host.models.registry import ModelSpec, get_spec
+from edgesam_export.host.models.registry import build_for_state, build_model
 from edgesam_export.host.models.sam_heads import SamModel
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -52,20 +49,6 @@ class LoadedModel:
         if not self.synthetic:
             return "checkpoint"
         return "synthetic-calibrated" if self.calibrated else "synthetic-untrained"
-
-
-@cache
-def load_layout(spec_name: str) -> dict[str, Any]:
-    """The checkpoint layout (key -> shape, dtype) that ships inside the package."""
-    spec = get_spec(spec_name)
-    text = (
-        resources.files("edgesam_export.host.models")
-        .joinpath("layouts")
-        .joinpath(spec.layout)
-        .read_text()
-    )
-    layout: dict[str, Any] = json.loads(text)
-    return layout
 
 
 def synth_tensor(key: str, shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
@@ -306,7 +289,7 @@ def load_model(
     spec = get_spec(model)
     mode = upsample_mode or spec.default_upsample
     if spec.build_from_state is None:
-        net = spec.build(upsample_mode)
+        net = build_model(spec, upsample_mode)
     if checkpoint is None:
         state = synth_state_dict(spec.name, seed)
         calibrated = synthetic == "calibrated"
@@ -318,7 +301,7 @@ def load_model(
         source, is_synthetic, digest, calibrated = str(path), False, file_sha256(path), False
     if spec.build_from_state is not None:  # widths differ per file (SlimSAM)
         try:
-            net = spec.build_for(state, upsample_mode)
+            net = build_for_state(spec, state, upsample_mode)
         except CheckpointError as exc:
             _foreign_error(spec, state, source)
             raise CheckpointError(f"{source}: {exc}") from None

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgesam_export.host.models.registry import ModelSpec, register
 from edgesam_export.host.models.sam_heads import LayerNorm2d, SamModel
 
 UpsampleMode = Literal["bicubic", "bilinear"]
@@ -242,23 +241,3 @@ class RepViTEncoder(nn.Module):
 def build_edge_sam(upsample_mode: UpsampleMode = "bicubic") -> SamModel:
     return SamModel(RepViTEncoder(upsample_mode), num_mask_tokens=4)
 
-
-EDGE_SAM = register(
-    ModelSpec(
-        name="edge_sam",
-        family="EdgeSAM",
-        description="EdgeSAM (RepViT-M1 encoder, 4 mask tokens): edge_sam.pth / edge_sam_3x.pth",
-        img_size=1024,
-        pixel_mean=(123.675, 116.28, 103.53),
-        pixel_std=(58.395, 57.12, 57.375),
-        num_mask_tokens=4,
-        embed_shape=(256, 64, 64),
-        layout="edge_sam.json",
-        signature_prefixes=("image_encoder.features.", "image_encoder.fuse_stage3."),
-        upsample_modes=("bicubic", "bilinear"),
-        checkpoint_format="bare state_dict (edge_sam.pth / edge_sam_3x.pth)",
-        builder=build_edge_sam,
-        verified_targets=("onnx", "coreml"),
-        extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
-    )
-)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgesam_export.host.models.edgesam import MatrixUpsample
-from edgesam_export.host.models.registry import MaskTokens, ModelSpec, register
 from edgesam_export.host.models.sam_heads import LayerNorm2d, SamModel
 
 NORM_EPS = 1e-6  # the zoo's set_norm_eps(model, 1e-6): BatchNorm and LayerNorm, whole model
@@ -375,41 +374,9 @@ def build_efficientvit_sam(variant: Variant) -> SamModel:
     return SamModel(encoder, num_mask_tokens=4, norm_eps=NORM_EPS)
 
 
-# Targets with an export + parity test row per variant (tests/test_families.py ties these to
-# the test tables: L0 in `make test`, the others with `pytest -m heavy`).
-VERIFIED_TARGETS: dict[str, tuple[str, ...]] = {
-    "efficientvit_sam_l0": ("onnx", "coreml"),
-    "efficientvit_sam_l1": ("onnx", "coreml"),
-    "efficientvit_sam_l2": ("onnx", "coreml"),
-    "efficientvit_sam_xl0": ("onnx", "coreml"),
-    "efficientvit_sam_xl1": ("onnx", "coreml"),
-}
+_VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
 
-def _register(variant: Variant) -> ModelSpec:
-    def builder() -> SamModel:
-        return build_efficientvit_sam(variant)
-
-    return register(
-        ModelSpec(
-            name=variant.name,
-            family="EfficientViT-SAM",
-            description=(
-                f"EfficientViT-SAM-{variant.label} ({variant.img_size} input, prompts/masks in"
-                f" the 1024 frame): efficientvit_sam_{variant.label.lower()}.pt"
-            ),
-            img_size=variant.img_size,
-            prompt_frame=1024,
-            normalize="unit",
-            mask_tokens=MaskTokens(count=4, single=(0,), multi=(1, 2, 3)),
-            layout=variant.layout,
-            signature_prefixes=("image_encoder.backbone.stages.", "image_encoder.neck.input_ops."),
-            checkpoint_format="state_dict, bare or under 'state_dict' (weights_only)",
-            builder=builder,
-            verified_targets=VERIFIED_TARGETS.get(variant.name, ("onnx",)),
-            decoder_contracts=("edgesam", "efficientvit"),
-        )
-    )
-
-
-SPECS = tuple(_register(v) for v in VARIANTS)
+def build_variant(name: str) -> SamModel:
+    """The builder the registry names (`device.models`): one variant by its registry name."""
+    return build_efficientvit_sam(_VARIANTS_BY_NAME[name])

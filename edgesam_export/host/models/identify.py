@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgesam_export.host.models.registry import list_specs
+from edgesam_export.device.models import list_specs
 
 _SAM_WIDTHS = {
     768: ("ViT-B", "sam_vit_b"),
@@ -98,7 +98,7 @@ def identify(state: Mapping[str, Any] | Collection[str]) -> Identity | None:
         and all(any(k.startswith(p) for k in keys) for p in spec.signature_prefixes)
     ]
     if len(candidates) > 1:  # variants of one family share their signature: match the layout
-        from edgesam_export.host.models.checkpoint import load_layout
+        from edgesam_export.device.models import load_layout
 
         counters = ".num_batches_tracked"
         wanted = {k for k in keys if not k.endswith(counters)}
