@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgesam_export.device.backends import PRECISION_ROWS, tolerances_for
 from edgesam_export.device.fp16 import (
     FP16_MAX,
     calibration_feeds,
@@ -19,7 +20,6 @@ from edgesam_export.device.fp16 import (
     fp16_report,
     run_emulated,
 )
-from edgesam_export.device.parity import TOLERANCES, tolerances_for
 from edgesam_export.host.config import OnnxOptions
 from edgesam_export.host.models import LoadedModel, load_model
 from edgesam_export.host.targets.onnx import export
@@ -131,7 +131,7 @@ def calibrated_artifacts(tmp_path_factory: pytest.TempPathFactory, calibrated: L
 
 
 def test_calibrated_weights_stay_inside_fp16_tolerance(calibrated_artifacts: Path):
-    """The 'Done when': no overflow, and fp16-emulated errors inside TOLERANCES['tensorrt:fp16']."""
+    """The 'Done when': no overflow, and fp16-emulated errors inside TensorRT's fp16 row."""
     tol, _ = tolerances_for("tensorrt", "fp16")
     enc = onnx.load(str(calibrated_artifacts / "edge_sam_encoder.onnx"))
     feeds, names = calibration_feeds(enc)
@@ -152,8 +152,9 @@ def test_calibrated_weights_stay_inside_fp16_tolerance(calibrated_artifacts: Pat
 
 
 def test_fp16_rows_are_derived_not_copied():
-    assert TOLERANCES["tensorrt:fp16"] == TOLERANCES["onnx:fp16"]
-    assert TOLERANCES["onnx:fp16"]["image_embeddings"] != TOLERANCES["fp16"]["image_embeddings"]
+    assert tolerances_for("tensorrt", "fp16") == tolerances_for("onnx", "fp16")
+    derived, _ = tolerances_for("onnx", "fp16")
+    assert derived["image_embeddings"] != PRECISION_ROWS["fp16"].limits["image_embeddings"]
     assert tolerances_for("onnx", "int8")[1] == 0.85
 
 

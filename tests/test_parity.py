@@ -137,19 +137,3 @@ def test_test_image_is_structured():
     img = make_test_image()
     assert img.shape == (480, 640, 3) and img.dtype == np.uint8
     assert len(np.unique(img.reshape(-1, 3)[:, 0])) > 100  # not flat
-
-
-def test_tolerances_follow_the_artifact_precision_and_backend():
-    from edgesam_export.device.errors import InputError
-    from edgesam_export.device.parity import TOLERANCES, tolerances_for
-
-    fp32, _ = tolerances_for("onnx", "fp32")
-    fp16, iou16 = tolerances_for("onnx", "fp16")
-    assert fp16["image_embeddings"] > fp32["image_embeddings"] and iou16 < 0.99
-    TOLERANCES["demo:fp16"] = {**fp16, "image_embeddings": 1.0}
-    try:
-        assert tolerances_for("demo", "fp16")[0]["image_embeddings"] == 1.0
-    finally:
-        del TOLERANCES["demo:fp16"]
-    with pytest.raises(InputError, match="no parity tolerances"):
-        tolerances_for("onnx", "int4")

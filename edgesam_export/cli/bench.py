@@ -1,8 +1,8 @@
 """`edgesam-bench`: latency of every backend on the same inputs, with its parity verdict.
 
 This module owns the command line: parsing, choosing and opening the backends (the PyTorch
-reference as loaded and with the export's graph rewrites, ONNX, CoreML and TensorRT artifacts
-through `backends.BACKENDS`), timing them interleaved, judging each against the reference
+reference as loaded and with the export's graph rewrites, and every artifact backend of the
+registry, `device.backends`), timing them interleaved, judging each against the reference
 (PyTorch, or the golden sidecar where torch is absent), rendering. Timing and statistics live in
 `device.bench`, shared with `benchmarks/`. Torch is imported only where it is installed
 and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs without it.
@@ -11,7 +11,6 @@ and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs withou
 from __future__ import annotations
 
 import contextlib
-import importlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,9 +35,12 @@ from edgesam_export.cli import (
 )
 from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
 from edgesam_export.device.backends import (
-    BACKENDS,
     OpenedBackend,
+    all_backends,
+    backend_names,
+    get_backend,
     open_artifact_backend,
+    require,
     unavailable,
 )
 from edgesam_export.device.errors import BackendUnavailableError, ExitCode, InputError
@@ -52,12 +54,19 @@ app = typer.Typer(
 )
 
 
-class Backend(str, Enum):
-    torch = "torch"
-    onnx = "onnx"
-    coreml = "coreml"
-    trt = "trt"
-    all = "all"
+ALL = "all"
+_ARTIFACT_BACKENDS = ", ".join(n for b in all_backends() if b.suffixes for n in b.names)
+
+
+def _wanted(backend: str) -> list[str]:
+    """The registry's backends a --backend value names: one (by name or alias), or "all"."""
+    if backend.lower() == ALL:
+        return [b.name for b in all_backends()]
+    allowed = ", ".join((*backend_names(aliases=True), ALL))
+    try:
+        return [get_backend(backend.lower()).name]
+    except InputError:
+        raise InputError(f"--backend {backend!r} is not a backend; allowed: {allowed}") from None
 
 
 class Device(str, Enum):
@@ -164,7 +173,7 @@ def _load_torch(
     from edgesam_export.host.pipeline import torch_available
 
     if not torch_available():
-        return f"torch is not installed here: needs {BACKENDS['torch'].needs}"
+        return f"torch is not installed here: needs {get_backend('torch').install_hint}"
     from edgesam_export.host.config import ModelOptions
     from edgesam_export.host.models import load_model
 
@@ -222,7 +231,7 @@ def _require_cuda() -> None:
 
     if not torch_available():
         raise BackendUnavailableError(
-            f"--device cuda runs the PyTorch columns: needs {BACKENDS['torch'].needs}"
+            f"--device cuda runs the PyTorch columns: needs {get_backend('torch').install_hint}"
         )
     import torch
 
@@ -265,7 +274,7 @@ def _artifact_dir(
     args: dict[str, Any],
 ) -> Iterator[Path | None]:
     """The artifact directory given, or ONNX artifacts exported into a temporary one."""
-    runnable = [b for b in wanted if BACKENDS[b].suffix]
+    runnable = [b for b in wanted if get_backend(b).suffixes]
     if directory is not None or not runnable:
         yield directory
         return
@@ -461,13 +470,12 @@ def _render_everything(runs: list[Any], points_per_side: int, out: Console) -> N
 @app.command(cls=ExitCodeCommand)
 def bench(
     backend: Annotated[
-        Backend,
+        str,
         typer.Option(
             "--backend",
             "-b",
-            case_sensitive=False,
             help="torch (PyTorch as loaded, plus torch-opt: the export's graph rewrites),"
-            " onnx, coreml, trt, or all (every one available here, interleaved).",
+            f" {_ARTIFACT_BACKENDS}, or all (every one available here, interleaved).",
             show_default=False,
         ),
     ],
@@ -588,26 +596,11 @@ def bench(
             )
         if cuda_graphs and device is not Device.cuda:
             raise InputError("--cuda-graphs needs --device cuda")
-        if device is Device.cuda and backend in (Backend.torch, Backend.all):
+        wanted = _wanted(backend)
+        if device is Device.cuda and "torch" in wanted:
             _require_cuda()  # before loading anything
-        wanted = list(BACKENDS) if backend is Backend.all else [backend.value]
-        if backend is not Backend.all:  # say so before loading or exporting anything
-            from edgesam_export.device.runtime import artifact_suffixes
-
-            spec = BACKENDS[backend.value]
-            if spec.suffix and spec.suffix not in artifact_suffixes():
-                raise BackendUnavailableError(
-                    f"the {spec.name} backend is not available here: no runtime for"
-                    f" {spec.suffix} artifacts; it needs {spec.needs}"
-                )
-            if spec.module:
-                try:
-                    importlib.import_module(spec.module)
-                except Exception:  # ImportError, or a native library that fails to load
-                    raise BackendUnavailableError(
-                        f"the {spec.name} backend is not available here: {spec.module} does not"
-                        f" import; it needs {spec.needs}"
-                    ) from None
+        if len(wanted) == 1 and get_backend(wanted[0]).suffixes:  # say so before any work
+            require(wanted[0])
         from edgesam_export.device.bench import (
             ENCODER_STAGES,
             Timing,
@@ -643,11 +636,10 @@ def bench(
                     )
                 else:
                     progress(f"opening {name} artifacts")
-                    spec = BACKENDS[name]
                     run.columns.append(
                         _measured(
-                            lambda spec=spec: open_artifact_backend(
-                                spec, folder, precision.value, threads
+                            lambda name=name: open_artifact_backend(
+                                name, folder, precision.value, threads
                             )
                         )
                     )
@@ -657,7 +649,7 @@ def bench(
                 for c in run.columns:
                     err_console.print(f"[bold red]unavailable:[/] {c.name}: {escape(c.reason)}")
                 code = ExitCode.BACKEND_UNAVAILABLE if worst is None else worst.exit_code
-                raise typer.Exit(int(code) if backend is not Backend.all else 6)
+                raise typer.Exit(int(code) if len(wanted) == 1 else 6)
             if run.synthetic or any(
                 c.encoder is not None and c.encoder.metadata.get("weights", "").startswith("synth")
                 for c in live
@@ -739,7 +731,7 @@ def bench(
                 backends_json.append(entry)
             payload: dict[str, Any] = {
                 "machine": machine_info(),
-                "backend": backend.value,
+                "backend": backend.lower(),
                 "settings": {
                     "points": list(counts),
                     "box_batch": box_batch,
@@ -790,7 +782,7 @@ def bench(
                 )
                 out.print(f"report: [bold]{page}[/]")
             failed = [name for name, (rep, _) in parity.items() if not rep.passed]
-            if backend is not Backend.all and not run.columns[0].available:
+            if len(wanted) == 1 and not run.columns[0].available:
                 raise typer.Exit(run.columns[0].exit_code)
             if failed:
                 err_console.print(f"[bold red]parity FAILED:[/] {', '.join(failed)}")

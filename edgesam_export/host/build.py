@@ -191,7 +191,7 @@ def apply_tolerances(report: ParityReport, overrides: dict[str, float]) -> None:
     """Re-judge comparisons under a recipe's tighter tolerances; a looser one is an error."""
     if not overrides:
         return
-    from edgesam_export.device.parity import tolerances_for
+    from edgesam_export.device.backends import tolerances_for
 
     for c in report.comparisons:
         if c.check not in overrides:
@@ -202,7 +202,7 @@ def apply_tolerances(report: ParityReport, overrides: dict[str, float]) -> None:
             raise InputError(
                 f"parity tolerance {c.check}: {tol:g} is looser than the {c.backend}"
                 f" {c.precision} default {default[c.check]:g}; a recipe may only tighten"
-                " tolerances (derive a looser row in parity.TOLERANCES instead)"
+                " tolerances (derive a looser row in device/backends.py instead)"
             )
         ok = c.metrics["max_abs"] <= tol and "shape_mismatch" not in c.metrics
         if "min_mask_iou" in c.metrics:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgesam_export.device.backends import CHECKS
 from edgesam_export.device.errors import InputError
 from edgesam_export.host.config import (
     CoreMLOptions,
@@ -32,13 +33,6 @@ from edgesam_export.host.config import (
 )
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # target and folder names: safe on every filesystem
-
-
-def parity_checks() -> tuple[str, ...]:
-    """The check names a recipe may set tolerances for (those of parity.TOLERANCES)."""
-    from edgesam_export.device.parity import TOLERANCES
-
-    return tuple(TOLERANCES["fp32"])
 
 
 class _Strict(BaseModel):
@@ -74,13 +68,14 @@ class Parity(_Strict):
     tolerances: dict[str, float] = Field(
         default_factory=dict,
         description="Per-check max |candidate - reference|, e.g. {decoder.masks: 5e-5}. May only"
-        " tighten the tolerances of parity.TOLERANCES for the artifact's backend and precision.",
+        " tighten the registry's tolerance row (device/backends.py) for the artifact's backend and"
+        " precision.",
     )
 
     @field_validator("tolerances")
     @classmethod
     def _known_checks(cls, v: dict[str, float]) -> dict[str, float]:
-        known = parity_checks()
+        known = CHECKS
         for key, value in v.items():
             if key not in known:
                 raise ValueError(f"unknown parity check {key!r}; allowed: {', '.join(known)}")

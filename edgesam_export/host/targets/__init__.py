@@ -1,7 +1,8 @@
 """Backends behind one small interface: `Target.export(loaded, graph, options) -> Artifact`.
 
-A new backend is one module here plus one runtime session in `device.runtime`; the CLI,
-recipes and the parity checker find it through `get_target`.
+Each target module defines `TARGET`; the backend registry (`device.backends`) names it in the
+backend's entry, and `get_target` reads it from there, so the CLI, recipes and build find a new
+backend's exporter with no change here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact
-from edgesam_export.device.errors import InputError
 from edgesam_export.host.config import ExportOptions, GraphKind
 
 if TYPE_CHECKING:  # keeps targets.tensorrt (ONNX -> engine) importable without torch
@@ -21,8 +22,7 @@ if TYPE_CHECKING:  # keeps targets.tensorrt (ONNX -> engine) importable without 
 
 @dataclass(frozen=True)
 class Target:
-    name: str
-    suffix: str  # file or bundle suffix of the artifacts, e.g. ".onnx"
+    name: str  # the backend's canonical name in the registry
     export: Callable[[LoadedModel, GraphKind, ExportOptions], Artifact]
 
 
@@ -36,12 +36,8 @@ def artifact_path(
 
 
 def get_target(name: str) -> Target:
-    if name == "onnx":
-        from edgesam_export.host.targets.onnx import TARGET
-
-        return TARGET
-    if name == "coreml":
-        from edgesam_export.host.targets.coreml import TARGET as COREML
-
-        return COREML
-    raise InputError(f"unknown target {name!r}; available: onnx, coreml")
+    """The exporter of a backend named (or aliased) `name`, as its registry entry says."""
+    target = backends.get_target(name)
+    if not isinstance(target, Target):
+        raise TypeError(f"the registry's exporter for {name!r} is not a Target: {target!r}")
+    return target

@@ -323,4 +323,4 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     )
 
 
-TARGET = Target(name="coreml", suffix=".mlpackage", export=export)
+TARGET = Target(name="coreml", export=export)

@@ -346,4 +346,4 @@ def _trace(
     return onnx.load(str(target), load_external_data=True)
 
 
-TARGET = Target(name="onnx", suffix=".onnx", export=export)
+TARGET = Target(name="onnx", export=export)

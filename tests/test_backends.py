@@ -1,0 +1,165 @@
+"""The backend registry is the only table of backends: every reader sees the same entries."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+from edgesam_export.device import backends, runtime
+from edgesam_export.device.backends import (
+    Backend,
+    ToleranceRow,
+    availability,
+    backend_for_path,
+    get_backend,
+    tolerance_row,
+    tolerances_for,
+)
+from edgesam_export.device.errors import BackendUnavailableError, ExitCode, InputError
+from edgesam_export.device.runtime.base import Session
+
+
+class FakeSession(Session):
+    """Stands in for a runtime: records what it was opened with."""
+
+    opened: ClassVar[list[tuple[Path, dict[str, object]]]] = []
+
+    def __init__(self, path: Path, **kwargs: object) -> None:
+        FakeSession.opened.append((path, kwargs))
+        super().__init__("encoder", [], [], {"graph": "encoder"})
+
+    def _run(self, feeds):  # type: ignore[no-untyped-def]
+        return {}
+
+
+def _fake_export(loaded, graph, options):  # type: ignore[no-untyped-def]
+    raise AssertionError("not called")
+
+
+def _fake_target():  # type: ignore[no-untyped-def]
+    from edgesam_export.host.targets import Target
+
+    return Target(name="fakert", export=_fake_export)
+
+
+FAKE_TARGET = None  # set by the fixture: the registry imports "module:attr" strings
+
+
+@pytest.fixture
+def fake() -> Iterator[Backend]:
+    global FAKE_TARGET
+    FAKE_TARGET = _fake_target()
+    entry = backends.register(
+        Backend(
+            name="fakert",
+            aliases=("frt",),
+            suffixes=(".fake",),
+            exporter=f"{__name__}:FAKE_TARGET",
+            session=f"{__name__}:FakeSession",
+            requires="edgesam_no_such_module",
+            install_hint="pip install fakert",
+            bench_label="Fake RT",
+        )
+    )
+    try:
+        yield entry
+    finally:
+        backends.unregister("fakert")
+
+
+def test_aliases_resolve_to_one_entry() -> None:
+    assert get_backend("trt") is get_backend("tensorrt")
+    assert get_backend("trt").name == "tensorrt"
+    assert backend_for_path("x_encoder.engine") is get_backend("tensorrt")
+    assert backend_for_path(Path("a/x_decoder.onnx")).name == "onnx"
+    assert backend_for_path("x_decoder.mlpackage").name == "coreml"
+    assert {"torch", "onnx", "coreml", "tensorrt"} <= set(backends.backend_names())
+    assert "trt" in backends.backend_names(aliases=True)
+
+
+def test_unknown_names_list_the_allowed_ones_in_one_line() -> None:
+    with pytest.raises(InputError) as info:
+        get_backend("tflite")
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == ExitCode.BAD_INPUT
+    for name in ("onnx", "coreml", "tensorrt", "trt", "torch"):
+        assert name in message
+    with pytest.raises(InputError, match=r"no runtime for '\.tflite'.*\.engine"):
+        backend_for_path("m_encoder.tflite")
+
+
+def test_runtime_dispatch_reads_the_registry(fake: Backend, tmp_path: Path) -> None:
+    FakeSession.opened.clear()
+    session = runtime.open_session(tmp_path / "m_encoder.fake", threads=2)
+    assert isinstance(session, FakeSession)
+    assert FakeSession.opened == [(tmp_path / "m_encoder.fake", {"threads": 2})]
+    assert ".fake" in runtime.artifact_suffixes()
+
+
+def test_a_registered_backend_is_a_host_target_and_a_bench_choice(fake: Backend) -> None:
+    from edgesam_export.cli.bench import _wanted
+    from edgesam_export.host.targets import get_target
+
+    assert get_target("frt") is FAKE_TARGET
+    assert _wanted("FRT") == ["fakert"]
+    assert "fakert" in _wanted("all")
+    with pytest.raises(InputError, match=r"allowed: .*fakert, frt.*all"):
+        _wanted("nope")
+
+
+def test_unknown_bench_backend_exits_3_in_one_line() -> None:
+    from edgesam_export.cli.bench import app
+
+    result = CliRunner().invoke(app, ["--backend", "tflite"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "tensorrt, trt" in result.stderr and "pydantic" not in result.stderr
+
+
+def test_availability_names_the_module_and_the_install(
+    fake: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = availability("frt")
+    assert "edgesam_no_such_module" in reason and "pip install fakert" in reason
+    with pytest.raises(BackendUnavailableError, match="pip install fakert"):
+        backends.require("fakert")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not importable, even where installed
+    assert "edgesam-export[tensorrt]" in availability("trt")
+    assert availability("onnx") == ""
+
+
+def test_tolerance_rows_come_from_the_backend_then_the_precision(fake: Backend) -> None:
+    fp32, iou32 = tolerances_for("onnx", "fp32")
+    fp16, iou16 = tolerances_for("onnx", "fp16")
+    assert fp16["image_embeddings"] > fp32["image_embeddings"] and iou16 < iou32 == 0.99
+    assert tolerances_for("trt", "fp16") == tolerances_for("tensorrt", "fp16") == (fp16, iou16)
+    # a backend without its own rows is judged by the precision's rows
+    assert tolerances_for("fakert", "fp16") == tolerances_for("torch", "fp16")
+    assert tolerances_for("fakert", "fp16") != (fp16, iou16)
+    with pytest.raises(InputError, match="no parity tolerances for precision 'int4'"):
+        tolerances_for("onnx", "int4")
+    with pytest.raises(InputError, match="unknown backend"):
+        tolerances_for("tflite", "fp32")
+
+
+def test_every_row_is_measured_or_labelled_an_estimate() -> None:
+    rows = [r for b in backends.all_backends() for r in b.tolerances.values()]
+    rows += list(backends.PRECISION_ROWS.values())
+    for row in rows:
+        assert bool(row.measured) != row.estimate
+        assert set(row.limits) <= set(backends.CHECKS)
+    assert tolerance_row("torch", "bf16").estimate
+    assert "0.9926" in tolerance_row("tensorrt", "fp16").measured
+    with pytest.raises(ValueError, match="measured"):
+        ToleranceRow({"image_embeddings": 1.0}, 0.9)
+
+
+def test_names_and_suffixes_are_registered_once(fake: Backend) -> None:
+    with pytest.raises(ValueError, match="already registered: trt"):
+        backends.register(Backend(name="trt2", aliases=("trt",)))
+    with pytest.raises(ValueError, match="suffix already claimed"):
+        backends.register(Backend(name="onnx2", suffixes=(".onnx",)))
