@@ -101,17 +101,87 @@ def test_bad_input_exit_3(tmp_path: Path, args, needle):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def _one_line_error(result) -> str:
+    """The whole output of a refused value: one line, no pydantic text, no documentation URL."""
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    for word in ("pydantic", "http", "Value error", "validation error", "Usage:", "Traceback"):
+        assert word not in result.output, result.output
+    return lines[0]
+
+
 @pytest.mark.parametrize(
-    "args",
-    [["onnx", "--upsample", "nearest"], ["onnx", "--opset", "x"], ["parity", "--reference", "x"]],
+    ("args", "allowed"),
+    [
+        (["onnx", "--precision", "fp8"], "--precision: 'fp8'; allowed: fp32, fp16"),
+        (["onnx", "--opset", "5"], "--opset: 5; allowed: 11..21"),
+        (["onnx", "--quantize", "int4"], "--quantize: 'int4'; allowed: int8"),
+        (["onnx", "--decoder-contract", "sam"], "allowed: edgesam, official, efficientvit"),
+        (["coreml", "--minimum-deployment-target", "iOS9"], "'iOS9'; allowed: iOS15, iOS16"),
+        (["onnx", "--upsample", "nearest"], "--upsample: 'nearest'; allowed: bicubic, bilinear"),
+        (["coreml", "--max-batch", "0"], "--max-batch: '0'; allowed: 1..16"),
+        (["onnx", "--opset", "x"], "--opset: 'x'"),
+        (["parity", "--reference", "x"], "--reference: 'x'; allowed: auto, torch, golden"),
+    ],
 )
-def test_bad_option_values_exit_3_like_every_bad_value(tmp_path: Path, args):
-    """One table: a value Click rejects exits 3 (bad input), as `--opset 5` does."""
-    result = runner.invoke(app, [*args, "-o", str(tmp_path)] if args[0] == "onnx" else args)
+def test_bad_option_values_are_one_line_naming_the_allowed_values(tmp_path: Path, args, allowed):
+    """Fault 10: `--precision fp8`, `--opset 5` and `--minimum-deployment-target iOS9` printed
+    pydantic's multi-line text with an errors.pydantic.dev URL; Typer's own refusals printed a
+    usage block. Every bad value now ends the same way: one line naming the allowed values."""
+    result = runner.invoke(app, [*args, "-o", str(tmp_path)] if args[0] != "parity" else args)
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
-    if "--upsample" in args:
-        assert "bicubic" in result.output and "bilinear" in result.output
+    line = _one_line_error(result)
+    assert line.startswith("error: invalid value for ") and allowed in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "flags"),
+    [
+        (["onnx", "CKPT", "--seed", "3"], "--seed only apply"),
+        (["onnx", "CKPT", "--synthetic", "random"], "--synthetic only apply"),
+        (["coreml", "CKPT", "--seed", "0", "--synthetic", "calibrated"], "--seed and --synthetic"),
+        (["onnx", "--encoder", "--use-stability-score"], "--use-stability-score applies to the"),
+        (["onnx", "--encoder", "--decoder-contract", "official"], "--decoder-contract applies"),
+        (["onnx", "--encoder", "--return-single-mask"], "--return-single-mask applies"),
+        (["coreml", "--encoder", "--max-batch", "4"], "--max-batch applies to the decoder"),
+    ],
+)
+def test_a_flag_that_would_be_ignored_is_an_error(tmp_path: Path, args, flags):
+    """Fault 10: `--seed`/`--synthetic` with a checkpoint and decoder options with `--encoder`
+    were silently ignored; now they exit 3 naming the flag, before any model is loaded."""
+    ckpt = tmp_path / "edge_sam.pth"
+    ckpt.write_bytes(b"never read: the flags are refused first")
+    out = tmp_path / "out"
+    args = [str(ckpt) if a == "CKPT" else a for a in args]
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert flags in _one_line_error(result)
+    assert not out.exists()
+
+
+def test_unknown_model_fails_before_anything_prints(tmp_path: Path):
+    """Fault 10: `--model sam_vit_z` printed the synthetic-weights banner and a load message
+    before its error; now the error is the only line."""
+    result = runner.invoke(app, ["onnx", "--model", "sam_vit_z", "-o", str(tmp_path)])
+    assert result.exit_code == ExitCode.BAD_INPUT
+    line = _one_line_error(result)
+    assert "unknown model 'sam_vit_z'" in line and "edge_sam" in line
+    assert "SYNTHETIC" not in result.output and "loading" not in result.output
+
+
+def test_simplifier_is_the_one_simplify_option():
+    """`--simplify/--no-simplify` said what `--simplifier` says; only `--simplifier` is left,
+    and an options object (a recipe) with `simplify` is refused as an unknown key."""
+    from pydantic import ValidationError
+
+    from edgesam_export.host.config import OnnxOptions
+
+    help_text = runner.invoke(app, ["onnx", "--help"]).output
+    assert "--simplifier" in help_text and "--no-simplify" not in help_text
+    assert runner.invoke(app, ["onnx", "--no-simplify"]).exit_code == ExitCode.USAGE
+    with pytest.raises(ValidationError, match="simplify"):
+        OnnxOptions(simplify=False)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("args", [["onnx", "--no-such-option"], ["no-such-command"], ["parity"]])

@@ -98,7 +98,7 @@ def test_every_target_kind_is_an_options_class() -> None:
         (
             "name: a\ntargets:\n  - name: t\n    kind: onnx\n    options:\n      grafs: []\n",
             "r.yaml:6:7: targets[0].options.grafs: unknown key 'grafs'; allowed: graphs,"
-            " use_stability_score, opset, simplify, simplifier",
+            " use_stability_score, opset, simplifier",
         ),
         (
             "name: a\ntargets:\n  - name: t\n    kind: tflite\n",
@@ -133,11 +133,6 @@ def test_every_target_kind_is_an_options_class() -> None:
             "r.yaml:5:14: targets[0].options: options.output is set by the build",
         ),
         (
-            "name: a\ntargets:\n  - name: t\n    kind: onnx\n"
-            "    options: {simplify: false, simplifier: onnxsim}\n",
-            "simplify=false contradicts simplifier='onnxsim'",
-        ),
-        (
             "name: a\nparity:\n  tolerances: {masks: 1.0e-3}\ntargets: [{name: t, kind: onnx}]\n",
             "r.yaml:3:15: parity.tolerances: unknown parity check 'masks'; allowed: image_emb",
         ),
@@ -164,7 +159,6 @@ def test_every_target_kind_is_an_options_class() -> None:
         "missing-name",
         "duplicate-target",
         "output-in-options",
-        "simplify-contradiction",
         "unknown-parity-check",
         "duplicate-key",
         "yaml-syntax",

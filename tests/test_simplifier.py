@@ -15,16 +15,6 @@ from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device import manifest as mf
-from edgesam_export.host.config import OnnxOptions
-
-
-def test_simplify_flag_and_simplifier_agree() -> None:
-    assert OnnxOptions().simplifier == "onnxslim"
-    assert OnnxOptions(simplify=False).simplifier == "none"
-    assert OnnxOptions(simplifier="none").simplify is False
-    assert OnnxOptions(simplifier="onnxsim").simplify is True
-    with pytest.raises(ValueError, match="contradicts"):
-        OnnxOptions(simplify=False, simplifier="onnxsim")
 
 
 def test_missing_onnxsim_is_exit_6_naming_the_install(
@@ -47,13 +37,6 @@ def test_missing_onnxsim_is_exit_6_naming_the_install(
     assert result.exit_code == 6, result.output
     assert "pip install onnxsim" in result.stderr
     assert not any(p.suffix == ".onnx" for p in tmp_path.iterdir())
-
-
-def test_contradictory_flags_are_exit_3(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app, ["onnx", "--no-simplify", "--simplifier", "onnxsim", "-o", str(tmp_path)]
-    )
-    assert result.exit_code == 3 and "contradicts" in result.stderr
 
 
 def test_no_verify_export_does_not_keep_a_stale_parity_verdict(tmp_path: Path) -> None:

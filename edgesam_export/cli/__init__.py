@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgesam_export.device.errors import EdgeSamExportError, ExitCode
+from edgesam_export.cli.options import input_error
+from edgesam_export.device.errors import EdgeSamExportError, ExitCode, InputError
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -29,11 +31,13 @@ def guarded(debug: bool = False) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except EdgeSamExportError as exc:
+    except (EdgeSamExportError, ValidationError) as exc:
         if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
             err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(int(exc.exit_code)) from None
+        # an option object that refused a value is bad input, said in one line
+        error = input_error(exc) if isinstance(exc, ValidationError) else exc
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}")
+        raise typer.Exit(int(error.exit_code)) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: nothing half-written was left in place[/]")
         raise typer.Exit(130) from None
@@ -82,7 +86,12 @@ CkptArg = Annotated[
         show_default=False,
     ),
 ]
-SeedOpt = Annotated[int, typer.Option(min=0, help="Synthetic-weight seed (only without CKPT).")]
+SeedOpt = Annotated[
+    Optional[int],  # noqa: UP045  (None: not given; a seed with CKPT would be ignored)
+    typer.Option(
+        min=0, help="Synthetic-weight seed (only without CKPT) [default: 0].", show_default=False
+    ),
+]
 
 
 class Synthetic(str, Enum):
@@ -91,11 +100,13 @@ class Synthetic(str, Enum):
 
 
 SyntheticOpt = Annotated[
-    Synthetic,
+    Optional[Synthetic],  # noqa: UP045
     typer.Option(
         case_sensitive=False,
         help="Synthetic weights (only without CKPT): calibrated (BatchNorm statistics fitted so"
-        " activations stay fp16-safe, like trained weights) or random (the fixture rule as drawn).",
+        " activations stay fp16-safe, like trained weights; the default) or random (the fixture"
+        " rule as drawn).",
+        show_default=False,
     ),
 ]
 UpsampleOpt = Annotated[
@@ -116,6 +127,51 @@ JsonOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name.")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory.")]
+
+
+def model_options(
+    checkpoint: Path | None,
+    model: str,
+    *,
+    seed: int | None = None,
+    synthetic: Synthetic | None = None,
+    upsample: Upsample | None = None,
+    strict: bool = False,
+) -> Any:
+    """The `ModelOptions` of an export command, refused before anything prints or loads.
+
+    `--seed` and `--synthetic` choose synthetic weights: with CKPT they would be silently
+    ignored, so they are an error; an unknown `--model` fails here, before the synthetic-weights
+    banner and the load message (the registry needs torch, which every export needs anyway).
+    """
+    given = [n for n, v in (("--seed", seed), ("--synthetic", synthetic)) if v is not None]
+    if checkpoint is not None and given:
+        raise InputError(
+            f"{' and '.join(given)} only apply to synthetic weights and would be ignored with"
+            f" CKPT {checkpoint}; drop {'them' if len(given) > 1 else 'it'}"
+        )
+    from edgesam_export.host.config import ModelOptions
+    from edgesam_export.host.models import get_spec
+
+    options = ModelOptions(
+        model=model,
+        checkpoint=checkpoint,
+        seed=0 if seed is None else seed,
+        upsample=None if upsample is None else upsample.value,
+        synthetic=(synthetic or Synthetic.calibrated).value,
+        strict=strict,
+    )
+    get_spec(options.model)
+    return options
+
+
+def announce_synthetic(options: Any) -> None:
+    """Say loudly, before exporting, that weights without a checkpoint are untrained."""
+    if options.checkpoint is None:
+        err_console.print(
+            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED weights"
+            f" ({options.synthetic}, seed {options.seed}). Masks will not follow the image.[/]"
+        )
 
 
 def render_parity(report: Any, out: Console) -> None:

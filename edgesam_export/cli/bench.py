@@ -31,6 +31,7 @@ from edgesam_export.cli import (
     err_console,
     guarded,
     human_console,
+    model_options,
     progress,
 )
 from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
@@ -167,14 +168,13 @@ def _load_torch(
     directory: Path | None,
     model: str,
     upsample: Any,
-    seed: int,
+    seed: int | None,
 ) -> str:
     """Load the PyTorch model into `run.loaded`; returns why not ("" when loaded)."""
     from edgesam_export.host.pipeline import torch_available
 
     if not torch_available():
         return f"torch is not installed here: needs {get_backend('torch').install_hint}"
-    from edgesam_export.host.config import ModelOptions
     from edgesam_export.host.models import load_model
 
     if directory is not None and checkpoint is None:
@@ -183,21 +183,12 @@ def _load_torch(
             return f"no artifact metadata in {directory} to rebuild the PyTorch model from"
         if not all(m.get("weights", "").startswith("synthetic") for m in metas):
             return "the artifacts came from a checkpoint: pass it as CKPT to time PyTorch"
-    try:
-        if directory is not None:
-            from edgesam_export.host.pipeline import model_options_from_metadata
+    if directory is not None:
+        from edgesam_export.host.pipeline import model_options_from_metadata
 
-            opts = model_options_from_metadata(checkpoint, _recorded_metadata(directory))
-        else:
-            opts = ModelOptions(
-                model=model,
-                checkpoint=checkpoint,
-                seed=seed,
-                upsample=None if upsample is None else upsample.value,
-                synthetic="calibrated",
-            )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+        opts = model_options_from_metadata(checkpoint, _recorded_metadata(directory))
+    else:
+        opts = model_options(checkpoint, model, seed=seed, upsample=upsample)
     progress(
         f"loading {opts.model} from {opts.checkpoint or f'synthetic weights (seed {opts.seed})'}"
     )
@@ -283,21 +274,14 @@ def _artifact_dir(
     if not torch_available():
         yield None
         return
-    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     with tempfile.TemporaryDirectory(prefix="edgesam-bench-") as tmp:
-        try:
-            mopts = ModelOptions(
-                model=args["model"],
-                checkpoint=checkpoint,
-                seed=args["seed"],
-                upsample=None if args["upsample"] is None else args["upsample"].value,
-                synthetic="calibrated",
-            )
-            eopts = OnnxOptions(output=Path(tmp))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        mopts = model_options(
+            checkpoint, args["model"], seed=args["seed"], upsample=args["upsample"]
+        )
+        eopts = OnnxOptions(output=Path(tmp))
         loaded, _ = export_artifacts(mopts, "onnx", eopts, progress)
         run.synthetic = run.synthetic or loaded.synthetic
         yield Path(tmp)
@@ -540,7 +524,7 @@ def bench(
         typer.Option(help="Same as giving ARTIFACT_DIR.", show_default=False),
     ] = None,
     upsample: UpsampleOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     json_path: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(

@@ -17,18 +17,17 @@ from edgesam_export.cli import (
     ModelOpt,
     OutputOpt,
     SeedOpt,
-    Synthetic,
     SyntheticOpt,
     UpsampleOpt,
+    announce_synthetic,
     emit_json,
-    err_console,
     guarded,
     human_console,
+    model_options,
     parity_exit,
     progress,
     render_parity,
 )
-from edgesam_export.device.errors import InputError
 
 
 class Precision(str, Enum):
@@ -119,8 +118,8 @@ def coreml_cmd(
     ] = False,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
-    seed: SeedOpt = 0,
-    synthetic: SyntheticOpt = Synthetic.calibrated,
+    seed: SeedOpt = None,
+    synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -129,41 +128,28 @@ def coreml_cmd(
     Same input/output names and semantics as the ONNX graphs. Parity runs on the saved
     packages: with the CoreML runtime on macOS, with the numpy MIL executor elsewhere.
     """
-    from edgesam_export.host.config import CoreMLOptions, ModelOptions
+    from edgesam_export.host.config import CoreMLOptions
     from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
-        try:
-            mopts = ModelOptions(
-                model=model,
-                checkpoint=checkpoint,
-                seed=seed,
-                upsample=None if upsample is None else upsample.value,
-                synthetic=synthetic.value,
-            )
-            eopts = CoreMLOptions(
-                graphs=graphs or ("encoder", "decoder"),
-                use_stability_score=use_stability_score,
-                precision=precision.value,
-                quantize=None if quantize is None else quantize.value,
-                max_points=max_points,
-                max_batch=max_batch,
-                point_shapes=point_shapes.value,
-                gelu_approximate=gelu_approximate,
-                minimum_deployment_target=minimum_deployment_target,
-                output=output,
-            )
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
+        eopts = CoreMLOptions(
+            graphs=graphs or ("encoder", "decoder"),
+            use_stability_score=use_stability_score,
+            precision=precision.value,
+            quantize=None if quantize is None else quantize.value,
+            max_points=max_points,
+            max_batch=max_batch,
+            point_shapes=point_shapes.value,
+            gelu_approximate=gelu_approximate,
+            minimum_deployment_target=minimum_deployment_target,
+            output=output,
+        )
         from edgesam_export.host.targets.coreml import deployment_target
 
         deployment_target(eopts)  # an impossible combination fails before any work
-        if checkpoint is None:
-            err_console.print(
-                "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED"
-                f" weights ({synthetic.value}, seed {seed}). Masks will not follow the image.[/]"
-            )
+        announce_synthetic(mopts)
         t0 = time.perf_counter()
         loaded, artifacts = export_artifacts(mopts, "coreml", eopts, progress)
         export_s = time.perf_counter() - t0

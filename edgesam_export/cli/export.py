@@ -19,13 +19,14 @@ from edgesam_export.cli import (
     ModelOpt,
     OutputOpt,
     SeedOpt,
-    Synthetic,
     SyntheticOpt,
     UpsampleOpt,
+    announce_synthetic,
     emit_json,
     err_console,
     guarded,
     human_console,
+    model_options,
     parity_exit,
     progress,
     render_parity,
@@ -73,9 +74,6 @@ def onnx_cmd(
     ] = False,
     upsample: UpsampleOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    simplify: Annotated[
-        bool, typer.Option(help="Simplify (--no-simplify = --simplifier none).")
-    ] = True,
     simplifier: Annotated[
         Optional[Simplifier],  # noqa: UP045
         typer.Option(help="onnxslim (default), onnxsim or none.", show_default=False),
@@ -93,8 +91,8 @@ def onnx_cmd(
     verify: Annotated[bool, typer.Option(help="Run the parity check after export.")] = True,
     output: OutputOpt = Path("artifacts"),
     model: ModelOpt = "edge_sam",
-    seed: SeedOpt = 0,
-    synthetic: SyntheticOpt = Synthetic.calibrated,
+    seed: SeedOpt = None,
+    synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
     decoder_contract: Annotated[
@@ -122,40 +120,27 @@ def onnx_cmd(
     ] = False,
 ) -> None:
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
-    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
-        try:
-            mopts = ModelOptions(
-                model=model,
-                checkpoint=checkpoint,
-                seed=seed,
-                upsample=None if upsample is None else upsample.value,
-                synthetic=synthetic.value,
-                strict=strict,
-            )
-            eopts = OnnxOptions(
-                graphs=graphs or ("encoder", "decoder"),
-                use_stability_score=use_stability_score,
-                opset=opset,
-                simplify=simplify,
-                **({} if simplifier is None else {"simplifier": simplifier.value}),
-                gelu_approximate=gelu_approximate,
-                output=output,
-                precision=precision,  # type: ignore[arg-type]
-                quantize=quantize,  # type: ignore[arg-type]
-                decoder_contract=decoder_contract,  # type: ignore[arg-type]
-                return_single_mask=return_single_mask,
-            )
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        if checkpoint is None:
-            err_console.print(
-                "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED"
-                f" weights ({synthetic.value}, seed {seed}). Masks will not follow the image.[/]"
-            )
+        mopts = model_options(
+            checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample, strict=strict
+        )
+        eopts = OnnxOptions(
+            graphs=graphs or ("encoder", "decoder"),
+            use_stability_score=use_stability_score,
+            opset=opset,
+            **({} if simplifier is None else {"simplifier": simplifier.value}),
+            gelu_approximate=gelu_approximate,
+            output=output,
+            precision=precision,  # type: ignore[arg-type]
+            quantize=quantize,  # type: ignore[arg-type]
+            decoder_contract=decoder_contract,  # type: ignore[arg-type]
+            return_single_mask=return_single_mask,
+        )
+        announce_synthetic(mopts)
         t0 = time.perf_counter()
         loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
         export_s = time.perf_counter() - t0

@@ -19,6 +19,7 @@ from edgesam_export.cli import (
     emit_json,
     guarded,
     human_console,
+    model_options,
     progress,
 )
 from edgesam_export.device.errors import ExportFailedError, InputError
@@ -231,8 +232,8 @@ def trt_cmd(
         "artifacts"
     ),
     model_name: ModelNameOpt = "edge_sam",
-    seed: SeedOpt = 0,
-    synthetic: SyntheticOpt = Synthetic.calibrated,
+    seed: SeedOpt = None,
+    synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -346,25 +347,16 @@ def _export_onnx(
     stability: bool,
     upsample: Any,
     output: Path,
-    seed: int,
-    synthetic: Synthetic,
+    seed: int | None,
+    synthetic: Synthetic | None,
 ) -> list[Path]:
-    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
-    try:
-        mopts = ModelOptions(
-            model=model,
-            checkpoint=checkpoint,
-            seed=seed,
-            upsample=None if upsample is None else upsample.value,
-            synthetic=synthetic.value,
-        )
-        eopts = OnnxOptions(
-            graphs=graphs or ("encoder", "decoder"), use_stability_score=stability, output=output
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
+    eopts = OnnxOptions(
+        graphs=graphs or ("encoder", "decoder"), use_stability_score=stability, output=output
+    )
     _, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
     return [a.path for a in artifacts]

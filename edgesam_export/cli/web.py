@@ -13,13 +13,14 @@ from edgesam_export.cli import (
     DebugOpt,
     JsonOpt,
     SeedOpt,
-    Synthetic,
     SyntheticOpt,
     UpsampleOpt,
+    announce_synthetic,
     emit_json,
     err_console,
     guarded,
     human_console,
+    model_options,
     progress,
 )
 from edgesam_export.device.errors import InputError
@@ -54,8 +55,8 @@ def web_cmd(
         ),
     ] = True,
     upsample: UpsampleOpt = None,
-    seed: SeedOpt = 0,
-    synthetic: SyntheticOpt = Synthetic.calibrated,
+    seed: SeedOpt = None,
+    synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -137,26 +138,13 @@ def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, A
 
 
 def _exporter(
-    checkpoint: Path | None, model: str, upsample: Any, seed: int, synthetic: Synthetic
+    checkpoint: Path | None, model: str, upsample: Any, seed: int | None, synthetic: Any
 ) -> Any:
-    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
-    try:
-        mopts = ModelOptions(
-            model=model,
-            checkpoint=checkpoint,
-            seed=seed,
-            upsample=None if upsample is None else upsample.value,
-            synthetic=synthetic.value,
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if checkpoint is None:
-        err_console.print(
-            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED weights"
-            f" ({synthetic.value}, seed {seed}). Masks will not follow the image.[/]"
-        )
+    mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
+    announce_synthetic(mopts)
 
     def export(models_dir: Path) -> None:
         export_artifacts(mopts, "onnx", OnnxOptions(output=models_dir), progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -45,6 +45,8 @@ class ExportOptions(BaseModel):
     graphs: tuple[GraphKind, ...] = ("encoder", "decoder")
     use_stability_score: bool = False
     output: Path = Path("artifacts")
+    #: Fields that change only the decoder: a non-default value needs the decoder exported.
+    DECODER_ONLY: ClassVar[tuple[str, ...]] = ("use_stability_score",)
 
     @field_validator("graphs")
     @classmethod
@@ -53,39 +55,34 @@ class ExportOptions(BaseModel):
             raise ValueError("choose at least one graph (encoder, decoder)")
         return tuple(dict.fromkeys(v))
 
+    @model_validator(mode="after")
+    def _decoder_options_need_a_decoder(self) -> ExportOptions:
+        """A decoder option with only the encoder exported would be ignored: say so instead."""
+        if "decoder" not in self.graphs:
+            fields = type(self).model_fields
+            given = [f for f in self.DECODER_ONLY if getattr(self, f) != fields[f].default]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} applies to the decoder, which is not exported;"
+                    " drop it or export the decoder too"
+                )
+        return self
+
 
 DecoderContract = Literal["edgesam", "official", "efficientvit"]
 
 
 class OnnxOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21)
-    simplify: bool = True  # False is simplifier="none" (kept for --no-simplify)
     simplifier: SimplifierKind = "onnxslim"
     gelu_approximate: bool = False  # tanh GELU (EdgeSAM's --gelu-approximate)
     # Decoder I/O: "edgesam" (ours), "official" (segment-anything's SamOnnxModel signature) or
     # "efficientvit" (EfficientViT-SAM's DecoderOnnxModel).
     decoder_contract: DecoderContract = "edgesam"
     return_single_mask: bool = False  # family contracts only: keep one mask, as their exports
+    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "decoder_contract", "return_single_mask")
     # Weights in a `<file>.onnx.data` sidecar: None = when the graph would pass ONNX's 2 GB limit.
     external_data: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _simplify_means_simplifier(cls, data: object) -> object:
-        """`simplify: false` and `simplifier: none` say the same; a contradiction is an error."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if data.get("simplify") is False:
-            if data.get("simplifier", "none") != "none":
-                raise ValueError(
-                    f"simplify=false contradicts simplifier={data['simplifier']!r};"
-                    " use simplifier: none"
-                )
-            data["simplifier"] = "none"
-        elif data.get("simplifier") == "none":
-            data["simplify"] = False
-        return data
 
     # Reduced precision (targets/onnx_precision.py): a real fp16 graph with the fp16-unsafe
     # layers kept fp32, or dynamic int8 quantization; float32 I/O either way.
@@ -124,6 +121,7 @@ class CoreMLOptions(ExportOptions):
     # enumerated: one shape per (B, N) (keeps the Neural Engine); range: RangeDim (CPU/GPU only)
     point_shapes: PointShapes = "enumerated"
     gelu_approximate: bool = False
+    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points", "max_batch", "point_shapes")
     # None: the oldest target the other options allow (iOS18 for enumerated, else iOS16).
     minimum_deployment_target: str | None = None
 
@@ -136,6 +134,28 @@ class CoreMLOptions(ExportOptions):
             if v.lower() == known.lower():
                 return known
         raise ValueError(
-            f"unknown --minimum-deployment-target {v!r};"
-            f" choose one of {', '.join(DEPLOYMENT_TARGETS)}"
+            f"invalid value for minimum_deployment_target: {v!r};"
+            f" allowed: {', '.join(DEPLOYMENT_TARGETS)}"
         )
+
+
+def allowed_values(model: type[BaseModel], field: str) -> str | None:
+    """The values a field accepts, for one-line error messages: its choices or its range."""
+    info = model.model_fields.get(field)
+    if info is None:
+        return None
+    choices = [a for a in _literal_args(info.annotation) if a is not None]
+    if choices:
+        return ", ".join(map(str, choices))
+    low = next((getattr(m, "ge", None) for m in info.metadata if hasattr(m, "ge")), None)
+    high = next((getattr(m, "le", None) for m in info.metadata if hasattr(m, "le")), None)
+    if low is not None or high is not None:
+        return f"{'' if low is None else low}..{'' if high is None else high}"
+    return None
+
+
+def _literal_args(annotation: object) -> tuple[object, ...]:
+    """Literal["a", "b"] and Literal["a"] | None -> their values."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(v for arg in get_args(annotation) for v in _literal_args(arg))
