@@ -142,7 +142,7 @@ def model_options(
 
     `--seed` and `--synthetic` choose synthetic weights: with CKPT they would be silently
     ignored, so they are an error; an unknown `--model` fails here, before the synthetic-weights
-    banner and the load message (the registry needs torch, which every export needs anyway).
+    banner and the load message (the model table is torch-free data).
     """
     given = [n for n, v in (("--seed", seed), ("--synthetic", synthetic)) if v is not None]
     if checkpoint is not None and given:
@@ -150,8 +150,8 @@ def model_options(
             f"{' and '.join(given)} only apply to synthetic weights and would be ignored with"
             f" CKPT {checkpoint}; drop {'them' if len(given) > 1 else 'it'}"
         )
+    from edgesam_export.device.models import get_spec
     from edgesam_export.host.config import ModelOptions
-    from edgesam_export.host.models import get_spec
 
     options = ModelOptions(
         model=model,
