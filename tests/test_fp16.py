@@ -192,7 +192,7 @@ def test_coreml_fp16_report_feeds_follow_the_recorded_preprocessing():
     """The CoreML fp16 report feeds the model's own input: an EfficientViT-SAM-L encoder gets a
     512 input normalised /255, and its decoder gets prompts in the 1024 prompt frame."""
     from edgesam_export.device import processing as P
-    from edgesam_export.device.fp16_report import REPORT_CASES, fp16_report
+    from edgesam_export.device.fp16 import CALIBRATION_CASES, coreml_fp16_report
     from edgesam_export.device.parity import make_test_image, prompt_cases
 
     meta = {
@@ -218,14 +218,82 @@ def test_coreml_fp16_report_feeds_follow_the_recorded_preprocessing():
                 return {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32)}
             return {}
 
-    fp16_report(Fake("encoder"), [("decoder", Fake("decoder"))])
+    coreml_fp16_report(Fake("encoder"), [("decoder", Fake("decoder"))])
     params = P.Preprocessing.from_metadata(meta)
     expected, info = P.preprocess(make_test_image(), params=params)
     (enc_feeds,) = seen["encoder"]
     assert enc_feeds["image"].shape == (1, 3, 512, 512)
     np.testing.assert_array_equal(enc_feeds["image"], expected)
-    cases = [c for c in prompt_cases(1024, info.input_size) if c.name in REPORT_CASES]
+    cases = [c for c in prompt_cases(1024, info.input_size) if c.name in CALIBRATION_CASES]
     assert len(seen["decoder"]) == len(cases) > 0
     for case, feeds in zip(cases, seen["decoder"], strict=True):
         np.testing.assert_array_equal(feeds["point_coords"], case.point_coords)
     assert max(float(f["point_coords"].max()) for f in seen["decoder"]) > 512
+
+
+def _scaled(values: np.ndarray) -> onnx.ModelProto:
+    """y = x * 1 (node /id): a graph whose one tracked tensor holds exactly `values`."""
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "one"], ["y"], name="/id")],
+        "scaled",
+        [helper.make_tensor_value_info("x", F, list(values.shape))],
+        [helper.make_tensor_value_info("y", F, list(values.shape))],
+        initializer=[one],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+# (values, expected flags): a GELU-like tail next to O(1) values flushes but is harmless; a
+# whole tensor below fp16's normal range underflows; 3e4 is near overflow; 7e4 overflows.
+_CRITERION_CASES = {
+    "harmless tail": (np.array([3.0, -1e-9, -1e-12, 0.5]), (False, False, False)),
+    "underflow": (np.array([3e-6, -2e-6, 1e-6, 4e-5]), (False, False, True)),
+    "near overflow": (np.array([3e4, 1.0, -2.0, 0.5]), (False, True, False)),
+    "overflow": (np.array([7e4, 1.0, -2.0, 0.5]), (True, True, False)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CRITERION_CASES))
+def test_one_criterion_for_onnx_graphs_and_coreml_ops(case: str):
+    """Both callers judge the same values the same way (they once used two criteria: the
+    CoreML report called 3e4 safe while the ONNX report pinned it, and the ONNX report never
+    used its documented flush share)."""
+    from edgesam_export.device.fp16 import TensorRange, classify, op_summary
+
+    values, (overflow, near, under) = _CRITERION_CASES[case]
+    x = values.astype(np.float32)[None]
+    recorded = TensorRange("mul", "/id")
+    recorded.update(x)
+    verdict = classify(recorded)
+    assert (verdict.overflow, verdict.near_overflow, verdict.underflow) == (overflow, near, under)
+    summary = op_summary({"y": recorded})
+    assert summary["safe"] == (not verdict.unsafe)
+    assert bool(summary["underflow"]) == under
+    assert bool(summary["overflow"] or summary["near_overflow"]) == near
+
+    (layer,) = fp16_report(_scaled(x), [{"x": x}], [case]).layers
+    assert (layer.overflow, layer.near_overflow, layer.underflow) == (overflow, near, under)
+    assert layer.lost_share == recorded.lost_share  # counted in the graph, the same rule
+    assert layer.flushed_share == recorded.flushed_share
+    assert layer.absmax == recorded.max_abs
+
+
+def test_tensor_range_counts():
+    """`lost` counts only values that matter for their op; `flushed` those fp16 rounds to 0."""
+    from edgesam_export.device.fp16 import TensorRange
+
+    tail = TensorRange("gelu", "tail")
+    tail.update(np.array([3.0, -1e-9, -1e-12, 0.5], np.float32))
+    assert tail.flushed == 2 and tail.lost == 0 and tail.count == 4
+    small = TensorRange("mul", "small")
+    small.update(np.array([3e-6, -2e-6, 1e-6, 4e-5], np.float32))
+    assert small.lost == 4 and small.min_nonzero_abs == np.float32(1e-6)
+
+
+def test_underflow_is_reported_not_pinned():
+    """Underflow costs bits, not infs: listed in the report, never an fp32 pin."""
+    x = np.array([[3e-6, -2e-6, 1e-6, 4e-5]], np.float32)
+    report = fp16_report(_scaled(x), [{"x": x}], ["tiny"])
+    assert report.underflowing == ["/id"] and report.pins == []
+    assert report.to_json()["underflow"] == ["/id"]

@@ -22,9 +22,10 @@ pytest.importorskip("coremltools")
 
 from edgesam_export.cli.export import app
 from edgesam_export.device.errors import InputError
+from edgesam_export.device.fp16 import TensorRange
 from edgesam_export.device.runtime import open_session
 from edgesam_export.device.runtime.coreml import MIL_EXECUTOR, CoreMLSession
-from edgesam_export.device.runtime.mil import OpRange, read_spec
+from edgesam_export.device.runtime.mil import read_spec
 from edgesam_export.host.config import CoreMLOptions
 from edgesam_export.host.models import LoadedModel, load_model
 from edgesam_export.host.pipeline import verify_artifacts
@@ -113,15 +114,15 @@ def test_bicubic_encoder_matches_golden_and_fp16_report_flags_random_weights(
 ) -> None:
     """The trained (bicubic) neck survives CoreML conversion exactly; on the fixture's random
     weights (activations ~4e7) the fp16 safety report lists overflowing ops."""
-    from edgesam_export.device.fp16_report import _summary
+    from edgesam_export.device.fp16 import op_summary
 
     enc = _mil(fp32_pair / "edge_sam_encoder.mlpackage")
     assert enc.runtime_label == MIL_EXECUTOR
-    record: dict[str, OpRange] = {}
+    record: dict[str, TensorRange] = {}
     emb = enc.run_recorded({"image": golden0["input_tensor"]}, record)["image_embeddings"]
     assert np.abs(emb - golden0["embeddings_bicubic"]).max() < 5e-3
     assert np.abs(emb - golden0["embeddings_bilinear"]).max() > 0.1
-    summary = _summary(record)
+    summary = op_summary(record)
     assert not summary["safe"] and summary["overflow"]
     assert summary["overflow"][0]["max_abs"] > 65504
     assert {row["op_type"] for row in summary["overflow"]} <= {

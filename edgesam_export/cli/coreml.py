@@ -46,7 +46,15 @@ class PointShapes(str, Enum):
 
 def _render_fp16(report: dict[str, Any], out: Any) -> None:
     table = Table(title=f"fp16 safety ({report.get('weights', '?')})")
-    for col in ("artifact", "ops", "peak |v|", "headroom", "overflow", "underflow", "verdict"):
+    for col in (
+        "artifact",
+        "ops",
+        "peak |v|",
+        "headroom",
+        "(near) overflow",
+        "underflow",
+        "verdict",
+    ):
         table.add_column(col, justify="left" if col == "artifact" else "right")
     for name, row in report["artifacts"].items():
         headroom = row["fp16_headroom"]
@@ -55,7 +63,7 @@ def _render_fp16(report: dict[str, Any], out: Any) -> None:
             str(row["ops_recorded"]),
             f"{row['peak_abs']:.3g}",
             "-" if headroom is None else f"{headroom:.3g}x",
-            ", ".join(r["op"] for r in row["overflow"][:3]) or "none",
+            ", ".join(r["op"] for r in (row["overflow"] + row["near_overflow"])[:3]) or "none",
             ", ".join(r["op"] for r in row["underflow"][:3]) or "none",
             "[green]safe[/]" if row["safe"] else "[yellow]check[/]",
         )
@@ -178,7 +186,7 @@ def coreml_cmd(
             render_parity(report, out)
             payload["parity"] = report.to_json()
         if fp16_report:
-            from edgesam_export.device.fp16_report import fp16_report as make_report
+            from edgesam_export.device.fp16 import coreml_fp16_report as make_report
             from edgesam_export.device.runtime import open_session
 
             progress("fp16 safety report: running the MIL executor with per-op recording")

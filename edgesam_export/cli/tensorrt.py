@@ -113,8 +113,9 @@ def _render_fp16(report: Any, out: Any) -> None:
     out.print(table)
     out.print(
         f"  {len(report.layers)} layers: {len(report.overflowing)} overflow 65504,"
-        f" {len(report.near_overflowing)} near it, {len(report.precision_losing)} lose"
-        f" precision; {len(report.pins)} pinned to fp32 (--fp32-layers auto)"
+        f" {len(report.near_overflowing)} near it, {len(report.underflowing)} underflow,"
+        f" {len(report.precision_losing)} lose precision; {len(report.pins)} pinned to fp32"
+        " (--fp32-layers auto)"
     )
     for name in report.overflowing[:10]:
         out.print(f"  [red]overflow[/] {escape(name)}")

@@ -17,8 +17,9 @@ import numpy as np
 
 from edgesam_export.device.contract import TensorSpec
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.fp16.criterion import TensorRange
 from edgesam_export.device.runtime.base import Session
-from edgesam_export.device.runtime.mil import MilProgram, OpRange, read_spec
+from edgesam_export.device.runtime.mil import MilProgram, read_spec
 
 COREML_RUNTIME = "CoreML runtime (macOS)"
 MIL_EXECUTOR = "MIL executor (numpy, Linux)"
@@ -128,7 +129,7 @@ class CoreMLSession(Session):
             raise InputError(f"{self.path.name}: {reason}")
 
     def run_recorded(
-        self, feeds: Mapping[str, np.ndarray], record: dict[str, OpRange]
+        self, feeds: Mapping[str, np.ndarray], record: dict[str, TensorRange]
     ) -> dict[str, np.ndarray]:
         """Run with the executor, collecting each op's value range (the fp16 safety report)."""
         self.check_feeds(feeds)

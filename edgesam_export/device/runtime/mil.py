@@ -18,7 +18,6 @@ Needs numpy and coremltools (the `coreml` extra); never torch.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,8 @@ from typing import Any
 import numpy as np
 
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError
+from edgesam_export.device.fp16.criterion import TensorRange
 from edgesam_export.device.runtime.mil_ops import OPS, UnsupportedOpError
-
-FP16_MAX = 65504.0
-FP16_MIN_NORMAL = 2.0**-14  # below this fp16 loses precision (subnormal)
-FP16_MIN_SUBNORMAL = 2.0**-24  # below half of this a value flushes to zero
-
 
 # ---------------------------------------------------------------------------------------------
 # Reading a package
@@ -94,40 +89,6 @@ class Step:
     fn: Callable[..., Any]
     params: dict[str, Any]  # MIL input name -> var name, list of var names, or a literal
     outputs: list[tuple[str, Any]]  # (var name, numpy dtype the program declares)
-
-
-@dataclass
-class OpRange:
-    """What one op produced on the recorded inputs (float outputs, before rounding).
-
-    `lost` counts values that matter (at least `SIGNIFICANT` of the op's own peak in that
-    call) but fall below fp16's smallest normal number, where fp16 keeps few or no bits: the
-    underflow that changes results. Tiny values next to large ones (a GELU's far negative tail,
-    softmax's far-off tokens) also flush in fp16 but cannot change anything; `flushed` counts
-    them for information only.
-    """
-
-    op_type: str
-    name: str
-    max_abs: float = 0.0
-    min_nonzero_abs: float = math.inf
-    lost: int = 0
-    flushed: int = 0
-    count: int = 0
-
-    SIGNIFICANT = 1e-3
-
-    def update(self, x: np.ndarray) -> None:
-        finite = np.isfinite(x)
-        a = np.abs(np.where(finite, x, 0)).astype(np.float32)
-        self.count += int(x.size)
-        peak = float(a.max()) if a.size else 0.0
-        self.max_abs = max(self.max_abs, peak) if finite.all() else math.inf
-        nz = a[a > 0]
-        if nz.size:
-            self.min_nonzero_abs = min(self.min_nonzero_abs, float(nz.min()))
-            self.flushed += int((nz < FP16_MIN_SUBNORMAL / 2).sum())
-            self.lost += int(((nz >= self.SIGNIFICANT * peak) & (nz < FP16_MIN_NORMAL)).sum())
 
 
 def _last_reads(
@@ -228,7 +189,7 @@ class MilProgram:
     def run(
         self,
         feeds: Mapping[str, np.ndarray],
-        record: dict[str, OpRange] | None = None,
+        record: dict[str, TensorRange] | None = None,
     ) -> dict[str, np.ndarray]:
         """Execute; with `record`, also collect each op's float value range (pre-rounding)."""
         env: dict[str, Any] = dict(self.constants)
@@ -244,7 +205,7 @@ class MilProgram:
             for (name, dtype), value in zip(step.outputs, results, strict=True):
                 value = np.asarray(value)
                 if record is not None and value.dtype.kind == "f":
-                    rng = record.setdefault(name, OpRange(step.op_type, step.name))
+                    rng = record.setdefault(name, TensorRange(step.op_type, step.name))
                     rng.update(value)
                 if dtype is not None and value.dtype != dtype:
                     with np.errstate(over="ignore"):  # fp16 overflow is inf, as on a device

@@ -1,23 +1,11 @@
-"""fp16 safety of an ONNX graph on any machine: fp16 emulated on onnxruntime's fp32 kernels.
+"""fp16 emulated on onnxruntime's fp32 kernels: the ONNX side of the fp16 analysis.
 
-Emulation: every float tensor a node produces is rounded to fp16 by a Cast(float16) ->
-Cast(float) pair inserted after it; float weights and float network inputs are rounded the same
-way. Each operator still computes in fp32 from fp16-representable inputs and its result is
-rounded to fp16 before any consumer sees it, which is what an fp16 engine does for the tensors
-between its layers (TensorRT's fp16 kernels accumulate in fp32 too). A value above 65504
-becomes inf at the first Cast, exactly as on the device. Layers pinned to fp32 keep unrounded
-weights and outputs. Graph optimisations are off so that onnxruntime cannot fold the Cast
-pairs away (tested).
-
-The report (`fp16_report`) runs the fp32 graph and its emulated twin side by side in one
-session: per layer the activation range (max |x|), the accumulated fp16 error, the share of
-values fp16 flushes (below its smallest normal); the layers that overflow or come near; and the
-end-to-end error of the outputs with and without the fp32 pins chosen from it (the pins
-`--fp32-layers auto` uses). Device side: onnx, onnxruntime and numpy only.
+Device side: onnx, onnxruntime and numpy only (imported on use).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,16 +13,16 @@ from typing import Any
 import numpy as np
 
 from edgesam_export.device.errors import BackendUnavailableError
-
-FP16_MAX = 65504.0
-FP16_MIN_NORMAL = 2.0**-14  # ~6.1e-5: smaller magnitudes lose bits (subnormal) or flush to 0
-# A layer whose fp32 range comes within this factor of 65504 on the calibration inputs is
-# pinned too: other inputs move activations, and x*x or sums of them overflow first.
-HEADROOM = 4.0
-# Accumulated relative error (max |fp16 - fp32| / max |fp32|) that marks a layer as losing
-# precision: calibrated EdgeSAM stays below 2.5e-2 over its ~340 layers (docs/tensorrt.md).
-PRECISION_LOSS_REL = 5e-2
-FLUSH_SHARE = 0.1  # share of nonzero values below FP16_MIN_NORMAL that marks a layer
+from edgesam_export.device.fp16.criterion import (
+    FP16_MIN_NORMAL,
+    FP16_MIN_SUBNORMAL,
+    PRECISION_LOSS_REL,
+    SIGNIFICANT,
+    TensorRange,
+    calibration_inputs,
+    classify,
+    criterion,
+)
 
 _FLOAT = 1  # TensorProto.FLOAT
 _FLOAT16 = 10
@@ -171,11 +159,15 @@ def emulated_model(model: Any, pins: Iterable[str] = ()) -> Any:
     return out
 
 
+_STATS = ("absmax", "err", "lost", "flushed", "count", "minnz")
+
+
 def _instrumented_model(model: Any) -> tuple[Any, list[tuple[str, str]]]:
     """fp32 graph + its unpinned emulated twin, with per-tensor statistics as extra outputs.
 
-    For each fp32 tensor t (producer node n): `t|absmax` max |t|, `t|err` max |t_emulated - t|,
-    `t|flush` share of nonzero values with |t| < FP16_MIN_NORMAL. Returns (model, [(t, n)]).
+    For each fp32 tensor t (producer node n), one call's `TensorRange.update` counts computed
+    in the graph (`t|absmax`, `t|lost`, `t|flushed`, `t|count`, `t|minnz`) plus `t|err`, max
+    |t_emulated - t|. Returns (model, [(t, n)]).
     """
     from onnx import TensorProto, helper
 
@@ -184,27 +176,45 @@ def _instrumented_model(model: Any) -> tuple[Any, list[tuple[str, str]]]:
     graph = model.graph
     stats_nodes: list[Any] = []
     outputs = list(graph.output)
-    tiny = helper.make_tensor("fp16|tiny", TensorProto.FLOAT, [], [FP16_MIN_NORMAL])
-    zero = helper.make_tensor("fp16|zero", TensorProto.FLOAT, [], [0.0])
+    consts = [
+        helper.make_tensor(f"fp16|{k}", TensorProto.FLOAT, [], [v])
+        for k, v in (
+            ("normal", FP16_MIN_NORMAL),
+            ("flush", FP16_MIN_SUBNORMAL / 2),
+            ("significant", SIGNIFICANT),
+            ("zero", 0.0),
+            ("inf", math.inf),
+        )
+    ]
     tracked = []
     for i, (t, producer) in enumerate(float_outs.items()):
         k = f"s{i}"
-        e = rename[t]
-        stats_nodes += [
-            helper.make_node("Abs", [t], [k + "abs"]),
-            helper.make_node("ReduceMax", [k + "abs"], [t + "|absmax"], keepdims=0),
-            helper.make_node("Sub", [e, t], [k + "d"]),
-            helper.make_node("Abs", [k + "d"], [k + "ad"]),
-            helper.make_node("ReduceMax", [k + "ad"], [t + "|err"], keepdims=0),
-            helper.make_node("Less", [k + "abs", "fp16|tiny"], [k + "lt"]),
-            helper.make_node("Greater", [k + "abs", "fp16|zero"], [k + "nz"]),
-            helper.make_node("And", [k + "lt", k + "nz"], [k + "fl"]),
-            helper.make_node("Cast", [k + "fl"], [k + "flf"], to=_FLOAT),
-            helper.make_node("ReduceSum", [k + "flf"], [t + "|flushed"], keepdims=0),
-            helper.make_node("Cast", [k + "nz"], [k + "nzf"], to=_FLOAT),
-            helper.make_node("ReduceSum", [k + "nzf"], [t + "|nonzero"], keepdims=0),
-        ]
-        for stat in ("absmax", "err", "flushed", "nonzero"):
+
+        def n(op: str, ins: list[str], out: str, **kw: Any) -> None:
+            stats_nodes.append(helper.make_node(op, ins, [out], **kw))
+
+        n("Abs", [t], k + "abs")
+        n("ReduceMax", [k + "abs"], t + "|absmax", keepdims=0)
+        n("Sub", [rename[t], t], k + "d")
+        n("Abs", [k + "d"], k + "ad")
+        n("ReduceMax", [k + "ad"], t + "|err", keepdims=0)
+        n("Greater", [k + "abs", "fp16|zero"], k + "nz")
+        n("Mul", [t + "|absmax", "fp16|significant"], k + "thr")
+        n("Less", [k + "abs", k + "thr"], k + "small")
+        n("Not", [k + "small"], k + "matters")
+        n("Less", [k + "abs", "fp16|normal"], k + "sub")
+        n("And", [k + "matters", k + "sub"], k + "l0")
+        n("And", [k + "l0", k + "nz"], k + "l")
+        n("Less", [k + "abs", "fp16|flush"], k + "f0")
+        n("And", [k + "f0", k + "nz"], k + "f")
+        for flag, stat in (("l", "lost"), ("f", "flushed")):
+            n("Cast", [k + flag], k + flag + "c", to=_FLOAT)
+            n("ReduceSum", [k + flag + "c"], f"{t}|{stat}", keepdims=0)
+        n("Size", [t], k + "size")
+        n("Cast", [k + "size"], t + "|count", to=_FLOAT)
+        n("Where", [k + "nz", k + "abs", "fp16|inf"], k + "nzabs")
+        n("ReduceMin", [k + "nzabs"], t + "|minnz", keepdims=0)
+        for stat in _STATS:
             outputs.append(helper.make_tensor_value_info(f"{t}|{stat}", TensorProto.FLOAT, []))
         tracked.append((t, producer))
     for o in graph.output:
@@ -217,7 +227,7 @@ def _instrumented_model(model: Any) -> tuple[Any, list[tuple[str, str]]]:
         graph.name + "_fp16_report",
         list(graph.input),
         outputs,
-        initializer=list(graph.initializer) + inits + [tiny, zero],
+        initializer=list(graph.initializer) + inits + consts,
     )
     out = helper.make_model(new_graph, opset_imports=list(model.opset_import))
     out.ir_version = model.ir_version
@@ -249,9 +259,11 @@ class LayerStats:
     tensor: str
     absmax: float  # over all calibration inputs, fp32 run
     rel_error: float  # accumulated: max |emulated - fp32| / max |fp32|
-    flushed_share: float  # share of nonzero values below fp16's smallest normal
-    overflow: bool  # fp32 range above 65504: inf in fp16
-    near_overflow: bool  # within HEADROOM of 65504, measured or by the static sum bound
+    lost_share: float  # values that matter yet are subnormal in fp16 (TensorRange)
+    flushed_share: float  # values fp16 rounds to zero (information only)
+    overflow: bool  # classify(): the one criterion
+    near_overflow: bool
+    underflow: bool
     nonfinite: bool  # the emulated tensor holds inf/NaN (here or upstream overflowed)
     precision_loss: bool  # finite, but accumulated error above PRECISION_LOSS_REL
 
@@ -280,6 +292,10 @@ class Fp16Report:
         return [s.node for s in self.layers if s.near_overflow and not s.overflow]
 
     @property
+    def underflowing(self) -> list[str]:
+        return [s.node for s in self.layers if s.underflow]
+
+    @property
     def nonfinite_layers(self) -> list[str]:
         return [s.node for s in self.layers if s.nonfinite]
 
@@ -295,11 +311,11 @@ class Fp16Report:
             "graph": self.graph,
             "weights": self.weights,
             "calibration_inputs": self.inputs,
-            "fp16_max": FP16_MAX,
-            "headroom": HEADROOM,
+            **criterion(),
             "layers": len(self.layers),
             "overflowing": self.overflowing,
             "near_overflow": self.near_overflowing,
+            "underflow": self.underflowing,
             "precision_loss": self.precision_losing,
             "nonfinite": len(self.nonfinite_layers),
             "pins": self.pins,
@@ -373,7 +389,7 @@ def fp16_report(
     feed_names: Sequence[str],
     pins: Iterable[str] | None = None,
 ) -> Fp16Report:
-    """Emulate fp16 on `feeds`; `pins=None` chooses them (overflow and near-overflow layers)."""
+    """Emulate fp16 on `feeds`; `pins=None` chooses them (the near-overflow layers)."""
     meta = {p.key: p.value for p in model.metadata_props}
     report = Fp16Report(
         meta.get("graph", "unknown"), meta.get("weights", "unknown"), list(feed_names)
@@ -384,19 +400,17 @@ def fp16_report(
     out_names = [o.name for o in model.graph.output]
     ops = {node_name(n): n.op_type for n in model.graph.node}
     inputs_of = {t: n for n in model.graph.node for t in n.output}
-    absmax = {t: 0.0 for t, _ in tracked}
+    ranges = {t: TensorRange(ops.get(producer, "?"), producer) for t, producer in tracked}
     err = {t: 0.0 for t, _ in tracked}
-    flushed = {t: 0.0 for t, _ in tracked}
-    nonzero = {t: 0.0 for t, _ in tracked}
     references: list[dict[str, np.ndarray]] = []
     for feed in feeds:
         values = dict(zip(names, sess.run(names, dict(feed)), strict=True))
         for t, _ in tracked:
-            absmax[t] = max(absmax[t], float(values[t + "|absmax"]))
-            e = float(values[t + "|err"])
-            err[t] = max(err[t], e if np.isfinite(e) else float("inf"))
-            flushed[t] += float(values[t + "|flushed"])
-            nonzero[t] += float(values[t + "|nonzero"])
+            s = {k: float(values[f"{t}|{k}"]) for k in _STATS}
+            ranges[t].add(
+                s["absmax"], int(s["lost"]), int(s["flushed"]), int(s["count"]), s["minnz"]
+            )
+            err[t] = max(err[t], s["err"] if np.isfinite(s["err"]) else float("inf"))
         references.append({o: values[o] for o in out_names})
         for o in out_names:
             e, nf = _max_error(values[o + "|emulated"], values[o])
@@ -405,25 +419,28 @@ def fp16_report(
             report.output_scale[o] = max(
                 report.output_scale.get(o, 0.0), float(np.abs(values[o]).max())
             )
-    seen = dict(absmax)
+    seen = {t: r.max_abs for t, r in ranges.items()}
     for feed in feeds:  # network inputs feed reductions too
         for name, value in feed.items():
             if np.issubdtype(value.dtype, np.floating):
                 seen[name] = max(seen.get(name, 0.0), float(np.abs(value).max()))
     bounds = _sum_bounds(model, inputs_of, seen)
     for t, producer in tracked:
-        rel = err[t] / absmax[t] if absmax[t] > 0 else 0.0
-        over = absmax[t] > FP16_MAX
+        r = ranges[t]
+        rel = err[t] / r.max_abs if r.max_abs > 0 else 0.0
+        verdict = classify(r, bounds.get(t, 0.0))
         report.layers.append(
             LayerStats(
                 node=producer,
-                op=ops.get(producer, "?"),
+                op=r.op_type,
                 tensor=t,
-                absmax=absmax[t],
+                absmax=r.max_abs,
                 rel_error=rel,
-                flushed_share=flushed[t] / nonzero[t] if nonzero[t] else 0.0,
-                overflow=over,
-                near_overflow=max(absmax[t], bounds.get(t, 0.0)) > FP16_MAX / HEADROOM,
+                lost_share=r.lost_share,
+                flushed_share=r.flushed_share,
+                overflow=verdict.overflow,
+                near_overflow=verdict.near_overflow,
+                underflow=verdict.underflow,
                 nonfinite=not np.isfinite(err[t]),
                 precision_loss=bool(np.isfinite(rel) and rel > PRECISION_LOSS_REL),
             )
@@ -447,28 +464,17 @@ def fp16_report(
     return report
 
 
-# Decoder calibration prompts: one click, a box, and a batch of boxes (B > 1, N = 2).
-_DECODER_CASES = ("2 positive + 1 negative", "box", "batch of 3 boxes")
-
-
 def calibration_feeds(
     model: Any, embeddings: np.ndarray | None = None
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """Calibration inputs for an edgesam-export graph, from its metadata.
+    """Calibration inputs for an edgesam-export ONNX graph, from its metadata.
 
-    Encoder: the parity test image, preprocessed. Decoder: three prompt cases on `embeddings`
-    (the fp32 encoder's output on that image; give it, or the report says it used a
-    unit-normal stand-in).
+    Encoder: the parity test image, preprocessed. Decoder: the CALIBRATION_CASES on
+    `embeddings` (the fp32 encoder's output on that image; give it, or the report says it used
+    a unit-normal stand-in).
     """
-    from edgesam_export.device import processing as P
-    from edgesam_export.device.parity import make_test_image, prompt_cases
-
     meta = {p.key: p.value for p in model.metadata_props}
-    # The model's own preprocessing and prompt frame (EfficientViT-SAM-L: 512 input, /255
-    # normalisation, prompts in the 1024 frame); graphs without img_size: EdgeSAM's.
-    params = P.Preprocessing.from_metadata({"img_size": "1024", **meta})
-    image = make_test_image()
-    tensor, info = P.preprocess(image, params=params)
+    tensor, cases = calibration_inputs(meta)
     if meta.get("graph") == "encoder":
         return [{"image": tensor}], ["parity test image (480x640)"]
     label = "embeddings of the parity test image"
@@ -476,13 +482,12 @@ def calibration_feeds(
         shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         embeddings = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         label = "unit-normal stand-in embeddings (no encoder given)"
-    cases = {c.name: c for c in prompt_cases(params.frame, info.input_size)}
     feeds = [
         {
             "image_embeddings": embeddings,
-            "point_coords": cases[n].point_coords,
-            "point_labels": cases[n].point_labels,
+            "point_coords": c.point_coords,
+            "point_labels": c.point_labels,
         }
-        for n in _DECODER_CASES
+        for c in cases
     ]
-    return feeds, [f"{n} on {label}" for n in _DECODER_CASES]
+    return feeds, [f"{c.name} on {label}" for c in cases]
