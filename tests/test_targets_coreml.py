@@ -302,3 +302,81 @@ def test_gelu_approximate_is_judged_against_a_tanh_gelu_reference(tmp_path) -> N
     enc, decs = reference_sessions(calibrated())  # the exact-GELU model
     exact = check(enc, decs, [], [(art.path.name, open_session(art.path))])
     assert not exact.passed
+
+
+def _macos(monkeypatch: pytest.MonkeyPatch, load_error: Exception | None) -> list[str]:
+    """Pretend to be macOS; coremltools' MLModel raises `load_error` (or loads a stand-in)."""
+    import sys
+
+    import coremltools as ct
+
+    loaded: list[str] = []
+
+    def fake_mlmodel(path: str, compute_units: object = None) -> object:
+        if load_error is not None:
+            raise load_error
+        loaded.append(path)
+        return object()
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(ct.models, "MLModel", fake_mlmodel)
+    return loaded
+
+
+def test_on_macos_a_package_coreml_cannot_load_is_an_error(fp32_decoder, monkeypatch) -> None:
+    """Fault 12: `runtime="auto"` fell back to the MIL executor on any CoreML load error, so a
+    macOS run "verified" a package CoreML never ran. On macOS CoreML must run it."""
+    from edgesam_export.device.errors import ArtifactError
+
+    _macos(monkeypatch, RuntimeError("Error compiling model: unsupported op"))
+    with pytest.raises(ArtifactError, match=r"CoreML cannot load .*Error compiling model"):
+        open_session(fp32_decoder)
+    loaded = _macos(monkeypatch, None)
+    session = open_session(fp32_decoder)
+    assert loaded == [str(fp32_decoder)] and session.runtime_label != MIL_EXECUTOR
+
+
+def test_off_macos_auto_is_the_executor_and_coreml_is_unavailable(fp32_decoder) -> None:
+    from edgesam_export.device.errors import BackendUnavailableError
+
+    assert open_session(fp32_decoder).runtime_label == MIL_EXECUTOR
+    with pytest.raises(BackendUnavailableError, match="only runs on macOS"):
+        open_session(fp32_decoder, runtime="coreml")
+
+
+def test_coreml_session_takes_no_thread_count(fp32_decoder) -> None:
+    """`CoreMLSession(threads=)` was accepted and dropped: an option that does nothing."""
+    with pytest.raises(TypeError, match="threads"):
+        open_session(fp32_decoder, threads=2)
+
+
+def test_golden_parity_and_bench_record_the_runtime(fp32_pair, default_artifacts, tmp_path) -> None:
+    """Every parity result (against PyTorch or the shipped reference outputs) and every bench
+    column says which runtime ran, and the macOS CI check reads it: it fails on a report whose
+    packages ran on the MIL executor, or that ran no package."""
+    import subprocess
+    import sys
+
+    from edgesam_export.device import golden as sidecar
+    from edgesam_export.device.backends import open_artifact_backend
+    from edgesam_export.device.runtime.coreml import COREML_RUNTIME
+
+    golden = sidecar.read_golden(default_artifacts / "edge_sam_reference.npz")
+    enc = open_session(default_artifacts / "edge_sam_encoder.onnx")
+    report = sidecar.check_golden(golden, [("edge_sam_encoder.onnx", enc)], [])
+    assert report.passed and report.inputs["runtimes"] == {"edge_sam_encoder.onnx": "onnx"}
+    report.inputs["runtimes"]["dec.mlpackage"] = MIL_EXECUTOR  # as parity.check records it
+    assert open_artifact_backend("coreml", fp32_pair).to_json()["runtime"] == (MIL_EXECUTOR)
+    script = Path(__file__).parents[1] / ".github" / "scripts" / "require_coreml_runtime.py"
+
+    def ci_check(payload: dict) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "parity.json").write_text(json.dumps(payload))
+        cmd = [sys.executable, str(script), str(tmp_path / "parity.json")]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    run = ci_check(report.to_json())
+    assert run.returncode == 1 and "dec.mlpackage ran on" in run.stderr
+    run = ci_check({"inputs": {"runtimes": {"a.mlpackage": COREML_RUNTIME, "b.onnx": "onnx"}}})
+    assert run.returncode == 0, run.stderr
+    run = ci_check({"inputs": {"runtimes": {"b.onnx": "onnx"}}})
+    assert run.returncode == 1 and "no CoreML package" in run.stderr

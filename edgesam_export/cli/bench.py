@@ -250,7 +250,9 @@ def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: 
                 from edgesam_export.host.reference import CudaGraphSession
 
                 enc, dec = CudaGraphSession(enc), CudaGraphSession(dec)  # type: ignore[arg-type]
-            return OpenedBackend(name, enc, dec, precision=precision.value)
+            return OpenedBackend(
+                name, enc, dec, precision=precision.value, runtime=enc.runtime_label
+            )
 
         progress(f"building {name} ({device.value}, {precision.value})")
         run.columns.append(_measured(open_one))

@@ -409,6 +409,7 @@ class OpenedBackend:
     exit_code: int = 0
     artifacts: list[str] = field(default_factory=list)
     precision: str = "fp32"
+    runtime: str = ""  # the runtime that produced the numbers (Session.runtime_label)
     rss_added_mb: float | None = None
     peak_rss_mb: float | None = None
 
@@ -424,6 +425,7 @@ class OpenedBackend:
             "exit_code": self.exit_code,
             "artifacts": self.artifacts,
             "precision": self.precision,
+            "runtime": self.runtime,
             "rss_added_mb": self.rss_added_mb,
             "peak_rss_mb": self.peak_rss_mb,
         }
@@ -484,8 +486,13 @@ def open_artifact_backend(
     (enc_path, enc), (dec_path, dec) = chosen["encoder"], chosen["decoder"]
     # A backend with more than one runtime (CoreML: the real runtime on macOS, our MIL executor
     # elsewhere) names the one that produced the numbers in its column.
-    label = getattr(enc, "runtime_label", None)
-    name = f"{entry.name} ({label})" if label else entry.name
+    label = enc.runtime_label
+    name = f"{entry.name} ({label})" if label != enc.backend else entry.name
     return OpenedBackend(
-        name, enc, dec, artifacts=[enc_path.name, dec_path.name], precision=precision
+        name,
+        enc,
+        dec,
+        artifacts=[enc_path.name, dec_path.name],
+        precision=precision,
+        runtime=label,
     )

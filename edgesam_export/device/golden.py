@@ -229,6 +229,8 @@ def check_golden(
         "reference": f"golden {golden.path.name} ({meta['reference']})",
         "mask_stride": golden.stride,
         "prompt_cases": [c.case.name for c in golden.cases],
+        # which runtime produced each artifact's numbers (CoreML itself, or the MIL executor)
+        "runtimes": {name: s.runtime_label for name, s in [*encoders, *decoders]},
     }
     own_embedding = None
     for name, enc in encoders:

@@ -299,9 +299,7 @@ def check(
             f" weights {meta.get('weights', '?')} ({meta.get('weights_source', '?')})"
         ),
         # which runtime produced each artifact's numbers (e.g. the MIL executor on Linux)
-        "runtimes": {
-            name: getattr(s, "runtime_label", s.backend) for name, s in [*encoders, *decoders]
-        },
+        "runtimes": {name: s.runtime_label for name, s in [*encoders, *decoders]},
     }
     if record is not None:  # the report places prompts and masks in this frame
         record["preprocessing"] = params

@@ -22,6 +22,10 @@ class Session(ABC):
     """One graph behind a uniform numpy interface."""
 
     backend: str = ""
+    # Which runtime produced the numbers: parity reports and bench results record it, so a
+    # result says whether, e.g., CoreML itself or our MIL executor ran a package. A session
+    # that knows more than its backend's name (version, executor) sets it.
+    runtime_label: str = ""
 
     def __init__(
         self,
@@ -34,6 +38,7 @@ class Session(ABC):
         self.inputs = inputs
         self.outputs = outputs
         self.metadata = dict(metadata)
+        self.runtime_label = self.runtime_label or self.backend
 
     @property
     def output_names(self) -> list[str]:

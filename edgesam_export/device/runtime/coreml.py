@@ -2,13 +2,16 @@
 elsewhere (device side; never imports torch).
 
 Both read the same package; `runtime_label` says which one produced the numbers, and parity
-reports it. Feeds are checked against the shapes the package declares (enumerated shapes or
-ranges), so the executor refuses what a device would refuse.
+reports and bench results record it. The executor stands in only where CoreML cannot run at
+all (not macOS): on macOS a package CoreML cannot load is an error, never a silent switch to
+the executor, so a macOS check has always run CoreML itself. Feeds are checked against the
+shapes the package declares (enumerated shapes or ranges), so the executor refuses what a
+device would refuse.
 """
 
 from __future__ import annotations
 
-import platform
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,13 +56,13 @@ def _shape_info(feature: Any) -> tuple[tuple[int | str, ...], list[tuple[int, ..
 class CoreMLSession(Session):
     """An `.mlpackage` run by CoreML (macOS) or by the numpy MIL executor (anywhere).
 
-    `runtime`: "auto" (CoreML on macOS when it loads, else the executor), "coreml" or "mil".
+    `runtime`: "auto" (CoreML on macOS, the executor elsewhere), "coreml" (macOS only) or
+    "mil" (the executor anywhere, e.g. for its per-op value ranges).
     """
 
     backend = "coreml"
 
-    def __init__(self, path: Path, runtime: str = "auto", threads: int | None = None) -> None:
-        del threads  # neither runtime takes a thread count here
+    def __init__(self, path: Path, runtime: str = "auto") -> None:
         if not path.exists():
             raise ArtifactError(f"CoreML artifact not found: {path}")
         self.path = path
@@ -81,26 +84,30 @@ class CoreMLSession(Session):
             raise InputError(f"unknown CoreML runtime {runtime!r} (auto, coreml, mil)")
         self._model: Any = None
         self._program: MilProgram | None = None
-        if runtime in ("auto", "coreml") and platform.system() == "Darwin":
-            self._model = self._load_coreml(runtime == "coreml")
-        elif runtime == "coreml":
+        on_macos = sys.platform == "darwin"
+        if runtime == "coreml" and not on_macos:
             raise BackendUnavailableError(
-                f"the CoreML runtime only runs on macOS (this is {platform.system()});"
+                f"the CoreML runtime only runs on macOS (this is {sys.platform});"
                 " use the MIL executor (runtime='mil')"
             )
-        if self._model is None:
+        if runtime == "coreml" or (runtime == "auto" and on_macos):
+            self._model = self._load_coreml()
+            self.runtime_label = COREML_RUNTIME
+        else:
             self._program = MilProgram.load(path, spec)
-        self.runtime_label = COREML_RUNTIME if self._model is not None else MIL_EXECUTOR
+            self.runtime_label = MIL_EXECUTOR
 
-    def _load_coreml(self, required: bool) -> Any:
+    def _load_coreml(self) -> Any:
         try:
             import coremltools as ct
 
             return ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.ALL)
         except Exception as exc:
-            if required:
-                raise ArtifactError(f"CoreML cannot load {self.path}: {exc}") from None
-            return None
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise ArtifactError(
+                f"CoreML cannot load {self.path.name}: {first} (on macOS the package must run"
+                " on CoreML itself; the MIL executor stands in only off macOS)"
+            ) from None
 
     def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
         """Why these feed shapes are outside what the package declares, or None."""
