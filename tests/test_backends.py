@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from pydantic import Field
 from typer.testing import CliRunner
 
 from edgesam_export.device import backends, runtime
@@ -22,6 +24,7 @@ from edgesam_export.device.backends import (
 )
 from edgesam_export.device.errors import BackendUnavailableError, ExitCode, InputError
 from edgesam_export.device.runtime.base import Session
+from edgesam_export.host.config import ExportOptions
 
 
 class FakeSession(Session):
@@ -163,3 +166,120 @@ def test_names_and_suffixes_are_registered_once(fake: Backend) -> None:
         backends.register(Backend(name="trt2", aliases=("trt",)))
     with pytest.raises(ValueError, match="suffix already claimed"):
         backends.register(Backend(name="onnx2", suffixes=(".onnx",)))
+
+
+class FakeOptions(ExportOptions):
+    """A fake backend's recipe options."""
+
+    speed: int = Field(1, ge=1)
+
+
+def test_a_registered_backend_is_a_recipe_kind(fake: Backend) -> None:
+    from edgesam_export.host.recipes import parse_recipe
+
+    text = "name: r\ntargets: [{name: t, kind: frt, options: {speed: 3}}]\n"
+    with pytest.raises(InputError, match="unknown target kind 'frt'"):
+        parse_recipe(text)  # the fixture's entry has no recipe options
+    backends.unregister("fakert")
+    backends.register(replace(fake, recipe_options=f"{__name__}:FakeOptions"))
+    (target,) = parse_recipe(text).targets
+    assert target.kind == "fakert" and isinstance(target.options, FakeOptions)
+    assert target.options.speed == 3
+    with pytest.raises(InputError, match=r"targets\[0\]\.options\.speed: .*greater than"):
+        parse_recipe(text.replace("speed: 3", "speed: 0"), "r.yaml")
+
+
+def test_tensorrt_is_a_recipe_kind_with_the_trt_options() -> None:
+    from edgesam_export.host.config import TensorRTOptions
+    from edgesam_export.host.recipes import parse_recipe
+
+    text = (
+        "name: r\ntargets:\n  - name: engines\n    kind: trt\n"
+        "    options: {precision: fp16, workspace_mb: 512, points: '1:2:8', batch: '1:1:4'}\n"
+    )
+    (target,) = parse_recipe(text).targets
+    assert target.kind == "tensorrt"  # the alias is recorded under the backend's name
+    assert isinstance(target.options, TensorRTOptions)
+    assert (target.options.precision, target.options.workspace_mb) == ("fp16", 512)
+    assert "tensorrt" in target.packages()
+    with pytest.raises(InputError, match=r"options\.points: points must be MIN:OPT:MAX"):
+        parse_recipe(text.replace("'1:2:8'", "'1:x'"), "r.yaml")
+
+
+def test_tensorrt_target_without_tensorrt_is_recorded_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never as passed, and before any model is loaded (the registry's availability check)."""
+    from edgesam_export.device import manifest as mf
+    from edgesam_export.host import build as B
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not importable, even where installed
+    monkeypatch.setattr(B, "_load", lambda *_: pytest.fail("loaded a model for nothing"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: eng\ntargets: [{name: engines, kind: trt}]\n")
+    result = B.build([recipe], tmp_path / "out")
+    assert result.exit_code == ExitCode.BACKEND_UNAVAILABLE
+    manifest = mf.read(tmp_path / "out" / "eng")
+    (target,) = manifest["targets"]
+    assert (target["kind"], target["status"]) == ("tensorrt", "unavailable")
+    assert "edgesam-export[tensorrt]" in target["error"] and target["artifacts"] == []
+    assert manifest["status"] != "passed" and manifest["artifacts"] == []
+
+
+def test_tensorrt_exporter_comes_from_the_registry() -> None:
+    from edgesam_export.host.targets import get_target
+
+    assert get_target("trt") is get_target("tensorrt")
+    assert get_target("trt").name == "tensorrt"
+    with pytest.raises(InputError, match="exports nothing"):
+        get_target("torch")
+
+
+def test_tensorrt_export_needs_tensorrt_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgesam_export.host.config import TensorRTOptions
+    from edgesam_export.host.targets import get_target
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    out = tmp_path / "out"
+    with pytest.raises(BackendUnavailableError, match="pip install"):
+        get_target("trt").export(None, "decoder", TensorRTOptions(output=out))  # type: ignore[arg-type]
+    assert not out.exists()
+
+
+def test_tensorrt_export_builds_the_engine_from_a_ready_onnx_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything but TensorRT itself: the ONNX source, readiness, the profile from the options,
+    the plan, and the artifact (engine + sidecar, precision recorded). Engines are built for real
+    in tests/test_tensorrt.py where TensorRT runs."""
+    from conftest import model_for
+
+    from edgesam_export.host.config import TensorRTOptions
+    from edgesam_export.host.targets import tensorrt as T
+
+    plans: list[T.EnginePlan] = []
+
+    def fake_build(plan: T.EnginePlan, trt: object) -> Path:
+        assert plan.onnx.is_file()  # the source exists while the engine is built
+        plans.append(plan)
+        plan.engine.write_bytes(b"engine")
+        T.sidecar_path(plan.engine).write_text("{}")
+        return plan.engine
+
+    monkeypatch.setattr(T, "require_tensorrt", lambda: object())
+    monkeypatch.setattr(T, "build_engine", fake_build)
+    options = TensorRTOptions(output=tmp_path, precision="fp16", points="1:3:9", workspace_mb=256)
+    artifact = T.TARGET.export(model_for(0, "bicubic"), "decoder", options)
+    (plan,) = plans
+    assert artifact.path == tmp_path / "edge_sam_decoder_fp16.engine" == plan.engine
+    assert artifact.backend == "tensorrt" and artifact.graph == "decoder"
+    assert artifact.metadata["precision"] == "fp16" and plan.fp16 and plan.workspace_mb == 256
+    assert artifact.data_files == [T.sidecar_path(plan.engine)]
+    assert plan.profiles["point_coords"] == ((1, 1, 2), (1, 3, 2), (64, 9, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "edge_sam_decoder_fp16.engine",
+        "edge_sam_decoder_fp16.engine.json",
+    ]  # the ONNX source stayed in its temporary folder
+    assert not plan.onnx.exists()

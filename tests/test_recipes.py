@@ -12,12 +12,11 @@ from edgesam_export.cli.export import app
 from edgesam_export.device.errors import InputError
 from edgesam_export.host.config import OnnxOptions
 from edgesam_export.host.recipes import (
-    TARGET_ENTRIES,
-    OnnxTarget,
     Recipe,
     json_schema,
     load_recipe,
     parse_recipe,
+    target_entries,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +57,7 @@ def test_shipped_recipes_cover_edge_sam_and_3x() -> None:
 def test_good_recipe_maps_onto_typed_options() -> None:
     recipe = parse_recipe(GOOD)
     (target,) = recipe.targets
-    assert isinstance(target, OnnxTarget)
+    assert target.kind == "onnx"
     assert isinstance(target.options, OnnxOptions)
     assert target.options.graphs == ("decoder",)
     assert target.options.simplifier == "onnxsim" and target.options.simplify is True
@@ -69,15 +68,14 @@ def test_good_recipe_maps_onto_typed_options() -> None:
 
 
 def test_every_target_kind_is_an_options_class() -> None:
-    """Adding a backend = its options class + one union member: each member's `options` is a
-    typed ExportOptions subclass and its `kind` a single literal."""
+    """The target kinds are the registry's: each member's `options` is a typed ExportOptions
+    subclass and its `kind` the backend's name and aliases."""
     kinds = set()
-    for entry in TARGET_ENTRIES:
+    for entry in target_entries():
         options = entry.model_fields["options"].annotation
         assert isinstance(options, type) and "graphs" in options.model_fields
-        (kind,) = entry.model_fields["kind"].annotation.__args__  # type: ignore[union-attr]
-        kinds.add(kind)
-    assert "onnx" in kinds and len(kinds) == len(TARGET_ENTRIES)
+        kinds.add(entry.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+    assert kinds == {("onnx",), ("coreml",), ("tensorrt", "trt")}
 
 
 @pytest.mark.parametrize(
@@ -102,11 +100,13 @@ def test_every_target_kind_is_an_options_class() -> None:
         ),
         (
             "name: a\ntargets:\n  - name: t\n    kind: tflite\n",
-            "r.yaml:3:5: targets[0]: unknown target kind 'tflite'; allowed: coreml, onnx",
+            "r.yaml:3:5: targets[0]: unknown target kind 'tflite';"
+            " allowed: coreml, onnx, tensorrt, trt",
         ),
         (
             "name: a\ntargets:\n  - name: t\n",
-            "r.yaml:3:5: targets[0]: each target needs a kind; allowed: coreml, onnx",
+            "r.yaml:3:5: targets[0]: each target needs a kind;"
+            " allowed: coreml, onnx, tensorrt, trt",
         ),
         (
             "name: a\nweights:\n  synthetic: noise\ntargets: [{name: t, kind: onnx}]\n",
@@ -197,7 +197,7 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         if definition.get("type") == "object":
             assert definition.get("additionalProperties") is False, name
     mapping = schema["properties"]["targets"]["items"]["discriminator"]["mapping"]
-    assert set(mapping) == {"onnx", "coreml"}
+    assert set(mapping) == {"onnx", "coreml", "tensorrt", "trt"}
     onnx_options = schema["$defs"]["OnnxOptions"]["properties"]
     assert onnx_options["simplifier"]["enum"] == ["onnxslim", "onnxsim", "none"]
 

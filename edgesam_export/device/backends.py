@@ -246,14 +246,14 @@ _ENTRIES = (
         name="tensorrt",
         aliases=("trt",),
         suffixes=(".engine",),
-        exporter="",  # the target module lands next
+        exporter="edgesam_export.host.targets.tensorrt:TARGET",
         session="edgesam_export.device.runtime.tensorrt:TensorRTSession",
         requires="tensorrt",
         install_hint=_INSTALL.format("tensorrt")
         + " on a machine with an NVIDIA GPU and CUDA (on Jetson: JetPack's python3-libnvinfer)",
         tolerances={"fp32": FP32, "fp16": FP16_EMULATED},
         bench_label="TensorRT",
-        recipe_options="",
+        recipe_options="edgesam_export.host.config:TensorRTOptions",
         packages=("onnx", "tensorrt"),
     ),
 )

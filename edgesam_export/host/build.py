@@ -234,6 +234,7 @@ def _artifact_entry(
 def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
     """Export one target's graphs into job.folder and check them; never raises for the target's
     own failures (they are the result), only for interruptions."""
+    from edgesam_export.device.backends import require
     from edgesam_export.host.pipeline import verify_artifacts
     from edgesam_export.host.targets import get_target
 
@@ -242,6 +243,7 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
     t0 = time.perf_counter()
     try:
         backend = get_target(target.kind)
+        require(target.kind)  # a backend that cannot run here: "unavailable", before any load
         loaded = _load(model_options(job))
         result.seconds["load"] = round(time.perf_counter() - t0, 2)  # 0 when already loaded
         t_export = time.perf_counter()

@@ -139,6 +139,35 @@ class CoreMLOptions(ExportOptions):
         )
 
 
+class TensorRTOptions(ExportOptions):
+    """A TensorRT engine per graph, built on this machine's GPU from our ONNX export of the
+    graph: the options of `edgesam-export trt` (docs/tensorrt.md)."""
+
+    precision: Literal["fp32", "fp16"] = "fp32"
+    opset: int = Field(17, ge=11, le=21, description="opset of the ONNX graph the engine parses")
+    workspace_mb: int = Field(1024, ge=64, description="builder workspace in MB (--workspace)")
+    points: str | None = Field(
+        None, description="profile of the decoder's point count N, MIN:OPT:MAX (default 1:2:32)"
+    )
+    batch: str | None = Field(
+        None, description="profile of the prompt-set batch B, MIN:OPT:MAX (default 1:1:64)"
+    )
+
+    @field_validator("points", "batch")
+    @classmethod
+    def _profile_range(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Checked here, so a bad range fails when the recipe is read, not after an export."""
+        from edgesam_export.device.errors import InputError
+        from edgesam_export.device.trt_check import parse_range
+
+        if v is not None:
+            try:
+                parse_range(v, str(info.field_name))
+            except InputError as exc:
+                raise ValueError(str(exc).removeprefix("--")) from None
+        return v
+
+
 def allowed_values(model: type[BaseModel], field: str) -> str | None:
     """The values a field accepts, for one-line error messages: its choices or its range."""
     info = model.model_fields.get(field)

@@ -1,8 +1,9 @@
 """Recipes: declarative builds (YAML) validated by one typed schema.
 
 A recipe names a model, its weights, and the targets to build, each target's `options` being
-exactly that backend's typed options class (`config.OnnxOptions`, ...). A new backend is its
-options class plus one member of `TARGET_ENTRIES`; the build code does not change.
+exactly that backend's typed options class (`config.OnnxOptions`, ...). The target kinds are
+generated from the backend registry (`device.backends`): every entry with recipe options is a
+kind, under its name and its aliases, so a new backend needs no change here or in the build.
 
 Errors name the file, line and column, the field (`targets[1].options.opset`) and what is
 allowed; unknown and duplicate keys are errors, never ignored. Paths in a recipe are relative to
@@ -16,21 +17,25 @@ import json
 import types
 import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from edgesam_export.device.backends import CHECKS
-from edgesam_export.device.errors import InputError
-from edgesam_export.host.config import (
-    CoreMLOptions,
-    ExportOptions,
-    OnnxOptions,
-    SyntheticKind,
-    UpsampleMode,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
 )
+
+from edgesam_export.device.backends import CHECKS, all_backends, get_backend, recipe_options
+from edgesam_export.device.errors import InputError
+from edgesam_export.host.config import ExportOptions, SyntheticKind, UpsampleMode
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # target and folder names: safe on every filesystem
 
@@ -96,7 +101,7 @@ class Output(_Strict):
 class TargetBase(_Strict):
     """What every target entry has; `kind` selects the backend and the type of `options`."""
 
-    kind: str  # each member narrows it to its Literal tag (the union's discriminator)
+    kind: str  # each generated member narrows it to its backend's names (the discriminator)
     name: str = Field(pattern=NAME_PATTERN, description="Unique in the recipe; its folder name.")
     upsample: UpsampleMode | None = Field(
         None, description="Neck upsampling for this target (default: the recipe's)."
@@ -104,49 +109,76 @@ class TargetBase(_Strict):
     parity: Parity | None = Field(None, description="Overrides the recipe's parity settings.")
     options: ExportOptions
 
+    @field_validator("kind")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        """An alias (`trt`) is recorded under the backend's name (`tensorrt`)."""
+        return get_backend(v).name
+
+    @field_validator("options")
+    @classmethod
+    def _no_output(cls, options: ExportOptions) -> ExportOptions:
+        if "output" in options.model_fields_set:
+            raise ValueError(
+                "options.output is set by the build (--output and the recipe's output.directory);"
+                " remove it"
+            )
+        return options
+
     def packages(self) -> tuple[str, ...]:
         """The libraries this target exports and checks with (their versions go in the
-        manifest)."""
-        return ()
+        manifest): the backend's, plus the simplifier its options choose, if any."""
+        chosen = getattr(self.options, "simplifier", "none")
+        extra = (chosen,) if chosen != "none" else ()
+        return tuple(dict.fromkeys((*get_backend(self.kind).packages, *extra)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as data (build workers are spawned): the generated classes are rebuilt from
+        the registry on the other side, not looked up by name."""
+        return (_target_from_data, (self.model_dump(mode="json", exclude_unset=True),))
 
 
-def _no_output(options: Any) -> Any:
-    if "output" in options.model_fields_set:
-        raise ValueError(
-            "options.output is set by the build (--output and the recipe's output.directory);"
-            " remove it"
+KindsKey = tuple[tuple[tuple[str, ...], str], ...]
+
+
+def _kinds_key() -> KindsKey:
+    """What the generated target classes depend on: each recipe kind's names and options."""
+    return tuple((b.names, b.recipe_options) for b in all_backends() if b.recipe_kind)
+
+
+@cache
+def _members(key: KindsKey) -> tuple[type[TargetBase], ...]:
+    members = []
+    for names, _ in key:
+        options = recipe_options(names[0])
+        kind: Any = Literal[names]  # type: ignore[valid-type]
+        members.append(
+            create_model(
+                f"{names[0].capitalize()}Target",
+                __base__=TargetBase,
+                __module__=__name__,
+                kind=(kind, ...),
+                options=(options, Field(default_factory=options)),
+            )
         )
-    return options
+    return tuple(members)
 
 
-class OnnxTarget(TargetBase):
-    kind: Literal["onnx"]
-    options: OnnxOptions = Field(default_factory=OnnxOptions)
-
-    _check_output = field_validator("options")(_no_output)
-
-    def packages(self) -> tuple[str, ...]:
-        extra = ("onnxsim",) if self.options.simplifier == "onnxsim" else ()
-        return ("onnx", "onnxruntime", "onnxslim", *extra)
+def target_entries() -> tuple[type[TargetBase], ...]:
+    """One target class per recipe kind of the registry, as it is now."""
+    return _members(_kinds_key())
 
 
-class CoreMLTarget(TargetBase):
-    kind: Literal["coreml"]
-    options: CoreMLOptions = Field(default_factory=CoreMLOptions)
-
-    _check_output = field_validator("options")(_no_output)
-
-    def packages(self) -> tuple[str, ...]:
-        return ("coremltools",)
+def _entry_type() -> Any:
+    members = target_entries()
+    if len(members) == 1:
+        return members[0]
+    return Annotated[typing.Union[members], Field(discriminator="kind")]  # noqa: UP007
 
 
-# One member per backend that exports from a checkpoint (TensorRT engines are built from the
-# ONNX artifacts on the device: `edgesam-export trt ONNX_DIR`).
-TARGET_ENTRIES: tuple[type[TargetBase], ...] = (OnnxTarget, CoreMLTarget)
-if typing.TYPE_CHECKING:
-    TargetEntry = TargetBase
-else:
-    TargetEntry = Annotated[typing.Union[tuple(TARGET_ENTRIES)], Field(discriminator="kind")]  # noqa: UP007
+def _target_from_data(data: dict[str, Any]) -> TargetBase:
+    target: TargetBase = TypeAdapter(_entry_type()).validate_python(data)
+    return target
 
 
 class Recipe(_Strict):
@@ -162,7 +194,7 @@ class Recipe(_Strict):
     weights: Weights = Field(default_factory=Weights)  # type: ignore[arg-type]
     parity: Parity = Field(default_factory=Parity)  # type: ignore[arg-type]
     output: Output = Field(default_factory=Output)  # type: ignore[arg-type]
-    targets: list[TargetEntry] = Field(min_length=1)
+    targets: list[TargetBase] = Field(min_length=1)  # validated as the registry's kinds
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> Recipe:
@@ -181,9 +213,27 @@ class Recipe(_Strict):
         return [t.name for t in self.targets]
 
 
+@cache
+def _recipe_model(key: KindsKey) -> type[Recipe]:
+    """`Recipe` whose targets are the registry's kinds (the union is rebuilt when they change)."""
+    del key  # the cache key: _entry_type() reads the same registry state
+    targets: Any = list[_entry_type()]  # type: ignore[misc]
+    model: type[Recipe] = create_model(
+        "Recipe",
+        __base__=Recipe,
+        __module__=__name__,
+        targets=(targets, Field(min_length=1)),
+    )
+    return model
+
+
+def recipe_model() -> type[Recipe]:
+    return _recipe_model(_kinds_key())
+
+
 def json_schema() -> dict[str, Any]:
     """The recipe JSON schema (for editors: yaml-language-server, VS Code, JetBrains)."""
-    schema = Recipe.model_json_schema()
+    schema = recipe_model().model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "edgesam-export recipe"
     return schema
@@ -227,7 +277,7 @@ def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml
                     node = value
                     break
             else:
-                if step in _KEYS_OF_UNION_TAGS:
+                if step in _union_tags():
                     continue
                 return node, False
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
@@ -249,16 +299,17 @@ def _key_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node |
     return None
 
 
-def _tag(entry: Any) -> str | None:
-    """The `kind` literal of a target entry class."""
+def _tags(entry: Any) -> tuple[str, ...]:
+    """The `kind` literals of a target entry class (its backend's name and aliases)."""
     fields = getattr(entry, "model_fields", {})
     if "kind" not in fields:
-        return None
-    args = typing.get_args(fields["kind"].annotation)
-    return str(args[0]) if args else None
+        return ()
+    return tuple(str(a) for a in typing.get_args(fields["kind"].annotation))
 
 
-_KEYS_OF_UNION_TAGS: set[str] = {str(_tag(t)) for t in TARGET_ENTRIES}
+def _union_tags() -> set[str]:
+    """The steps of an error location that name a member of the target union."""
+    return {tag for member in target_entries() for tag in _tags(member)}
 
 
 def _unwrap(tp: Any) -> Any:
@@ -274,12 +325,12 @@ def _unwrap(tp: Any) -> Any:
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str] | None:
     """The keys allowed in the mapping at `loc` (for 'unknown key' messages)."""
-    current: Any = Recipe
+    current: Any = recipe_model()
     for step in loc:
         current = _unwrap(current)
-        if step in _KEYS_OF_UNION_TAGS:  # a discriminated union's tag: select its member
+        if step in _union_tags():  # a discriminated union's tag: select its member
             members = current if isinstance(current, list) else [current]
-            current = next((m for m in members if _tag(m) == step), None)
+            current = next((m for m in members if step in _tags(m)), None)
             if current is None:
                 return None
             continue
@@ -307,7 +358,7 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     for step in loc:
         if isinstance(step, int):
             out += f"[{step}]"
-        elif step in _KEYS_OF_UNION_TAGS or step == "":
+        elif step in _union_tags() or step == "":
             continue
         else:
             out += f".{step}" if out else str(step)
@@ -325,10 +376,10 @@ def _message(err: Any) -> str:
         return "required field is missing"
     msg = str(err["msg"])
     if kind == "union_tag_invalid":
-        tags = ", ".join(sorted(_KEYS_OF_UNION_TAGS))
+        tags = ", ".join(sorted(_union_tags()))
         return f"unknown target kind {err['input'].get('kind')!r}; allowed: {tags}"
     if kind == "union_tag_not_found":
-        return f"each target needs a kind; allowed: {', '.join(sorted(_KEYS_OF_UNION_TAGS))}"
+        return f"each target needs a kind; allowed: {', '.join(sorted(_union_tags()))}"
     if kind == "string_pattern_mismatch":
         return f"{err['input']!r} is not allowed: use lowercase letters, digits, '.', '_', '-'"
     return msg.removeprefix("Value error, ")
@@ -370,7 +421,7 @@ def parse_recipe(text: str, where: str = "<recipe>") -> Recipe:
     if problems:
         raise InputError("invalid recipe:\n" + "\n".join(problems))
     try:
-        return Recipe.model_validate(data)
+        return recipe_model().model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -434,9 +485,7 @@ def select_targets(recipe: Recipe, only: list[str] | None) -> list[TargetBase]:
 
 
 __all__ = [
-    "TARGET_ENTRIES",
     "LoadedRecipe",
-    "OnnxTarget",
     "Parity",
     "Recipe",
     "TargetBase",
@@ -444,6 +493,8 @@ __all__ = [
     "json_schema",
     "load_recipe",
     "parse_recipe",
+    "recipe_model",
     "resolved",
     "select_targets",
+    "target_entries",
 ]

@@ -17,12 +17,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgesam_export.device.artifacts import atomic_path, file_sha256, write_json_atomic
+from edgesam_export.device.artifacts import (
+    Artifact,
+    atomic_path,
+    file_sha256,
+    write_json_atomic,
+)
 from edgesam_export.device.contract import MaskTokens, Preprocessing
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.device.trt_check import DimRange
+from edgesam_export.host.config import ExportOptions, GraphKind
+from edgesam_export.host.targets import Target
+
+if TYPE_CHECKING:
+    from edgesam_export.host.models import LoadedModel
 
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, opt, max
 
@@ -360,3 +370,69 @@ def _pin_layers(
                 layer.set_output_type(j, trt.float32)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     return sorted(wanted - found)
+
+
+# --- the registry's TensorRT target: a recipe or pipeline export of one graph --------------------
+
+
+def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
+    """Our ONNX graph of `graph`, checked for readiness, built into an engine (+ sidecar) in
+    `options.output` on this machine's GPU.
+
+    TensorRT is required before anything is exported. The ONNX source goes to a temporary
+    folder: the engine is what ships, and its sidecar records the source's name and sha256.
+    """
+    import tempfile
+
+    from edgesam_export.device.trt_check import check_model, load_onnx, parse_range
+    from edgesam_export.host.config import OnnxOptions, TensorRTOptions
+    from edgesam_export.host.targets.onnx import export as export_onnx
+
+    if not isinstance(options, TensorRTOptions):
+        options = TensorRTOptions(**options.model_dump())
+    trt = require_tensorrt()
+    requested = {
+        "num_points": parse_range(options.points, "points") if options.points else None,
+        "batch": parse_range(options.batch, "batch") if options.batch else None,
+    }
+    fp16 = options.precision == "fp16"
+    with tempfile.TemporaryDirectory(prefix="edgesam-trt-") as tmp:
+        source = export_onnx(
+            loaded,
+            graph,
+            OnnxOptions(
+                output=Path(tmp),
+                graphs=(graph,),
+                use_stability_score=options.use_stability_score,
+                opset=options.opset,
+            ),
+        )
+        model = load_onnx(source.path)
+        dims = dims_for(model, requested)
+        readiness = check_model(model, dims, source.path.name)
+        if not readiness.passed:
+            first = "; ".join(f.message for f in readiness.errors[:3])
+            raise ExportFailedError(f"{source.path.name} is not ready for TensorRT: {first}")
+        options.output.mkdir(parents=True, exist_ok=True)
+        plan = EnginePlan(
+            onnx=source.path,
+            engine=engine_path(source.path, options.output, fp16),
+            graph=graph,
+            profiles=profile_shapes(model, dims),
+            fp16=fp16,
+            workspace_mb=options.workspace_mb,
+            onnx_metadata={p.key: p.value for p in model.metadata_props},
+        )
+        build_engine(plan, trt)
+    return Artifact(
+        path=plan.engine,
+        backend="tensorrt",
+        graph=graph,
+        inputs=source.inputs,
+        outputs=source.outputs,
+        metadata={**source.metadata, "precision": plan.precision},
+        data_files=[sidecar_path(plan.engine)],
+    )
+
+
+TARGET = Target(name="tensorrt", export=export)
