@@ -283,3 +283,13 @@ def test_tensorrt_export_builds_the_engine_from_a_ready_onnx_graph(
         "edge_sam_decoder_fp16.engine.json",
     ]  # the ONNX source stayed in its temporary folder
     assert not plan.onnx.exists()
+
+
+def test_opened_sessions_and_bench_columns_carry_the_registry_names(fake: Backend) -> None:
+    from edgesam_export.device.backends import OpenedBackend
+
+    session = runtime.open_session("m_encoder.fake")
+    assert session.backend == "fakert"  # the registry's name, whatever the class says
+    assert OpenedBackend("fakert").to_json()["label"] == "Fake RT"
+    assert OpenedBackend("coreml (mil)").label == "Core ML"
+    assert OpenedBackend("torch").label == "PyTorch" and OpenedBackend("torch-opt").label == ""

@@ -327,7 +327,9 @@ def _load(ref: str) -> Any:
 
 def open_session(path: Path | str, **kwargs: Any) -> Session:
     """Open an artifact with the session of the backend its suffix belongs to."""
-    session: Session = _load(backend_for_path(path).session)(Path(path), **kwargs)
+    entry = backend_for_path(path)
+    session: Session = _load(entry.session)(Path(path), **kwargs)
+    session.backend = entry.name  # what parity, grouping and reports record: the registry's name
     return session
 
 
@@ -417,9 +419,19 @@ class OpenedBackend:
     def available(self) -> bool:
         return self.encoder is not None and self.decoder is not None
 
+    @property
+    def label(self) -> str:
+        """The registry's bench label of the column's backend ("" for a column that is not
+        a registry backend, e.g. torch-opt)."""
+        try:
+            return get_backend(self.name.split(" (")[0]).bench_label
+        except InputError:
+            return ""
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "label": self.label,
             "available": self.available,
             "reason": self.reason,
             "exit_code": self.exit_code,
