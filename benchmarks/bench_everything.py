@@ -79,7 +79,7 @@ def _official_model() -> Any:
     from edgesam_export.host.models import load_model
 
     torch.set_num_threads(_common.THREADS)
-    loaded = load_model(None, seed=0)
+    loaded = load_model(None, seed=0, synthetic="untrained")
     spec = loaded.spec
     encoder = loaded.model.image_encoder
     encoder.img_size = spec.img_size  # what SamPredictor reads
@@ -245,7 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from edgesam_export.host.pipeline import export_artifacts
 
             _common.log("exporting the ONNX artifacts (synthetic seed-0 weights, bicubic neck)")
-            export_artifacts(ModelOptions(), "onnx", OnnxOptions(output=artifacts))
+            export_artifacts(
+                ModelOptions(synthetic="untrained"), "onnx", OnnxOptions(output=artifacts)
+            )
         results: dict[str, Any] = {}
         for name, thresholds in CONFIGS.items():
             if args.configs and name not in args.configs.split(","):

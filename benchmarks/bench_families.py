@@ -167,7 +167,7 @@ def bench_variant(name: str, tmp: Path) -> dict[str, Any]:
     _common.log(f"{name}: exporting our graphs (synthetic seed 0)")
     t0 = time.perf_counter()
     loaded, artifacts = export_artifacts(
-        ModelOptions(model=name, seed=0, synthetic="random"),
+        ModelOptions(model=name, seed=0, synthetic="untrained"),
         "onnx",
         OnnxOptions.model_validate({"output": tmp / name / "ours"}),
     )

@@ -98,7 +98,7 @@ def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgesam-vs-official-") as tmp:
         _common.log("exporting our graphs (bilinear neck, synthetic seed 0)")
         loaded, artifacts = export_artifacts(
-            ModelOptions(seed=0, upsample="bilinear"),
+            ModelOptions(seed=0, upsample="bilinear", synthetic="untrained"),
             "onnx",
             OnnxOptions.model_validate({"output": Path(tmp) / "ours"}),
         )

@@ -85,7 +85,7 @@ def golden(request: pytest.FixtureRequest) -> Golden:
 
 @functools.cache
 def model_for(seed: int, mode: str) -> LoadedModel:
-    return load_model(None, upsample_mode=mode, seed=seed)
+    return load_model(None, upsample_mode=mode, seed=seed, synthetic="untrained")
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +104,7 @@ def default_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgesam_export.host.pipeline import export_artifacts
 
     out = tmp_path_factory.mktemp("default")
-    export_artifacts(ModelOptions(), "onnx", OnnxOptions(output=out))
+    export_artifacts(ModelOptions(synthetic="untrained"), "onnx", OnnxOptions(output=out))
     return out
 
 
@@ -136,7 +136,7 @@ def bicubic_encoder_artifact(
 @pytest.fixture(scope="session")
 def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
     """`family_artifacts(model, sidecar=True)`: a folder with the ONNX encoder + decoder of a
-    registered variant (synthetic random weights, seed 0), exported once per session. With
+    registered variant (synthetic untrained weights, seed 0), exported once per session. With
     `sidecar` through the pipeline (golden sidecar and manifest too); without, the two graphs
     alone (half the time). Shared by the web, report and TensorRT tests (EfficientViT-SAM-L0:
     512 encoder input, prompts in the 1024 frame, /255 normalisation)."""
@@ -151,9 +151,10 @@ def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
         if (model, sidecar) not in cache:
             out = tmp_path_factory.mktemp(model)
             if sidecar:
-                export_artifacts(ModelOptions(model=model), "onnx", OnnxOptions(output=out))
+                options = ModelOptions(model=model, synthetic="untrained")
+                export_artifacts(options, "onnx", OnnxOptions(output=out))
             else:
-                loaded = load_model(None, model=model, synthetic="random")
+                loaded = load_model(None, model=model, synthetic="untrained")
                 for graph in ("encoder", "decoder"):
                     export(loaded, graph, OnnxOptions(output=out))
             cache[(model, sidecar)] = out

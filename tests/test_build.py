@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DECODER_RECIPE = """\
 name: dec
-weights: {synthetic: random, seed: 0}
+weights: {synthetic: untrained, seed: 0}
 targets:
   - name: slim
     kind: onnx
@@ -68,7 +68,7 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
     assert manifest["status"] == "passed" and report["exit_code"] == 0
     assert manifest["recipe"]["sha256"] == mf.file_sha256(recipe)
     assert manifest["recipe"]["resolved"]["targets"][1]["options"]["simplifier"] == "onnxsim"
-    assert manifest["weights"] == {"kind": "synthetic-random", "seed": 0}
+    assert manifest["weights"] == {"kind": "synthetic-untrained", "seed": 0}
     assert {"torch", "onnx", "onnxruntime", "onnxslim", "onnxsim"} <= set(manifest["tools"])
     assert "coremltools" not in manifest["tools"]  # only what the targets use: an unrelated
     assert "tensorrt" not in manifest["tools"]  # install does not change the manifest hash
@@ -174,7 +174,7 @@ def test_failed_targets_are_recorded_and_the_stale_build_does_not_survive(
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # "not installed"
     recipe = _recipe(
         tmp_path,
-        "name: dec\nweights: {synthetic: random}\ntargets:\n"
+        "name: dec\nweights: {synthetic: untrained}\ntargets:\n"
         "  - {name: plain, kind: onnx, options: {graphs: [decoder], simplifier: none}}\n"
         "  - name: tight\n    kind: onnx\n    parity: {tolerances: {decoder.masks: 1.0e-12}}\n"
         "    options: {graphs: [decoder]}\n"

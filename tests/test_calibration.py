@@ -12,7 +12,7 @@ FP16_MAX = 65504.0
 
 
 def test_raw_fixture_weights_overflow_fp16_and_calibrated_do_not():
-    raw = load_model(None)
+    raw = load_model(None, synthetic="untrained")
     cal = load_model(None, synthetic="calibrated")
     assert activation_peak(raw.model, raw.spec) > FP16_MAX  # why calibration exists
     peak = activation_peak(cal.model, cal.spec)
@@ -23,7 +23,7 @@ def test_raw_fixture_weights_overflow_fp16_and_calibrated_do_not():
 
 
 def test_calibration_changes_only_batchnorm_statistics_and_is_deterministic():
-    raw = load_model(None).model.state_dict()
+    raw = load_model(None, synthetic="untrained").model.state_dict()
     a = load_model(None, synthetic="calibrated")
     b = load_model(None, synthetic="calibrated")
     sa, sb = a.model.state_dict(), b.model.state_dict()
@@ -37,7 +37,24 @@ def test_calibrated_weights_are_labelled():
     meta = base_metadata(cal, graph="encoder", use_stability_score=False)
     assert meta["weights"] == "synthetic-calibrated"
     assert meta["weights_source"] == "synthetic-calibrated(seed=3)"
-    assert load_model(None).weights == "synthetic-untrained"
+    raw = load_model(None, synthetic="untrained", seed=2)
+    assert (raw.weights, raw.source) == ("synthetic-untrained", "synthetic-untrained(seed=2)")
+
+
+def test_one_default_and_one_set_of_names_in_library_and_cli():
+    """The library once defaulted to untrained ("random") weights and the CLI to calibrated."""
+    import inspect
+    from typing import get_args
+
+    from edgesam_export.cli import Synthetic, model_options
+    from edgesam_export.host.config import ModelOptions, SyntheticKind
+
+    names = {"untrained", "calibrated"}
+    assert {s.value for s in Synthetic} == set(get_args(SyntheticKind)) == names
+    assert inspect.signature(load_model).parameters["synthetic"].default == "calibrated"
+    assert ModelOptions().synthetic == "calibrated"
+    assert model_options(None, "edge_sam").synthetic == "calibrated"  # no --synthetic given
+    assert model_options(None, "edge_sam", synthetic=Synthetic.untrained).synthetic == "untrained"
 
 
 def test_parity_rebuilds_the_weights_the_artifacts_record():
@@ -51,5 +68,5 @@ def test_parity_rebuilds_the_weights_the_artifacts_record():
 
     cal = _model_options(None, sessions("synthetic-calibrated", "synthetic-calibrated(seed=4)"))
     assert (cal.synthetic, cal.seed) == ("calibrated", 4)
-    raw = _model_options(None, sessions("synthetic-untrained", "synthetic(seed=2)"))
-    assert (raw.synthetic, raw.seed) == ("random", 2)
+    raw = _model_options(None, sessions("synthetic-untrained", "synthetic-untrained(seed=2)"))
+    assert (raw.synthetic, raw.seed) == ("untrained", 2)

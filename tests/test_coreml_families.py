@@ -57,7 +57,7 @@ class Exported:
 
 
 def _export_and_verify(name: str, root: Path) -> Exported:
-    loaded = load_model(None, model=name, synthetic="random")
+    loaded = load_model(None, model=name, synthetic="untrained")
     folder = root / name
     seconds = {}
     for graph in ("encoder", "decoder"):
@@ -165,7 +165,7 @@ def test_prompt_points_are_traced_in_the_prompt_frame() -> None:
     """The decoder's example points span the prompt frame (1024 for L0, not 512)."""
     from edgesam_export.host.targets.coreml import build_module
 
-    loaded = load_model(None, model="efficientvit_sam_l0", synthetic="random")
+    loaded = load_model(None, model="efficientvit_sam_l0", synthetic="untrained")
     _, args = build_module(loaded, "decoder", CoreMLOptions(output=Path("unused")))
     assert float(args[1].max()) > 512 and float(args[1].max()) <= 1024
     assert np.isfinite(args[1].numpy()).all()

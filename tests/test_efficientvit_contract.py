@@ -58,7 +58,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, golden):
     from edgesam_export.host.pipeline import write_reference_outputs
     from edgesam_export.host.targets.onnx import export
 
-    loaded = load_model(None, model=MODEL, synthetic="random")
+    loaded = load_model(None, model=MODEL, synthetic="untrained")
     out = tmp_path_factory.mktemp("evit_contract")
     paths = {
         single: export(
@@ -170,7 +170,7 @@ def test_contract_refused_where_the_family_has_none(tmp_path):
     assert "official" not in get_spec(MODEL).decoder_contracts
     result = CliRunner().invoke(
         app,
-        ["onnx", "--model", "edge_sam", "--synthetic", "random", "--decoder",
+        ["onnx", "--model", "edge_sam", "--synthetic", "untrained", "--decoder",
          "--decoder-contract", "efficientvit", "--output", str(tmp_path), "--no-verify"],
     )  # fmt: skip
     assert result.exit_code == 3, result.output  # InputError: bad input
@@ -178,7 +178,7 @@ def test_contract_refused_where_the_family_has_none(tmp_path):
     assert not list(tmp_path.glob("*.onnx"))
     from edgesam_export.host.targets.onnx import export
 
-    lm = load_model(None, model=MODEL, synthetic="random")
+    lm = load_model(None, model=MODEL, synthetic="untrained")
     with pytest.raises(InputError, match="has no official ONNX decoder contract"):
         export(lm, "decoder", OnnxOptions(output=tmp_path, decoder_contract="official"))
     with pytest.raises(InputError, match="needs --decoder-contract official or efficientvit"):

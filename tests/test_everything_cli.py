@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,3 +186,24 @@ def test_everything_bad_input(default_artifacts, tmp_path):
     (broken / "edge_sam_encoder.onnx").write_bytes(b"not onnx")
     r = run(str(broken), str(npy))
     assert r.exit_code == ExitCode.ARTIFACT_UNREADABLE
+
+
+def test_everything_warns_for_calibrated_synthetic_weights(default_artifacts, image, tmp_path):
+    """Calibrated synthetic weights (the default) are no more trained than untrained ones: the
+    banner once named only `synthetic-untrained` and stayed silent for the default export."""
+    import onnx
+
+    art = tmp_path / "art"
+    shutil.copytree(default_artifacts, art)
+    decoder = art / "edge_sam_decoder.onnx"
+    proto = onnx.load(decoder)
+    props = {p.key: p for p in proto.metadata_props}
+    assert props["weights"].value.startswith("synthetic-")
+    props["weights"].value = "synthetic-calibrated"
+    onnx.save(proto, decoder)
+    npy = tmp_path / "img.npy"
+    np.save(npy, image[:200, :300])
+    args = ["everything", str(art), str(npy), "--points-per-side", "2", "-o", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC weights (synthetic-calibrated)" in result.output

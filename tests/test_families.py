@@ -151,10 +151,10 @@ def test_export_and_parity(name: str, tmp_path: Path, family_artifacts):
         tmp_path = family_artifacts(name)
     else:
         export_artifacts(
-            ModelOptions(model=name, synthetic="random"), "onnx", OnnxOptions(output=tmp_path)
+            ModelOptions(model=name, synthetic="untrained"), "onnx", OnnxOptions(output=tmp_path)
         )
     export_s = time.perf_counter() - t0
-    loaded = load_model(None, model=name, synthetic="random")
+    loaded = load_model(None, model=name, synthetic="untrained")
     spec = loaded.spec
     enc_path = tmp_path / f"{name}_encoder.onnx"
     assert enc_path.is_file(), sorted(p.name for p in tmp_path.iterdir())

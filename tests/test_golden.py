@@ -99,7 +99,7 @@ def test_sidecar_of_other_weights_is_refused(default_artifacts: Path, tmp_path: 
         shutil.copy(p, tmp_path / p.name)
     opened = open_artifacts(tmp_path)
     meta = dict(opened.encoders[0][1].metadata)
-    meta["weights_source"] = "synthetic(seed=99)"
+    meta["weights_source"] = "synthetic-untrained(seed=99)"
     with pytest.raises(InputError, match="matches the artifacts' weights"):
         find_golden(tmp_path, meta)
     for p in tmp_path.glob(f"*{SIDECAR_SUFFIX}"):

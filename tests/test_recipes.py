@@ -24,7 +24,7 @@ SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
 
 GOOD = """\
 name: demo
-weights: {synthetic: random, seed: 3}
+weights: {synthetic: untrained, seed: 3}
 targets:
   - name: decoder
     kind: onnx
@@ -63,7 +63,7 @@ def test_good_recipe_maps_onto_typed_options() -> None:
     assert target.options.simplifier == "onnxsim"
     assert target.upsample == "bilinear"
     assert target.parity is not None and target.parity.tolerances == {"decoder.masks": 5e-5}
-    assert recipe.weights.synthetic == "random" and recipe.weights.seed == 3
+    assert recipe.weights.synthetic == "untrained" and recipe.weights.seed == 3
     assert recipe.directory == "demo"
 
 
@@ -110,7 +110,7 @@ def test_every_target_kind_is_an_options_class() -> None:
         ),
         (
             "name: a\nweights:\n  synthetic: noise\ntargets: [{name: t, kind: onnx}]\n",
-            "r.yaml:3:14: weights.synthetic: Input should be 'random' or 'calibrated'",
+            "r.yaml:3:14: weights.synthetic: Input should be 'untrained' or 'calibrated'",
         ),
         (
             "name: A B\ntargets: [{name: t, kind: onnx}]\n",

@@ -106,7 +106,7 @@ def loaded(slimsam77_file: Path):
     def get(model: str) -> LoadedModel:
         if model not in _LOADED:
             ckpt = slimsam77_file if model == "slimsam_77" else None
-            _LOADED[model] = load_model(ckpt, model=model)
+            _LOADED[model] = load_model(ckpt, model=model, synthetic="untrained")
         return _LOADED[model]
 
     return get
@@ -358,7 +358,7 @@ def test_official_contract_graph_matches_samonnxmodel(model, loaded):
 def _export_and_verify(model: str, out: Path, checkpoint: Path | None = None):
     from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
 
-    mopts = ModelOptions(model=model, checkpoint=checkpoint)
+    mopts = ModelOptions(model=model, checkpoint=checkpoint, synthetic="untrained")
     lm, arts = export_artifacts(mopts, "onnx", OnnxOptions(output=out))
     arts += export_artifacts(
         mopts, "onnx", OnnxOptions(output=out, graphs=("decoder",), decoder_contract="official")
@@ -447,7 +447,7 @@ def test_official_contract_refused_where_none_exists(tmp_path):
     from edgesam_export.device.errors import InputError
     from edgesam_export.host.targets.onnx import export
 
-    lm = load_model(None)  # EdgeSAM: its own export has no mask input
+    lm = load_model(None, synthetic="untrained")  # EdgeSAM: its own export has no mask input
     with pytest.raises(InputError, match="no official ONNX decoder contract"):
         export(lm, "decoder", OnnxOptions(output=tmp_path, decoder_contract="official"))
     with pytest.raises(InputError, match="needs --decoder-contract official"):
@@ -498,7 +498,8 @@ def test_shared_slimsam_file_loads_and_matches_golden():
     pred.set_image(g["image"])
     out = pred.predict(**_prompt(g, "a"), num_multimask_outputs=3)
     np.testing.assert_allclose(out.low_res_logits, g["a_multi_low_res_logits"], atol=LOGIT_TOL)
-    ours = load_model(None, model="slimsam_77")  # same layout: same module structure
+    # Same layout: same module structure.
+    ours = load_model(None, model="slimsam_77", synthetic="untrained")
     assert ours.model.state_dict().keys() == lm.model.state_dict().keys()
 
 

@@ -274,7 +274,7 @@ def test_official_contract_decoder_is_not_ready(tmp_path: Path) -> None:
     from edgesam_export.host.models import load_model
     from edgesam_export.host.targets.onnx import export
 
-    loaded = load_model(None, model="mobile_sam", synthetic="random")
+    loaded = load_model(None, model="mobile_sam", synthetic="untrained")
     art = export(loaded, "decoder", OnnxOptions(output=tmp_path, decoder_contract="official"))
     model = onnx.load(str(art.path))
     report = check_model(model, dims_for(model), str(art.path))

@@ -82,7 +82,7 @@ class Upsample(str, Enum):
 CkptArg = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Argument(
-        help="Checkpoint (.pth state dict). Omit for synthetic untrained weights.",
+        help="Checkpoint (.pth state dict). Omit for synthetic weights (--synthetic).",
         show_default=False,
     ),
 ]
@@ -95,7 +95,7 @@ SeedOpt = Annotated[
 
 
 class Synthetic(str, Enum):
-    random = "random"
+    untrained = "untrained"
     calibrated = "calibrated"
 
 
@@ -104,8 +104,8 @@ SyntheticOpt = Annotated[
     typer.Option(
         case_sensitive=False,
         help="Synthetic weights (only without CKPT): calibrated (BatchNorm statistics fitted so"
-        " activations stay fp16-safe, like trained weights; the default) or random (the fixture"
-        " rule as drawn).",
+        " activations stay fp16-safe, like trained weights; the default) or untrained (the"
+        " fixture rule as drawn).",
         show_default=False,
     ),
 ]
@@ -151,14 +151,14 @@ def model_options(
             f" CKPT {checkpoint}; drop {'them' if len(given) > 1 else 'it'}"
         )
     from edgesam_export.device.models import get_spec
-    from edgesam_export.host.config import ModelOptions
+    from edgesam_export.host.config import DEFAULT_SYNTHETIC, ModelOptions
 
     options = ModelOptions(
         model=model,
         checkpoint=checkpoint,
         seed=0 if seed is None else seed,
         upsample=None if upsample is None else upsample.value,
-        synthetic=(synthetic or Synthetic.calibrated).value,
+        synthetic=DEFAULT_SYNTHETIC if synthetic is None else synthetic.value,
         strict=strict,
     )
     get_spec(options.model)
@@ -166,10 +166,10 @@ def model_options(
 
 
 def announce_synthetic(options: Any) -> None:
-    """Say loudly, before exporting, that weights without a checkpoint are untrained."""
+    """Say loudly, before exporting, that weights without a checkpoint are synthetic."""
     if options.checkpoint is None:
         err_console.print(
-            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC, UNTRAINED weights"
+            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC weights, not trained"
             f" ({options.synthetic}, seed {options.seed}). Masks will not follow the image.[/]"
         )
 

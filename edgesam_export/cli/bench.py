@@ -82,7 +82,7 @@ class Precision(str, Enum):
 
 
 SYNTHETIC_NOTE = (
-    "[yellow]Synthetic, untrained weights: the timings are valid (the graphs are the"
+    "[yellow]Synthetic weights, not trained: the timings are valid (the graphs are the"
     " real ones), but masks would not follow the image.[/]"
 )
 #: Column name of the PyTorch graphs with the export's rewrites.

@@ -145,10 +145,10 @@ def everything_cmd(
         rgb = read_image(image)
         predictor = open_predictor(artifact_dir, None if score is None else score.value, threads)
         meta = predictor.decoder.metadata
-        if meta.get("weights") == "synthetic-untrained":
+        if meta.get("weights", "").startswith("synthetic-"):  # untrained or calibrated
             err_console.print(
-                "[yellow]These artifacts carry SYNTHETIC, UNTRAINED weights: masks will not"
-                " follow the image.[/]"
+                f"[yellow]These artifacts carry SYNTHETIC weights ({meta['weights']}), not"
+                " trained ones: masks will not follow the image.[/]"
             )
         generator = MaskGenerator(
             predictor,

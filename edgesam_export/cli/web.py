@@ -29,7 +29,7 @@ SourceArg = Annotated[
     Optional[Path],  # noqa: UP045 - Typer needs Optional on 3.10
     typer.Argument(
         help="A checkpoint (.pth) to export, or a directory of ONNX artifacts to copy. Omit for"
-        " deterministic synthetic (untrained) weights.",
+        " deterministic synthetic weights (--synthetic).",
         show_default=False,
     ),
 ]

@@ -16,7 +16,12 @@ from pydantic import (
 
 GraphKind = Literal["encoder", "decoder"]
 UpsampleMode = Literal["bicubic", "bilinear"]
-SyntheticKind = Literal["random", "calibrated"]
+# Synthetic weights (no checkpoint): "untrained" = the fixture rule as drawn (what the golden
+# fixtures use); "calibrated" = the same with BatchNorm statistics fitted so activations stay near
+# unit scale like trained weights (fp16/int8 checks need it). Artifacts record them as
+# `synthetic-<kind>` and `synthetic-<kind>(seed=N)`.
+SyntheticKind = Literal["untrained", "calibrated"]
+DEFAULT_SYNTHETIC: SyntheticKind = "calibrated"
 # onnxslim: the default; onnxsim: what many users' pipelines name; none: the traced graph as is.
 SimplifierKind = Literal["onnxslim", "onnxsim", "none"]
 
@@ -30,9 +35,8 @@ class ModelOptions(BaseModel):
     checkpoint: Path | None = None
     seed: int = Field(0, ge=0, description="synthetic-weight seed when no checkpoint is given")
     upsample: UpsampleMode | None = None  # None: the family default (EdgeSAM: bicubic, as trained)
-    # Without a checkpoint: the fixture rule's weights as drawn ("random"), or with BatchNorm
-    # statistics calibrated so activations stay near unit scale ("calibrated": fp16/int8 work).
-    synthetic: SyntheticKind = "random"
+    # Without a checkpoint: which synthetic weights (see SyntheticKind); the CLI's default too.
+    synthetic: SyntheticKind = DEFAULT_SYNTHETIC
     # Refuse checkpoint keys a family's official loader ignores (EdgeSAM loads strict=False).
     strict: bool = False
 

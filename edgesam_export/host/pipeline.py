@@ -182,7 +182,7 @@ def model_options_from_metadata(
         checkpoint=checkpoint,
         seed=seed,
         upsample=None if upsample == "none" else upsample,
-        synthetic="calibrated" if kinds == {"synthetic-calibrated"} else "random",
+        synthetic="calibrated" if kinds == {"synthetic-calibrated"} else "untrained",
     )  # type: ignore[arg-type]
 
 

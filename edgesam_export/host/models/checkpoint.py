@@ -21,7 +21,7 @@ from torch import nn
 from edgesam_export.device.artifacts import file_sha256
 from edgesam_export.device.errors import CheckpointError
 from edgesam_export.device.models import ModelSpec, get_spec, load_layout
-from edgesam_export.host.config import SyntheticKind
+from edgesam_export.host.config import DEFAULT_SYNTHETIC, SyntheticKind
 from edgesam_export.host.models.identify import identify
 from edgesam_export.host.models.registry import build_for_state, build_model
 from edgesam_export.host.models.sam_heads import SamModel
@@ -35,7 +35,7 @@ class LoadedModel:
 
     spec: ModelSpec
     model: SamModel
-    source: str  # file path, "synthetic(seed=N)" or "synthetic-calibrated(seed=N)"
+    source: str  # file path, or `synthetic-untrained(seed=N)` / `synthetic-calibrated(seed=N)`
     synthetic: bool
     upsample_mode: str | None
     sha256: str | None  # of the checkpoint file, None for synthetic weights
@@ -277,13 +277,14 @@ def load_model(
     model: str = "edge_sam",
     upsample_mode: str | None = None,
     seed: int = 0,
-    synthetic: SyntheticKind = "random",
+    synthetic: SyntheticKind = DEFAULT_SYNTHETIC,
     strict: bool = False,
 ) -> LoadedModel:
     """Build `model`; load a checkpoint's keys exactly, or synthetic weights when it is None.
 
-    `synthetic="calibrated"` recalibrates the synthetic weights' BatchNorm statistics so that
-    activations stay near unit scale (what fp16/int8 checks need; see `calibration`).
+    Synthetic weights are calibrated by default: their BatchNorm statistics are refitted so that
+    activations stay near unit scale like trained weights (what fp16/int8 checks need; see
+    `calibration`); `synthetic="untrained"` keeps the fixture rule's draw (the golden fixtures').
     `strict=True` also refuses extra keys a family's official loader would ignore (EdgeSAM).
     """
     spec = get_spec(model)
@@ -293,8 +294,7 @@ def load_model(
     if checkpoint is None:
         state = synth_state_dict(spec.name, seed)
         calibrated = synthetic == "calibrated"
-        tag = "synthetic-calibrated" if calibrated else "synthetic"
-        source, is_synthetic, digest = f"{tag}(seed={seed})", True, None
+        source, is_synthetic, digest = f"synthetic-{synthetic}(seed={seed})", True, None
     else:
         path = Path(checkpoint)
         state = read_checkpoint(path)
