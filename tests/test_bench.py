@@ -182,8 +182,12 @@ def test_cuda_without_a_gpu_exits_6() -> None:
     ],
 )
 def test_bad_options_exit_3(args: list[str]) -> None:
+    """One error style (fault 10): one line, exit 3, no pydantic text, no usage block."""
     result = runner.invoke(app, args)
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for word in ("pydantic", "http", "Value error", "Usage:"):
+        assert word not in result.output
 
 
 def test_missing_backend_is_usage() -> None:
@@ -219,6 +223,60 @@ def test_time_interleaved_blocks_and_settle() -> None:
     # each turn: at least one untimed settling call, then 3 timed calls
     assert order[:4] == ["a"] * 4 and order.count("a") >= 8 and order.count("b") >= 8
     assert {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6}
+
+
+def test_x_torch_divides_like_by_like() -> None:
+    """Fault 13: with `--device cuda` the "x torch" column divided GPU PyTorch times by CPU
+    onnxruntime times. A ratio is now given only between columns on the same device."""
+    from edgesam_export.device.benchmark import x_torch
+
+    timings = [
+        Timing("encoder", "torch", (2.0,)),
+        Timing("encoder", "torch-opt", (1.0,)),
+        Timing("encoder", "onnx", (10.0,)),
+        Timing("encoder", "trt", (0.5,)),
+    ]
+    devices = {"torch": "cuda", "torch-opt": "cuda", "onnx": "cpu", "trt": "cuda"}
+    ratios = x_torch(timings, devices)
+    assert ratios == {("encoder", "torch-opt"): 2.0, ("encoder", "trt"): 4.0}
+    on_cpu = x_torch(timings, {**devices, "torch": "cpu"})
+    assert on_cpu == {("encoder", "onnx"): pytest.approx(0.2)}
+
+
+def test_cuda_torch_columns_get_no_ratio_against_cpu_onnx(
+    default_artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 13 through the command: PyTorch columns that say they ran on CUDA (CPU sessions
+    labelled cuda: this machine has no GPU) next to CPU onnxruntime. The onnx rows get no
+    "x torch" ratio, torch-opt (same device as torch) gets one; the JSON says the rule."""
+    from edgesam_export.host import benchmark, reference
+
+    original = reference.torch_sessions
+
+    def on_cuda(loaded, *, optimized, device="cpu", precision="fp32"):
+        sessions = original(loaded, optimized=optimized, device="cpu", precision=precision)
+        for session in sessions:
+            session.compute_device = "cuda"
+        return sessions
+
+    monkeypatch.setattr(benchmark, "require_cuda", lambda: None)
+    monkeypatch.setattr(reference, "torch_sessions", on_cuda)
+    result = runner.invoke(
+        app, ["--backend", "all", str(default_artifacts), "--device", "cuda", *TINY, "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    devices = {b["name"]: b["device"] for b in report["backends"] if b["available"]}
+    assert devices == {"torch": "cuda", "torch-opt": "cuda", "onnx": "cpu"}
+    assert "same compute device" in report["settings"]["x_torch"]
+    by_backend: dict[str, list] = {}
+    for t in report["timings"]:
+        by_backend.setdefault(t["backend"], []).append(t["x_torch"])
+    assert all(r is None for r in by_backend["onnx"]) and all(
+        r is None for r in by_backend["torch"]
+    )
+    assert all(isinstance(r, float) and r > 0 for r in by_backend["torch-opt"])
+    assert "same device" in result.stderr  # the table's caption says the rule
 
 
 def test_box_set_ratio() -> None:

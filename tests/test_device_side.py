@@ -31,6 +31,7 @@ TORCH_FREE_ENTRY_POINTS = (
     "edgesam_export.cli.bench",
     "edgesam_export.cli.everything",
     "edgesam_export.cli.options",
+    "edgesam_export.host.benchmark",
     "edgesam_export.host.pipeline",
     "edgesam_export.host.recipes",
     "edgesam_export.web.build",

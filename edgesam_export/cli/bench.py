@@ -1,19 +1,13 @@
-"""`edgesam-bench`: latency of every backend on the same inputs, with its parity verdict.
+"""`edgesam-bench`: parse the options, call `host.benchmark.bench`, render its result.
 
-This module owns the command line: parsing, choosing and opening the backends (the PyTorch
-reference as loaded and with the export's graph rewrites, and every artifact backend of the
-registry, `device.backends`), timing them interleaved, judging each against the reference
-(PyTorch, or the golden sidecar where torch is absent), rendering. Timing and statistics live in
-`device.bench`, shared with `benchmarks/`. Torch is imported only where it is installed
-and needed: on a device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs without it.
+The run itself (columns, interleaved timings, verdicts, like-for-like ratios, the JSON) is the
+library's: `device.benchmark` (torch-free) and `host.benchmark` (the PyTorch columns and
+reference, a fresh export). Torch is imported only where it is installed and needed: on a
+device, `edgesam-bench --backend onnx ARTIFACT_DIR` runs without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -35,17 +29,9 @@ from edgesam_export.cli import (
     progress,
 )
 from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
-from edgesam_export.device.backends import (
-    OpenedBackend,
-    all_backends,
-    backend_names,
-    get_backend,
-    open_artifact_backend,
-    require,
-    unavailable,
-)
-from edgesam_export.device.errors import BackendUnavailableError, ExitCode, InputError
-from edgesam_export.device.runtime import Session
+from edgesam_export.device.backends import all_backends, backend_names, get_backend
+from edgesam_export.device.benchmark import BenchResult, BenchSettings
+from edgesam_export.device.errors import InputError
 
 app = typer.Typer(
     name="edgesam-bench",
@@ -85,8 +71,6 @@ SYNTHETIC_NOTE = (
     "[yellow]Synthetic weights, not trained: the timings are valid (the graphs are the"
     " real ones), but masks would not follow the image.[/]"
 )
-#: Column name of the PyTorch graphs with the export's rewrites.
-TORCH_OPT = "torch-opt"
 
 
 def _parse_points(text: str) -> tuple[int, ...]:
@@ -132,258 +116,27 @@ def _split_paths(paths: list[Path], artifacts: Path | None) -> tuple[Path | None
     return checkpoint, directory
 
 
-@dataclass
-class Run:
-    """What one invocation opened: backend columns, the parity reference, where artifacts are."""
-
-    columns: list[OpenedBackend] = field(default_factory=list)
-    loaded: Any = None  # LoadedModel where torch is used
-    reference: Any = None  # ("torch", enc, decoders) or ("golden", Golden) or None
-    reference_note: str = ""
-    synthetic: bool = False
-
-
-def _measured(open_fn: Any) -> OpenedBackend:
-    """Open a backend and warm it once; record the resident memory that took."""
-    from edgesam_export.device.bench import peak_rss_mb, reset_peak_rss, rss_mb
-
-    reset_peak_rss()
-    before = rss_mb()
-    opened: OpenedBackend = open_fn()
-    if opened.available:
-        from edgesam_export.device.bench import decoder_feeds, encoder_input
-
-        assert opened.encoder is not None and opened.decoder is not None
-        emb = opened.encoder.run({"image": encoder_input(opened.encoder)})["image_embeddings"]
-        opened.decoder.run(decoder_feeds(emb, 1, img_size=int(opened.encoder.metadata["img_size"])))
-        opened.peak_rss_mb = peak_rss_mb()
-        if before is not None:
-            opened.rss_added_mb = max(0.0, opened.peak_rss_mb - before)
-    return opened
-
-
-def _load_torch(
-    run: Run,
-    checkpoint: Path | None,
-    directory: Path | None,
-    model: str,
-    upsample: Any,
-    seed: int | None,
-) -> str:
-    """Load the PyTorch model into `run.loaded`; returns why not ("" when loaded)."""
-    from edgesam_export.host.pipeline import torch_available
-
-    if not torch_available():
-        return f"torch is not installed here: needs {get_backend('torch').install_hint}"
-    from edgesam_export.host.models import load_model
-
-    if directory is not None and checkpoint is None:
-        metas = _recorded_metadata(directory)
-        if not metas:
-            return f"no artifact metadata in {directory} to rebuild the PyTorch model from"
-        if not all(m.get("weights", "").startswith("synthetic") for m in metas):
-            return "the artifacts came from a checkpoint: pass it as CKPT to time PyTorch"
-    if directory is not None:
-        from edgesam_export.host.pipeline import model_options_from_metadata
-
-        opts = model_options_from_metadata(checkpoint, _recorded_metadata(directory))
-    else:
-        opts = model_options(checkpoint, model, seed=seed, upsample=upsample)
-    progress(
-        f"loading {opts.model} from {opts.checkpoint or f'synthetic weights (seed {opts.seed})'}"
-    )
-    run.loaded = load_model(
-        opts.checkpoint,
-        model=opts.model,
-        upsample_mode=opts.upsample,
-        seed=opts.seed,
-        synthetic=opts.synthetic,
-    )
-    run.synthetic = run.synthetic or run.loaded.synthetic
-    return ""
-
-
-def _recorded_metadata(directory: Path) -> list[dict[str, str]]:
-    """Artifact metadata as the manifest records it (no runtime needed)."""
-    import json
-
-    manifest = directory / "manifest.json"
-    if not manifest.is_file():
-        return []
-    try:
-        entries = json.loads(manifest.read_text()).get("artifacts", [])
-    except (json.JSONDecodeError, OSError):
-        return []
-    return [e.get("metadata", {}) for e in entries if e.get("metadata")]
-
-
-def _require_cuda() -> None:
-    from edgesam_export.host.pipeline import torch_available
-
-    if not torch_available():
-        raise BackendUnavailableError(
-            f"--device cuda runs the PyTorch columns: needs {get_backend('torch').install_hint}"
-        )
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"--device cuda needs a CUDA build of torch and an NVIDIA GPU; this torch"
-            f" ({torch.__version__}) sees none. Use --device cpu."
-        )
-
-
-def _torch_columns(run: Run, device: Device, precision: Precision, cuda_graphs: bool) -> None:
-    from edgesam_export.host.reference import torch_sessions
-
-    if device is Device.cuda:
-        _require_cuda()
-    for name, optimized in (("torch", False), (TORCH_OPT, True)):
-
-        def open_one(optimized: bool = optimized, name: str = name) -> OpenedBackend:
-            enc: Session
-            dec: Session
-            enc, dec = torch_sessions(
-                run.loaded, optimized=optimized, device=device.value, precision=precision.value
-            )
-            if cuda_graphs:
-                from edgesam_export.host.reference import CudaGraphSession
-
-                enc, dec = CudaGraphSession(enc), CudaGraphSession(dec)  # type: ignore[arg-type]
-            return OpenedBackend(
-                name, enc, dec, precision=precision.value, runtime=enc.runtime_label
-            )
-
-        progress(f"building {name} ({device.value}, {precision.value})")
-        run.columns.append(_measured(open_one))
-
-
-@contextlib.contextmanager
-def _artifact_dir(
-    run: Run,
-    directory: Path | None,
-    wanted: list[str],
-    checkpoint: Path | None,
-    args: dict[str, Any],
-) -> Iterator[Path | None]:
-    """The artifact directory given, or ONNX artifacts exported into a temporary one."""
-    runnable = [b for b in wanted if get_backend(b).suffixes]
-    if directory is not None or not runnable:
-        yield directory
-        return
-    from edgesam_export.host.pipeline import torch_available
-
-    if not torch_available():
-        yield None
-        return
-    from edgesam_export.host.config import OnnxOptions
-    from edgesam_export.host.pipeline import export_artifacts
-
-    with tempfile.TemporaryDirectory(prefix="edgesam-bench-") as tmp:
-        mopts = model_options(
-            checkpoint, args["model"], seed=args["seed"], upsample=args["upsample"]
-        )
-        eopts = OnnxOptions(output=Path(tmp))
-        loaded, _ = export_artifacts(mopts, "onnx", eopts, progress)
-        run.synthetic = run.synthetic or loaded.synthetic
-        yield Path(tmp)
-        for col in run.columns:  # release the files before the directory goes
-            col.encoder = col.decoder = None
-
-
-def _open_reference(run: Run, directory: Path | None) -> None:
-    """PyTorch as loaded (float32, CPU) where available, else the golden sidecar."""
-    if run.loaded is not None:
-        from edgesam_export.host.reference import reference_sessions
-
-        enc, decs = reference_sessions(run.loaded)
-        run.reference = ("torch", enc, decs)
-        run.reference_note = "torch (as loaded, fp32, cpu)"
-        return
-    if directory is None:
-        run.reference_note = "none (no torch and no artifact folder)"
-        return
-    metas = _recorded_metadata(directory) or [
-        c.encoder.metadata for c in run.columns if c.encoder is not None
-    ]
-    if not metas:
-        run.reference_note = "none (no artifact metadata)"
-        return
-    from edgesam_export.device.golden import find_golden
-
-    try:
-        golden = find_golden(directory, metas[0])
-    except InputError as exc:
-        run.reference_note = f"none ({exc})"
-        return
-    run.reference = ("golden", golden)
-    run.reference_note = f"golden {golden.path.name}"
-
-
-def _is_reference(run: Run, col: OpenedBackend) -> bool:
-    """Whether this column computes exactly the reference (torch as loaded, fp32, CPU)."""
-    return (
-        run.reference is not None
-        and run.reference[0] == "torch"
-        and col.name == "torch"
-        and col.precision == "fp32"
-        and getattr(col.encoder, "device", "cpu") == "cpu"
-    )
-
-
-def _parity(run: Run, col: OpenedBackend) -> tuple[Any, dict[str, Any]] | None:
-    """Judge one column against the run's reference; None for the reference itself."""
-    from edgesam_export.device.parity import ParityReport, check
-
-    if run.reference is None or col.encoder is None or col.decoder is None:
-        return None
-    kind = run.reference[0]
-    if _is_reference(run, col):
-        return None
-    record: dict[str, Any] = {}
-    report = ParityReport()
-    pairs = ([(col.name, col.encoder)], [(col.name, col.decoder)])
-    try:
-        if kind == "torch":
-            _, enc, decs = run.reference
-            check(enc, decs, *pairs, report=report, record=record)
-        else:
-            from edgesam_export.device.golden import check_golden
-
-            check_golden(run.reference[1], *pairs, report=report, record=record)
-            record["golden"] = run.reference[1]
-    except InputError as exc:  # e.g. no tolerances for this precision
-        report.errors.append({"artifact": col.name, "error": str(exc)})
-    return report, record
-
-
-def _render(
-    run: Run,
-    timings: list[Any],
-    parity: dict[str, Any],
-    box_batch: int,
-    out: Console,
-    warm: tuple[int, int],
-) -> None:
-    from edgesam_export.device.bench import box_set_ratio
-
-    backends = Table(title=f"Backends (parity reference: {run.reference_note})")
-    for head in ("backend", "status", "precision", "RSS +MB", "peak MB", "parity", "notes"):
+def _render(result: BenchResult, out: Console) -> None:
+    settings = result.settings
+    backends = Table(title=f"Backends (parity reference: {result.reference_note})")
+    heads = ("backend", "status", "device", "precision", "RSS +MB", "peak MB", "parity", "notes")
+    for head in heads:
         backends.add_column(head, justify="right" if "MB" in head else "left", overflow="fold")
-    for col in run.columns:
+    for col in result.columns:
         if not col.available:
             backends.add_row(
-                col.name, "[yellow]unavailable[/]", "-", "-", "-", "-", escape(col.reason)
+                col.name, "[yellow]unavailable[/]", "-", "-", "-", "-", "-", escape(col.reason)
             )
             continue
-        rep = parity.get(col.name)
+        rep = result.parity.get(col.name)
         if rep is None:
-            verdict = "reference" if run.reference is not None else "[yellow]no reference[/]"
+            verdict = "reference" if result.reference is not None else "[yellow]no reference[/]"
         else:
             verdict = "[green]pass[/]" if rep[0].passed else "[bold red]FAIL[/]"
         backends.add_row(
             col.name,
             "[green]ok[/]",
+            result.devices.get(col.name, "-"),
             col.precision,
             "-" if col.rss_added_mb is None else f"{col.rss_added_mb:.0f}",
             "-" if col.peak_rss_mb is None else f"{col.peak_rss_mb:.0f}",
@@ -392,14 +145,15 @@ def _render(
         )
     out.print(backends)
     table = Table(
-        title=f"Latency (ms per call; warm-up excluded: {warm[0]} call(s) per decoder stage,"
-        f" {warm[1]} per encoder stage)"
+        title=f"Latency (ms per call; warm-up excluded: {settings.warmup} call(s) per decoder"
+        f" stage, {settings.encoder_warmup} per encoder stage)",
+        caption="x torch: torch p50 / this p50, only between columns on the same device",
     )
     for name in ("stage", "backend", "p50", "p90", "p99", "mean", "calls/s", "n", "x torch"):
         table.add_column(name, justify="left" if name in ("stage", "backend") else "right")
-    torch_p50 = {t.name: t.p50 for t in timings if t.backend == "torch"}
-    for t in timings:
-        ratio = torch_p50.get(t.name)
+    ratios = result.x_torch()
+    for t in result.timings:
+        ratio = ratios.get((t.name, t.backend))
         table.add_row(
             t.name,
             t.backend,
@@ -409,17 +163,15 @@ def _render(
             f"{t.mean:.1f}",
             f"{t.throughput:.1f}",
             str(len(t.samples_ms)),
-            "-" if ratio is None or t.backend == "torch" else f"{ratio / t.p50:.2f}x",
+            "-" if ratio is None else f"{ratio:.2f}x",
         )
     out.print(table)
-    for col in run.columns:
-        ratio = box_set_ratio(timings, box_batch, backend=col.name)
-        if ratio is not None:
-            verdict = "[green]batching pays[/]" if ratio <= 1.0 else "[yellow]batching is slower[/]"
-            out.print(
-                f"{col.name}: {box_batch} boxes in one call vs one box per call: per-set ratio"
-                f" [bold]{ratio:.2f}[/] ({verdict})"
-            )
+    for name, ratio in result.box_ratios().items():
+        verdict = "[green]batching pays[/]" if ratio <= 1.0 else "[yellow]batching is slower[/]"
+        out.print(
+            f"{name}: {settings.box_batch} boxes in one call vs one box per call: per-set ratio"
+            f" [bold]{ratio:.2f}[/] ({verdict})"
+        )
 
 
 def _render_everything(runs: list[Any], points_per_side: int, out: Console) -> None:
@@ -573,8 +325,6 @@ def bench(
     4 a backend failed parity, 5 artifact unreadable, 6 backend not installed / not available.
     """
     with guarded(debug):
-        counts = _parse_points(points)
-        amg_batches = _parse_batches(everything_batches)
         checkpoint, directory = _split_paths(list(paths or []), artifacts)
         if directory is not None and upsample is not None:
             raise InputError(
@@ -583,196 +333,58 @@ def bench(
         if cuda_graphs and device is not Device.cuda:
             raise InputError("--cuda-graphs needs --device cuda")
         wanted = _wanted(backend)
-        if device is Device.cuda and "torch" in wanted:
-            _require_cuda()  # before loading anything
-        if len(wanted) == 1 and get_backend(wanted[0]).suffixes:  # say so before any work
-            require(wanted[0])
-        from edgesam_export.device.bench import (
-            ENCODER_STAGES,
-            Timing,
-            machine_info,
-            session_stages,
-            set_threads,
-            time_interleaved,
+        settings = BenchSettings(
+            backends=tuple(wanted),
+            single=len(wanted) == 1,
+            label=backend.lower(),
+            checkpoint=checkpoint,
+            directory=directory,
+            points=_parse_points(points),
+            box_batch=box_batch,
+            iterations=iterations,
+            warmup=warmup,
+            threads=threads,
+            device=device.value,
+            precision=precision.value,
+            cuda_graphs=cuda_graphs,
+            everything_points=everything_points,
+            everything_batches=_parse_batches(everything_batches),
+            everything_iou_thresh=everything_iou_thresh,
+            everything_stability_thresh=everything_stability_thresh,
         )
-        from edgesam_export.device.parity import make_test_image
+        from edgesam_export.host.benchmark import bench as run
 
-        run = Run()
-        torch_reason = _load_torch(run, checkpoint, directory, model, upsample, seed)
-        if run.loaded is not None:
-            set_threads(threads)
-        with _artifact_dir(
-            run, directory, wanted, checkpoint, {"model": model, "seed": seed, "upsample": upsample}
-        ) as folder:
-            for name in wanted:
-                if name == "torch":
-                    if torch_reason:
-                        run.columns.append(
-                            unavailable(name, torch_reason, ExitCode.BACKEND_UNAVAILABLE)
-                        )
-                    else:
-                        _torch_columns(run, device, precision, cuda_graphs)
-                elif folder is None:
-                    run.columns.append(
-                        unavailable(
-                            name,
-                            "no ARTIFACT_DIR given, and no torch here to export one",
-                            ExitCode.BAD_INPUT,
-                        )
-                    )
-                else:
-                    progress(f"opening {name} artifacts")
-                    run.columns.append(
-                        _measured(
-                            lambda name=name: open_artifact_backend(
-                                name, folder, precision.value, threads
-                            )
-                        )
-                    )
-            live = [c for c in run.columns if c.available]
-            if not live:
-                worst = next((c for c in run.columns if not c.available), None)
-                for c in run.columns:
-                    err_console.print(f"[bold red]unavailable:[/] {c.name}: {escape(c.reason)}")
-                code = ExitCode.BACKEND_UNAVAILABLE if worst is None else worst.exit_code
-                raise typer.Exit(int(code) if len(wanted) == 1 else 6)
-            if run.synthetic or any(
-                c.encoder is not None and c.encoder.metadata.get("weights", "").startswith("synth")
-                for c in live
-            ):
-                err_console.print(SYNTHETIC_NOTE)
+        options = None
+        if directory is None:  # a fresh export: its model and weights, checked before any work
+            options = model_options(checkpoint, model, seed=seed, upsample=upsample)
+        result = run(settings, options, progress)
+        if not result.live:
+            for c in result.columns:
+                err_console.print(f"[bold red]unavailable:[/] {c.name}: {escape(c.reason)}")
+            raise typer.Exit(result.exit_code)
+        if result.synthetic:
+            err_console.print(SYNTHETIC_NOTE)
+        out = human_console(json_path)
+        _render(result, out)
+        if result.everything:
+            _render_everything(result.everything, everything_points, out)
+        payload = result.to_json()
+        emit_json(json_path, payload)
+        if report_dir is not None:
+            from edgesam_export.device.bench_everything import overlays
+            from edgesam_export.device.report import write_bench_report
 
-            stages = {
-                c.name: session_stages(
-                    c.encoder,  # type: ignore[arg-type]
-                    c.decoder,  # type: ignore[arg-type]
-                    points=counts,
-                    box_batch=box_batch,
-                    end_to_end=True,
-                )
-                for c in live
-            }
-            enc_iters, enc_warm = max(1, iterations // 2), min(warmup, 1)
-            timings: list[Timing] = []
-            names = [s.name for s in next(iter(stages.values()))]
-            for i, stage_name in enumerate(names):
-                is_enc = stage_name in ENCODER_STAGES
-                w, n = (enc_warm, enc_iters) if is_enc else (warmup, iterations)
-                progress(f"timing {stage_name} ({', '.join(stages)})")
-                samples = time_interleaved(
-                    {b: s[i].call for b, s in stages.items()},
-                    warmup=w,
-                    iters=n,
-                    gap_s=0.02 if len(stages) > 1 else 0.0,
-                )
-                timings += [Timing(stage_name, b, samples[b], w) for b in stages]
-
-            amg_iters = max(1, iterations // 2)
-            amg_image = make_test_image()  # the image the other stages use
-            amg_runs = []
-            if everything_points > 0:
-                from edgesam_export.device.bench_everything import everything_stage
-
-                amg_runs = everything_stage(
-                    {c.name: (c.encoder, c.decoder) for c in live},  # type: ignore[misc]
-                    amg_image,
-                    points_per_side=everything_points,
-                    batches=amg_batches,
-                    iters=amg_iters,
-                    warmup=enc_warm,
-                    pred_iou_thresh=everything_iou_thresh,
-                    stability_score_thresh=everything_stability_thresh,
-                    progress=progress,
-                )
-
-            _open_reference(run, folder)
-            parity: dict[str, Any] = {}
-            for col in live:
-                if run.reference is None or _is_reference(run, col):
-                    continue
-                progress(f"parity of {col.name} against {run.reference_note}")
-                result = _parity(run, col)
-                if result is not None:
-                    parity[col.name] = result
-
-            out = human_console(json_path)
-            _render(run, timings, parity, box_batch, out, (warmup, enc_warm))
-            if amg_runs:
-                _render_everything(amg_runs, everything_points, out)
-            from edgesam_export.device.bench import box_set_ratio
-
-            backends_json = []
-            for col in run.columns:
-                entry = col.to_json()
-                rep = parity.get(col.name)
-                if rep is not None:
-                    entry["parity"] = {
-                        "passed": rep[0].passed,
-                        "reference": run.reference_note,
-                        "summary": rep[0].summary(),
-                        "errors": rep[0].errors,
-                    }
-                elif col.available and run.reference is not None:
-                    entry["parity"] = {"passed": True, "reference": "is the reference"}
-                backends_json.append(entry)
-            payload: dict[str, Any] = {
-                "machine": machine_info(),
-                "backend": backend.lower(),
-                "settings": {
-                    "points": list(counts),
-                    "box_batch": box_batch,
-                    "iterations": iterations,
-                    "warmup": warmup,
-                    "encoder_iterations": enc_iters,
-                    "encoder_warmup": enc_warm,
-                    "threads": threads,
-                    "device": device.value,
-                    "precision": precision.value,
-                    "interleaved": len(stages) > 1,
-                    "artifacts": None if directory is None else str(directory),
-                    "checkpoint": None if checkpoint is None else str(checkpoint),
-                    "everything_points": everything_points,
-                    "everything_batches": list(amg_batches),
-                },
-                "reference": run.reference_note,
-                "backends": backends_json,
-                "timings": [t.to_json() for t in timings],
-                "ratios": {
-                    c.name: {"box_batch_per_set": r}
-                    for c in live
-                    if (r := box_set_ratio(timings, box_batch, backend=c.name)) is not None
-                },
-            }
-            if everything_points > 0:
-                payload["everything"] = {
-                    "image": f"parity test image {amg_image.shape[1]}x{amg_image.shape[0]}",
-                    "points_per_side": everything_points,
-                    "points": everything_points**2,
-                    "batches": list(amg_batches),
-                    "iterations": amg_iters,
-                    "warmup": enc_warm,
-                    "pred_iou_thresh": everything_iou_thresh,
-                    "stability_score_thresh": everything_stability_thresh,
-                    "runs": [r.to_json() for r in amg_runs],
-                }
-            emit_json(json_path, payload)
-            if report_dir is not None:
-                from edgesam_export.device.bench_everything import overlays
-                from edgesam_export.device.report import write_bench_report
-
-                page = write_bench_report(
-                    report_dir,
-                    payload,
-                    parity,
-                    everything_overlays=overlays(amg_runs, amg_image),
-                )
-                out.print(f"report: [bold]{page}[/]")
-            failed = [name for name, (rep, _) in parity.items() if not rep.passed]
-            if len(wanted) == 1 and not run.columns[0].available:
-                raise typer.Exit(run.columns[0].exit_code)
-            if failed:
-                err_console.print(f"[bold red]parity FAILED:[/] {', '.join(failed)}")
-                raise typer.Exit(int(ExitCode.PARITY_FAILED))
+            assert result.image is not None
+            page = write_bench_report(
+                report_dir,
+                payload,
+                result.parity,
+                everything_overlays=overlays(result.everything, result.image),
+            )
+            out.print(f"report: [bold]{page}[/]")
+        if result.failed:
+            err_console.print(f"[bold red]parity FAILED:[/] {', '.join(result.failed)}")
+        raise typer.Exit(result.exit_code)
 
 
 def main() -> None:

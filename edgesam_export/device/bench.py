@@ -1,7 +1,8 @@
 """Timing loops, statistics and machine info, shared by `edgesam-bench` and `benchmarks/`.
 
 Latency is measured per call with a monotonic clock after warm-up; we report p50/p90 (medians are
-what to compare: these machines are noisy) and derive throughput-style ratios in the callers.
+what to compare: these machines are noisy) and derive throughput-style ratios in the callers
+(`device.benchmark` runs `edgesam-bench` on these pieces).
 This module owns the *what* of a session benchmark (`session_stages`: the encoder, the decoder per
 prompt count, one box vs a batch of boxes), the *how* (`time_call`, `time_interleaved`) and the
 record of *where* (`machine_info`); it never prints.
@@ -237,39 +238,6 @@ def session_stages(
     if end_to_end:
         stages += end_to_end_stages(encoder, decoder, make_test_image() if image is None else image)
     return stages
-
-
-def bench_sessions(
-    encoder: Session,
-    decoder: Session,
-    *,
-    points: Sequence[int] = (1, 5, 16),
-    box_batch: int = 8,
-    warmup: int = 2,
-    iters: int = 10,
-    encoder_iters: int | None = None,
-    encoder_warmup: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Timing]:
-    """Encoder latency, decoder latency per prompt count, and a batch of boxes vs one box.
-
-    The encoder is ~10x slower than the decoder, so by default it runs half the iterations
-    (at least 3) after max(1, warmup // 2) warm-up calls; pass encoder_iters / encoder_warmup
-    to choose exactly.
-    """
-    timings = []
-    for stage in session_stages(encoder, decoder, points=points, box_batch=box_batch):
-        if progress is not None:
-            progress(f"timing {stage.name} ({encoder.backend})")
-        if stage.graph == "encoder":
-            w = max(1, warmup // 2) if encoder_warmup is None else encoder_warmup
-            n = encoder_iters or max(3, iters // 2)
-        else:
-            w, n = warmup, iters
-        timings.append(
-            Timing(stage.name, encoder.backend, time_call(stage.call, warmup=w, iters=n))
-        )
-    return timings
 
 
 def box_set_ratio(

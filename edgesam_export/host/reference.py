@@ -34,6 +34,7 @@ class TorchSession(Session):
 
         super().__init__(graph, inputs, outputs, metadata)
         self.device = device
+        self.compute_device = device
         self.dtype = getattr(torch, dtype)
         self.module = module.eval().to(device=device, dtype=self.dtype)
 
@@ -137,6 +138,7 @@ class CudaGraphSession(Session):
         self.backend = inner.backend
         self.inner = inner
         self.device = inner.device
+        self.compute_device = inner.compute_device
         self._graphs: dict[tuple[Any, ...], tuple[Any, list[Any], tuple[Any, ...]]] = {}
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,6 +26,9 @@ class Session(ABC):
     # result says whether, e.g., CoreML itself or our MIL executor ran a package. A session
     # that knows more than its backend's name (version, executor) sets it.
     runtime_label: str = ""
+    #: Where the graph computes ("cpu", "cuda", ...): `edgesam-bench` compares latencies only
+    #: between sessions on the same device.
+    compute_device: str = "cpu"
 
     def __init__(
         self,

@@ -93,6 +93,7 @@ class CoreMLSession(Session):
         if runtime == "coreml" or (runtime == "auto" and on_macos):
             self._model = self._load_coreml()
             self.runtime_label = COREML_RUNTIME
+            self.compute_device = "coreml (cpu/gpu/ane)"  # CoreML picks per layer
         else:
             self._program = MilProgram.load(path, spec)
             self.runtime_label = MIL_EXECUTOR

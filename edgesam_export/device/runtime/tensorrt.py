@@ -146,6 +146,7 @@ def _device() -> Any:
 
 class TensorRTSession(Session):
     backend = "tensorrt"
+    compute_device = "cuda"
 
     def __init__(self, path: Path, **_: Any) -> None:
         if not path.is_file():
