@@ -179,11 +179,20 @@ def test_cuda_without_a_gpu_exits_6() -> None:
         ["--backend", "onnx", "--everything-batches", "x"],
         ["--backend", "onnx", "--everything-points", "-1"],
         ["--backend", "onnx", "--everything-iou-thresh", "1.5"],
+        ["--backend", "onnx", "--model", "sam_vit_z"],
+        ["--backend", "onnx", "--points", "1", "CKPT", "--seed", "1"],
+        ["--backend", "onnx", "ARTIFACT_DIR", "--model", "sam_vit_b"],
+        ["--backend", "onnx", "ARTIFACT_DIR", "--seed", "1"],
     ],
 )
-def test_bad_options_exit_3(args: list[str]) -> None:
-    """One error style (fault 10): one line, exit 3, no pydantic text, no usage block."""
-    result = runner.invoke(app, args)
+def test_bad_options_exit_3(args: list[str], tmp_path: Path) -> None:
+    """One error style (fault 10): one line, exit 3, no pydantic text, no usage block. Flags
+    that would be ignored (--seed with CKPT, --model or --seed with ARTIFACT_DIR: the artifacts
+    say) are refused the same way, before anything loads."""
+    ckpt = tmp_path / "edge_sam.pth"
+    ckpt.write_bytes(b"never read")
+    paths = {"CKPT": str(ckpt), "ARTIFACT_DIR": str(tmp_path)}
+    result = runner.invoke(app, [paths.get(a, a) for a in args])
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     for word in ("pydantic", "http", "Value error", "Usage:"):

@@ -227,9 +227,12 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")] = (
-        "edge_sam"
-    ),
+    model: Annotated[
+        Optional[str],  # noqa: UP045  (None: not given; artifacts record their own model)
+        typer.Option(
+            "--model", "-m", help="Registered model name [default: edge_sam].", show_default=False
+        ),
+    ] = None,
     device: Annotated[
         Device,
         typer.Option(case_sensitive=False, help="Device of the PyTorch columns."),
@@ -326,9 +329,13 @@ def bench(
     """
     with guarded(debug):
         checkpoint, directory = _split_paths(list(paths or []), artifacts)
-        if directory is not None and upsample is not None:
+        given = [
+            f for f, v in (("--model", model), ("--seed", seed), ("--upsample", upsample)) if v
+        ]
+        if directory is not None and given:
             raise InputError(
-                "--upsample applies to a fresh export: artifacts record their own upsampling"
+                f"{', '.join(given)} only apply to a fresh export and would be ignored with"
+                " ARTIFACT_DIR: the artifacts record their own model, weights and upsampling"
             )
         if cuda_graphs and device is not Device.cuda:
             raise InputError("--cuda-graphs needs --device cuda")
@@ -356,7 +363,7 @@ def bench(
 
         options = None
         if directory is None:  # a fresh export: its model and weights, checked before any work
-            options = model_options(checkpoint, model, seed=seed, upsample=upsample)
+            options = model_options(checkpoint, model or "edge_sam", seed=seed, upsample=upsample)
         result = run(settings, options, progress)
         if not result.live:
             for c in result.columns:
