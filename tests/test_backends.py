@@ -293,3 +293,17 @@ def test_opened_sessions_and_bench_columns_carry_the_registry_names(fake: Backen
     assert OpenedBackend("fakert").to_json()["label"] == "Fake RT"
     assert OpenedBackend("coreml (mil)").label == "Core ML"
     assert OpenedBackend("torch").label == "PyTorch" and OpenedBackend("torch-opt").label == ""
+
+
+def test_artifact_names_take_the_registry_suffix(fake: Backend, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from edgesam_export.host.targets import artifact_path
+
+    loaded = SimpleNamespace(source="w/edge_sam_3x.pth", synthetic=False)
+    options = ExportOptions(output=tmp_path, use_stability_score=True)
+    path = artifact_path(loaded, "decoder", options, "frt")  # type: ignore[arg-type]
+    assert path == tmp_path / "edge_sam_3x_decoder_stability.fake"
+    assert (
+        artifact_path(loaded, "encoder", options, "coreml").name == "edge_sam_3x_encoder.mlpackage"
+    )  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ def export_artifacts(
 ) -> tuple[LoadedModel, list[Artifact]]:
     """Load the model once, export each requested graph with `target`, write the golden sidecar."""
     from edgesam_export.host.models import load_model
-    from edgesam_export.host.targets import artifact_path, get_target
+    from edgesam_export.host.targets import artifact_stem, get_target
 
     backend = get_target(target)
     if options.output.exists() and not options.output.is_dir():
@@ -62,7 +62,7 @@ def export_artifacts(
         progress(f"exporting the {graph} to {target}")
         artifacts.append(backend.export(loaded, graph, options))
     progress("writing the golden reference outputs (parity without torch)")
-    stem = artifact_path(loaded, "encoder", options, "").name.removesuffix("_encoder")
+    stem = artifact_stem(loaded)
     golden = write_reference_outputs(loaded, options.output, stem)
     write_manifest(
         options.output,

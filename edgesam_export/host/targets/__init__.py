@@ -26,13 +26,18 @@ class Target:
     export: Callable[[LoadedModel, GraphKind, ExportOptions], Artifact]
 
 
+def artifact_stem(loaded: LoadedModel) -> str:
+    """The checkpoint's stem, or the model name for synthetic weights."""
+    return Path(loaded.source).stem if not loaded.synthetic else loaded.spec.name
+
+
 def artifact_path(
-    loaded: LoadedModel, graph: GraphKind, options: ExportOptions, suffix: str
+    loaded: LoadedModel, graph: GraphKind, options: ExportOptions, backend: str
 ) -> Path:
-    """`<stem>_<graph>[_stability]<suffix>`; the stem is the checkpoint's, or the model name."""
-    stem = Path(loaded.source).stem if not loaded.synthetic else loaded.spec.name
+    """`<stem>_<graph>[_stability]<suffix>`, the suffix being the backend's in the registry."""
     tag = "_stability" if graph == "decoder" and options.use_stability_score else ""
-    return options.output / f"{stem}_{graph}{tag}{suffix}"
+    suffix = backends.get_backend(backend).suffixes[0]
+    return options.output / f"{artifact_stem(loaded)}_{graph}{tag}{suffix}"
 
 
 def get_target(name: str) -> Target:

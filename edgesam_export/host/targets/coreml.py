@@ -304,10 +304,10 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         options = CoreMLOptions(**options.model_dump())
     spec = loaded.spec
     mlmodel, meta = convert(loaded, graph, options)
-    dest = artifact_path(loaded, graph, options, ".mlpackage")
+    dest = artifact_path(loaded, graph, options, "coreml")
     with atomic_path(dest) as tmp:
         # coremltools insists on the .mlpackage suffix: save beside the temporary name, move in.
-        staging = tmp.parent / (tmp.name + ".mlpackage")
+        staging = tmp.parent / (tmp.name + dest.suffix)
         try:
             mlmodel.save(os.fspath(staging))
             staging.rename(tmp)

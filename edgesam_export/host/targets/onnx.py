@@ -229,7 +229,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         else weight_bytes > EXTERNAL_DATA_THRESHOLD
     )
     simplify = _simplifier(options.simplifier)
-    dest = artifact_path(loaded, graph, options, ".onnx")
+    dest = artifact_path(loaded, graph, options, "onnx")
     reduced = options.precision if options.precision != "fp32" else options.quantize
     if reduced:  # beside, never over, the fp32 graph
         dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
