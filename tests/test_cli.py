@@ -138,8 +138,8 @@ def test_bad_option_values_are_one_line_naming_the_allowed_values(tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "flags"),
     [
-        (["onnx", "CKPT", "--seed", "3"], "--seed only apply"),
-        (["onnx", "CKPT", "--synthetic", "untrained"], "--synthetic only apply"),
+        (["onnx", "CKPT", "--seed", "3"], "--seed only applies"),
+        (["onnx", "CKPT", "--synthetic", "untrained"], "--synthetic only applies"),
         (["coreml", "CKPT", "--seed", "0", "--synthetic", "calibrated"], "--seed and --synthetic"),
         (["onnx", "--encoder", "--use-stability-score"], "--use-stability-score applies to the"),
         (["onnx", "--encoder", "--decoder-contract", "official"], "--decoder-contract applies"),

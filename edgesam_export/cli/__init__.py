@@ -147,7 +147,8 @@ def model_options(
     given = [n for n, v in (("--seed", seed), ("--synthetic", synthetic)) if v is not None]
     if checkpoint is not None and given:
         raise InputError(
-            f"{' and '.join(given)} only apply to synthetic weights and would be ignored with"
+            f"{' and '.join(given)} only {'apply' if len(given) > 1 else 'applies'} to synthetic"
+            " weights and would be ignored with"
             f" CKPT {checkpoint}; drop {'them' if len(given) > 1 else 'it'}"
         )
     from edgesam_export.device.models import get_spec

@@ -334,7 +334,8 @@ def bench(
         ]
         if directory is not None and given:
             raise InputError(
-                f"{', '.join(given)} only apply to a fresh export and would be ignored with"
+                f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} to a fresh"
+                " export and would be ignored with"
                 " ARTIFACT_DIR: the artifacts record their own model, weights and upsampling"
             )
         if cuda_graphs and device is not Device.cuda:

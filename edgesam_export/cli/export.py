@@ -43,8 +43,9 @@ from edgesam_export.device.errors import InputError
 app = typer.Typer(
     name="edgesam-export",
     help=(
-        "Export Segment Anything family checkpoints (EdgeSAM first) to ONNX and verify them"
-        " against PyTorch. Without CKPT, deterministic synthetic weights are used (--synthetic)."
+        "Export Segment Anything family checkpoints (EdgeSAM first) to ONNX, CoreML and"
+        " TensorRT and verify them against PyTorch. Without CKPT, deterministic synthetic"
+        " weights are used (--synthetic)."
         "\n\nExit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, options),"
         " 4 parity failed, 5 artifact unreadable, 6 backend not installed, 7 export failed."
     ),
