@@ -36,11 +36,13 @@ from edgesam_export.host.targets.tensorrt import (
     EnginePlan,
     dims_for,
     engine_path,
+    fp16_graph_path,
     input_dims,
     model_conventions,
     profile_shapes,
     sidecar,
     trtexec_command,
+    write_fp16_graph,
 )
 
 runner = CliRunner()
@@ -162,12 +164,14 @@ def test_engine_sidecar_carries_frame_preprocessing_and_tokens(
     spec = get_spec(name)
     sides = {}
     for graph, (path, model) in graphs(name).items():
+        fp16_onnx, _ = write_fp16_graph(path, (), fp16_graph_path(path, tmp_path))
         plan = EnginePlan(
             onnx=path,
             engine=engine_path(path, tmp_path, True),
             graph=graph,
             profiles=profile_shapes(model, dims_for(model)),
             fp16=True,
+            fp16_onnx=fp16_onnx,
             onnx_metadata=_meta(model),
         )
         side = sidecar(plan, "10.x (not built here)", {"name": "none"}, [], [])
@@ -232,20 +236,22 @@ def test_l0_calibration_feeds_use_its_preprocessing_and_frame(graphs) -> None:
 def test_l0_trt_dry_run_and_fp16_check(graphs, tmp_path: Path) -> None:
     """`trt DIR --print-trtexec` and `trt-check --fp16` on the L0 graphs, without TensorRT."""
     folder = graphs("efficientvit_sam_l0")["encoder"][0].parent
-    report = tmp_path / "trt.json"
+    report, out = tmp_path / "trt.json", tmp_path / "out"
     result = runner.invoke(
-        app, ["trt", str(folder), "--print-trtexec", "--fp16", "--json", str(report)]
+        app,
+        ["trt", str(folder), "--print-trtexec", "--fp16", "-o", str(out), "--json", str(report)],
     )
     assert result.exit_code == 0, result.output
     engines = json.loads(report.read_text())["engines"]
-    assert {Path(e["engine"]).name for e in engines} == {
-        "efficientvit_sam_l0_encoder_fp16.engine",
-        "efficientvit_sam_l0_decoder_fp16.engine",
+    assert {Path(e["engine"]) for e in engines} == {
+        out / "efficientvit_sam_l0_encoder_fp16.engine",
+        out / "efficientvit_sam_l0_decoder_fp16.engine",
     }
     lines = [shlex.split(e["trtexec"]) for e in engines]
-    assert all("--fp16" in args for args in lines)
+    assert all("--stronglyTyped" in args and "--fp16" not in args for args in lines)
+    assert all(args[1].startswith(f"--onnx={out}/") for args in lines)  # the fp16 graphs
     assert all(e["readiness"]["passed"] for e in engines)
-    assert not list(folder.glob("*.engine"))
+    assert not list(folder.glob("*.engine")) and not list(folder.glob("*_fp16.onnx"))
     decoder = folder / "efficientvit_sam_l0_decoder.onnx"
     out = tmp_path / "check.json"
     result = runner.invoke(app, ["trt-check", str(decoder), "--fp16", "--json", str(out)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,9 +21,16 @@ from edgesam_export.cli import (
     guarded,
     human_console,
     model_options,
+    parity_exit,
     progress,
+    render_parity,
 )
-from edgesam_export.device.errors import ExportFailedError, InputError
+from edgesam_export.device.errors import (
+    BackendUnavailableError,
+    EdgeSamExportError,
+    ExportFailedError,
+    InputError,
+)
 
 PointsOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -229,115 +237,218 @@ def trt_cmd(
         bool, typer.Option("--use-stability-score", help="Decoder scores are stability scores.")
     ] = False,
     upsample: UpsampleOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path(
-        "artifacts"
-    ),
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for the engines (and for the ONNX export of a checkpoint); default:"
+            " the source directory of ONNX graphs, else ./artifacts.",
+            show_default=False,
+        ),
+    ] = None,
     model_name: ModelNameOpt = "edge_sam",
     seed: SeedOpt = None,
     synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Build TensorRT engines (TensorRT 10+) with dynamic prompt shapes, fp16 and fp32 pins.
+    """Build TensorRT engines (TensorRT 10 or 11) with dynamic prompt shapes, fp16 with fp32
+    pins, and check them.
 
-    Each graph is checked for readiness first; engines get a JSON sidecar. Without TensorRT
-    this exits 6 and writes nothing, unless --print-trtexec (which works anywhere).
+    Each graph is checked for readiness first; fp16 engines are built strongly typed from the
+    fp16 graph (written beside them); engines get a JSON sidecar, and parity runs on every
+    engine built (against PyTorch after an export, against the folder's reference outputs for
+    a directory of graphs): exit 4 when one is out of tolerance. Without TensorRT this exits 6,
+    builds and checks nothing, unless --print-trtexec (which works anywhere and builds
+    nothing).
     """
-    from edgesam_export.device.trt_check import check_model, load_onnx
-    from edgesam_export.host.targets.tensorrt import (
-        EnginePlan,
-        build_engine,
-        dims_for,
-        engine_path,
-        profile_shapes,
-        require_tensorrt,
-        trtexec_line,
-    )
+    from edgesam_export.device.trt_check import load_onnx
+    from edgesam_export.host.targets.tensorrt import build_engine, require_tensorrt, trtexec_line
 
     with guarded(debug):
         requested = _dims(points, batch)
         if fp32_layers and not fp16:
             raise InputError("--fp32-layers needs --fp16")
-        trt = None if print_trtexec else require_tensorrt()  # before anything is written
-        if source is not None and source.is_dir():
+        trt = None
+        if not print_trtexec:  # before anything is written
+            try:
+                trt = require_tensorrt()
+            except BackendUnavailableError as exc:
+                raise BackendUnavailableError(f"no engine was built or checked: {exc}") from None
+        from_dir = source is not None and source.is_dir()
+        engine_dir = output or (source if source is not None and from_dir else Path("artifacts"))
+        loaded = None
+        if source is not None and from_dir:
             files = _onnx_files([source])
         else:
-            files = _export_onnx(
+            loaded, files = _export_onnx(
                 source,
                 model_name,
                 encoder,
                 decoder,
                 use_stability_score,
                 upsample,
-                output,
+                engine_dir,
                 seed,
                 synthetic,
             )
-        models = {f: load_onnx(f) for f in files}
+        models = _float32_graphs({f: load_onnx(f) for f in files})
         wanted = {g for g, on in (("encoder", encoder), ("decoder", decoder)) if on}
         if wanted:
             models = {f: m for f, m in models.items() if _graph_of(m) in wanted}
         if not models:
             raise InputError("no graph to build (check --encoder/--decoder and the directory)")
         out = human_console(json_path)
-        pins: dict[Path, list[str]] = {f: [] for f in models}
-        fp16_json: dict[Path, Any] = {}
-        if fp16 and fp32_layers == "auto":
-            for f, rep in _fp16_reports(models).items():
-                _render_fp16(rep, out)
-                pins[f] = rep.pins
-                fp16_json[f] = rep.to_json()
-        elif fp16 and fp32_layers:
-            names = [n.strip() for n in fp32_layers.split(",") if n.strip()]
-            for f, model in models.items():
-                from edgesam_export.device.fp16 import node_name
-
-                present = {node_name(n) for n in model.graph.node}
-                pins[f] = [n for n in names if n in present]
-            unknown = set(names) - {n for p in pins.values() for n in p}
-            if unknown:
-                raise InputError(f"--fp32-layers: no node named {sorted(unknown)[:5]}")
+        pins, fp16_json = _pins(models, fp16, fp32_layers, out)
         payload: dict[str, Any] = {"engines": []}
-        from_dir = source is not None and source.is_dir()
+        built: list[Path] = []
         for f, model in models.items():
-            dims = dims_for(model, requested)
-            readiness = check_model(model, dims, str(f))
-            _render_readiness(readiness, out)
-            if not readiness.passed:
-                raise NotReadyError(
-                    f"{f.name} is not ready for TensorRT ({len(readiness.errors)} errors above)"
-                )
-            plan = EnginePlan(
-                onnx=f,
-                engine=engine_path(f, f.parent if from_dir else output, fp16),
-                graph=_graph_of(model),
-                profiles=profile_shapes(model, dims),
-                fp16=fp16,
-                fp32_layers=tuple(pins[f]),
-                workspace_mb=workspace,
-                timing_cache=timing_cache,
-                onnx_metadata={p.key: p.value for p in model.metadata_props},
-            )
-            line = trtexec_line(plan)
-            entry: dict[str, Any] = {
-                "onnx": str(f),
-                "engine": str(plan.engine),
-                "precision": plan.precision,
-                "profiles": {k: [list(s) for s in v] for k, v in plan.profiles.items()},
-                "fp32_layers": list(plan.fp32_layers),
-                "trtexec": line,
-                "readiness": readiness.to_json(),
-            }
+            plan, entry = _plan(f, model, requested, engine_dir, fp16, pins[f], out)
+            plan = replace(plan, workspace_mb=workspace, timing_cache=timing_cache)
+            entry["trtexec"] = trtexec_line(plan)
             if f in fp16_json:
                 entry["fp16"] = fp16_json[f]
-            if print_trtexec or trt is None:
-                out.print(line, soft_wrap=True, markup=False, highlight=False)
+            if trt is None:
+                out.print(entry["trtexec"], soft_wrap=True, markup=False, highlight=False)
             else:
                 progress(f"building {plan.engine.name} (TensorRT {trt.__version__})")
-                build_engine(plan, trt)
-                entry["built"] = True
+                built.append(build_engine(plan, trt))
+            entry["built"] = trt is not None
             payload["engines"].append(entry)
+        if trt is None:
+            out.print(
+                f"--print-trtexec: no engine was built or checked; after building them in"
+                f" {engine_dir}, check them with: edgesam-export parity {engine_dir}"
+                " --reference golden"
+            )
+            emit_json(json_path, payload)
+            return
+        report = _check_engines(built, engine_dir, loaded, source if from_dir else None)
+        render_parity(report, out)
+        payload["parity"] = report.to_json()
         emit_json(json_path, payload)
+        parity_exit(report)
+
+
+def _float32_graphs(models: dict[Path, Any]) -> dict[Path, Any]:
+    """Engines are built from float32 graphs (an fp16 engine from the fp16 graph made from
+    one): reduced-precision graphs in a folder (an fp16 or int8 ONNX export) are skipped."""
+    kept = {}
+    for f, model in models.items():
+        precision = {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")
+        if precision == "fp32":
+            kept[f] = model
+        else:
+            progress(f"skipping {f.name}: a {precision} graph (engines start from float32)")
+    return kept
+
+
+def _pins(
+    models: dict[Path, Any], fp16: bool, fp32_layers: str | None, out: Any
+) -> tuple[dict[Path, list[str] | None], dict[Path, Any]]:
+    """Per graph, the nodes its fp16 graph keeps in fp32 (None: an fp16 graph already there
+    keeps its own pins), and the fp16 safety reports behind `--fp32-layers auto`."""
+    pins: dict[Path, list[str] | None] = {f: None for f in models}
+    fp16_json: dict[Path, Any] = {}
+    if fp16 and fp32_layers == "auto":
+        for f, rep in _fp16_reports(models).items():
+            _render_fp16(rep, out)
+            pins[f] = rep.pins
+            fp16_json[f] = rep.to_json()
+    elif fp16 and fp32_layers:
+        from edgesam_export.device.fp16 import node_name
+
+        names = [n.strip() for n in fp32_layers.split(",") if n.strip()]
+        for f, model in models.items():
+            present = {node_name(n) for n in model.graph.node}
+            pins[f] = [n for n in names if n in present]
+        unknown = set(names) - {n for p in pins.values() for n in p or ()}
+        if unknown:
+            raise InputError(f"--fp32-layers: no node named {sorted(unknown)[:5]}")
+    return pins, fp16_json
+
+
+def _plan(
+    f: Path,
+    model: Any,
+    requested: dict[str, Any],
+    engine_dir: Path,
+    fp16: bool,
+    pins: list[str] | None,
+    out: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The engine plan of one graph (readiness checked; the fp16 graph written) and its JSON."""
+    from edgesam_export.device.trt_check import check_model
+    from edgesam_export.host.targets.tensorrt import (
+        EnginePlan,
+        dims_for,
+        engine_path,
+        fp16_graph_path,
+        profile_shapes,
+        write_fp16_graph,
+    )
+
+    dims = dims_for(model, requested)
+    readiness = check_model(model, dims, str(f))
+    _render_readiness(readiness, out)
+    if not readiness.passed:
+        raise NotReadyError(
+            f"{f.name} is not ready for TensorRT ({len(readiness.errors)} errors above)"
+        )
+    fp16_onnx, kept = None, tuple(pins or ())
+    if fp16:
+        progress(f"writing the fp16 graph of {f.name} (strongly typed engines take its types)")
+        fp16_onnx, kept = write_fp16_graph(f, pins, fp16_graph_path(f, engine_dir))
+    plan = EnginePlan(
+        onnx=f,
+        engine=engine_path(f, engine_dir, fp16),
+        graph=_graph_of(model),
+        profiles=profile_shapes(model, dims),
+        fp16=fp16,
+        fp32_layers=kept,
+        fp16_onnx=fp16_onnx,
+        onnx_metadata={p.key: p.value for p in model.metadata_props},
+    )
+    entry: dict[str, Any] = {
+        "onnx": str(f),
+        "fp16_onnx": None if fp16_onnx is None else str(fp16_onnx),
+        "engine": str(plan.engine),
+        "precision": plan.precision,
+        "profiles": {k: [list(s) for s in v] for k, v in plan.profiles.items()},
+        "fp32_layers": list(plan.fp32_layers),
+        "readiness": readiness.to_json(),
+    }
+    return plan, entry
+
+
+def _check_engines(
+    engines: list[Path], engine_dir: Path, loaded: Any, source_dir: Path | None
+) -> Any:
+    """Parity of the engines just built: against the PyTorch model an export loaded, or, for
+    a directory of graphs, against the reference outputs its export shipped (copied beside
+    the engines when they go elsewhere, so their folder stays checkable on its own)."""
+    from edgesam_export.host.pipeline import verify_artifacts
+
+    try:
+        if loaded is not None:
+            return verify_artifacts(None, engine_dir, progress, loaded=loaded, only=engines)
+        assert source_dir is not None
+        if source_dir.resolve() != engine_dir.resolve():
+            _copy_reference_outputs(engines[0], source_dir, engine_dir)
+        return verify_artifacts(None, engine_dir, progress, only=engines, reference="golden")
+    except EdgeSamExportError as exc:
+        raise type(exc)(f"engines built in {engine_dir} but not checked: {exc}") from None
+
+
+def _copy_reference_outputs(engine: Path, source_dir: Path, engine_dir: Path) -> None:
+    from edgesam_export.device.artifacts import atomic_path
+    from edgesam_export.device.golden import find_golden
+    from edgesam_export.device.runtime.tensorrt import read_sidecar
+
+    golden = find_golden(source_dir, read_sidecar(engine).get("metadata", {}))
+    with atomic_path(engine_dir / golden.path.name) as tmp:
+        tmp.write_bytes(golden.path.read_bytes())
 
 
 def _export_onnx(
@@ -350,7 +461,7 @@ def _export_onnx(
     output: Path,
     seed: int | None,
     synthetic: Synthetic | None,
-) -> list[Path]:
+) -> tuple[Any, list[Path]]:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
@@ -359,5 +470,5 @@ def _export_onnx(
     eopts = OnnxOptions(
         graphs=graphs or ("encoder", "decoder"), use_stability_score=stability, output=output
     )
-    _, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
-    return [a.path for a in artifacts]
+    loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
+    return loaded, [a.path for a in artifacts]

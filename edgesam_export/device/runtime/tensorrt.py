@@ -1,9 +1,13 @@
 """TensorRT sessions over `.engine` artifacts and their JSON sidecars (device side).
 
-The sidecar (written by `targets/tensorrt.py`) supplies what an engine cannot: the graph, the
-model metadata, the precision, the profiles. Device memory goes through cuda-python; when it is
-missing and the host process has already loaded torch (a workstation running parity), torch's
+The sidecar (written by `host/targets/tensorrt.py`) supplies what an engine cannot: the graph,
+the model metadata, the precision, the profiles. Device memory goes through cuda-python; when it
+is missing and the host process has already loaded torch (a workstation running parity), torch's
 CUDA tensors are used instead. This module never imports torch itself.
+
+Copies in, the engine run and copies out are all queued on the session's one CUDA stream, so
+stream order alone makes each step see the previous one's data (a copy on another stream could
+still be in flight when the engine reads its input).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from edgesam_export.device.errors import ArtifactError, BackendUnavailableError,
 from edgesam_export.device.runtime.base import Session
 
 INSTALL = (
-    "running TensorRT engines needs the tensorrt package (TensorRT 10+), cuda-python and an"
-    " NVIDIA GPU: pip install 'tensorrt>=10' cuda-python (Jetson: JetPack's python3-libnvinfer)"
+    "running TensorRT engines needs the tensorrt package (TensorRT 10 or 11), cuda-python and an"
+    " NVIDIA GPU: pip install 'tensorrt>=10,<12' cuda-python (Jetson: JetPack's"
+    " python3-libnvinfer)"
 )
 
 
@@ -64,7 +69,7 @@ def outside_profile(
 
 
 class _CudaPython:
-    """Device buffers and a stream through cuda-python's runtime API."""
+    """Device buffers and one stream through cuda-python's runtime API."""
 
     def __init__(self) -> None:
         try:
@@ -88,11 +93,12 @@ class _CudaPython:
 
     def to_device(self, ptr: int, host: np.ndarray) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._ok(self.rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind))
+        self._ok(self.rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream))
 
     def to_host(self, host: np.ndarray, ptr: int) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._ok(self.rt.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, kind))
+        self._ok(self.rt.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self.stream))
+        self.sync()  # `host` is read as soon as this returns
 
     def handle(self) -> int:
         return int(self.stream)
@@ -102,7 +108,12 @@ class _CudaPython:
 
 
 class _TorchCuda:
-    """Fallback over a torch the host process already imported (never imported from here)."""
+    """Fallback over a torch the host process already imported (never imported from here).
+
+    torch queues a copy on its *current* stream, and the streams it creates do not wait for
+    the default one: every copy runs inside `torch.cuda.stream(self.stream)`, the stream the
+    engine runs on.
+    """
 
     def __init__(self) -> None:
         self.torch = sys.modules["torch"]
@@ -121,12 +132,13 @@ class _TorchCuda:
 
     def to_device(self, ptr: int, host: np.ndarray) -> None:
         src = self.torch.from_numpy(np.ascontiguousarray(host).view(np.uint8).reshape(-1))
-        self.buffers[ptr][: host.nbytes].copy_(src)
+        with self.torch.cuda.stream(self.stream):
+            self.buffers[ptr][: host.nbytes].copy_(src)
 
     def to_host(self, host: np.ndarray, ptr: int) -> None:
-        self.torch.cuda.synchronize()
-        data = self.buffers[ptr][: host.nbytes].cpu().numpy()
-        host.reshape(-1).view(np.uint8)[:] = data
+        with self.torch.cuda.stream(self.stream):
+            data = self.buffers[ptr][: host.nbytes].cpu()  # waits for the stream's work
+        host.reshape(-1).view(np.uint8)[:] = data.numpy()
 
     def handle(self) -> int:
         return int(self.stream.cuda_stream)
@@ -148,7 +160,7 @@ class TensorRTSession(Session):
     backend = "tensorrt"
     compute_device = "cuda"
 
-    def __init__(self, path: Path, **_: Any) -> None:
+    def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise ArtifactError(f"TensorRT engine not found: {path}")
         side = read_sidecar(path)
@@ -158,6 +170,7 @@ class TensorRTSession(Session):
             raise BackendUnavailableError(INSTALL) from None
         self.trt = trt
         self.path = path
+        self.runtime_label = f"TensorRT {getattr(trt, '__version__', '?')}"
         self.profiles = side.get("profiles", {})
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
@@ -209,7 +222,12 @@ class TensorRTSession(Session):
             host = np.ascontiguousarray(arr)
             ptr = self._buffer(name, host.nbytes)
             self.device.to_device(ptr, host)
-            self.context.set_input_shape(name, host.shape)
+            if not self.context.set_input_shape(name, host.shape):
+                raise InputError(
+                    f"{self.path.name}: TensorRT refused shape {host.shape} for input '{name}'"
+                    " (outside the profile the engine was built with; its sidecar may not"
+                    " belong to it): rebuild with edgesam-export trt and wider --points/--batch"
+                )
             self.context.set_tensor_address(name, ptr)
         outs: dict[str, np.ndarray] = {}
         for spec in self.outputs:

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgesam_export.device.errors import BackendUnavailableError
 from edgesam_export.host.config import OnnxOptions
-from edgesam_export.host.models import LoadedModel
+
+if (
+    TYPE_CHECKING
+):  # `to_fp16` also serves TensorRT builds from ONNX files, where torch may be absent
+    from edgesam_export.host.models import LoadedModel
 
 INT8_OPS = ("MatMul", "Gemm")
 

@@ -1,13 +1,20 @@
-"""TensorRT engines from our ONNX graphs: profiles, fp16 with fp32 pins, timing cache, sidecar.
+"""TensorRT engines from our ONNX graphs: profiles, strongly typed fp16, timing cache, sidecar.
 
 Engines carry no metadata, so every `.engine` gets a JSON sidecar (`<engine>.json`): TensorRT
-version, GPU, optimisation profiles, precision, pinned layers, the source ONNX's sha256 and
-the metadata that ONNX carries. The runtime session (`runtime/tensorrt.py`) reads it back.
+version, GPU, optimisation profiles, precision, how the network was typed, the source ONNX's
+sha256 and the metadata that ONNX carries. The runtime session (`device/runtime/tensorrt.py`)
+reads it back.
 
-Everything except `build_engine` runs without TensorRT: profile shapes, the equivalent
-`trtexec` command lines, the sidecar's content. `build_engine` follows the TensorRT 10 Python
-API (builder -> network -> OnnxParser -> config with profiles, memory pool, flags, timing cache
--> build_serialized_network) and is exercised only where `tensorrt` imports and a GPU exists.
+Precision lives in the graph, not in builder flags: TensorRT 10 deprecates `BuilderFlag.FP16`,
+`OBEY_PRECISION_CONSTRAINTS` and per-layer precisions, and TensorRT 11 removes them. An fp16
+engine is built from a strongly typed network parsed from the fp16 ONNX graph (the same
+converter and fp32 pins as `onnx --precision fp16`, `targets/onnx_precision.py`). Only a
+TensorRT without strongly typed networks (before 9.1: JetPack 5's 8.5, JetPack 6.0's 8.6)
+gets the weakly typed flag path, decided by what the module offers, never by its version
+string. docs/tensorrt.md lists which call exists in which version.
+
+Everything except `build_engine` runs without TensorRT: profile shapes, the fp16 graph, the
+equivalent `trtexec` command lines, the sidecar's content.
 """
 
 from __future__ import annotations
@@ -42,10 +49,13 @@ ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, op
 # points per call for segment-everything.
 DEFAULT_DIMS: dict[str, DimRange] = {"num_points": (1, 2, 32), "batch": (1, 1, 64)}
 SIDECAR_SUFFIX = ".json"
+# How a network gets its types (the sidecar's "typing"): from the graph, or from builder flags.
+STRONG = "strongly typed (types from the ONNX graph)"
+WEAK = "weakly typed (BuilderFlag.FP16, per-layer fp32 pins)"
 INSTALL_HINT = (
-    "building TensorRT engines needs the tensorrt Python package (TensorRT 10+) and an NVIDIA"
-    " GPU: pip install 'tensorrt>=10' (on Jetson: JetPack's python3-libnvinfer), or build on the"
-    " device from the lines of --print-trtexec"
+    "building TensorRT engines needs the tensorrt Python package (TensorRT 10 or 11) and an"
+    " NVIDIA GPU: pip install 'tensorrt>=10,<12' (on Jetson: JetPack's python3-libnvinfer), or"
+    " build on the device from the lines of --print-trtexec"
 )
 
 
@@ -108,12 +118,15 @@ def profile_shapes(model: Any, dims: Mapping[str, DimRange]) -> dict[str, ShapeR
 class EnginePlan:
     """Everything a build needs, decided before TensorRT is touched."""
 
-    onnx: Path
+    onnx: Path  # the float32 source graph
     engine: Path
     graph: str
     profiles: dict[str, ShapeRange]
     fp16: bool = False
     fp32_layers: tuple[str, ...] = ()
+    # fp16 only: the fp16 graph with `fp32_layers` kept float32 that a strongly typed build
+    # parses (`write_fp16_graph`); the weakly typed fallback parses `onnx` instead.
+    fp16_onnx: Path | None = None
     workspace_mb: int = 1024
     timing_cache: Path | None = None
     onnx_metadata: dict[str, str] = field(default_factory=dict)
@@ -122,9 +135,53 @@ class EnginePlan:
     def precision(self) -> str:
         return "fp16" if self.fp16 else "fp32"
 
+    @property
+    def typed_onnx(self) -> Path:
+        """The graph whose types a strongly typed network takes."""
+        if not self.fp16:
+            return self.onnx
+        if self.fp16_onnx is None:
+            raise InputError(f"{self.engine.name}: an fp16 build needs its fp16 graph")
+        return self.fp16_onnx
+
 
 def engine_path(onnx_path: Path, output: Path, fp16: bool) -> Path:
     return output / f"{onnx_path.stem}{'_fp16' if fp16 else ''}.engine"
+
+
+def fp16_graph_path(onnx_path: Path, output: Path) -> Path:
+    """Where the fp16 graph goes: the name `onnx --precision fp16` gives the same graph."""
+    return output / f"{onnx_path.stem}_fp16.onnx"
+
+
+def write_fp16_graph(
+    onnx_path: Path, pins: Sequence[str] | None, dest: Path
+) -> tuple[Path, tuple[str, ...]]:
+    """The fp16 graph a strongly typed fp16 engine is parsed from, and the nodes it keeps fp32.
+
+    Weights and activations float16, `pins` (ONNX node names) float32 with casts around them,
+    inputs and outputs float32: the conversion `onnx --precision fp16` applies, so the engine
+    and the fp16 ONNX artifact compute the same typed graph. An fp16 graph already at `dest`
+    (the ONNX fp16 export, or an earlier build) is used as it is when `pins` is None (it keeps
+    its own pins, recorded in its metadata) or equals its pins; otherwise it is rewritten.
+    """
+    import onnx
+
+    from edgesam_export.host.targets.onnx_precision import to_fp16
+
+    if dest.is_file():
+        meta = {
+            p.key: p.value for p in onnx.load(str(dest), load_external_data=False).metadata_props
+        }
+        kept = tuple(n for n in meta.get("fp16.fp32_nodes", "").split(",") if n)
+        if meta.get("precision") == "fp16" and (pins is None or tuple(pins) == kept):
+            return dest, kept
+    kept = tuple(pins or ())
+    converted = to_fp16(onnx.load(str(onnx_path)), list(kept))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        onnx.save(converted, str(tmp))
+    return dest, kept
 
 
 def _shape_arg(shapes: Mapping[str, ShapeRange], which: int) -> str:
@@ -134,21 +191,19 @@ def _shape_arg(shapes: Mapping[str, ShapeRange], which: int) -> str:
 
 
 def trtexec_command(plan: EnginePlan) -> list[str]:
-    """The `trtexec` arguments that build the same engine (TensorRT 10 spelling)."""
-    args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}"]
+    """The `trtexec` arguments that build the same engine (TensorRT 10 and 11 spelling).
+
+    `--stronglyTyped` takes every type from the graph (the fp16 graph for an fp16 engine); it
+    replaces `--fp16`, `--layerPrecisions` and `--precisionConstraints`, which TensorRT 10
+    deprecates and 11 removes. On TensorRT 11 strong typing is the only mode and the flag is
+    accepted as a no-op.
+    """
+    args = ["trtexec", f"--onnx={plan.typed_onnx}", "--stronglyTyped"]
+    args.append(f"--saveEngine={plan.engine}")
     if plan.profiles:
         for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             args.append(f"{flag}={_shape_arg(plan.profiles, which)}")
     args.append(f"--memPoolSize=workspace:{plan.workspace_mb}M")
-    if plan.fp16:
-        args.append("--fp16")
-        if plan.fp32_layers:
-            spec = ",".join(f"{name}:fp32" for name in plan.fp32_layers)
-            args += [
-                f"--layerPrecisions={spec}",
-                f"--layerOutputTypes={spec}",
-                "--precisionConstraints=obey",
-            ]
     if plan.timing_cache is not None:
         args.append(f"--timingCacheFile={plan.timing_cache}")
     return args
@@ -218,14 +273,19 @@ def sidecar(
     gpu: Mapping[str, str],
     inputs: Sequence[Mapping[str, Any]],
     outputs: Sequence[Mapping[str, Any]],
+    typing: str = STRONG,
 ) -> dict[str, Any]:
     """The JSON written beside an engine: how it was built and what it computes.
+
+    `typing` says where the engine's types came from: `STRONG` (the graph parsed,
+    `network_onnx`) or `WEAK` (builder flags over the float32 graph, `fp32_layers` pinned).
 
     `metadata` is the source ONNX's metadata with the preprocessing and mask-token keys made
     explicit (what `Predictor` reads from a TensorRT session); `preprocessing` and
     `mask_tokens` repeat them as numbers for callers in other languages.
     """
     conventions = model_conventions(plan.onnx_metadata)
+    network = plan.typed_onnx if typing == STRONG else plan.onnx
     return {
         "format": "edgesam-export tensorrt sidecar v1",
         "engine": plan.engine.name,
@@ -233,6 +293,7 @@ def sidecar(
         "gpu": dict(gpu),
         "graph": plan.graph,
         "precision": plan.precision,
+        "typing": typing,
         "fp32_layers": list(plan.fp32_layers),
         "profiles": {
             name: {"min": list(r[0]), "opt": list(r[1]), "max": list(r[2])}
@@ -241,6 +302,7 @@ def sidecar(
         "workspace_mb": plan.workspace_mb,
         "timing_cache": plan.timing_cache.name if plan.timing_cache else None,
         "source_onnx": {"file": plan.onnx.name, "sha256": file_sha256(plan.onnx)},
+        "network_onnx": {"file": network.name, "sha256": file_sha256(network)},
         "inputs": list(inputs),
         "outputs": list(outputs),
         "preprocessing": conventions.get("preprocessing"),
@@ -279,20 +341,38 @@ def _node_names(onnx_path: Path) -> set[str]:
     return {n.name or n.output[0] for n in model.graph.node}
 
 
+def strongly_typed_flags(trt: Any) -> int | None:
+    """`create_network` flags for a strongly typed network; None where TensorRT has none.
+
+    TensorRT 9.1 and 10 offer `NetworkDefinitionCreationFlag.STRONGLY_TYPED`; TensorRT 11 keeps
+    it as an ignored no-op (every network is strongly typed) and drops `BuilderFlag.FP16`, so a
+    module without that builder flag is strongly typed even without the creation flag.
+    """
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    if flag is not None:
+        return 1 << int(flag)
+    return None if hasattr(trt.BuilderFlag, "FP16") else 0
+
+
 def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
     """Parse, configure and build with the TensorRT Python API; write engine + sidecar.
 
-    Nothing is left at the destination unless both files were written.
+    Strongly typed wherever TensorRT offers it (the parsed graph fixes every type: the fp16
+    graph for an fp16 engine); the weakly typed flag path only where it does not. Nothing is
+    left at the destination unless both files were written.
     """
     trt = trt or require_tensorrt()
     unmatched: list[str] = []
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = strongly_typed_flags(trt)
+    typing = WEAK if flags is None else STRONG
+    network = builder.create_network(flags or 0)  # explicit batch: the only mode since 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(plan.onnx)):
+    source = plan.typed_onnx if typing == STRONG else plan.onnx
+    if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportFailedError(f"TensorRT's ONNX parser rejected {plan.onnx.name}: {errors}")
+        raise ExportFailedError(f"TensorRT's ONNX parser rejected {source.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
     if plan.profiles:
@@ -300,7 +380,7 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
         for name, (lo, opt, hi) in plan.profiles.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-    if plan.fp16:
+    if plan.fp16 and typing == WEAK:
         if not builder.platform_has_fast_fp16:
             raise BackendUnavailableError("this GPU has no fast fp16: build without --fp16")
         config.set_flag(trt.BuilderFlag.FP16)
@@ -312,13 +392,14 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportFailedError(f"TensorRT could not build an engine from {plan.onnx.name}")
+        raise ExportFailedError(f"TensorRT could not build an engine from {source.name}")
     meta = sidecar(
         plan,
         trt.__version__,
         gpu_info(),
         _tensor_specs(network, True),
         _tensor_specs(network, False),
+        typing,
     )
     meta["fp32_layers_without_a_layer"] = unmatched
     side = sidecar_path(plan.engine)
@@ -352,8 +433,9 @@ def layer_owner(layer_name: str, pinned: set[str], node_names: set[str]) -> str 
 def _pin_layers(
     trt: Any, network: Any, config: Any, names: Sequence[str], node_names: set[str]
 ) -> list[str]:
-    """Run the layers the ONNX parser made from the named nodes in fp32 (outputs too);
-    returns the names no layer came from (e.g. Constant nodes, folded by the parser)."""
+    """Weakly typed networks only (a TensorRT without strong typing): run the layers the ONNX
+    parser made from the named nodes in fp32 (outputs too); returns the names no layer came
+    from (e.g. Constant nodes, folded by the parser)."""
     if not names:
         return []
     wanted = set(names)
