@@ -477,3 +477,26 @@ def test_torch_fallback_copies_and_runs_on_one_stream(monkeypatch: pytest.Monkey
     np.testing.assert_array_equal(back, np.arange(4, dtype=np.float32))
     assert device.handle() == 7
     assert seen == [("to_device", engine_stream), ("to_host", engine_stream)]
+
+
+def test_registry_target_builds_fp16_engines_strongly_typed(tmp_path: Path, fake_trt):
+    """The registry's TensorRT target (recipes, build) builds an fp16 engine from the ONNX fp16
+    export of the graph, its safety pins kept float32: on TensorRT 11 no weak flag exists."""
+    from conftest import model_for
+
+    from edgesam_export.host.config import TensorRTOptions
+    from edgesam_export.host.targets.tensorrt import TARGET
+
+    trt = fake_trt("11")
+    options = TensorRTOptions(output=tmp_path, precision="fp16")
+    artifact = TARGET.export(model_for(0, "bicubic"), "decoder", options)
+    assert artifact.path == tmp_path / "edge_sam_decoder_fp16.engine"
+    (parsed,) = trt.calls.parsed
+    assert parsed.name == "edge_sam_decoder_fp16.onnx" and trt.calls.builder_flags == []
+    side = json.loads(sidecar_path(artifact.path).read_text())
+    assert side["typing"] == STRONG and side["network_onnx"]["file"] == parsed.name
+    assert side["source_onnx"]["file"] == "edge_sam_decoder.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "edge_sam_decoder_fp16.engine",
+        "edge_sam_decoder_fp16.engine.json",
+    ]

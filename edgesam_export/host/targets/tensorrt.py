@@ -463,6 +463,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
 
     TensorRT is required before anything is exported. The ONNX source goes to a temporary
     folder: the engine is what ships, and its sidecar records the source's name and sha256.
+    An fp16 engine is parsed from the ONNX fp16 export of the graph (its safety pins kept
+    float32), as `trt --fp16` parses the fp16 graph it writes.
     """
     import tempfile
 
@@ -479,16 +481,21 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     }
     fp16 = options.precision == "fp16"
     with tempfile.TemporaryDirectory(prefix="edgesam-trt-") as tmp:
-        source = export_onnx(
-            loaded,
-            graph,
-            OnnxOptions(
-                output=Path(tmp),
-                graphs=(graph,),
-                use_stability_score=options.use_stability_score,
-                opset=options.opset,
-            ),
+        onnx_options = OnnxOptions(
+            output=Path(tmp),
+            graphs=(graph,),
+            use_stability_score=options.use_stability_score,
+            opset=options.opset,
         )
+        source = export_onnx(loaded, graph, onnx_options)
+        fp16_onnx: Path | None = None
+        pins: tuple[str, ...] = ()
+        if fp16:
+            typed = export_onnx(
+                loaded, graph, onnx_options.model_copy(update={"precision": "fp16"})
+            )
+            fp16_onnx = typed.path
+            pins = tuple(n for n in typed.metadata.get("fp16.fp32_nodes", "").split(",") if n)
         model = load_onnx(source.path)
         dims = dims_for(model, requested)
         readiness = check_model(model, dims, source.path.name)
@@ -502,6 +509,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             graph=graph,
             profiles=profile_shapes(model, dims),
             fp16=fp16,
+            fp32_layers=pins,
+            fp16_onnx=fp16_onnx,
             workspace_mb=options.workspace_mb,
             onnx_metadata={p.key: p.value for p in model.metadata_props},
         )
