@@ -307,3 +307,17 @@ def test_artifact_names_take_the_registry_suffix(fake: Backend, tmp_path: Path) 
     assert (
         artifact_path(loaded, "encoder", options, "coreml").name == "edge_sam_3x_encoder.mlpackage"
     )  # type: ignore[arg-type]
+
+
+def test_export_of_a_backend_that_cannot_run_fails_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgesam_export.host.models as models
+    from edgesam_export.host.config import CoreMLOptions, ModelOptions
+    from edgesam_export.host.pipeline import export_artifacts
+
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded for nothing"))
+    with pytest.raises(BackendUnavailableError, match=r"edgesam-export\[coreml\]"):
+        export_artifacts(ModelOptions(), "coreml", CoreMLOptions(output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -41,10 +41,12 @@ def export_artifacts(
     model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
 ) -> tuple[LoadedModel, list[Artifact]]:
     """Load the model once, export each requested graph with `target`, write the golden sidecar."""
+    from edgesam_export.device.backends import require
     from edgesam_export.host.models import load_model
     from edgesam_export.host.targets import artifact_stem, get_target
 
     backend = get_target(target)
+    require(target)  # a backend that cannot run here says what to install, before any load
     if options.output.exists() and not options.output.is_dir():
         raise InputError(f"--output must be a directory, but {options.output} is a file")
     synthetic = f"{model.synthetic} synthetic weights (seed {model.seed})"
