@@ -74,6 +74,11 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
     assert "tensorrt" not in manifest["tools"]  # install does not change the manifest hash
     assert [t["name"] for t in manifest["targets"]] == ["slim", "sim"]
     assert all(t["status"] == "passed" and t["exit_code"] == 0 for t in manifest["targets"])
+    # each target's parity result says which runtime produced the numbers
+    (built,) = report["recipes"]
+    assert [t["parity"]["runtimes"] for t in built["targets"]] == [
+        {"edge_sam_decoder.onnx": "onnx"}
+    ] * 2
     for art in manifest["artifacts"]:
         rows = art["parity_checks"]
         assert rows and all(r["passed"] and r["max_abs"] <= r["tolerance"] for r in rows)

@@ -264,7 +264,11 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
             apply_tolerances(report, parity.tolerances)
             result.seconds["parity"] = round(time.perf_counter() - t1, 2)
             payload = report.to_json()
-            result.parity = {"passed": report.passed, "errors": payload["errors"]}
+            result.parity = {
+                "passed": report.passed,
+                "errors": payload["errors"],
+                "runtimes": payload["inputs"].get("runtimes", {}),  # e.g. CoreML or MIL executor
+            }
             checks = payload["summary"]
             for row in payload["summary"]:
                 ok = verdicts.get(row["artifact"], PASSED) == PASSED and row["passed"]
