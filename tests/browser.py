@@ -1,51 +1,21 @@
-"""Render a page in headless Chromium (Debian's `chromium` package) and return the screenshot."""
+"""Render a page in headless Chromium (Debian's `chromium`, through Playwright) as an array."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-
-
-def chromium() -> str:
-    for name in CANDIDATES:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise AssertionError(
-        "headless Chromium is needed to test the HTML report: apt-get install -y chromium"
-        " (.ci/run installs it)"
-    )
+from edgesam_export.web.browser import Chromium
 
 
 def screenshot(page: Path, width: int = 1100, height: int = 1500) -> np.ndarray:
-    """The page rendered at width x height, as an RGB array."""
-    with tempfile.TemporaryDirectory() as tmp:
-        shot = Path(tmp) / "shot.png"
-        proc = subprocess.run(
-            [
-                chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                f"--user-data-dir={tmp}/profile",
-                f"--window-size={width},{height}",
-                f"--screenshot={shot}",
-                page.resolve().as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert shot.is_file(), proc.stderr[-2000:]
-        with Image.open(shot) as img:
+    """The page rendered at width x height, as an RGB array, once it has loaded (images too)."""
+    with Chromium() as chromium, chromium.new_page(width, height) as tab:
+        tab.goto(page.resolve().as_uri())
+        with Image.open(io.BytesIO(tab.screenshot())) as img:
             return np.asarray(img.convert("RGB"))
 
 

@@ -2,8 +2,9 @@
 
 One web folder is built per session through the CLI exactly as a user would (no checkpoint:
 the synthetic demo weights are exported first) and served by `edgesam-export web SITE --serve`
-in a subprocess; the browser tests share it and one Chromium.
-They skip only when Chromium is absent (`apt-get install chromium`; `.ci/run` installs it).
+in a subprocess; the browser tests share it and one Chromium, driven by Playwright.
+They skip only when Chromium or Playwright is absent (`apt-get install chromium`, `pip install
+'edgesam-export[web]'`; `.ci/run` installs both).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typer.testing import CliRunner
 from edgesam_export.cli.export import app
 from edgesam_export.device.parity import make_test_image
 from edgesam_export.web import build as web_build
-from edgesam_export.web.browser import Chromium, find_chromium
+from edgesam_export.web.browser import Chromium, browser_unavailable
 from edgesam_export.web.selftest import (
     FLIPPED_FRACTION_MAX,
     SCORE_ATOL,
@@ -40,10 +41,8 @@ from edgesam_export.web.selftest import (
 from edgesam_export.web.server import ISOLATION_HEADERS, WebServer
 
 runner = CliRunner()
-needs_chromium = pytest.mark.skipif(
-    find_chromium() is None,
-    reason="Chromium is not installed (Debian: apt-get install chromium; or set $CHROMIUM)",
-)
+BROWSER_MISSING = browser_unavailable()
+needs_chromium = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 
 # Two self-test cases: an upscaled landscape image with one positive point (Pillow's
 # horizontal-first passes), and a portrait image shrunk vertical-first by Pillow 13's rule,
@@ -117,8 +116,8 @@ def server(web_dir: Path):
 
 @pytest.fixture(scope="session")
 def browser():
-    if find_chromium() is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    if BROWSER_MISSING is not None:
+        pytest.skip(BROWSER_MISSING)
     with Chromium() as chromium:
         yield chromium
 
@@ -301,15 +300,8 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser, tmp
     assert close_off[off].mean() > 0.99, "overlay colour outside the mask"
 
     # Download: the chosen mask as a white-on-black PNG of the image's size.
-    browser.send(
-        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
-    )
-    page.evaluate("document.getElementById('download').click()")
-    png = tmp_path / "mask.png"
-    for _ in range(100):
-        if png.is_file() and png.stat().st_size > 0:
-            break
-        time.sleep(0.1)
+    png = page.download("document.getElementById('download').click()", tmp_path)
+    assert png.name == "mask.png"
     downloaded = np.asarray(Image.open(png).convert("L"))
     assert downloaded.shape == (h, w) and set(np.unique(downloaded)) <= {0, 255}
     assert np.array_equal(downloaded == 255, mask)
@@ -455,17 +447,16 @@ def _wait_masks(page, n: int) -> None:
 
 def _interact(page, left: int, top: int) -> None:
     # Hover previews what a click would give, without committing a prompt.
-    page.mouse("mouseMoved", left + 60, top + 200)
+    page.move(left + 60, top + 200)
     page.wait_for(PREVIEW_PIXELS + " > 1000", timeout=120)
     assert page.evaluate("document.body.dataset.masks") == "1"
     # Shift-click adds a negative point; a drag adds a box.
     page.click(left + 100, top + 150, shift=True)
     _wait_masks(page, 2)
-    page.mouse("mouseMoved", left + 20, top + 20)
-    page.mouse("mousePressed", left + 20, top + 20, buttons=1)
-    page.mouse("mouseMoved", left + 90, top + 60, buttons=1)
-    page.mouse("mouseMoved", left + 150, top + 120, buttons=1)
-    page.mouse("mouseReleased", left + 150, top + 120)
+    page.press(left + 20, top + 20)
+    page.move(left + 90, top + 60)
+    page.move(left + 150, top + 120)
+    page.release(left + 150, top + 120)
     _wait_masks(page, 3)
     prompts = page.evaluate("window.edgesam.prompts")
     assert prompts == [
@@ -707,3 +698,45 @@ def test_select_tokens_js_matches_select_masks(server, browser) -> None:
                 expected.append(None)
     assert js == expected
     assert js[:4] == [[0], None, [1, 2, 3], [0, 1, 2, 3]]
+
+
+# --------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------
+
+
+def test_driver_without_playwright_names_the_install(monkeypatch) -> None:
+    """Playwright is optional ([web]): starting a browser without it says what to install."""
+    from edgesam_export.device.errors import BackendUnavailableError, ExitCode
+    from edgesam_export.web import browser as driver
+
+    monkeypatch.setattr(driver, "_PLAYWRIGHT", None)
+    monkeypatch.setitem(sys.modules, "playwright", None)
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)
+    assert "edgesam-export[web]" in str(driver.browser_unavailable())
+    with pytest.raises(BackendUnavailableError, match=r"edgesam-export\[web\]") as err:
+        Chromium(executable="/bin/true")
+    assert err.value.exit_code == ExitCode.BACKEND_UNAVAILABLE
+
+
+@needs_chromium
+def test_driver_waits_in_real_time_and_saves_downloads(browser, tmp_path) -> None:
+    """The page's work runs on its own clock (timers after load, a file made in script): the
+    driver waits for the condition in real time and saves the download the page starts."""
+    page_file = tmp_path / "late.html"
+    page_file.write_text(
+        "<html><body><a id='d' download='late.txt'>x</a><script>"
+        "const t0 = performance.now();"
+        "setTimeout(() => { const a = document.getElementById('d');"
+        " a.href = URL.createObjectURL(new Blob(['made late']));"
+        " document.body.dataset.ready = String(performance.now() - t0); }, 800);"
+        "</script></body></html>"
+    )
+    with browser.new_page(320, 240) as page:
+        t0 = time.monotonic()
+        page.goto(page_file.as_uri())
+        assert not page.evaluate("document.body.dataset.ready")  # not done at the load event
+        waited_ms = float(page.wait_for("document.body.dataset.ready", timeout=30))
+        assert waited_ms >= 800 and time.monotonic() - t0 >= 0.8
+        saved = page.download("document.getElementById('d').click()", tmp_path)
+    assert saved.name == "late.txt" and saved.read_text() == "made late"
