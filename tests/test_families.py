@@ -144,7 +144,7 @@ def test_export_and_parity(name: str, tmp_path: Path, family_artifacts):
     parity against PyTorch on onnxruntime (embeddings, decoder alone, end to end).
 
     Default rows reuse the session's export of the variant (conftest `family_artifacts`, the
-    same pipeline call with the same random seed-0 weights), shared with the web, report and
+    same pipeline call with the same untrained seed-0 weights), shared with the web, report and
     TensorRT tests; heavy rows export here."""
     t0 = time.perf_counter()
     if EXPORT[name] == "default":

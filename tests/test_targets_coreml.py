@@ -240,7 +240,7 @@ def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
     tmp_path, fp32_decoder
 ) -> None:
     """A package whose weights changed after export fails parity; `onnx` into the same folder
-    verifies only its own file; the folder (CoreML from random weights, ONNX from calibrated
+    verifies only its own file; the folder (CoreML from untrained weights, ONNX from calibrated
     ones) is then judged per backend and per recorded weights, never across them."""
     folder = tmp_path / "mixed"
     folder.mkdir()
