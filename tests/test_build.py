@@ -169,13 +169,9 @@ def test_verify_names_the_damaged_file(decoder_build, tmp_path: Path, damage: st
     assert [p["file"] for p in report["folders"][0]["problems"]] == [named]
 
 
-def test_failed_targets_are_recorded_and_the_stale_build_does_not_survive(
-    decoder_build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A good target, one failing parity, one whose simplifier is not installed; built over
-    an earlier good build of the same recipe name."""
-    _, published, _ = decoder_build
-    shutil.copytree(published, tmp_path / "out" / "dec")
+def test_failed_targets_are_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A good target, one failing parity, one whose simplifier is not installed; with no good
+    build there before, the failed build is published and its manifest says what failed."""
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # "not installed"
     recipe = _recipe(
         tmp_path,
@@ -191,7 +187,7 @@ def test_failed_targets_are_recorded_and_the_stale_build_does_not_survive(
     manifest = mf.read(folder)
     status = {t["name"]: t["status"] for t in manifest["targets"]}
     assert status == {"plain": "passed", "tight": "parity_failed", "sim": "unavailable"}
-    assert manifest["status"] == "failed"
+    assert manifest["status"] == "failed" and result.recipes[0].published
     sim = manifest["targets"][2]
     assert sim["exit_code"] == 6 and "pip install onnxsim" in sim["error"]
     assert sim["artifacts"] == [] and not (folder / "sim").exists()
@@ -203,10 +199,43 @@ def test_failed_targets_are_recorded_and_the_stale_build_does_not_survive(
     }
     # a device app picking artifacts gets only the one that passed
     assert [a["target"] for a in mf.select(manifest, graph="decoder")] == ["plain"]
-    # nothing of the earlier build survives: not its folders, not its verdicts
-    assert not (folder / "slim").exists()
-    assert set(manifest["files"]) == {"plain/edge_sam_decoder.onnx", "tight/edge_sam_decoder.onnx"}
+    assert set(manifest["files"]) == {
+        f"{t}/edge_sam_{f}" for t in ("plain", "tight") for f in ("decoder.onnx", "reference.npz")
+    }
     assert mf.verify(folder).ok
+
+
+def test_a_failed_build_never_replaces_the_good_one(decoder_build, tmp_path: Path) -> None:
+    """`build -o B`, then the same with `--checkpoint empty.pth`: the good artifacts were
+    deleted, a failed manifest published, and `verify B` said "ok (0 files)"."""
+    recipe, published, _ = decoder_build
+    shutil.copytree(published, tmp_path / "out" / "dec")
+    before = mf.read(tmp_path / "out" / "dec")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    code, _, err = _cli(
+        "build", str(recipe), "-o", str(tmp_path / "out"), "--checkpoint", str(empty),
+        "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 3, err
+    text = " ".join(err.split())
+    assert "not published" in text and "the previous build in" in text and "stands" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["recipes"][0]["published"] is False
+    assert report["recipes"][0]["status"] == "failed"
+    assert mf.read(tmp_path / "out" / "dec") == before
+    code, out, err = _cli("verify", str(tmp_path / "out"))
+    assert code == 0, err
+    assert f"({len(before['files'])} files match the manifest; status passed)" in out
+
+
+def test_build_ships_reference_outputs_checkable_without_torch(decoder_build) -> None:
+    """`build` never wrote `<stem>_reference.npz`: CI builds could not be checked on a device."""
+    _, published, _ = decoder_build
+    for target in ("slim", "sim"):
+        assert (published / target / "edge_sam_reference.npz").is_file()
+        code, _, err = _cli("parity", "--reference", "golden", str(published / target))
+        assert code == 0, err
 
 
 def test_only_builds_a_subset_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,8 +326,13 @@ def test_killed_build_leaves_nothing_that_looks_finished(tmp_path: Path) -> None
     assert visible == []  # no published folder, no manifest
     assert not list(out.rglob("manifest.json"))
     (staging,) = out.glob(".dec.staging-*")
-    assert B.clean_stale(out, "dec") == [staging]  # the next build removes the remains
-    assert list(out.iterdir()) == []
+    code, _, err = _cli("verify", str(out))  # a build root: its leftovers are reported
+    assert code == 5, err
+    assert staging.name in " ".join(err.split())
+    from edgesam_export.device import publish
+
+    assert publish.clean_leftovers(out) == [staging.name]  # the next build removes them
+    assert [p.name for p in out.iterdir()] == [mf.LOCK_NAME]
 
 
 def test_full_build_of_the_ci_recipe(tmp_path: Path) -> None:

@@ -96,15 +96,31 @@ def test_unreadable_manifest_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     assert problem[0] == mf.MANIFEST_NAME and "not valid JSON" in problem[1]
 
 
-def test_hidden_entries_and_nested_manifest_folders_are_not_covered(tmp_path: Path) -> None:
+def test_hidden_files_are_covered_and_nested_manifest_folders_are_not(tmp_path: Path) -> None:
+    """`.hidden.onnx` and `.git/evil` passed verify: hidden entries were skipped."""
     folder = _folder(tmp_path)
-    (folder / ".tmp.partial").write_bytes(b"x")
     nested = folder / "other"
     nested.mkdir()
     (nested / "a.onnx").write_bytes(b"a")
     mf.write(nested, mf.seal({"files": mf.scan_files(nested)}))
     assert mf.verify(folder).ok
-    assert set(mf.walk(folder)) == {"onnx/dec.onnx", "onnx/enc.onnx"}
+    (folder / ".hidden.onnx").write_bytes(b"x")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "evil").write_bytes(b"x")
+    problems = dict(mf.verify(folder).problems)
+    assert problems == {
+        ".git/evil": "extra: on disk, not in the manifest",
+        ".hidden.onnx": "extra: on disk, not in the manifest",
+    }
+    assert set(mf.walk(folder)) == {".git/evil", ".hidden.onnx", "onnx/dec.onnx", "onnx/enc.onnx"}
+
+
+def test_the_lock_file_is_not_content_and_leftovers_are_reported(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    (folder / mf.LOCK_NAME).write_text("123\n")
+    assert mf.verify(folder).ok
+    (folder / ".tmp.partial").write_bytes(b"x")
+    assert mf.verify(folder).problems == [(".tmp.partial", mf.LEFTOVER_PROBLEM)]
 
 
 def test_select_returns_only_artifacts_that_passed_parity(tmp_path: Path) -> None:

@@ -164,6 +164,48 @@ def test_artifact_dir_is_copied_and_wasm_only(web_dir: Path, tmp_path: Path) -> 
     assert (out / "ort" / "ort.webgpu.min.mjs").is_file()
 
 
+def test_rebuild_keeps_files_the_user_added(web_dir: Path, tmp_path: Path) -> None:
+    """A rebuild into the folder silently deleted files the user had added there."""
+    out = tmp_path / "site"
+    args = ["web", str(web_dir / "models"), "-o", str(out), "--no-webgpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "models" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "models/notes.txt" in result.output and "--force" in result.output
+    assert (out / "models" / "notes.txt").read_text() == "mine"
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "models" / "notes.txt").exists()
+
+
+def test_server_sends_only_regular_files_inside_its_folder(tmp_path: Path) -> None:
+    """`web --serve` followed a symlink out of the folder (served /etc/passwd) and listed
+    directories."""
+    site = tmp_path / "site"
+    (site / "sub").mkdir(parents=True)
+    (site / "index.html").write_text("<p>page</p>")
+    (site / "sub" / "a.txt").write_text("inside")
+    (tmp_path / "secret.txt").write_text("outside")
+    (site / "secret.txt").symlink_to(tmp_path / "secret.txt")
+    (site / "up").symlink_to(tmp_path)
+    (site / "inner.txt").symlink_to(site / "sub" / "a.txt")  # a link that stays inside is fine
+    with WebServer(site) as served:
+
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(served.url + path) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, b""
+
+        assert get("") == (200, b"<p>page</p>")
+        assert get("sub/a.txt") == (200, b"inside")
+        assert get("inner.txt") == (200, b"inside")
+        for path in ("secret.txt", "up/secret.txt", "sub/", "sub", "up/", "../secret.txt"):
+            assert get(path)[0] == 404, path
+
+
 def test_bad_outputs_and_sources_exit_3(web_dir: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")

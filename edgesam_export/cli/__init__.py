@@ -24,10 +24,30 @@ console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _json_path() -> Path | None:
+    """The running command's `--json` value (every command names its parameter json_path)."""
+    try:  # Typer >= 0.20 vendors Click as typer._click (its own context stack)
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover
+        from click import get_current_context  # type: ignore[no-redef]
+
+    ctx = get_current_context(silent=True)
+    value = ctx.params.get("json_path") if ctx is not None else None
+    return value if isinstance(value, Path) else None
+
+
 @contextmanager
 def guarded(debug: bool = False) -> Iterator[None]:
-    """Turn library errors into one clear line and their exit code; bugs into exit 1."""
+    """Turn library errors into one clear line and their exit code; bugs into exit 1.
+
+    A `--json` file is checked before any work (a folder there is refused, never replaced) and
+    written on every exit that has something to say: an error too, as
+    {"ok": false, "error": ..., "exit_code": ...}, so CI reads why a run stopped early.
+    """
+    json_path = _json_path()
     try:
+        if json_path is not None and str(json_path) != "-" and json_path.is_dir():
+            raise InputError(f"--json {json_path} is a folder: give a file path")
         yield
     except typer.Exit:
         raise
@@ -37,9 +57,11 @@ def guarded(debug: bool = False) -> Iterator[None]:
         # an option object that refused a value is bad input, said in one line
         error = input_error(exc) if isinstance(exc, ValidationError) else exc
         err_console.print(f"[bold red]error:[/] {escape(str(error))}")
+        _json_error(json_path, str(error), error.exit_code)
         raise typer.Exit(int(error.exit_code)) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: nothing half-written was left in place[/]")
+        _json_error(json_path, "interrupted", 130)
         raise typer.Exit(130) from None
     except Exception as exc:
         if debug or os.environ.get("EDGESAM_EXPORT_DEBUG"):
@@ -48,7 +70,19 @@ def guarded(debug: bool = False) -> Iterator[None]:
             f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
             "Re-run with --debug for the traceback and please report it."
         )
+        _json_error(json_path, f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _json_error(json_path: Path | None, message: str, code: int) -> None:
+    """The `--json` report of a run that stopped on an error (never raises: the error is
+    already on stderr, and a second one would hide it)."""
+    if json_path is None or (str(json_path) != "-" and json_path.is_dir()):
+        return
+    try:
+        emit_json(json_path, {"ok": False, "error": message, "exit_code": int(code)})
+    except (EdgeSamExportError, OSError) as exc:
+        err_console.print(f"[bold red]error:[/] --json not written: {escape(str(exc))}")
 
 
 def human_console(json_path: Path | None) -> Console:
@@ -218,3 +252,17 @@ def parity_exit(report: Any) -> None:
         raise typer.Exit(int(ExitCode.ARTIFACT_UNREADABLE))
     if not report.passed:
         raise typer.Exit(int(ExitCode.PARITY_FAILED))
+
+
+def say_published(run: Any, what: str, out: Console) -> None:
+    """Where the artifacts are, or that the failed run left the previous build in place."""
+    verdict = ""
+    if run.report is not None:
+        verdict = f"; parity {'[green]PASSED[/]' if run.report.passed else '[red]FAILED[/]'}"
+    if run.published:
+        out.print(f"Artifacts in [bold]{run.output.resolve()}[/] ({what}){verdict}")
+    else:
+        err_console.print(
+            f"[bold red]not published:[/] parity failed; the previous build in"
+            f" {escape(str(run.output))} stands ({what})"
+        )

@@ -27,7 +27,9 @@ from edgesam_export.cli import (
     parity_exit,
     progress,
     render_parity,
+    say_published,
 )
+from edgesam_export.cli.options import WaitOpt
 
 
 class Precision(str, Enum):
@@ -130,6 +132,7 @@ def coreml_cmd(
     synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Export the encoder and/or decoder to CoreML ML Program packages (.mlpackage).
 
@@ -137,7 +140,7 @@ def coreml_cmd(
     packages: with the CoreML runtime on macOS, with the numpy MIL executor elsewhere.
     """
     from edgesam_export.host.config import CoreMLOptions
-    from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
+    from edgesam_export.host.pipeline import export_and_check
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
@@ -159,33 +162,32 @@ def coreml_cmd(
         deployment_target(eopts)  # an impossible combination fails before any work
         announce_synthetic(mopts)
         t0 = time.perf_counter()
-        loaded, artifacts = export_artifacts(mopts, "coreml", eopts, progress)
+        run = export_and_check(mopts, "coreml", eopts, progress, verify=verify, wait=wait)
+        loaded, artifacts = run.loaded, run.artifacts
         export_s = time.perf_counter() - t0
         out = human_console(json_path)
         table = Table(title=f"CoreML packages ({loaded.spec.family}, {loaded.source})")
         for col in ("graph", "package", "size", "precision", "target"):
             table.add_column(col)
-        for a in artifacts:
-            size = sum(f.stat().st_size for f in a.path.rglob("*") if f.is_file()) / 1e6
+        for a in run.described:
             table.add_row(
-                a.graph,
-                str(a.path),
-                f"{size:.1f} MB",
-                a.metadata["precision"],
-                a.metadata["coreml.minimum_deployment_target"],
+                a["graph"],
+                a["path"],
+                f"{a['size'] / 1e6:.1f} MB",
+                a["metadata"]["precision"],
+                a["metadata"]["coreml.minimum_deployment_target"],
             )
         out.print(table)
         payload: dict[str, Any] = {
-            "artifacts": [a.to_json() | {"path": str(a.path)} for a in artifacts],
+            "artifacts": run.described,
             "export_seconds": round(export_s, 2),
+            "published": run.published,
         }
-        report = None
-        if verify:
-            only = [a.path for a in artifacts]
-            report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
+        report = run.report
+        if report is not None:
             render_parity(report, out)
             payload["parity"] = report.to_json()
-        if fp16_report:
+        if fp16_report and run.published:  # an unpublished run's packages are gone
             from edgesam_export.device.fp16 import coreml_fp16_report as make_report
             from edgesam_export.device.runtime import open_session
 
@@ -198,13 +200,6 @@ def coreml_cmd(
             payload["fp16_report"] = make_report(enc, decs)
             _render_fp16(payload["fp16_report"], out)
         emit_json(json_path, payload)
-        out.print(
-            f"Packages in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
-            + (
-                ""
-                if report is None
-                else f"; parity {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"
-            )
-        )
+        say_published(run, f"export {export_s:.1f} s", out)
         if report is not None:
             parity_exit(report)

@@ -30,11 +30,12 @@ from edgesam_export.cli import (
     parity_exit,
     progress,
     render_parity,
+    say_published,
 )
 from edgesam_export.cli.coreml import coreml_cmd
 from edgesam_export.cli.everything import everything_cmd
 from edgesam_export.cli.models import models_cmd
-from edgesam_export.cli.options import ExitCodeGroup, ReportOpt
+from edgesam_export.cli.options import ExitCodeGroup, ReportOpt, WaitOpt
 from edgesam_export.cli.recipes import build_cmd, recipe_app, verify_cmd
 from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
 from edgesam_export.cli.web import web_cmd
@@ -96,6 +97,7 @@ def onnx_cmd(
     synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
+    wait: WaitOpt = 0.0,
     decoder_contract: Annotated[
         str,
         typer.Option(
@@ -122,7 +124,7 @@ def onnx_cmd(
 ) -> None:
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
     from edgesam_export.host.config import OnnxOptions
-    from edgesam_export.host.pipeline import export_artifacts, verify_artifacts
+    from edgesam_export.host.pipeline import export_and_check
 
     with guarded(debug):
         graphs = tuple(g for g, on in (("encoder", encoder), ("decoder", decoder)) if on)
@@ -143,8 +145,9 @@ def onnx_cmd(
         )
         announce_synthetic(mopts)
         t0 = time.perf_counter()
-        loaded, artifacts = export_artifacts(mopts, "onnx", eopts, progress)
+        run = export_and_check(mopts, "onnx", eopts, progress, verify=verify, wait=wait)
         export_s = time.perf_counter() - t0
+        loaded = run.loaded
         if loaded.ignored_keys:
             err_console.print(
                 f"[yellow]{len(loaded.ignored_keys)} extra checkpoint keys ignored, as the"
@@ -156,31 +159,21 @@ def onnx_cmd(
         table = Table(title=f"ONNX artifacts ({loaded.spec.family}, {loaded.source})")
         for col in ("graph", "file", "size", "sha256"):
             table.add_column(col)
-        for a in artifacts:
-            size = a.path.stat().st_size / 1e6
-            table.add_row(a.graph, str(a.path), f"{size:.1f} MB", a.sha256()[:16])
+        for a in run.described:
+            table.add_row(a["graph"], a["path"], f"{a['size'] / 1e6:.1f} MB", a["sha256"][:16])
         human_console(json_path).print(table)
         payload: dict[str, Any] = {
-            "artifacts": [a.to_json() | {"path": str(a.path)} for a in artifacts],
+            "artifacts": run.described,
             "export_seconds": round(export_s, 2),
+            "published": run.published,
         }
-        report = None
-        if verify:
-            only = [a.path for a in artifacts]  # not unrelated files already in --output
-            report = verify_artifacts(checkpoint, output, progress, loaded=loaded, only=only)
-            render_parity(report, human_console(json_path))
-            payload["parity"] = report.to_json()
+        if run.report is not None:
+            render_parity(run.report, human_console(json_path))
+            payload["parity"] = run.report.to_json()
         emit_json(json_path, payload)
-        human_console(json_path).print(
-            f"Artifacts in [bold]{output.resolve()}[/] (export {export_s:.1f} s)"
-            + (
-                ""
-                if report is None
-                else f"; parity {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"
-            )
-        )
-        if report is not None:
-            parity_exit(report)
+        say_published(run, f"export {export_s:.1f} s", human_console(json_path))
+        if run.report is not None:
+            parity_exit(run.report)
 
 
 class Reference(str, Enum):

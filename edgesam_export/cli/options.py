@@ -120,3 +120,12 @@ ReportOpt = Annotated[
         show_default=False,
     ),
 ]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        help="Seconds to wait when another run is writing the same --output (default: refuse"
+        " at once; two runs never write one folder together).",
+    ),
+]

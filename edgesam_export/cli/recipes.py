@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.cli.options import WaitOpt
 from edgesam_export.device.errors import ExitCode, InputError
 
 recipe_app = typer.Typer(name="recipe", help="Recipe schema and validation.", no_args_is_help=True)
@@ -45,12 +46,13 @@ def build_cmd(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Targets built at once.")] = 1,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Build every target of each recipe, check parity, write manifest.json, publish atomically.
 
     Exit 0 when every target passed (or parity is off), else the exit code of the first target
     that did not: 3 bad input, 4 parity failed, 5 unreadable, 6 backend not installed, 7 export
-    failed. Nothing half-built is ever published.
+    failed. Nothing half-built is ever published, and a failed build never replaces a good one.
     """
     from edgesam_export.host.build import build
 
@@ -86,6 +88,7 @@ def build_cmd(
                 progress=step,
                 on_target=target_done,
                 on_plan=lambda total: bar.update(task, total=total),
+                wait=wait,
             )
         table = Table(title="Build")
         for col in (
@@ -120,6 +123,12 @@ def build_cmd(
                         f"[bold red]{escape(t.recipe)}/{escape(t.target)}:[/] {escape(t.error)}"
                     )
             status = r.manifest["status"]
+            if not r.published:
+                err_console.print(
+                    f"[bold red]{escape(r.recipe.recipe.name)}: not published:[/] this build"
+                    f" failed; the previous build in {escape(str(r.folder))} stands"
+                )
+                continue
             out.print(
                 f"{r.recipe.recipe.name}: [bold]{r.folder}[/]"
                 f" {STATUS_STYLE.get(status, status)}"
@@ -157,19 +166,41 @@ def verify_cmd(
 ) -> None:
     """Re-hash every file against its manifest; exit 5 naming each file that does not match.
 
-    Catches flipped bytes, missing or extra files, and a manifest edited by hand.
+    Catches flipped bytes, missing or extra files (hidden ones too), a manifest edited by hand,
+    and leftovers of interrupted runs (in a build root too).
     """
-    from edgesam_export.device.manifest import verify
+    from edgesam_export.device import manifest as mf
+    from edgesam_export.device.manifest import LEFTOVER_PROBLEM, Verification, leftover, verify
 
     with guarded(debug):
         out = human_console(json_path)
         reports = []
         for root in folders:
-            for folder in _manifest_folders(root):
+            own = Verification(root)  # a build root's own leftovers (staging folders)
+            if root.is_dir() and not (root / mf.MANIFEST_NAME).exists():
+                names = sorted(p.name for p in root.iterdir() if leftover(p.name))
+                own.problems = [(name, LEFTOVER_PROBLEM) for name in names]
+            try:
+                folders_here = _manifest_folders(root)
+            except InputError:
+                if not own.problems:
+                    raise
+                folders_here = []
+            if own.problems:
+                reports.append(own)
+                for name, problem in own.problems:
+                    err_console.print(
+                        f"[bold red]mismatch:[/] {escape(str(root / name))}: {escape(problem)}"
+                    )
+            for folder in folders_here:
                 result = verify(folder)
                 reports.append(result)
                 if result.ok:
-                    out.print(f"[green]ok[/] {folder} ({result.checked} files match the manifest)")
+                    status = result.status or "unknown"
+                    out.print(
+                        f"[green]ok[/] {folder} ({result.checked} files match the manifest;"
+                        f" status {STATUS_STYLE.get(status, status)})"
+                    )
                 for name, problem in result.problems:
                     err_console.print(
                         f"[bold red]mismatch:[/] {escape(str(folder / name))}: {escape(problem)}"
@@ -187,17 +218,19 @@ def schema_cmd(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Write to this file instead of stdout."),
     ] = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Print the recipe JSON schema (point your editor's YAML plugin at it)."""
     from edgesam_export.host.recipes import json_schema
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        from edgesam_export.device.artifacts import write_json_atomic
+    with guarded(debug):  # a folder or an unwritable path: one line, exit 3
+        text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            from edgesam_export.device.artifacts import write_json_atomic
 
-        write_json_atomic(output, json_schema())
+            write_json_atomic(output, json_schema())
 
 
 @recipe_app.command("check")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -25,6 +26,8 @@ from edgesam_export.cli import (
     progress,
     render_parity,
 )
+from edgesam_export.cli.options import WaitOpt
+from edgesam_export.device import publish
 from edgesam_export.device.errors import (
     BackendUnavailableError,
     EdgeSamExportError,
@@ -252,6 +255,7 @@ def trt_cmd(
     synthetic: SyntheticOpt = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Build TensorRT engines (TensorRT 10 or 11) with dynamic prompt shapes, fp16 with fp32
     pins, and check them.
@@ -300,33 +304,41 @@ def trt_cmd(
         if not models:
             raise InputError("no graph to build (check --encoder/--decoder and the directory)")
         out = human_console(json_path)
-        pins, fp16_json = _pins(models, fp16, fp32_layers, out)
-        payload: dict[str, Any] = {"engines": []}
-        built: list[Path] = []
-        for f, model in models.items():
-            plan, entry = _plan(f, model, requested, engine_dir, fp16, pins[f], out)
-            plan = replace(plan, workspace_mb=workspace, timing_cache=timing_cache)
-            entry["trtexec"] = trtexec_line(plan)
-            if f in fp16_json:
-                entry["fp16"] = fp16_json[f]
+        # Engines (and fp16 graphs) are written, checked and recorded under engine_dir's lock:
+        # one run at a time (device/publish.py); --print-trtexec builds nothing.
+        lock = (
+            publish.locked(engine_dir, wait=wait, progress=progress)
+            if trt is not None
+            else contextlib.nullcontext(engine_dir)
+        )
+        with lock:
+            pins, fp16_json = _pins(models, fp16, fp32_layers, out)
+            payload: dict[str, Any] = {"engines": []}
+            built: list[Path] = []
+            for f, model in models.items():
+                plan, entry = _plan(f, model, requested, engine_dir, fp16, pins[f], out)
+                plan = replace(plan, workspace_mb=workspace, timing_cache=timing_cache)
+                entry["trtexec"] = trtexec_line(plan)
+                if f in fp16_json:
+                    entry["fp16"] = fp16_json[f]
+                if trt is None:
+                    out.print(entry["trtexec"], soft_wrap=True, markup=False, highlight=False)
+                else:
+                    progress(f"building {plan.engine.name} (TensorRT {trt.__version__})")
+                    built.append(build_engine(plan, trt))
+                entry["built"] = trt is not None
+                payload["engines"].append(entry)
             if trt is None:
-                out.print(entry["trtexec"], soft_wrap=True, markup=False, highlight=False)
-            else:
-                progress(f"building {plan.engine.name} (TensorRT {trt.__version__})")
-                built.append(build_engine(plan, trt))
-            entry["built"] = trt is not None
-            payload["engines"].append(entry)
-        if trt is None:
-            out.print(
-                f"--print-trtexec: no engine was built or checked; after building them in"
-                f" {engine_dir}, check them with: edgesam-export parity {engine_dir}"
-                " --reference golden"
-            )
-            emit_json(json_path, payload)
-            return
-        report = _check_engines(built, engine_dir, loaded, source if from_dir else None)
-        render_parity(report, out)
-        payload["parity"] = report.to_json()
+                out.print(
+                    f"--print-trtexec: no engine was built or checked; after building them in"
+                    f" {engine_dir}, check them with: edgesam-export parity {engine_dir}"
+                    " --reference golden"
+                )
+                emit_json(json_path, payload)
+                return
+            report = _check_engines(built, engine_dir, loaded, source if from_dir else None)
+            render_parity(report, out)
+            payload["parity"] = report.to_json()
         emit_json(json_path, payload)
         parity_exit(report)
 

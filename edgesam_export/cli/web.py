@@ -57,6 +57,13 @@ def web_cmd(
     upsample: UpsampleOpt = None,
     seed: SeedOpt = None,
     synthetic: SyntheticOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace --output even if it holds files no web build wrote (they are deleted).",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -84,7 +91,12 @@ def web_cmd(
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
             export = _exporter(source, model, upsample, seed, synthetic)
         built = build_web(
-            output, artifact_dir=artifact_dir, export=export, webgpu=webgpu, progress=progress
+            output,
+            artifact_dir=artifact_dir,
+            export=export,
+            webgpu=webgpu,
+            progress=progress,
+            force=force,
         )
         table = Table(title=f"Web folder {output}")
         table.add_column("part")

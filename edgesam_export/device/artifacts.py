@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from edgesam_export import __version__
 from edgesam_export.device import manifest as mf
 from edgesam_export.device.contract import TensorSpec
+from edgesam_export.device.errors import InputError
 from edgesam_export.device.manifest import MANIFEST_NAME, file_sha256, path_sha256
 
 __all__ = [
@@ -76,10 +77,24 @@ class Artifact:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `dest` only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+def atomic_path(
+    dest: Path, *, replaces_dir: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `dest` only if the block succeeds.
+
+    An existing directory at `dest` is never deleted to make room for a file (`--json .` once
+    emptied the working directory): it is refused with exit 3, before the block runs. A
+    directory is replaced by a directory only where `replaces_dir(dest)` says it is one we
+    wrote (a CoreML package, a report). A destination that cannot be written is refused the
+    same way, in one line.
+    """
+    if dest.is_dir() and (replaces_dir is None or not replaces_dir(dest)):
+        raise InputError(f"{dest} is a folder: give a file path (nothing was written)")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {dest}: {exc.strerror}; choose another path") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
@@ -87,9 +102,15 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"exporter produced nothing at {tmp}")
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        if dest.is_dir() and tmp.is_dir():
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.old.partial")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        elif dest.is_dir():
+            raise InputError(f"{dest} is a folder: give a file path (nothing was written)")
+        else:
+            os.replace(tmp, dest)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -111,7 +132,8 @@ def write_manifest(out_dir: Path, artifacts: list[Artifact], **extra: Any) -> Pa
 
     Merging with the previous manifest let an old `"parity": "passed"` survive next to newly
     overwritten files; now every file in the folder is re-hashed, only the artifacts of this
-    export are described, and no parity verdict is written until parity runs on these bytes.
+    export are described, and no parity verdict is written until parity runs on these bytes
+    (status "unchecked"; `record_parity` sets "passed" or "failed").
     """
     entries = []
     for art in sorted(artifacts, key=lambda a: a.path.name):
@@ -124,6 +146,7 @@ def write_manifest(out_dir: Path, artifacts: list[Artifact], **extra: Any) -> Pa
         **extra,
         "tool": {"name": "edgesam-export", "version": __version__},
         "tools": mf.tool_versions(),
+        "status": "unchecked",
         "artifacts": entries,
         "files": mf.scan_files(out_dir),
     }
@@ -167,6 +190,7 @@ def record_parity(out_dir: Path, parity: dict[str, Any]) -> Path | None:
         tools=mf.tool_versions(),
         artifacts=entries,
         files=files,
+        status="passed" if parity["passed"] and not parity["errors"] else "failed",
         parity={
             "passed": parity["passed"],
             "summary": parity["summary"],

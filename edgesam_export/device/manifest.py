@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,20 @@ from typing import Any
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgesam-export.manifest/1"
 UNHASHED = ("build", "content_sha256")  # keys outside the hashed content
+#: The lock file of a folder being written (`publish.locked`): never part of a publication.
+LOCK_NAME = ".edgesam-export.lock"
+_RUN_LEFTOVER = re.compile(r"^\..+\.(staging|old|journal)-\d+-\d+$")
+
+
+def leftover(name: str) -> str | None:
+    """What a killed run may leave in a folder, by name: "staging", "old" (a folder swapped
+    out), "journal" (a publication half done), "partial" (an atomic write); else None."""
+    found = _RUN_LEFTOVER.match(name)
+    if found:
+        return found.group(1)
+    if name.startswith(".") and name.endswith(".partial"):
+        return "partial"
+    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -83,15 +98,17 @@ def path_sha256(path: Path) -> str:
 def walk(folder: Path) -> dict[str, Path]:
     """The files a manifest of `folder` covers: POSIX relative path -> path, sorted.
 
-    Left out: the manifest itself, hidden entries (".name": temporary files of atomic writes,
-    staging folders; never artifacts) and sub-folders holding their own manifest (a build root
-    with one folder per recipe, or `artifacts/` holding `artifacts/demo/`).
+    Hidden files are covered like any other (a `.hidden.onnx` or `.git/` is content too). Left
+    out: the manifest itself, the lock file, leftovers of interrupted runs (`leftover`: what
+    `verify` reports apart, and the next run removes) and sub-folders holding their own
+    manifest (a build root with one folder per recipe, or `artifacts/` holding
+    `artifacts/demo/`).
     """
     found: dict[str, Path] = {}
 
     def visit(directory: Path) -> None:
         for path in sorted(directory.iterdir()):
-            if path.name.startswith("."):
+            if path.name == LOCK_NAME or leftover(path.name):
                 continue
             if path.is_dir():
                 if not (path / MANIFEST_NAME).exists():
@@ -178,6 +195,7 @@ class Verification:
     folder: Path
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file, what is wrong)
     checked: int = 0
+    status: str | None = None  # the manifest's recorded build status ("passed", "failed", ...)
 
     @property
     def ok(self) -> bool:
@@ -188,6 +206,7 @@ class Verification:
             "folder": str(self.folder),
             "ok": self.ok,
             "checked_files": self.checked,
+            "status": self.status,
             "problems": [{"file": f, "problem": p} for f, p in self.problems],
         }
 
@@ -201,6 +220,7 @@ def verify(folder: Path) -> Verification:
     except ManifestError as exc:
         result.problems.append((MANIFEST_NAME, str(exc)))
         return result
+    result.status = str(manifest.get("status", "unchecked"))
     recorded = manifest.get("content_sha256")
     actual = content_sha256(manifest)
     if recorded != actual:
@@ -228,6 +248,8 @@ def verify(folder: Path) -> Verification:
             result.problems.append((rel, "sha256 differs from the manifest: the bytes changed"))
     for rel in sorted(set(on_disk) - set(expected)):
         result.problems.append((rel, "extra: on disk, not in the manifest"))
+    for rel in leftovers(folder):
+        result.problems.append((rel, LEFTOVER_PROBLEM))
     for art in manifest.get("artifacts", []):
         rel = art.get("path", "")
         target = folder / rel
@@ -238,6 +260,27 @@ def verify(folder: Path) -> Verification:
         if path_sha256(target) != art.get("sha256"):
             result.problems.append((rel, "bundle sha256 differs from the manifest"))
     return result
+
+
+LEFTOVER_PROBLEM = (
+    "leftover of an interrupted run: the next export or build into this folder removes it"
+)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Leftovers of interrupted runs in `folder` and its sub-folders (POSIX relative paths)."""
+    found: list[str] = []
+
+    def visit(directory: Path) -> None:
+        for path in sorted(directory.iterdir()):
+            if leftover(path.name):
+                found.append(path.relative_to(folder).as_posix())
+            elif path.is_dir() and not path.is_symlink() and path.name != LOCK_NAME:
+                visit(path)
+
+    if folder.is_dir():
+        visit(folder)
+    return found
 
 
 def select(

@@ -138,12 +138,19 @@ class Page:
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>"
             f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>\n"
         )
-        with atomic_path(directory) as tmp:
+        with atomic_path(directory, replaces_dir=_is_report) as tmp:
             tmp.mkdir()
             for name, image in self.images.items():
                 write_png(tmp / name, image)
             (tmp / "index.html").write_text(page, encoding="utf-8")
         return directory / "index.html"
+
+
+def _is_report(directory: Path) -> bool:
+    """A folder an earlier report wrote (index.html and its images): safe to replace."""
+    return (directory / "index.html").is_file() and all(
+        p.is_file() and p.suffix in (".html", ".png") for p in directory.iterdir()
+    )
 
 
 _CSS = (

@@ -1,21 +1,24 @@
 """The build pipeline behind `edgesam-export build`: recipe -> artifacts + parity -> manifest.
 
-Each recipe is built in a hidden staging folder beside its destination
-(`<output>/.<directory>.staging-<pid>-<n>`): every target exports into `<target name>/` there and
-is checked against PyTorch, then the manifest is written from what is on disk, and only then is
-the staging folder renamed onto `<output>/<directory>`. A build that is interrupted (Ctrl-C, a
-killed process, a crash) therefore never leaves a folder that looks finished, and a published
-folder always holds exactly what its manifest describes: no stale files, no stale manifest.
+The build root is checked and locked first (`device.publish`: a second build into it waits
+or is refused, leftovers of killed builds are removed). Each recipe is built in a hidden staging
+folder beside its destination (`<output>/.<directory>.staging-<pid>-<n>`): every target exports
+into `<target name>/` there, with the reference outputs (`<stem>_reference.npz`, what
+`parity --reference golden` compares with on a device without torch), and is checked against
+PyTorch; then the manifest is written from what is on disk, and only then is the staging folder
+renamed onto `<output>/<directory>`. A build that is interrupted (Ctrl-C, a killed process, a
+crash) therefore never leaves a folder that looks finished, and a published folder always holds
+exactly what its manifest describes: no stale files, no stale manifest.
 
 A target that fails is recorded as failed (with its error and exit code) and its partial files
 are removed; a target whose backend is not installed is recorded as unavailable. Neither is ever
-recorded as good, and the build's exit code is that of the first target that did not pass.
+recorded as good, and the build's exit code is that of the first target that did not pass. A
+recipe whose build failed is not published over a good earlier build of it: that one stands.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgesam_export.device import manifest as mf
+from edgesam_export.device import publish
 from edgesam_export.device.errors import (
     BackendUnavailableError,
     EdgeSamExportError,
@@ -121,8 +125,9 @@ class TargetResult:
 class RecipeResult:
     recipe: LoadedRecipe
     folder: Path  # the published folder
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # of this build (published or not)
     targets: list[TargetResult]
+    published: bool = True  # False: it failed, and the good build in `folder` stands
 
     @property
     def exit_code(self) -> int:
@@ -147,6 +152,7 @@ class BuildResult:
                     "recipe": r.recipe.recipe.name,
                     "file": str(r.recipe.path),
                     "folder": str(r.folder),
+                    "published": r.published,
                     "status": r.manifest["status"],
                     "content_sha256": r.manifest["content_sha256"],
                     "targets": [asdict(t) for t in r.targets],
@@ -235,8 +241,8 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
     """Export one target's graphs into job.folder and check them; never raises for the target's
     own failures (they are the result), only for interruptions."""
     from edgesam_export.device.backends import require
-    from edgesam_export.host.pipeline import verify_artifacts
-    from edgesam_export.host.targets import get_target
+    from edgesam_export.host.pipeline import verify_artifacts, write_reference_outputs
+    from edgesam_export.host.targets import artifact_stem, get_target
 
     target, name = job.target, f"{job.recipe.recipe.name}/{job.target.name}"
     result = TargetResult(job.recipe.recipe.name, target.name, target.kind, FAILED, 1)
@@ -252,6 +258,9 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
         for graph in options.graphs:
             progress(f"{name}: exporting the {graph} ({target.kind})")
             artifacts.append(backend.export(loaded, graph, options))
+        progress(f"{name}: writing the reference outputs")
+        with parity_threads():  # the same bytes whatever --jobs is
+            write_reference_outputs(loaded, job.folder, artifact_stem(loaded))
         result.seconds["export"] = round(time.perf_counter() - t_export, 2)
         parity = target.parity or job.recipe.recipe.parity
         verdicts: dict[str, str] = {}
@@ -333,33 +342,6 @@ def _run_in_worker(job: TargetJob) -> TargetResult:
 
 # --- one recipe: staging, manifest, publishing ------------------------------------------------
 
-_counter = itertools.count()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale(output: Path, directory: str) -> list[Path]:
-    """Remove staging/old folders of earlier builds whose process is gone (killed builds)."""
-    removed: list[Path] = []
-    if not output.is_dir():
-        return removed
-    for path in output.glob(f".{directory}.*-*"):
-        parts = path.name[len(directory) + 2 :].split("-")
-        if len(parts) < 2 or parts[0] not in ("staging", "old") or not parts[1].isdigit():
-            continue
-        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
 
 def resolve_weights(loaded: LoadedRecipe, checkpoint: Path | None) -> Weights:
     w = loaded.recipe.weights
@@ -434,30 +416,6 @@ def json_options(target: TargetBase) -> dict[str, Any]:
     return options  # type: ignore[no-any-return]
 
 
-def publish(staging: Path, dest: Path) -> None:
-    """Replace dest with the finished staging folder (two renames on one filesystem)."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{next(_counter)}"
-        os.replace(dest, old)
-    os.replace(staging, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staging_folder(output: Path, directory: str) -> Iterator[Path]:
-    """A fresh hidden folder beside the destination; removed unless it was published."""
-    output.mkdir(parents=True, exist_ok=True)
-    staging = output / f".{directory}.staging-{os.getpid()}-{next(_counter)}"
-    staging.mkdir()
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 # --- the whole build --------------------------------------------------------------------------
 
 
@@ -471,12 +429,17 @@ def build(
     progress: Progress = _quiet,
     on_target: Callable[[TargetResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    wait: float = 0.0,
 ) -> BuildResult:
-    """Build every recipe's targets (`jobs` at a time) and publish each recipe's folder."""
+    """Build every recipe's targets (`jobs` at a time) and publish each recipe's folder.
+
+    Recipes and weights are validated first, then the output is checked and locked (`wait`
+    seconds for another build's lock), all before any model is loaded.
+    """
     if jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {jobs}")
     if output.exists() and not output.is_dir():
-        raise InputError(f"--output must be a directory, but {output} is a file")
+        raise InputError(f"--output {output} is a file: pass a folder")
     t_start = time.perf_counter()
     recipes = [load_recipe(p) for p in recipe_paths]
     directories = [r.recipe.directory for r in recipes]
@@ -500,12 +463,12 @@ def build(
 
     results: list[RecipeResult] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(publish.locked(output, wait=wait, progress=progress))
         stagings = {}
         jobs_of: dict[str, list[TargetJob]] = {}
         for loaded, targets, weights in plans:
             name = loaded.recipe.directory
-            clean_stale(output, name)
-            stagings[name] = stack.enter_context(staging_folder(output, name))
+            stagings[name] = stack.enter_context(publish.staging(output, name)).path
             jobs_of[name] = [
                 TargetJob(loaded, t, weights, stagings[name] / t.name) for t in targets
             ]
@@ -534,9 +497,15 @@ def build(
             manifest = mf.seal(content, build=record)
             mf.write(stagings[name], manifest)
             dest = output / name
-            progress(f"publishing {dest}")
-            publish(stagings[name], dest)
-            results.append(RecipeResult(loaded, dest, manifest, target_results))
+            good = content["status"] != "failed" or not publish.holds_good_publication(dest)
+            if good:
+                progress(f"publishing {dest}")
+                publish.publish_folder(stagings[name], dest)
+            else:
+                progress(
+                    f"{dest}: this build failed and is not published; the previous build stands"
+                )
+            results.append(RecipeResult(loaded, dest, manifest, target_results, published=good))
     return BuildResult(results, time.perf_counter() - t_start)
 
 

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgesam_export.device import publish
 from edgesam_export.device.artifacts import (
     Artifact,
     file_sha256,
     record_parity,
     write_manifest,
 )
-from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    EdgeSamExportError,
+    InputError,
+)
 from edgesam_export.device.parity import ParityReport, check
 from edgesam_export.device.runtime import Session, artifact_suffixes, open_session
 from edgesam_export.host.config import ExportOptions, ModelOptions
@@ -37,21 +43,100 @@ def _quiet(_: str) -> None:
     return None
 
 
+@dataclass
+class ExportRun:
+    """One export: the model, its artifacts (at their published paths), parity, and whether it
+    was published (`False`: it failed over a good publication, which stands)."""
+
+    loaded: LoadedModel
+    artifacts: list[Artifact]
+    described: list[dict[str, Any]]  # Artifact.to_json() + size, taken before publishing
+    report: ParityReport | None
+    published: bool
+    output: Path
+
+    @property
+    def failed(self) -> bool:
+        return self.report is not None and not self.report.passed
+
+
 def export_artifacts(
     model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
 ) -> tuple[LoadedModel, list[Artifact]]:
-    """Load the model once, export each requested graph with `target`, write the golden sidecar."""
+    """`export_and_check` without parity: (model, published artifacts)."""
+    run = export_and_check(model, target, options, progress)
+    return run.loaded, run.artifacts
+
+
+def export_and_check(
+    model: ModelOptions,
+    target: str,
+    options: ExportOptions,
+    progress: Progress = _quiet,
+    *,
+    verify: bool = False,
+    wait: float = 0.0,
+) -> ExportRun:
+    """The export commands' one path: lock the output, export each requested graph with
+    `target` into a staging folder, write the reference outputs and the manifest there, run
+    parity (`verify`) on the staged bytes, then publish them together (`device.publish`).
+
+    The output is checked and locked before the model is loaded; a run that fails (an error,
+    or parity) never replaces a good publication there, and says so.
+    """
     from edgesam_export.device.backends import require
-    from edgesam_export.host.models import load_model
     from edgesam_export.host.targets import artifact_stem, get_target
 
     backend = get_target(target)
     require(target)  # a backend that cannot run here says what to install, before any load
-    if options.output.exists() and not options.output.is_dir():
-        raise InputError(f"--output must be a directory, but {options.output} is a file")
+    output = options.output
+    with publish.locked(output, wait=wait, progress=progress), publish.staging(output) as stage:
+        try:
+            loaded = _load(model, progress)
+            staged = options.model_copy(update={"output": stage.path})
+            artifacts = []
+            for graph in options.graphs:
+                progress(f"exporting the {graph} to {target}")
+                artifacts.append(backend.export(loaded, graph, staged))
+            progress("writing the reference outputs (parity without torch)")
+            golden = write_reference_outputs(loaded, stage.path, artifact_stem(loaded))
+            write_manifest(
+                stage.path,
+                artifacts,
+                model=loaded.spec.name,
+                weights=artifacts[0].metadata["weights"] if artifacts else "",
+                golden={"path": golden.name, "sha256": file_sha256(golden)},
+            )
+            report = None
+            if verify:
+                only = [a.path for a in artifacts]
+                report = verify_artifacts(
+                    model.checkpoint, stage.path, progress, loaded=loaded, only=only
+                )
+        except EdgeSamExportError as exc:
+            exc.args = (f"{exc}; nothing was published, {output} is as it was",)
+            raise
+        described = [
+            a.to_json() | {"size": _size(a.path), "path": str(output / a.path.name)}
+            for a in artifacts
+        ]
+        names = [p.name for a in artifacts for p in (a.path, *a.data_files)] + [golden.name]
+        failed = report is not None and not report.passed
+        published = stage.publish(names, failed=failed)
+        if published:
+            progress(f"published {len(names)} file(s) and the manifest in {output}")
+            artifacts = [_moved(a, output) for a in artifacts]
+        else:
+            progress(f"not published: parity failed, the previous build in {output} stands")
+    return ExportRun(loaded, artifacts, described, report, published, output)
+
+
+def _load(model: ModelOptions, progress: Progress) -> LoadedModel:
+    from edgesam_export.host.models import load_model
+
     synthetic = f"{model.synthetic} synthetic weights (seed {model.seed})"
     progress(f"loading {model.model} from {model.checkpoint or synthetic}")
-    loaded = load_model(
+    return load_model(
         model.checkpoint,
         model=model.model,
         upsample_mode=model.upsample,
@@ -59,21 +144,20 @@ def export_artifacts(
         synthetic=model.synthetic,
         strict=model.strict,
     )
-    artifacts = []
-    for graph in options.graphs:
-        progress(f"exporting the {graph} to {target}")
-        artifacts.append(backend.export(loaded, graph, options))
-    progress("writing the golden reference outputs (parity without torch)")
-    stem = artifact_stem(loaded)
-    golden = write_reference_outputs(loaded, options.output, stem)
-    write_manifest(
-        options.output,
-        artifacts,
-        model=loaded.spec.name,
-        weights=artifacts[0].metadata["weights"] if artifacts else "",
-        golden={"path": golden.name, "sha256": file_sha256(golden)},
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _moved(artifact: Artifact, output: Path) -> Artifact:
+    return replace(
+        artifact,
+        path=output / artifact.path.name,
+        data_files=[output / f.name for f in artifact.data_files],
     )
-    return loaded, artifacts
 
 
 def write_reference_outputs(loaded: LoadedModel, out_dir: Path, stem: str) -> Path:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgesam_export.device.artifacts import MANIFEST_NAME, atomic_path, file_sha256
+from edgesam_export.device import publish
+from edgesam_export.device.artifacts import MANIFEST_NAME, file_sha256
 from edgesam_export.device.contract import MaskTokens, Preprocessing
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
 
@@ -257,13 +258,28 @@ def _card(models: dict[str, tuple[Path, dict[str, str]]], variants: tuple[str, .
 # --------------------------------------------------------------------------------------
 
 
-def _check_output(output: Path) -> None:
+def _check_output(output: Path, force: bool) -> None:
+    """Refuse a folder holding files an earlier build did not write (unless `force`): a
+    rebuild replaces the folder whole, and once deleted what the user had added there."""
     if output.exists() and not output.is_dir():
-        raise InputError(f"--output must be a directory, but {output} is a file")
-    if output.is_dir() and any(output.iterdir()) and not (output / CARD_NAME).is_file():
+        raise InputError(f"--output {output} is a file: pass a folder")
+    if force or not output.is_dir() or not any(output.iterdir()):
+        return
+    card = output / CARD_NAME
+    try:
+        written = set(json.loads(card.read_text())["files"]) | {CARD_NAME}
+    except (OSError, ValueError, KeyError, TypeError):
         raise InputError(
-            f"{output} is not empty and is not a web build (no {CARD_NAME}): choose another"
-            " --output, or empty it"
+            f"{output} is not empty and is not a web build of this version (no file list in"
+            f" {CARD_NAME}): choose another --output, or pass --force to replace it"
+        ) from None
+    on_disk = {p.relative_to(output).as_posix() for p in output.rglob("*") if not p.is_dir()}
+    foreign = sorted(on_disk - written)
+    if foreign:
+        raise InputError(
+            f"{output} holds files the web build did not write ({', '.join(foreign[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}): move them, or pass --force to replace"
+            " the folder"
         )
 
 
@@ -274,18 +290,26 @@ def build_web(
     export: Callable[[Path], None] | None = None,
     webgpu: bool = True,
     progress: Progress = _quiet,
+    force: bool = False,
 ) -> WebBuild:
     """Write the page folder to `output` (replacing an earlier build there, atomically).
 
     Models come either from `artifact_dir` (copied) or from `export(models_dir)`, a callable
     that exports the ONNX graphs into the folder it is given (the CLI passes the pipeline).
+    The folder is built beside `output` under its parent's lock and swapped in whole
+    (`device.publish`); files there that no earlier build wrote are refused unless `force`.
     """
     if (artifact_dir is None) == (export is None):
         raise ValueError("give exactly one of artifact_dir or export")
-    _check_output(output)
+    _check_output(output, force)
     variants = ("wasm", "webgpu") if webgpu else ("wasm",)
     tgz = ort_web_tarball(progress)
-    with atomic_path(output) as staging:
+    with (
+        publish.locked(output.parent, progress=progress),
+        publish.staging(output.parent, output.name) as stage,
+    ):
+        _check_output(output, force)  # again, under the lock
+        staging = stage.path
         models_dir = staging / "models"
         models_dir.mkdir(parents=True)
         if export is not None:
@@ -304,7 +328,11 @@ def build_web(
         for name in STATIC_FILES:
             shutil.copy2(STATIC_DIR / name, staging / name)
         card = _card(models, variants)
+        card["files"] = sorted(
+            p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()
+        )
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        publish.publish_folder(staging, output)
     files = {
         str(p.relative_to(output)): p.stat().st_size
         for p in sorted(output.rglob("*"))

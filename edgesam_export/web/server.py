@@ -4,11 +4,15 @@ onnxruntime-web runs its wasm kernels on several threads only when the page is c
 isolated (`crossOriginIsolated`), which needs the COOP/COEP response headers; a plain
 `python -m http.server` does not send them, so the page would fall back to one thread.
 Standard library only: this is what `edgesam-export web --serve` and the browser tests use.
+
+Only regular files inside the served folder are sent: a symlink that leads out of it (one once
+served /etc/passwd), a directory listing, or anything else is a 404.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +35,27 @@ class _Handler(SimpleHTTPRequestHandler):
         ".onnx": "application/octet-stream",
         ".json": "application/json",
     }
+
+    def translate_path(self, path: str) -> str:
+        """The real file for a URL path, or "" when it is not a regular file in the folder.
+
+        A folder URL maps to its index.html; its target's real path (symlinks resolved) must
+        stay inside the served folder's real path.
+        """
+        candidate = super().translate_path(path)
+        if os.path.isdir(candidate):
+            candidate = os.path.join(candidate, "index.html")
+        real = os.path.realpath(candidate)
+        root = os.path.realpath(self.directory)
+        if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
+            return ""
+        return real
+
+    def send_head(self) -> Any:
+        if not self.translate_path(self.path):
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
     def end_headers(self) -> None:
         for key, value in ISOLATION_HEADERS.items():

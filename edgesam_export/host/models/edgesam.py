@@ -240,4 +240,3 @@ class RepViTEncoder(nn.Module):
 
 def build_edge_sam(upsample_mode: UpsampleMode = "bicubic") -> SamModel:
     return SamModel(RepViTEncoder(upsample_mode), num_mask_tokens=4)
-

@@ -305,7 +305,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     spec = loaded.spec
     mlmodel, meta = convert(loaded, graph, options)
     dest = artifact_path(loaded, graph, options, "coreml")
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, replaces_dir=lambda d: d.suffix == dest.suffix) as tmp:
         # coremltools insists on the .mlpackage suffix: save beside the temporary name, move in.
         staging = tmp.parent / (tmp.name + dest.suffix)
         try:
