@@ -86,7 +86,8 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
         assert art["options"]["graphs"] == ["decoder"]
     by_path = {a["path"]: a for a in manifest["artifacts"]}
     assert set(by_path) == {"slim/edge_sam_decoder.onnx", "sim/edge_sam_decoder.onnx"}
-    assert set(manifest["files"]) == set(by_path)
+    references = {f"{t}/edge_sam_reference.npz" for t in ("slim", "sim")}
+    assert set(manifest["files"]) == set(by_path) | references
     for path, art in by_path.items():
         assert art["sha256"] == mf.file_sha256(folder / path)
         assert art["size"] == (folder / path).stat().st_size
@@ -102,7 +103,7 @@ def test_build_publishes_artifacts_and_manifest(decoder_build) -> None:
     assert by_path["sim/edge_sam_decoder.onnx"]["metadata"]["onnx.simplifier"] == "onnxsim"
     assert set(manifest["build"]["seconds"]) == {"slim", "sim"}
     # nothing but the published folder is left in the build root
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["dec"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [mf.LOCK_NAME, "dec"]
     assert mf.verify(folder).ok
 
 
