@@ -135,11 +135,12 @@ def test_a_locked_output_is_refused_before_the_model_loads(
     out = tmp_path / "out"
     with publish.locked(out):
         code, _, err = _cli("onnx", "--decoder", "-o", str(out))
+        assert sorted(p.name for p in out.iterdir()) == [mf.LOCK_NAME]  # nothing else written
     assert code == 3
     text = _one_line(err)
     assert "being written by another edgesam-export run" in text and "--wait" in text
     assert f"(pid {os.getpid()})" in text
-    assert sorted(p.name for p in out.iterdir()) == [mf.LOCK_NAME]
+    assert not out.exists()  # the lock goes with its run, and the folder it created if empty
 
 
 def test_a_second_run_waits_for_the_lock(tmp_path: Path) -> None:
@@ -175,7 +176,7 @@ def test_failed_run_keeps_the_good_publication(tmp_path: Path) -> None:
         assert stage.publish(["a.onnx", "b.onnx"], failed=True) is False
     assert (tmp_path / "a.onnx").read_bytes() == b"good" and not (tmp_path / "b.onnx").exists()
     assert mf.read(tmp_path)["status"] == "passed" and mf.verify(tmp_path).ok
-    assert {p.name for p in tmp_path.iterdir()} == {mf.LOCK_NAME, "a.onnx", mf.MANIFEST_NAME}
+    assert {p.name for p in tmp_path.iterdir()} == {"a.onnx", mf.MANIFEST_NAME}
 
 
 def test_failed_run_is_published_where_nothing_good_stood(tmp_path: Path) -> None:
@@ -222,7 +223,7 @@ def test_interrupted_publication_is_rolled_back_by_the_next_run(
     with publish.locked(tmp_path):
         pass
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {mf.LOCK_NAME, "a.onnx", "b.onnx", mf.MANIFEST_NAME}
+    assert names == {"a.onnx", "b.onnx", mf.MANIFEST_NAME}
     assert (tmp_path / "a.onnx").read_bytes() == b"old a"
     assert mf.verify(tmp_path).ok
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -353,18 +354,21 @@ def test_click_draws_the_overlay_where_the_mask_is(web_dir, server, browser, tmp
 
 
 def _broken_copy(web_dir: Path, dest: Path, graph: str, how: str) -> Path:
-    """A copy of the site (big files linked) whose `graph` model is missing or corrupt."""
+    """A copy of the site (big files hard-linked: the server sends no symlink that leads out of
+    its folder) whose `graph` model is missing or corrupt."""
     dest.mkdir()
     for entry in web_dir.iterdir():
-        if entry.name != "models":
-            os.symlink(entry, dest / entry.name)
+        if entry.is_dir() and entry.name != "models":
+            shutil.copytree(entry, dest / entry.name, copy_function=os.link)
+        elif entry.is_file():
+            os.link(entry, dest / entry.name)
     (dest / "models").mkdir()
     for f in (web_dir / "models").iterdir():
         if graph in f.name:
             if how == "corrupt":
                 (dest / "models" / f.name).write_bytes(f.read_bytes()[:4096])
-        else:
-            os.symlink(f, dest / "models" / f.name)
+        elif f.is_file():
+            os.link(f, dest / "models" / f.name)
     return dest
 
 

@@ -5,7 +5,8 @@ web page) goes through here, so that:
 
 - an output that cannot be written is refused before any model is loaded (`prepare_output`);
 - two runs never write one folder at once: a lock file (`manifest.LOCK_NAME`, fcntl) is held
-  from the first check to the last rename; a second run waits `wait` seconds or is refused;
+  from the first check to the last rename; a second run waits `wait` seconds or is refused
+  (the lock file goes with the run; one left by a killed run locks nothing);
 - everything of a run (artifacts, reference outputs, manifest) is written in a staging folder
   beside its destination and only moved into place when complete (`Stage.publish`): a
   journal of the files it replaces lets the next run roll back a publication that was killed
@@ -57,27 +58,29 @@ def _unique(name: str, kind: str) -> str:
 # --- the output folder: writable, locked -----------------------------------------------------
 
 
-def prepare_output(output: Path) -> None:
-    """Create `output` (a folder) or refuse it in one line, before any work starts.
+def prepare_output(output: Path) -> bool:
+    """Create `output` (a folder) or refuse it in one line, before any work starts; returns
+    whether it was created here.
 
-    The check is an actual write (the lock file), not a permission guess: a read-only mount, a
-    path under a file, or a folder where another user's files live all fail here, with exit 3.
+    The check is an actual write (the lock file), not a permission guess: a read-only mount or
+    a path under a file fails here, with exit 3.
     """
     if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} is a file: pass a folder")
+        raise InputError(f"--output must be a directory, but {output} is a file")
     for parent in output.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise InputError(f"cannot create --output {output}: {parent} is a file")
             break
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
-        fd = os.open(output / mf.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        os.close(fd)
+        os.close(os.open(output / mf.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644))
     except OSError as exc:
         raise InputError(
             f"cannot write to --output {output}: {exc.strerror}; choose a folder you can write"
         ) from None
+    return created
 
 
 def _holder(lock: Path) -> str:
@@ -88,43 +91,62 @@ def _holder(lock: Path) -> str:
     return ""
 
 
+def _acquire(lock: Path, output: Path, wait: float, progress: Progress) -> int:
+    """An fd holding the flock of the file now at `lock` (a file unlinked by the previous
+    holder while we waited on it is not the lock any more: open it again)."""
+    deadline = time.monotonic() + max(0.0, wait)
+    told = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise InputError(
+                    f"{output} is being written by another edgesam-export run{_holder(lock)}:"
+                    " let it finish, or pass --wait SECONDS to queue"
+                ) from None
+            if not told:
+                progress(f"waiting up to {wait:g} s for the run writing {output}{_holder(lock)}")
+                told = True
+            time.sleep(0.2)
+            continue
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def locked(output: Path, *, wait: float = 0.0, progress: Progress = _quiet) -> Iterator[Path]:
     """Hold `output`'s lock for the block; wait up to `wait` seconds for another run's.
 
-    The lock file stays in the folder (hidden, never part of a manifest): deleting it would let
-    a waiting run and a new one each lock a different file.
+    The lock file is removed at the end (a run waiting on it notices and takes a fresh one), and
+    so is the output folder when this run created it and left it empty: a refused or failed run
+    leaves nothing behind. A killed run leaves its lock file, which locks nothing.
     """
-    prepare_output(output)
+    created = prepare_output(output)
     lock = output / mf.LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(lock, output, wait, progress)
     try:
-        if fcntl is not None:
-            deadline = time.monotonic() + max(0.0, wait)
-            told = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise InputError(
-                            f"{output} is being written by another edgesam-export run"
-                            f"{_holder(lock)}: let it finish, or pass --wait SECONDS to queue"
-                        ) from None
-                    if not told:
-                        progress(
-                            f"waiting up to {wait:g} s for the run writing {output}{_holder(lock)}"
-                        )
-                        told = True
-                    time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         for removed in clean_leftovers(output):
             progress(f"removed {removed} (left by an interrupted run)")
         yield output
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
         os.close(fd)  # releases the flock
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if empty
 
 
 # --- leftovers of killed runs ----------------------------------------------------------------

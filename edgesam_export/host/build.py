@@ -439,7 +439,7 @@ def build(
     if jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {jobs}")
     if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} is a file: pass a folder")
+        raise InputError(f"--output must be a directory, but {output} is a file")
     t_start = time.perf_counter()
     recipes = [load_recipe(p) for p in recipe_paths]
     directories = [r.recipe.directory for r in recipes]

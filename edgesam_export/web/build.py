@@ -262,7 +262,7 @@ def _check_output(output: Path, force: bool) -> None:
     """Refuse a folder holding files an earlier build did not write (unless `force`): a
     rebuild replaces the folder whole, and once deleted what the user had added there."""
     if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} is a file: pass a folder")
+        raise InputError(f"--output must be a directory, but {output} is a file")
     if force or not output.is_dir() or not any(output.iterdir()):
         return
     card = output / CARD_NAME
