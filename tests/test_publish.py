@@ -144,13 +144,14 @@ def test_a_locked_output_is_refused_before_the_model_loads(
 
 
 def test_a_second_run_waits_for_the_lock(tmp_path: Path) -> None:
-    released = threading.Event()
+    holding = threading.Event()
     said: list[str] = []
 
     def hold() -> None:
         with publish.locked(tmp_path):
+            holding.set()
             time.sleep(0.6)
-        released.set()
+            holding.clear()  # still inside: the lock is released after this
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -159,7 +160,7 @@ def test_a_second_run_waits_for_the_lock(tmp_path: Path) -> None:
         with publish.locked(tmp_path, wait=0):
             pass
     with publish.locked(tmp_path, wait=30, progress=said.append):
-        assert released.is_set()  # never both at once
+        assert not holding.is_set()  # never both at once
     holder.join()
     assert said and said[0].startswith("waiting up to 30 s")
 
@@ -257,3 +258,43 @@ def test_swapped_out_folder_is_put_back_when_the_swap_was_cut(tmp_path: Path) ->
     (old / "manifest.json").write_text("{}")
     publish.clean_leftovers(tmp_path)
     assert (tmp_path / "dec" / "manifest.json").exists() and not old.exists()
+
+
+# --- trt engines go through the same path --------------------------------------------------------
+
+
+def test_trt_engines_are_staged_and_published_with_the_folder_manifest(
+    default_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trt` wrote engines straight into the folder, beside a manifest that did not list them
+    (verify failed after every engine build); now they are built in a staging folder under the
+    lock and published with the manifest re-hashed. TensorRT is faked: what is tested is where
+    the bytes go, not what TensorRT builds."""
+    import shutil
+
+    import edgesam_export.host.targets.tensorrt as trt_target
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(default_artifacts, folder)
+    built_in: list[Path] = []
+
+    def fake_build(plan: trt_target.EnginePlan, trt: object) -> Path:
+        built_in.append(plan.engine.parent)
+        assert (folder / mf.LOCK_NAME).exists()  # under the folder's lock
+        plan.engine.write_bytes(b"engine " + plan.graph.encode())
+        trt_target.sidecar_path(plan.engine).write_text("{}")
+        return plan.engine
+
+    class FakeTrt:
+        __version__ = "10.0-fake"
+
+    monkeypatch.setattr(trt_target, "require_tensorrt", lambda: FakeTrt)
+    monkeypatch.setattr(trt_target, "build_engine", fake_build)
+    code, _, err = _cli("trt", str(folder), "--json", str(tmp_path / "t.json"))
+    assert code == 0, err
+    assert built_in and all(mf.leftover(p.name) == "staging" for p in built_in)
+    engines = sorted(p.name for p in folder.glob("*.engine"))
+    assert engines == ["edge_sam_decoder.engine", "edge_sam_encoder.engine"]
+    assert {f"{e}.json" for e in engines} <= set(mf.read(folder)["files"])
+    assert mf.verify(folder).ok
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]

@@ -55,10 +55,6 @@ class ExportRun:
     published: bool
     output: Path
 
-    @property
-    def failed(self) -> bool:
-        return self.report is not None and not self.report.passed
-
 
 def export_artifacts(
     model: ModelOptions, target: str, options: ExportOptions, progress: Progress = _quiet
