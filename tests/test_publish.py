@@ -260,41 +260,37 @@ def test_swapped_out_folder_is_put_back_when_the_swap_was_cut(tmp_path: Path) ->
     assert (tmp_path / "dec" / "manifest.json").exists() and not old.exists()
 
 
-# --- trt engines go through the same path --------------------------------------------------------
+# --- trt engine builds hold the same lock ------------------------------------------------------
 
 
-def test_trt_engines_are_staged_and_published_with_the_folder_manifest(
+def test_trt_engines_are_built_under_the_folder_lock(
     default_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`trt` wrote engines straight into the folder, beside a manifest that did not list them
-    (verify failed after every engine build); now they are built in a staging folder under the
-    lock and published with the manifest re-hashed. TensorRT is faked: what is tested is where
-    the bytes go, not what TensorRT builds."""
+    """`trt` wrote engines into a folder another run could be writing; now it holds the
+    folder's lock while it builds, checks and records them. TensorRT is faked (the build
+    stops at the first engine): what is tested is the lock, not what TensorRT builds."""
     import shutil
 
     import edgesam_export.host.targets.tensorrt as trt_target
+    from edgesam_export.device.errors import ExportFailedError
 
     folder = tmp_path / "onnx"
     shutil.copytree(default_artifacts, folder)
-    built_in: list[Path] = []
+    locked_during_build: list[bool] = []
 
-    def fake_build(plan: trt_target.EnginePlan, trt: object) -> Path:
-        built_in.append(plan.engine.parent)
-        assert (folder / mf.LOCK_NAME).exists()  # under the folder's lock
-        plan.engine.write_bytes(b"engine " + plan.graph.encode())
-        trt_target.sidecar_path(plan.engine).write_text("{}")
-        return plan.engine
+    def fake_build(plan: object, trt: object) -> Path:
+        with pytest.raises(InputError, match="another edgesam-export run"):
+            with publish.locked(folder):
+                pass
+        locked_during_build.append(True)
+        raise ExportFailedError("fake TensorRT: stop after the lock was checked")
 
     class FakeTrt:
         __version__ = "10.0-fake"
 
     monkeypatch.setattr(trt_target, "require_tensorrt", lambda: FakeTrt)
     monkeypatch.setattr(trt_target, "build_engine", fake_build)
-    code, _, err = _cli("trt", str(folder), "--json", str(tmp_path / "t.json"))
-    assert code == 0, err
-    assert built_in and all(mf.leftover(p.name) == "staging" for p in built_in)
-    engines = sorted(p.name for p in folder.glob("*.engine"))
-    assert engines == ["edge_sam_decoder.engine", "edge_sam_encoder.engine"]
-    assert {f"{e}.json" for e in engines} <= set(mf.read(folder)["files"])
-    assert mf.verify(folder).ok
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    code, _, err = _cli("trt", str(folder), "--decoder")
+    assert code == 7, err
+    assert locked_during_build == [True]
+    assert not (folder / mf.LOCK_NAME).exists()  # released and removed with the run
