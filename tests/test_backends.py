@@ -321,3 +321,12 @@ def test_export_of_a_backend_that_cannot_run_fails_before_loading(
     with pytest.raises(BackendUnavailableError, match=r"edgesam-export\[coreml\]"):
         export_artifacts(ModelOptions(), "coreml", CoreMLOptions(output=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_onnxruntime_names_the_extra_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session said `edgesam-export[onnx]`, an extra that does not exist."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailableError, match=r"'edgesam-export\[onnxruntime\]'"):
+        runtime.open_session(tmp_path / "m_encoder.onnx")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesam_export.device.backends import require
 from edgesam_export.device.contract import TensorSpec
-from edgesam_export.device.errors import ArtifactError, BackendUnavailableError
+from edgesam_export.device.errors import ArtifactError
 from edgesam_export.device.runtime.base import Session
 
 
@@ -27,12 +28,9 @@ class OnnxRuntimeSession(Session):
     def __init__(
         self, path: Path, providers: list[str] | None = None, threads: int | None = None
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendUnavailableError(
-                "running ONNX artifacts needs onnxruntime: pip install 'edgesam-export[onnx]'"
-            ) from None
+        require("onnx")  # the registry's check: says which extra to install
+        import onnxruntime as ort
+
         if not path.is_file():
             raise ArtifactError(f"ONNX artifact not found: {path}")
         opts = ort.SessionOptions()
