@@ -323,10 +323,11 @@ def test_export_of_a_backend_that_cannot_run_fails_before_loading(
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_onnxruntime_names_the_extra_that_exists(
+def test_missing_onnxruntime_names_the_device_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The session said `edgesam-export[onnx]`, an extra that does not exist."""
+    """A device running ONNX artifacts needs only onnxruntime; the session said
+    `edgesam-export[onnx]`, the export extra, which pulls torch."""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"'edgesam-export\[onnxruntime\]'"):
         runtime.open_session(tmp_path / "m_encoder.onnx")
