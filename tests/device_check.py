@@ -3,14 +3,14 @@
 Run by `tests/test_device_side.py` with torch, cv2 and PIL blocked (tests/torch_blocker on
 PYTHONPATH, inherited by every subprocess), and by `make test-device` in `.venv-device`, where
 the package is installed without torch (`pip install -e '.[onnxruntime]'`). ARTIFACT_DIR holds
-ONNX artifacts and the golden sidecar written by `edgesam-export onnx`.
+ONNX artifacts and the reference outputs written by `edgesam-export onnx`.
 
 Checks: torch/cv2/PIL are really absent; `Predictor` over the ONNX files, end to end from a
-uint8 image, reproduces the golden reference; `edgesam-bench --backend onnx ARTIFACT_DIR`
-runs with a passing parity verdict against the golden outputs, its everything stage (segment
-everything at two batch sizes) included, and writes its report with the everything overlay;
-`edgesam-export parity ARTIFACT_DIR` passes against the golden outputs; asking for the PyTorch
-reference or backend says it is not installed (exit 6). Exits non-zero on any failure.
+uint8 image, reproduces the reference outputs; `edgesam-bench --backend onnx ARTIFACT_DIR`
+runs with a passing parity verdict against the reference outputs, its everything stage
+(segment everything at two batch sizes) included, and writes its report with the everything
+overlay; `edgesam-export parity ARTIFACT_DIR` passes against the reference outputs; asking for
+the PyTorch reference or backend says it is not installed (exit 6). Exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -46,32 +46,32 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def check_predictor(artifacts: Path) -> None:
-    from edgesam_export.device.golden import find_golden
     from edgesam_export.device.predictor import Predictor
+    from edgesam_export.device.reference_outputs import find_reference_outputs
     from edgesam_export.device.runtime import open_session
 
     encoder = open_session(next(artifacts.glob("*_encoder.onnx")))
     decoder = open_session(next(artifacts.glob("*_decoder.onnx")))
-    golden = find_golden(artifacts, encoder.metadata)
+    outputs = find_reference_outputs(artifacts, encoder.metadata)
     predictor = Predictor(encoder, decoder)
-    image = golden.image
+    image = outputs.image
     h, w = image.shape[:2]
     predictor.set_image(image)
-    # The golden case "point + padding" is the point (0.25, 0.3) of the resized frame plus
+    # The prompt case "point + padding" is the point (0.25, 0.3) of the resized frame plus
     # SAM's padding point: what Predictor sends for this click in original pixels.
     out = predictor.predict(points=[[0.25 * w, 0.3 * h]], labels=[1], num_multimask_outputs=4)
-    case = next(c for c in golden.cases if c.case.name == "point + padding")
+    case = next(c for c in outputs.cases if c.case.name == "point + padding")
     assert out.masks.shape == (4, h, w) and out.masks.dtype == np.bool_, out.masks.shape
-    sub = out.low_res_logits[..., :: golden.stride, :: golden.stride]
+    sub = out.low_res_logits[..., :: outputs.stride, :: outputs.stride]
     err = float(np.abs(sub - case.masks_sub[0]).max())
-    assert err < 2e-2, f"predictor low-res logits differ from the golden reference by {err}"
+    assert err < 2e-2, f"predictor low-res logits differ from the reference outputs by {err}"
     assert np.allclose(out.scores, case.scores[0], atol=2e-3), (out.scores, case.scores[0])
     agree = float(((out.low_res_logits > 0) == case.masks_bits[0]).mean())
-    assert agree > 0.999, f"only {agree:.4%} of mask pixels agree with the golden reference"
+    assert agree > 0.999, f"only {agree:.4%} of mask pixels agree with the reference outputs"
     boxes = np.array([[10, 20, 200, 220], [300, 50, 600, 300]])
     batch = predictor.predict(box=boxes)
     assert batch.masks.shape == (2, 1, h, w) and batch.scores.shape == (2, 1)
-    print(f"predictor: end to end OK (max low-res logit error vs golden {err:.1e})")
+    print(f"predictor: end to end OK (max low-res logit error vs the reference outputs {err:.1e})")
 
 
 def check_cli(artifacts: Path, work: Path) -> None:
@@ -86,7 +86,8 @@ def check_cli(artifacts: Path, work: Path) -> None:
     payload = json.loads(proc.stdout)
     (onnx,) = payload["backends"]
     assert onnx["name"] == "onnx" and onnx["available"], onnx
-    assert onnx["parity"]["passed"] and onnx["parity"]["reference"].startswith("golden"), onnx
+    assert onnx["parity"]["passed"], onnx
+    assert onnx["parity"]["reference"].startswith("reference outputs"), onnx
     stages = {t["name"] for t in payload["timings"]}
     assert {"encoder", "click (decoder + postprocess)"} <= stages, stages
     runs = payload["everything"]["runs"]
@@ -103,8 +104,9 @@ def check_cli(artifacts: Path, work: Path) -> None:
     proc = _cli("export", "parity", str(artifacts), "--json", "-")
     assert proc.returncode == 0, proc.stderr
     parity = json.loads(proc.stdout)
-    assert parity["passed"] and parity["inputs"]["reference"].startswith("golden"), parity
-    print("edgesam-export parity (golden): OK")
+    assert parity["passed"], parity
+    assert parity["inputs"]["reference"].startswith("reference outputs"), parity
+    print("edgesam-export parity (reference outputs): OK")
 
     proc = _cli("export", "parity", str(artifacts), "--reference", "torch")
     assert proc.returncode == 6 and "torch" in proc.stderr, (proc.returncode, proc.stderr)

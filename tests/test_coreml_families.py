@@ -24,7 +24,7 @@ from test_families import COREML
 
 pytest.importorskip("coremltools")
 
-from edgesam_export.device.parity import ParityReport
+from edgesam_export.device.judge import ParityReport
 from edgesam_export.device.runtime import open_session
 from edgesam_export.device.runtime.coreml import MIL_EXECUTOR
 from edgesam_export.device.runtime.mil import read_spec

@@ -54,7 +54,7 @@ def golden() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, golden):
     """The two contract decoders (all tokens, single mask) of the fixture's weights (seed 0),
-    the golden sidecar beside them, and our encoder's embeddings of the fixture image."""
+    the reference outputs beside them, and our encoder's embeddings of the fixture image."""
     from edgesam_export.host.pipeline import write_reference_outputs
     from edgesam_export.host.targets.onnx import export
 
@@ -141,9 +141,9 @@ def test_batch_axis_runs_prompt_rows_independently(exported, golden):
             np.testing.assert_allclose(both[key][row], alone[key][0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("reference", ["torch", "golden"])
+@pytest.mark.parametrize("reference", ["torch", "outputs"])
 def test_parity_judges_the_contract(exported, reference):
-    """Parity (against PyTorch, and against the golden sidecar as on a device without torch)
+    """Parity (against PyTorch, and against the reference outputs as on a device without torch)
     runs each contract decoder on every prompt case, batched ones included, and judges its
     low-res masks and IoU, picking the reference token by the contract's single-mask rule."""
     from edgesam_export.host.pipeline import verify_artifacts
@@ -152,7 +152,7 @@ def test_parity_judges_the_contract(exported, reference):
     if reference == "torch":
         report = verify_artifacts(None, out, loaded=loaded)
     else:
-        report = verify_artifacts(None, out, reference="golden")
+        report = verify_artifacts(None, out, reference="outputs")
     assert report.passed, [r for r in report.summary() if not r["passed"]] or report.errors
     checks = {(r["artifact"], r["check"]) for r in report.summary()}
     for path in paths.values():

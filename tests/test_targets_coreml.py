@@ -290,7 +290,7 @@ def test_bench_coreml_runs_the_executor_and_says_so(fp32_pair) -> None:
 def test_gelu_approximate_is_judged_against_a_tanh_gelu_reference(tmp_path) -> None:
     """`--gelu-approximate` (EdgeSAM's option, on onnx as on coreml) changes the maths: parity
     compares it with the tanh-GELU PyTorch graph, and the exact reference would reject it."""
-    from edgesam_export.device.parity import check
+    from edgesam_export.device.judge import SessionReference, judge
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.targets.onnx import export as onnx_export
 
@@ -300,7 +300,7 @@ def test_gelu_approximate_is_judged_against_a_tanh_gelu_reference(tmp_path) -> N
     assert report.passed, report.summary()
     assert "tanh GELU" in report.inputs["reference"]
     enc, decs = reference_sessions(calibrated())  # the exact-GELU model
-    exact = check(enc, decs, [], [(art.path.name, open_session(art.path))])
+    exact = judge(SessionReference(enc, decs), [], [(art.path.name, open_session(art.path))])
     assert not exact.passed
 
 
@@ -350,22 +350,25 @@ def test_coreml_session_takes_no_thread_count(fp32_decoder) -> None:
         open_session(fp32_decoder, threads=2)
 
 
-def test_golden_parity_and_bench_record_the_runtime(fp32_pair, default_artifacts, tmp_path) -> None:
+def test_outputs_parity_and_bench_record_the_runtime(
+    fp32_pair, default_artifacts, tmp_path
+) -> None:
     """Every parity result (against PyTorch or the shipped reference outputs) and every bench
     column says which runtime ran, and the macOS CI check reads it: it fails on a report whose
     packages ran on the MIL executor, or that ran no package."""
     import subprocess
     import sys
 
-    from edgesam_export.device import golden as sidecar
     from edgesam_export.device.backends import open_artifact_backend
+    from edgesam_export.device.judge import judge
+    from edgesam_export.device.reference_outputs import read_reference_outputs
     from edgesam_export.device.runtime.coreml import COREML_RUNTIME
 
-    golden = sidecar.read_golden(default_artifacts / "edge_sam_reference.npz")
+    outputs = read_reference_outputs(default_artifacts / "edge_sam_reference.npz")
     enc = open_session(default_artifacts / "edge_sam_encoder.onnx")
-    report = sidecar.check_golden(golden, [("edge_sam_encoder.onnx", enc)], [])
+    report = judge(outputs, [("edge_sam_encoder.onnx", enc)], [])
     assert report.passed and report.inputs["runtimes"] == {"edge_sam_encoder.onnx": "onnx"}
-    report.inputs["runtimes"]["dec.mlpackage"] = MIL_EXECUTOR  # as parity.check records it
+    report.inputs["runtimes"]["dec.mlpackage"] = MIL_EXECUTOR  # as the judge records it
     assert open_artifact_backend("coreml", fp32_pair).to_json()["runtime"] == (MIL_EXECUTOR)
     script = Path(__file__).parents[1] / ".github" / "scripts" / "require_coreml_runtime.py"
 

@@ -240,6 +240,8 @@ def render_parity(report: Any, out: Console) -> None:
             verdict,
         )
     out.print(table)
+    for note in report.notes():  # NaN/inf and where it started; cases an artifact refused
+        err_console.print(f"[yellow]note:[/] {escape(note)}")
     for err in report.errors:
         err_console.print(
             f"[bold red]unreadable:[/] {escape(err['artifact'])}: {escape(err['error'])}"

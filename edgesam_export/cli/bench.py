@@ -321,7 +321,7 @@ def bench(
     (an EVERYTHING_POINTS x EVERYTHING_POINTS grid, per image and per decoder call, at each
     EVERYTHING_BATCHES size a backend's decoder accepts; half the iterations). Statistics: p50,
     p90, p99, mean, calls/s and the number of timed calls; warm-up calls are excluded. Every
-    backend is judged on the same inputs against PyTorch, or, without torch, against the golden
+    backend is judged on the same inputs against PyTorch, or, without torch, against the reference
     outputs shipped in ARTIFACT_DIR.
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, option values),

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 from rich.markup import escape
@@ -179,7 +179,8 @@ def onnx_cmd(
 class Reference(str, Enum):
     auto = "auto"
     torch = "torch"
-    golden = "golden"
+    outputs = "outputs"
+    golden = "golden"  # the old name of `outputs` (golden now means the official fixtures)
 
 
 def parity_cmd(
@@ -187,8 +188,8 @@ def parity_cmd(
         list[Path],
         typer.Argument(
             help="[CKPT] ARTIFACT_DIR: the checkpoint the artifacts came from (omit"
-            " for artifacts exported from synthetic weights, or to use the golden"
-            " reference) and their directory.",
+            " for artifacts exported from synthetic weights, or to use the reference"
+            " outputs shipped with them) and their directory.",
             show_default=False,
         ),
     ],
@@ -196,8 +197,9 @@ def parity_cmd(
         Reference,
         typer.Option(
             case_sensitive=False,
-            help="Compare with the PyTorch graphs (torch), with the golden outputs"
-            " shipped in ARTIFACT_DIR (golden), or torch where installed (auto).",
+            help="Compare with the PyTorch graphs (torch), with the reference outputs"
+            " shipped in ARTIFACT_DIR (outputs; 'golden' is its old name), or torch where"
+            " installed and the weights can be rebuilt, else the reference outputs (auto).",
         ),
     ] = Reference.auto,
     report_dir: ReportOpt = None,
@@ -207,20 +209,27 @@ def parity_cmd(
     """Compare every artifact in ARTIFACT_DIR with the reference; non-zero exit on failure.
 
     Options (model, upsample mode, stability flag) are read from the artifacts' metadata.
-    Without torch, the reference is the golden sidecar the export wrote
-    (<stem>_reference.npz). Exit 4 when an output is outside tolerance, 5 when an artifact
-    cannot be read or run.
+    Without torch (or without CKPT for artifacts exported from one), the reference is the
+    reference outputs the export wrote (<stem>_reference.npz). Exit 3 when CKPT or the
+    reference outputs do not belong to the artifacts, 4 when an output is outside tolerance or
+    not finite, 5 when an artifact cannot be read or run.
     """
-    from edgesam_export.host.pipeline import verify_artifacts
+    from edgesam_export.host.pipeline import ReferenceKind, verify_artifacts
 
     with guarded(debug):
         if len(paths) not in (1, 2):
             raise InputError("expected [CKPT] ARTIFACT_DIR")
         checkpoint, artifact_dir = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
-        record: dict[str, Any] | None = {} if report_dir is not None else None
-        report = verify_artifacts(
-            checkpoint, artifact_dir, progress, reference=reference.value, record=record
+        if reference is Reference.golden:
+            err_console.print(
+                "[yellow]warning:[/] --reference golden is now --reference outputs (golden"
+                " names the official code's fixtures)"
+            )
+        kind = cast(
+            "ReferenceKind", "outputs" if reference is Reference.golden else reference.value
         )
+        record: dict[str, Any] | None = {} if report_dir is not None else None
+        report = verify_artifacts(checkpoint, artifact_dir, progress, reference=kind, record=record)
         render_parity(report, human_console(json_path))
         emit_json(json_path, report.to_json())
         if report_dir is not None and record is not None:

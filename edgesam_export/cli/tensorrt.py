@@ -332,7 +332,7 @@ def trt_cmd(
                 out.print(
                     f"--print-trtexec: no engine was built or checked; after building them in"
                     f" {engine_dir}, check them with: edgesam-export parity {engine_dir}"
-                    " --reference golden"
+                    " --reference outputs"
                 )
                 emit_json(json_path, payload)
                 return
@@ -448,19 +448,19 @@ def _check_engines(
         assert source_dir is not None
         if source_dir.resolve() != engine_dir.resolve():
             _copy_reference_outputs(engines[0], source_dir, engine_dir)
-        return verify_artifacts(None, engine_dir, progress, only=engines, reference="golden")
+        return verify_artifacts(None, engine_dir, progress, only=engines, reference="outputs")
     except EdgeSamExportError as exc:
         raise type(exc)(f"engines built in {engine_dir} but not checked: {exc}") from None
 
 
 def _copy_reference_outputs(engine: Path, source_dir: Path, engine_dir: Path) -> None:
     from edgesam_export.device.artifacts import atomic_path
-    from edgesam_export.device.golden import find_golden
+    from edgesam_export.device.reference_outputs import find_reference_outputs
     from edgesam_export.device.runtime.tensorrt import read_sidecar
 
-    golden = find_golden(source_dir, read_sidecar(engine).get("metadata", {}))
-    with atomic_path(engine_dir / golden.path.name) as tmp:
-        tmp.write_bytes(golden.path.read_bytes())
+    outputs = find_reference_outputs(source_dir, read_sidecar(engine).get("metadata", {}))
+    with atomic_path(engine_dir / outputs.path.name) as tmp:
+        tmp.write_bytes(outputs.path.read_bytes())
 
 
 def _export_onnx(

@@ -7,7 +7,7 @@ everything stage, judges each column against the reference, and returns a `Bench
 knows its JSON, its exit code and its like-for-like speed ratios. The PyTorch columns, the
 PyTorch reference and a fresh export come from the host side (`host.benchmark`) through the
 `TorchSide` protocol, so this module runs unchanged on a device without torch, where the
-reference is the golden sidecar shipped in the folder.
+reference is the reference outputs shipped in the folder.
 
 Speed ratios divide like by like: "x torch" is PyTorch's p50 over a column's p50 for the same
 stage, and only where both ran on the same compute device (`Session.compute_device`). A GPU
@@ -40,7 +40,8 @@ from edgesam_export.device.bench import (
     time_interleaved,
 )
 from edgesam_export.device.errors import ExitCode, InputError
-from edgesam_export.device.parity import ParityReport, make_test_image
+from edgesam_export.device.judge import ParityReport, judge
+from edgesam_export.device.parity import make_test_image
 
 Progress = Callable[[str], None]
 #: The column every "x torch" ratio divides by: PyTorch as loaded.
@@ -86,13 +87,11 @@ class BenchSettings:
 
 @dataclass
 class Reference:
-    """What the columns are judged against: PyTorch as loaded, or the shipped golden outputs."""
+    """What the columns are judged against: PyTorch as loaded, or the shipped reference outputs."""
 
-    kind: str  # "torch" or "golden"
+    kind: str  # "torch" or "outputs"
     note: str
-    encoder: Any = None
-    decoders: Any = None
-    golden: Any = None
+    source: Any  # the judge's reference: `judge.SessionReference` or `ReferenceOutputs`
 
 
 class TorchSide(Protocol):
@@ -316,7 +315,7 @@ def run_bench(
         )
     result.reference = torch.reference() if torch is not None and not torch.reason else None
     if result.reference is None:
-        result.reference, result.reference_note = _golden_reference(folder, live)
+        result.reference, result.reference_note = _outputs_reference(folder, live)
     else:
         result.reference_note = result.reference.note
     for col in live:
@@ -359,23 +358,23 @@ def _time_stages(
     return timings
 
 
-def _golden_reference(
+def _outputs_reference(
     folder: Path | None, live: list[OpenedBackend]
 ) -> tuple[Reference | None, str]:
-    """Without torch: the golden outputs the export shipped in the artifact folder."""
+    """Without torch: the reference outputs the export shipped in the artifact folder."""
     if folder is None:
         return None, "none (no torch and no artifact folder)"
     metas = recorded_metadata(folder) or [c.encoder.metadata for c in live if c.encoder]
     if not metas:
         return None, "none (no artifact metadata)"
-    from edgesam_export.device.golden import find_golden
+    from edgesam_export.device.reference_outputs import find_reference_outputs
 
     try:
-        golden = find_golden(folder, metas[0])
+        outputs = find_reference_outputs(folder, metas[0])
     except InputError as exc:
         return None, f"none ({exc})"
-    note = f"golden {golden.path.name}"
-    return Reference("golden", note, golden=golden), note
+    note = f"reference outputs {outputs.path.name}"
+    return Reference("outputs", note, outputs), note
 
 
 def _is_reference(reference: Reference, col: OpenedBackend) -> bool:
@@ -389,20 +388,12 @@ def _is_reference(reference: Reference, col: OpenedBackend) -> bool:
 
 
 def _judge(reference: Reference, col: OpenedBackend) -> tuple[ParityReport, dict[str, Any]]:
-    from edgesam_export.device.parity import check
-
     record: dict[str, Any] = {}
     report = ParityReport()
     assert col.encoder is not None and col.decoder is not None
     pairs = ([(col.name, col.encoder)], [(col.name, col.decoder)])
     try:
-        if reference.kind == "torch":
-            check(reference.encoder, reference.decoders, *pairs, report=report, record=record)
-        else:
-            from edgesam_export.device.golden import check_golden
-
-            check_golden(reference.golden, *pairs, report=report, record=record)
-            record["golden"] = reference.golden
+        judge(reference.source, *pairs, report=report, record=record)
     except InputError as exc:  # e.g. no tolerances for this precision
         report.errors.append({"artifact": col.name, "error": str(exc)})
     return report, record

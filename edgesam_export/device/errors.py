@@ -56,9 +56,3 @@ class ExportFailedError(EdgeSamExportError):
     """The exporter itself failed; nothing was left at the destination."""
 
     exit_code = ExitCode.EXPORT_FAILED
-
-
-class ParityError(EdgeSamExportError):
-    """Outputs of an artifact disagree with the PyTorch reference beyond tolerance."""
-
-    exit_code = ExitCode.PARITY_FAILED

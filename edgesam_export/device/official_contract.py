@@ -66,10 +66,6 @@ def official_decoder_io(
     )
 
 
-def is_official(metadata: Mapping[str, str]) -> bool:
-    return metadata.get("decoder_contract", "edgesam") == "official"
-
-
 def official_feeds(
     image_embeddings: np.ndarray,
     point_coords: np.ndarray,

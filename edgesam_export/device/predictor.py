@@ -2,7 +2,9 @@
 
 `set_image` runs the encoder once; `predict` runs the decoder for points, a box, or a batch of
 boxes in one call, and post-processes in numpy. The same class serves torch, onnxruntime and
-later backends, because sessions share one interface.
+later backends, because sessions share one interface. A NaN or inf from either graph is an
+error (`ArtifactError`), never returned: thresholded, NaN logits read as empty masks and NaN
+scores sort anywhere, so a broken artifact would otherwise look like a model that found nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgesam_export.device import processing as P
-from edgesam_export.device.errors import InputError
+from edgesam_export.device.errors import ArtifactError, InputError
+from edgesam_export.device.parity import nonfinite_count
 from edgesam_export.device.runtime import Session
 
 #: The quality score each family's own predictor reports when a caller does not choose:
@@ -27,6 +30,19 @@ class Prediction:
     masks: np.ndarray  # bool, (K, H, W) or (B, K, H, W) for a batch of boxes
     scores: np.ndarray  # float32, (K,) or (B, K)
     low_res_logits: np.ndarray  # float32, (K, 256, 256) or (B, K, 256, 256)
+
+
+def _finite(session: Session, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs, or ArtifactError naming the first one that holds NaN/inf."""
+    for name, value in outputs.items():
+        bad = nonfinite_count(value)
+        if bad:
+            raise ArtifactError(
+                f"the {session.graph} ({session.backend}) returned {bad} NaN/inf values in"
+                f" {name!r}: the artifact is broken; check it with `edgesam-export parity` on"
+                " its folder (it names the first node producing them)"
+            )
+    return outputs
 
 
 class Predictor:
@@ -72,7 +88,9 @@ class Predictor:
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         tensor, info = P.preprocess(image, image_format=image_format, params=self.preprocessing)
-        self._embeddings = self.encoder.run({"image": tensor})["image_embeddings"]
+        self._embeddings = _finite(self.encoder, self.encoder.run({"image": tensor}))[
+            "image_embeddings"
+        ]
         self._info = info
 
     def predict(
@@ -94,8 +112,11 @@ class Predictor:
         coords, lab = P.build_prompts(
             points, labels, box, original_size=info.original_size, img_size=self.frame, pad=pad
         )
-        out = self.decoder.run(
-            {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
+        out = _finite(
+            self.decoder,
+            self.decoder.run(
+                {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
+            ),
         )
         scores, logits = P.select_masks(
             out["scores"], out["masks"], num_multimask_outputs, self.tokens
@@ -129,11 +150,14 @@ class Predictor:
             b = coords.shape[0]
             coords = np.concatenate([coords, np.zeros((b, 1, 2), np.float32)], axis=1)
             labels = np.concatenate([labels, np.full((b, 1), -1.0, np.float32)], axis=1)
-        out = self.decoder.run(
-            {
-                "image_embeddings": self._embeddings,
-                "point_coords": np.ascontiguousarray(coords),
-                "point_labels": np.ascontiguousarray(labels),
-            }
+        out = _finite(
+            self.decoder,
+            self.decoder.run(
+                {
+                    "image_embeddings": self._embeddings,
+                    "point_coords": np.ascontiguousarray(coords),
+                    "point_labels": np.ascontiguousarray(labels),
+                }
+            ),
         )
         return out["masks"], out["scores"]

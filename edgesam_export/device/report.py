@@ -22,7 +22,8 @@ import numpy as np
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.artifacts import atomic_path
-from edgesam_export.device.parity import ParityReport, make_test_image, prompt_cases
+from edgesam_export.device.judge import ParityReport
+from edgesam_export.device.parity import make_test_image, prompt_cases
 from edgesam_export.device.png import write_png
 
 #: Mask overlay: colour and opacity (tests look for exactly this blend where the mask is).
@@ -211,31 +212,31 @@ def _slug(text: str) -> str:
 
 
 def _prompt_frame(record: Mapping[str, Any]) -> int:
-    """The side of the prompt/mask frame the record's cases and logits use: the golden
-    sidecar's (older sidecars: their img_size), else what the parity run recorded, else
+    """The side of the prompt/mask frame the record's cases and logits use: the reference
+    outputs' (older files: their img_size), else what the parity run recorded, else
     EdgeSAM's 1024."""
-    golden = record.get("golden")
-    if golden is not None:
-        return int(golden.preprocessing.frame)
+    outputs = record.get("reference_outputs")
+    if outputs is not None:
+        return int(outputs.preprocessing.frame)
     params = record.get("preprocessing")
     return int(params.frame) if isinstance(params, P.Preprocessing) else 1024
 
 
 def overlay_section(page: Page, record: Mapping[str, Any], tag: str = "") -> str:
     """Per candidate decoder and shown prompt: reference overlay, candidate overlay, error map."""
-    golden = record.get("golden")
-    image = golden.image if golden is not None else make_test_image()
+    outputs = record.get("reference_outputs")
+    image = outputs.image if outputs is not None else make_test_image()
     frame = _prompt_frame(record)  # prompts and masks live here (1024 also for a 512 encoder)
     input_size = P.get_preprocess_shape(image.shape[0], image.shape[1], frame)
     info = P.ImageInfo(image.shape[:2], input_size, frame)
     stride = _display_stride(image)
     shown = image[::stride, ::stride]
-    if golden is not None:
+    if outputs is not None:
         refs = {
-            gc.case.name: (gc.scores, gc.masks_bits.astype(np.float32) - 0.5, gc.masks_sub, gc.case)
-            for gc in golden.cases
+            rc.case.name: (rc.scores, rc.masks_bits.astype(np.float32) - 0.5, rc.masks_sub, rc.case)
+            for rc in outputs.cases
         }
-        sub = golden.stride
+        sub = outputs.stride
     else:
         cases = {c.name: c for c in prompt_cases(frame, input_size)}
         refs = {
@@ -258,11 +259,13 @@ def overlay_section(page: Page, record: Mapping[str, Any], tag: str = "") -> str
         " positive/negative points, yellow outlines are boxes. The token shown is the reference's"
         " best-scoring one. Error maps show |candidate - reference| of the 256x256 low-resolution"
         " logits, each scaled to its own maximum (printed below it)"
-        + (f", on every {sub}th pixel (the golden grid)" if sub > 1 else "")
+        + (f", on every {sub}th pixel (the grid the reference outputs keep)" if sub > 1 else "")
         + ".</p>"
     )
     candidates = [
-        n for n in record if n not in ("reference", "golden") and isinstance(record[n], Mapping)
+        n
+        for n in record
+        if n not in ("reference", "reference_outputs") and isinstance(record[n], Mapping)
     ]
     for case_name in [c for c in SHOWN_CASES if c in refs]:
         scores, ref_logits, ref_sub, case = refs[case_name]
@@ -283,7 +286,7 @@ def overlay_section(page: Page, record: Mapping[str, Any], tag: str = "") -> str
             if out is None:
                 continue
             cand_logits = out["masks"][:1, k]
-            if golden is not None:  # displayed like the golden masks: thresholded, then upscaled
+            if outputs is not None:  # displayed like the reference's: thresholded, then upscaled
                 cand_logits = (cand_logits > 0).astype(np.float32) - 0.5
             cand_mask = P.postprocess_masks(cand_logits, info)[0] > 0
             cand_img = blend(image, cand_mask)[::stride, ::stride].copy()

@@ -5,7 +5,7 @@ CUDA device for `--device cuda`, the runtime of a single artifact backend), load
 model where torch is installed, exports ONNX artifacts into a temporary folder when no folder
 was given, and hands both to `device.benchmark.run_bench`. Torch is imported only inside the
 functions that need it, so this module imports on a device without torch, where the run is the
-device half alone (artifact columns, judged against the golden outputs in the folder).
+device half alone (artifact columns, judged against the reference outputs in the folder).
 """
 
 from __future__ import annotations
@@ -109,10 +109,11 @@ class TorchColumns:
     def reference(self) -> Reference | None:
         if self.loaded is None:
             return None
+        from edgesam_export.device.judge import SessionReference
         from edgesam_export.host.reference import reference_sessions
 
-        enc, decs = reference_sessions(self.loaded)
-        return Reference("torch", "torch (as loaded, fp32, cpu)", encoder=enc, decoders=decs)
+        source = SessionReference(*reference_sessions(self.loaded))
+        return Reference("torch", "torch (as loaded, fp32, cpu)", source)
 
 
 def require_cuda() -> None:

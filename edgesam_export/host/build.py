@@ -4,7 +4,7 @@ The build root is checked and locked first (`device.publish`: a second build int
 or is refused, leftovers of killed builds are removed). Each recipe is built in a hidden staging
 folder beside its destination (`<output>/.<directory>.staging-<pid>-<n>`): every target exports
 into `<target name>/` there, with the reference outputs (`<stem>_reference.npz`, what
-`parity --reference golden` compares with on a device without torch), and is checked against
+`parity --reference outputs` compares with on a device without torch), and is checked against
 PyTorch; then the manifest is written from what is on disk, and only then is the staging folder
 renamed onto `<output>/<directory>`. A build that is interrupted (Ctrl-C, a killed process, a
 crash) therefore never leaves a folder that looks finished, and a published folder always holds
@@ -50,7 +50,6 @@ from edgesam_export.host.recipes import (
 )
 
 if TYPE_CHECKING:
-    from edgesam_export.device.parity import ParityReport
     from edgesam_export.host.models import LoadedModel
 
 Progress = Callable[[str], None]
@@ -193,29 +192,6 @@ def model_options(job: TargetJob) -> ModelOptions:
     )
 
 
-def apply_tolerances(report: ParityReport, overrides: dict[str, float]) -> None:
-    """Re-judge comparisons under a recipe's tighter tolerances; a looser one is an error."""
-    if not overrides:
-        return
-    from edgesam_export.device.backends import tolerances_for
-
-    for c in report.comparisons:
-        if c.check not in overrides:
-            continue
-        tol = overrides[c.check]
-        default, min_iou = tolerances_for(c.backend, c.precision)
-        if tol > default[c.check]:
-            raise InputError(
-                f"parity tolerance {c.check}: {tol:g} is looser than the {c.backend}"
-                f" {c.precision} default {default[c.check]:g}; a recipe may only tighten"
-                " tolerances (derive a looser row in device/backends.py instead)"
-            )
-        ok = c.metrics["max_abs"] <= tol and "shape_mismatch" not in c.metrics
-        if "min_mask_iou" in c.metrics:
-            ok = ok and c.metrics["min_mask_iou"] >= min_iou
-        c.tolerance, c.passed = tol, ok
-
-
 def _artifact_entry(
     job: TargetJob, artifact: Any, verdict: str, checks: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -269,8 +245,9 @@ def run_target(job: TargetJob, progress: Progress = _quiet) -> TargetResult:
             progress(f"{name}: parity against PyTorch")
             t1 = time.perf_counter()
             with parity_threads():
-                report = verify_artifacts(job.weights.checkpoint, job.folder, loaded=loaded)
-            apply_tolerances(report, parity.tolerances)
+                report = verify_artifacts(
+                    job.weights.checkpoint, job.folder, loaded=loaded, overrides=parity.tolerances
+                )
             result.seconds["parity"] = round(time.perf_counter() - t1, 2)
             payload = report.to_json()
             result.parity = {

@@ -2,7 +2,8 @@
 
 Typed options in, artifacts and reports out; no printing here (callers pass a progress callback).
 Importable without torch: exporting and the PyTorch reference import the host side on use, and
-`verify_artifacts` falls back to the golden sidecar (`golden.py`) where torch is absent.
+`verify_artifacts` falls back to the reference outputs shipped beside the artifacts
+(`device/reference_outputs.py`) where torch or the checkpoint is absent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgesam_export.device.errors import (
     EdgeSamExportError,
     InputError,
 )
-from edgesam_export.device.parity import ParityReport, check
+from edgesam_export.device.judge import ParityReport, Reference, SessionReference, judge
 from edgesam_export.device.runtime import Session, artifact_suffixes, open_session
 from edgesam_export.host.config import ExportOptions, ModelOptions
 from edgesam_export.host.metadata import base_metadata
@@ -34,7 +35,7 @@ from edgesam_export.host.metadata import base_metadata
 if TYPE_CHECKING:  # host side, imported on use
     from edgesam_export.host.models import LoadedModel
 
-ReferenceKind = Literal["auto", "torch", "golden"]
+ReferenceKind = Literal["auto", "torch", "outputs"]
 
 Progress = Callable[[str], None]
 
@@ -95,13 +96,13 @@ def export_and_check(
                 progress(f"exporting the {graph} to {target}")
                 artifacts.append(backend.export(loaded, graph, staged))
             progress("writing the reference outputs (parity without torch)")
-            golden = write_reference_outputs(loaded, stage.path, artifact_stem(loaded))
+            outputs = write_reference_outputs(loaded, stage.path, artifact_stem(loaded))
             write_manifest(
                 stage.path,
                 artifacts,
                 model=loaded.spec.name,
                 weights=artifacts[0].metadata["weights"] if artifacts else "",
-                golden={"path": golden.name, "sha256": file_sha256(golden)},
+                reference_outputs={"path": outputs.name, "sha256": file_sha256(outputs)},
             )
             report = None
             if verify:
@@ -116,7 +117,7 @@ def export_and_check(
             a.to_json() | {"size": _size(a.path), "path": str(output / a.path.name)}
             for a in artifacts
         ]
-        names = [p.name for a in artifacts for p in (a.path, *a.data_files)] + [golden.name]
+        names = [p.name for a in artifacts for p in (a.path, *a.data_files)] + [outputs.name]
         failed = report is not None and not report.passed
         published = stage.publish(names, failed=failed)
         if published:
@@ -160,12 +161,15 @@ def write_reference_outputs(loaded: LoadedModel, out_dir: Path, stem: str) -> Pa
     """`<stem>_reference.npz`: the PyTorch reference's outputs on the parity inputs."""
     import torch
 
-    from edgesam_export.device.golden import sidecar_path, write_golden
+    from edgesam_export.device.reference_outputs import (
+        reference_outputs_path,
+        save_reference_outputs,
+    )
     from edgesam_export.host.reference import reference_sessions
 
     enc, decs = reference_sessions(loaded)
-    return write_golden(
-        sidecar_path(out_dir, stem),
+    return save_reference_outputs(
+        reference_outputs_path(out_dir, stem),
         enc,
         decs,
         reference=f"torch {torch.__version__} cpu float32",
@@ -244,20 +248,30 @@ def model_options_from_metadata(
     if checkpoint is None:
         sources = {m.get("weights_source", "") for m in metas}
         if len(kinds) != 1 or not next(iter(kinds)).startswith("synthetic") or len(sources) != 1:
-            raise InputError("these artifacts were exported from a checkpoint: pass it as CKPT")
+            raise InputError(
+                "these artifacts were exported from a checkpoint: pass it (parity CKPT"
+                " ARTIFACT_DIR), or use the reference outputs shipped with them"
+                " (--reference outputs)"
+            )
         source = sources.pop()
         seed = int(source.split("seed=")[1].rstrip(")")) if "seed=" in source else 0
     else:
+        if not checkpoint.is_file():
+            raise InputError(
+                f"checkpoint not found: {checkpoint}; pass the checkpoint the artifacts were"
+                " exported from, or ARTIFACT_DIR alone to use their reference outputs"
+            )
         if all(k.startswith("synthetic") for k in kinds):
             raise InputError(
                 f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
-                " run parity with ARTIFACT_DIR only"
+                " pass ARTIFACT_DIR alone (no CKPT)"
             )
         digests = {m.get("checkpoint_sha256") for m in metas} - {"", None}
-        if checkpoint.is_file() and digests and file_sha256(checkpoint) not in digests:
+        if digests and file_sha256(checkpoint) not in digests:
             raise InputError(
                 f"{checkpoint} is not the checkpoint these artifacts were exported from"
-                " (sha256 differs from their metadata)"
+                " (sha256 differs from their metadata); pass that checkpoint, or ARTIFACT_DIR"
+                " alone to use their reference outputs"
             )
     return ModelOptions(
         model=models.pop(),
@@ -283,32 +297,38 @@ def _matches(loaded: LoadedModel, session: Session) -> bool:
     return all(session.metadata.get(k, "") == meta[k] for k in _GROUP_KEYS)
 
 
-def resolve_reference(reference: ReferenceKind) -> Literal["torch", "golden"]:
-    """`auto` is torch where it is installed, else the golden sidecar."""
+def resolve_reference(reference: ReferenceKind) -> Literal["torch", "outputs"]:
+    """`auto` is torch where it is installed, else the reference outputs shipped beside the
+    artifacts (`verify_artifacts` also falls back to them when no checkpoint is given)."""
     if reference == "auto":
-        return "torch" if torch_available() else "golden"
+        return "torch" if torch_available() else "outputs"
     if reference == "torch" and not torch_available():
         raise BackendUnavailableError(
             "the PyTorch reference needs torch (pip install 'edgesam-export[export]'); without"
-            " it, parity compares with the golden outputs shipped with the artifacts"
-            " (--reference golden)"
+            " it, parity compares with the reference outputs shipped with the artifacts"
+            " (--reference outputs)"
         )
     return reference
 
 
-def _check_golden_checkpoint(checkpoint: Path, golden_meta: dict[str, Any]) -> None:
-    if not checkpoint.is_file():
-        raise InputError(f"checkpoint not found: {checkpoint}")
-    recorded = golden_meta.get("checkpoint_sha256", "")
+def _check_outputs_checkpoint(checkpoint: Path, meta: dict[str, Any]) -> None:
+    """A CKPT given beside reference outputs must be the one they were computed from."""
+    recorded = meta.get("checkpoint_sha256", "")
     if not recorded:
         raise InputError(
             f"these artifacts were exported from synthetic weights, not from {checkpoint}:"
-            " run parity with ARTIFACT_DIR only"
+            " pass ARTIFACT_DIR alone (no CKPT)"
+        )
+    if not checkpoint.is_file():
+        raise InputError(
+            f"checkpoint not found: {checkpoint}; pass the checkpoint the artifacts were"
+            " exported from, or ARTIFACT_DIR alone to use their reference outputs"
         )
     if file_sha256(checkpoint) != recorded:
         raise InputError(
             f"{checkpoint} is not the checkpoint these artifacts were exported from"
-            " (sha256 differs from their metadata)"
+            " (sha256 differs from their metadata); pass that checkpoint, or ARTIFACT_DIR"
+            " alone to use their reference outputs"
         )
 
 
@@ -320,91 +340,89 @@ def verify_artifacts(
     only: list[Path] | None = None,
     reference: ReferenceKind = "auto",
     record: dict[str, Any] | None = None,
+    overrides: dict[str, float] | None = None,
 ) -> ParityReport:
     """Parity of the artifacts in `artifact_dir` (or just `only`) against a reference.
 
-    The reference is PyTorch (where torch is installed), or, without torch (or with
-    reference="golden"), the golden sidecar shipped in the folder. Against PyTorch, artifacts
-    are grouped by backend and by the weights each records (model, checkpoint hash or synthetic
-    seed, upsample mode): each group is judged against its own reference, and decoders run end
-    to end only on an encoder of their own group. In a folder that mixes groups, a group that
-    the given CKPT cannot reproduce becomes an error entry (a single group raises InputError,
-    as a wrong CKPT always did). `loaded` serves the groups it matches.
+    Artifacts are grouped by backend and by the weights each records (model, checkpoint hash or
+    synthetic seed, upsample mode): each group is judged (`device.judge`) against its own
+    reference, and decoders run end to end only on an encoder of their own group. The reference
+    is PyTorch where torch is installed and the group's weights can be rebuilt (synthetic
+    weights, or CKPT); with reference="auto" and no CKPT, a group exported from a checkpoint is
+    judged against the reference outputs shipped in the folder; with reference="outputs", every
+    group is. A provenance problem (a CKPT the artifacts did not come from, no CKPT and no
+    matching reference outputs) raises InputError (exit 3) saying what to pass. `loaded`
+    serves the groups it matches; `overrides` are a recipe's tightened tolerances.
 
-    `record` (optional) receives the raw outputs (see `parity.check`); with the golden
-    reference, `record["golden"]` is the `Golden` read.
+    `record` (optional) receives the raw outputs for the HTML report (see `judge.judge`).
     """
     kind = "torch" if loaded is not None else resolve_reference(reference)
     progress(f"opening artifacts in {artifact_dir}")
     opened = open_artifacts(artifact_dir, only)
     report = ParityReport(errors=list(opened.errors))
-    sessions = [s for _, s in opened.encoders + opened.decoders]
-    if sessions and kind == "golden":
-        from edgesam_export.device.golden import check_golden, find_golden
-
-        golden = find_golden(artifact_dir, sessions[0].metadata)
-        if checkpoint is not None:
-            _check_golden_checkpoint(checkpoint, golden.meta)
-        progress(f"running {len(sessions)} artifact(s) against {golden.path.name}")
-        check_golden(golden, opened.encoders, opened.decoders, report=report, record=record)
-        if record is not None:
-            record["golden"] = golden
-    elif sessions:
-        _check_against_torch(checkpoint, opened, report, progress, loaded, record)
+    groups: dict[tuple[str, ...], OpenedArtifacts] = {}
+    for graph in ("encoders", "decoders"):
+        for name, session in getattr(opened, graph):
+            group = groups.setdefault(_group_key(session), OpenedArtifacts([], [], []))
+            getattr(group, graph).append((name, session))
+    models: dict[tuple[str, ...], LoadedModel] = {}
+    for key, group in groups.items():
+        ref = _reference(key, group, kind, reference, checkpoint, artifact_dir, loaded, models)
+        n = len(group.encoders) + len(group.decoders)
+        progress(f"running {n} {key[0]} artifact(s) against {ref.description}")
+        part = judge(ref, group.encoders, group.decoders, overrides=overrides, record=record)
+        report.comparisons.extend(part.comparisons)
+        _merge_inputs(report.inputs, part.inputs)
     # A partial check (`only`) is recorded too: the manifest keeps a verdict per artifact and
     # lists the ones checked, so unrelated files in the folder stay "unchecked".
     record_parity(artifact_dir, report.to_json())
     return report
 
 
-def _check_against_torch(
+def _reference(
+    key: tuple[str, ...],
+    group: OpenedArtifacts,
+    kind: str,
+    reference: ReferenceKind,
     checkpoint: Path | None,
-    opened: OpenedArtifacts,
-    report: ParityReport,
-    progress: Progress,
+    artifact_dir: Path,
     loaded: LoadedModel | None,
-    record: dict[str, Any] | None,
-) -> None:
-    from edgesam_export.host.models import load_model
-    from edgesam_export.host.reference import reference_sessions
-
-    groups: dict[tuple[str, ...], OpenedArtifacts] = {}
-    for kind in ("encoders", "decoders"):
-        for name, session in getattr(opened, kind):
-            group = groups.setdefault(_group_key(session), OpenedArtifacts([], [], []))
-            getattr(group, kind).append((name, session))
-    references: dict[tuple[str, ...], LoadedModel] = {}
-    for key, group in groups.items():
-        sessions = [s for _, s in group.encoders + group.decoders]
-        ref = loaded if loaded is not None and _matches(loaded, sessions[0]) else None
-        if ref is None:
+    models: dict[tuple[str, ...], LoadedModel],
+) -> Reference:
+    """The reference one group of artifacts is judged against (see `verify_artifacts`)."""
+    sessions = [s for _, s in group.encoders + group.decoders]
+    if kind == "torch":
+        model = loaded if loaded is not None and _matches(loaded, sessions[0]) else None
+        if model is None:
             try:
                 opts = _model_options(checkpoint, sessions)
-            except InputError as exc:
-                if len(groups) == 1:
+            except InputError:
+                if reference != "auto" or checkpoint is not None:
                     raise
-                for name, _ in group.encoders + group.decoders:
-                    report.errors.append({"artifact": name, "error": f"not checked: {exc}"})
-                continue
-            source_key = key[1:-1]
-            ref = references.get(source_key)
-            if ref is None:
-                progress(f"loading the PyTorch reference ({opts.checkpoint or key[3]})")
-                ref = load_model(
-                    opts.checkpoint,
-                    model=opts.model,
-                    upsample_mode=opts.upsample,
-                    seed=opts.seed,
-                    synthetic=opts.synthetic,
-                )
-                references[source_key] = ref
-        ref_enc, ref_decs = reference_sessions(ref, gelu_approximate=key[-1] == "true")
-        progress(
-            f"running {len(sessions)} {key[0]} artifact(s) and the reference on the same inputs"
-        )
-        part = check(ref_enc, ref_decs, group.encoders, group.decoders, record=record)
-        report.comparisons.extend(part.comparisons)
-        _merge_inputs(report.inputs, part.inputs)
+                opts = None  # exported from a checkpoint nobody passed: the shipped outputs
+            if opts is not None:
+                from edgesam_export.host.models import load_model
+
+                model = models.get(key[1:-1])
+                if model is None:
+                    model = models[key[1:-1]] = load_model(
+                        opts.checkpoint,
+                        model=opts.model,
+                        upsample_mode=opts.upsample,
+                        seed=opts.seed,
+                        synthetic=opts.synthetic,
+                    )
+        if model is not None:
+            from edgesam_export.host.reference import reference_sessions
+
+            enc, decs = reference_sessions(model, gelu_approximate=key[-1] == "true")
+            return SessionReference(enc, decs)
+    from edgesam_export.device.reference_outputs import find_reference_outputs
+
+    outputs = find_reference_outputs(artifact_dir, sessions[0].metadata)
+    if checkpoint is not None:
+        _check_outputs_checkpoint(checkpoint, outputs.meta)
+    return outputs
 
 
 def _merge_inputs(into: dict[str, Any], part: dict[str, Any]) -> None:

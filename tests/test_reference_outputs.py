@@ -1,4 +1,5 @@
-"""The golden sidecar: what the export ships, and parity against it without torch."""
+"""Reference outputs (`<stem>_reference.npz`): what the export ships, and parity against them
+without torch."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ import numpy as np
 import pytest
 
 from edgesam_export.device.errors import InputError
-from edgesam_export.device.golden import MASK_STRIDE, SIDECAR_SUFFIX, check_golden, find_golden
+from edgesam_export.device.judge import judge
 from edgesam_export.device.parity import prompt_cases
+from edgesam_export.device.reference_outputs import (
+    MASK_STRIDE,
+    REFERENCE_OUTPUTS_SUFFIX,
+    find_reference_outputs,
+)
 from edgesam_export.device.runtime import Session
 from edgesam_export.host.pipeline import open_artifacts, verify_artifacts
 
@@ -31,21 +37,21 @@ class Shifted(Session):
         return out
 
 
-def test_export_writes_a_small_matching_sidecar(default_artifacts: Path) -> None:
-    (path,) = default_artifacts.glob(f"*{SIDECAR_SUFFIX}")
+def test_export_writes_small_matching_reference_outputs(default_artifacts: Path) -> None:
+    (path,) = default_artifacts.glob(f"*{REFERENCE_OUTPUTS_SUFFIX}")
     assert path.stat().st_size < 6e6  # small beside ~43 MB of ONNX graphs
     manifest = json.loads((default_artifacts / "manifest.json").read_text())
-    assert manifest["golden"]["path"] == path.name
+    assert manifest["reference_outputs"]["path"] == path.name
     opened = open_artifacts(default_artifacts)
     enc = opened.encoders[0][1]
-    golden = find_golden(default_artifacts, enc.metadata)
-    assert golden.meta["weights"] == enc.metadata["weights"] == "synthetic-untrained"
-    assert golden.meta["reference"].startswith("torch")
-    assert golden.image.dtype == np.uint8 and golden.image.ndim == 3
-    assert golden.embeddings.shape == (1, 256, 64, 64) and golden.embeddings.dtype == np.float32
+    outputs = find_reference_outputs(default_artifacts, enc.metadata)
+    assert outputs.meta["weights"] == enc.metadata["weights"] == "synthetic-untrained"
+    assert outputs.meta["reference"].startswith("torch")
+    assert outputs.image.dtype == np.uint8 and outputs.image.ndim == 3
+    assert outputs.embeddings.shape == (1, 256, 64, 64) and outputs.embeddings.dtype == np.float32
     expected = prompt_cases(1024, (768, 1024))
-    assert [c.case.name for c in golden.cases] == [c.name for c in expected]
-    for gc, case in zip(golden.cases, expected, strict=True):
+    assert [c.case.name for c in outputs.cases] == [c.name for c in expected]
+    for gc, case in zip(outputs.cases, expected, strict=True):
         np.testing.assert_array_equal(gc.case.point_coords, case.point_coords)
         b = case.point_coords.shape[0]
         assert gc.masks_sub.shape == (b, 4, 256 // MASK_STRIDE, 256 // MASK_STRIDE)
@@ -56,13 +62,13 @@ def test_export_writes_a_small_matching_sidecar(default_artifacts: Path) -> None
         )
 
 
-def test_golden_parity_passes_and_agrees_with_torch(default_artifacts: Path) -> None:
-    golden = verify_artifacts(None, default_artifacts, reference="golden")
+def test_outputs_parity_passes_and_agrees_with_torch(default_artifacts: Path) -> None:
+    outputs = verify_artifacts(None, default_artifacts, reference="outputs")
     torch_ = verify_artifacts(None, default_artifacts, reference="torch")
-    assert golden.passed and torch_.passed
-    assert golden.inputs["reference"].startswith("golden")
+    assert outputs.passed and torch_.passed
+    assert outputs.inputs["reference"].startswith("reference outputs")
     by_check = {(r["artifact"], r["check"]): r for r in torch_.summary()}
-    for row in golden.summary():
+    for row in outputs.summary():
         ref = by_check[(row["artifact"], row["check"])]
         assert row["cases"] == ref["cases"]
         assert row["max_abs"] <= ref["max_abs"] + 1e-7  # a subsample of the same errors
@@ -78,31 +84,33 @@ def test_golden_parity_passes_and_agrees_with_torch(default_artifacts: Path) -> 
         ("encoder", "image_embeddings", 1e-2, "image_embeddings"),
     ],
 )
-def test_golden_parity_catches_a_wrong_engine(
+def test_outputs_parity_catches_a_wrong_engine(
     default_artifacts: Path, graph: str, output: str, delta: float, check: str
 ) -> None:
     opened = open_artifacts(default_artifacts)
-    golden = find_golden(default_artifacts, opened.encoders[0][1].metadata)
+    outputs = find_reference_outputs(default_artifacts, opened.encoders[0][1].metadata)
     encoders, decoders = list(opened.encoders), list(opened.decoders)
     if graph == "decoder":
         decoders = [(n, Shifted(s, output, delta)) for n, s in decoders]
     else:
         encoders = [(n, Shifted(s, output, delta)) for n, s in encoders]
-    report = check_golden(golden, encoders, decoders)
+    report = judge(outputs, encoders, decoders)
     assert not report.passed
     failed = {c.check for c in report.comparisons if not c.passed}
     assert check in failed
 
 
-def test_sidecar_of_other_weights_is_refused(default_artifacts: Path, tmp_path: Path) -> None:
+def test_reference_outputs_of_other_weights_are_refused(
+    default_artifacts: Path, tmp_path: Path
+) -> None:
     for p in default_artifacts.iterdir():
         shutil.copy(p, tmp_path / p.name)
     opened = open_artifacts(tmp_path)
     meta = dict(opened.encoders[0][1].metadata)
     meta["weights_source"] = "synthetic-untrained(seed=99)"
-    with pytest.raises(InputError, match="matches the artifacts' weights"):
-        find_golden(tmp_path, meta)
-    for p in tmp_path.glob(f"*{SIDECAR_SUFFIX}"):
+    with pytest.raises(InputError, match=r"other weights.*pass the artifacts. checkpoint"):
+        find_reference_outputs(tmp_path, meta)
+    for p in tmp_path.glob(f"*{REFERENCE_OUTPUTS_SUFFIX}"):
         p.unlink()
-    with pytest.raises(InputError, match="no golden reference"):
-        verify_artifacts(None, tmp_path, reference="golden")
+    with pytest.raises(InputError, match=r"no reference outputs.*pass the checkpoint"):
+        verify_artifacts(None, tmp_path, reference="outputs")
