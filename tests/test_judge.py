@@ -148,6 +148,21 @@ def test_a_nan_reference_fails_too(default_artifacts: Path, tmp_path: Path) -> N
     assert not report.passed and "the reference holds" in row["reason"]
 
 
+def test_trt_check_fp16_fails_on_a_nan_weight(default_artifacts: Path, tmp_path: Path) -> None:
+    """The fp16 report read NaN in fp32 and fp16 as "finite with pins: yes", exit 0."""
+    bad = _copy(default_artifacts, tmp_path / "fp16nan")
+    decoder = bad / "edge_sam_decoder.onnx"
+    _nan_weight(decoder)
+    out = tmp_path / "fp16.json"
+    result = runner.invoke(app, ["trt-check", str(decoder), "--fp16", "--json", str(out)])
+    assert result.exit_code == ExitCode.PARITY_FAILED, result.output
+    text = " ".join(result.output.split())
+    assert "output 'masks' is NaN/inf in fp32 already" in text
+    (graph,) = json.loads(out.read_text())["graphs"]
+    assert graph["fp16"]["end_to_end"]["nonfinite_fp32"]["masks"]
+    assert graph["fp16"]["end_to_end"]["nonfinite_pinned"]["masks"]  # no "finite with pins"
+
+
 def test_predictor_refuses_nan_outputs(default_artifacts: Path) -> None:
     opened = open_artifacts(default_artifacts)
     enc, dec = opened.encoders[0][1], opened.decoders[0][1]
@@ -179,6 +194,24 @@ def test_refused_cases_are_skipped_and_listed_against_reference_outputs(
     assert "skipped" in report.to_json() and any("skipped" in n for n in report.notes())
     judged = {c.case for c in report.comparisons if c.artifact == name}
     assert "batch of 3 boxes" not in judged and "box" in judged
+
+
+def test_coreml_decoder_with_max_batch_1_passes_against_its_reference_outputs(
+    tmp_path: Path,
+) -> None:
+    """The Done-when case: a CoreML decoder (max_batch=1, the default) checked against the
+    reference outputs shipped beside it exited 3 on the batch of 3 boxes."""
+    pytest.importorskip("coremltools")
+    out = tmp_path / "coreml"
+    result = runner.invoke(app, ["coreml", "--decoder", "--no-verify", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["parity", str(out), "--reference", "outputs", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["inputs"]["reference"].startswith("reference outputs")
+    assert [(s["artifact"], s["case"]) for s in report["skipped"]] == [
+        ("edge_sam_decoder.mlpackage", "batch of 3 boxes")
+    ]
 
 
 # (c), (d) provenance and the fallback to the reference outputs -------------------------------

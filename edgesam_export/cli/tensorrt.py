@@ -19,6 +19,7 @@ from edgesam_export.cli import (
     SyntheticOpt,
     UpsampleOpt,
     emit_json,
+    err_console,
     guarded,
     human_console,
     model_options,
@@ -31,6 +32,7 @@ from edgesam_export.device import publish
 from edgesam_export.device.errors import (
     BackendUnavailableError,
     EdgeSamExportError,
+    ExitCode,
     ExportFailedError,
     InputError,
 )
@@ -169,7 +171,8 @@ def trt_check_cmd(
 ) -> None:
     """Will TensorRT parse these graphs and cover their shapes? (No GPU, no TensorRT needed.)
 
-    Exit 0 when every graph is ready, 7 when one is not.
+    Exit 0 when every graph is ready, 7 when one is not, 4 when --fp16 finds an output that is
+    NaN/inf in fp32, or in fp16 despite the pins.
     """
     from edgesam_export.device.trt_check import check_model, load_onnx
     from edgesam_export.host.targets.tensorrt import dims_for
@@ -191,13 +194,19 @@ def trt_check_cmd(
             }
             payload["graphs"].append(entry)
             ready = ready and report.passed
+        nonfinite: list[str] = []
         if fp16:
             reports = _fp16_reports(models)
             for entry, f in zip(payload["graphs"], models, strict=True):
                 _render_fp16(reports[f], out)
                 entry["fp16"] = reports[f].to_json()
-        payload["passed"] = ready
+                nonfinite += reports[f].nonfinite_problems()
+        payload["passed"] = ready and not nonfinite
         emit_json(json_path, payload)
+        for line in nonfinite:
+            err_console.print(f"[bold red]non-finite:[/] {escape(line)}")
+        if nonfinite:
+            raise typer.Exit(int(ExitCode.PARITY_FAILED))
         if not ready:
             raise typer.Exit(int(NotReadyError.exit_code))
 

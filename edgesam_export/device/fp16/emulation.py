@@ -23,6 +23,7 @@ from edgesam_export.device.fp16.criterion import (
     classify,
     criterion,
 )
+from edgesam_export.device.parity import compare_arrays, nonfinite_count
 
 _FLOAT = 1  # TensorProto.FLOAT
 _FLOAT16 = 10
@@ -281,6 +282,9 @@ class Fp16Report:
     error_pinned: dict[str, float] = field(default_factory=dict)
     nonfinite_unpinned: dict[str, bool] = field(default_factory=dict)
     nonfinite_pinned: dict[str, bool] = field(default_factory=dict)
+    # the fp32 graph's own output holds NaN/inf on the calibration inputs: broken weights,
+    # not an fp16 problem (no pin can fix it)
+    nonfinite_fp32: dict[str, bool] = field(default_factory=dict)
     output_scale: dict[str, float] = field(default_factory=dict)  # max |fp32 output|
 
     @property
@@ -298,6 +302,22 @@ class Fp16Report:
     @property
     def nonfinite_layers(self) -> list[str]:
         return [s.node for s in self.layers if s.nonfinite]
+
+    def nonfinite_problems(self) -> list[str]:
+        """Outputs that hold NaN/inf in fp32 (broken weights) or in fp16 despite the pins: the
+        graph must not be built as is (`trt-check --fp16` exits 4 on them)."""
+        lines = [
+            f"{self.graph} output {o!r} is NaN/inf in fp32 already: the weights are broken"
+            " (`edgesam-export parity` names the first node)"
+            for o, bad in self.nonfinite_fp32.items()
+            if bad
+        ]
+        lines += [
+            f"{self.graph} output {o!r} is NaN/inf in fp16 even with the {len(self.pins)} pins"
+            for o, bad in self.nonfinite_pinned.items()
+            if bad and not self.nonfinite_fp32.get(o)
+        ]
+        return lines
 
     @property
     def precision_losing(self) -> list[str]:
@@ -324,6 +344,7 @@ class Fp16Report:
                 "max_abs_error_pinned": self.error_pinned,
                 "nonfinite_unpinned": self.nonfinite_unpinned,
                 "nonfinite_pinned": self.nonfinite_pinned,
+                "nonfinite_fp32": self.nonfinite_fp32,
                 "output_scale": self.output_scale,
             },
             "per_layer": [asdict(s) for s in self.layers],
@@ -373,14 +394,11 @@ def _sum_bounds(
     return bounds
 
 
-def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    nonfinite = bool(not np.isfinite(a64).all() and np.isfinite(b64).all())
-    diff = np.abs(a64 - b64)
-    err = float(np.max(np.nan_to_num(diff, nan=0.0))) if diff.size else 0.0
-    if nonfinite or np.isnan(diff).any():
-        err = float("inf")
-    return err, nonfinite
+def _max_error(emulated: np.ndarray, fp32: np.ndarray) -> tuple[float, bool]:
+    """(max abs error, whether the emulated output holds NaN/inf), by the judge's metrics: a
+    NaN on either side is an infinite error, and NaN on both sides is never "finite"."""
+    metrics = compare_arrays(emulated, fp32)
+    return metrics["max_abs"], bool(metrics.get("nonfinite"))
 
 
 def fp16_report(
@@ -416,6 +434,9 @@ def fp16_report(
             e, nf = _max_error(values[o + "|emulated"], values[o])
             report.error_unpinned[o] = max(report.error_unpinned.get(o, 0.0), e)
             report.nonfinite_unpinned[o] = report.nonfinite_unpinned.get(o, False) or nf
+            report.nonfinite_fp32[o] = report.nonfinite_fp32.get(o, False) or bool(
+                nonfinite_count(values[o])
+            )
             report.output_scale[o] = max(
                 report.output_scale.get(o, 0.0), float(np.abs(values[o]).max())
             )
