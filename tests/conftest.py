@@ -161,3 +161,16 @@ def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
         return cache[(model, sidecar)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Playwright over the system's executable) for every browser test
+    module; skips with the reason where Chromium or Playwright is missing."""
+    from edgesam_export.web.browser import Chromium, browser_unavailable
+
+    missing = browser_unavailable()
+    if missing is not None:
+        pytest.skip(missing)
+    with Chromium() as chromium:
+        yield chromium
