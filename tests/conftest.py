@@ -135,30 +135,30 @@ def bicubic_encoder_artifact(
 
 @pytest.fixture(scope="session")
 def family_artifacts(tmp_path_factory: pytest.TempPathFactory):
-    """`family_artifacts(model, sidecar=True)`: a folder with the ONNX encoder + decoder of a
-    registered variant (synthetic untrained weights, seed 0), exported once per session. With
-    `sidecar` through the pipeline (golden sidecar and manifest too); without, the two graphs
-    alone (half the time). Shared by the web, report and TensorRT tests (EfficientViT-SAM-L0:
-    512 encoder input, prompts in the 1024 frame, /255 normalisation)."""
+    """`family_artifacts(model, reference_outputs=True)`: a folder with the ONNX encoder and
+    decoder of a registered variant (synthetic untrained weights, seed 0), exported once per
+    session. With `reference_outputs` through the pipeline (reference outputs and manifest too);
+    without, the two graphs alone (half the time). Shared by the web, report and TensorRT tests
+    (EfficientViT-SAM-L0: 512 encoder input, prompts in the 1024 frame, /255 normalisation)."""
     from edgesam_export.host.pipeline import export_artifacts
     from edgesam_export.host.targets.onnx import export
 
     cache: dict[tuple[str, bool], Path] = {}
 
-    def get(model: str, sidecar: bool = True) -> Path:
+    def get(model: str, reference_outputs: bool = True) -> Path:
         if (model, True) in cache:
             return cache[(model, True)]
-        if (model, sidecar) not in cache:
+        if (model, reference_outputs) not in cache:
             out = tmp_path_factory.mktemp(model)
-            if sidecar:
+            if reference_outputs:
                 options = ModelOptions(model=model, synthetic="untrained")
                 export_artifacts(options, "onnx", OnnxOptions(output=out))
             else:
                 loaded = load_model(None, model=model, synthetic="untrained")
                 for graph in ("encoder", "decoder"):
                     export(loaded, graph, OnnxOptions(output=out))
-            cache[(model, sidecar)] = out
-        return cache[(model, sidecar)]
+            cache[(model, reference_outputs)] = out
+        return cache[(model, reference_outputs)]
 
     return get
 

@@ -267,7 +267,10 @@ def test_real_engine_build_and_parity(
     except Exception as exc:  # no GPU / driver
         pytest.skip(f"TensorRT cannot create a builder here: {exc}")
     del builder
-    folder = default_artifacts if model == "edge_sam" else family_artifacts(model, sidecar=False)
+    if model == "edge_sam":
+        folder = default_artifacts
+    else:
+        folder = family_artifacts(model, reference_outputs=False)
     src = tmp_path / f"{model}_decoder.onnx"
     shutil.copy(folder / src.name, src)
     onnx_model = onnx.load(str(src))

@@ -82,7 +82,9 @@ def graphs(request: pytest.FixtureRequest, family_artifacts):
             if model == "edge_sam":  # the session's default export, shared with other tests
                 folder = request.getfixturevalue("default_artifacts")
             else:
-                folder = family_artifacts(model, sidecar=model == "efficientvit_sam_l0")
+                folder = family_artifacts(
+                    model, reference_outputs=model == "efficientvit_sam_l0"
+                )
             found = {}
             for graph in ("encoder", "decoder"):
                 path = folder / f"{model}_{graph}.onnx"

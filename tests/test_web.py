@@ -448,7 +448,8 @@ def _interact(page, left: int, top: int) -> None:
 # EfficientViT-SAM-L0: 512 x 512 encoder input, prompts and masks in SAM's 1024 frame, /255
 # normalisation (torchvision's ToTensor + Normalize), padding after normalisation.
 # MobileSAM: SAM's 3 + 1 mask tokens at 1024.
-FAMILY_SITES = {"efficientvit_sam_l0": True, "mobile_sam": False}  # model -> golden sidecar
+# model -> whether its folder carries reference outputs
+FAMILY_SITES = {"efficientvit_sam_l0": True, "mobile_sam": False}
 
 
 @pytest.fixture(scope="session")
@@ -457,7 +458,7 @@ def family_site(tmp_path_factory: pytest.TempPathFactory, family_artifacts):
 
     def get(model: str) -> tuple[Path, WebServer]:
         if model not in cache:
-            src = family_artifacts(model, sidecar=FAMILY_SITES[model])
+            src = family_artifacts(model, reference_outputs=FAMILY_SITES[model])
             site = tmp_path_factory.mktemp(f"web_{model}") / "site"
             result = runner.invoke(app, ["web", str(src), "-o", str(site), "--no-webgpu"])
             assert result.exit_code == 0, result.output
