@@ -92,6 +92,26 @@ class TargetJob:
     weights: Weights
     folder: Path  # <staging>/<target name>
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """A worker process gets the recipe as data and validates it again: the recipe and
+        target classes are generated from the registry, so pickle cannot find them by name."""
+        loaded = self.recipe
+        data = loaded.recipe.model_dump(mode="json", exclude_unset=True)
+        return (
+            _job_from_data,
+            (data, loaded.path, loaded.sha256, self.target.name, self.weights, self.folder),
+        )
+
+
+def _job_from_data(
+    data: dict[str, Any], path: Path, sha256: str, target: str, weights: Weights, folder: Path
+) -> TargetJob:
+    from edgesam_export.host.recipes import recipe_model
+
+    recipe = recipe_model().model_validate(data)
+    (chosen,) = [t for t in recipe.targets if t.name == target]
+    return TargetJob(LoadedRecipe(recipe, path, sha256), chosen, weights, folder)
+
 
 @dataclass
 class TargetResult:
