@@ -224,6 +224,17 @@ def test_trt_print_trtexec_on_a_directory(bilinear_artifacts: Path, tmp_path: Pa
     assert sorted(p.name for p in bilinear_artifacts.iterdir()) == before
 
 
+def test_trt_print_trtexec_output_folder_is_checkable(default_artifacts: Path, tmp_path: Path):
+    """With -o, the lines' engines land in another folder: the reference outputs of the
+    source folder go there too, so the advised `parity DIR --reference outputs` can run."""
+    out = tmp_path / "engines"
+    result = runner.invoke(app, ["trt", str(default_artifacts), "--print-trtexec", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"--saveEngine={out}/edge_sam_decoder.engine" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["edge_sam_reference.npz"]
+    assert "--reference outputs" in result.output
+
+
 def test_trt_fp32_layers_names_must_exist(default_artifacts: Path):
     result = runner.invoke(
         app,

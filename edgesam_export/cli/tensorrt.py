@@ -338,6 +338,12 @@ def trt_cmd(
                 entry["built"] = trt is not None
                 payload["engines"].append(entry)
             if trt is None:
+                if source is not None and from_dir and source.resolve() != engine_dir.resolve():
+                    meta = {p.key: p.value for p in next(iter(models.values())).metadata_props}
+                    try:  # nothing to copy is no error here: nothing is checked yet
+                        _copy_reference_outputs(meta, source, engine_dir)
+                    except InputError as exc:
+                        out.print(f"no reference outputs copied to {engine_dir}: {exc}")
                 out.print(
                     f"--print-trtexec: no engine was built or checked; after building them in"
                     f" {engine_dir}, check them with: edgesam-export parity {engine_dir}"
@@ -449,6 +455,7 @@ def _check_engines(
     """Parity of the engines just built: against the PyTorch model an export loaded, or, for
     a directory of graphs, against the reference outputs its export shipped (copied beside
     the engines when they go elsewhere, so their folder stays checkable on its own)."""
+    from edgesam_export.device.runtime.tensorrt import read_sidecar
     from edgesam_export.host.pipeline import verify_artifacts
 
     try:
@@ -456,18 +463,21 @@ def _check_engines(
             return verify_artifacts(None, engine_dir, progress, loaded=loaded, only=engines)
         assert source_dir is not None
         if source_dir.resolve() != engine_dir.resolve():
-            _copy_reference_outputs(engines[0], source_dir, engine_dir)
+            meta = read_sidecar(engines[0]).get("metadata", {})
+            _copy_reference_outputs(meta, source_dir, engine_dir)
         return verify_artifacts(None, engine_dir, progress, only=engines, reference="outputs")
     except EdgeSamExportError as exc:
         raise type(exc)(f"engines built in {engine_dir} but not checked: {exc}") from None
 
 
-def _copy_reference_outputs(engine: Path, source_dir: Path, engine_dir: Path) -> None:
+def _copy_reference_outputs(meta: dict[str, str], source_dir: Path, engine_dir: Path) -> None:
+    """The source folder's reference outputs for these weights, beside the engines: their
+    folder is then checkable on its own (`parity DIR --reference outputs`, no torch)."""
     from edgesam_export.device.artifacts import atomic_path
     from edgesam_export.device.reference_outputs import find_reference_outputs
-    from edgesam_export.device.runtime.tensorrt import read_sidecar
 
-    outputs = find_reference_outputs(source_dir, read_sidecar(engine).get("metadata", {}))
+    outputs = find_reference_outputs(source_dir, meta)
+    engine_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(engine_dir / outputs.path.name) as tmp:
         tmp.write_bytes(outputs.path.read_bytes())
 
