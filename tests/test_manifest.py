@@ -176,6 +176,25 @@ def test_record_parity_vouches_only_for_the_bytes_it_checked(tmp_path: Path) -> 
     assert mf.verify(tmp_path).ok
 
 
+
+def test_record_parity_keeps_artifacts_with_data_files(tmp_path: Path) -> None:
+    """Sidecars (.pte.json, .engine.json, ONNX external data) are part of the recorded hash:
+    parity dropped every such entry, comparing the file's bare hash with the combined one."""
+    prog = tmp_path / "m_decoder.pte"
+    prog.write_bytes(b"program")
+    side = tmp_path / "m_decoder.pte.json"
+    side.write_text("{}")
+    art = Artifact(prog, "executorch", "decoder", [], [], data_files=[side])
+    write_manifest(tmp_path, [art])
+    summary = [{"artifact": prog.name, "passed": True}]
+    record_parity(tmp_path, {"passed": True, "summary": summary, "errors": []})
+    assert [(e["path"], e["parity"]) for e in mf.read(tmp_path)["artifacts"]] == [
+        (prog.name, "passed")
+    ]
+    side.write_text('{"changed": true}')  # the sidecar no longer matches: never vouched for
+    record_parity(tmp_path, {"passed": True, "summary": summary, "errors": []})
+    assert mf.read(tmp_path)["artifacts"] == []
+
 @pytest.mark.parametrize("content", [{"format": "other/1"}, []])
 def test_read_rejects_foreign_manifests(tmp_path: Path, content: object) -> None:
     (tmp_path / mf.MANIFEST_NAME).write_text(json.dumps(content))

@@ -34,19 +34,21 @@ from edgesam_export.cli import (
 )
 from edgesam_export.cli.coreml import coreml_cmd
 from edgesam_export.cli.everything import everything_cmd
+from edgesam_export.cli.executorch import executorch_cmd
 from edgesam_export.cli.models import models_cmd
 from edgesam_export.cli.options import ExitCodeGroup, ReportOpt, WaitOpt
 from edgesam_export.cli.recipes import build_cmd, recipe_app, verify_cmd
 from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
 from edgesam_export.cli.web import web_cmd
+from edgesam_export.device.backends import all_backends
 from edgesam_export.device.errors import InputError
 
 app = typer.Typer(
     name="edgesam-export",
     help=(
-        "Export Segment Anything family checkpoints (EdgeSAM first) to ONNX, CoreML and"
-        " TensorRT and verify them against PyTorch. Without CKPT, deterministic synthetic"
-        " weights are used (--synthetic)."
+        "Export Segment Anything family checkpoints (EdgeSAM first) to every registered target"
+        f" ({', '.join(b.name for b in all_backends() if b.exporter)}) and verify them against"
+        " PyTorch. Without CKPT, deterministic synthetic weights are used (--synthetic)."
         "\n\nExit codes: 0 ok, 1 internal error, 2 usage, 3 bad input (checkpoint, options),"
         " 4 parity failed, 5 artifact unreadable, 6 backend not installed, 7 export failed."
     ),
@@ -253,6 +255,7 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("trt", trt_cmd),
     ("trt-check", trt_check_cmd),
     ("coreml", coreml_cmd),
+    ("executorch", executorch_cmd),
     ("everything", everything_cmd),
     ("web", web_cmd),
     ("models", models_cmd),

@@ -153,6 +153,16 @@ def write_manifest(out_dir: Path, artifacts: list[Artifact], **extra: Any) -> Pa
     return mf.write(out_dir, mf.seal(content))
 
 
+def _entry_sha256(out_dir: Path, entry: dict[str, Any]) -> str | None:
+    """A manifest entry's hash recomputed from disk as `Artifact.sha256` computes it (with its
+    data files: an engine's or program's sidecar, ONNX external data); None when a file is gone."""
+    path = out_dir / str(entry.get("path", ""))
+    data = [out_dir / str(d.get("path", "")) for d in entry.get("data_files", [])]
+    if not entry.get("path") or not all(p.exists() for p in (path, *data)):
+        return None
+    return Artifact(path, "", "", [], [], data_files=data).sha256()
+
+
 def record_parity(out_dir: Path, parity: dict[str, Any]) -> Path | None:
     """Record a parity run in out_dir's manifest, rewritten from disk.
 
@@ -177,8 +187,7 @@ def record_parity(out_dir: Path, parity: dict[str, Any]) -> Path | None:
         verdicts[err["artifact"]] = False
     entries = []
     for entry in old.get("artifacts", []):
-        path = out_dir / str(entry.get("path", ""))
-        if not path.exists() or path_sha256(path) != entry.get("sha256"):
+        if _entry_sha256(out_dir, entry) != entry.get("sha256"):
             continue  # described bytes that are gone: drop, never vouch for the new ones
         name = str(entry["path"])
         entry["parity"] = (

@@ -176,6 +176,26 @@ COREML_INT8 = _row(
     " (docs/coreml.md); stability rows not measured (twice the score row)",
 )
 
+# ExecuTorch fp32 (.pte, XNNPACK delegate on executorch.runtime), measured by parity of
+# `edgesam-export executorch` on the calibrated synthetic EdgeSAM (tests/test_executorch.py's
+# build): worst case x10 (the float32 margin the FP32 row keeps), rounded up to one significant
+# digit. The end-to-end score row keeps at least the decoder's. Stability rows: FP32's (the
+# stability decoder was not measured).
+EXECUTORCH_FP32 = _row(
+    {
+        "image_embeddings": 8e-4,  # measured 7.2e-5 (relative 1.5e-5, cosine 1 - 4e-11)
+        "decoder.masks": 8e-5,  # 7.2e-6
+        "decoder.scores": 2e-5,  # 1.0e-6
+        "decoder.stability_scores": FP32.limits["decoder.stability_scores"],
+        "end_to_end.masks": 5e-4,  # 5.0e-5
+        "end_to_end.scores": 2e-5,  # 8.3e-7
+        "end_to_end.stability_scores": FP32.limits["end_to_end.stability_scores"],
+    },
+    0.99,  # the FP32 row's; measured minimum IoU 0.99998
+    measured="executorch.runtime, calibrated synthetic EdgeSAM: embeddings 7.2e-5, decoder masks"
+    " 7.2e-6 / scores 1.0e-6, end to end masks 5.0e-5 / scores 8.3e-7, IoU 0.99998"
+    " (docs/executorch.md); stability rows are FP32's (not measured)",
+)
 
 # --- the entries -----------------------------------------------------------------------------
 
@@ -241,6 +261,20 @@ _ENTRIES = (
         bench_label="Core ML",
         recipe_options="edgesam_export.host.config:CoreMLOptions",
         packages=("coremltools",),
+    ),
+    Backend(
+        name="executorch",
+        suffixes=(".pte",),
+        exporter="edgesam_export.host.targets.executorch:TARGET",
+        # host side: ExecuTorch's Python runtime takes torch tensors (docs/executorch.md)
+        session="edgesam_export.host.executorch_session:ExecuTorchSession",
+        requires="executorch",
+        install_hint=_INSTALL.format("executorch"),
+        tolerances={"fp32": EXECUTORCH_FP32},
+        bench_label="ExecuTorch",
+        recipe_options="edgesam_export.host.config:ExecuTorchOptions",
+        packages=("executorch",),
+        threads_option=True,
     ),
     Backend(
         name="tensorrt",

@@ -172,6 +172,14 @@ class TensorRTOptions(ExportOptions):
         return v
 
 
+class ExecuTorchOptions(ExportOptions):
+    """ExecuTorch `.pte` programs with the XNNPACK delegate (docs/executorch.md)."""
+
+    precision: Literal["fp32"] = "fp32"
+    max_points: int = Field(16, ge=1, le=64, description="largest prompt point count")
+    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
+
+
 def allowed_values(model: type[BaseModel], field: str) -> str | None:
     """The values a field accepts, for one-line error messages: its choices or its range."""
     info = model.model_fields.get(field)

@@ -188,7 +188,8 @@ class DecoderGraph(nn.Module):
             dim=1,
         )
         k = dec.num_mask_tokens
-        # Rows of x are ordered (i, j, a, b, c, d): pixel (4i + 2a + c, 4j + 2b + d).
-        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
-        masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
+        # Rows of x are ordered (i, j, a, b, c, d): pixel (4i + 2a + c, 4j + 2b + d). The shuffle
+        # stays within 6 dims (batch, mask and row merged): XNNPACK (ExecuTorch) refuses rank > 6.
+        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch * k * h, w, 2, 2, 2, 2)
+        masks = masks.permute(0, 2, 4, 1, 3, 5).reshape(batch, k, 4 * h, 4 * w)
         return masks, dec.iou_prediction_head(iou_token_out)

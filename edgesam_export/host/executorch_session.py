@@ -1,0 +1,111 @@
+"""ExecuTorch sessions over `.pte` programs, run by `executorch.runtime` (XNNPACK on CPU).
+
+Host side, although it is a runtime session: ExecuTorch's Python bindings load torch and take
+and return torch tensors, so this module cannot live under `device/` (which never imports
+torch). The registry names it by string, so parity, `edgesam-bench` and builds open `.pte` files
+like any artifact. On a phone the same `.pte` is loaded by ExecuTorch's Android (Kotlin/Java) or
+iOS (Objective-C/Swift) runtime, which need no Python and no torch (docs/executorch.md).
+
+A program has no metadata slot and takes its inputs positionally: the names, shapes and metadata
+come from the `<file>.pte.json` sidecar the export writes. `accepts()` reports the shapes the
+program refuses (decoder: batch 1, 1..max_points points), so callers skip those cases.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgesam_export.device.contract import TensorSpec
+from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.runtime.base import Session
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        payload = json.loads(sidecar.read_text())
+        meta = {str(k): str(v) for k, v in payload["metadata"].items()}
+        inputs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in payload["inputs"]]
+        outputs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in payload["outputs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{path.name}: its sidecar {sidecar.name} is missing or unreadable ({exc});"
+            " re-export the program with edgesam-export executorch"
+        ) from None
+    return {"metadata": meta, "inputs": inputs, "outputs": outputs}
+
+
+class ExecuTorchSession(Session):
+    """A `.pte` program behind the numpy `Session` interface."""
+
+    backend = "executorch"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise BackendUnavailableError(
+                "running ExecuTorch programs needs executorch:"
+                " pip install 'edgesam-export[executorch]'"
+            ) from None
+        if not path.is_file():
+            raise ArtifactError(f"ExecuTorch program not found: {path}")
+        side = _sidecar(path)
+        super().__init__(
+            side["metadata"].get("graph", "unknown"),
+            side["inputs"],
+            side["outputs"],
+            side["metadata"],
+        )
+        if threads:  # the XNNPACK delegate's pool is ExecuTorch's own, one per process
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)
+        self.path = path
+        try:
+            self._method = Runtime.get().load_program(path).load_method("forward")
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ArtifactError(f"ExecuTorch cannot load {path}: {first}") from None
+        if self._method is None:
+            raise ArtifactError(f"{path.name} has no forward method")
+        self.max_points = int(self.metadata.get("executorch.max_points", "0"))
+        self.max_batch = int(self.metadata.get("executorch.max_batch", "0"))
+
+    def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
+        """Why the program refuses these prompt shapes (None: it runs them)."""
+        coords = feeds.get("point_coords")
+        if coords is None or not self.max_points:
+            return None
+        batch, points = np.shape(coords)[:2]
+        if not 1 <= batch <= self.max_batch:
+            return f"point_coords batch {batch} is outside 1..{self.max_batch} (fixed at export)"
+        if not 1 <= points <= self.max_points:
+            return (
+                f"point_coords has {points} points, outside 1..{self.max_points}"
+                " (re-export with a larger --max-points)"
+            )
+        return None
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        reason = self.accepts(feeds)
+        if reason is not None:
+            raise InputError(f"{self.path.name}: {reason}")
+        super().check_feeds(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
+        try:
+            values = self._method.execute(args)
+        except Exception as exc:
+            raise ArtifactError(f"ExecuTorch failed running {self.path.name}: {exc}") from None
+        return {
+            t.name: np.asarray(v.detach().numpy(), dtype=np.float32).copy()
+            for t, v in zip(self.outputs, values, strict=True)
+        }

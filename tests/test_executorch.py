@@ -1,0 +1,189 @@
+"""ExecuTorch target: `.pte` programs (XNNPACK) exported, run by `executorch.runtime`, judged.
+
+One session-scoped export of the calibrated synthetic EdgeSAM serves every test here (the encoder
+lowering is the slow part); other families run with `-m heavy`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip(
+    "executorch.runtime", reason="executorch is not installed: pip install '.[executorch]'"
+)
+
+from edgesam_export.device import backends
+from edgesam_export.device.errors import ArtifactError, InputError
+from edgesam_export.device.runtime import open_session
+from edgesam_export.host.config import ExecuTorchOptions, ModelOptions
+from edgesam_export.host.graphs import DecoderGraph
+from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.pipeline import export_and_check, verify_artifacts
+
+
+@pytest.fixture(scope="session")
+def executorch_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[LoadedModel, Path]:
+    out = tmp_path_factory.mktemp("executorch")
+    run = export_and_check(
+        ModelOptions(synthetic="calibrated"), "executorch", ExecuTorchOptions(output=out)
+    )
+    assert run.published
+    return run.loaded, out
+
+
+def test_encoder_and_decoder_pass_parity_on_the_executorch_runtime(
+    executorch_build: tuple[LoadedModel, Path],
+) -> None:
+    loaded, out = executorch_build
+    report = verify_artifacts(None, out, loaded=loaded)
+    assert report.passed, report.to_json()
+    checked = {c.artifact for c in report.comparisons if c.backend == "executorch"}
+    assert checked == {"edge_sam_encoder.pte", "edge_sam_decoder.pte"}
+    # the program takes one prompt set: the 3-box batch is skipped and listed, never a crash
+    skipped = json.dumps(report.to_json()["inputs"].get("skipped", []))
+    assert "batch of 3 boxes" in skipped
+
+
+def test_decoder_takes_a_dynamic_point_count(executorch_build: tuple[LoadedModel, Path]) -> None:
+    loaded, out = executorch_build
+    session = open_session(out / "edge_sam_decoder.pte")
+    reference = DecoderGraph(loaded.model, loaded.spec.frame).eval()
+    rng = np.random.default_rng(3)
+    embeddings = rng.standard_normal((1, *loaded.spec.embed_shape)).astype(np.float32)
+    for n in (1, 5):
+        coords = (rng.random((1, n, 2)) * 1000).astype(np.float32)
+        labels = np.ones((1, n), np.float32)
+        feeds = {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels}
+        got = session.run(feeds)
+        with torch.no_grad():
+            scores, masks = reference(*(torch.from_numpy(feeds[k]) for k in feeds))
+        assert got["masks"].shape == (1, 4, 256, 256)
+        assert np.abs(got["masks"] - masks.numpy()).max() < 1e-3
+        assert np.abs(got["scores"] - scores.numpy()).max() < 1e-4
+    too_many = {"point_coords": np.zeros((1, 17, 2), np.float32)}
+    assert "outside 1..16" in (session.accepts(too_many) or "")
+    batch = {"point_coords": np.zeros((3, 2, 2), np.float32)}
+    assert "batch 3" in (session.accepts(batch) or "")
+    with pytest.raises(InputError, match="--max-points"):
+        session.run(
+            {
+                "image_embeddings": embeddings,
+                "point_coords": np.zeros((1, 17, 2), np.float32),
+                "point_labels": np.ones((1, 17), np.float32),
+            }
+        )
+
+
+def test_sidecar_carries_the_metadata_and_the_manifest_hashes_it(
+    executorch_build: tuple[LoadedModel, Path],
+) -> None:
+    _, out = executorch_build
+    side = json.loads((out / "edge_sam_decoder.pte.json").read_text())
+    meta = side["metadata"]
+    assert meta["family"] == "EdgeSAM" and meta["graph"] == "decoder"
+    assert meta["precision"] == "fp32" and meta["executorch.max_points"] == "16"
+    assert meta["executorch.version"] == "1.5.1" and meta["torch.version"] == torch.__version__
+    assert "checkpoint_sha256" in meta and "pixel_mean" in meta
+    assert [t["name"] for t in side["inputs"]] == [
+        "image_embeddings",
+        "point_coords",
+        "point_labels",
+    ]
+    assert side["inputs"][1]["shape"] == [1, "num_points", 2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["path"] == "edge_sam_decoder.pte")
+    assert [d["path"] for d in entry["data_files"]] == ["edge_sam_decoder.pte.json"]
+
+
+def test_a_program_without_its_sidecar_is_unreadable(
+    executorch_build: tuple[LoadedModel, Path], tmp_path: Path
+) -> None:
+    _, out = executorch_build
+    lone = tmp_path / "edge_sam_decoder.pte"
+    lone.write_bytes((out / "edge_sam_decoder.pte").read_bytes())
+    with pytest.raises(ArtifactError, match=r"sidecar edge_sam_decoder\.pte\.json"):
+        open_session(lone)
+
+
+def test_re_export_gives_the_same_bytes(
+    executorch_build: tuple[LoadedModel, Path], tmp_path: Path
+) -> None:
+    from edgesam_export.host.targets.executorch import export
+
+    loaded, out = executorch_build
+    again = export(loaded, "decoder", ExecuTorchOptions(graphs=("decoder",), output=tmp_path))
+    assert again.path.read_bytes() == (out / "edge_sam_decoder.pte").read_bytes()
+    assert again.sha256() == backends_sha(out / "edge_sam_decoder.pte")
+
+
+def backends_sha(pte: Path) -> str:
+    """The artifact hash the manifest recorded for a program and its sidecar."""
+    manifest = json.loads((pte.parent / "manifest.json").read_text())
+    return str(next(a["sha256"] for a in manifest["artifacts"] if a["path"] == pte.name))
+
+
+def test_the_decoder_graph_stays_within_six_dims(bicubic_model: LoadedModel) -> None:
+    """XNNPACK refuses tensors of rank > 6 when the program loads (the pixel shuffle was 8-D:
+    "Failed to define tensor ... xnn_status_unsupported_parameter")."""
+    graph = DecoderGraph(bicubic_model.model, 1024, optimized=True).eval()
+    args = (
+        torch.randn(1, 256, 64, 64),
+        torch.rand(1, 3, 2) * 1024,
+        torch.tensor([[1.0, 0.0, 1.0]]),
+    )
+    exported = torch.export.export(graph, args, strict=False)
+    ranks = {
+        node.name: len(node.meta["val"].shape)
+        for node in exported.graph.nodes
+        if isinstance(node.meta.get("val"), torch.Tensor)
+    }
+    assert max(ranks.values()) <= 6, {k: r for k, r in ranks.items() if r > 6}
+    reference = DecoderGraph(bicubic_model.model, 1024).eval()
+    with torch.no_grad():
+        for got, want in zip(graph(*args), reference(*args), strict=True):
+            assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_the_backend_is_wired_by_its_registry_entry_alone() -> None:
+    from edgesam_export.cli.bench import _wanted
+    from edgesam_export.host.recipes import parse_recipe
+    from edgesam_export.host.targets import get_target
+
+    entry = backends.get_backend("executorch")
+    assert backends.backend_for_path("m_encoder.pte") is entry
+    assert get_target("executorch").name == "executorch"
+    assert _wanted("executorch") == ["executorch"] and "executorch" in _wanted("all")
+    assert backends.recipe_options("executorch") is ExecuTorchOptions
+    (target,) = parse_recipe(
+        "name: r\ntargets: [{name: phone, kind: executorch, options: {max_points: 8}}]\n"
+    ).targets
+    assert target.kind == "executorch" and isinstance(target.options, ExecuTorchOptions)
+    assert target.options.max_points == 8 and "executorch" in target.packages()
+    with pytest.raises(InputError, match=r"options\.precision"):
+        parse_recipe("name: r\ntargets: [{name: p, kind: executorch, options: {precision: int8}}]")
+    assert backends.tolerance_row("executorch", "fp32").measured
+    with pytest.raises(InputError, match="no parity tolerances for precision 'int8'"):
+        backends.tolerance_row("executorch", "int8")
+
+
+def test_cli_command_refuses_int8_in_one_line_before_loading(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.export import app
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["executorch", "--precision", "int8", "--output", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "fp32" in result.output and "loading" not in result.output
+    assert not out.exists()
+    help_text = CliRunner().invoke(app, ["executorch", "--help"]).output
+    assert "--max-points" in help_text and "--use-stability-score" in help_text
+    app_help = " ".join(CliRunner().invoke(app, ["--help"]).output.split())
+    assert "every registered target (onnx, coreml, executorch, tensorrt)" in app_help
