@@ -245,11 +245,11 @@ def test_x_torch_divides_like_by_like() -> None:
         Timing("encoder", "torch", (2.0,)),
         Timing("encoder", "torch-opt", (1.0,)),
         Timing("encoder", "onnx", (10.0,)),
-        Timing("encoder", "trt", (0.5,)),
+        Timing("encoder", "tensorrt", (0.5,)),
     ]
-    devices = {"torch": "cuda", "torch-opt": "cuda", "onnx": "cpu", "trt": "cuda"}
+    devices = {"torch": "cuda", "torch-opt": "cuda", "onnx": "cpu", "tensorrt": "cuda"}
     ratios = x_torch(timings, devices)
-    assert ratios == {("encoder", "torch-opt"): 2.0, ("encoder", "trt"): 4.0}
+    assert ratios == {("encoder", "torch-opt"): 2.0, ("encoder", "tensorrt"): 4.0}
     on_cpu = x_torch(timings, {**devices, "torch": "cpu"})
     assert on_cpu == {("encoder", "onnx"): pytest.approx(0.2)}
 
