@@ -232,7 +232,7 @@ def render_parity(report: Any, out: Console) -> None:
             row["artifact"],
             row["check"],
             f"{row['max_abs']:.2e}",
-            f"{row['tolerance']:.0e}",
+            f"{row['tolerance']:.0e}" + (" estimate" if row.get("estimate") else ""),
             f"{row['mean_abs']:.2e}",
             f"{row['rel']:.2e}",
             f"{row['cosine']:.6f}",

@@ -18,7 +18,6 @@ import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from edgesam_export.device.errors import (
@@ -27,175 +26,29 @@ from edgesam_export.device.errors import (
     ExitCode,
     InputError,
 )
+from edgesam_export.device.tolerances import (
+    BF16,
+    COREML_FP16,
+    COREML_INT8,
+    EXECUTORCH_FP32,
+    FP16,
+    FP16_EMULATED,
+    FP32_COREML,
+    FP32_ONNX,
+    FP32_TENSORRT,
+    ONNX_INT8,
+    PRECISION_ROWS,
+    GroupRows,
+    ToleranceRow,
+    TolRows,
+)
+from edgesam_export.device.tolerances import (
+    CHECKS as CHECKS,  # the checks a recipe may tighten, read through the registry
+)
 
 if TYPE_CHECKING:
     from edgesam_export.device.runtime.base import Session
 
-
-@dataclass(frozen=True)
-class ToleranceRow:
-    """Per-check max |candidate - reference| and the minimum mask IoU for one precision.
-
-    Every row says where its numbers come from: `measured` (the worst values seen and their
-    source) or `estimate=True` (derived, never measured: reports label it as such).
-    """
-
-    limits: Mapping[str, float]
-    min_mask_iou: float
-    measured: str = ""
-    estimate: bool = False
-
-    def __post_init__(self) -> None:
-        if bool(self.measured) == self.estimate:
-            raise ValueError("a tolerance row is either measured (say where) or an estimate")
-        object.__setattr__(self, "limits", MappingProxyType(dict(self.limits)))
-
-
-def _row(
-    limits: Mapping[str, float], iou: float, measured: str = "", estimate: bool = False
-) -> ToleranceRow:
-    return ToleranceRow(limits, iou, measured=measured, estimate=estimate)
-
-
-# --- tolerance rows --------------------------------------------------------------------------
-# Rows for a precision that apply to every backend unless its entry refines them. Float32 values
-# are about 10x the largest differences measured between float32 and float64 runs of the
-# official code (see the EdgeSAM fixture README), with room for onnxruntime's kernels.
-FP32 = _row(
-    {
-        "image_embeddings": 5e-3,
-        "decoder.masks": 1e-4,
-        "decoder.scores": 5e-5,
-        "decoder.stability_scores": 5e-4,
-        "end_to_end.masks": 2e-2,
-        "end_to_end.scores": 2e-3,
-        "end_to_end.stability_scores": 5e-3,
-        # official decoder contract: logits upscaled to the original size (a convex combination
-        # of low-res logits: at most their error plus the resize's float32 rounding)
-        "decoder.upscaled_masks": 5e-4,
-        "end_to_end.upscaled_masks": 2e-2,
-    },
-    0.99,
-    measured="about 10x the float32-vs-float64 differences of the official EdgeSAM code"
-    " (tests/fixtures README)",
-)
-FP16 = _row(
-    {
-        "image_embeddings": 5e-2,
-        "decoder.masks": 5e-2,
-        "decoder.scores": 1e-2,
-        "decoder.stability_scores": 2e-2,
-        "end_to_end.masks": 2e-1,
-        "end_to_end.scores": 5e-2,
-        "end_to_end.stability_scores": 5e-2,
-        "decoder.upscaled_masks": 5e-2,
-        "end_to_end.upscaled_masks": 2e-1,
-    },
-    0.95,
-    estimate=True,
-)
-# bfloat16 keeps 8 significant bits where float16 keeps 11: its rounding step is 8x float16's,
-# so its row is the fp16 row times 8 (the PyTorch --precision bf16 column of edgesam-bench).
-BF16 = _row({k: 8 * v for k, v in FP16.limits.items()}, 0.9, estimate=True)
-PRECISION_ROWS: Mapping[str, ToleranceRow] = MappingProxyType(
-    {"fp32": FP32, "fp16": FP16, "bf16": BF16}
-)
-# The checks a tolerance can be set for (a recipe may tighten any of them).
-CHECKS: tuple[str, ...] = tuple(FP32.limits)
-
-# fp16 rows for TensorRT engines and fp16 ONNX graphs, derived from the fp16 emulation
-# (device.fp16: every intermediate rounded to fp16) of the calibrated synthetic EdgeSAM on the
-# parity inputs: measured worst case x3, rounded up to one significant digit. The emulation
-# rounds more often than onnxruntime's own fp16 graph (which computes unsupported kernels in
-# fp32), so it bounds both from above.
-FP16_EMULATED = _row(
-    {
-        "image_embeddings": 3e-1,
-        "decoder.masks": 4e-2,
-        "decoder.scores": 5e-3,
-        "decoder.stability_scores": 2e-3,
-        "end_to_end.masks": 2e-1,
-        "end_to_end.scores": 5e-3,
-        "end_to_end.stability_scores": 4e-3,
-    },
-    0.97,
-    measured="fp16 emulation, calibrated synthetic EdgeSAM, bicubic and bilinear graphs:"
-    " embeddings 0.097, decoder masks 0.010 / scores 1.4e-3 / stability 5.4e-4, end to end"
-    " masks 0.064 / scores 1.6e-3 / stability 1.2e-3, mask IoU 0.9926 (docs/tensorrt.md)",
-)
-# Dynamic int8 (MatMul/Gemm weights int8, activations quantized per call), measured by parity
-# of `edgesam-export onnx --quantize int8` on the calibrated synthetic EdgeSAM: worst case x3,
-# rounded up to one significant digit.
-ONNX_INT8 = _row(
-    {
-        "image_embeddings": 7e-1,
-        "decoder.masks": 9e-1,
-        "decoder.scores": 8e-2,
-        "decoder.stability_scores": 8e-2,  # not measured: the scores' value
-        "end_to_end.masks": 1.0,
-        "end_to_end.scores": 9e-2,
-        "end_to_end.stability_scores": 9e-2,  # not measured: the scores' value
-    },
-    0.85,
-    measured="onnx --quantize int8, calibrated synthetic EdgeSAM: embeddings 0.223, decoder"
-    " masks 0.295 / scores 0.0243, end to end masks 0.320 / scores 0.0295, IoU 0.949"
-    " (docs/tensorrt.md); stability rows not measured (the scores' value)",
-)
-# CoreML fp16 / int8-weight rows: measured with the MIL executor on saved packages of the
-# calibrated synthetic weights, on the parity test image and prompt cases, then set to about
-# 2-3x the worst value seen. fp16: every op rounded to fp16, as the program declares.
-COREML_FP16 = _row(
-    {
-        "image_embeddings": 2e-1,  # measured 9.2e-2 (relative to max |ref| 1.8e-2)
-        "decoder.masks": 2e-2,  # 7.8e-3
-        "decoder.scores": 2e-3,  # 9.2e-4
-        "decoder.stability_scores": 2e-2,  # the fp16 row's
-        "end_to_end.masks": 1.5e-1,  # 5.5e-2
-        "end_to_end.scores": 5e-3,  # 1.5e-3
-        "end_to_end.stability_scores": 5e-2,  # the fp16 row's
-    },
-    0.97,
-    measured="MIL executor, calibrated synthetic EdgeSAM: embeddings 9.2e-2 (cosine 0.99994),"
-    " decoder masks 7.8e-3 / scores 9.2e-4, end to end masks 5.5e-2 / scores 1.5e-3, IoU"
-    " 0.9938 (docs/coreml.md); stability rows are the fp16 row's",
-)
-# int8: weight-only linear symmetric per-channel quantization (coremltools.optimize), fp32 compute.
-COREML_INT8 = _row(
-    {
-        "image_embeddings": 1.5,  # measured 0.66 (relative 0.13, cosine 0.9969)
-        "decoder.masks": 3e-1,  # 0.12
-        "decoder.scores": 5e-2,  # 1.6e-2
-        "decoder.stability_scores": 1e-1,  # not measured: twice the score row
-        "end_to_end.masks": 1.5,  # 0.62
-        "end_to_end.scores": 7e-2,  # 2.3e-2
-        "end_to_end.stability_scores": 2e-1,  # not measured: twice the score row
-    },
-    0.9,
-    measured="MIL executor, calibrated synthetic EdgeSAM: embeddings 0.66 (cosine 0.9969),"
-    " decoder masks 0.12 / scores 1.6e-2, end to end masks 0.62 / scores 2.3e-2, IoU 0.935"
-    " (docs/coreml.md); stability rows not measured (twice the score row)",
-)
-
-# ExecuTorch fp32 (.pte, XNNPACK delegate on executorch.runtime), measured by parity of
-# `edgesam-export executorch` on the calibrated synthetic EdgeSAM (tests/test_executorch.py's
-# build): worst case x10 (the float32 margin the FP32 row keeps), rounded up to one significant
-# digit. The end-to-end score row keeps at least the decoder's. Stability rows: FP32's (the
-# stability decoder was not measured).
-EXECUTORCH_FP32 = _row(
-    {
-        "image_embeddings": 8e-4,  # measured 7.2e-5 (relative 1.5e-5, cosine 1 - 4e-11)
-        "decoder.masks": 8e-5,  # 7.2e-6
-        "decoder.scores": 2e-5,  # 1.0e-6
-        "decoder.stability_scores": FP32.limits["decoder.stability_scores"],
-        "end_to_end.masks": 5e-4,  # 5.0e-5
-        "end_to_end.scores": 2e-5,  # 8.3e-7
-        "end_to_end.stability_scores": FP32.limits["end_to_end.stability_scores"],
-    },
-    0.99,  # the FP32 row's; measured minimum IoU 0.99998
-    measured="executorch.runtime, calibrated synthetic EdgeSAM: embeddings 7.2e-5, decoder masks"
-    " 7.2e-6 / scores 1.0e-6, end to end masks 5.0e-5 / scores 8.3e-7, IoU 0.99998"
-    " (docs/executorch.md); stability rows are FP32's (not measured)",
-)
 
 # --- the entries -----------------------------------------------------------------------------
 
@@ -211,7 +64,7 @@ class Backend:
     session: str = ""  # "module:Class" of its device-side `Session`; "" = opened by the caller
     requires: str = ""  # the Python module that must import for the backend to run
     install_hint: str = ""  # what to install when it does not
-    tolerances: Mapping[str, ToleranceRow] = field(default_factory=dict)  # precision -> row
+    tolerances: Mapping[str, TolRows] = field(default_factory=dict)  # precision -> row(s)
     bench_label: str = ""  # how edgesam-bench names its column in the rendered table
     recipe_options: str = ""  # "module:Class" of its recipe target's options; "" = not a kind
     packages: tuple[str, ...] = ()  # libraries whose versions a build records for it
@@ -233,7 +86,8 @@ _ENTRIES = (
         name="torch",
         requires="torch",
         install_hint=_INSTALL.format("export"),
-        tolerances={"fp32": FP32, "fp16": FP16, "bf16": BF16},
+        # the graph rewrites the ONNX export traces: the ONNX float32 rows bound them
+        tolerances={"fp32": FP32_ONNX, "fp16": FP16, "bf16": BF16},
         bench_label="PyTorch",
     ),
     Backend(
@@ -243,7 +97,7 @@ _ENTRIES = (
         session="edgesam_export.device.runtime.onnxruntime:OnnxRuntimeSession",
         requires="onnxruntime",
         install_hint=_INSTALL.format("onnxruntime"),
-        tolerances={"fp32": FP32, "fp16": FP16_EMULATED, "int8": ONNX_INT8},
+        tolerances={"fp32": FP32_ONNX, "fp16": FP16_EMULATED, "int8": ONNX_INT8},
         bench_label="ONNX Runtime",
         recipe_options="edgesam_export.host.config:OnnxOptions",
         packages=("onnx", "onnxruntime", "onnxslim"),
@@ -257,7 +111,7 @@ _ENTRIES = (
         requires="coremltools",
         install_hint=_INSTALL.format("coreml")
         + " (coremltools runs packages on macOS, the MIL executor elsewhere)",
-        tolerances={"fp32": FP32, "fp16": COREML_FP16, "int8": COREML_INT8},
+        tolerances={"fp32": FP32_COREML, "fp16": COREML_FP16, "int8": COREML_INT8},
         bench_label="Core ML",
         recipe_options="edgesam_export.host.config:CoreMLOptions",
         packages=("coremltools",),
@@ -285,7 +139,7 @@ _ENTRIES = (
         requires="tensorrt",
         install_hint=_INSTALL.format("tensorrt")
         + " on a machine with an NVIDIA GPU and CUDA (on Jetson: JetPack's python3-libnvinfer)",
-        tolerances={"fp32": FP32, "fp16": FP16_EMULATED},
+        tolerances={"fp32": FP32_TENSORRT, "fp16": FP16_EMULATED},
         bench_label="TensorRT",
         recipe_options="edgesam_export.host.config:TensorRTOptions",
         packages=("onnx", "tensorrt"),
@@ -409,9 +263,9 @@ def require(backend: str | Backend) -> Backend:
 
 def tolerance_row(backend: str, precision: str, family: str | None = None) -> ToleranceRow:
     """The tolerance row for a candidate: its backend's row for the precision, else the
-    precision's own row. `family` is accepted for rows per family group (none differ yet).
-    An unknown precision is an error, never a silent fp32 verdict."""
-    del family
+    precision's own row; where rows differ per family group (fp32), the one of `family`
+    (the artifact's recorded `family`). An unknown precision is an error, never a silent fp32
+    verdict."""
     entry = get_backend(backend)
     row = entry.tolerances.get(precision) or PRECISION_ROWS.get(precision)
     if row is None:
@@ -420,7 +274,7 @@ def tolerance_row(backend: str, precision: str, family: str | None = None) -> To
             f"no parity tolerances for precision {precision!r} ({entry.name});"
             f" known: {', '.join(known)}"
         )
-    return row
+    return row.row(family) if isinstance(row, GroupRows) else row
 
 
 def tolerances_for(

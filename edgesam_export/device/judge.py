@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgesam_export.device import processing as P
-from edgesam_export.device.backends import tolerances_for
+from edgesam_export.device.backends import tolerance_row, tolerances_for
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.nonfinite import describe_nonfinite
 from edgesam_export.device.official_contract import foreign_contract
@@ -157,6 +157,7 @@ class Comparison:
     tolerance: float
     passed: bool
     reason: str = ""  # why it failed, where the numbers alone do not say (NaN/inf, shapes)
+    estimate: bool = False  # its tolerance was never measured for this check and family
 
 
 @dataclass
@@ -188,6 +189,7 @@ class ParityReport:
                     "precision": c.precision,
                     "check": c.check,
                     "tolerance": c.tolerance,
+                    "estimate": c.estimate,
                     "max_abs": 0.0,
                     "mean_abs": 0.0,
                     "rel": 0.0,
@@ -256,6 +258,15 @@ class Judge:
             )
         return tol, min_iou
 
+    def estimate(self, backend: str, precision: str, check: str, family: str | None = None) -> bool:
+        """Whether the verdict rests on a row never measured for this check and family (a
+        recipe's own value is the user's, not an estimate)."""
+        if check in self.overrides:
+            return False
+        row = tolerance_row(backend, precision, family)
+        key = check if check in row.limits else check.replace(".upscaled_masks", ".masks")
+        return row.is_estimate(key, family)
+
     def verdict(
         self,
         backend: str,
@@ -306,8 +317,11 @@ class _Run:
             if name not in self.located:  # the search reruns the graph: once per artifact
                 self.located[name] = describe_nonfinite(session, feeds, output)
             reason = f"{output}: {reason}{self.located[name]}"
+        estimate = self.judge.estimate(session.backend, precision, check, family)
         self.report.comparisons.append(
-            Comparison(name, session.backend, precision, check, case, metrics, tol, ok, reason)
+            Comparison(
+                name, session.backend, precision, check, case, metrics, tol, ok, reason, estimate
+            )
         )
 
     def skip(self, name: str, case: str, reason: str) -> None:

@@ -187,7 +187,7 @@ def parity_table(report: ParityReport) -> str:
                 (r["artifact"], "l"),
                 (r["check"], "l"),
                 (f"{r['max_abs']:.2e}", ""),
-                (f"{r['tolerance']:.0e}", ""),
+                (f"{r['tolerance']:.0e}" + (" estimate" if r.get("estimate") else ""), ""),
                 (f"{r['mean_abs']:.2e}", ""),
                 (f"{r['cosine']:.6f}", ""),
                 (iou, ""),

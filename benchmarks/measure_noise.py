@@ -1,0 +1,283 @@
+"""Float32 noise per family group: PyTorch reference vs the ONNX export, on held-out inputs.
+
+The fp32 ONNX parity tolerances (`device/tolerances.py`) are derived from what this script
+measures: for each family group (`tolerances.FAMILY_GROUPS`), the smallest model of the group
+with synthetic weights (the kinds the tests and the CLI use: `untrained`, and `calibrated` where
+the model has BatchNorm statistics to recalibrate), exported to ONNX and run on onnxruntime.
+The inputs are held out: three generated images that are not the parity test image (the
+calibration image of the fp16 analysis and of every parity run), of other sizes and aspect
+ratios, each with its own prompt seed, so a tolerance is never fitted to the inputs it judges.
+
+Per check (the names parity judges) it records the worst max |ONNX - PyTorch| over all images,
+prompt sets and weight kinds, the reference's scale and the smallest mask IoU; the derived row
+is `tolerances.derive_tolerance` of the worst value (NOISE_SAFETY x, rounded up to one
+significant digit). Runs one model at a time and rewrites the result files after each, so an
+interrupted run keeps what it finished.
+
+    python benchmarks/measure_noise.py                      # four groups: ~45 min, 2 busy cores
+    python benchmarks/measure_noise.py --models mobile_sam  # one group
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # sorts before numpy: pins thread pools before numpy/torch load
+import numpy as np
+import torch
+
+from edgesam_export.device import processing as P
+from edgesam_export.device.bench import machine_info, set_threads
+from edgesam_export.device.parity import compare_arrays, mask_metrics, prompt_cases
+from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.tolerances import (
+    FAMILY_GROUPS,
+    NOISE_FLOOR,
+    NOISE_SAFETY,
+    derive_tolerance,
+)
+from edgesam_export.host.config import OnnxOptions
+from edgesam_export.host.models import LoadedModel, load_model
+from edgesam_export.host.reference import reference_sessions
+
+NAME = "noise_fp32"
+# The smallest registered model of each family group.
+MODELS = ("edge_sam", "slimsam_77", "mobile_sam", "efficientvit_sam_l0")
+# (height, width, seed): none of them is the parity test image (480x640, seed 7).
+HELD_OUT = ((600, 800, 101), (720, 540, 102), (512, 512, 103))
+
+
+def held_out_image(height: int, width: int, seed: int) -> np.ndarray:
+    """A generated RGB uint8 scene: a smooth random background, random filled ellipses and
+    rectangles of random colours (hard edges), and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (6, 8, 3))
+    ys = np.linspace(0, coarse.shape[0] - 1, height)
+    xs = np.linspace(0, coarse.shape[1] - 1, width)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, coarse.shape[0] - 1), np.minimum(x0 + 1, coarse.shape[1] - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    img = (
+        coarse[y0][:, x0] * (1 - fy) * (1 - fx)
+        + coarse[y0][:, x1] * (1 - fy) * fx
+        + coarse[y1][:, x0] * fy * (1 - fx)
+        + coarse[y1][:, x1] * fy * fx
+    )
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(12):
+        colour = rng.uniform(0, 255, 3)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(0.03, 0.25) * height, rng.uniform(0.03, 0.25) * width
+        if rng.random() < 0.5:
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        else:
+            mask = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        img[mask] = colour
+    img += rng.normal(0.0, 4.0, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _kinds(name: str) -> list[str]:
+    """`untrained`, plus `calibrated` where it changes the weights (BatchNorm statistics)."""
+    probe = load_model(None, model=name, synthetic="untrained")
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in probe.model.modules())
+    return ["untrained", "calibrated"] if has_bn else ["untrained"]
+
+
+def _export(loaded: LoadedModel, out: Path) -> dict[Any, Path]:
+    """The ONNX encoder (key "encoder"), IoU decoder (False) and stability decoder (True)."""
+    from edgesam_export.host.targets.onnx import export
+
+    paths: dict[Any, Path] = {"encoder": export(loaded, "encoder", OnnxOptions(output=out)).path}
+    for stab in (False, True):
+        options = OnnxOptions(output=out, use_stability_score=stab)
+        paths[stab] = export(loaded, "decoder", options).path
+    return paths
+
+
+def _update(row: dict[str, Any], metrics: dict[str, float], scale: float, where: str) -> None:
+    if metrics["max_abs"] >= row.get("max_abs", -1.0):
+        row["max_abs"], row["worst"] = metrics["max_abs"], where
+    row["mean_abs"] = max(row.get("mean_abs", 0.0), metrics["mean_abs"])
+    row["rel"] = max(row.get("rel", 0.0), metrics["rel"])
+    row["reference_scale"] = max(row.get("reference_scale", 0.0), scale)
+    if "min_mask_iou" in metrics:
+        row["min_mask_iou"] = min(row.get("min_mask_iou", 1.0), metrics["min_mask_iou"])
+    row["samples"] = row.get("samples", 0) + 1
+
+
+def _measure(
+    ref_enc: Session, ref_decs: dict[bool, Session], sessions: dict[Any, Session]
+) -> dict[str, dict[str, Any]]:
+    """Every parity check's worst case over the held-out images and their prompt sets."""
+    checks: dict[str, dict[str, Any]] = {}
+    params = P.Preprocessing.from_metadata(ref_enc.metadata)
+    for h, w, seed in HELD_OUT:
+        tensor, info = P.preprocess(held_out_image(h, w, seed), params=params)
+        ref_emb = ref_enc.run({"image": tensor})["image_embeddings"]
+        own_emb = sessions["encoder"].run({"image": tensor})["image_embeddings"]
+        image = f"{h}x{w} seed {seed}"
+        scale = float(np.abs(ref_emb).max())
+        _update(
+            checks.setdefault("image_embeddings", {}),
+            compare_arrays(own_emb, ref_emb),
+            scale,
+            image,
+        )
+        for case in prompt_cases(params.frame, info.input_size, seed=seed):
+            feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
+            for stab in (False, True):
+                dec = sessions[stab]
+                if dec.accepts(feeds) is not None:
+                    continue
+                ref = ref_decs[stab].run({"image_embeddings": ref_emb, **feeds})
+                score_key = "stability_scores" if stab else "scores"
+                for stage, emb in (("decoder", ref_emb), ("end_to_end", own_emb)):
+                    out = dec.run({"image_embeddings": emb, **feeds})
+                    where = f"{image}, {case.name}"
+                    s = compare_arrays(out["scores"], ref["scores"])
+                    row = checks.setdefault(f"{stage}.{score_key}", {})
+                    _update(row, s, float(np.abs(ref["scores"]).max()), where)
+                    if stab:  # the masks of both flavours are the same tensor
+                        continue
+                    m = compare_arrays(out["masks"], ref["masks"])
+                    m.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
+                    row = checks.setdefault(f"{stage}.masks", {})
+                    _update(row, m, float(np.abs(ref["masks"]).max()), where)
+    return checks
+
+
+def _plan(models: list[str]) -> list[tuple[str, str]]:
+    """(model, weight kind): every group's `untrained` weights first, then `calibrated`."""
+    kinds = {name: _kinds(name) for name in models}
+    return [
+        (name, kind)
+        for kind in ("untrained", "calibrated")
+        for name in models
+        if kind in kinds[name]
+    ]
+
+
+def _derive(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per group and check: the worst measured max abs, where it was seen, the derived row."""
+    derived: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        for check, row in r["checks"].items():
+            slot = derived.setdefault(r["group"], {}).setdefault(check, {"max_abs": -1.0})
+            if row["max_abs"] > slot["max_abs"]:
+                where = f"{r['model']} {r['weights']} {r['runtime']}: {row['worst']}"
+                slot.update(max_abs=row["max_abs"], source=where)
+    for rows in derived.values():
+        for slot in rows.values():
+            slot["tolerance"] = derive_tolerance(slot["max_abs"])
+    return derived
+
+
+def run(models: list[str]) -> dict[str, Any]:
+    """Measure the plan one model at a time; the result files are rewritten after each run,
+    so an interrupted measurement keeps what it finished."""
+    set_threads(_common.THREADS)
+    monitor = _common.CpuMonitor()
+    started = time.perf_counter()
+    # Rerunning some models replaces their runs and keeps the others' (`--models`).
+    previous = _common.RESULTS / f"{NAME}.json"
+    kept = json.loads(previous.read_text())["runs"] if previous.exists() else []
+    runs: list[dict[str, Any]] = [r for r in kept if r["model"] not in models]
+    result: dict[str, Any] = {}
+    for name, kind in _plan(models):
+        loaded = load_model(None, model=name, synthetic=kind)  # type: ignore[arg-type]
+        ref_enc, ref_decs = reference_sessions(loaded)
+        _common.log(f"{name} ({kind} synthetic weights): exporting to onnx")
+        with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
+            paths = _export(loaded, Path(tmp))
+            sessions = {k: open_session(p) for k, p in paths.items()}
+            _common.log(f"{name} ({kind}): measuring onnx")
+            checks = _measure(ref_enc, ref_decs, sessions)
+            label = getattr(sessions["encoder"], "runtime_label", "onnxruntime")
+        runs.append(
+            {
+                "model": name,
+                "family": loaded.spec.family,
+                "group": FAMILY_GROUPS[loaded.spec.family],
+                "weights": loaded.source,
+                "backend": "onnx",
+                "runtime": label,
+                "date": _common.now_utc(),
+                "load_avg_1m": machine_info().get("load_avg_1m"),
+                "checks": checks,
+            }
+        )
+        result = {
+            "name": NAME,
+            "date": _common.now_utc(),
+            "machine": machine_info(),
+            "contention": monitor.result(),
+            "seconds": round(time.perf_counter() - started, 1),
+            "held_out_images": [{"height": h, "width": w, "seed": s} for h, w, s in HELD_OUT],
+            "rule": f"tolerance = {NOISE_SAFETY:g} x worst measured max abs (at least"
+            f" {NOISE_FLOOR:g}), rounded up to one significant digit",
+            "runs": runs,
+            "derived": _derive(runs),
+        }
+        _common.write_results(NAME, result, render(result))
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "# Float32 noise per family group (PyTorch reference vs the ONNX export, onnxruntime)",
+        "",
+        _common.machine_md(result["machine"], result["date"], result["contention"]),
+        f"- load average (1 min) at the end: {result['machine'].get('load_avg_1m', '?')}",
+        f"- held-out inputs: {len(HELD_OUT)} generated images"
+        f" ({', '.join(f'{h}x{w}' for h, w, _ in HELD_OUT)}; not the parity test image),"
+        " the parity prompt kinds with each image's own seed",
+        f"- rule: {result['rule']}",
+        f"- wall time: {result['seconds']:.0f} s",
+        "",
+        "## Derived rows (worst case over images, prompt sets and weight kinds)",
+        "",
+    ]
+    headers = ("group", "check", "measured max abs", "tolerance", "worst case")
+    rows = [
+        (group, check, f"{s['max_abs']:.2e}", f"{s['tolerance']:.0e}", s["source"])
+        for group, checks in result["derived"].items()
+        for check, s in sorted(checks.items())
+    ]
+    lines += [_common.md_table(headers, rows, [False, False, True, True, False]), ""]
+    lines += ["## Every run", ""]
+    headers = ("model", "weights", "runtime", "check", "max abs", "mean abs", "ref scale", "IoU")
+    rows = []
+    for r in result["runs"]:
+        for check, s in sorted(r["checks"].items()):
+            iou = f"{s['min_mask_iou']:.4f}" if "min_mask_iou" in s else ""
+            rows.append(
+                (
+                    r["model"],
+                    r["weights"],
+                    r["runtime"],
+                    check,
+                    f"{s['max_abs']:.2e}",
+                    f"{s['mean_abs']:.1e}",
+                    f"{s['reference_scale']:.3g}",
+                    iou,
+                )
+            )
+    lines.append(_common.md_table(headers, rows, [False] * 4 + [True] * 4))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    args = parser.parse_args()
+    return _common.main(NAME, lambda: run(args.models), render)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
