@@ -108,8 +108,8 @@ def _official_model() -> Any:
 
 
 def _our_predictor(artifacts: Path) -> Any:
+    from edgesam_export.device.backends import open_session
     from edgesam_export.device.predictor import Predictor
-    from edgesam_export.device.runtime import open_session
 
     return Predictor(
         open_session(artifacts / "edge_sam_encoder.onnx", threads=_common.THREADS),

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
@@ -40,7 +41,7 @@ from edgesam_export.device.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs import EncoderGraph
 from edgesam_export.host.models import LoadedModel

@@ -20,6 +20,7 @@ from typing import Any
 import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import (
     BOX_SINGLE_STAGE,
     Timing,
@@ -31,7 +32,6 @@ from edgesam_export.device.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.device.runtime import open_session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.pipeline import export_artifacts
 from edgesam_export.host.reference import reference_sessions

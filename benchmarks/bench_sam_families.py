@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import Timing, machine_info, set_threads, time_interleaved
 from edgesam_export.device.official_contract import official_feeds
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs import EncoderGraph
 from edgesam_export.host.models import LoadedModel

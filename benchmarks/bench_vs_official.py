@@ -22,6 +22,7 @@ import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 import torch
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
@@ -30,7 +31,7 @@ from edgesam_export.device.bench import (
     set_threads,
     time_interleaved,
 )
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
 from edgesam_export.host.models import LoadedModel

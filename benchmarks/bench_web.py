@@ -30,9 +30,9 @@ from typing import Any
 import _common  # sorts before numpy: pins thread pools before numpy/onnxruntime load
 from PIL import Image
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import decoder_feeds, machine_info, time_call
 from edgesam_export.device.parity import make_test_image
-from edgesam_export.device.runtime import open_session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.pipeline import export_artifacts
 from edgesam_export.web.browser import Chromium, chromium_version

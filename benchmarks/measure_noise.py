@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import machine_info, set_threads
 from edgesam_export.device.parity import compare_arrays, mask_metrics, prompt_cases
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.device.tolerances import (
     FAMILY_GROUPS,
     NOISE_FLOOR,

@@ -46,9 +46,9 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def check_predictor(artifacts: Path) -> None:
+    from edgesam_export.device.backends import open_session
     from edgesam_export.device.predictor import Predictor
     from edgesam_export.device.reference_outputs import find_reference_outputs
-    from edgesam_export.device.runtime import open_session
 
     encoder = open_session(next(artifacts.glob("*_encoder.onnx")))
     decoder = open_session(next(artifacts.glob("*_decoder.onnx")))

@@ -12,7 +12,7 @@ import pytest
 from pydantic import Field
 from typer.testing import CliRunner
 
-from edgesam_export.device import backends, runtime
+from edgesam_export.device import backends
 from edgesam_export.device.backends import (
     Backend,
     ToleranceRow,
@@ -98,10 +98,10 @@ def test_unknown_names_list_the_allowed_ones_in_one_line() -> None:
 
 def test_runtime_dispatch_reads_the_registry(fake: Backend, tmp_path: Path) -> None:
     FakeSession.opened.clear()
-    session = runtime.open_session(tmp_path / "m_encoder.fake", threads=2)
+    session = backends.open_session(tmp_path / "m_encoder.fake", threads=2)
     assert isinstance(session, FakeSession)
     assert FakeSession.opened == [(tmp_path / "m_encoder.fake", {"threads": 2})]
-    assert ".fake" in runtime.artifact_suffixes()
+    assert ".fake" in backends.artifact_suffixes()
 
 
 def test_a_registered_backend_is_a_host_target_and_a_bench_choice(fake: Backend) -> None:
@@ -291,7 +291,7 @@ def test_tensorrt_export_builds_the_engine_from_a_ready_onnx_graph(
 def test_opened_sessions_and_bench_columns_carry_the_registry_names(fake: Backend) -> None:
     from edgesam_export.device.backends import OpenedBackend
 
-    session = runtime.open_session("m_encoder.fake")
+    session = backends.open_session("m_encoder.fake")
     assert session.backend == "fakert"  # the registry's name, whatever the class says
     assert OpenedBackend("fakert").to_json()["label"] == "Fake RT"
     assert OpenedBackend("coreml (mil)").label == "Core ML"
@@ -333,4 +333,4 @@ def test_missing_onnxruntime_names_the_device_extra(
     `edgesam-export[onnx]`, the export extra, which pulls torch."""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"'edgesam-export\[onnxruntime\]'"):
-        runtime.open_session(tmp_path / "m_encoder.onnx")
+        backends.open_session(tmp_path / "m_encoder.onnx")

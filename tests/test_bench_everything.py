@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench_everything import (
     FAILED,
     OK,
@@ -30,7 +31,7 @@ from edgesam_export.device.everything.overlay import render_overlay
 from edgesam_export.device.parity import make_test_image
 from edgesam_export.device.png import decode_png
 from edgesam_export.device.report import write_bench_report
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 
 
 class Wrapped(Session):

@@ -24,8 +24,8 @@ from test_families import COREML
 
 pytest.importorskip("coremltools")
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.judge import ParityReport
-from edgesam_export.device.runtime import open_session
 from edgesam_export.device.runtime.coreml import MIL_EXECUTOR
 from edgesam_export.device.runtime.mil import read_spec
 from edgesam_export.host.config import CoreMLOptions

@@ -129,7 +129,7 @@ def test_cast_patch_is_needed_and_sufficient() -> None:
 def test_our_decoder_converts_and_runs_on_7x(tmp_path) -> None:
     """EdgeSAM's coremltools (7.1) with torch 2.13: our decoder graph converts (range shapes,
     patches applied as its version needs) and the saved package matches PyTorch."""
-    from edgesam_export.device.runtime import open_session
+    from edgesam_export.device.backends import open_session
     from edgesam_export.host.config import CoreMLOptions
     from edgesam_export.host.models import load_model
     from edgesam_export.host.reference import reference_sessions

@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.official_contract import (
     EFFICIENTVIT_DECODER_INPUTS,
     EFFICIENTVIT_DECODER_OUTPUTS,
     efficientvit_feeds,
 )
-from edgesam_export.device.runtime import open_session
 from edgesam_export.host.config import OnnxOptions
 from edgesam_export.host.models import get_spec, load_model
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import ExitCode, InputError
 from edgesam_export.device.everything import MaskGenerator, coco_rle_to_rle, rle_to_mask
 from edgesam_export.device.png import encode_png
 from edgesam_export.device.predictor import Predictor
-from edgesam_export.device.runtime import open_session
 
 runner = CliRunner()
 #: The keys of `edgesam-export everything --json` (stdout or file: the same document).

@@ -18,8 +18,8 @@ pytest.importorskip(
 )
 
 from edgesam_export.device import backends
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import ArtifactError, InputError
-from edgesam_export.device.runtime import open_session
 from edgesam_export.host.config import ExecuTorchOptions, ModelOptions
 from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.models import LoadedModel

@@ -16,12 +16,13 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import ArtifactError, ExitCode, InputError
 from edgesam_export.device.judge import Judge, SessionReference, judge
 from edgesam_export.device.parity import compare_arrays, mask_metrics
 from edgesam_export.device.predictor import Predictor
 from edgesam_export.device.reference_outputs import find_reference_outputs
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.models import synth_state_dict
 from edgesam_export.host.pipeline import open_artifacts, verify_artifacts
 

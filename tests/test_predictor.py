@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.predictor import Predictor
 from edgesam_export.device.processing import ProcessingError
-from edgesam_export.device.runtime import open_session
 from edgesam_export.host.reference import reference_sessions
 
 

@@ -294,3 +294,24 @@ def test_trt_engines_are_built_under_the_folder_lock(
     assert code == 7, err
     assert locked_during_build == [True]
     assert not (folder / mf.LOCK_NAME).exists()  # released and removed with the run
+
+
+def test_json_reports_stay_strict_json_when_a_metric_is_not_finite(tmp_path: Path) -> None:
+    """A NaN output's error is inf/nan; `--json` wrote bare `Infinity`/`NaN`, which strict
+    parsers (jq, JSON.parse) refuse. Non-finite numbers are written as strings."""
+    import json as _json
+
+    from edgesam_export.cli import emit_json
+
+    def strict(text: str) -> object:
+        def refuse(name: str) -> object:
+            raise ValueError(f"non-standard JSON constant {name}")
+
+        return _json.loads(text, parse_constant=refuse)
+
+    payload = {"max_abs": float("inf"), "rows": [float("nan"), -float("inf"), 1.5]}
+    emit_json(tmp_path / "r.json", payload)
+    assert strict((tmp_path / "r.json").read_text()) == {
+        "max_abs": "inf",
+        "rows": ["nan", "-inf", 1.5],
+    }

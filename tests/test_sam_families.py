@@ -28,11 +28,12 @@ import pytest
 import torch
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.contract import encoder_io
 from edgesam_export.device.models import load_layout
 from edgesam_export.device.official_contract import official_feeds, single_mask_index
 from edgesam_export.device.predictor import Predictor
-from edgesam_export.device.runtime import Session, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs_official import OfficialDecoderGraph
 from edgesam_export.host.metadata import base_metadata

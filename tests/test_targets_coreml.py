@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 pytest.importorskip("coremltools")
 
 from edgesam_export.cli.export import app
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.fp16 import TensorRange
-from edgesam_export.device.runtime import open_session
 from edgesam_export.device.runtime.coreml import MIL_EXECUTOR, CoreMLSession
 from edgesam_export.device.runtime.mil import read_spec
 from edgesam_export.host.config import CoreMLOptions

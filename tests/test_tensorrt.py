@@ -16,13 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
+from edgesam_export.device.backends import artifact_suffixes, open_session
 from edgesam_export.device.errors import (
     ArtifactError,
     BackendUnavailableError,
     ExitCode,
     InputError,
 )
-from edgesam_export.device.runtime import artifact_suffixes, open_session
 from edgesam_export.host.targets.tensorrt import (
     DEFAULT_DIMS,
     STRONG,

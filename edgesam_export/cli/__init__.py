@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -94,10 +93,11 @@ def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
     """Write the `--json` report: to stdout for '-', else atomically to the file."""
     if json_path is None:
         return
+    from edgesam_export.device.artifacts import json_text, write_json_atomic
+
     if str(json_path) == "-":
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        typer.echo(json_text(payload))
         return
-    from edgesam_export.device.artifacts import write_json_atomic
 
     write_json_atomic(json_path, payload)
 

@@ -188,8 +188,8 @@ def coreml_cmd(
             render_parity(report, out)
             payload["parity"] = report.to_json()
         if fp16_report and run.published:  # an unpublished run's packages are gone
+            from edgesam_export.device.backends import open_session
             from edgesam_export.device.fp16 import coreml_fp16_report as make_report
-            from edgesam_export.device.runtime import open_session
 
             progress("fp16 safety report: running the MIL executor with per-op recording")
             sessions = {

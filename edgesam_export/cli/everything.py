@@ -33,8 +33,8 @@ def open_predictor(artifact_dir: Path, score: str | None, threads: int | None) -
     Prefers a decoder with the IoU head (it serves both scores); a stability-score decoder is
     used when it is the only one and the score is stability.
     """
+    from edgesam_export.device.backends import open_session
     from edgesam_export.device.predictor import Predictor
-    from edgesam_export.device.runtime import open_session
 
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -118,9 +119,27 @@ def atomic_path(
             tmp.unlink()
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as the strings "nan", "inf", "-inf": a NaN or an infinite
+    error is a result worth reporting, and strict JSON parsers (jq, JSON.parse) refuse the bare
+    `NaN`/`Infinity` that `json.dumps` writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(payload: Any) -> str:
+    """The one JSON rendering of reports (`--json`, build reports): sorted, strict."""
+    return json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False)
+
+
 def write_json_atomic(dest: Path, payload: Any) -> None:
     with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json_text(payload) + "\n")
 
 
 def artifact_precision(metadata: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ from edgesam_export.device.artifacts import (
     record_parity,
     write_manifest,
 )
+from edgesam_export.device.backends import artifact_suffixes, open_session
 from edgesam_export.device.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -28,7 +29,7 @@ from edgesam_export.device.errors import (
     InputError,
 )
 from edgesam_export.device.judge import ParityReport, Reference, SessionReference, judge
-from edgesam_export.device.runtime import Session, artifact_suffixes, open_session
+from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ExportOptions, ModelOptions
 from edgesam_export.host.metadata import base_metadata
 

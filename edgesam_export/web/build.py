@@ -187,7 +187,7 @@ def _pick(found: list[tuple[Path, dict[str, str]]], graph: str, where: Path) -> 
 
 def read_onnx_artifacts(artifact_dir: Path) -> dict[str, tuple[Path, dict[str, str]]]:
     """The encoder and decoder .onnx files of a directory with their metadata (runs no model)."""
-    from edgesam_export.device.runtime import open_session
+    from edgesam_export.device.backends import open_session
 
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")

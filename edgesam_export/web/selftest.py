@@ -20,8 +20,8 @@ from urllib.parse import quote
 import numpy as np
 
 from edgesam_export.device import processing as P
+from edgesam_export.device.backends import open_session
 from edgesam_export.device.predictor import Predictor
-from edgesam_export.device.runtime import open_session
 from edgesam_export.web.browser import Page
 
 Prompt = tuple[float, float, int]  # x, y in image pixels; label 0/1 (points) or 2/3 (box)
