@@ -17,6 +17,7 @@ JOBS ?= 1
 # The device install (no torch) and the artifacts it is tested on (exported by $(VENV)).
 DEVICE_VENV ?= .venv-device
 DEVICE_ART ?= artifacts/device-check
+DEVICE_BUILD ?= artifacts/device-build
 
 .PHONY: setup demo test test-heavy test-device test-coreml71 lint bench clean artifacts
 
@@ -32,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 $(DEVICE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEVICE_VENV)
 	$(DEVICE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DEVICE_VENV)/bin/python -m pip install --quiet -e ".[onnxruntime]"
+	$(DEVICE_VENV)/bin/python -m pip install --quiet -e ".[onnxruntime,coreml]"
 	touch $@
 
 demo: setup
@@ -70,6 +71,12 @@ test-device: setup $(DEVICE_VENV)/.installed
 	$(DEVICE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
 		|| (echo "$(DEVICE_VENV) has torch: not a device install" && false)
 	$(DEVICE_VENV)/bin/python tests/device_check.py $(DEVICE_ART)
+	rm -rf $(DEVICE_BUILD)
+	$(BIN)/edgesam-export build recipes/device-check.yaml --output $(DEVICE_BUILD)
+	for target in onnx coreml-decoder; do \
+		$(DEVICE_VENV)/bin/edgesam-export parity $(DEVICE_BUILD)/device-check/$$target \
+			--reference outputs --json $(DEVICE_BUILD)/parity-$$target.json || exit 1; \
+	done
 
 lint: setup
 	$(BIN)/ruff check edgesam_export tests benchmarks
