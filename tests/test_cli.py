@@ -66,7 +66,10 @@ def test_onnx_decoder_from_checkpoint_with_verification(tmp_path: Path):
     refused = runner.invoke(app, ["parity", str(other), str(out)])
     assert refused.exit_code == ExitCode.BAD_INPUT
     assert "not the checkpoint these artifacts were exported from" in refused.output
-    assert runner.invoke(app, ["parity", str(out)]).exit_code == ExitCode.BAD_INPUT
+    # without a checkpoint, --reference auto falls back to the reference outputs shipped there
+    fallback = runner.invoke(app, ["parity", str(out)])
+    assert fallback.exit_code == 0, fallback.output
+    assert "reference outputs" in fallback.output
 
 
 def test_synthetic_run_is_labelled(tmp_path: Path):
@@ -121,7 +124,7 @@ def _one_line_error(result) -> str:
         (["onnx", "--upsample", "nearest"], "--upsample: 'nearest'; allowed: bicubic, bilinear"),
         (["coreml", "--max-batch", "0"], "--max-batch: '0'; allowed: 1..16"),
         (["onnx", "--opset", "x"], "--opset: 'x'"),
-        (["parity", "--reference", "x"], "--reference: 'x'; allowed: auto, torch, golden"),
+        (["parity", "--reference", "x"], "--reference: 'x'; allowed: auto, torch, outputs, golden"),
     ],
 )
 def test_bad_option_values_are_one_line_naming_the_allowed_values(tmp_path: Path, args, allowed):
