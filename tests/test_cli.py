@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device.errors import ExitCode
+from edgesam_export.host.config import ExportOptions
 from edgesam_export.host.models import synth_state_dict
 
 runner = CliRunner()
@@ -122,7 +127,7 @@ def _one_line_error(result) -> str:
         (["onnx", "--decoder-contract", "sam"], "allowed: edgesam, official, efficientvit"),
         (["coreml", "--minimum-deployment-target", "iOS9"], "'iOS9'; allowed: iOS15, iOS16"),
         (["onnx", "--upsample", "nearest"], "--upsample: 'nearest'; allowed: bicubic, bilinear"),
-        (["coreml", "--max-batch", "0"], "--max-batch: '0'; allowed: 1..16"),
+        (["coreml", "--max-batch", "0"], "--max-batch: 0; allowed: 1..16"),
         (["onnx", "--opset", "x"], "--opset: 'x'"),
         (["parity", "--reference", "x"], "--reference: 'x'; allowed: auto, torch, outputs, golden"),
     ],
@@ -261,3 +266,83 @@ def test_foreign_checkpoint_exit_3(tmp_path: Path):
 def test_parity_needs_a_directory(tmp_path: Path):
     result = runner.invoke(app, ["parity", str(tmp_path / "nothing")])
     assert result.exit_code == ExitCode.BAD_INPUT
+
+
+class FakeOptions(ExportOptions):
+    """Export the encoder and/or decoder to the fake runtime (a test backend)."""
+
+    precision: Literal["fp32", "int4"] = Field("fp32", description="Precision of the program")
+    tile: int = Field(8, ge=2, le=32, description="Tile size of the fake kernels")
+    fast_math: bool = Field(False, description="Let the fake compiler reorder sums")
+    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "tile")
+
+
+def test_a_new_backend_is_a_registry_entry_and_an_options_class(tmp_path, monkeypatch):
+    """Issue 18: adding a backend changes nothing in the CLI. A fake entry (in-test registry
+    entry + options class) gets `edgesam-export fake` with its flags, help and allowed values,
+    and its values reach the one export path as its typed options."""
+    from edgesam_export.cli.export import build_app
+    from edgesam_export.device import backends
+    from edgesam_export.host import pipeline
+
+    entry = backends.Backend(
+        name="fakert",
+        suffixes=(".fake",),
+        exporter="nowhere.fake:TARGET",  # never imported: export_and_check is replaced below
+        recipe_options=f"{FakeOptions.__module__}:FakeOptions",
+        bench_label="Fake RT",
+    )
+    backends.register(entry)
+    try:
+        fake_app = build_app()
+        help_text = runner.invoke(fake_app, ["fakert", "--help"], terminal_width=80).output
+        for option in ("--tile", "--fast-math", "--precision", "--encoder", "--output", "--json"):
+            assert option in help_text, help_text
+        assert "<fp32|int4>" in help_text and "Tile size of the fake kernels" in help_text
+        assert "to the fake runtime" in help_text  # the options class's docstring
+        assert "fakert" in runner.invoke(fake_app, ["--help"]).output
+        assert "fakert" not in runner.invoke(app, ["--help"]).output  # built before registering
+
+        bad = runner.invoke(fake_app, ["fakert", "--tile", "64", "-o", str(tmp_path / "o")])
+        assert bad.exit_code == ExitCode.BAD_INPUT
+        assert "invalid value for --tile: 64; allowed: 2..32" in bad.output
+        refused = runner.invoke(fake_app, ["fakert", "--encoder", "--tile", "4"])
+        assert refused.exit_code == ExitCode.BAD_INPUT and "--tile applies to the decoder" in (
+            refused.output
+        )
+
+        seen = {}
+
+        def fake_export(model, target, options, progress, *, verify, wait):
+            seen.update(target=target, options=options, model=model, verify=verify)
+            raise backends.BackendUnavailableError("fake runtime stops here")
+
+        monkeypatch.setattr(pipeline, "export_and_check", fake_export)
+        args = ["fakert", "--decoder", "--tile", "4", "--fast-math", "--precision", "INT4"]
+        result = runner.invoke(fake_app, [*args, "--no-verify", "-o", str(tmp_path / "x")])
+        assert result.exit_code == ExitCode.BACKEND_UNAVAILABLE, result.output
+        assert seen["target"] == "fakert" and seen["verify"] is False
+        assert seen["options"] == FakeOptions(
+            graphs=("decoder",), tile=4, fast_math=True, precision="int4", output=tmp_path / "x"
+        )
+    finally:
+        backends.unregister("fakert")
+
+
+def test_every_generated_option_has_help_and_every_field_an_option():
+    """Each export command generated from the registry offers every field of its options
+    class (bar graphs/output, which --encoder/--decoder and --output stand for), with help."""
+    from edgesam_export.cli.backend_command import option_fields
+    from edgesam_export.cli.export import export_backends
+    from edgesam_export.device.backends import recipe_options
+
+    names = [b.name for b in export_backends()]
+    assert {"onnx", "coreml", "executorch"} <= set(names) and "tensorrt" not in names
+    for entry in export_backends():
+        command = app.registered_commands[names.index(entry.name)]
+        assert command.name == entry.name
+        params = inspect.signature(command.callback).parameters
+        for field in option_fields(recipe_options(entry)):
+            assert field in params, (entry.name, field)
+            option = typing.get_args(params[field].annotation)[1]
+            assert option.help, (entry.name, field)

@@ -36,11 +36,14 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def input_error(exc: ValidationError) -> InputError:
-    """One line for a rejected option object: each bad field as its flag, with what it allows."""
+def input_error(exc: ValidationError, model: Any = None) -> InputError:
+    """One line for a rejected option object: each bad field as its flag, with what it allows.
+
+    `model`: the options class that refused (default: the `host/config.py` class of that name).
+    """
     from edgesam_export.host import config
 
-    model = getattr(config, exc.title, None)
+    model = model or getattr(config, exc.title, None)
     fields = (
         list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
     )

@@ -47,7 +47,9 @@ class ExportOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     graphs: tuple[GraphKind, ...] = ("encoder", "decoder")
-    use_stability_score: bool = False
+    use_stability_score: bool = Field(
+        False, description="Decoder `scores` output holds stability scores, not IoU"
+    )
     output: Path = Path("artifacts")
     #: Fields that change only the decoder: a non-default value needs the decoder exported.
     DECODER_ONLY: ClassVar[tuple[str, ...]] = ("use_stability_score",)
@@ -77,21 +79,37 @@ DecoderContract = Literal["edgesam", "official", "efficientvit"]
 
 
 class OnnxOptions(ExportOptions):
-    opset: int = Field(17, ge=11, le=21)
-    simplifier: SimplifierKind = "onnxslim"
-    gelu_approximate: bool = False  # tanh GELU (EdgeSAM's --gelu-approximate)
-    # Decoder I/O: "edgesam" (ours), "official" (segment-anything's SamOnnxModel signature) or
-    # "efficientvit" (EfficientViT-SAM's DecoderOnnxModel).
-    decoder_contract: DecoderContract = "edgesam"
-    return_single_mask: bool = False  # family contracts only: keep one mask, as their exports
+    """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
+
+    opset: int = Field(17, ge=11, le=21, description="ONNX opset")
+    simplifier: SimplifierKind = Field(
+        "onnxslim", description="Graph simplifier that runs after the export"
+    )
+    gelu_approximate: bool = Field(False, description="tanh GELU (EdgeSAM's export option)")
+    decoder_contract: DecoderContract = Field(
+        "edgesam",
+        description="Decoder I/O: edgesam (ours), official (segment-anything's SamOnnxModel:"
+        " mask_input, has_mask_input, orig_im_size; SAM, SlimSAM and MobileSAM) or"
+        " efficientvit (EfficientViT-SAM's DecoderOnnxModel: masks, iou_predictions)",
+    )
+    return_single_mask: bool = Field(
+        False, description="Official / efficientvit contract: return the one best mask only"
+    )
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "decoder_contract", "return_single_mask")
-    # Weights in a `<file>.onnx.data` sidecar: None = when the graph would pass ONNX's 2 GB limit.
-    external_data: bool | None = None
+    external_data: bool | None = Field(
+        None,
+        description="Weights in a <file>.onnx.data sidecar (default: only when the graph would"
+        " pass ONNX's 2 GB limit)",
+    )
 
     # Reduced precision (targets/onnx_precision.py): a real fp16 graph with the fp16-unsafe
     # layers kept fp32, or dynamic int8 quantization; float32 I/O either way.
-    precision: Literal["fp32", "fp16"] = "fp32"
-    quantize: Literal["int8"] | None = None
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="fp32, or fp16 (fp16-unsafe layers kept fp32; float32 I/O)"
+    )
+    quantize: Literal["int8"] | None = Field(
+        None, description="int8: dynamic int8 quantization (onnxruntime)"
+    )
 
     @field_validator("quantize")
     @classmethod
@@ -116,18 +134,31 @@ DEPLOYMENT_TARGETS = (
 
 
 class CoreMLOptions(ExportOptions):
-    """CoreML ML Program export (see docs/coreml.md for the trade-offs of each choice)."""
+    """Export the encoder and/or decoder to CoreML ML Program packages (.mlpackage).
 
-    precision: CoreMLPrecision = "fp32"  # compute precision of the ML Program
-    quantize: Literal["int8"] | None = None  # weight-only linear quantization
-    max_points: int = Field(16, ge=1, le=64, description="largest prompt point count")
-    max_batch: int = Field(1, ge=1, le=16, description="largest number of prompt sets (B)")
-    # enumerated: one shape per (B, N) (keeps the Neural Engine); range: RangeDim (CPU/GPU only)
-    point_shapes: PointShapes = "enumerated"
-    gelu_approximate: bool = False
+    Same input/output names and semantics as the ONNX graphs. Parity runs on the saved
+    packages: with the CoreML runtime on macOS, with the numpy MIL executor elsewhere
+    (docs/coreml.md gives the trade-offs of each option).
+    """
+
+    precision: CoreMLPrecision = Field("fp32", description="Compute precision of the program")
+    quantize: Literal["int8"] | None = Field(
+        None, description="Weight-only linear quantization (int8)"
+    )
+    max_points: int = Field(16, ge=1, le=64, description="Largest prompt point count N")
+    max_batch: int = Field(1, ge=1, le=16, description="Largest number of prompt sets B per call")
+    point_shapes: PointShapes = Field(
+        "enumerated",
+        description="enumerated: one shape per (B, N), keeps the Neural Engine, needs"
+        " iOS18/macOS15; range: RangeDim (official export), CPU/GPU only, any target",
+    )
+    gelu_approximate: bool = Field(False, description="tanh GELU (EdgeSAM's export option)")
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points", "max_batch", "point_shapes")
-    # None: the oldest target the other options allow (iOS18 for enumerated, else iOS16).
-    minimum_deployment_target: str | None = None
+    minimum_deployment_target: str | None = Field(
+        None,
+        description="iOS15..iOS18 or macOS12..macOS15; default: iOS18 for enumerated shapes,"
+        " iOS16 for range",
+    )
 
     @field_validator("minimum_deployment_target")
     @classmethod
@@ -173,10 +204,17 @@ class TensorRTOptions(ExportOptions):
 
 
 class ExecuTorchOptions(ExportOptions):
-    """ExecuTorch `.pte` programs with the XNNPACK delegate (docs/executorch.md)."""
+    """Export the encoder and/or decoder to ExecuTorch programs (.pte, XNNPACK delegate).
 
-    precision: Literal["fp32"] = "fp32"
-    max_points: int = Field(16, ge=1, le=64, description="largest prompt point count")
+    Same input/output names and semantics as the ONNX graphs (the decoder takes one prompt set
+    of 1..N points); each program has a <file>.pte.json sidecar with its metadata. Parity runs
+    the saved programs on ExecuTorch's Python runtime (docs/executorch.md).
+    """
+
+    precision: Literal["fp32"] = Field("fp32", description="Precision of the program")
+    max_points: int = Field(
+        16, ge=1, le=64, description="Largest prompt point count N (dynamic 1..N)"
+    )
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
 
 
