@@ -346,3 +346,75 @@ def test_every_generated_option_has_help_and_every_field_an_option():
             assert field in params, (entry.name, field)
             option = typing.get_args(params[field].annotation)[1]
             assert option.help, (entry.name, field)
+
+
+def _blocked_session(suffix: str):
+    def open_it(tmp_path: Path) -> None:
+        from edgesam_export.device.backends import open_session
+
+        artifact = tmp_path / f"m_decoder{suffix}"
+        artifact.write_bytes(b"\0" * 16)
+        artifact.with_name(artifact.name + ".json").write_text('{"graph": "decoder"}')
+        open_session(artifact)
+
+    return open_it
+
+
+def _call(module: str, name: str):
+    def call(tmp_path: Path) -> None:
+        getattr(__import__(module, fromlist=[name]), name)()
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("backend", "export", "blocked", "trigger"),
+    [
+        ("onnx", True, "onnxslim", _call("edgesam_export.host.targets.onnx", "_require_onnx")),
+        ("onnx", False, "onnxruntime", _blocked_session(".onnx")),
+        (
+            "coreml",
+            True,
+            "coremltools",
+            _call("edgesam_export.host.targets.coreml", "require_coremltools"),
+        ),
+        (
+            "coreml",
+            False,
+            "coremltools.proto",
+            _call("edgesam_export.device.runtime.mil", "require_coremltools_proto"),
+        ),
+        (
+            "executorch",
+            True,
+            "executorch.exir",
+            _call("edgesam_export.host.targets.executorch", "_require_executorch"),
+        ),
+        ("executorch", False, "executorch.runtime", _blocked_session(".pte")),
+        (
+            "tensorrt",
+            True,
+            "tensorrt",
+            _call("edgesam_export.host.targets.tensorrt", "require_tensorrt"),
+        ),
+        ("tensorrt", False, "tensorrt", _blocked_session(".engine")),
+    ],
+)
+def test_unavailable_errors_say_the_registry_hint(
+    tmp_path: Path, monkeypatch, backend, export, blocked, trigger
+):
+    """Each backend's 'not installed' error (exporting, or running its artifacts) carries the
+    install hint of its registry entry and no other: the hint is written once, in the entry."""
+    import sys
+
+    from edgesam_export.device.backends import BackendUnavailableError, get_backend
+
+    entry = get_backend(backend)
+    hint = (entry.export_hint or entry.install_hint) if export else entry.install_hint
+    monkeypatch.setitem(sys.modules, blocked, None)  # its import now fails
+    with pytest.raises(BackendUnavailableError) as caught:
+        trigger(tmp_path)
+    message = str(caught.value)
+    assert hint in message, message
+    assert message.count("pip install") == hint.count("pip install"), message
+    assert ("exporting to" in message) is export

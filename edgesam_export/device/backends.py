@@ -64,6 +64,7 @@ class Backend:
     session: str = ""  # "module:Class" of its device-side `Session`; "" = opened by the caller
     requires: str = ""  # the Python module that must import for the backend to run
     install_hint: str = ""  # what to install when it does not
+    export_hint: str = ""  # what to install to export to it, when that differs from install_hint
     tolerances: Mapping[str, TolRows] = field(default_factory=dict)  # precision -> row(s)
     bench_label: str = ""  # how edgesam-bench names its column in the rendered table
     recipe_options: str = ""  # "module:Class" of its recipe target's options; "" = not a kind
@@ -97,6 +98,7 @@ _ENTRIES = (
         session="edgesam_export.device.runtime.onnxruntime:OnnxRuntimeSession",
         requires="onnxruntime",
         install_hint=_INSTALL.format("onnxruntime"),
+        export_hint=_INSTALL.format("onnx"),
         tolerances={"fp32": FP32_ONNX, "fp16": FP16_EMULATED, "int8": ONNX_INT8},
         bench_label="ONNX Runtime",
         recipe_options="edgesam_export.host.config:OnnxOptions",
@@ -111,6 +113,7 @@ _ENTRIES = (
         requires="coremltools",
         install_hint=_INSTALL.format("coreml")
         + " (coremltools runs packages on macOS, the MIL executor elsewhere)",
+        export_hint=_INSTALL.format("export,coreml"),
         tolerances={"fp32": FP32_COREML, "fp16": COREML_FP16, "int8": COREML_INT8},
         bench_label="Core ML",
         recipe_options="edgesam_export.host.config:CoreMLOptions",
@@ -138,7 +141,8 @@ _ENTRIES = (
         session="edgesam_export.device.runtime.tensorrt:TensorRTSession",
         requires="tensorrt",
         install_hint=_INSTALL.format("tensorrt")
-        + " on a machine with an NVIDIA GPU and CUDA (on Jetson: JetPack's python3-libnvinfer)",
+        + " (TensorRT 10 or 11: pip install 'tensorrt>=10,<12' cuda-python) on a machine with an"
+        " NVIDIA GPU and CUDA (on Jetson: JetPack's python3-libnvinfer)",
         tolerances={"fp32": FP32_TENSORRT, "fp16": FP16_EMULATED},
         bench_label="TensorRT",
         recipe_options="edgesam_export.host.config:TensorRTOptions",
@@ -237,6 +241,27 @@ def recipe_options(name: str | Backend) -> Any:
     return _load(get_backend(name).recipe_options)
 
 
+def unavailable_reason(
+    backend: str | Backend, module: str | None = None, *, export: bool = False
+) -> str:
+    """The one line for a backend piece that does not import: which module, and what to install
+    (the entry's `install_hint`, or its `export_hint` for exporting). Every session, target and
+    command says it this way, so the hint lives in the registry only."""
+    entry = get_backend(backend)
+    hint = (entry.export_hint or entry.install_hint) if export else entry.install_hint
+    what = f"exporting to {entry.name}" if export else f"the {entry.name} backend"
+    return (
+        f"{what} is not available here: {module or entry.requires} does not import; it needs {hint}"
+    )
+
+
+def unavailable_error(
+    backend: str | Backend, module: str | None = None, *, export: bool = False
+) -> BackendUnavailableError:
+    """`unavailable_reason` as the error to raise (exit 6)."""
+    return BackendUnavailableError(unavailable_reason(backend, module, export=export))
+
+
 def availability(backend: str | Backend) -> str:
     """Why a backend cannot run here, in one line; "" when it can."""
     entry = get_backend(backend)
@@ -245,10 +270,7 @@ def availability(backend: str | Backend) -> str:
     try:
         importlib.import_module(entry.requires)
     except Exception:  # ImportError, or a native library that fails to load
-        return (
-            f"the {entry.name} backend is not available here: {entry.requires} does not import;"
-            f" it needs {entry.install_hint}"
-        )
+        return unavailable_reason(entry)
     return ""
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgesam_export.device.contract import TensorSpec
-from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.device.runtime.base import Session
 
 
@@ -50,10 +50,9 @@ class ExecuTorchSession(Session):
         try:
             from executorch.runtime import Runtime
         except ImportError:
-            raise BackendUnavailableError(
-                "running ExecuTorch programs needs executorch:"
-                " pip install 'edgesam-export[executorch]'"
-            ) from None
+            from edgesam_export.device.backends import unavailable_error
+
+            raise unavailable_error("executorch", "executorch.runtime") from None
         if not path.is_file():
             raise ArtifactError(f"ExecuTorch program not found: {path}")
         side = _sidecar(path)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesam_export.device.errors import ArtifactError, BackendUnavailableError
+from edgesam_export.device.errors import ArtifactError
 from edgesam_export.device.fp16.criterion import TensorRange
 from edgesam_export.device.runtime.mil_ops import OPS, UnsupportedOpError
 
@@ -37,9 +37,9 @@ def require_coremltools_proto() -> Any:
     try:
         from coremltools.proto import Model_pb2
     except ImportError:
-        raise BackendUnavailableError(
-            "reading .mlpackage artifacts needs coremltools: pip install 'edgesam-export[coreml]'"
-        ) from None
+        from edgesam_export.device.backends import unavailable_error  # the registry's hint
+
+        raise unavailable_error("coreml", "coremltools") from None
     return Model_pb2
 
 

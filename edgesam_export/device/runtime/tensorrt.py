@@ -24,11 +24,11 @@ from edgesam_export.device.contract import TensorSpec
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
 from edgesam_export.device.runtime.base import Session
 
-INSTALL = (
-    "running TensorRT engines needs the tensorrt package (TensorRT 10 or 11), cuda-python and an"
-    " NVIDIA GPU: pip install 'tensorrt>=10,<12' cuda-python (Jetson: JetPack's"
-    " python3-libnvinfer)"
-)
+
+def _missing(module: str) -> BackendUnavailableError:
+    from edgesam_export.device.backends import unavailable_error  # the registry's hint
+
+    return unavailable_error("tensorrt", module)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def _device() -> Any:
     except ImportError:
         if "torch" in sys.modules:
             return _TorchCuda()
-        raise BackendUnavailableError(INSTALL) from None
+        raise _missing("cuda-python") from None
 
 
 class TensorRTSession(Session):
@@ -167,7 +167,7 @@ class TensorRTSession(Session):
         try:
             import tensorrt as trt
         except ImportError:
-            raise BackendUnavailableError(INSTALL) from None
+            raise _missing("tensorrt") from None
         self.trt = trt
         self.path = path
         self.runtime_label = f"TensorRT {getattr(trt, '__version__', '?')}"

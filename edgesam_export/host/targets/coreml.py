@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.host.config import CoreMLOptions, ExportOptions, GraphKind
@@ -98,9 +99,7 @@ def require_coremltools() -> Any:
     try:
         import coremltools as ct
     except ImportError:
-        raise BackendUnavailableError(
-            "CoreML export needs coremltools: pip install 'edgesam-export[coreml]'"
-        ) from None
+        raise backends.unavailable_error("coreml", "coremltools", export=True) from None
     return ct
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.device.official_contract import FOREIGN
@@ -45,10 +46,7 @@ def _require_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxslim
     except ImportError as exc:
-        raise BackendUnavailableError(
-            f"ONNX export needs onnx and onnxslim ({exc.name} is missing):"
-            " pip install 'edgesam-export[onnx]'"
-        ) from None
+        raise backends.unavailable_error("onnx", exc.name, export=True) from None
     return onnx, onnxslim
 
 

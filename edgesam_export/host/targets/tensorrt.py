@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgesam_export.device import backends
 from edgesam_export.device.artifacts import (
     Artifact,
     atomic_path,
@@ -52,11 +53,6 @@ SIDECAR_SUFFIX = ".json"
 # How a network gets its types (the sidecar's "typing"): from the graph, or from builder flags.
 STRONG = "strongly typed (types from the ONNX graph)"
 WEAK = "weakly typed (BuilderFlag.FP16, per-layer fp32 pins)"
-INSTALL_HINT = (
-    "building TensorRT engines needs the tensorrt Python package (TensorRT 10 or 11) and an"
-    " NVIDIA GPU: pip install 'tensorrt>=10,<12' (on Jetson: JetPack's python3-libnvinfer), or"
-    " build on the device from the lines of --print-trtexec"
-)
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -318,7 +314,10 @@ def require_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise BackendUnavailableError(INSTALL_HINT) from None
+        reason = backends.unavailable_reason("tensorrt", "tensorrt", export=True)
+        raise BackendUnavailableError(
+            f"{reason}; or build on the device from the lines of --print-trtexec"
+        ) from None
     return trt
 
 
