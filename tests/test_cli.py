@@ -418,3 +418,18 @@ def test_unavailable_errors_say_the_registry_hint(
     assert hint in message, message
     assert message.count("pip install") == hint.count("pip install"), message
     assert ("exporting to" in message) is export
+
+
+def test_docs_cli_lists_every_command_and_option():
+    """docs/cli.md carries every command of both apps with every option, its help and default,
+    generated from the apps: a new command, option or help text that is not there fails here."""
+    from edgesam_export.cli.reference import PAGE, generate, rewrite
+
+    page = PAGE.read_text()
+    stale = "docs/cli.md is stale: run python -m edgesam_export.cli.reference --write"
+    assert rewrite(page) == page, stale
+    block = generate()
+    for command in ("onnx", "coreml", "executorch", "trt", "trt-check", "parity", "recipe check"):
+        assert f"### edgesam-export {command}\n" in block
+    assert "### edgesam-bench\n" in block and "`--max-batch`" in block
+    assert "`--precision` `<fp32|fp16>`" in block

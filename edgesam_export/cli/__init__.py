@@ -200,12 +200,23 @@ def model_options(
     return options
 
 
+def warn_synthetic(
+    subject: str, weights: str = "", consequence: str = "masks will not follow the image"
+) -> None:
+    """The one banner for synthetic weights (export, everything, bench): what carries them,
+    which ones, and what that means for the output."""
+    which = f" ({weights})" if weights else ""
+    err_console.print(
+        f"[yellow]{subject} SYNTHETIC weights{escape(which)}, not trained ones: {consequence}.[/]"
+    )
+
+
 def announce_synthetic(options: Any) -> None:
     """Say loudly, before exporting, that weights without a checkpoint are synthetic."""
     if options.checkpoint is None:
-        err_console.print(
-            "[yellow]No checkpoint given: exporting deterministic SYNTHETIC weights, not trained"
-            f" ({options.synthetic}, seed {options.seed}). Masks will not follow the image.[/]"
+        warn_synthetic(
+            "No checkpoint given: exporting deterministic",
+            f"{options.synthetic}, seed {options.seed}",
         )
 
 

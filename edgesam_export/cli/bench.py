@@ -27,6 +27,7 @@ from edgesam_export.cli import (
     human_console,
     model_options,
     progress,
+    warn_synthetic,
 )
 from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
 from edgesam_export.device.backends import all_backends, backend_names, get_backend
@@ -65,12 +66,6 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
-
-
-SYNTHETIC_NOTE = (
-    "[yellow]Synthetic weights, not trained: the timings are valid (the graphs are the"
-    " real ones), but masks would not follow the image.[/]"
-)
 
 
 def _parse_points(text: str) -> tuple[int, ...]:
@@ -371,7 +366,11 @@ def bench(
                 err_console.print(f"[bold red]unavailable:[/] {c.name}: {escape(c.reason)}")
             raise typer.Exit(result.exit_code)
         if result.synthetic:
-            err_console.print(SYNTHETIC_NOTE)
+            warn_synthetic(
+                "These timings come from",
+                consequence="they are valid (the graphs are the real ones), but masks would"
+                " not follow the image",
+            )
         out = human_console(json_path)
         _render(result, out)
         if result.everything:

@@ -17,7 +17,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.cli import (
+    DebugOpt,
+    JsonOpt,
+    emit_json,
+    err_console,
+    guarded,
+    human_console,
+    warn_synthetic,
+)
 from edgesam_export.device.artifacts import atomic_path
 from edgesam_export.device.errors import InputError
 
@@ -146,10 +154,7 @@ def everything_cmd(
         predictor = open_predictor(artifact_dir, None if score is None else score.value, threads)
         meta = predictor.decoder.metadata
         if meta.get("weights", "").startswith("synthetic-"):  # untrained or calibrated
-            err_console.print(
-                f"[yellow]These artifacts carry SYNTHETIC weights ({meta['weights']}), not"
-                " trained ones: masks will not follow the image.[/]"
-            )
+            warn_synthetic("These artifacts carry", meta["weights"])
         generator = MaskGenerator(
             predictor,
             points_per_side=points_per_side,
