@@ -41,16 +41,18 @@ def open_predictor(artifact_dir: Path, score: str | None, threads: int | None) -
     Prefers a decoder with the IoU head (it serves both scores); a stability-score decoder is
     used when it is the only one and the score is stability.
     """
-    from edgesam_export.device.backends import open_session
+    from edgesam_export.device.backends import get_backend, open_session
     from edgesam_export.device.predictor import Predictor
 
     if not artifact_dir.is_dir():
         raise InputError(f"artifact directory not found: {artifact_dir}")
-    paths = sorted(p for p in artifact_dir.glob("*.onnx") if not p.name.startswith("."))
+    onnx = get_backend("onnx")  # the predictor runs the ONNX graphs; their suffix is the entry's
+    suffix = onnx.suffixes[0]
+    paths = sorted(p for p in artifact_dir.glob(f"*{suffix}") if not p.name.startswith("."))
     if not paths:
         raise InputError(
-            f"no .onnx artifacts in {artifact_dir}: export them first with"
-            " `edgesam-export onnx --output DIR`"
+            f"no {suffix} artifacts in {artifact_dir}: export them first with"
+            f" `edgesam-export {onnx.name} --output DIR`"
         )
     encoders: list[Any] = []
     iou_decoders: list[Any] = []

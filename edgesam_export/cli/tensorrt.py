@@ -81,17 +81,21 @@ def _dims(points: str | None, batch: str | None) -> dict[str, Any]:
 
 
 def _onnx_files(paths: list[Path]) -> list[Path]:
+    """The ONNX graphs named, or found in the folders named (the suffix is the registry's)."""
+    from edgesam_export.device.backends import get_backend
+
+    suffix = get_backend("onnx").suffixes[0]
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.glob("*.onnx") if not f.name.startswith("."))
+            found = sorted(f for f in p.glob(f"*{suffix}") if not f.name.startswith("."))
             if not found:
-                raise InputError(f"no .onnx files in {p}")
+                raise InputError(f"no {suffix} files in {p}")
             files += found
-        elif p.suffix == ".onnx":
+        elif p.suffix == suffix:
             files.append(p)
         else:
-            raise InputError(f"{p}: expected an .onnx file or a directory of them")
+            raise InputError(f"{p}: expected an {suffix} file or a directory of them")
     return files
 
 
