@@ -345,7 +345,8 @@ def test_every_generated_option_has_help_and_every_field_an_option():
         for field in option_fields(recipe_options(entry)):
             assert field in params, (entry.name, field)
             option = typing.get_args(params[field].annotation)[1]
-            assert option.help, (entry.name, field)
+            description = recipe_options(entry).model_fields[field].description
+            assert description and option.help.startswith(description), (entry.name, field)
 
 
 def _blocked_session(suffix: str):

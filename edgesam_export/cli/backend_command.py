@@ -134,13 +134,9 @@ def field_parameter(options_cls: type[ExportOptions], name: str) -> inspect.Para
     base, optional = _without_none(info.annotation)
     default = info.get_default(call_default_factory=True)
     optional = optional or default is None
-    description = (info.description or "").strip()
-    if not description:
-        raise TypeError(
-            f"{options_cls.__name__}.{name} has no description: every option needs its --help"
-            " text (Field(description=...))"
-        )
-    help_text = description
+    # Field(description=...) is the help text; a field without one still gets its option (a
+    # test requires the description, so the gap is caught without breaking the command line).
+    help_text = (info.description or "").strip() or name.replace("_", " ")
     if not help_text.endswith("."):
         help_text += "."
     choices = _choices(base) if get_origin(base) is Literal else ()
