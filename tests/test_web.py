@@ -131,6 +131,9 @@ def test_folder_layout_and_model_card(web_dir: Path) -> None:
         entry = card["graphs"][graph]
         path = web_dir / entry["file"]
         assert path.stat().st_size == entry["bytes"] and entry["metadata"]["graph"] == graph
+    # what a browser downloads: the two graphs, not the reference outputs beside them
+    assert card["download_bytes"] == sum(card["graphs"][g]["bytes"] for g in card["graphs"])
+    assert card["precision"] == "fp32"
     for files in web_build.ORT_RUNTIME_FILES.values():
         for name in files:
             assert (web_dir / "ort" / name).stat().st_size > 0
@@ -385,7 +388,7 @@ def test_broken_model_shows_an_error_on_the_page(web_dir, browser, tmp_path, gra
 def test_web_command_help() -> None:
     result = runner.invoke(app, ["web", "--help"])
     assert result.exit_code == 0
-    for option in ("--output", "--serve", "--port", "--model", "--no-webgpu"):
+    for option in ("--output", "--serve", "--port", "--model", "--no-webgpu", "--quantize"):
         assert option in result.output
 
 

@@ -54,6 +54,14 @@ def web_cmd(
             " on wasm only."
         ),
     ] = True,
+    quantize: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="int8: export the graphs quantized as `onnx --quantize int8` does (smaller"
+            " download; the page reports its agreement with Python). Only when exporting.",
+            show_default=False,
+        ),
+    ] = None,
     upsample: UpsampleOpt = None,
     seed: SeedOpt = None,
     synthetic: SyntheticOpt = None,
@@ -85,11 +93,17 @@ def web_cmd(
         export = None
         artifact_dir = None
         if source is not None and source.is_dir():
+            if quantize is not None:
+                raise InputError(
+                    f"--quantize applies when exporting, and {source} is a folder of ONNX"
+                    " graphs (copied as they are): export them with `onnx --quantize"
+                    f" {quantize}` first, or give a checkpoint"
+                )
             artifact_dir = source
         else:
             if source is not None and not source.exists():
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
-            export = _exporter(source, model, upsample, seed, synthetic)
+            export = _exporter(source, model, upsample, seed, synthetic, quantize)
         built = build_web(
             output,
             artifact_dir=artifact_dir,
@@ -108,9 +122,13 @@ def web_cmd(
         for key, size in sorted(parts.items()):
             table.add_row(key, f"{size / 1e6:.1f} MB")
         table.add_row("total", f"{built.total_bytes / 1e6:.1f} MB")
+        card = built.card
+        table.add_row(
+            f"download: the two {card['precision']} graphs",
+            f"{card['download_bytes'] / 1e6:.1f} MB",
+        )
         out = human_console(json_path)
         out.print(table)
-        card = built.card
         if card["synthetic"]:
             err_console.print(
                 f"[yellow]The page runs {card['weights']} weights: masks do not follow the"
@@ -150,15 +168,22 @@ def _serve(folder: Path, port: int, json_path: Path | None, payload: dict[str, A
 
 
 def _exporter(
-    checkpoint: Path | None, model: str, upsample: Any, seed: int | None, synthetic: Any
+    checkpoint: Path | None,
+    model: str,
+    upsample: Any,
+    seed: int | None,
+    synthetic: Any,
+    quantize: str | None,
 ) -> Any:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
+    # The same typed options as `onnx`, validated before any work (a bad --quantize: exit 3).
+    options = OnnxOptions(quantize=quantize)  # type: ignore[arg-type]
     announce_synthetic(mopts)
 
     def export(models_dir: Path) -> None:
-        export_artifacts(mopts, "onnx", OnnxOptions(output=models_dir), progress)
+        export_artifacts(mopts, "onnx", options.model_copy(update={"output": models_dir}), progress)
 
     return export

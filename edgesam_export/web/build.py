@@ -230,8 +230,13 @@ def _card(models: dict[str, tuple[Path, dict[str, str]]], variants: tuple[str, .
         }
         for graph, (path, meta) in models.items()
     }
+    precisions = {m.get("precision", "fp32") for m in (enc_meta, dec_meta)}
     return {
         "model": enc_meta.get("model", ""),
+        # fp32 | fp16 | int8 as the export recorded it; "mixed" when the two graphs differ
+        "precision": precisions.pop() if len(precisions) == 1 else "mixed",
+        # what a browser downloads for the models (the two graphs, nothing else of models/)
+        "download_bytes": sum(g["bytes"] for g in graphs.values()),
         "family": enc_meta.get("family", ""),
         "weights": enc_meta.get("weights", ""),
         "weights_source": enc_meta.get("weights_source", ""),
