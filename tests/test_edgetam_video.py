@@ -103,3 +103,388 @@ def test_memory_attention_rotates_window_tokens_only(memory: EdgeTamMemory) -> N
         )
     torch.testing.assert_close(glob_perm, base, atol=1e-4, rtol=0)
     assert (win_perm - base).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------------------- device side, cheap
+
+
+def test_video_frames_bicubic_match_golden(golden) -> None:
+    """Pillow BICUBIC on uint8 + ImageNet normalisation, in numpy: bit-exact (stored rows)."""
+    from edgesam_export.video.frames import preprocess_frame
+
+    step = int(golden["video_input_row_step"])
+    for t in (0, 1):
+        x = preprocess_frame(golden["video_frames"][t])
+        assert x.shape == (1, 3, 1024, 1024) and x.dtype == np.float32
+        np.testing.assert_array_equal(x[0, :, ::step], golden["video_input_frames01_rows"][t])
+
+
+def test_bicubic_resize_matches_pillow_on_random_shapes() -> None:
+    """Up- and downscaling, both pass orders of Pillow 13: bit-exact with Image.BICUBIC."""
+    from PIL import Image
+
+    from edgesam_export.device.processing import resize_uint8
+
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        h, w = rng.integers(16, 200, 2)
+        oh, ow = rng.integers(16, 260, 2)
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = resize_uint8(img, (int(oh), int(ow)), resample="bicubic")
+        ref = np.asarray(Image.fromarray(img).resize((int(ow), int(oh)), Image.BICUBIC))
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_numerics_match_torch() -> None:
+    import torch.nn.functional as F
+
+    from edgesam_export.video.numerics import resize_bilinear, stability, to_bfloat16
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((512, 64)) * 5).astype(np.float32)
+    np.testing.assert_array_equal(to_bfloat16(x), torch.from_numpy(x).bfloat16().float().numpy())
+    logits = (rng.standard_normal((256, 256)) * 10).astype(np.float32)
+    for size in ((240, 320), (1024, 1024), (100, 700)):
+        ref = F.interpolate(torch.from_numpy(logits)[None, None], size, mode="bilinear")
+        np.testing.assert_allclose(resize_bilinear(logits, *size), ref[0, 0].numpy(), atol=1e-5)
+    assert stability(np.full((4, 4), -5, np.float32), 0.05) == 1.0
+    assert stability(np.array([[1.0, 0.01], [-1, -1]], np.float32), 0.05) == 0.5
+
+
+class _FakeSession:
+    """Shape-true stand-in for one video graph; records the feeds it gets."""
+
+    def __init__(self, graph: str, calls: list) -> None:
+        self.graph, self.calls = graph, calls
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls.append((self.graph, {k: v.copy() for k, v in feeds.items()}))
+        if self.graph == "video_encoder":
+            z = np.zeros
+            return {
+                "pix_feat": z((1, 256, 64, 64), np.float32),
+                "image_embed": z((1, 256, 64, 64), np.float32),
+                "high_res_0": z((1, 32, 256, 256), np.float32),
+                "high_res_1": z((1, 64, 128, 128), np.float32),
+            }
+        if self.graph == "video_decoder":
+            b = feeds["image_embed"].shape[0]
+            logits = np.zeros((b, 4, 256, 256), np.float32)
+            logits[:, :, :128] = 1.0
+            iou = np.tile(np.array([0.1, 0.2, 0.9, 0.3], np.float32), (b, 1))
+            ptr = np.arange(4 * 256, dtype=np.float32).reshape(1, 4, 256).repeat(b, 0)
+            return {
+                "low_res_masks": logits,
+                "iou_predictions": iou,
+                "object_score_logits": np.ones((b, 1), np.float32),
+                "obj_ptr": ptr,
+            }
+        if self.graph == "memory_encoder":
+            b = feeds["mask_logits"].shape[0]
+            return {"maskmem_features": np.full((b, 512, 64), 1.0 + 2**-10, np.float32)}
+        b = feeds["memory"].shape[0]
+        return {"image_embed": np.zeros((b, 256, 64, 64), np.float32)}
+
+
+def test_tracker_memory_selection_follows_the_official_rule() -> None:
+    """Memory frames, temporal indices and pointers per frame (README: f7 = 7 memories + 28
+    pointer tokens), objects sharing a layout batched in one call, a late object on its own."""
+    from edgesam_export.video import VideoTracker
+    from edgesam_export.video.tracker import GRAPHS
+
+    calls: list = []
+    tracker = VideoTracker({g: _FakeSession(g, calls) for g in GRAPHS})
+    frames = [np.zeros((48, 64, 3), np.uint8)] * 9
+    prompts = {
+        "a": {"frame": 0, "points": [[10, 20]], "labels": [1]},
+        "b": {"frame": 0, "box": [1, 2, 30, 40]},
+        "late": {"frame": 3, "points": [[5, 5], [9, 9]], "labels": [1, 0]},
+    }
+    out = tracker.track(frames, prompts)
+    attn = [f for g, f in calls if g == "memory_attention"]
+    by_b = {}
+    for feeds in attn:
+        by_b.setdefault(feeds["memory"].shape[0], []).append(feeds)
+    early, late = by_b[2], by_b[1]
+    assert len(early) == 8 and len(late) == 5  # frames 1..8 batched (a, b); 4..8 for "late"
+    f7 = early[6]
+    assert f7["memory"].shape == (2, 7, 512, 64) and f7["obj_ptrs"].shape == (2, 7, 256)
+    assert f7["memory_tpos"].tolist() == [6, 5, 4, 3, 2, 1, 0]
+    f8 = early[7]  # frame 1 drops out of the 6 most recent; pointers keep 8 frames
+    assert f8["memory_tpos"].tolist() == [6, 5, 4, 3, 2, 1, 0] and f8["obj_ptrs"].shape[1] == 8
+    # bank in bfloat16: 1 + 2^-10 rounds to 1
+    assert np.all(f7["memory"] == 1.0)
+    # "a" (1 click) takes the best multimask token's pointer (token 2), "b" (box) token 0's
+    ptr_a, ptr_b = out["a"]["obj_ptr"][0], out["b"]["obj_ptr"][0]
+    assert ptr_a[0] == 2 * 256 and ptr_b[0] == 0
+    # frames before the late object's prompt are empty
+    assert (out["late"]["low_res_logits"][:3] == -1024).all() and not out["late"]["masks"][:3].any()
+    assert out["late"]["masks"][3:].any() and out["a"]["masks"].shape == (9, 48, 64)
+    dec = [f for g, f in calls if g == "video_decoder"]
+    cond0 = dec[0]  # frame 0: "a" (1 point) and "b" (box: 2 points) differ in size -> 2 calls
+    assert cond0["point_coords"].shape == (1, 1, 2)
+    np.testing.assert_allclose(cond0["point_coords"][0, 0], [10 / 64 * 1024, 20 / 48 * 1024])
+    binarize = [f["binarize"].tolist() for g, f in calls if g == "memory_encoder"]
+    assert (
+        binarize[0] == [1.0, 1.0] and binarize[1] == [0.0, 0.0] and binarize[3] == [0.0, 0.0, 1.0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ({"frame": 9, "points": [[1, 1]], "labels": [1]}, "'frame' must be"),
+        ({"frame": 0}, "give 'points'"),
+        ({"frame": 0, "points": [[1, 1]], "labels": [7]}, "labels must be"),
+        ({"frame": 0, "box": [1, 2, 3]}, "'box' must be"),
+    ],
+)
+def test_tracker_rejects_bad_prompts(prompt, message) -> None:
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.video import VideoTracker
+    from edgesam_export.video.tracker import GRAPHS
+
+    tracker = VideoTracker({g: _FakeSession(g, []) for g in GRAPHS})
+    with pytest.raises(InputError, match=message):
+        tracker.track([np.zeros((8, 8, 3), np.uint8)], {1: prompt})
+
+
+# --------------------------------------------------------------------------- graphs (heavy)
+
+TOL_LOGITS = 1e-3  # README: video low-res logits 1e-3, object scores 1e-4, obj_ptr 2e-4
+TOL_SCORE = 1e-4
+TOL_PTR = 2e-4
+MAX_FLIPS = 10  # mask pixels per frame
+TOL_MASKMEM = 1e-3
+TOL_XATTN = 2e-3
+TOL_PIXMEM = 5e-4
+TESTS = Path(__file__).parent
+
+_TRACK_SCRIPT = """
+import sys, numpy as np
+from edgesam_export.video import VideoTracker
+g = np.load(sys.argv[2])
+prompts = {
+    1: {"frame": 0, "points": g["video_obj1_point_coords"].tolist(),
+        "labels": g["video_obj1_point_labels"].tolist()},
+    2: {"frame": 0, "box": g["video_obj2_box"].tolist()},
+}
+out = VideoTracker.open(sys.argv[1]).track(list(g["video_frames"]), prompts)
+assert not any(m in sys.modules for m in ("torch", "cv2", "PIL"))
+np.savez(sys.argv[3], **{f"{o}_{k}": v for o, r in out.items() for k, v in r.items()})
+"""
+
+
+def _edgetam(calibrated: bool = False):
+    import json
+
+    from edgesam_export.host.models.edgetam import build_edgetam, load_state_dict_checked
+
+    tensors = json.loads((FIXTURE.parent / "manifest.json").read_text())["tensors"]
+    state = {
+        k: torch.from_numpy(synth_tensor(k, tuple(v["shape"]), v["dtype"], 0))
+        for k, v in tensors.items()
+    }
+    model = build_edgetam()
+    load_state_dict_checked(model, state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def video_onnx(tmp_path_factory) -> Path:
+    from edgesam_export.host.models.edgetam.video_graphs import export_video_graphs
+
+    out = tmp_path_factory.mktemp("edgetam_video")
+    export_video_graphs(_edgetam(), out)
+    return out
+
+
+def _masks(golden, obj: int) -> np.ndarray:
+    packed = golden[f"video_obj{obj}_masks_packed"]
+    return np.unpackbits(packed, axis=-1)[..., : golden["video_frames"].shape[2]].astype(bool)
+
+
+@pytest.mark.heavy
+def test_onnx_tracker_matches_golden_video_torch_blocked(video_onnx, golden, tmp_path) -> None:
+    """Both objects, all 8 frames, one batched tracker, torch/cv2/PIL import-blocked."""
+    import os
+    import subprocess
+    import sys
+
+    result = tmp_path / "track.npz"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "torch_blocker"), str(TESTS.parent)]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRACK_SCRIPT, str(video_onnx), str(FIXTURE), str(result)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(result) as r:
+        for obj in (1, 2):
+            logits = r[f"{obj}_low_res_logits"]
+            assert logits.shape == (8, 256, 256) and logits.dtype == np.float32
+            err = np.abs(logits - golden[f"video_obj{obj}_low_res_logits"]).max()
+            assert err <= TOL_LOGITS, f"obj {obj} logits {err}"
+            score = np.abs(
+                r[f"{obj}_object_score_logits"] - golden[f"video_obj{obj}_object_score_logits"]
+            )
+            assert score.max() <= TOL_SCORE
+            ptr = np.abs(r[f"{obj}_obj_ptr"] - golden[f"video_obj{obj}_obj_ptr"]).max()
+            assert ptr <= TOL_PTR
+            flips = (r[f"{obj}_masks"] != _masks(golden, obj)).sum(axis=(1, 2))
+            assert flips.max() <= MAX_FLIPS, flips
+
+
+@pytest.mark.heavy
+def test_onnx_memory_graphs_match_golden_intermediates(video_onnx, golden) -> None:
+    """Memory encoder + perceiver (frame 0, both objects in one call) and the memory-conditioned
+    features of frame 1 (both objects batched) from the ONNX graphs."""
+    from edgesam_export.device.backends import open_session
+    from edgesam_export.video.frames import preprocess_frame
+    from edgesam_export.video.numerics import to_bfloat16
+
+    enc = open_session(video_onnx / "edgetam_video_encoder.onnx")
+    f0 = enc.run({"image": preprocess_frame(golden["video_frames"][0])})
+    f1 = enc.run({"image": preprocess_frame(golden["video_frames"][1])})
+    np.testing.assert_allclose(
+        f1["pix_feat"][:, :, ::8], golden["video_f1_vision_feat_rows"], rtol=0, atol=2e-4 * 2.7e7
+    )
+    logits = np.stack([golden[f"video_obj{o}_low_res_logits"][0] for o in (1, 2)])[:, None]
+    mem = open_session(video_onnx / "edgetam_memory_encoder.onnx").run(
+        {"pix_feat": f0["pix_feat"], "mask_logits": logits, "binarize": np.ones(2, np.float32)}
+    )["maskmem_features"]
+    banks = []
+    for i, obj in enumerate((1, 2)):
+        err = np.abs(mem[i] - golden[f"video_obj{obj}_f0_maskmem_features"][0]).max()
+        assert err <= TOL_MASKMEM, err
+        bank = to_bfloat16(mem[i])
+        gold = golden[f"video_obj{obj}_f0_maskmem_features_bank"][0]
+        # bf16(a) - bf16(b) stays within |a - b| + one bf16 step of b; a step off only rarely
+        upstream = np.abs(mem[i] - golden[f"video_obj{obj}_f0_maskmem_features"][0])
+        assert np.all(np.abs(bank - gold) <= upstream + np.abs(gold) * 2**-7)
+        assert (bank != gold).mean() < 0.01
+        banks.append(gold)
+    ptrs = np.stack([golden[f"video_obj{o}_obj_ptr"][:1] for o in (1, 2)])
+    out = open_session(video_onnx / "edgetam_memory_attention.onnx").run(
+        {
+            "pix_feat": f1["pix_feat"],
+            "memory": np.stack(banks)[:, None],
+            "memory_tpos": np.array([6]),
+            "obj_ptrs": ptrs,
+        }
+    )["image_embed"]
+    for i, obj in enumerate((1, 2)):
+        gold = golden[f"video_obj{obj}_f1_pix_feat_with_mem_rows"]
+        rows = out[i : i + 1, :, 0 : 8 * gold.shape[2] : 8]
+        assert np.abs(rows - gold).max() <= TOL_PIXMEM
+
+
+@pytest.mark.heavy
+def test_cross_attention_rows_match_golden(golden) -> None:
+    """RoPE + cross-attention, both layers, both objects in one batch (torch, with hooks)."""
+    from edgesam_export.host.models.edgetam.video_graphs import MemoryAttentionGraph
+    from edgesam_export.video.frames import preprocess_frame
+
+    model = _edgetam()
+    with torch.no_grad():
+        pix1 = model.backbone_levels(torch.from_numpy(preprocess_frame(golden["video_frames"][1])))[
+            2
+        ]
+        outs: list[torch.Tensor] = []
+        hooks = [
+            layer.cross_attn_image.register_forward_hook(lambda _m, _i, o: outs.append(o))
+            for layer in model.memory_attention.layers
+        ]
+        banks = np.stack([golden[f"video_obj{o}_f0_maskmem_features_bank"] for o in (1, 2)])
+        ptrs = np.stack([golden[f"video_obj{o}_obj_ptr"][:1] for o in (1, 2)])
+        MemoryAttentionGraph(model)(
+            pix1, torch.from_numpy(banks), torch.tensor([6]), torch.from_numpy(ptrs)
+        )
+        for h in hooks:
+            h.remove()
+    step = int(golden["video_cross_attn_token_step"])
+    tokens = torch.arange(64 * 64).reshape(64, 64)[::8].flatten()[::step]
+    for layer, out in enumerate(outs):
+        for i, obj in enumerate((1, 2)):
+            gold = golden[f"video_obj{obj}_f1_cross_attn_out_l{layer}_rows"][0]
+            err = np.abs(out[i, tokens].numpy() - gold).max()
+            assert err <= TOL_XATTN, (layer, obj, err)
+    # the two objects differ only through their pointer tokens (README: by 0.02555)
+    assert (outs[0][0] - outs[0][1]).abs().max() > 1e-2
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _frames_dir(golden, folder: Path, count: int) -> Path:
+    from edgesam_export.device.png import write_png
+
+    folder.mkdir()
+    for t in range(count):
+        write_png(folder / f"{t:05d}.png", golden["video_frames"][t])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 3, "give the object with --point"),
+        (["--point", "1,2,3,4"], 3, "expected x,y or x,y,label"),
+        (["--box", "1,2"], 3, "expected x0,y0,x1,y1"),
+        (["--point", "5,5", "--frame", "7"], 3, "--frame 7"),
+        (["--point", "5,5"], 5, "no edgetam_video_encoder"),
+    ],
+)
+def test_track_cli_refuses_bad_input(golden, tmp_path, args, code, message) -> None:
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.export import app
+
+    frames = _frames_dir(golden, tmp_path / "frames", 2)
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["track", str(tmp_path / "empty"), str(frames), *args])
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split())
+    assert not (Path.cwd() / "track_out").exists()
+
+
+@pytest.mark.heavy
+def test_track_cli_writes_masks_strip_and_json(video_onnx, golden, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.export import app
+    from edgesam_export.device.png import read_image
+
+    frames = _frames_dir(golden, tmp_path / "frames", 3)
+    out, report = tmp_path / "out", tmp_path / "track.json"
+    x, y = golden["video_obj1_point_coords"][0]
+    result = CliRunner().invoke(
+        app,
+        [
+            "track",
+            str(video_onnx),
+            str(frames),
+            "--point",
+            f"{x},{y}",
+            "-o",
+            str(out),
+            "--json",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert (
+        data["ok"] and len(data["frames"]) == 3 and set(data["stage_seconds"]) >= {"video_encoder"}
+    )
+    gold = _masks(golden, 1)
+    for t, rec in enumerate(data["frames"]):
+        mask = read_image(out / rec["mask"])[..., 0] > 127
+        assert (mask != gold[t]).sum() <= MAX_FLIPS and rec["area"] == int(mask.sum())
+    assert read_image(out / "overlay_strip.png").shape == (240, 3 * 320, 3)

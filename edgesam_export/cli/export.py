@@ -28,6 +28,7 @@ from edgesam_export.cli.models import models_cmd
 from edgesam_export.cli.options import ExitCodeGroup, ReportOpt
 from edgesam_export.cli.recipes import build_cmd, recipe_app, verify_cmd
 from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
+from edgesam_export.cli.track import track_cmd
 from edgesam_export.cli.web import web_cmd
 from edgesam_export.device.backends import Backend, all_backends
 from edgesam_export.device.errors import InputError
@@ -112,6 +113,7 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("everything", everything_cmd),
     ("web", web_cmd),
     ("models", models_cmd),
+    ("track", track_cmd),
 )
 GROUPS: tuple[typer.Typer, ...] = (recipe_app,)  # `recipe check|schema`
 # What a generated export command adds on top of its options class, by backend (optional).

@@ -12,6 +12,7 @@ The result is deterministic (seed + rule + fixed image) and labelled `synthetic-
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,13 +31,17 @@ def calibration_input(spec: ModelSpec) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: SamModel, spec: ModelSpec) -> int:
+def calibrate_batchnorm(
+    model: nn.Module, spec: ModelSpec | None, inputs: torch.Tensor | None = None
+) -> int:
     """Set every BatchNorm's running statistics to its input's moments; returns how many.
 
     Works in float64 on a copy so the float32 statistics written back do not depend on thread
-    counts or summation order.
+    counts or summation order. `inputs` replaces the spec's calibration image for families whose
+    preprocessing the spec does not describe (EdgeTAM's video frames).
     """
-    encoder64 = copy.deepcopy(model.image_encoder).double()
+    encoder = cast(nn.Module, model.image_encoder)
+    encoder64 = copy.deepcopy(encoder).double()
     norms64 = [m for m in encoder64.modules() if isinstance(m, nn.BatchNorm2d)]
     if not norms64:
         return 0
@@ -44,8 +49,11 @@ def calibrate_batchnorm(model: SamModel, spec: ModelSpec) -> int:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: after one batch, exactly its moments
         bn.train()
-    encoder64(calibration_input(spec).double())
-    norms32 = [m for m in model.image_encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    if inputs is None:
+        assert spec is not None, "calibrate_batchnorm needs a spec or inputs"
+        inputs = calibration_input(spec)
+    encoder64(inputs.double())
+    norms32 = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn32, bn64 in zip(norms32, norms64, strict=True):
         assert bn32.running_mean is not None and bn32.running_var is not None
         assert bn64.running_mean is not None and bn64.running_var is not None

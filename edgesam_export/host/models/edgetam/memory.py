@@ -17,12 +17,11 @@ Conventions (see shared/fixtures/edgetam/README.md, "Video mode"):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgesam_export.host.models.edgetam.neck import sine_position_encoding
 from edgesam_export.host.models.sam_heads import LayerNorm2d
 
 MEM_DIM = 64
@@ -31,27 +30,6 @@ NUM_MASKMEM = 7
 FEAT_SIZE = 64
 WINDOW_GRID = 16
 NUM_LATENTS = 256
-
-
-def sine_position_encoding(num_pos_feats: int, height: int, width: int) -> Tensor:
-    """SAM 2's normalised sine encoding of an HxW grid: (num_pos_feats, H, W), y block first."""
-    half = num_pos_feats // 2
-    scale = 2 * math.pi
-    eps = 1e-6
-    y = torch.arange(1, height + 1, dtype=torch.float32)
-    x = torch.arange(1, width + 1, dtype=torch.float32)
-    y = y / (y[-1:] + eps) * scale
-    x = x / (x[-1:] + eps) * scale
-    dim_t = torch.arange(half, dtype=torch.float32)
-    dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
-
-    def encode(v: Tensor) -> Tensor:
-        p = v[:, None] / dim_t
-        return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
-
-    pos_y = encode(y)[:, None, :].expand(height, width, half)
-    pos_x = encode(x)[None, :, :].expand(height, width, half)
-    return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1).contiguous()
 
 
 def axial_rope_tables(
@@ -219,9 +197,9 @@ class SpatialPerceiver(nn.Module):
         self.latents_2d = nn.Parameter(torch.zeros(NUM_LATENTS, dim))
         self.layers = nn.ModuleList([PerceiverLayer(dim) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        pos = sine_position_encoding(dim, FEAT_SIZE, FEAT_SIZE).flatten(1).t()  # (4096, 64)
+        pos = sine_position_encoding(FEAT_SIZE, FEAT_SIZE, dim)[0].flatten(1).t()  # (4096, 64)
         self.register_buffer("map_pos", pos, persistent=False)
-        window_pos = sine_position_encoding(dim, WINDOW_GRID, WINDOW_GRID).flatten(1).t()
+        window_pos = sine_position_encoding(WINDOW_GRID, WINDOW_GRID, dim)[0].flatten(1).t()
         self.register_buffer(
             "latent_pos",
             torch.cat([torch.zeros(NUM_LATENTS, dim), window_pos], dim=0),
@@ -345,7 +323,9 @@ class MemoryAttention(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([MemoryAttentionLayer() for _ in range(num_layers)])
         self.norm = nn.LayerNorm(HIDDEN_DIM)
-        pos = sine_position_encoding(HIDDEN_DIM, FEAT_SIZE, FEAT_SIZE).flatten(1).t()  # (4096, 256)
+        pos = (
+            sine_position_encoding(FEAT_SIZE, FEAT_SIZE, HIDDEN_DIM)[0].flatten(1).t()
+        )  # (4096, 256)
         self.register_buffer("curr_pos", pos, persistent=False)
 
     def forward(
