@@ -41,21 +41,37 @@ def test_upsample_modes_really_differ(golden, bilinear_model, bicubic_model):
     assert np.abs(a - b).max() > 0.1
 
 
-def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model):
-    """Split means and fused RepVGG blocks: what is exported, still within the tolerance."""
-    from edgesam_export.host.models.edgesam import RepVGGDW, SqueezeExcite
+@pytest.mark.parametrize("onnxruntime_layout", [False, True])
+def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model, onnxruntime_layout):
+    """Split or pooled means, fused RepVGG blocks, the folded neck conv, channels-last neck
+    norms: what is exported, still within the tolerance (and far closer than it, in fact)."""
+    from edgesam_export.host.models.edgesam import (
+        ChannelsLastLayerNorm2d,
+        RepVGGDW,
+        SqueezeExcite,
+    )
 
     original = bilinear_model.model.image_encoder
-    graph = EncoderGraph(original, optimized=True)
+    graph = EncoderGraph(original, optimized=True, onnxruntime_layout=onnxruntime_layout)
+    x = torch.from_numpy(golden["input_tensor"])
     with torch.inference_mode():
-        emb = graph(torch.from_numpy(golden["input_tensor"])).numpy()
+        emb = graph(x).numpy()
+        ref = original(x).numpy()
     np.testing.assert_allclose(emb, golden["embeddings_bilinear"], rtol=0, atol=EMBED_TOL)
+    assert np.abs(emb - ref).max() < 1e-3
     rewritten = list(graph.modules())
     assert not any(isinstance(m, RepVGGDW) for m in rewritten)
-    assert all(m.split_mean for m in rewritten if isinstance(m, SqueezeExcite))
+    se = [m for m in rewritten if isinstance(m, SqueezeExcite)]
+    assert se and all(m.mean == ("pooled" if onnxruntime_layout else "split") for m in se)
+    assert all(m.broadcast_gate == onnxruntime_layout for m in se)
+    neck = graph.image_encoder.neck
+    assert isinstance(neck[0], torch.nn.Identity)
+    assert isinstance(neck[1], ChannelsLastLayerNorm2d)
+    assert isinstance(neck[3], ChannelsLastLayerNorm2d)
     # the reference model is left untouched
     assert sum(isinstance(m, RepVGGDW) for m in original.modules()) == 23
-    assert not any(m.split_mean for m in original.modules() if isinstance(m, SqueezeExcite))
+    assert all(m.mean == "mean" for m in original.modules() if isinstance(m, SqueezeExcite))
+    assert isinstance(original.neck[0], torch.nn.Conv2d)
 
 
 @pytest.mark.parametrize("stability", [False, True])

@@ -15,6 +15,7 @@ bit-faithful to the official code.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import cast
 
 import torch
@@ -54,14 +55,25 @@ class EncoderGraph(nn.Module):
     `optimized=False` runs the encoder as loaded (the parity reference). `optimized=True` (what
     is exported) uses the encoder's `export_friendly()` copy when the family provides one:
     the same function with runtime-friendly reductions and re-parameterised blocks.
+    `onnxruntime_layout` (the ONNX target) asks for the forms that onnxruntime's blocked conv
+    layout keeps without reorders, where the family has such forms.
     """
 
     def __init__(
-        self, image_encoder: nn.Module, optimized: bool = False, gelu_approximate: bool = False
+        self,
+        image_encoder: nn.Module,
+        optimized: bool = False,
+        gelu_approximate: bool = False,
+        onnxruntime_layout: bool = False,
     ) -> None:
         super().__init__()
         rewrite = getattr(image_encoder, "export_friendly", None) if optimized else None
-        self.image_encoder = rewrite() if callable(rewrite) else image_encoder
+        if callable(rewrite):
+            accepts = "onnxruntime_layout" in inspect.signature(rewrite).parameters
+            kwargs = {"onnxruntime_layout": True} if onnxruntime_layout and accepts else {}
+            self.image_encoder = rewrite(**kwargs)
+        else:
+            self.image_encoder = image_encoder
         if gelu_approximate:  # EdgeSAM's --gelu-approximate: tanh GELU, on a copy
             if self.image_encoder is image_encoder:
                 self.image_encoder = copy.deepcopy(image_encoder)
@@ -95,6 +107,8 @@ class DecoderGraph(nn.Module):
     - image tokens stay batch 1 and broadcast against the B prompt sets, so the first layer's
       image-side projections run once, and no Expand copies of the 4 MB embeddings are made;
     - the positional encoding is a channels-last constant (no runtime transpose);
+    - attention computes the image-side projections transposed, so no 4096-token tensor is
+      transposed at run time (`Attention.image_side`);
     - output upscaling runs channels-last: each 2x2 transposed conv is one GEMM, LayerNorm2d is a
       last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
       instead of to the 32 feature channels.
@@ -128,6 +142,9 @@ class DecoderGraph(nn.Module):
             for module in self.mask_decoder.modules():
                 if isinstance(module, nn.GELU):
                     module.approximate = "tanh"
+        if optimized:  # attention with the image side transposed, on a copy
+            self.mask_decoder = copy.deepcopy(model.mask_decoder)
+            self.mask_decoder.transformer.image_tokens_transposed()
         self.img_size = img_size
         self.use_stability_score = use_stability_score
         self.optimized = optimized

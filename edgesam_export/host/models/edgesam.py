@@ -47,27 +47,47 @@ class ConvBN(nn.Sequential):
         return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
+SEMean = Literal["mean", "split", "pooled"]
+
+
 class SqueezeExcite(nn.Module):
     """timm's SEModule as EdgeSAM uses it: mean, 1x1 conv, ReLU, 1x1 conv, sigmoid gate.
 
-    `split_mean` computes the spatial mean as a mean over W then over H: identical maths, but an
-    ONNX Runtime ReduceMean over 65536 values loses enough float32 precision for these networks
-    to amplify it (0.02 on the embeddings); two short reductions keep ORT within 1e-3.
+    `mean` says how the spatial mean is written (identical maths, different graphs):
+    - "mean": one ReduceMean over H and W, the official form. An ONNX Runtime ReduceMean over
+      65536 values loses enough float32 precision for these networks to amplify it (0.02 on the
+      embeddings).
+    - "split": a mean over W then over H; two short reductions keep ORT within 1e-3.
+    - "pooled" (exported to ONNX): 16x16 average pools, then a global average pool. Pooling ops
+      run in onnxruntime's blocked (NCHWc) conv layout, where ReduceMean forces a reorder of the
+      whole map to NCHW and back; the sums stay short (<= 256 terms) like "split".
+
+    `broadcast_gate` (exported to ONNX) repeats the (1, C, 1, 1) gate to the map's size with a
+    nearest-neighbour Resize before the product: onnxruntime's blocked layout multiplies only
+    same-shape tensors, so a broadcast product costs three full-map reorders and a separate
+    residual Add; the Resize keeps the block in the blocked layout. Same numbers.
     """
 
-    def __init__(self, channels: int, split_mean: bool = False) -> None:
+    def __init__(self, channels: int, mean: SEMean = "mean", broadcast_gate: bool = False) -> None:
         super().__init__()
         reduced = max(8, int(channels * 0.25 + 4) // 8 * 8)  # make_divisible(C/4, 8), no round-up
         self.fc1 = nn.Conv2d(channels, reduced, 1)
         self.fc2 = nn.Conv2d(reduced, channels, 1)
-        self.split_mean = split_mean
+        self.mean: SEMean = mean
+        self.broadcast_gate = broadcast_gate
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.split_mean:
+        h, w = int(x.shape[2]), int(x.shape[3])  # fixed by the encoder's input size
+        if self.mean == "pooled" and h % 16 == 0 and w % 16 == 0:
+            s = F.adaptive_avg_pool2d(F.avg_pool2d(x, 16), 1)
+        elif self.mean in ("split", "pooled"):
             s = x.mean(3, keepdim=True).mean(2, keepdim=True)
         else:
             s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        if self.broadcast_gate:
+            gate = F.interpolate(gate, scale_factor=(float(h), float(w)), mode="nearest")
+        return x * gate
 
 
 class RepVGGDW(nn.Module):
@@ -128,6 +148,22 @@ class RepViTBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.channel_mixer(self.token_mixer(x))
+
+
+class ChannelsLastLayerNorm2d(nn.Module):
+    """`LayerNorm2d` as one last-axis LayerNormalization between two transposes.
+
+    The NCHW form exports as two ReduceMean over channels plus seven elementwise ops, none of
+    which onnxruntime fuses; this form is one fused kernel. Same parameters, same maths.
+    """
+
+    def __init__(self, norm: LayerNorm2d) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class Upsample2x(nn.Module):
@@ -211,20 +247,38 @@ class RepViTEncoder(nn.Module):
             LayerNorm2d(256),
         )
 
-    def export_friendly(self) -> RepViTEncoder:
+    def export_friendly(self, onnxruntime_layout: bool = False) -> RepViTEncoder:
         """A copy computing the same function faster and closer to PyTorch on ONNX runtimes.
 
-        Squeeze-excite means are split (see `SqueezeExcite`), each RepVGGDW token mixer is
-        re-parameterised into one conv, and the neck's 2x upsampling (fixed 32 -> 64 grid for a
-        1024 input) becomes two constant matmuls (`MatrixUpsample`). The original stays the
+        - squeeze-excite means are split (see `SqueezeExcite`);
+        - each RepVGGDW token mixer is re-parameterised into one conv;
+        - the neck's 2x upsampling (fixed 32 -> 64 grid for a 1024 input) becomes two constant
+          matmuls (`MatrixUpsample`);
+        - the neck's first 1x1 conv (bias-free) is folded into the two fusion convs before it:
+          W0 (W2 a + up(W3 b)) = (W0 W2) a + up((W0 W3) b), as the upsampling mixes no channels;
+          one 256x256 conv over the 64x64 map fewer;
+        - the neck's LayerNorm2d run channels-last (`ChannelsLastLayerNorm2d`).
+
+        `onnxruntime_layout` (the ONNX export) also writes the squeeze-excite blocks with pooling
+        ops and a broadcast gate so that onnxruntime keeps them in its blocked conv layout (see
+        `SqueezeExcite`); other backends keep the plain product. The original stays the
         bit-faithful reference.
         """
         clone = copy.deepcopy(self)
         stage3_hw = (self.img_size // 32, self.img_size // 32)
         clone.fuse_stage3.op_list[1] = MatrixUpsample(stage3_hw, self.upsample_mode)
+        with torch.no_grad():
+            w0 = cast(nn.Conv2d, clone.neck[0]).weight[:, :, 0, 0]
+            for conv in (clone.fuse_stage2, clone.fuse_stage3.op_list[0]):
+                assert isinstance(conv, nn.Conv2d) and conv.bias is None
+                conv.weight.copy_(torch.einsum("oc,cikl->oikl", w0, conv.weight))
+        clone.neck[0] = nn.Identity()
+        for i in (1, 3):
+            clone.neck[i] = ChannelsLastLayerNorm2d(cast(LayerNorm2d, clone.neck[i]))
         for module in list(clone.modules()):
             if isinstance(module, SqueezeExcite):
-                module.split_mean = True
+                module.mean = "pooled" if onnxruntime_layout else "split"
+                module.broadcast_gate = onnxruntime_layout
             if isinstance(module, RepViTBlock) and isinstance(module.token_mixer[0], RepVGGDW):
                 module.token_mixer[0] = module.token_mixer[0].fused()
         return clone

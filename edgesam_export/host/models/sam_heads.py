@@ -8,6 +8,7 @@ in `edgesam_export.host.graphs` call `embed_points`, `dense_pe` and `MaskDecoder
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -127,8 +128,19 @@ class MLPBlock(nn.Module):
         return self.lin2(F.relu(self.lin1(x)))
 
 
+ImageSide = Literal["q", "kv"]
+
+
 class Attention(nn.Module):
-    """Multi-head attention with an optional down-projection of q/k/v (SAM's cross-attention)."""
+    """Multi-head attention with an optional down-projection of q/k/v (SAM's cross-attention).
+
+    `image_side` (export only; None in the reference) says which inputs are the 4096 image
+    tokens: "kv" (token-to-image) or "q" (image-to-token). The image-side projections are then
+    computed transposed (W @ X^T: channels by pixels), so the per-head split of the image
+    tokens is a reshape, and every remaining transpose sits on a MatMul operand, where
+    onnxruntime folds it into the GEMM (FusedMatMul transA/transB) instead of copying the
+    4096-token tensors. Same dot products, same summation axis.
+    """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -140,12 +152,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)  # checkpoint order: q, v, k
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.image_side: ImageSide | None = None
 
     def _split(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _heads_transposed(self, proj: nn.Linear, x: Tensor) -> Tensor:
+        """(b, n, C) tokens -> (b, heads, head_dim, n): the projection computed as W @ x^T."""
+        b, n, _ = x.shape
+        xt = proj.weight @ x.transpose(1, 2) + proj.bias[:, None]
+        return xt.reshape(b, self.num_heads, self.internal_dim // self.num_heads, n)
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.image_side == "kv":
+            return self._image_keys(q, k, v)
+        if self.image_side == "q":
+            return self._image_queries(q, k, v)
         q = self._split(self.q_proj(q))
         k = self._split(self.k_proj(k))
         v = self._split(self.v_proj(v))
@@ -155,6 +178,28 @@ class Attention(nn.Module):
         out = (attn @ v).transpose(1, 2)
         b, n = out.shape[:2]
         return self.out_proj(out.reshape(b, n, self.internal_dim))
+
+    def _image_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Token queries (B, T, C) against image keys/values (1 or B, HW, C)."""
+        qh = self._split(self.q_proj(q))
+        kt = self._heads_transposed(self.k_proj, k)
+        vt = self._heads_transposed(self.v_proj, v)
+        attn = torch.softmax((qh @ kt) / math.sqrt(qh.shape[-1]), dim=-1)
+        out = (attn @ vt.transpose(-1, -2)).transpose(1, 2)
+        b, n = out.shape[:2]
+        return self.out_proj(out.reshape(b, n, self.internal_dim))
+
+    def _image_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Image queries (1 or B, HW, C) against token keys/values (B, T, C)."""
+        qt = self._heads_transposed(self.q_proj, q)
+        kh = self._split(self.k_proj(k))
+        vh = self._split(self.v_proj(v))
+        attn = qt.transpose(-1, -2) @ kh.transpose(-1, -2)
+        attn = torch.softmax(attn / math.sqrt(qt.shape[-2]), dim=-1)
+        out_t = vh.transpose(-1, -2) @ attn.transpose(-1, -2)  # (B, heads, head_dim, HW)
+        b, _, _, n = out_t.shape
+        out_t = out_t.reshape(b, self.internal_dim, n)
+        return out_t.transpose(1, 2) @ self.out_proj.weight.T + self.out_proj.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -229,6 +274,15 @@ class TwoWayTransformer(nn.Module):
             embedding_dim, num_heads, attention_downsample_rate
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim, eps=norm_eps)
+
+    def image_tokens_transposed(self) -> None:
+        """Switch every attention to its export form with the image side transposed (see
+        `Attention.image_side`); call on a copy, never on the reference model."""
+        for layer in self.layers:
+            assert isinstance(layer, TwoWayAttentionBlock)
+            layer.cross_attn_token_to_image.image_side = "kv"
+            layer.cross_attn_image_to_token.image_side = "q"
+        self.final_attn_token_to_image.image_side = "kv"
 
     def forward(
         self, keys: Tensor, key_pe: Tensor, point_embedding: Tensor

@@ -83,8 +83,13 @@ def build_graph(
     gelu_approximate: bool = False,
     contract: str = "edgesam",
     return_single_mask: bool = False,
+    onnxruntime_layout: bool = False,
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    """The module to trace and deterministic example inputs for it."""
+    """The module to trace and deterministic example inputs for it.
+
+    `onnxruntime_layout`: the encoder forms onnxruntime's blocked conv layout keeps (the ONNX
+    target sets it; other targets that reuse these graphs do not).
+    """
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
     if graph == "decoder" and contract == "official":
@@ -121,7 +126,10 @@ def build_graph(
         )
     if graph == "encoder":
         module: torch.nn.Module = EncoderGraph(
-            loaded.model.image_encoder, optimized=True, gelu_approximate=gelu_approximate
+            loaded.model.image_encoder,
+            optimized=True,
+            gelu_approximate=gelu_approximate,
+            onnxruntime_layout=onnxruntime_layout,
         )
         args: tuple[torch.Tensor, ...] = (
             torch.randn(1, 3, spec.img_size, spec.img_size, generator=gen),
@@ -194,6 +202,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         gelu_approximate=options.gelu_approximate,
         contract=options.decoder_contract,
         return_single_mask=options.return_single_mask,
+        onnxruntime_layout=True,
     )
     if foreign is not None:
         inputs, outputs = foreign.io(
