@@ -41,6 +41,7 @@ GOLDEN: dict[str, tuple[str, str]] = {
     "sam_vit_l": ("test_sam_families", "test_layout_matches_built_model"),
     "sam_vit_h": ("test_sam_families", "test_layout_matches_built_model"),
     "slimsam_50": ("test_sam_families", "test_layout_matches_built_model"),
+    "edgetam": ("test_edgetam", "test_encoder_matches_golden"),
 }  # fmt: skip
 
 # variant -> where its ONNX export + parity test runs: "default" / "heavy" (this module), or
@@ -64,6 +65,7 @@ EXPORT: dict[str, str | tuple[str, str]] = {
     "sam_vit_l": _SAM_HEAVY,
     "sam_vit_h": _SAM_HEAVY,
     "slimsam_50": _SAM_HEAVY,
+    "edgetam": ("test_edgetam", "test_device_predictor_reproduces_goldens_without_torch"),
 }
 
 # variant -> where its CoreML (fp32) export + parity test runs: "default" / "heavy" rows run in

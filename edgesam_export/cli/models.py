@@ -31,6 +31,13 @@ def model_rows() -> list[dict[str, Any]]:
                 "checkpoint_format": spec.checkpoint_format,
                 "upsample_modes": list(spec.upsample_modes),
                 "targets_verified": list(spec.verified_targets),
+                "graphs": {
+                    graph: {
+                        "inputs": [t.name for t in spec.graph_io(graph)[0]],
+                        "outputs": [t.name for t in spec.graph_io(graph)[1]],
+                    }
+                    for graph in spec.graphs
+                },
                 "description": spec.description,
             }
         )
@@ -47,6 +54,10 @@ def models_cmd(json_path: JsonOpt = None, debug: DebugOpt = False) -> None:
             table.add_column(col)
         for r in rows:
             notes = f"upsample: {', '.join(r['upsample_modes'])}" if r["upsample_modes"] else ""
+            if len(r["graphs"]) > 2 or any(len(g["outputs"]) > 2 for g in r["graphs"].values()):
+                notes = "graphs: " + ", ".join(
+                    f"{name} -> {'+'.join(g['outputs'])}" for name, g in r["graphs"].items()
+                )
             table.add_row(
                 r["name"],
                 r["family"],

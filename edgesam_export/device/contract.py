@@ -27,30 +27,61 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
+#: Graph I/O layouts (`ModelSpec.io`). "sam": the contract above. "sam2" (EdgeTAM): the
+#: encoder also returns the two high-resolution features the decoder's upscaling adds
+#: (stride 4 and 8, `conv_s0` / `conv_s1` already applied), and the decoder takes them plus a
+#: mask prompt (`mask_input` low-res logits used where `has_mask_input` is 1) and also returns
+#: the object-score logit.
+IO_LAYOUTS = ("sam", "sam2")
+SAM2_HIGH_RES = (("high_res_feats_0", 8, 4), ("high_res_feats_1", 4, 8))  # name, C/k, stride
+
+
+def _high_res(embed_shape: tuple[int, int, int]) -> list[TensorSpec]:
+    c, h, w = embed_shape
+    # The embedding has stride 16: level 0 (stride 4) is 4x its side, level 1 (stride 8) 2x.
+    return [
+        TensorSpec(name, "float32", (1, c // div, h * 16 // stride, w * 16 // stride))
+        for name, div, stride in SAM2_HIGH_RES
+    ]
+
+
 def encoder_io(
-    img_size: int, embed_shape: tuple[int, int, int]
+    img_size: int, embed_shape: tuple[int, int, int], layout: str = "sam"
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    return (
-        [TensorSpec("image", "float32", (1, 3, img_size, img_size))],
-        [TensorSpec("image_embeddings", "float32", (1, *embed_shape))],
-    )
+    outputs = [TensorSpec("image_embeddings", "float32", (1, *embed_shape))]
+    if layout == "sam2":
+        outputs += _high_res(embed_shape)
+    return [TensorSpec("image", "float32", (1, 3, img_size, img_size))], outputs
 
 
 def decoder_io(
-    embed_shape: tuple[int, int, int], num_mask_tokens: int
+    embed_shape: tuple[int, int, int], num_mask_tokens: int, layout: str = "sam"
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     _, h, w = embed_shape
-    return (
-        [
-            TensorSpec("image_embeddings", "float32", (1, *embed_shape)),
-            TensorSpec("point_coords", "float32", ("batch", "num_points", 2)),
-            TensorSpec("point_labels", "float32", ("batch", "num_points")),
-        ],
-        [
-            TensorSpec("scores", "float32", ("batch", num_mask_tokens)),
-            TensorSpec("masks", "float32", ("batch", num_mask_tokens, 4 * h, 4 * w)),
-        ],
-    )
+    inputs = [TensorSpec("image_embeddings", "float32", (1, *embed_shape))]
+    if layout == "sam2":
+        inputs += _high_res(embed_shape)
+    inputs += [
+        TensorSpec("point_coords", "float32", ("batch", "num_points", 2)),
+        TensorSpec("point_labels", "float32", ("batch", "num_points")),
+    ]
+    outputs = [
+        TensorSpec("scores", "float32", ("batch", num_mask_tokens)),
+        TensorSpec("masks", "float32", ("batch", num_mask_tokens, 4 * h, 4 * w)),
+    ]
+    if layout == "sam2":
+        inputs += [
+            TensorSpec("mask_input", "float32", ("batch", 1, 4 * h, 4 * w)),
+            TensorSpec("has_mask_input", "float32", ("batch",)),
+        ]
+        outputs.append(TensorSpec("object_score_logits", "float32", ("batch", 1)))
+    return inputs, outputs
+
+
+def dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
+    """{name: {axis: symbol}} for every symbolic axis (what ONNX export marks dynamic)."""
+    found = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in specs}
+    return {name: axes for name, axes in found.items() if axes}
 
 
 #: ImageNet RGB mean / std in 0..255 units, as registered in SAM's pixel buffers.
@@ -58,6 +89,8 @@ SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 NORMALIZE_MODES = ("sam", "unit")
 PAD_MODES = ("after-normalize", "before-normalize")
+RESIZE_MODES = ("longest", "stretch")
+PROMPT_PAD_MODES = ("no-box", "always")
 
 
 def _floats(meta: Mapping[str, str], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -76,6 +109,11 @@ class MaskTokens:
     count: int = 4
     single: tuple[int, ...] = (0,)
     multi: tuple[int, ...] = (1, 2, 3)
+    # SAM 2's single-mask rule: the single token is kept only when its stability
+    # count(logit > delta) / count(logit > -delta) reaches `stable_threshold`; otherwise the
+    # multimask token with the best score answers. None: the single token always answers.
+    stable_threshold: float | None = None
+    stable_delta: float = 0.05
 
     def __post_init__(self) -> None:
         slots = (*self.single, *self.multi)
@@ -83,11 +121,14 @@ class MaskTokens:
             raise ValueError(f"mask token slots {self.single}/{self.multi} outside 0..{self.count}")
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        meta = {
             "num_mask_tokens": str(self.count),
             "mask_tokens_single": json.dumps(list(self.single)),
             "mask_tokens_multi": json.dumps(list(self.multi)),
         }
+        if self.stable_threshold is not None:
+            meta["single_mask_stability"] = json.dumps([self.stable_threshold, self.stable_delta])
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> MaskTokens:
@@ -97,6 +138,9 @@ class MaskTokens:
         default_multi = (1, 2, 3) if count == 4 else tuple(range(count))
         single = tuple(int(v) for v in _floats(meta, "mask_tokens_single", (0,)))
         multi = tuple(int(v) for v in _floats(meta, "mask_tokens_multi", default_multi))
+        if "single_mask_stability" in meta:
+            threshold, delta = _floats(meta, "single_mask_stability", ())
+            return cls(count, single, multi, threshold, delta)
         return cls(count, single, multi)
 
 
@@ -112,6 +156,13 @@ class Preprocessing:
       space) or "before-normalize" (pad value 0 in pixel space);
     - prompts and low-res masks use the `frame` x `frame` frame (SAM's 1024), whatever the
       encoder size.
+
+    `resize="stretch"` is SAM 2's recipe instead: the 0..1 float image (x / 255) is stretched
+    to the square with antialiased bilinear (torchvision on tensors), then normalised
+    ("unit" constants), no padding; prompts are scaled per axis and low-res masks are resized
+    once, straight to the original size. `box_first` puts box corners before the points;
+    `prompt_pad` "always" appends the padding point also after a box (SAM 2), "no-box" only
+    to point-only prompts (SAM, EdgeSAM).
     """
 
     encoder_size: int = 1024
@@ -120,12 +171,19 @@ class Preprocessing:
     pixel_std: tuple[float, ...] = SAM_PIXEL_STD
     normalize: str = "sam"
     pad: str = "after-normalize"
+    resize: str = "longest"
+    box_first: bool = False
+    prompt_pad: str = "no-box"
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.prompt_pad not in PROMPT_PAD_MODES:
+            raise ValueError(f"prompt_pad must be one of {PROMPT_PAD_MODES}")
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -135,7 +193,15 @@ class Preprocessing:
             "pixel_std": json.dumps(list(self.pixel_std)),
             "normalize": self.normalize,
             "pad": self.pad,
-        }
+        } | (
+            {}
+            if self.resize == "longest" and not self.box_first and self.prompt_pad == "no-box"
+            else {
+                "resize": self.resize,
+                "box_first": str(self.box_first).lower(),
+                "prompt_pad": self.prompt_pad,
+            }
+        )
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> Preprocessing:
@@ -149,4 +215,7 @@ class Preprocessing:
             pixel_std=_floats(meta, "pixel_std", SAM_PIXEL_STD),
             normalize=meta.get("normalize", "sam"),
             pad=meta.get("pad", "after-normalize"),
+            resize=meta.get("resize", "longest"),
+            box_first=meta.get("box_first", "false") == "true",
+            prompt_pad=meta.get("prompt_pad", "no-box"),
         )

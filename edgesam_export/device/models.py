@@ -16,7 +16,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from edgesam_export.device.contract import SAM_PIXEL_MEAN, SAM_PIXEL_STD, MaskTokens, Preprocessing
+from edgesam_export.device.contract import (
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    MaskTokens,
+    Preprocessing,
+    TensorSpec,
+    decoder_io,
+    encoder_io,
+)
 from edgesam_export.device.errors import InputError
 
 __all__ = [
@@ -69,6 +77,15 @@ class ModelSpec:
     # "official" (segment-anything's SamOnnxModel: mask_input, has_mask_input, orig_im_size),
     # "efficientvit" (EfficientViT-SAM's DecoderOnnxModel: masks, iou_predictions).
     decoder_contracts: tuple[str, ...] = ("edgesam",)
+    # SAM 2 conventions (EdgeTAM): see `Preprocessing` ("stretch" resize, box corners first,
+    # the padding point always appended) and `contract.IO_LAYOUTS` ("sam2": high-res features,
+    # mask prompt, object score).
+    resize: str = "longest"
+    box_first: bool = False
+    prompt_pad: str = "no-box"
+    io_layout: str = "sam"
+    # The graphs an export of this model writes, in order.
+    graphs: tuple[str, ...] = ("encoder", "decoder")
 
     def __post_init__(self) -> None:
         if self.tokens.count != self.num_mask_tokens:
@@ -97,7 +114,18 @@ class ModelSpec:
             pixel_std=self.pixel_std,
             normalize=self.normalize,
             pad=self.pad,
+            resize=self.resize,
+            box_first=self.box_first,
+            prompt_pad=self.prompt_pad,
         )
+
+    def graph_io(self, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """Inputs and outputs of one of `graphs` (the exported contract)."""
+        if graph == "encoder":
+            return encoder_io(self.img_size, self.embed_shape, self.io_layout)
+        if graph == "decoder":
+            return decoder_io(self.embed_shape, self.num_mask_tokens, self.io_layout)
+        raise InputError(f"{self.name} has no {graph!r} graph; it has {', '.join(self.graphs)}")
 
     @property
     def default_upsample(self) -> str | None:
@@ -202,6 +230,29 @@ _ENTRIES: tuple[ModelSpec, ...] = (
     _sam_vit("sam_vit_h", "SAM ViT-H (Meta, 32 blocks, width 1280): sam_vit_h_4b8939.pth"),
     _slimsam("50", "SlimSAM-50.pth"),
     _slimsam("77", "SlimSAM-77.pth"),
+    ModelSpec(
+        name="edgetam",
+        family="EdgeTAM",
+        description=(
+            "EdgeTAM (SAM 2 with a RepViT-M1 trunk; image mode, video memory): edgetam.pt"
+        ),
+        img_size=1024,
+        normalize="unit",
+        pad="after-normalize",
+        resize="stretch",
+        box_first=True,
+        prompt_pad="always",
+        io_layout="sam2",
+        mask_tokens=MaskTokens(
+            count=4, single=(0,), multi=(1, 2, 3), stable_threshold=0.98, stable_delta=0.05
+        ),
+        layout="edgetam.json",
+        signature_prefixes=("image_encoder.trunk.body.stem.", "spatial_perceiver."),
+        checkpoint_format="dict:model ({'model': state_dict}, loaded strictly)",
+        builder=f"{_HOST}.edgetam.model:build_edgetam",
+        verified_targets=("onnx",),
+        decoder_contracts=("edgesam",),
+    ),
     ModelSpec(
         name="mobile_sam",
         family="MobileSAM",

@@ -30,6 +30,8 @@ class Prediction:
     masks: np.ndarray  # bool, (K, H, W) or (B, K, H, W) for a batch of boxes
     scores: np.ndarray  # float32, (K,) or (B, K)
     low_res_logits: np.ndarray  # float32, (K, 256, 256) or (B, K, 256, 256)
+    # (1,) or (B, 1) when the decoder has an object-score output (SAM 2 layout), else None
+    object_score_logits: np.ndarray | None = None
 
 
 def _finite(session: Session, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,8 +79,12 @@ class Predictor:
         self.scores_kind = (
             "stability" if dmeta.get("use_stability_score", "false") == "true" else "iou"
         )
-        self._embeddings: np.ndarray | None = None
+        self._features: dict[str, np.ndarray] | None = None
         self._info: P.ImageInfo | None = None
+        # Decoder inputs beyond the prompts: encoder outputs of the same name (the SAM 2
+        # layout adds the high-resolution features), and an optional mask prompt.
+        self._decoder_inputs = {t.name: t for t in decoder.inputs}
+        self.accepts_mask_input = "mask_input" in self._decoder_inputs
 
     @property
     def image_info(self) -> P.ImageInfo:
@@ -86,12 +92,44 @@ class Predictor:
             raise InputError("call set_image(image) before predict()")
         return self._info
 
+    @property
+    def _embeddings(self) -> np.ndarray | None:
+        return None if self._features is None else self._features["image_embeddings"]
+
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         tensor, info = P.preprocess(image, image_format=image_format, params=self.preprocessing)
-        self._embeddings = _finite(self.encoder, self.encoder.run({"image": tensor}))[
-            "image_embeddings"
-        ]
+        self._features = _finite(self.encoder, self.encoder.run({"image": tensor}))
         self._info = info
+
+    def _decoder_feeds(
+        self, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        assert self._features is not None
+        feeds = {k: v for k, v in self._features.items() if k in self._decoder_inputs}
+        feeds["point_coords"], feeds["point_labels"] = coords, labels
+        if mask_input is not None and not self.accepts_mask_input:
+            raise InputError(
+                f"this {self.decoder.backend} decoder has no mask_input; export a model whose"
+                " decoder takes one (EdgeTAM) or drop mask_input"
+            )
+        if self.accepts_mask_input:
+            batch = coords.shape[0]
+            shape = tuple(int(d) for d in self._decoder_inputs["mask_input"].shape[2:])
+            if mask_input is None:
+                feeds["mask_input"] = np.zeros((batch, 1, *shape), np.float32)
+                feeds["has_mask_input"] = np.zeros((batch,), np.float32)
+            else:
+                m = np.asarray(mask_input, dtype=np.float32)
+                if m.shape[-2:] != shape or m.size != int(np.prod(shape)):
+                    raise InputError(
+                        f"mask_input must be one {shape[0]}x{shape[1]} low-res logit map (as"
+                        f" returned in Prediction.low_res_logits), got shape {m.shape}"
+                    )
+                feeds["mask_input"] = np.ascontiguousarray(
+                    np.broadcast_to(m.reshape(1, 1, *shape), (batch, 1, *shape))
+                )
+                feeds["has_mask_input"] = np.ones((batch,), np.float32)
+        return feeds
 
     def predict(
         self,
@@ -100,32 +138,36 @@ class Predictor:
         box: np.ndarray | None = None,
         num_multimask_outputs: int = 1,
         pad: bool = True,
+        mask_input: np.ndarray | None = None,
     ) -> Prediction:
         """Masks at the original size for prompts in original-image pixels.
 
         `box` may be (4,) or, with no points, (B, 4): B boxes decoded in one call.
-        `pad=True` appends EdgeSAM's padding point to point-only prompts as its PyTorch
-        predictor does; `pad=False` sends points as-is, like EdgeSAM's ONNX client.
+        `pad=True` appends the model's padding point as its PyTorch predictor does (EdgeSAM:
+        to point-only prompts; SAM 2 layouts: always); `pad=False` sends the prompts as-is,
+        like EdgeSAM's ONNX client. `mask_input` (decoders that take one, e.g. EdgeTAM): a
+        previous answer's 256x256 low-res logits. Single-mask answers follow the model's rule
+        (SAM 2: token 0 only when stable, else the best multimask token).
         """
         info = self.image_info
-        assert self._embeddings is not None
         coords, lab = P.build_prompts(
-            points, labels, box, original_size=info.original_size, img_size=self.frame, pad=pad
+            points,
+            labels,
+            box,
+            original_size=info.original_size,
+            pad=pad,
+            params=self.preprocessing,
         )
-        out = _finite(
-            self.decoder,
-            self.decoder.run(
-                {"image_embeddings": self._embeddings, "point_coords": coords, "point_labels": lab}
-            ),
-        )
+        out = _finite(self.decoder, self.decoder.run(self._decoder_feeds(coords, lab, mask_input)))
         scores, logits = P.select_masks(
             out["scores"], out["masks"], num_multimask_outputs, self.tokens
         )
         masks = P.threshold_masks(P.postprocess_masks(logits, info))
+        obj = out.get("object_score_logits")
         batched = box is not None and np.asarray(box).ndim == 2
         if not batched:
-            return Prediction(masks[0], scores[0], logits[0])
-        return Prediction(masks, scores, logits)
+            return Prediction(masks[0], scores[0], logits[0], None if obj is None else obj[0])
+        return Prediction(masks, scores, logits, obj)
 
     def predict_low_res(
         self, point_coords: np.ndarray, point_labels: np.ndarray, pad: bool = True
@@ -137,7 +179,7 @@ class Predictor:
         automatic mask generator drives. With `pad` (default), prompt sets without box corners
         get EdgeSAM's padding point, as its PyTorch predictor adds one.
         """
-        if self._embeddings is None:
+        if self._features is None:
             raise InputError("call set_image(image) before predict_low_res()")
         coords = np.asarray(point_coords, dtype=np.float32)
         labels = np.asarray(point_labels, dtype=np.float32)
@@ -146,18 +188,11 @@ class Predictor:
                 "predict_low_res expects point_coords (B, N, 2) and point_labels (B, N), got"
                 f" {coords.shape} and {labels.shape}"
             )
-        if pad and not np.isin(labels, (2.0, 3.0)).any():
+        always = self.preprocessing.prompt_pad == "always"
+        if pad and (always or not np.isin(labels, (2.0, 3.0)).any()):
             b = coords.shape[0]
             coords = np.concatenate([coords, np.zeros((b, 1, 2), np.float32)], axis=1)
             labels = np.concatenate([labels, np.full((b, 1), -1.0, np.float32)], axis=1)
-        out = _finite(
-            self.decoder,
-            self.decoder.run(
-                {
-                    "image_embeddings": self._embeddings,
-                    "point_coords": np.ascontiguousarray(coords),
-                    "point_labels": np.ascontiguousarray(labels),
-                }
-            ),
-        )
+        feeds = self._decoder_feeds(np.ascontiguousarray(coords), np.ascontiguousarray(labels))
+        out = _finite(self.decoder, self.decoder.run(feeds))
         return out["masks"], out["scores"]

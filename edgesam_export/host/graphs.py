@@ -33,6 +33,7 @@ from edgesam_export.device.contract import (  # noqa: F401  (re-exported: the co
     decoder_io,
     encoder_io,
 )
+from edgesam_export.host.models.edgetam.model import EdgeTAM
 from edgesam_export.host.models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
 
 
@@ -210,3 +211,71 @@ class DecoderGraph(nn.Module):
         masks = (hyper_in @ x.transpose(1, 2)).reshape(batch * k * h, w, 2, 2, 2, 2)
         masks = masks.permute(0, 2, 4, 1, 3, 5).reshape(batch, k, 4 * h, 4 * w)
         return masks, dec.iou_prediction_head(iou_token_out)
+
+
+class Sam2EncoderGraph(nn.Module):
+    """SAM 2 layout (EdgeTAM): image -> image_embeddings (level 2 + no_mem_embed),
+    high_res_feats_0, high_res_feats_1 (`conv_s0` / `conv_s1` of FPN levels 0 / 1)."""
+
+    def __init__(self, model: EdgeTAM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.encode_image(image)
+
+
+class Sam2DecoderGraph(nn.Module):
+    """SAM 2 layout (EdgeTAM): features + prompts + mask prompt -> scores, masks, object score.
+
+    Prompts arrive as the predictor packs them (`processing.build_prompts` with the model's
+    `Preprocessing`: box corners first, padding point appended). `mask_input` (B, 1, 256, 256)
+    logits replace the no-mask embedding where `has_mask_input` (B,) is 1. All four mask
+    tokens are returned; the single-mask stability rule is applied by the predictor (it
+    reads it from the decoder's `single_mask_stability` metadata).
+    """
+
+    image_pe: Tensor
+
+    def __init__(self, model: EdgeTAM, frame: int) -> None:
+        super().__init__()
+        self.model = model
+        self.frame = frame
+        with torch.no_grad():
+            self.register_buffer("image_pe", model.dense_pe().clone(), persistent=False)
+
+    def forward(
+        self,
+        image_embeddings: Tensor,
+        high_res_feats_0: Tensor,
+        high_res_feats_1: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        pe = self.model.sam_prompt_encoder
+        sparse = pe.embed_points(point_coords, point_labels, self.frame)
+        flag = has_mask_input.reshape(-1, 1, 1, 1)
+        dense = flag * pe.mask_downscaling(mask_input) + (1 - flag) * pe.dense_embedding()
+        masks, iou, _, obj = self.model.sam_mask_decoder.predict(
+            image_embeddings, high_res_feats_0, high_res_feats_1, self.image_pe, sparse, dense
+        )
+        return iou, masks, obj
+
+
+def sam2_graph(model: EdgeTAM, graph: str, frame: int) -> tuple[nn.Module, tuple[Tensor, ...]]:
+    """The SAM 2 layout's module for `graph` and deterministic trace inputs (B=2, N=3)."""
+    gen = torch.Generator().manual_seed(0)
+    if graph == "encoder":
+        return Sam2EncoderGraph(model).eval(), (torch.randn(1, 3, 1024, 1024, generator=gen),)
+    c, h, w = 256, 64, 64
+    return Sam2DecoderGraph(model, frame).eval(), (
+        torch.randn(1, c, h, w, generator=gen),
+        torch.randn(1, c // 8, 4 * h, 4 * w, generator=gen),
+        torch.randn(1, c // 4, 2 * h, 2 * w, generator=gen),
+        torch.rand(2, 3, 2, generator=gen) * frame,
+        torch.tensor([[2.0, 3.0, -1.0], [1.0, 0.0, -1.0]]),
+        torch.randn(2, 1, 4 * h, 4 * w, generator=gen),
+        torch.tensor([1.0, 0.0]),
+    )

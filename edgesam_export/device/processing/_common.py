@@ -37,6 +37,9 @@ class ImageInfo:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     img_size: int
+    # "longest" (SAM): masks are upscaled to S, cropped to input_size, resized to the original;
+    # "stretch" (SAM 2): one bilinear resize of the low-res logits straight to the original.
+    resize: str = "longest"
 
     def __post_init__(self) -> None:
         # Normalise to plain Python ints so the instance is hashable (used as a cache key)

@@ -16,7 +16,7 @@ from edgesam_export.device.processing._common import (
     _describe,
     get_preprocess_shape,
 )
-from edgesam_export.device.processing.resize import _resize_planar
+from edgesam_export.device.processing.resize import _resize_planar, resize_float_antialias
 
 #: Side length S of the square encoder input used by SAM and EdgeSAM.
 DEFAULT_IMG_SIZE: int = 1024
@@ -92,6 +92,18 @@ def normalization_table(
     raise ProcessingError(f"normalize must be 'sam' or 'unit', got {normalize!r}")
 
 
+def _stretch(rgb: NDArray[np.uint8], size: int, params: Preprocessing) -> NDArray[np.float32]:
+    """SAM 2: x / 255 in float32, antialiased bilinear to size x size, then (x - m) / s with
+    the ImageNet constants as 0..1 float32 values (torchvision ToTensor, Resize, Normalize)."""
+    planar = rgb.transpose(2, 0, 1) if rgb.ndim == 3 else np.repeat(rgb[None], 3, axis=0)
+    unit = planar.astype(np.float32) / np.float32(255.0)
+    resized = resize_float_antialias(unit, (size, size))
+    mean = (_as_float_array(params.pixel_mean, "pixel_mean") / 255.0).astype(np.float32)
+    std = (_as_float_array(params.pixel_std, "pixel_std") / 255.0).astype(np.float32)
+    out = (resized - mean[:, None, None]) / std[:, None, None]
+    return np.ascontiguousarray(out[None], dtype=np.float32)
+
+
 def preprocess(
     image: NDArray[np.uint8],
     img_size: int = DEFAULT_IMG_SIZE,
@@ -139,6 +151,13 @@ def preprocess(
         table = normalization_table(params.pixel_mean, params.pixel_std, normalize)
 
     height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    if params is not None and params.resize == "stretch":
+        return _stretch(rgb, size, params), ImageInfo(
+            original_size=(height, width),
+            input_size=(frame, frame),
+            img_size=frame,
+            resize="stretch",
+        )
     new_h, new_w = get_preprocess_shape(height, width, size)
     planar = _resize_planar(rgb, (new_h, new_w))  # (3, h, w), or (1, h, w) for grayscale
     tensor = np.zeros((1, 3, size, size), dtype=np.float32)

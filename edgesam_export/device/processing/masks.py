@@ -89,6 +89,10 @@ def _postprocess_bands(
     decodes many prompts for the same image.
     """
     bands = []
+    if input_size == (0, 0):  # stretch: one resize, low-res -> original
+        for axis in (0, 1):
+            bands.append(_banded(_torch_bilinear_matrix(low_res_size[axis], original_size[axis])))
+        return bands[0], bands[1]
     for axis in (0, 1):
         up = _torch_bilinear_matrix(low_res_size[axis], img_size)[: input_size[axis]]
         # down @ up, using that each row of `down` has two taps: O(out * low_res) work.
@@ -101,7 +105,8 @@ def postprocess_masks(low_res_logits: ArrayLike, info: ImageInfo) -> NDArray[np.
     """Upscale decoder logits ``(K, Lh, Lw)`` / ``(B, K, Lh, Lw)`` to the original image.
 
     Same semantics as SAM's ``postprocess_masks`` (bilinear to ``S x S``, crop to
-    ``input_size``, bilinear to ``original_size``, all with ``align_corners=False``), but
+    ``input_size``, bilinear to ``original_size``, all with ``align_corners=False``; for a
+    ``resize="stretch"`` image SAM 2's single bilinear resize to ``original_size``), but
     computed as ``Mh @ X @ Mw^T`` with precomputed, banded per-axis operators, which is much
     faster than two full-size resizes. Returns float32 logits ``(..., H, W)``; threshold them
     with :func:`threshold_masks`.
@@ -117,8 +122,9 @@ def postprocess_masks(low_res_logits: ArrayLike, info: ImageInfo) -> NDArray[np.
         )
     x = logits.astype(np.float32, copy=False)
     low_h, low_w = int(x.shape[-2]), int(x.shape[-1])
+    direct = info.resize == "stretch"
     rows, cols = _postprocess_bands(
-        info.original_size, info.input_size, info.img_size, (low_h, low_w)
+        info.original_size, (0, 0) if direct else info.input_size, info.img_size, (low_h, low_w)
     )
     out_h, out_w = info.original_size
     # Columns first on the small input (as rows of the transposed view), then rows.
@@ -194,9 +200,35 @@ def select_masks(
         raise ProcessingError(
             f"scores {score_arr.shape} and masks {mask_arr.shape} have different leading dims"
         )
+    if num_multimask_outputs == len(conv.single) and conv.stable_threshold is not None:
+        return _stable_or_best(score_arr, mask_arr, conv)
     chosen = choices[num_multimask_outputs]
     first, last = chosen[0], chosen[-1]
     if chosen == tuple(range(first, last + 1)):  # contiguous: a view, as before
         return score_arr[..., first : last + 1], mask_arr[..., first : last + 1, :, :]
     idx = np.asarray(chosen)
     return score_arr[..., idx], mask_arr[..., idx, :, :]
+
+
+def _stable_or_best(
+    scores: NDArray[Any], masks: NDArray[Any], conv: MaskTokens
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """SAM 2's single-mask answer: the single token where its stability reaches the threshold,
+    else the multimask token with the best score (first on ties, as argmax)."""
+    assert conv.stable_threshold is not None
+    single = conv.single[0]
+    logits = masks[..., single, :, :]
+    high = np.count_nonzero(logits > conv.stable_delta, axis=(-2, -1))
+    low = np.count_nonzero(logits > -conv.stable_delta, axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(
+            low > 0,
+            high.astype(np.float32) / np.maximum(low, 1).astype(np.float32),
+            np.float32(1.0),
+        )
+    multi = np.asarray(conv.multi)
+    best = multi[np.argmax(scores[..., multi], axis=-1)]
+    pick = np.where(ratio >= conv.stable_threshold, single, best)[..., None]
+    chosen_scores = np.take_along_axis(scores, pick, axis=-1)
+    chosen_masks = np.take_along_axis(masks, pick[..., None, None], axis=-3)
+    return chosen_scores, chosen_masks

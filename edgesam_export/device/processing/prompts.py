@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from edgesam_export.device.contract import Preprocessing
 from edgesam_export.device.processing._common import (
     ProcessingError,
     _as_float_array,
@@ -20,14 +21,20 @@ _PAD_LABEL = -1.0
 
 
 def transform_coords(
-    coords: ArrayLike, original_size: tuple[int, int], img_size: int = DEFAULT_IMG_SIZE
+    coords: ArrayLike,
+    original_size: tuple[int, int],
+    img_size: int = DEFAULT_IMG_SIZE,
+    *,
+    stretch: bool = False,
 ) -> NDArray[np.float32]:
     """Map ``(..., 2)`` ``(x, y)`` pixel coordinates of the original image to the S prompt frame.
 
     The scaling is done in float64 and then cast to float32, exactly like SAM's
     ``ResizeLongestSide.apply_coords`` followed by the predictor's float32 tensor
-    conversion, so the decoder sees bit-identical prompts. No +0.5 shift is applied here:
-    the exported decoder graph adds it itself.
+    conversion, so the decoder sees bit-identical prompts. With ``stretch`` (SAM 2: the image
+    is stretched to the square) x and y are scaled separately, in float32 as SAM 2's
+    predictor does: ``x / W * S``, ``y / H * S``. No +0.5 shift is applied here: the exported
+    decoder graph adds it itself.
     """
     arr = _as_float_array(coords, "coords")
     if arr.ndim < 1 or arr.shape[-1] != 2:
@@ -35,6 +42,12 @@ def transform_coords(
             f"coords must have shape (..., 2) holding (x, y) pairs, got shape {arr.shape}"
         )
     old_h, old_w = _as_size_pair(original_size, "original_size")
+    if stretch:
+        side = np.float32(_as_positive_int(img_size, "img_size"))
+        scaled = arr.astype(np.float32)
+        scaled[..., 0] = scaled[..., 0] / np.float32(old_w) * side
+        scaled[..., 1] = scaled[..., 1] / np.float32(old_h) * side
+        return scaled
     new_h, new_w = get_preprocess_shape(old_h, old_w, img_size)
     out = arr.copy()
     out[..., 0] = out[..., 0] * (new_w / old_w)
@@ -44,7 +57,11 @@ def transform_coords(
 
 
 def transform_boxes(
-    boxes: ArrayLike, original_size: tuple[int, int], img_size: int = DEFAULT_IMG_SIZE
+    boxes: ArrayLike,
+    original_size: tuple[int, int],
+    img_size: int = DEFAULT_IMG_SIZE,
+    *,
+    stretch: bool = False,
 ) -> NDArray[np.float32]:
     """Map ``(..., 4)`` XYXY boxes of the original image to the S prompt frame (float32).
 
@@ -56,7 +73,9 @@ def transform_boxes(
         raise ProcessingError(
             f"boxes must have shape (..., 4) holding (x0, y0, x1, y1), got shape {arr.shape}"
         )
-    corners = transform_coords(arr.reshape(*arr.shape[:-1], 2, 2), original_size, img_size)
+    corners = transform_coords(
+        arr.reshape(*arr.shape[:-1], 2, 2), original_size, img_size, stretch=stretch
+    )
     return corners.reshape(arr.shape)
 
 
@@ -123,6 +142,7 @@ def build_prompts(
     original_size: tuple[int, int],
     img_size: int = DEFAULT_IMG_SIZE,
     pad: bool = True,
+    params: Preprocessing | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Pack user prompts into the decoder inputs ``point_coords`` and ``point_labels``.
 
@@ -138,6 +158,11 @@ def build_prompts(
     ``(4,)`` gives outputs ``(1, N, 2)`` / ``(1, N)``. A batch of boxes ``(B, 4)`` gives one
     prompt set per box, ``(B, N, 2)`` / ``(B, N)``; points, if any, are shared by every box.
     No +0.5 pixel-centre shift is applied: the exported graph adds it and divides by S.
+
+    ``params`` (a model's :class:`Preprocessing`) overrides ``img_size`` with its frame and
+    applies its prompt conventions: per-axis scaling for ``resize="stretch"``, box corners
+    before the points (``box_first``), the padding point also after a box
+    (``prompt_pad="always"``; ``pad=False`` still sends the prompts as they are).
     """
     point_set = _validate_points(points, labels)
     box_set = _validate_boxes(box)
@@ -145,6 +170,11 @@ def build_prompts(
         raise ProcessingError(
             "no prompt given: pass points=(K, 2) with labels=(K,), and/or box=(4,) or (B, 4)"
         )
+    stretch, box_first, pad_always = False, False, False
+    if params is not None:
+        img_size = params.frame
+        stretch, box_first = params.resize == "stretch", params.box_first
+        pad_always = params.prompt_pad == "always"
     size = _as_positive_int(img_size, "img_size")
     orig = _as_size_pair(original_size, "original_size")
 
@@ -155,13 +185,15 @@ def build_prompts(
         batch = box_set[0].shape[0]
     if point_set is not None:
         pts, lab = point_set
-        coord_rows.append(np.broadcast_to(transform_coords(pts, orig, size), (batch, *pts.shape)))
+        scaled = transform_coords(pts, orig, size, stretch=stretch)
+        coord_rows.append(np.broadcast_to(scaled, (batch, *pts.shape)))
         label_rows.append(np.broadcast_to(lab.astype(np.float32), (batch, lab.shape[0])))
     if box_set is not None:
-        corners = transform_boxes(box_set[0], orig, size).reshape(batch, 2, 2)
-        coord_rows.append(corners)
-        label_rows.append(np.broadcast_to(np.asarray(_BOX_LABELS, np.float32), (batch, 2)))
-    elif pad:
+        corners = transform_boxes(box_set[0], orig, size, stretch=stretch).reshape(batch, 2, 2)
+        at = 0 if box_first else len(coord_rows)
+        coord_rows.insert(at, corners)
+        label_rows.insert(at, np.broadcast_to(np.asarray(_BOX_LABELS, np.float32), (batch, 2)))
+    if pad and (box_set is None or pad_always):
         coord_rows.append(np.zeros((batch, 1, 2), dtype=np.float32))
         label_rows.append(np.full((batch, 1), _PAD_LABEL, dtype=np.float32))
 

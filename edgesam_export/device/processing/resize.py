@@ -1,4 +1,5 @@
-"""Pillow-exact antialiased bilinear and bicubic resize of uint8 images, in numpy (no Pillow)."""
+"""Pillow-exact antialiased bilinear and bicubic resize of uint8 images, in numpy (no Pillow),
+and torch's antialiased bilinear resize of float images (SAM 2's preprocessing)."""
 
 from __future__ import annotations
 
@@ -202,3 +203,42 @@ def _resize_planar(
     if needs_h:
         planar = _swap_hw(_resample_rows(_swap_hw(planar), out_w, resample))
     return planar
+
+
+@functools.lru_cache(maxsize=16)
+def _antialias_matrix(in_size: int, out_size: int) -> NDArray[np.float32]:
+    """(out, in) weights of torch's ``interpolate(bilinear, antialias=True)`` on one axis.
+
+    Triangle filter with support max(1, in/out) around centre (i + 0.5) * in/out; taps
+    int(centre -/+ support + 0.5) clamped to the input; weights normalised per output.
+    Upscaling reduces to plain half-pixel bilinear.
+    """
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        centre = scale * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        taps = np.arange(lo, hi)
+        w = np.maximum(0.0, 1.0 - np.abs((taps - centre + 0.5) * inv))
+        total = w.sum()
+        if total > 0:
+            matrix[i, lo:hi] = w / total
+    out = matrix.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def resize_float_antialias(
+    planar: NDArray[np.float32], size: tuple[int, int]
+) -> NDArray[np.float32]:
+    """``(C, H, W)`` float32 -> ``(C, h, w)``: torch's antialiased bilinear, width pass first."""
+    out_h, out_w = _as_size_pair(size, "size")
+    if planar.ndim != 3:
+        raise ProcessingError(f"expected a (C, H, W) float array, got {_describe(planar)}")
+    rows = _antialias_matrix(int(planar.shape[1]), out_h)
+    cols = _antialias_matrix(int(planar.shape[2]), out_w)
+    x = np.matmul(planar.astype(np.float32, copy=False), cols.T)
+    return np.ascontiguousarray(np.matmul(rows, x), dtype=np.float32)

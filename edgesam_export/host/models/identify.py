@@ -66,6 +66,10 @@ def _depth(keys: Collection[str]) -> int:
 def identify(state: Mapping[str, Any] | Collection[str]) -> Identity | None:
     """What the checkpoint is; `state` may be a state dict (shapes used) or just its keys."""
     keys = set(state)
+    if any(k.startswith("spatial_perceiver.") for k in keys) and any(
+        k.startswith("image_encoder.trunk.body.stem.") for k in keys
+    ):
+        return Identity("EdgeTAM", "edgetam")
     if any(k.startswith(_SAM2_PREFIXES) for k in keys):
         return Identity("SAM 2 (Hiera image encoder with memory attention)", None)
     pos = _shape(state, "image_encoder.pos_embed")

@@ -14,27 +14,23 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
+from edgesam_export.device.contract import dynamic_axes
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.device.official_contract import FOREIGN
 from edgesam_export.host.config import ExportOptions, GraphKind, OnnxOptions
 from edgesam_export.host.graphs import (
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
-    ENCODER_INPUTS,
-    ENCODER_OUTPUTS,
     DecoderGraph,
     EncoderGraph,
-    decoder_io,
-    encoder_io,
 )
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.models.edgetam.model import EdgeTAM
 from edgesam_export.host.targets import Target, artifact_path
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
@@ -92,6 +88,15 @@ def build_graph(
     """
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
+    if spec.io_layout == "sam2":
+        from edgesam_export.host.graphs import sam2_graph
+
+        if use_stability_score or gelu_approximate:
+            raise InputError(
+                f"{spec.name} exports its own decoder contract (IoU scores, exact GELU):"
+                " drop --use-stability-score / --gelu-approximate"
+            )
+        return sam2_graph(cast(EdgeTAM, loaded.model), graph, spec.frame)
     if graph == "decoder" and contract == "official":
         from edgesam_export.host.graphs_official import OfficialDecoderGraph
 
@@ -213,20 +218,11 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         dynamic: dict[str, dict[int, str]] | None = {
             k: dict(v) for k, v in foreign.dynamic_axes.items()
         }
-    elif graph == "encoder":
-        inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
-        names_in = ENCODER_INPUTS
-        names_out = ENCODER_OUTPUTS
-        dynamic = None
-    else:
-        inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
-        names_in, names_out = DECODER_INPUTS, DECODER_OUTPUTS
-        dynamic = {
-            "point_coords": {0: "batch", 1: "num_points"},
-            "point_labels": {0: "batch", 1: "num_points"},
-            "scores": {0: "batch"},
-            "masks": {0: "batch"},
-        }
+    else:  # the model's own contract: names and symbolic axes from the registry
+        inputs, outputs = spec.graph_io(graph)
+        names_in = tuple(t.name for t in inputs)
+        names_out = tuple(t.name for t in outputs)
+        dynamic = dynamic_axes(inputs + outputs) or None
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers()
     )
