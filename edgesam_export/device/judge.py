@@ -346,6 +346,16 @@ def judge(
     (optional) receives the raw outputs, `record[name][case]`, and what the reference
     contributes (`Reference.record_into`), for the HTML report.
     """
+    extra = sorted(
+        {t.name for _, s in [*encoders, *decoders] for t in (*s.inputs, *s.outputs)}
+        & {"high_res_feats_0", "mask_input", "object_score_logits"}
+    )
+    if extra:  # the SAM 2 layout (EdgeTAM): no tolerance rows derived for it yet
+        raise InputError(
+            f"parity does not judge SAM 2-layout graphs yet (they have {', '.join(extra)}):"
+            " EdgeTAM's exports are checked against the official goldens by"
+            " tests/test_edgetam.py (docs/edgetam.md)"
+        )
     report = report or ParityReport()
     run = _Run(Judge(overrides), report, record)
     params = reference.preprocessing

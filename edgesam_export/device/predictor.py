@@ -10,6 +10,7 @@ scores sort anywhere, so a broken artifact would otherwise look like a model tha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,45 @@ def _finite(session: Session, outputs: dict[str, np.ndarray]) -> dict[str, np.nd
                 " its folder (it names the first node producing them)"
             )
     return outputs
+
+
+def decoder_feeds(
+    decoder: Session,
+    features: Mapping[str, np.ndarray],
+    coords: np.ndarray,
+    labels: np.ndarray,
+    mask_input: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The decoder's feeds: every encoder output it takes by name, the prompts, and, for a
+    decoder with a mask prompt (SAM 2 layout), `mask_input` (one 256x256 low-res logit map
+    for every prompt set) or a zero map with `has_mask_input` 0."""
+    wanted = {t.name: t for t in decoder.inputs}
+    feeds = {k: v for k, v in features.items() if k in wanted}
+    feeds["point_coords"], feeds["point_labels"] = coords, labels
+    if "mask_input" not in wanted:
+        if mask_input is not None:
+            raise InputError(
+                f"this {decoder.backend} decoder has no mask_input; export a model whose"
+                " decoder takes one (EdgeTAM) or drop mask_input"
+            )
+        return feeds
+    batch = coords.shape[0]
+    shape = tuple(int(d) for d in wanted["mask_input"].shape[2:])
+    if mask_input is None:
+        feeds["mask_input"] = np.zeros((batch, 1, *shape), np.float32)
+        feeds["has_mask_input"] = np.zeros((batch,), np.float32)
+        return feeds
+    m = np.asarray(mask_input, dtype=np.float32)
+    if m.shape[-2:] != shape or m.size != int(np.prod(shape)):
+        raise InputError(
+            f"mask_input must be one {shape[0]}x{shape[1]} low-res logit map (as returned in"
+            f" Prediction.low_res_logits), got shape {m.shape}"
+        )
+    feeds["mask_input"] = np.ascontiguousarray(
+        np.broadcast_to(m.reshape(1, 1, *shape), (batch, 1, *shape))
+    )
+    feeds["has_mask_input"] = np.ones((batch,), np.float32)
+    return feeds
 
 
 class Predictor:
@@ -83,8 +123,7 @@ class Predictor:
         self._info: P.ImageInfo | None = None
         # Decoder inputs beyond the prompts: encoder outputs of the same name (the SAM 2
         # layout adds the high-resolution features), and an optional mask prompt.
-        self._decoder_inputs = {t.name: t for t in decoder.inputs}
-        self.accepts_mask_input = "mask_input" in self._decoder_inputs
+        self.accepts_mask_input = any(t.name == "mask_input" for t in decoder.inputs)
 
     @property
     def image_info(self) -> P.ImageInfo:
@@ -105,31 +144,7 @@ class Predictor:
         self, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         assert self._features is not None
-        feeds = {k: v for k, v in self._features.items() if k in self._decoder_inputs}
-        feeds["point_coords"], feeds["point_labels"] = coords, labels
-        if mask_input is not None and not self.accepts_mask_input:
-            raise InputError(
-                f"this {self.decoder.backend} decoder has no mask_input; export a model whose"
-                " decoder takes one (EdgeTAM) or drop mask_input"
-            )
-        if self.accepts_mask_input:
-            batch = coords.shape[0]
-            shape = tuple(int(d) for d in self._decoder_inputs["mask_input"].shape[2:])
-            if mask_input is None:
-                feeds["mask_input"] = np.zeros((batch, 1, *shape), np.float32)
-                feeds["has_mask_input"] = np.zeros((batch,), np.float32)
-            else:
-                m = np.asarray(mask_input, dtype=np.float32)
-                if m.shape[-2:] != shape or m.size != int(np.prod(shape)):
-                    raise InputError(
-                        f"mask_input must be one {shape[0]}x{shape[1]} low-res logit map (as"
-                        f" returned in Prediction.low_res_logits), got shape {m.shape}"
-                    )
-                feeds["mask_input"] = np.ascontiguousarray(
-                    np.broadcast_to(m.reshape(1, 1, *shape), (batch, 1, *shape))
-                )
-                feeds["has_mask_input"] = np.ones((batch,), np.float32)
-        return feeds
+        return decoder_feeds(self.decoder, self._features, coords, labels, mask_input)
 
     def predict(
         self,

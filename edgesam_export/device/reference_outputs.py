@@ -34,9 +34,11 @@ import numpy as np
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.artifacts import atomic_path
+from edgesam_export.device.contract import MASK_THRESHOLD, STABILITY_OFFSET
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.device.judge import Expected
 from edgesam_export.device.parity import PromptCase, make_test_image, prompt_cases
+from edgesam_export.device.predictor import decoder_feeds
 from edgesam_export.device.runtime import Session
 
 REFERENCE_OUTPUTS_SUFFIX = "_reference.npz"
@@ -117,18 +119,21 @@ def save_reference_outputs(
     meta_in = encoder.metadata
     params = P.Preprocessing.from_metadata(meta_in)  # encoder size, prompt frame, normalisation
     tensor, info = P.preprocess(image, params=params)
-    emb = encoder.run({"image": tensor})["image_embeddings"].astype(np.float32)
+    features = encoder.run({"image": tensor})
+    emb = features["image_embeddings"].astype(np.float32)
     cases = prompt_cases(params.frame, info.input_size)  # in the prompt frame
     arrays: dict[str, np.ndarray] = {"image": image, "image_embeddings": emb}
     for i, case in enumerate(cases):
-        feeds = {
-            "image_embeddings": emb,
-            "point_coords": case.point_coords,
-            "point_labels": case.point_labels,
-        }
+        feeds = decoder_feeds(decoders[False], features, case.point_coords, case.point_labels)
         iou = decoders[False].run(feeds)
-        stab = decoders[True].run(feeds)
         masks = iou["masks"].astype(np.float32)
+        # A family without a stability-score decoder (SAM 2 layout): the same score computed
+        # from the reference masks (what such a decoder graph would output).
+        stab = (
+            decoders[True].run(feeds)
+            if True in decoders
+            else {"scores": P.stability_score(masks, MASK_THRESHOLD, STABILITY_OFFSET)}
+        )
         arrays[f"case{i}_point_coords"] = case.point_coords
         arrays[f"case{i}_point_labels"] = case.point_labels
         arrays[f"case{i}_scores"] = iou["scores"].astype(np.float32)

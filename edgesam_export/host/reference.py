@@ -64,20 +64,24 @@ def torch_sessions(
 ) -> tuple[TorchSession, TorchSession]:
     """Encoder and IoU decoder sessions for benchmarks: as loaded (`optimized=False`, the
     reference maths) or the graph rewrites the ONNX export traces (`optimized=True`)."""
-    from edgesam_export.host.graphs import DecoderGraph, EncoderGraph, decoder_io, encoder_io
+    from edgesam_export.host.graphs import DecoderGraph, EncoderGraph, sam2_graph
     from edgesam_export.host.metadata import base_metadata
 
     spec = loaded.spec
     meta = base_metadata(loaded, graph="", use_stability_score=False)
     meta["precision"] = precision
-    ein, eout = encoder_io(spec.img_size, spec.embed_shape)
-    din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+    ein, eout = spec.graph_io("encoder")
+    din, dout = spec.graph_io("decoder")
     dtype = TORCH_DTYPES[precision]
     # .to(device, dtype) converts in place: give other precisions/devices their own copy, so
     # the float32 CPU reference built from the same loaded model stays untouched.
     own = copy.deepcopy if (dtype != "float32" or device != "cpu") else (lambda m: m)
-    enc_module = own(EncoderGraph(loaded.model.image_encoder, optimized=optimized))
-    dec_module = own(DecoderGraph(loaded.model, spec.frame, False, optimized=optimized))
+    if spec.io_layout == "sam2":
+        enc_module = own(sam2_graph(loaded.model, "encoder", spec.frame)[0])
+        dec_module = own(sam2_graph(loaded.model, "decoder", spec.frame)[0])
+    else:
+        enc_module = own(EncoderGraph(loaded.model.image_encoder, optimized=optimized))
+        dec_module = own(DecoderGraph(loaded.model, spec.frame, False, optimized=optimized))
     enc_meta = {**meta, "graph": "encoder"}
     dec_meta = {**meta, "graph": "decoder"}
     enc = TorchSession(enc_module, "encoder", ein, eout, enc_meta, device, dtype)
@@ -94,15 +98,24 @@ def reference_sessions(
     official single spatial mean, so the reference is the official maths. `gelu_approximate`
     gives the reference of artifacts exported with tanh GELUs (the same maths, tanh GELU).
     """
-    from edgesam_export.host.graphs import DecoderGraph, EncoderGraph, decoder_io, encoder_io
+    from edgesam_export.host.graphs import DecoderGraph, EncoderGraph, sam2_graph
     from edgesam_export.host.metadata import base_metadata
 
     spec = loaded.spec
     meta = base_metadata(loaded, graph="", use_stability_score=False)
     if gelu_approximate:
         meta["gelu_approximate"] = "true"
-    ein, eout = encoder_io(spec.img_size, spec.embed_shape)
-    din, dout = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+    ein, eout = spec.graph_io("encoder")
+    din, dout = spec.graph_io("decoder")
+    if spec.io_layout == "sam2":  # one IoU decoder: its exports have no stability flavour
+        enc_meta, dec_meta = {**meta, "graph": "encoder"}, {**meta, "graph": "decoder"}
+        return TorchSession(
+            sam2_graph(loaded.model, "encoder", spec.frame)[0], "encoder", ein, eout, enc_meta
+        ), {
+            False: TorchSession(
+                sam2_graph(loaded.model, "decoder", spec.frame)[0], "decoder", din, dout, dec_meta
+            )
+        }
     enc = TorchSession(
         EncoderGraph(loaded.model.image_encoder, gelu_approximate=gelu_approximate),
         "encoder",
