@@ -303,3 +303,14 @@ def test_stretch_preprocessing_matches_torch_antialias(shape: tuple[int, int]) -
     ours, info = P.preprocess(image, params=get_spec("edgetam").preprocessing)
     assert info.resize == "stretch" and info.original_size == shape
     assert np.abs(ours - _torch_preprocess(image).numpy()).max() <= TOL_INPUT
+
+
+def test_tensorrt_parser_readiness(tam_onnx: Path) -> None:
+    """trt-check (TensorRT 10.1 ONNX parser table) on both image graphs, with the CLI's
+    default profiles for the prompt batch and point count."""
+    from edgesam_export.device.trt_check import check_path, parse_range
+
+    profiles = {"num_points": parse_range("1:2:32", "points"), "batch": parse_range("1:1:64", "b")}
+    for graph in ("encoder", "decoder"):
+        report = check_path(tam_onnx / f"edgetam_{graph}.onnx", profiles)
+        assert report.passed, [f.message for f in report.errors]
