@@ -22,10 +22,11 @@ binarised (prompted frames) or through a sigmoid (tracked frames).
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from edgesam_export.host.models.edgetam.memory import (
     split_object_pointers,
 )
 from edgesam_export.host.models.edgetam.model import EdgeTAM
+from edgesam_export.host.targets.onnx import dedupe_initializers
 
 NO_OBJ_SCORE = -1024.0
 IMAGE_SIZE = 1024
@@ -199,6 +201,22 @@ VIDEO_GRAPHS: tuple[VideoGraph, ...] = (
 )
 
 
+def _constants_to_initializers(proto: Any, min_values: int = 1024) -> None:
+    """Move large Constant nodes into initializers so identical ones can be merged."""
+    keep = []
+    for node in proto.graph.node:
+        attr = (
+            node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        )
+        if attr is not None and attr.name == "value" and math.prod(attr.t.dims) >= min_values:
+            attr.t.name = node.output[0]
+            proto.graph.initializer.append(attr.t)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+
+
 def export_video_graphs(model: EdgeTAM, out_dir: Path, opset: int = 17) -> list[Path]:
     """Write the four video graphs as ONNX files `edgetam_<graph>.onnx` into `out_dir`.
 
@@ -227,6 +245,8 @@ def export_video_graphs(model: EdgeTAM, out_dir: Path, opset: int = 17) -> list[
                 do_constant_folding=True,
             )
         proto = onnx.load_from_string(buf.getvalue())
+        _constants_to_initializers(proto)
+        dedupe_initializers(proto)  # the tracer folds the RoPE tables once per use
         for key, value in (("model", "edgetam"), ("graph", graph.name)):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
