@@ -155,18 +155,19 @@ def test_fp16_rows_are_derived_not_copied():
     assert tolerances_for("tensorrt", "fp16") == tolerances_for("onnx", "fp16")
     derived, _ = tolerances_for("onnx", "fp16")
     assert derived["image_embeddings"] != PRECISION_ROWS["fp16"].limits["image_embeddings"]
-    assert tolerances_for("onnx", "int8")[1] == 0.85
+    assert tolerances_for("onnx", "int8-dynamic")[1] == 0.85
 
 
 def test_reduced_precision_decoders_pass_parity(tmp_path: Path, calibrated: LoadedModel):
-    """fp16 and int8 decoders exported side by side, judged in one parity run."""
+    """fp16 and dynamic int8 decoders exported side by side, judged in one parity run (static
+    int8: tests/test_quantize.py)."""
     from edgesam_export.host.pipeline import verify_artifacts
 
     fp16 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, precision="fp16"))
-    int8 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, quantize="int8"))
+    int8 = export(calibrated, "decoder", OnnxOptions(output=tmp_path, quantize="int8-dynamic"))
     for art, kind, weight_type in (
         (fp16, "fp16", TensorProto.FLOAT16),
-        (int8, "int8", TensorProto.INT8),
+        (int8, "int8-dynamic", TensorProto.INT8),
     ):
         assert art.path.name == f"edge_sam_decoder_{kind}.onnx"
         assert art.metadata["precision"] == kind
@@ -176,7 +177,7 @@ def test_reduced_precision_decoders_pass_parity(tmp_path: Path, calibrated: Load
         assert weight_type in {i.data_type for i in model.graph.initializer}
     report = verify_artifacts(None, tmp_path, loaded=calibrated)
     assert report.passed, report.summary()
-    assert {c.precision for c in report.comparisons} == {"fp16", "int8"}
+    assert {c.precision for c in report.comparisons} == {"fp16", "int8-dynamic"}
 
 
 def test_fp16_and_int8_together_is_refused():

@@ -286,6 +286,23 @@ ONNX_INT8 = ToleranceRow(
     estimated=frozenset({"decoder.stability_scores", "end_to_end.stability_scores"}),
     group="edgesam",
 )
+# Static int8 QDQ (`--quantize int8`: per-channel int8 weights, calibrated uint8 activations,
+# the sensitive blocks kept float until the mask bar holds on held-out inputs). An estimate
+# (not measured yet, docs/quantize.md): what holds static int8 to account is the mask bar its
+# export is searched against (`device.judge.mask_bar`); the limits are the dynamic row's order.
+ONNX_INT8_STATIC = ToleranceRow(
+    {
+        "image_embeddings": 1.0,
+        "decoder.masks": 1.0,
+        "decoder.scores": 1e-1,
+        "decoder.stability_scores": 1e-1,
+        "end_to_end.masks": 1.0,
+        "end_to_end.scores": 1e-1,
+        "end_to_end.stability_scores": 1e-1,
+    },
+    0.9,
+    estimate=True,
+)
 # CoreML fp16 / int8-weight rows: measured with the MIL executor on saved packages of the
 # calibrated synthetic weights, on the parity test image and prompt cases, then set to about
 # 2-3x the worst value seen. fp16: every op rounded to fp16, as the program declares.

@@ -103,20 +103,76 @@ class OnnxOptions(ExportOptions):
     )
 
     # Reduced precision (targets/onnx_precision.py): a real fp16 graph with the fp16-unsafe
-    # layers kept fp32, or dynamic int8 quantization; float32 I/O either way.
+    # layers kept fp32; static int8 QDQ searched to meet an accuracy target (host/quantize/);
+    # or dynamic int8 (MatMul/Gemm weights only). Float32 I/O in every case.
     precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp32, or fp16 (fp16-unsafe layers kept fp32; float32 I/O)"
     )
-    quantize: Literal["int8"] | None = Field(
-        None, description="int8: dynamic int8 quantization (onnxruntime)"
+    quantize: Literal["int8", "int8-dynamic"] | None = Field(
+        None,
+        description="int8: static QDQ, calibrated, the blocks that break the masks kept float"
+        " (--accuracy-target); int8-dynamic: dynamic MatMul/Gemm int8 (onnxruntime)",
+    )
+    # Static int8 only (docs/quantize.md).
+    calibration: Path | None = Field(
+        None,
+        description="Static int8: folder of calibration images (PNG or .npy; default: built-in"
+        " synthetic images, never the held-out images the result is judged on)",
+    )
+    calibration_images: int = Field(
+        8, ge=1, le=256, description="Static int8: how many calibration images to use"
+    )
+    calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="Static int8: how activation ranges are calibrated"
+    )
+    activation_symmetric: bool = Field(
+        False, description="Static int8: symmetric int8 activations (TensorRT's convention)"
+    )
+    accuracy_target: str = Field(
+        "miou=0.97,worst=0.9",
+        description="Static int8: mask IoU bar against PyTorch on held-out images and prompts"
+        " (mean and worst); the search keeps the fewest blocks float that meet it",
+    )
+    heldout_images: int = Field(
+        3, ge=1, le=50, description="Static int8: held-out images the search judges on"
+    )
+    STATIC_INT8: ClassVar[tuple[str, ...]] = (
+        "calibration",
+        "calibration_images",
+        "calibration_method",
+        "activation_symmetric",
+        "accuracy_target",
+        "heldout_images",
     )
 
     @field_validator("quantize")
     @classmethod
     def _one_reduction(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and info.data.get("precision", "fp32") != "fp32":
-            raise ValueError("choose --precision fp16 or --quantize int8, not both")
+            raise ValueError(f"choose --precision fp16 or --quantize {v}, not both")
         return v
+
+    @field_validator("accuracy_target")
+    @classmethod
+    def _bar(cls, v: str) -> str:
+        from edgesam_export.device.errors import InputError
+        from edgesam_export.device.judge import MaskBar
+
+        try:
+            return str(MaskBar.parse(v))
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _static_options_need_static_int8(self) -> OnnxOptions:
+        if self.quantize != "int8":
+            fields = type(self).model_fields
+            given = [f for f in self.STATIC_INT8 if getattr(self, f) != fields[f].default]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} applies to --quantize int8 (static); add it or drop them"
+                )
+        return self
 
 
 CoreMLPrecision = Literal["fp32", "fp16"]

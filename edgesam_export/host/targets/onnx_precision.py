@@ -1,4 +1,4 @@
-"""Reduced-precision ONNX: a real fp16 graph, or a dynamically quantized int8 graph.
+"""Reduced-precision ONNX: a real fp16 graph, a static int8 QDQ graph, or dynamic int8.
 
 Post-processing of the fp32 graph that `targets/onnx.py` builds, driven by the same fp16
 safety analysis as the TensorRT target:
@@ -7,9 +7,12 @@ safety analysis as the TensorRT target:
   the nodes the fp16 safety report pins (overflow or near-overflow on the calibration input),
   which stay float32 with Casts around them. Inputs and outputs stay float32 (`keep_io_types`),
   so the I/O contract and every caller are unchanged; the cast to fp16 happens inside.
-- int8: onnxruntime's dynamic quantization (weights int8 ahead of time, activations quantized
-  per call from their observed range); MatMul and Gemm only: dynamically quantized Conv
-  (ConvInteger) is slower than fp32 on onnxruntime's CPU kernels and loses more accuracy.
+- int8: static QDQ (int8 weights per channel, activations quantized with ranges calibrated on
+  images), with the blocks that break the masks kept float by a sensitivity search against
+  an accuracy target (`host/quantize/`, docs/quantize.md).
+- int8-dynamic: onnxruntime's dynamic quantization (weights int8 ahead of time, activations
+  quantized per call from their observed range); MatMul and Gemm only: dynamically quantized
+  Conv (ConvInteger) is slower than fp32 on onnxruntime's CPU kernels and loses more accuracy.
 
 Each records `precision` (fp16 | int8) and what was kept in fp32 in the ONNX metadata; parity
 reads it and judges the artifact with its own tolerance row.
@@ -17,7 +20,9 @@ reads it and judges the artifact with its own tolerance row.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,15 +39,29 @@ if (
 INT8_OPS = ("MatMul", "Gemm")
 
 
-def reduce_precision(proto: Any, loaded: LoadedModel, options: OnnxOptions) -> Any:
+def reduce_precision(
+    proto: Any,
+    loaded: LoadedModel,
+    options: OnnxOptions,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
     """The hook `targets/onnx.py` calls on its finished fp32 graph."""
     if options.quantize == "int8":
+        from edgesam_export.host.quantize import quantize_graph
+
+        return quantize_graph(proto, loaded, options, progress or _stderr)
+    if options.quantize == "int8-dynamic":
         return to_int8(proto)
     embeddings = None
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("graph") == "decoder":  # calibrate on the reference encoder's embeddings
         embeddings = reference_embeddings(loaded)
     return to_fp16(proto, safety_pins(proto, embeddings))
+
+
+def _stderr(message: str) -> None:
+    """The static int8 search's progress (minutes on an encoder), beside the CLI's own."""
+    print(f"  {message}", file=sys.stderr, flush=True)
 
 
 def reference_embeddings(loaded: LoadedModel) -> np.ndarray:
@@ -113,7 +132,7 @@ def to_int8(proto: Any) -> Any:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise BackendUnavailableError(
-            "--quantize int8 uses onnxruntime.quantization: pip install onnxruntime"
+            "--quantize int8-dynamic uses onnxruntime.quantization: pip install onnxruntime"
         ) from None
     meta = {p.key: p.value for p in proto.metadata_props}
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +140,7 @@ def to_int8(proto: Any) -> Any:
         onnx.save(proto, str(src))
         quantize_dynamic(src, dst, op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
         quantized = onnx.load(str(dst))
-    meta |= {"precision": "int8", "int8.method": "dynamic", "int8.ops": ",".join(INT8_OPS)}
+    meta |= {"precision": "int8-dynamic", "int8.method": "dynamic", "int8.ops": ",".join(INT8_OPS)}
     _set_meta(quantized, meta)
     return quantized
 

@@ -1,0 +1,284 @@
+"""Sensitivity analysis and the search for the fewest float blocks that meet the mask bar.
+
+1. Quantize everything; judge it on the held-out inputs (masks against the PyTorch reference).
+   Meets the bar: done, nothing kept float.
+2. Sensitivity: quantize one block at a time (everything else float) and measure the SQNR (dB)
+   of the graph's output against the float reference on the first held-out image (cheap: one
+   run, no decoder). Low SQNR = sensitive. The reference outputs are computed once.
+3. Search: keep the k most sensitive blocks float, k found by bisection (each probe judged on
+   every held-out image and prompt); every probe is a point of the frontier in the report.
+
+The PyTorch reference answers every probe: an encoder candidate's embeddings go through the
+PyTorch decoder, a decoder candidate gets the PyTorch embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgesam_export.device import processing as P
+from edgesam_export.device.errors import ExportFailedError
+from edgesam_export.device.judge import MaskBar, MaskBarResult, mask_bar
+from edgesam_export.host.quantize.data import (
+    CALIBRATION_PROMPT_SEED,
+    HELDOUT_PROMPT_SEED,
+    Inputs,
+    calibration_images,
+    check_disjoint,
+    heldout_images,
+    prepare,
+)
+from edgesam_export.host.quantize.static import StaticQuantizer, blocks
+
+if TYPE_CHECKING:
+    from edgesam_export.host.config import OnnxOptions
+    from edgesam_export.host.models import LoadedModel
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def sqnr_db(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when equal, -inf on NaN/inf)."""
+    c, r = np.asarray(candidate, np.float64), np.asarray(reference, np.float64)
+    if not np.all(np.isfinite(c)):
+        return float("-inf")
+    noise = float(np.sum((c - r) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(r**2) / noise))
+
+
+@dataclass
+class Point:
+    """One probe of the search: which blocks stayed float and what it scored."""
+
+    float_blocks: list[str]
+    float_nodes: int
+    mean_iou: float
+    worst_iou: float
+    sqnr_db: float  # of the graph's primary output, over every held-out input
+    latency_ms: float  # one timed run after a warm-up (a hint; bench_int8.py measures speed)
+    passed: bool
+
+
+@dataclass
+class Report:
+    graph: str
+    bar: str
+    calibration: dict[str, Any]
+    heldout: dict[str, Any]
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    frontier: list[Point] = field(default_factory=list)
+    float_blocks: list[str] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Evaluator:
+    """Held-out inputs, their float reference outputs (computed once), and the judgement of a
+    candidate graph on them."""
+
+    def __init__(self, graph: str, loaded: LoadedModel, inputs: Inputs, bar: MaskBar) -> None:
+        from edgesam_export.host.reference import reference_sessions
+
+        self.graph, self.inputs, self.bar = graph, inputs, bar
+        encoder, decoders = reference_sessions(loaded)
+        self.decoder = decoders[False]
+        self.embeddings = [encoder.run({"image": t})["image_embeddings"] for t in inputs.tensors]
+        self.reference = [self.decoder.run(f) for f in inputs.decoder_feeds(self.embeddings)]
+        self.first_cases = len(inputs.prompts[0])
+
+    def _session(self, proto: Any) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _run(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    def quick(self, proto: Any) -> float:
+        """SQNR (dB) of the primary output on the first held-out image."""
+        session = self._session(proto)
+        if self.graph == "encoder":
+            emb = self._run(session, {"image": self.inputs.tensors[0]})["image_embeddings"]
+            return sqnr_db(emb, self.embeddings[0])
+        feeds = list(self.inputs.decoder_feeds(self.embeddings))[: self.first_cases]
+        got = [self._run(session, f)["masks"] for f in feeds]
+        ref = [r["masks"] for r in self.reference[: self.first_cases]]
+        return sqnr_db(
+            np.concatenate([g.ravel() for g in got]), np.concatenate([r.ravel() for r in ref])
+        )
+
+    def judge(self, proto: Any) -> tuple[MaskBarResult, float, float]:
+        """(mask bar result, SQNR dB, latency ms) over every held-out image and prompt."""
+        session = self._session(proto)
+        if self.graph == "encoder":
+            first = {"image": self.inputs.tensors[0]}
+            self._run(session, first)
+            t0 = time.perf_counter()
+            emb = [
+                self._run(session, {"image": t})["image_embeddings"] for t in self.inputs.tensors
+            ]
+            latency = (time.perf_counter() - t0) / len(emb)
+            outs = [self.decoder.run(f) for f in self.inputs.decoder_feeds(emb)]
+            sqnr = sqnr_db(np.stack(emb), np.stack(self.embeddings))
+        else:
+            feeds = list(self.inputs.decoder_feeds(self.embeddings))
+            self._run(session, feeds[0])
+            t0 = time.perf_counter()
+            outs = [self._run(session, f) for f in feeds]
+            latency = (time.perf_counter() - t0) / len(outs)
+            sqnr = sqnr_db(
+                np.concatenate([o["masks"].ravel() for o in outs]),
+                np.concatenate([r["masks"].ravel() for r in self.reference]),
+            )
+        pairs = [
+            (ref["scores"], ref["masks"], out["masks"])
+            for ref, out in zip(self.reference, outs, strict=True)
+        ]
+        return mask_bar(pairs, self.bar), sqnr, 1000 * latency
+
+
+def search(
+    quantizer: StaticQuantizer,
+    evaluator: Evaluator,
+    block_map: dict[str, list[str]],
+    report: Report,
+    progress: Progress = _quiet,
+) -> Any:
+    """The QDQ graph with the fewest float blocks that meets the bar (steps in the module doc);
+    fills `report`. Raises ExportFailedError when only the all-float graph meets it."""
+
+    def probe(kept: Sequence[str]) -> tuple[Any, Point]:
+        nodes = [n for b in kept for n in block_map[b]]
+        proto = quantizer.quantize(exclude=nodes)
+        result, sqnr, latency = evaluator.judge(proto)
+        point = Point(
+            list(kept), len(nodes), result.mean_iou, result.worst_iou, sqnr, latency, result.passed
+        )
+        report.frontier.append(point)
+        progress(
+            f"int8 {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
+            f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB"
+        )
+        return proto, point
+
+    progress(f"int8 {report.graph}: calibrating and quantizing every block")
+    best, point = probe([])
+    if point.passed:
+        return best
+    names = list(block_map)
+    for i, name in enumerate(names, 1):
+        progress(f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}")
+        db = evaluator.quick(quantizer.quantize(only=block_map[name]))
+        report.sensitivity.append({"block": name, "nodes": len(block_map[name]), "sqnr_db": db})
+    ranking = [s["block"] for s in sorted(report.sensitivity, key=lambda s: s["sqnr_db"])]
+    lo, hi, best = 0, len(ranking), None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        proto, point = probe(ranking[:mid])
+        if point.passed:
+            hi, best = mid, proto
+        else:
+            lo = mid
+    if best is None:
+        raise ExportFailedError(
+            f"int8 {report.graph}: no partly quantized graph meets the accuracy target"
+            f" {report.bar} (closest: {_closest(report.frontier)}); loosen --accuracy-target"
+            " or export fp32/fp16"
+        )
+    report.float_blocks = ranking[:hi]
+    report.float_nodes = [n for b in ranking[:hi] for n in block_map[b]]
+    return best
+
+
+def _closest(frontier: Sequence[Point]) -> str:
+    p = max(frontier, key=lambda p: (p.worst_iou, p.mean_iou))
+    return f"{len(p.float_blocks)} float blocks, mean IoU {p.mean_iou:.4f}, worst {p.worst_iou:.4f}"
+
+
+def quantize_graph(
+    proto: Any, loaded: LoadedModel, options: OnnxOptions, progress: Progress = _quiet
+) -> Any:
+    """Static int8 QDQ of one of our fp32 graphs (encoder or decoder), searched to meet
+    `options.accuracy_target`; the report rides in the metadata (`int8.report`)."""
+    from edgesam_export.host.reference import reference_sessions
+
+    t0 = time.perf_counter()
+    meta = {p.key: p.value for p in proto.metadata_props}
+    graph = meta.get("graph", "encoder")
+    params = _preprocessing(loaded)
+    bar = MaskBar.parse(options.accuracy_target)
+    cal_images = calibration_images(options.calibration, options.calibration_images)
+    held_images = heldout_images(options.heldout_images)
+    check_disjoint(cal_images, held_images)
+    calibration = prepare(cal_images, params, CALIBRATION_PROMPT_SEED)
+    heldout = prepare(held_images, params, HELDOUT_PROMPT_SEED)
+    progress(f"int8 {graph}: PyTorch reference on {len(held_images)} held-out image(s)")
+    evaluator = Evaluator(graph, loaded, heldout, bar)
+    if graph == "encoder":
+        feeds: list[dict[str, Any]] = [{"image": t} for t in calibration.tensors]
+    else:
+        encoder, _ = reference_sessions(loaded)
+        emb = [encoder.run({"image": t})["image_embeddings"] for t in calibration.tensors]
+        feeds = list(calibration.decoder_feeds(emb))
+    report = Report(
+        graph,
+        str(bar),
+        {
+            "source": str(options.calibration) if options.calibration else "synthetic",
+            "images": len(cal_images),
+            "feeds": len(feeds),
+            "method": options.calibration_method,
+            "activation_symmetric": options.activation_symmetric,
+        },
+        {
+            "images": len(held_images),
+            "prompt_cases": len(evaluator.reference),
+            "masks": sum(int(r["scores"].shape[0]) for r in evaluator.reference),
+        },
+    )
+    block_map = blocks(proto)
+    with StaticQuantizer(
+        proto, feeds, options.calibration_method, options.activation_symmetric
+    ) as quantizer:
+        quantized = search(quantizer, evaluator, block_map, report, progress)
+    report.seconds = round(time.perf_counter() - t0, 1)
+    final = (
+        report.frontier[-1]
+        if not report.float_blocks
+        else next(p for p in reversed(report.frontier) if p.float_blocks == report.float_blocks)
+    )
+    meta |= {
+        "precision": "int8",
+        "int8.method": "static-qdq",
+        "int8.calibration": f"{report.calibration['source']} ({len(cal_images)} images)",
+        "int8.float_blocks": ",".join(report.float_blocks),
+        "int8.mask_iou": f"mean {final.mean_iou:.4f} worst {final.worst_iou:.4f}",
+        "int8.report": json.dumps(report.to_json()),
+    }
+    del quantized.metadata_props[:]
+    for key in sorted(meta):
+        quantized.metadata_props.add(key=key, value=meta[key])
+    return quantized
+
+
+def _preprocessing(loaded: LoadedModel) -> P.Preprocessing:
+    from edgesam_export.host.metadata import base_metadata
+
+    return P.Preprocessing.from_metadata(
+        base_metadata(loaded, graph="encoder", use_stability_score=False)
+    )
