@@ -287,21 +287,35 @@ ONNX_INT8 = ToleranceRow(
     group="edgesam",
 )
 # Static int8 QDQ (`--quantize int8`: per-channel int8 weights, calibrated uint8 activations,
-# the sensitive blocks kept float until the mask bar holds on held-out inputs). An estimate
-# (not measured yet, docs/quantize.md): what holds static int8 to account is the mask bar its
-# export is searched against (`device.judge.mask_bar`); the limits are the dynamic row's order.
+# the sensitive blocks kept float until the mask bar holds on held-out inputs). Decoder checks
+# measured by parity of `onnx --decoder --quantize int8` (defaults) on the calibrated synthetic
+# EdgeSAM, worst case x3 rounded up to one significant digit (docs/quantize.md); the encoder's and
+# the stability checks are not measured (no encoder int8 has met the bar yet): estimates at the
+# decoder's values. What holds static int8 to account is the mask bar its search meets.
+_INT8_ESTIMATED = frozenset(
+    {
+        "image_embeddings",
+        "decoder.stability_scores",
+        "end_to_end.masks",
+        "end_to_end.scores",
+        "end_to_end.stability_scores",
+    }
+)
 ONNX_INT8_STATIC = ToleranceRow(
     {
-        "image_embeddings": 1.0,
-        "decoder.masks": 1.0,
-        "decoder.scores": 1e-1,
-        "decoder.stability_scores": 1e-1,
-        "end_to_end.masks": 1.0,
-        "end_to_end.scores": 1e-1,
-        "end_to_end.stability_scores": 1e-1,
+        "image_embeddings": 2.0,  # not measured
+        "decoder.masks": 2.0,  # measured 0.355 (cosine 0.9986)
+        "decoder.scores": 2e-1,  # 0.036
+        "decoder.stability_scores": 2e-1,  # not measured: the scores' value
+        "end_to_end.masks": 2.0,  # not measured: the decoder's value
+        "end_to_end.scores": 2e-1,  # not measured: the decoder's value
+        "end_to_end.stability_scores": 2e-1,  # not measured
     },
-    0.9,
-    estimate=True,
+    0.9,  # the mask bar's worst IoU (measured 0.942 on the parity cases)
+    measured="onnx --decoder --quantize int8, calibrated synthetic EdgeSAM: decoder masks 0.355 /"
+    " scores 0.036, IoU 0.942 (docs/quantize.md)",
+    estimated=_INT8_ESTIMATED,
+    group="edgesam",
 )
 # CoreML fp16 / int8-weight rows: measured with the MIL executor on saved packages of the
 # calibrated synthetic weights, on the parity test image and prompt cases, then set to about
