@@ -86,9 +86,22 @@ COREML: dict[str, str | tuple[str, str]] = {
     "slimsam_50": "heavy",
 }
 
+# variant -> the test that exports its fp32 ExecuTorch encoder + decoder and passes parity on
+# executorch.runtime (tests/test_executorch.py; its FAMILIES rows join here once they have run).
+EXECUTORCH: dict[str, str | tuple[str, str]] = {
+    "edge_sam": (
+        "test_executorch",
+        "test_encoder_and_decoder_pass_parity_on_the_executorch_runtime",
+    ),
+}
+
 # target -> its export + parity test table; every target a spec's verified_targets names
 # needs one (test_verified_targets_match_the_test_tables).
-TARGET_TABLES: dict[str, dict[str, str | tuple[str, str]]] = {"onnx": EXPORT, "coreml": COREML}
+TARGET_TABLES: dict[str, dict[str, str | tuple[str, str]]] = {
+    "onnx": EXPORT,
+    "coreml": COREML,
+    "executorch": EXECUTORCH,
+}
 
 
 def _exists(module: str, function: str) -> bool:

@@ -217,7 +217,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         upsample_modes=("bicubic", "bilinear"),
         checkpoint_format="bare state_dict (edge_sam.pth / edge_sam_3x.pth)",
         builder=f"{_HOST}.edgesam:build_edge_sam",
-        verified_targets=("onnx", "coreml"),
+        verified_targets=("onnx", "coreml", "executorch"),
         extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     ),
     _efficientvit("L0", 512),
