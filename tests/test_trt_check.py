@@ -174,3 +174,25 @@ def test_parse_range_rejects(text):
 
     with pytest.raises(InputError, match="--points"):
         parse_range(text, "points")
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_qdq_graphs_need_symmetric_int8(symmetric: bool):
+    """TensorRT's explicit quantization: the default uint8 QDQ graph fails naming the fix; the
+    --activation-symmetric graph (int8, zero points 0) passes the quantization rules."""
+    from test_quantize import _two_convs
+
+    from edgesam_export.host.quantize.static import StaticQuantizer
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
+    with StaticQuantizer(_two_convs(), feeds, activation_symmetric=symmetric) as quantizer:
+        qdq = quantizer.quantize()
+    report = check_model(qdq)
+    found = [f for f in report.findings if f.rule == "quantization"]
+    assert report.operators["QuantizeLinear"] >= 2
+    if symmetric:
+        assert found == [] and report.passed, report.findings
+    else:
+        assert found and all("--activation-symmetric" in f.message for f in found)
+        assert not report.passed

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.trt_qdq import check_qdq as _check_qdq
 
 Severity = Literal["error", "warning"]
 DimRange = tuple[int, int, int]  # (min, opt, max) of one dynamic dimension
@@ -62,6 +63,8 @@ _FORBIDDEN_TYPES = {
 }
 # Operand positions that hold indices, shapes or axes rather than the operator's data type "T".
 _NON_DATA_INPUTS: dict[str, tuple[int, ...]] = {
+    "QuantizeLinear": (1, 2),  # scale and zero point: `_check_qdq`
+    "DequantizeLinear": (1, 2),
     "Gather": (1,),
     "GatherElements": (1,),
     "GatherND": (1,),
@@ -401,6 +404,7 @@ def check_model(
         n.output[0] for n in graph.node if n.op_type == "Constant"
     }
     names = {v: k for k, v in _TYPE_NAMES.items()}
+    zero_points = {i.name: i for i in graph.initializer if i.data_type in (2, 3)}  # (U)INT8
     for node in graph.node:
         if node.domain not in ("", "ai.onnx"):
             add(
@@ -456,6 +460,8 @@ def check_model(
                     f" support: {fix} (e.g. sum int32 counts for stability scores)",
                 )
         _check_attributes(node, constants, add)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            _check_qdq(node, constants, zero_points, add)
         if node.op_type in _DATA_DEPENDENT_OPS:
             add(
                 "shape-tensor",
