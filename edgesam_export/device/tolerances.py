@@ -375,6 +375,36 @@ EXECUTORCH_FP32 = ToleranceRow(
     estimated=frozenset(_STABILITY),
     group="edgesam",
 )
+# ExecuTorch int8 (PT2E, XNNPACK quantizer, synthetic calibration set): the decoder measured on
+# the saved program with executorch.runtime against PyTorch fp32 on the parity test image and
+# prompt cases (batch-1 sets), set to ~2.7x the worst value. The encoder and end-to-end checks
+# were not measured (an int8 encoder export did not finish on the loaded 2-core host): the
+# static ONNX int8 row's values, labelled as estimates. The mask bar is judged separately.
+EXECUTORCH_INT8 = ToleranceRow(
+    {
+        "image_embeddings": 1.0,  # not measured
+        "decoder.masks": 1.0,  # measured 0.370 (max |ref| 5.2)
+        "decoder.scores": 8e-2,  # measured 2.97e-2
+        "decoder.stability_scores": 1e-1,  # not measured
+        "end_to_end.masks": 1.0,  # not measured
+        "end_to_end.scores": 1e-1,  # not measured
+        "end_to_end.stability_scores": 1e-1,  # not measured
+    },
+    0.9,  # the mask bar's worst; held-out worst IoU measured 0.9515 (mean 0.9756, 30 masks)
+    measured="executorch.runtime, int8 decoder of the calibrated synthetic EdgeSAM: masks 0.370"
+    " / scores 2.97e-2 on the parity cases; held-out mask IoU mean 0.9756, worst 0.9515"
+    " (docs/executorch.md)",
+    estimated=frozenset(
+        {
+            "image_embeddings",
+            "decoder.stability_scores",
+            "end_to_end.masks",
+            "end_to_end.scores",
+            "end_to_end.stability_scores",
+        }
+    ),
+    group="edgesam",
+)
 # Rows for a precision that apply to every backend unless its entry names its own.
 PRECISION_ROWS: Mapping[str, TolRows] = MappingProxyType(
     {"fp32": FP32_ONNX, "fp16": FP16, "bf16": BF16}

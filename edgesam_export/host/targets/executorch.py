@@ -6,6 +6,11 @@ backend. The decoder's point count is a `torch.export` dynamic dim (1..max_point
 batch is fixed at 1, because XNNPACK delegates reshapes with at most one dynamic dimension and the
 decoder's attention reshapes (B, 5 + N, heads, c) would carry two.
 
+int8 is PyTorch's own PT2E flow for XNNPACK: the exported graph is prepared with the XNNPACK
+quantizer (per-channel symmetric int8 weights, int8 activations), run on calibration inputs
+(`host/quantize/data.py`: a `--calibration` folder or the built-in synthetic set, never the
+held-out images int8 is judged on), converted, exported again and lowered like fp32.
+
 A `.pte` has no metadata slot, so `<file>.pte.json` beside it carries what ONNX metadata carries
 (family, frames, preprocessing, mask tokens, precision, versions, checkpoint sha256) and the I/O
 names and shapes the program takes positionally. Both are written atomically, the sidecar first:
@@ -18,20 +23,23 @@ import json
 from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.contract import TensorSpec
-from edgesam_export.device.errors import ExportFailedError
+from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
-from edgesam_export.host.graphs import decoder_io, encoder_io
+from edgesam_export.host.graphs import DecoderGraph, decoder_io, encoder_io
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.targets import Target, artifact_path
 from edgesam_export.host.targets.onnx import build_graph
+
+if TYPE_CHECKING:
+    from edgesam_export.device.judge import MaskBar, MaskBarResult
+    from edgesam_export.device.runtime.base import Session
 
 SIDECAR_SUFFIX = ".json"  # `<stem>_<graph>.pte.json`
 
@@ -45,7 +53,9 @@ def _require_executorch() -> tuple[Any, Any]:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
     except ImportError:
-        raise backends.unavailable_error("executorch", "executorch", export=True) from None
+        raise BackendUnavailableError(
+            "ExecuTorch export needs executorch: pip install 'edgesam-export[executorch]'"
+        ) from None
     return to_edge_transform_and_lower, XnnpackPartitioner
 
 
@@ -69,9 +79,68 @@ def _io(loaded: LoadedModel, graph: GraphKind) -> tuple[list[TensorSpec], list[T
     return [one(t) for t in inputs], [one(t) for t in outputs]
 
 
+def calibration_args(
+    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
+) -> list[tuple[torch.Tensor, ...]]:
+    """The int8 calibration inputs of one graph, in its argument order, batch 1: the
+    preprocessed calibration images (encoder), or their PyTorch embeddings with the calibration
+    prompt sets of at most max_points points (decoder)."""
+    from edgesam_export.host.quantize.data import (
+        CALIBRATION_PROMPT_SEED,
+        calibration_images,
+        check_disjoint,
+        heldout_images,
+        prepare,
+    )
+
+    images = calibration_images(options.calibration, options.calibration_images)
+    check_disjoint(images, heldout_images(HELDOUT_IMAGES))
+    inputs = prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED)
+    tensors = [torch.from_numpy(t) for t in inputs.tensors]
+    if graph == "encoder":
+        return [(t,) for t in tensors]
+    encoder, _ = build_graph(loaded, "encoder", False)
+    args: list[tuple[torch.Tensor, ...]] = []
+    with torch.no_grad():
+        for tensor, cases in zip(tensors, inputs.prompts, strict=True):
+            embeddings = encoder(tensor)
+            for case in cases:
+                for b in range(case.point_coords.shape[0]):  # the program takes one prompt set
+                    coords = case.point_coords[b : b + 1, : options.max_points]
+                    labels = case.point_labels[b : b + 1, : options.max_points]
+                    args.append((embeddings, torch.from_numpy(coords), torch.from_numpy(labels)))
+    return args
+
+
+HELDOUT_IMAGES = 3  # the held-out images calibration must not hold (tests judge int8 on them)
+
+
+def _quantize(exported: Any, calibration: list[tuple[torch.Tensor, ...]]) -> torch.nn.Module:
+    """PT2E: prepare with the XNNPACK quantizer, calibrate, convert (a quantized GraphModule)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for args in calibration:
+            prepared(*args)
+    return convert_pt2e(prepared)
+
+
 def _program(
-    module: torch.nn.Module, args: tuple[torch.Tensor, ...], graph: GraphKind, max_points: int
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    graph: GraphKind,
+    max_points: int,
+    calibration: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> bytes:
+    """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
     to_edge_transform_and_lower, partitioner = _require_executorch()
     dynamic: dict[str, Any] | None = None
     if graph == "decoder":
@@ -83,6 +152,9 @@ def _program(
         }
     with torch.no_grad():
         exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        if calibration is not None:
+            quantized = _quantize(exported, calibration)
+            exported = torch.export.export(quantized, args, dynamic_shapes=dynamic, strict=False)
     lowered = to_edge_transform_and_lower(exported, partitioner=[partitioner()])
     return bytes(lowered.to_executorch().buffer)
 
@@ -97,8 +169,11 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         args = (args[0], args[1][:1], args[2][:1])
     inputs, outputs = _io(loaded, graph)
     dest = artifact_path(loaded, graph, options, "executorch")
+    calibration = None
+    if options.precision == "int8":
+        calibration = calibration_args(loaded, graph, options)
     try:
-        buffer = _program(module, args, graph, options.max_points)
+        buffer = _program(module, args, graph, options.max_points, calibration)
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
@@ -113,6 +188,14 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         "executorch.delegate": "XnnpackBackend",
         "torch.version": torch.__version__,
     }
+    if calibration is not None:
+        metadata |= {
+            "executorch.quantizer": "XNNPACKQuantizer(symmetric, per-channel)",
+            "executorch.calibration": options.calibration.name
+            if options.calibration
+            else "synthetic",
+            "executorch.calibration_inputs": str(len(calibration)),
+        }
     if graph == "decoder":
         metadata |= {"executorch.max_points": str(options.max_points), "executorch.max_batch": "1"}
     sidecar = sidecar_path(dest)
@@ -138,3 +221,47 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
 
 
 TARGET = Target(name="executorch", export=export)
+
+
+def heldout_mask_bar(
+    loaded: LoadedModel,
+    encoder: Session | None = None,
+    decoder: Session | None = None,
+    images: int = HELDOUT_IMAGES,
+    bar: MaskBar | None = None,
+) -> MaskBarResult:
+    """The int8 mask bar: end-to-end masks of `encoder` and `decoder` (None: PyTorch's) against
+    the float32 PyTorch model, over the held-out images and their prompt sets (one set per
+    call: the programs take batch 1; sets over the decoder's max_points are left out)."""
+    from edgesam_export.device.judge import mask_bar
+    from edgesam_export.host.quantize.data import HELDOUT_PROMPT_SEED, heldout_images, prepare
+
+    inputs = prepare(heldout_images(images), loaded.spec.preprocessing, HELDOUT_PROMPT_SEED)
+    ref_encoder, _ = build_graph(loaded, "encoder", False)
+    ref_decoder = DecoderGraph(loaded.model, loaded.spec.frame).eval()
+    pairs = []
+    with torch.no_grad():
+        for tensor, cases in zip(inputs.tensors, inputs.prompts, strict=True):
+            ref_emb = ref_encoder(torch.from_numpy(tensor))
+            emb = (
+                encoder.run({"image": tensor})["image_embeddings"]
+                if encoder is not None
+                else ref_emb.numpy()
+            )
+            for case in cases:
+                for b in range(case.point_coords.shape[0]):
+                    feeds = {
+                        "image_embeddings": emb,
+                        "point_coords": case.point_coords[b : b + 1],
+                        "point_labels": case.point_labels[b : b + 1],
+                    }
+                    if decoder is not None and decoder.accepts(feeds) is not None:
+                        continue
+                    coords, labels = (torch.from_numpy(feeds[k]) for k in list(feeds)[1:])
+                    ref_scores, ref_masks = ref_decoder(ref_emb, coords, labels)
+                    if decoder is not None:
+                        got = decoder.run(feeds)["masks"]
+                    else:
+                        got = ref_decoder(torch.from_numpy(emb), coords, labels)[1].numpy()
+                    pairs.append((ref_scores.numpy(), ref_masks.numpy(), got))
+    return mask_bar(pairs, bar)

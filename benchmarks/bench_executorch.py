@@ -1,0 +1,251 @@
+"""ExecuTorch fp32 and int8 vs onnxruntime fp32: the same graphs, inputs and 2 threads (issue 18).
+
+One process exports the calibrated synthetic EdgeSAM to ONNX fp32, ExecuTorch fp32 and ExecuTorch
+int8 (PT2E, XNNPACK quantizer, calibrated on the synthetic calibration set), then times each
+graph's three programs in interleaved rounds (the order rotates each round) on one input: the
+encoder on the parity test image, the decoder on its embeddings with one 5-point prompt set. Per
+round it takes paired ratios (onnxruntime fp32 / ExecuTorch fp32, ExecuTorch fp32 / int8) and
+reports their median with a 95 % bootstrap interval. Accuracy beside speed: the int8 mask bar
+(end-to-end mask IoU against fp32 PyTorch over the held-out images and prompts).
+
+Targets (issue 18): ExecuTorch fp32 at least as fast as onnxruntime fp32 (ratio >= 1.0); int8
+at least 1.5x ExecuTorch fp32, at the mask bar (mean IoU >= 0.97, worst >= 0.90).
+Verdict: met (median ratio >= target), tie (the interval reaches the target) or missed.
+
+    python benchmarks/bench_executorch.py                 # encoder + decoder, 30 rounds
+    python benchmarks/bench_executorch.py --graphs decoder --rounds 5   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # sorts before numpy: pins thread pools before numpy/torch load
+import numpy as np
+
+SIDES = ("onnx_fp32", "executorch_fp32", "executorch_int8")
+TARGETS = {  # ratio name -> (numerator side, denominator side, target)
+    "onnx_fp32 / executorch_fp32": ("onnx_fp32", "executorch_fp32", 1.0),
+    "executorch_fp32 / executorch_int8": ("executorch_fp32", "executorch_int8", 1.5),
+}
+
+
+def verdict(ratio: float, hi: float, target: float) -> str:
+    if ratio >= target:
+        return "met"
+    return "tie" if hi >= target else "missed"
+
+
+def export_all(loaded: Any, graphs: tuple[str, ...], folder: Path) -> dict[str, dict[str, Path]]:
+    """side -> graph -> program path, each exported with the project's one export path."""
+    from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
+    from edgesam_export.host.targets import get_target
+
+    options = {
+        "onnx_fp32": ("onnx", OnnxOptions(graphs=graphs, output=folder / "onnx")),
+        "executorch_fp32": (
+            "executorch",
+            ExecuTorchOptions(graphs=graphs, output=folder / "et_fp32"),
+        ),
+        "executorch_int8": (
+            "executorch",
+            ExecuTorchOptions(graphs=graphs, output=folder / "et_int8", precision="int8"),
+        ),
+    }
+    paths: dict[str, dict[str, Path]] = {}
+    for side, (target, opts) in options.items():
+        for graph in graphs:
+            t0 = time.perf_counter()
+            artifact = get_target(target).export(loaded, graph, opts)  # type: ignore[arg-type]
+            _common.log(f"{side} {graph}: exported in {time.perf_counter() - t0:.0f} s")
+            paths.setdefault(side, {})[graph] = artifact.path
+    return paths
+
+
+def feeds_for(loaded: Any, graph: str) -> dict[str, np.ndarray]:
+    """The parity test image (encoder) or its PyTorch embeddings and a 5-point set (decoder)."""
+    import torch
+
+    from edgesam_export.device import processing as P
+    from edgesam_export.device.parity import make_test_image
+    from edgesam_export.host.targets.onnx import build_graph
+
+    tensor, _ = P.preprocess(make_test_image(), params=loaded.spec.preprocessing)
+    if graph == "encoder":
+        return {"image": tensor}
+    encoder, _ = build_graph(loaded, "encoder", False)
+    with torch.no_grad():
+        embeddings = encoder(torch.from_numpy(tensor)).numpy()
+    rng = np.random.default_rng(5)
+    frame = loaded.spec.frame
+    return {
+        "image_embeddings": embeddings,
+        "point_coords": (rng.random((1, 5, 2)) * frame * 0.6).astype(np.float32),
+        "point_labels": np.array([[1, 1, 0, 1, 0]], np.float32),
+    }
+
+
+def time_graph(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int) -> dict:
+    for s in sessions.values():  # warm-up: first calls allocate and pack weights
+        s.run(feeds)
+        s.run(feeds)
+    samples: dict[str, list[float]] = {side: [] for side in sessions}
+    order = list(sessions)
+    for r in range(rounds):
+        for side in order[r % len(order) :] + order[: r % len(order)]:
+            t0 = time.perf_counter()
+            sessions[side].run(feeds)
+            samples[side].append(1000 * (time.perf_counter() - t0))
+    ratios = {}
+    for name, (num, den, target) in TARGETS.items():
+        ratio, lo, hi = _common.paired_ratio_ci(samples[num], samples[den])
+        ratios[name] = {
+            "ratio": ratio,
+            "ci95": [lo, hi],
+            "target": target,
+            "verdict": verdict(ratio, hi, target),
+        }
+    return {
+        "median_ms": {side: float(np.median(v)) for side, v in samples.items()},
+        "samples_ms": samples,
+        "ratios": ratios,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from edgesam_export.device.backends import open_session
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.targets.executorch import heldout_mask_bar
+
+    torch.set_num_threads(_common.THREADS)
+    graphs = tuple(args.graphs.split(","))
+    monitor = _common.CpuMonitor()
+    load_before = os.getloadavg()
+    loaded = load_model(None, synthetic="calibrated")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = export_all(loaded, graphs, Path(tmp))
+        sizes = {side: {g: p.stat().st_size for g, p in v.items()} for side, v in paths.items()}
+        sessions = {
+            side: {g: open_session(p, threads=_common.THREADS) for g, p in v.items()}
+            for side, v in paths.items()
+        }
+        timing = {}
+        for graph in graphs:
+            _common.log(f"timing the {graph}: {args.rounds} interleaved rounds")
+            feeds = feeds_for(loaded, graph)
+            timing[graph] = time_graph({s: sessions[s][graph] for s in SIDES}, feeds, args.rounds)
+        accuracy = {}
+        for side in SIDES:
+            _common.log(f"{side}: mask IoU on {args.heldout} held-out images")
+            result = heldout_mask_bar(
+                loaded,
+                encoder=sessions[side].get("encoder"),
+                decoder=sessions[side].get("decoder"),
+                images=args.heldout,
+            )
+            accuracy[side] = result.to_json()
+    return {
+        "date": _common.now_utc(),
+        "machine": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            **monitor.result(),
+        },
+        "versions": {"torch": torch.__version__, "executorch": _version("executorch")},
+        "settings": {
+            "threads": _common.THREADS,
+            "rounds": args.rounds,
+            "graphs": graphs,
+            "model": "edge_sam, synthetic-calibrated",
+        },
+        "sizes_bytes": sizes,
+        "timing": timing,
+        "accuracy": accuracy,
+    }
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# ExecuTorch vs onnxruntime (issue 18)",
+        "",
+        f"- date: {result['date']}; {m['platform']}, {m['cores']} cores, {_common.THREADS} threads",
+        f"- load average before/after: {m['loadavg_before'][0]:.1f} / {m['loadavg_after'][0]:.1f};"
+        f" other processes used {m.get('others_share', float('nan')):.0%} of the CPU",
+        f"- torch {result['versions']['torch']}, executorch {result['versions']['executorch']};"
+        f" {result['settings']['rounds']} interleaved rounds",
+        "",
+    ]
+    rows = []
+    for graph, t in result["timing"].items():
+        ms = t["median_ms"]
+        for name, r in t["ratios"].items():
+            rows.append(
+                [
+                    graph,
+                    " / ".join(f"{ms[side]:.1f}" for side in SIDES),
+                    name,
+                    f"{r['ratio']:.2f} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})",
+                    f">= {r['target']:g}",
+                    r["verdict"],
+                ]
+            )
+    lines.append(
+        _common.md_table(
+            [
+                "graph",
+                "median ms (ort fp32 / ET fp32 / ET int8)",
+                "ratio",
+                "median (95% CI)",
+                "target",
+                "verdict",
+            ],
+            rows,
+        )
+    )
+    lines += ["", "Accuracy (end-to-end mask IoU vs fp32 PyTorch, held-out images):", ""]
+    acc_rows = [
+        [
+            side,
+            f"{a['mean_iou']:.4f}",
+            f"{a['worst_iou']:.4f}",
+            str(a["masks"]),
+            "met" if a["passed"] else "missed",
+            " / ".join(f"{g} {b / 1e6:.1f} MB" for g, b in result["sizes_bytes"][side].items()),
+        ]
+        for side, a in result["accuracy"].items()
+    ]
+    lines.append(
+        _common.md_table(
+            ["program", "mean IoU", "worst IoU", "masks", "bar 0.97/0.90", "size"], acc_rows
+        )
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graphs", default="encoder,decoder", help="encoder,decoder or one")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved timed rounds")
+    parser.add_argument("--heldout", type=int, default=3, help="held-out images for mask IoU")
+    ns = parser.parse_args()
+    raise SystemExit(_common.main("executorch", lambda: run(ns), render))
