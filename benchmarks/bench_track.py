@@ -163,9 +163,9 @@ def _prepare(work: Path, frames: int) -> None:
     import torch
     from PIL import Image
 
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
     from edgesam_export.host.models.checkpoint import synth_tensor
-    from edgesam_export.host.models.edgetam import build_edgetam, load_state_dict_checked
-    from edgesam_export.host.models.edgetam.video_graphs import export_video_graphs
+    from edgesam_export.host.pipeline import export_artifacts
 
     with np.load(FIXTURE / "video_seed0.npz") as g:
         video = g["video_frames"]
@@ -187,10 +187,12 @@ def _prepare(work: Path, frames: int) -> None:
         for k, v in tensors.items()
     }
     torch.save({"model": state}, work / "ckpt.pt")
-    model = build_edgetam()
-    load_state_dict_checked(model, state)
-    log("exporting the four video graphs to ONNX")
-    export_video_graphs(model, work / "onnx")
+    log("exporting EdgeTAM to ONNX (edgesam-export onnx --model edgetam: all six graphs)")
+    export_artifacts(
+        ModelOptions(model="edgetam", checkpoint=work / "ckpt.pt"),
+        "onnx",
+        OnnxOptions(output=work / "onnx"),
+    )
 
 
 def _run_child(side: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:

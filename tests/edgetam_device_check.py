@@ -29,8 +29,8 @@ def main(artifacts: Path, golden_path: Path) -> None:
 
     g = dict(np.load(golden_path, allow_pickle=False))
     predictor = Predictor(
-        open_session(next(artifacts.glob("*_encoder.onnx"))),
-        open_session(next(artifacts.glob("*_decoder.onnx"))),
+        open_session(artifacts / "edgetam_encoder.onnx"),
+        open_session(artifacts / "edgetam_decoder.onnx"),
     )
     tensor, _ = P.preprocess(g["image"], params=predictor.preprocessing)
     predictor.set_image(g["image"])

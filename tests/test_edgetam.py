@@ -165,14 +165,15 @@ def test_stability_fallback_picks_token0_when_stable() -> None:
 
 @pytest.fixture(scope="session")
 def tam_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`edgesam-export onnx --model edgetam` (synthetic seed-0 weights) through the one export
-    path: graphs, reference outputs and manifest published together, exported once."""
+    """`edgesam-export onnx --model edgetam --encoder --decoder` (synthetic seed-0 weights)
+    through the one export path: graphs, reference outputs and manifest published together,
+    exported once. (The default, all six graphs, is tests/test_edgetam_video.py's, heavy.)"""
     from edgesam_export.host.config import ModelOptions, OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     out = tmp_path_factory.mktemp("edgetam_onnx") / "export"
     options = ModelOptions(model="edgetam", synthetic="untrained")
-    export_artifacts(options, "onnx", OnnxOptions(output=out))
+    export_artifacts(options, "onnx", OnnxOptions(output=out, graphs=("encoder", "decoder")))
     return out
 
 
@@ -205,7 +206,7 @@ def test_onnx_decoder_matches_torch_and_golden(tam_onnx, tam_model, tam_golden, 
     with the padding point, and prompt e with its mask input), on the same features."""
     from edgesam_export.device.backends import open_session
 
-    dec = open_session(next(tam_onnx.glob("*_decoder.onnx")))
+    dec = open_session(tam_onnx / "edgetam_decoder.onnx")
     g = tam_golden
     coords = np.zeros((2, 3, 2), np.float32)
     labels = np.full((2, 3), -1.0, np.float32)
@@ -314,3 +315,30 @@ def test_tensorrt_parser_readiness(tam_onnx: Path) -> None:
     for graph in ("encoder", "decoder"):
         report = check_path(tam_onnx / f"edgetam_{graph}.onnx", profiles)
         assert report.passed, [f.message for f in report.errors]
+
+
+def test_default_export_writes_every_registered_graph() -> None:
+    """No graph chosen: all of the spec's graphs on its verified targets (EdgeTAM on ONNX: the
+    image and the video graphs, I/O and dynamic axes from the registry); chosen ones only."""
+    from edgesam_export.device.contract import VIDEO_GRAPHS, dynamic_axes
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.host.config import OnnxOptions
+    from edgesam_export.host.pipeline import graphs_to_export
+
+    tam, sam = get_spec("edgetam"), get_spec("edge_sam")
+    assert graphs_to_export(tam, "onnx", OnnxOptions()) == ("encoder", "decoder", *VIDEO_GRAPHS)
+    chosen = OnnxOptions(graphs=("encoder", "decoder"))
+    assert graphs_to_export(tam, "onnx", chosen) == ("encoder", "decoder")
+    assert graphs_to_export(tam, "coreml", OnnxOptions()) == ("encoder", "decoder")
+    assert graphs_to_export(sam, "onnx", OnnxOptions()) == ("encoder", "decoder")
+    inputs, outputs = tam.graph_io("memory_attention")
+    assert [t.name for t in inputs] == ["pix_feat", "memory", "memory_tpos", "obj_ptrs"]
+    assert dynamic_axes(inputs + outputs) == {
+        "memory": {0: "B", 1: "S"},
+        "memory_tpos": {0: "S"},
+        "obj_ptrs": {0: "B", 1: "K"},
+        "image_embed": {0: "B"},
+    }
+    with pytest.raises(InputError, match="no 'video_encoder' graph"):
+        sam.graph_io("video_encoder")

@@ -292,11 +292,47 @@ def _edgetam(calibrated: bool = False):
 
 @pytest.fixture(scope="module")
 def video_onnx(tmp_path_factory) -> Path:
-    from edgesam_export.host.models.edgetam.video_graphs import export_video_graphs
+    """`edgesam-export onnx --model edgetam` on the golden's weights (synthetic seed 0, as
+    drawn): the one export path writes the image and the video graphs."""
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts
 
-    out = tmp_path_factory.mktemp("edgetam_video")
-    export_video_graphs(_edgetam(), out)
+    out = tmp_path_factory.mktemp("edgetam_video") / "export"
+    export_artifacts(
+        ModelOptions(model="edgetam", synthetic="untrained"), "onnx", OnnxOptions(output=out)
+    )
     return out
+
+
+@pytest.mark.heavy
+def test_onnx_export_writes_every_graph_and_the_tracker_opens_it(video_onnx) -> None:
+    """`onnx --model edgetam` (the pipeline) publishes the registry's six graphs, each with its
+    contract, metadata and a manifest entry, and `VideoTracker.open` reads that folder."""
+    import json
+
+    from edgesam_export.device.backends import open_session
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.video import VideoTracker
+
+    spec = get_spec("edgetam")
+    assert len(spec.graphs) == 6
+    manifest = json.loads((video_onnx / "manifest.json").read_text())
+    entries = {e["graph"]: e for e in manifest["artifacts"]}
+    assert sorted(entries) == sorted(spec.graphs)
+    assert manifest["reference_outputs"]["path"] in {p.name for p in video_onnx.iterdir()}
+    for graph in spec.graphs:
+        path = video_onnx / f"edgetam_{graph}.onnx"
+        assert entries[graph]["path"] == path.name
+        session = open_session(path)
+        assert session.metadata["graph"] == graph and session.metadata["model"] == "edgetam"
+        assert session.metadata["weights"] == "synthetic-untrained"
+        inputs, outputs = spec.graph_io(graph)
+        assert [t.name for t in session.inputs] == [t.name for t in inputs]
+        assert [t.name for t in session.outputs] == [t.name for t in outputs]
+    tracker = VideoTracker.open(video_onnx)
+    assert {g: s.metadata["graph"] for g, s in tracker.sessions.items()} == {
+        g: g for g in spec.graphs[2:]
+    }
 
 
 def _masks(golden, obj: int) -> np.ndarray:
@@ -436,7 +472,7 @@ def _frames_dir(golden, folder: Path, count: int) -> Path:
         (["--point", "1,2,3,4"], 3, "expected x,y or x,y,label"),
         (["--box", "1,2"], 3, "expected x0,y0,x1,y1"),
         (["--point", "5,5", "--frame", "7"], 3, "--frame 7"),
-        (["--point", "5,5"], 5, "no edgetam_video_encoder"),
+        (["--point", "5,5"], 5, "no *_video_encoder artifact"),
     ],
 )
 def test_track_cli_refuses_bad_input(golden, tmp_path, args, code, message) -> None:
@@ -496,20 +532,25 @@ def test_track_cli_writes_masks_strip_and_json(video_onnx, golden, tmp_path) -> 
 class _TorchSession:
     """A video graph as a torch module behind the session interface (encoder outputs cached)."""
 
-    def __init__(self, graph, model, zero_memory: bool = False) -> None:
-        self.graph, self.module, self.zero = graph, graph.module(model).eval(), zero_memory
+    def __init__(self, graph: str, model, zero_memory: bool = False) -> None:
+        from edgesam_export.device.models import get_spec
+        from edgesam_export.host.models.edgetam.video_graphs import video_graph
+
+        self.graph, self.module, self.zero = graph, video_graph(model, graph)[0], zero_memory
+        inputs, outputs = get_spec("edgetam").graph_io(graph)
+        self.inputs, self.outputs = [t.name for t in inputs], [t.name for t in outputs]
         self.cache: dict[bytes, dict[str, np.ndarray]] = {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = feeds["image"].tobytes() if self.graph.name == "video_encoder" else b""
+        key = feeds["image"].tobytes() if self.graph == "video_encoder" else b""
         if key in self.cache:
             return self.cache[key]
         if self.zero:
             feeds = {**feeds, "memory": 0 * feeds["memory"], "obj_ptrs": 0 * feeds["obj_ptrs"]}
         with torch.no_grad():
-            outs = self.module(*(torch.from_numpy(feeds[n]) for n in self.graph.inputs))
+            outs = self.module(*(torch.from_numpy(feeds[n]) for n in self.inputs))
         outs = outs if isinstance(outs, tuple) else (outs,)
-        result = {n: o.numpy() for n, o in zip(self.graph.outputs, outs, strict=True)}
+        result = {n: o.numpy() for n, o in zip(self.outputs, outs, strict=True)}
         if key:
             self.cache[key] = result
         return result
@@ -520,17 +561,17 @@ def test_memory_changes_tracked_masks_on_calibrated_weights(golden) -> None:
     """With raw synthetic weights the trunk's 3e7 activations swamp the memory (README); with
     BatchNorm statistics calibrated on an image not in the video, zeroing the memory bank and
     pointers changes the tracked masks of frames 1-2 by more than 5 % of the pixels."""
+    from edgesam_export.device.contract import VIDEO_GRAPHS
     from edgesam_export.device.parity import make_test_image
     from edgesam_export.host.models.calibration import calibrate_batchnorm
-    from edgesam_export.host.models.edgetam.video_graphs import VIDEO_GRAPHS
     from edgesam_export.video import VideoTracker
     from edgesam_export.video.frames import preprocess_frame
 
     model = _edgetam()
     calibration = torch.from_numpy(preprocess_frame(make_test_image(seed=11)))
     assert calibrate_batchnorm(model, None, calibration) > 0
-    sessions = {g.name: _TorchSession(g, model) for g in VIDEO_GRAPHS}
-    zeroed = {**sessions, "memory_attention": _TorchSession(VIDEO_GRAPHS[3], model, True)}
+    sessions = {g: _TorchSession(g, model) for g in VIDEO_GRAPHS}
+    zeroed = {**sessions, "memory_attention": _TorchSession("memory_attention", model, True)}
     frames = list(golden["video_frames"][:3])
     prompts = {1: {"frame": 0, "points": [[140, 125]], "labels": [1]}}
     with_memory = VideoTracker(sessions).track(frames, prompts)[1]["masks"]

@@ -222,8 +222,9 @@ def run_export(
             strict=values["strict"],
         )
         try:
+            chosen = {"graphs": graphs} if graphs else {}  # none: all of the model's graphs
             eopts = options_cls(
-                graphs=graphs or ("encoder", "decoder"),
+                **chosen,
                 output=values["output"],
                 **{name: _normalise(options_cls, name, values[name]) for name in fields},
             )

@@ -85,7 +85,10 @@ def strip(frames: list[NDArray[np.uint8]], masks: NDArray[np.bool_]) -> NDArray[
 
 def track_cmd(
     artifact_dir: Annotated[
-        Path, typer.Argument(help="Folder with the EdgeTAM video graphs (edgetam_<graph>.onnx).")
+        Path,
+        typer.Argument(
+            help="Folder of an EdgeTAM export (onnx --model edgetam): its video graphs."
+        ),
     ],
     frames_dir: Annotated[
         Path, typer.Argument(help="Folder of frames (JPEG/PNG/.npy), ordered by number.")

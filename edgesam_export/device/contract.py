@@ -84,6 +84,55 @@ def dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     return {name: axes for name, axes in found.items() if axes}
 
 
+#: SAM 2 / EdgeTAM video graphs (`host/models/edgetam/video_graphs.py`), in export order. B:
+#: tracked objects, N: prompt points, S: memory frames, K: object pointers.
+VIDEO_GRAPHS = ("video_encoder", "video_decoder", "memory_encoder", "memory_attention")
+SAM2_MEMORY = (512, 64)  # perceiver latents x memory channels per frame
+SAM2_POINTER_TOKENS = 4  # each 256-d object pointer is split into 4 memory tokens
+
+
+def video_io(
+    graph: str, embed_shape: tuple[int, int, int], num_mask_tokens: int
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of one of `VIDEO_GRAPHS` (the tracker's contract)."""
+    c, h, w = embed_shape
+    feat = (1, c, h, w)
+    high = [
+        TensorSpec(f"high_res_{i}", t.dtype, t.shape) for i, t in enumerate(_high_res(embed_shape))
+    ]
+    low = (4 * h, 4 * w)
+    f32 = "float32"
+    if graph == "video_encoder":
+        outs = [TensorSpec("pix_feat", f32, feat), TensorSpec("image_embed", f32, feat), *high]
+        return [TensorSpec("image", f32, (1, 3, 16 * h, 16 * w))], outs
+    if graph == "video_decoder":
+        return [
+            TensorSpec("image_embed", f32, ("B", c, h, w)),
+            *high,
+            TensorSpec("point_coords", f32, ("B", "N", 2)),
+            TensorSpec("point_labels", f32, ("B", "N")),
+        ], [
+            TensorSpec("low_res_masks", f32, ("B", num_mask_tokens, *low)),
+            TensorSpec("iou_predictions", f32, ("B", num_mask_tokens)),
+            TensorSpec("object_score_logits", f32, ("B", 1)),
+            TensorSpec("obj_ptr", f32, ("B", num_mask_tokens, c)),
+        ]
+    if graph == "memory_encoder":
+        return [
+            TensorSpec("pix_feat", f32, feat),
+            TensorSpec("mask_logits", f32, ("B", 1, *low)),
+            TensorSpec("binarize", f32, ("B",)),
+        ], [TensorSpec("maskmem_features", f32, ("B", *SAM2_MEMORY))]
+    if graph == "memory_attention":
+        return [
+            TensorSpec("pix_feat", f32, feat),
+            TensorSpec("memory", f32, ("B", "S", *SAM2_MEMORY)),
+            TensorSpec("memory_tpos", "int64", ("S",)),
+            TensorSpec("obj_ptrs", f32, ("B", "K", c)),
+        ], [TensorSpec("image_embed", f32, ("B", c, h, w))]
+    raise ValueError(f"unknown video graph {graph!r}; one of {', '.join(VIDEO_GRAPHS)}")
+
+
 #: ImageNet RGB mean / std in 0..255 units, as registered in SAM's pixel buffers.
 SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)

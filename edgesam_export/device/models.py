@@ -19,11 +19,13 @@ from typing import Any
 from edgesam_export.device.contract import (
     SAM_PIXEL_MEAN,
     SAM_PIXEL_STD,
+    VIDEO_GRAPHS,
     MaskTokens,
     Preprocessing,
     TensorSpec,
     decoder_io,
     encoder_io,
+    video_io,
 )
 from edgesam_export.device.errors import InputError
 
@@ -84,7 +86,8 @@ class ModelSpec:
     box_first: bool = False
     prompt_pad: str = "no-box"
     io_layout: str = "sam"
-    # The graphs an export of this model writes, in order.
+    # The graphs an export of this model writes, in order (EdgeTAM: the image graphs, then the
+    # video tracker's `contract.VIDEO_GRAPHS`, written on its `verified_targets`).
     graphs: tuple[str, ...] = ("encoder", "decoder")
 
     def __post_init__(self) -> None:
@@ -125,6 +128,8 @@ class ModelSpec:
             return encoder_io(self.img_size, self.embed_shape, self.io_layout)
         if graph == "decoder":
             return decoder_io(self.embed_shape, self.num_mask_tokens, self.io_layout)
+        if graph in VIDEO_GRAPHS and graph in self.graphs:
+            return video_io(graph, self.embed_shape, self.num_mask_tokens)
         raise InputError(f"{self.name} has no {graph!r} graph; it has {', '.join(self.graphs)}")
 
     @property
@@ -250,6 +255,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         signature_prefixes=("image_encoder.trunk.body.stem.", "spatial_perceiver."),
         checkpoint_format="dict:model ({'model': state_dict}, loaded strictly)",
         builder=f"{_HOST}.edgetam.model:build_edgetam",
+        graphs=("encoder", "decoder", *VIDEO_GRAPHS),
         verified_targets=("onnx",),
         decoder_contracts=("edgesam",),
     ),

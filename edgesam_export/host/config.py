@@ -14,7 +14,10 @@ from pydantic import (
     model_validator,
 )
 
-GraphKind = Literal["encoder", "decoder"]
+# The image graphs, and EdgeTAM's video graphs (`device.contract.VIDEO_GRAPHS`).
+GraphKind = Literal[
+    "encoder", "decoder", "video_encoder", "video_decoder", "memory_encoder", "memory_attention"
+]
 UpsampleMode = Literal["bicubic", "bilinear"]
 # Synthetic weights (no checkpoint): "untrained" = the fixture rule as drawn (what the golden
 # fixtures use); "calibrated" = the same with BatchNorm statistics fitted so activations stay near

@@ -265,7 +265,11 @@ class Sam2DecoderGraph(nn.Module):
 
 
 def sam2_graph(model: EdgeTAM, graph: str, frame: int) -> tuple[nn.Module, tuple[Tensor, ...]]:
-    """The SAM 2 layout's module for `graph` and deterministic trace inputs (B=2, N=3)."""
+    """The SAM 2 layout's module for `graph` (image or video) and deterministic trace inputs."""
+    if graph not in ("encoder", "decoder"):  # the video tracker's graphs
+        from edgesam_export.host.models.edgetam.video_graphs import video_graph
+
+        return video_graph(model, graph)
     gen = torch.Generator().manual_seed(0)
     if graph == "encoder":
         return Sam2EncoderGraph(model).eval(), (torch.randn(1, 3, 1024, 1024, generator=gen),)

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgesam_export.device.backends import open_session
+from edgesam_export.device.backends import artifact_suffixes, open_session
+from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.video.frames import check_frame, preprocess_frame
 from edgesam_export.video.numerics import resize_bilinear, stability, to_bfloat16
 
-GRAPHS = ("video_encoder", "video_decoder", "memory_encoder", "memory_attention")
+GRAPHS = VIDEO_GRAPHS
 NO_OBJ_SCORE = -1024.0
 NUM_MASKMEM = 7
 MAX_OBJ_PTRS = 16
@@ -95,7 +96,8 @@ class VideoTracker:
 
     @classmethod
     def open(cls, artifact_dir: Path | str, **session_kwargs: Any) -> VideoTracker:
-        """Open `edgetam_<graph>.*` artifacts of `artifact_dir` (any backend; ONNX preferred)."""
+        """Open the video graphs (`<stem>_<graph>.<suffix>`, as `edgesam-export onnx --model
+        edgetam` publishes them) of `artifact_dir`: any backend, ONNX preferred."""
         folder = Path(artifact_dir)
         if not folder.is_dir():
             raise ArtifactError(f"{folder} is not a folder; pass the folder of the video graphs")
@@ -103,12 +105,13 @@ class VideoTracker:
         for graph in GRAPHS:
             found = sorted(
                 p
-                for p in folder.glob(f"edgetam_{graph}.*")
-                if not p.name.endswith((".json", ".partial"))
+                for p in folder.glob(f"*_{graph}.*")
+                if p.suffix in artifact_suffixes() and not p.name.startswith(".")
             )
             if not found:
                 raise ArtifactError(
-                    f"{folder}: no edgetam_{graph}.* artifact; export the EdgeTAM video graphs"
+                    f"{folder}: no *_{graph} artifact; export them with"
+                    " `edgesam-export onnx --model edgetam --output DIR`"
                 )
             onnx = [p for p in found if p.suffix == ".onnx"]
             sessions[graph] = open_session(onnx[0] if onnx else found[0], **session_kwargs)

@@ -8,6 +8,7 @@ bytes: no timestamps, deterministic tracing inputs, sorted metadata.
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -156,6 +157,22 @@ def build_graph(
     return module.eval(), args
 
 
+def _constants_to_initializers(proto: Any, min_values: int = 1024) -> None:
+    """Move large Constant nodes into initializers, so `dedupe_initializers` can merge them."""
+    keep = []
+    for node in proto.graph.node:
+        attr = (
+            node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        )
+        if attr is not None and attr.name == "value" and math.prod(attr.t.dims) >= min_values:
+            attr.t.name = node.output[0]
+            proto.graph.initializer.append(attr.t)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+
+
 def dedupe_initializers(proto: Any) -> int:
     """Merge byte-identical initializers; returns how many were dropped.
 
@@ -247,7 +264,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             simplified = options.simplifier != "none" and not external
             if simplified:  # the simplifiers need a protobuf under 2 GB
                 proto = simplify(proto)
-            dedupe_initializers(proto)
+            _constants_to_initializers(proto)
+            dedupe_initializers(proto)  # (the tracer folds EdgeTAM's RoPE tables once per use)
             metadata = base_metadata(
                 loaded,
                 graph,

@@ -21,12 +21,7 @@ binarised (prompted frames) or through a sigmoid (tracked frames).
 
 from __future__ import annotations
 
-import io
-import math
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +35,6 @@ from edgesam_export.host.models.edgetam.memory import (
     split_object_pointers,
 )
 from edgesam_export.host.models.edgetam.model import EdgeTAM
-from edgesam_export.host.targets.onnx import dedupe_initializers
 
 NO_OBJ_SCORE = -1024.0
 IMAGE_SIZE = 1024
@@ -122,137 +116,43 @@ class MemoryAttentionGraph(nn.Module):
         return attention(curr, memory, pos.expand(b, -1, -1, -1), split_object_pointers(obj_ptrs))
 
 
-@dataclass(frozen=True)
-class VideoGraph:
-    name: str
-    module: type[nn.Module]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    dynamic: dict[str, dict[int, str]]
-
-    def example(self, gen: torch.Generator) -> tuple[Tensor, ...]:
-        """Deterministic trace inputs; B = 2, S = 2, K = 3, N = 3 so no axis specialises to 1."""
-        if self.name == "video_encoder":
-            return (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen),)
-        if self.name == "video_decoder":
-            return (
-                torch.randn(2, 256, 64, 64, generator=gen),
-                torch.randn(1, 32, 256, 256, generator=gen),
-                torch.randn(1, 64, 128, 128, generator=gen),
-                torch.rand(2, 3, 2, generator=gen) * IMAGE_SIZE,
-                torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
-            )
-        if self.name == "memory_encoder":
-            return (
-                torch.randn(1, 256, 64, 64, generator=gen),
-                torch.randn(2, 1, 256, 256, generator=gen),
-                torch.tensor([1.0, 0.0]),
-            )
+def _example(graph: str, gen: torch.Generator) -> tuple[Tensor, ...]:
+    """Deterministic trace inputs; B = 2, S = 2, K = 3, N = 3 so no axis specialises to 1."""
+    if graph == "video_encoder":
+        return (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen),)
+    if graph == "video_decoder":
+        return (
+            torch.randn(2, 256, 64, 64, generator=gen),
+            torch.randn(1, 32, 256, 256, generator=gen),
+            torch.randn(1, 64, 128, 128, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * IMAGE_SIZE,
+            torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
+        )
+    if graph == "memory_encoder":
         return (
             torch.randn(1, 256, 64, 64, generator=gen),
-            torch.randn(2, 2, 512, 64, generator=gen),
-            torch.tensor([6, 0]),
-            torch.randn(2, 3, 256, generator=gen),
+            torch.randn(2, 1, 256, 256, generator=gen),
+            torch.tensor([1.0, 0.0]),
         )
+    return (
+        torch.randn(1, 256, 64, 64, generator=gen),
+        torch.randn(2, 2, 512, 64, generator=gen),
+        torch.tensor([6, 0]),
+        torch.randn(2, 3, 256, generator=gen),
+    )
 
 
-VIDEO_GRAPHS: tuple[VideoGraph, ...] = (
-    VideoGraph(
-        "video_encoder",
-        VideoEncoderGraph,
-        ("image",),
-        ("pix_feat", "image_embed", "high_res_0", "high_res_1"),
-        {},
-    ),
-    VideoGraph(
-        "video_decoder",
-        VideoDecoderGraph,
-        ("image_embed", "high_res_0", "high_res_1", "point_coords", "point_labels"),
-        ("low_res_masks", "iou_predictions", "object_score_logits", "obj_ptr"),
-        {
-            "image_embed": {0: "B"},
-            "point_coords": {0: "B", 1: "N"},
-            "point_labels": {0: "B", 1: "N"},
-            "low_res_masks": {0: "B"},
-            "iou_predictions": {0: "B"},
-            "object_score_logits": {0: "B"},
-            "obj_ptr": {0: "B"},
-        },
-    ),
-    VideoGraph(
-        "memory_encoder",
-        MemoryEncoderGraph,
-        ("pix_feat", "mask_logits", "binarize"),
-        ("maskmem_features",),
-        {"mask_logits": {0: "B"}, "binarize": {0: "B"}, "maskmem_features": {0: "B"}},
-    ),
-    VideoGraph(
-        "memory_attention",
-        MemoryAttentionGraph,
-        ("pix_feat", "memory", "memory_tpos", "obj_ptrs"),
-        ("image_embed",),
-        {
-            "memory": {0: "B", 1: "S"},
-            "memory_tpos": {0: "S"},
-            "obj_ptrs": {0: "B", 1: "K"},
-            "image_embed": {0: "B"},
-        },
-    ),
-)
+_MODULES: dict[str, type[nn.Module]] = {
+    "video_encoder": VideoEncoderGraph,
+    "video_decoder": VideoDecoderGraph,
+    "memory_encoder": MemoryEncoderGraph,
+    "memory_attention": MemoryAttentionGraph,
+}
 
 
-def _constants_to_initializers(proto: Any, min_values: int = 1024) -> None:
-    """Move large Constant nodes into initializers so identical ones can be merged."""
-    keep = []
-    for node in proto.graph.node:
-        attr = (
-            node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
-        )
-        if attr is not None and attr.name == "value" and math.prod(attr.t.dims) >= min_values:
-            attr.t.name = node.output[0]
-            proto.graph.initializer.append(attr.t)
-        else:
-            keep.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(keep)
-
-
-def export_video_graphs(model: EdgeTAM, out_dir: Path, opset: int = 17) -> list[Path]:
-    """Write the four video graphs as ONNX files `edgetam_<graph>.onnx` into `out_dir`.
-
-    Each file carries `model` and `graph` metadata; `edgesam_export.video.VideoTracker.open`
-    reads a folder of them (any backend whose sessions `device.backends.open_session` opens).
-    """
-    import onnx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for graph in VIDEO_GRAPHS:
-        module = graph.module(model).eval()
-        args = graph.example(torch.Generator().manual_seed(0))
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                buf,  # type: ignore[arg-type]
-                dynamo=False,
-                opset_version=opset,
-                input_names=list(graph.inputs),
-                output_names=list(graph.outputs),
-                dynamic_axes=graph.dynamic or None,
-                do_constant_folding=True,
-            )
-        proto = onnx.load_from_string(buf.getvalue())
-        _constants_to_initializers(proto)
-        dedupe_initializers(proto)  # the tracer folds the RoPE tables once per use
-        for key, value in (("model", "edgetam"), ("graph", graph.name)):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        path = out_dir / f"edgetam_{graph.name}.onnx"
-        tmp = path.with_suffix(".onnx.partial")
-        tmp.write_bytes(proto.SerializeToString())
-        tmp.replace(path)
-        written.append(path)
-    return written
+def video_graph(model: EdgeTAM, graph: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
+    """The module of one video graph and its trace inputs. Names, I/O and dynamic axes are the
+    registry's (`ModelSpec.graph_io`, `device.contract.video_io`); the one export path
+    (`host.pipeline` -> the target) writes these graphs with the image graphs."""
+    module = _MODULES[graph](model).eval()
+    return module, _example(graph, torch.Generator().manual_seed(0))
