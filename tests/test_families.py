@@ -93,6 +93,8 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
         "test_executorch",
         "test_encoder_and_decoder_pass_parity_on_the_executorch_runtime",
     ),
+    # rows of test_executorch.FAMILIES that ran and passed (-m heavy)
+    "mobile_sam": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
 }
 
 # target -> its export + parity test table; every target a spec's verified_targets names

@@ -266,7 +266,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         layout="mobile_sam.json",
         signature_prefixes=("image_encoder.layers.", "image_encoder.patch_embed.seq."),
         builder=f"{_HOST}.sam_family:build_mobile_sam",
-        verified_targets=("onnx", "coreml"),
+        verified_targets=("onnx", "coreml", "executorch"),
         **_SAM_COMMON,
     ),
 )
