@@ -19,7 +19,7 @@ DEVICE_VENV ?= .venv-device
 DEVICE_ART ?= artifacts/device-check
 DEVICE_BUILD ?= artifacts/device-build
 
-.PHONY: setup demo test test-heavy test-device test-coreml71 lint bench clean artifacts
+.PHONY: setup demo test test-heavy test-extended test-device test-coreml71 lint bench clean artifacts
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ test: setup
 # minutes and GBs each): the one marker is the only gate.
 test-heavy: setup
 	$(BIN)/python -m pytest -q -m heavy
+
+test-extended: setup
+	$(BIN)/python -m pytest -q -m "extended and not heavy"
 
 # The coremltools patches against coremltools 7.1 (EdgeSAM's version) in an environment of its own:
 # 7.1 needs numpy < 2 and has wheels up to Python 3.11.

@@ -251,6 +251,7 @@ def test_tensorrt_export_needs_tensorrt_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.extended
 def test_tensorrt_export_builds_the_engine_from_a_ready_onnx_graph(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

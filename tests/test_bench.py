@@ -67,6 +67,7 @@ def test_help() -> None:
     assert "…" not in result.stdout and "<bool>" not in result.stdout
 
 
+@pytest.mark.extended
 def test_tiny_torch_run_has_both_torch_columns(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     result = runner.invoke(app, ["--backend", "torch", *TINY, "--json", str(out)])
@@ -256,6 +257,7 @@ def test_x_torch_divides_like_by_like() -> None:
     assert on_cpu == {("encoder", "onnx"): pytest.approx(0.2)}
 
 
+@pytest.mark.extended
 def test_cuda_torch_columns_get_no_ratio_against_cpu_onnx(
     default_artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -349,23 +349,36 @@ def test_every_generated_option_has_help_and_every_field_an_option():
             assert description and option.help.startswith(description), (entry.name, field)
 
 
-def _blocked_session(suffix: str):
-    def open_it(tmp_path: Path) -> None:
-        from edgesam_export.device.backends import open_session
-
-        artifact = tmp_path / f"m_decoder{suffix}"
-        artifact.write_bytes(b"\0" * 16)
+# Each case runs in a fresh interpreter: blocking a package that earlier tests imported leaves
+# its half-imported submodules behind (executorch's namespace packages then fail to import for
+# every later test in the process).
+_BLOCKED_CHILD = """
+import json, sys
+from pathlib import Path
+blocked, kind, a, b, tmp = sys.argv[1:]
+sys.modules[blocked] = None  # its import now fails
+from edgesam_export.device.backends import BackendUnavailableError, open_session
+try:
+    if kind == "session":
+        artifact = Path(tmp) / f"m_decoder{a}"
+        artifact.write_bytes(b"\\0" * 16)
         artifact.with_name(artifact.name + ".json").write_text('{"graph": "decoder"}')
         open_session(artifact)
+    else:
+        getattr(__import__(a, fromlist=[b]), b)()
+except BackendUnavailableError as exc:
+    print(json.dumps({"message": str(exc)}))
+else:
+    print(json.dumps({"message": None}))
+"""
 
-    return open_it
+
+def _blocked_session(suffix: str) -> tuple[str, str, str]:
+    return ("session", suffix, "")
 
 
-def _call(module: str, name: str):
-    def call(tmp_path: Path) -> None:
-        getattr(__import__(module, fromlist=[name]), name)()
-
-    return call
+def _call(module: str, name: str) -> tuple[str, str, str]:
+    return ("call", module, name)
 
 
 @pytest.mark.parametrize(
@@ -402,20 +415,26 @@ def _call(module: str, name: str):
     ],
 )
 def test_unavailable_errors_say_the_registry_hint(
-    tmp_path: Path, monkeypatch, backend, export, blocked, trigger
+    tmp_path: Path, backend, export, blocked, trigger
 ):
     """Each backend's 'not installed' error (exporting, or running its artifacts) carries the
     install hint of its registry entry and no other: the hint is written once, in the entry."""
+    import subprocess
     import sys
 
-    from edgesam_export.device.backends import BackendUnavailableError, get_backend
+    from edgesam_export.device.backends import get_backend
 
     entry = get_backend(backend)
     hint = (entry.export_hint or entry.install_hint) if export else entry.install_hint
-    monkeypatch.setitem(sys.modules, blocked, None)  # its import now fails
-    with pytest.raises(BackendUnavailableError) as caught:
-        trigger(tmp_path)
-    message = str(caught.value)
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_CHILD, blocked, *trigger, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    message = json.loads(done.stdout.strip().splitlines()[-1])["message"]
+    assert message is not None, f"no BackendUnavailableError: {done.stderr}"
     assert hint in message, message
     assert message.count("pip install") == hint.count("pip install"), message
     assert ("exporting to" in message) is export

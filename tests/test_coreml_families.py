@@ -33,6 +33,9 @@ from edgesam_export.host.models import LoadedModel, get_spec, list_specs, load_m
 from edgesam_export.host.pipeline import verify_artifacts
 from edgesam_export.host.targets.coreml import LICENSES, SYNTHETIC_LICENSE, descriptions, export
 
+# Per-family export rows: `make test-extended` (CI runs it), not the default run.
+pytestmark = pytest.mark.extended
+
 # Every check a CoreML pair must pass (the parity report's rows for the fp32 IoU decoder).
 CHECKS = {
     "image_embeddings",

@@ -62,7 +62,9 @@ def test_predictor_conventions_come_from_metadata(predictor: Predictor):
     assert predictor.default_score == "stability"  # EdgeSAM's predictor default
     assert predictor.scores_kind == "iou"
     enc = predictor.encoder
+    io = {"inputs": predictor.decoder.inputs, "outputs": predictor.decoder.outputs}
     custom = SimpleNamespace(
+        **io,
         metadata={
             **{  # a 3-token model: none of EdgeSAM's recorded slots
                 k: v
@@ -72,14 +74,14 @@ def test_predictor_conventions_come_from_metadata(predictor: Predictor):
             "family": "SomeSAM",
             "num_mask_tokens": "3",
             "use_stability_score": "true",
-        }
+        },
     )
     other = Predictor(enc, custom)  # type: ignore[arg-type]
     assert other.multimask_tokens == (0, 1, 2)
     assert other.default_score == "iou" and other.scores_kind == "stability"
     with pytest.raises(InputError, match="stability scores"):
         MaskGenerator(other, score="iou")
-    tagged = SimpleNamespace(metadata={**custom.metadata, "multimask_tokens": "[2]"})
+    tagged = SimpleNamespace(**io, metadata={**custom.metadata, "multimask_tokens": "[2]"})
     assert Predictor(enc, tagged).multimask_tokens == (2,)  # type: ignore[arg-type]
 
 

@@ -110,7 +110,7 @@ def test_raw_fixture_weights_overflow_in_fp16(default_artifacts: Path):
     feeds, names = calibration_feeds(model)
     report = fp16_report(model, feeds, names)
     assert len(report.overflowing) > 50
-    assert "/image_encoder/neck/neck.1/Pow" in report.overflowing
+    assert any(n.startswith("/image_encoder/neck/") for n in report.overflowing)
     assert any(n.startswith("/image_encoder/features.") for n in report.overflowing)
     assert report.nonfinite_unpinned["image_embeddings"]
     assert not report.nonfinite_pinned["image_embeddings"]

@@ -42,6 +42,9 @@ from edgesam_export.host.models.sam_family import SAM_VIT_CONFIGS
 from edgesam_export.host.models.vit import parameter_count
 from edgesam_export.host.reference import reference_sessions
 
+# Per-family export rows: `make test-extended` (CI runs it), not the default run.
+pytestmark = pytest.mark.extended
+
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
 # ../shared beside the checkout (CI), or beside the directory holding worktrees.

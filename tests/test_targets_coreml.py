@@ -139,6 +139,7 @@ def test_bicubic_encoder_matches_golden_and_fp16_report_flags_random_weights(
         "sigmoid",
         "sqrt",
         "real_div",
+        "transpose",  # the neck's channels-last LayerNorm moves the overflowing map
     }
 
 
@@ -191,6 +192,7 @@ def test_fp32_parity_end_to_end_on_the_saved_packages(fp32_pair) -> None:
     assert [s["case"] for s in report.inputs["skipped"]] == ["batch of 3 boxes"]
 
 
+@pytest.mark.extended
 def test_fp16_range_stability_decoder_passes_its_tolerances(fp16_range_stability) -> None:
     dec = _mil(fp16_range_stability)
     assert dec.metadata["precision"] == "fp16" and dec.metadata["point_shapes"] == "range"
@@ -205,6 +207,7 @@ def test_fp16_range_stability_decoder_passes_its_tolerances(fp16_range_stability
     assert max(r["max_abs"] for r in rows) > 1e-5
 
 
+@pytest.mark.extended
 def test_int8_decoder_through_the_cli(tmp_path) -> None:
     out = tmp_path / "int8"
     result = runner.invoke(
@@ -236,6 +239,7 @@ def test_impossible_option_combinations_fail_clearly() -> None:
     assert result.exit_code == 3 and "iOS18" in result.output
 
 
+@pytest.mark.extended
 def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
     tmp_path, fp32_decoder
 ) -> None:
@@ -275,6 +279,7 @@ def test_tampered_package_fails_and_mixed_folders_are_checked_per_source(
     assert not any(row["check"].startswith("end_to_end") for row in report.summary())
 
 
+@pytest.mark.extended
 def test_bench_coreml_runs_the_executor_and_says_so(fp32_pair) -> None:
     from edgesam_export.cli.bench import app as bench_app
 

@@ -224,8 +224,12 @@ def test_metadata_props(default_artifacts):
     assert meta["upsample_mode"] == "bicubic" and meta["use_stability_score"] == "false"
     assert meta["weights"] == "synthetic-untrained"
     assert "pixel_mean" in meta and "pixel_std" in meta and "edgesam_export.version" in meta
-    # the neck's bicubic upsampling is two constant MatMuls (fast, and portable to CoreML)
-    assert not [n for n in model.graph.node if n.op_type == "Resize"]
+    # the neck's bicubic upsampling is two constant MatMuls (fast, and portable to CoreML); the
+    # only Resize ops are the squeeze-excite gates' nearest broadcasts (docs/onnx-graph.md)
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert not [n.name for n in resizes if "/neck/" in n.name]
+    modes = {a.s.decode() for n in resizes for a in n.attribute if a.name == "mode"}
+    assert modes <= {"nearest"}
 
 
 def test_bicubic_encoder_on_onnxruntime_matches_golden(golden, bicubic_encoder_artifact):

@@ -45,6 +45,9 @@ from edgesam_export.host.targets.tensorrt import (
     write_fp16_graph,
 )
 
+# Per-family export rows: `make test-extended` (CI runs it), not the default run.
+pytestmark = pytest.mark.extended
+
 runner = CliRunner()
 
 # One variant per family. "default" runs in `make test`; "heavy" exports (ViT-B's 94M-parameter
@@ -65,11 +68,24 @@ def _cases() -> list[object]:
     ]
 
 
+# Families whose graphs have another I/O layout (SAM 2: high-res features, mask prompt, object
+# score) check TensorRT readiness in their own module: family -> (module, test).
+ELSEWHERE: dict[str, tuple[str, str]] = {
+    "EdgeTAM": ("test_edgetam", "test_tensorrt_parser_readiness"),
+}
+
+
 def test_every_family_has_a_tensorrt_readiness_case() -> None:
+    import importlib
+
     families = {s.family for s in list_specs()}
-    assert families == set(REPRESENTATIVES), "a family without a TensorRT readiness test"
+    assert families == set(REPRESENTATIVES) | set(ELSEWHERE), (
+        "a family without a TensorRT readiness test"
+    )
     for family, (model, _) in REPRESENTATIVES.items():
         assert get_spec(model).family == family
+    for module, test in ELSEWHERE.values():
+        assert callable(getattr(importlib.import_module(module), test)), (module, test)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +98,7 @@ def graphs(request: pytest.FixtureRequest, family_artifacts):
             if model == "edge_sam":  # the session's default export, shared with other tests
                 folder = request.getfixturevalue("default_artifacts")
             else:
-                folder = family_artifacts(
-                    model, reference_outputs=model == "efficientvit_sam_l0"
-                )
+                folder = family_artifacts(model, reference_outputs=model == "efficientvit_sam_l0")
             found = {}
             for graph in ("encoder", "decoder"):
                 path = folder / f"{model}_{graph}.onnx"

@@ -39,6 +39,7 @@ LICENSES = {
     "EfficientViT-SAM": "Apache-2.0 (mit-han-lab/efficientvit model and weights)",
     "SAM": "Apache-2.0 (facebookresearch/segment-anything model and weights)",
     "MobileSAM": "Apache-2.0 (ChaoningZhang/MobileSAM model and weights)",
+    "EdgeTAM": "Apache-2.0 (facebookresearch/EdgeTAM model and weights)",
     "SlimSAM": (
         "SlimSAM weights are pruned from SAM (Apache-2.0); the SlimSAM repository"
         " (czg1225/SlimSAM) states no license of its own: check with its authors"

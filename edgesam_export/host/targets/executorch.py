@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.contract import TensorSpec
-from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError
+from edgesam_export.device.errors import ExportFailedError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
 from edgesam_export.host.graphs import DecoderGraph, decoder_io, encoder_io
 from edgesam_export.host.metadata import base_metadata
@@ -53,9 +54,7 @@ def _require_executorch() -> tuple[Any, Any]:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
     except ImportError:
-        raise BackendUnavailableError(
-            "ExecuTorch export needs executorch: pip install 'edgesam-export[executorch]'"
-        ) from None
+        raise backends.unavailable_error("executorch", "executorch", export=True) from None
     return to_edge_transform_and_lower, XnnpackPartitioner
 
 
