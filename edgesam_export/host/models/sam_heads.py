@@ -199,7 +199,7 @@ class Attention(nn.Module):
         out_t = vh.transpose(-1, -2) @ attn.transpose(-1, -2)  # (B, heads, head_dim, HW)
         b, _, _, n = out_t.shape
         out_t = out_t.reshape(b, self.internal_dim, n)
-        return out_t.transpose(1, 2) @ self.out_proj.weight.T + self.out_proj.bias
+        return out_t.transpose(1, 2) @ self.out_proj.weight.t() + self.out_proj.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
