@@ -169,8 +169,7 @@ class OnnxOptions(ExportOptions):
     @model_validator(mode="after")
     def _static_options_need_static_int8(self) -> OnnxOptions:
         if self.quantize != "int8":
-            fields = type(self).model_fields
-            given = [f for f in self.STATIC_INT8 if getattr(self, f) != fields[f].default]
+            given = changed_fields(self, self.STATIC_INT8)
             if given:
                 raise ValueError(
                     f"{', '.join(given)} applies to --quantize int8 (static); add it or drop them"
@@ -291,15 +290,17 @@ class ExecuTorchOptions(ExportOptions):
 
     @model_validator(mode="after")
     def _calibration_needs_int8(self) -> ExecuTorchOptions:
-        fields = type(self).model_fields
-        given = [
-            f
-            for f in ("calibration", "calibration_images")
-            if getattr(self, f) != fields[f].default
-        ]
+        given = changed_fields(self, ("calibration", "calibration_images"))
         if given and self.precision != "int8":
             raise ValueError(f"{', '.join(given)} applies to --precision int8; add it or drop them")
         return self
+
+
+def changed_fields(options: BaseModel, names: tuple[str, ...]) -> list[str]:
+    """The named fields set away from their defaults: options that only apply to one mode
+    (int8) are refused when given without it."""
+    fields = type(options).model_fields
+    return [f for f in names if getattr(options, f) != fields[f].default]
 
 
 def allowed_values(model: type[BaseModel], field: str) -> str | None:
