@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import needs_chromium
 
-from edgesam_export.web.browser import Chromium, browser_unavailable
+from edgesam_export.web.browser import Chromium
 from edgesam_export.web.server import WebServer
 
-BROWSER_MISSING = browser_unavailable()
-needs_chromium = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 STATIC = Path(__file__).resolve().parents[1] / "edgesam_export" / "web" / "static"
 
 

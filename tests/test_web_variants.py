@@ -12,24 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from browser import (
+    UPSCALED,
+    add_selftest_images,
+    agreement_line,
+    assert_page_agrees,
+    needs_chromium,
+)
 from typer.testing import CliRunner
 
 from edgesam_export.cli.export import app
 from edgesam_export.device.parity import make_test_image
-from edgesam_export.web.browser import Chromium, browser_unavailable
-from edgesam_export.web.selftest import (
-    FLIPPED_FRACTION_MAX,
-    SCORE_ATOL,
-    agreement,
-    python_reference,
-    run_selftest,
-)
+from edgesam_export.web.browser import Chromium
+from edgesam_export.web.selftest import SCORE_ATOL, python_reference, run_selftest
 from edgesam_export.web.server import WebServer
 
 runner = CliRunner()
-BROWSER_MISSING = browser_unavailable()
-needs_chromium = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 
 #: issue 17: the int8 page's EdgeSAM models (encoder + decoder, what a browser downloads)
 INT8_DOWNLOAD_MAX = 15_000_000
@@ -40,13 +38,7 @@ SWIFTSHADER_WEBGPU = (
     "--use-vulkan=swiftshader",
     "--use-webgpu-adapter=swiftshader",
 )
-IMAGE = ("up.png", (240, 320), [(200.0, 70.0, 1)])
-
-
-def _add_image(site: Path) -> None:
-    name, (h, w), _ = IMAGE
-    (site / "selftest").mkdir()
-    Image.fromarray(make_test_image(h, w)).save(site / "selftest" / name)
+IMAGE = UPSCALED
 
 
 def test_quantize_is_refused_for_a_folder_of_graphs(tmp_path: Path) -> None:
@@ -81,7 +73,7 @@ def int8_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     args = ["web", "--quantize", "int8", "--no-webgpu", "-o", str(out), "--json", str(report)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    _add_image(out)
+    add_selftest_images(out, [IMAGE])
     return out, json.loads(report.read_text())
 
 
@@ -101,21 +93,8 @@ def test_int8_page_is_small_and_agrees_with_python_on_the_same_files(int8_site, 
     with WebServer(site) as server, browser.new_page() as page:
         js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
     py = python_reference(site / "models", make_test_image(h, w), prompts)
-    agree = agreement(js, py)
-    assert agree["input_identical"] and agree["prompts_identical"] and agree["same_tokens"]
-    for row, ref in zip(agree["masks"], py["masks"], strict=True):
-        assert 0.001 < ref["area"] / (h * w) < 0.999, "a trivial mask would prove nothing"
-        assert row["score_diff"] <= SCORE_ATOL, row
-        assert row["flipped_fraction"] <= FLIPPED_FRACTION_MAX, row
-    print(_numbers("int8 wasm vs Python", agree, h * w))
-
-
-def _numbers(what: str, agree: dict, pixels: int) -> str:
-    flipped = max(r["flipped"] for r in agree["masks"])
-    return (
-        f"{what}: identical masks {agree['identical_masks']}/{len(agree['masks'])}, flipped"
-        f" pixels {flipped} of {pixels}, max score diff {agree['max_score_diff']:.1e}"
-    )
+    agree = assert_page_agrees(js, py, h, w, float_ties_only=False)
+    print(agreement_line("int8 wasm vs Python", agree, h * w))
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +116,7 @@ def test_webgpu_selftest_agrees_with_wasm_and_python(
     site = tmp_path / "site"
     result = runner.invoke(app, ["web", str(default_artifacts), "-o", str(site)])
     assert result.exit_code == 0, result.output
-    _add_image(site)
+    add_selftest_images(site, [IMAGE])
     name, (h, w), prompts = IMAGE
     extra, timeout = WEBGPU_GRAPHS[graphs]
     with WebServer(site) as server, Chromium(extra_args=SWIFTSHADER_WEBGPU) as chromium:
@@ -151,14 +130,11 @@ def test_webgpu_selftest_agrees_with_wasm_and_python(
     assert (gpu["backend"], cpu["backend"]) == ("webgpu", "wasm")
     py = python_reference(site / "models", make_test_image(h, w), prompts)
     for js in (gpu, cpu):
-        agree = agreement(js, py)
-        assert agree["input_identical"] and agree["prompts_identical"] and agree["same_tokens"]
-        for row, ref in zip(agree["masks"], py["masks"], strict=True):
-            assert 0.001 < ref["area"] / (h * w) < 0.999, "a trivial mask would prove nothing"
-            assert row["score_diff"] <= SCORE_ATOL, row
-            assert row["flipped_fraction"] <= FLIPPED_FRACTION_MAX, row
-            assert row["flipped_away_from_threshold"] == 0, row
-        print(_numbers(f"{js['backend']} vs Python", agree, h * w))
+        # a mask may differ from Python's only where float rounding ties the threshold (the
+        # fp32 rule); WebGPU's kernels round differently, so masks need not be bit-identical
+        agree = assert_page_agrees(js, py, h, w, float_ties_only=False)
+        assert all(row["flipped_away_from_threshold"] == 0 for row in agree["masks"])
+        print(agreement_line(f"{js['backend']} vs Python", agree, h * w))
     gpu_scores = np.array([m["score"] for m in gpu["masks"]])
     cpu_scores = np.array([m["score"] for m in cpu["masks"]])
     print(f"webgpu vs wasm: max score diff {np.abs(gpu_scores - cpu_scores).max():.1e}")
