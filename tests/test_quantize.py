@@ -177,6 +177,43 @@ def test_exclusion_keeps_the_named_blocks_float_with_one_calibration():
     for q in (full, part, only):
         got = ort.InferenceSession(q.SerializeToString()).run(None, x)[0]
         assert 0 < np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+    # every node float: no Q/DQ left (pruned), the fp32 graph's numbers exactly
+    with StaticQuantizer(proto, feeds) as quantizer:
+        none = quantizer.quantize(exclude=quantizer.node_names)
+    assert {n.op_type for n in none.graph.node} == {"Conv", "Relu"}
+    assert {i.name for i in none.graph.initializer} == {"w1", "w2"}
+    got = ort.InferenceSession(none.SerializeToString()).run(None, x)[0]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_keep_float_matches_quantize_static_exclusion(tmp_path: Path):
+    """A candidate cut from the one QDQ graph computes what onnxruntime's own exclusion of the
+    same nodes computes."""
+    from onnxruntime import quantization as q
+
+    from edgesam_export.host.quantize.data import FeedReader
+
+    proto = _two_convs()
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    onnx.save(proto, str(tmp_path / "fp32.onnx"))
+    for exclude in (["/net/blocks.0/Conv"], ["/net/blocks.1/Conv"]):
+        q.quantize_static(
+            tmp_path / "fp32.onnx",
+            tmp_path / "own.onnx",
+            FeedReader(feeds),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
+        with StaticQuantizer(proto, feeds) as quantizer:
+            cut = quantizer.quantize(exclude=exclude)
+        x = feeds[0]
+        own = ort.InferenceSession(str(tmp_path / "own.onnx")).run(None, x)[0]
+        got = ort.InferenceSession(cut.SerializeToString()).run(None, x)[0]
+        np.testing.assert_allclose(got, own, rtol=0, atol=1e-5 * np.abs(own).max())
 
 
 class _Quantizer:
@@ -202,7 +239,7 @@ class _Evaluator:
         from edgesam_export.device.judge import MaskBarResult
 
         loss = sum(self.harm[n] for n in proto)
-        return MaskBarResult(self.bar, 1 - loss, 1 - 2 * loss, 10), -loss, 1.0
+        return MaskBarResult(self.bar, 1 - loss, 1 - 2 * loss, 10), -loss, 1.0, 1.5
 
 
 def test_search_keeps_the_fewest_most_sensitive_blocks_float():
@@ -234,6 +271,55 @@ def test_search_keeps_the_fewest_most_sensitive_blocks_float():
     easy = Report("decoder", "miou=0.5,worst=0.5", {}, {})
     assert search(_Quantizer(list(harm)), _Evaluator(harm, MaskBar(0.5, 0.5)), block_map, easy)
     assert easy.sensitivity == [] and easy.float_blocks == [] and len(easy.frontier) == 1
+    assert easy.bar_met and easy.frontier[0].speedup_vs_fp32 == 1.5
+
+
+class _Clock:
+    """A clock the fake evaluator advances: 1 s per sensitivity probe, 10 s per judged probe."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_search_budget_bounds_sensitivity_and_bisection():
+    from edgesam_export.device.errors import ExportFailedError
+    from edgesam_export.host.quantize.search import Report, search
+
+    harm = {"b": 0.04, "d": 0.03, "a": 0.001, "c": 0.002, "e": 0.001}
+    block_map = {f"block.{n}": [n] for n in harm}
+    bar = MaskBar(0.97, 0.9)
+    clock = _Clock()
+
+    class Timed(_Evaluator):
+        def quick(self, proto):
+            clock.t += 1
+            return super().quick(proto)
+
+        def judge(self, proto):
+            clock.t += 10
+            return super().judge(proto)
+
+    # 24 s: the all-int8 probe (10 s), sensitivity until half the budget (12 s: b and d
+    # measured, the rest ranked after them in graph order), then the bisection until 24 s
+    report = Report("encoder", str(bar), {}, {})
+    lines: list[str] = []
+    kept = search(
+        _Quantizer(list(harm)), Timed(harm, bar), block_map, report, lines.append, 24, clock
+    )
+    assert [s["block"] for s in report.sensitivity] == ["block.b", "block.d"]
+    assert not report.sensitivity_complete and report.converged and report.bar_met
+    assert report.float_blocks == ["block.b", "block.d"] and kept == frozenset({"a", "c", "e"})
+    assert any("sensitivity stopped at half the search budget (2/5" in line for line in lines)
+    assert [len(p.float_blocks) for p in report.frontier] == [0, 2, 1]
+    # a budget spent before any partly quantized graph met the bar: a clear failure
+    clock.t = 0
+    short = Report("encoder", str(bar), {}, {})
+    with pytest.raises(ExportFailedError, match=r"within --search-budget 10 s.*--search-budget"):
+        search(_Quantizer(list(harm)), Timed(harm, bar), block_map, short, budget_s=10, clock=clock)
+    assert not short.converged and not short.bar_met and len(short.frontier) == 1
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +379,7 @@ def test_decoder_int8_meets_the_mask_bar_heavy(tmp_path: Path, calibrated):
     report = verify_artifacts(None, tmp_path, loaded=calibrated)
     assert report.passed, report.summary()
     inputs = prepare(heldout_images(5), _preprocessing(calibrated), HELDOUT_PROMPT_SEED)
-    result, _, _ = Evaluator("decoder", calibrated, inputs, MaskBar()).judge(onnx.load(art.path))
+    result, *_ = Evaluator("decoder", calibrated, inputs, MaskBar()).judge(onnx.load(art.path))
     assert result.passed, result.to_json()
 
 

@@ -139,6 +139,14 @@ class OnnxOptions(ExportOptions):
     heldout_images: int = Field(
         3, ge=1, le=50, description="Static int8: held-out images the search judges on"
     )
+    search_budget: float = Field(
+        300.0,
+        ge=10,
+        le=86400,
+        description="Static int8: seconds the sensitivity pass and the search may take (after"
+        " calibration; half at most for sensitivity); the fewest-float graph meeting the bar"
+        " by then is kept",
+    )
     STATIC_INT8: ClassVar[tuple[str, ...]] = (
         "calibration",
         "calibration_images",
@@ -146,6 +154,7 @@ class OnnxOptions(ExportOptions):
         "activation_symmetric",
         "accuracy_target",
         "heldout_images",
+        "search_budget",
     )
 
     @field_validator("quantize")

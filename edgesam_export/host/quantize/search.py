@@ -4,9 +4,16 @@
    Meets the bar: done, nothing kept float.
 2. Sensitivity: quantize one block at a time (everything else float) and measure the SQNR (dB)
    of the graph's output against the float reference on the first held-out image (cheap: one
-   run, no decoder). Low SQNR = sensitive. The reference outputs are computed once.
+   run, no decoder; candidates are cut from one QDQ graph, `static.keep_float`). Low SQNR =
+   sensitive. The reference outputs are computed once.
 3. Search: keep the k most sensitive blocks float, k found by bisection (each probe judged on
    every held-out image and prompt); every probe is a point of the frontier in the report.
+
+The search is bounded by `budget_s` (`--search-budget`, seconds from the first probe): the
+sensitivity pass stops at half of it (blocks it did not reach rank after the measured ones, in
+graph order) and the bisection stops when it is spent (a probe that has started finishes). The
+fewest-float graph that met the bar so far is the answer; the report says whether the search
+converged and whether the budget cut it short.
 
 The PyTorch reference answers every probe: an encoder candidate's embeddings go through the
 PyTorch decoder, a decoder candidate gets the PyTorch embeddings.
@@ -67,6 +74,7 @@ class Point:
     sqnr_db: float  # of the graph's primary output, over every held-out input
     latency_ms: float  # one timed run after a warm-up (a hint; bench_int8.py measures speed)
     passed: bool
+    speedup_vs_fp32: float | None = None  # fp32 / int8 time, one paired run each (a hint)
 
 
 @dataclass
@@ -80,6 +88,10 @@ class Report:
     float_blocks: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    budget_s: float | None = None
+    sensitivity_complete: bool = True  # every block measured (False: the budget cut it short)
+    converged: bool = True  # the bisection narrowed k to one (False: the budget ran out)
+    bar_met: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +101,18 @@ class Evaluator:
     """Held-out inputs, their float reference outputs (computed once), and the judgement of a
     candidate graph on them."""
 
-    def __init__(self, graph: str, loaded: LoadedModel, inputs: Inputs, bar: MaskBar) -> None:
+    def __init__(
+        self,
+        graph: str,
+        loaded: LoadedModel,
+        inputs: Inputs,
+        bar: MaskBar,
+        fp32: Any = None,
+    ) -> None:
         from edgesam_export.host.reference import reference_sessions
 
         self.graph, self.inputs, self.bar = graph, inputs, bar
+        self.fp32 = None if fp32 is None else self._session(fp32)  # paired speed hint
         encoder, decoders = reference_sessions(loaded)
         self.decoder = decoders[False]
         self.embeddings = [encoder.run({"image": t})["image_embeddings"] for t in inputs.tensors]
@@ -122,8 +142,28 @@ class Evaluator:
             np.concatenate([g.ravel() for g in got]), np.concatenate([r.ravel() for r in ref])
         )
 
-    def judge(self, proto: Any) -> tuple[MaskBarResult, float, float]:
-        """(mask bar result, SQNR dB, latency ms) over every held-out image and prompt."""
+    def speedup(self, session: Any) -> float | None:
+        """fp32 time / candidate time on the first held-out input, interleaved (a hint)."""
+        if self.fp32 is None:
+            return None
+        if self.graph == "encoder":
+            feeds = {"image": self.inputs.tensors[0]}
+        else:
+            feeds = next(iter(self.inputs.decoder_feeds(self.embeddings)))
+        repeats = 1 if self.graph == "encoder" else 5
+        times = {}
+        for s in (self.fp32, session):
+            self._run(s, feeds)
+        for name, s in (("fp32", self.fp32), ("int8", session)):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                self._run(s, feeds)
+            times[name] = time.perf_counter() - t0
+        return times["fp32"] / times["int8"]
+
+    def judge(self, proto: Any) -> tuple[MaskBarResult, float, float, float | None]:
+        """(mask bar result, SQNR dB, latency ms, speed-up over fp32) over every held-out
+        image and prompt."""
         session = self._session(proto)
         if self.graph == "encoder":
             first = {"image": self.inputs.tensors[0]}
@@ -149,7 +189,7 @@ class Evaluator:
             (ref["scores"], ref["masks"], out["masks"])
             for ref, out in zip(self.reference, outs, strict=True)
         ]
-        return mask_bar(pairs, self.bar), sqnr, 1000 * latency
+        return mask_bar(pairs, self.bar), sqnr, 1000 * latency, self.speedup(session)
 
 
 def search(
@@ -158,36 +198,73 @@ def search(
     block_map: dict[str, list[str]],
     report: Report,
     progress: Progress = _quiet,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Any:
     """The QDQ graph with the fewest float blocks that meets the bar (steps in the module doc);
-    fills `report`. Raises ExportFailedError when only the all-float graph meets it."""
+    fills `report`. Raises ExportFailedError when no partly quantized graph it probed meets it."""
+    start = clock()
+    report.budget_s = budget_s
+
+    def spent() -> float:
+        return clock() - start
+
+    def over(share: float = 1.0) -> bool:
+        return budget_s is not None and spent() >= share * budget_s
+
+    def used() -> str:
+        return f"{spent():.0f} s" + ("" if budget_s is None else f" of {budget_s:.0f} s")
 
     def probe(kept: Sequence[str]) -> tuple[Any, Point]:
         nodes = [n for b in kept for n in block_map[b]]
         proto = quantizer.quantize(exclude=nodes)
-        result, sqnr, latency = evaluator.judge(proto)
+        result, sqnr, latency, speedup = evaluator.judge(proto)
         point = Point(
-            list(kept), len(nodes), result.mean_iou, result.worst_iou, sqnr, latency, result.passed
+            list(kept),
+            len(nodes),
+            result.mean_iou,
+            result.worst_iou,
+            sqnr,
+            latency,
+            result.passed,
+            speedup,
         )
         report.frontier.append(point)
+        speed = "" if speedup is None else f", {speedup:.2f}x fp32 (hint)"
         progress(
             f"int8 {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
-            f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB"
+            f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB{speed}"
+            f" ({'meets' if result.passed else 'misses'} {report.bar}; {used()})"
         )
         return proto, point
 
-    progress(f"int8 {report.graph}: calibrating and quantizing every block")
+    progress(f"int8 {report.graph}: judging every block quantized")
     best, point = probe([])
     if point.passed:
+        report.bar_met = True
         return best
     names = list(block_map)
     for i, name in enumerate(names, 1):
-        progress(f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}")
+        if over(0.5):
+            report.sensitivity_complete = False
+            progress(
+                f"int8 {report.graph}: sensitivity stopped at half the search budget"
+                f" ({i - 1}/{len(names)} blocks measured; the rest rank after them)"
+            )
+            break
         db = evaluator.quick(quantizer.quantize(only=block_map[name]))
         report.sensitivity.append({"block": name, "nodes": len(block_map[name]), "sqnr_db": db})
-    ranking = [s["block"] for s in sorted(report.sensitivity, key=lambda s: s["sqnr_db"])]
+        progress(
+            f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
+        )
+    measured = [s["block"] for s in sorted(report.sensitivity, key=lambda s: s["sqnr_db"])]
+    ranking = measured + [n for n in names if n not in set(measured)]
     lo, hi, best = 0, len(ranking), None
     while hi - lo > 1:
+        if over():
+            report.converged = False
+            progress(f"int8 {report.graph}: search budget spent ({used()}); k in ({lo}, {hi}]")
+            break
         mid = (lo + hi) // 2
         proto, point = probe(ranking[:mid])
         if point.passed:
@@ -195,13 +272,15 @@ def search(
         else:
             lo = mid
     if best is None:
+        cut = "" if report.converged else f" within --search-budget {budget_s:.0f} s"
         raise ExportFailedError(
             f"int8 {report.graph}: no partly quantized graph meets the accuracy target"
-            f" {report.bar} (closest: {_closest(report.frontier)}); loosen --accuracy-target"
-            " or export fp32/fp16"
+            f" {report.bar}{cut} (closest: {_closest(report.frontier)}); loosen"
+            " --accuracy-target, raise --search-budget, or export fp32/fp16"
         )
     report.float_blocks = ranking[:hi]
     report.float_nodes = [n for b in ranking[:hi] for n in block_map[b]]
+    report.bar_met = True
     return best
 
 
@@ -228,7 +307,7 @@ def quantize_graph(
     calibration = prepare(cal_images, params, CALIBRATION_PROMPT_SEED)
     heldout = prepare(held_images, params, HELDOUT_PROMPT_SEED)
     progress(f"int8 {graph}: PyTorch reference on {len(held_images)} held-out image(s)")
-    evaluator = Evaluator(graph, loaded, heldout, bar)
+    evaluator = Evaluator(graph, loaded, heldout, bar, fp32=proto)
     if graph == "encoder":
         feeds: list[dict[str, Any]] = [{"image": t} for t in calibration.tensors]
     else:
@@ -255,7 +334,7 @@ def quantize_graph(
     with StaticQuantizer(
         proto, feeds, options.calibration_method, options.activation_symmetric
     ) as quantizer:
-        quantized = search(quantizer, evaluator, block_map, report, progress)
+        quantized = search(quantizer, evaluator, block_map, report, progress, options.search_budget)
     report.seconds = round(time.perf_counter() - t0, 1)
     final = (
         report.frontier[-1]
@@ -268,6 +347,7 @@ def quantize_graph(
         "int8.calibration": f"{report.calibration['source']} ({len(cal_images)} images)",
         "int8.float_blocks": ",".join(report.float_blocks),
         "int8.mask_iou": f"mean {final.mean_iou:.4f} worst {final.worst_iou:.4f}",
+        "int8.bar": f"{report.bar} met",
         "int8.report": json.dumps(report.to_json()),
     }
     del quantized.metadata_props[:]

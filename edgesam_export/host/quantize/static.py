@@ -1,9 +1,12 @@
 """onnxruntime static QDQ quantization with calibration ranges computed once.
 
 Every candidate of the sensitivity analysis and the search is the same fp32 graph quantized
-with a different set of float nodes; the activation ranges do not depend on that set, so the
-calibration pass (the expensive part: the graph run with every tensor as an output) runs once
-and its ranges are reused from onnxruntime's calibration cache.
+with a different set of float nodes. The graph is calibrated and quantized once (every
+quantizable node, `quantize_static`); a candidate is that QDQ graph with its float nodes given
+back their fp32 inputs (`keep_float`: the node reads the tensor before its QuantizeLinear and its
+fp32 weights; Q/DQ nodes nothing reads any more are pruned). A candidate costs milliseconds to
+build instead of a `quantize_static` call (8 s on the EdgeSAM encoder here), which is what makes
+a per-block sensitivity pass affordable.
 
 Choices (see docs/quantize.md): QDQ format (what TensorRT's explicit quantization and
 onnxruntime's fused int8 kernels consume), int8 weights per output channel, uint8 activations
@@ -13,6 +16,7 @@ quantized to int32 (onnxruntime's default), MinMax ranges unless told otherwise.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import tempfile
@@ -87,7 +91,9 @@ class StaticQuantizer:
         self.src = self.dir / "fp32.onnx"
         self.cache = self.dir / "ranges.json"
         onnx.save(proto, str(self.src))
+        self.fp32 = proto
         self.node_names = [n.name for n in proto.graph.node]
+        self._full: Any = None
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -100,13 +106,26 @@ class StaticQuantizer:
 
     def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Any:
         """The QDQ graph with `exclude` kept float (or only `only` quantized)."""
+        if self._full is None:
+            self._full = self._quantize_all()
+        floats = set(exclude)
+        if only is not None:
+            floats |= set(self.node_names) - set(only)
+        return keep_float(self._full, self.fp32, floats)
+
+    def _quantize_all(self) -> Any:
         q = self.q
         methods = {
             "minmax": q.CalibrationMethod.MinMax,
             "percentile": q.CalibrationMethod.Percentile,
             "entropy": q.CalibrationMethod.Entropy,
         }
-        extra: dict[str, Any] = {"ActivationSymmetric": self.activation_symmetric}
+        # Keep Relu/Clip even where the Q/DQ after them would make them redundant: a candidate
+        # that keeps such a node's producer float needs the activation.
+        extra: dict[str, Any] = {
+            "ActivationSymmetric": self.activation_symmetric,
+            "QDQKeepRemovableActivations": True,
+        }
         if self.method == "percentile":
             extra["CalibPercentile"] = 99.999
         dst = self.dir / "int8.onnx"
@@ -125,8 +144,6 @@ class StaticQuantizer:
                 if self.activation_symmetric
                 else q.QuantType.QUInt8,
                 weight_type=q.QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                nodes_to_quantize=None if only is None else list(only),
                 calibrate_method=methods[self.method],
                 extra_options=extra,
                 calibration_cache_path=self.cache,
@@ -134,3 +151,57 @@ class StaticQuantizer:
         finally:
             root.setLevel(level)
         return self.onnx.load(str(dst))
+
+
+def keep_float(qdq: Any, fp32: Any, names: set[str]) -> Any:
+    """A copy of the QDQ graph `qdq` (made from `fp32`, same node names) with the nodes `names`
+    computing in float: each reads the fp32 graph's inputs (the tensors before their
+    QuantizeLinear, the fp32 weights); Q/DQ nodes and initializers left unread are pruned."""
+    out = copy.deepcopy(qdq)
+    if not names:
+        return out
+    fp_nodes = {n.name: n for n in fp32.graph.node}
+    fp_inits = {i.name: i for i in fp32.graph.initializer}
+    have = {i.name for i in out.graph.initializer}
+    for node in out.graph.node:
+        if node.name in names and node.name in fp_nodes:
+            src = fp_nodes[node.name]
+            del node.input[:]
+            node.input.extend(src.input)
+            for name in src.input:
+                if name in fp_inits and name not in have:
+                    out.graph.initializer.append(fp_inits[name])
+                    have.add(name)
+    # A float node that makes a graph output writes it directly (quantize_static renamed the
+    # node's output and put a Q/DQ pair before the graph output).
+    made_by = {o: n for n in out.graph.node for o in n.output}
+    for output in out.graph.output:
+        dq = made_by.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = made_by.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        producer = made_by.get(q.input[0])
+        if producer is not None and producer.name in names:
+            producer.output[list(producer.output).index(q.input[0])] = output.name
+            dq.output[0] = f"{output.name}.unused"
+    _prune(out.graph)
+    return out
+
+
+def _prune(graph: Any) -> None:
+    """Drop nodes whose outputs nothing reads (not graph outputs), then unread initializers."""
+    wanted = {o.name for o in graph.output}
+    while True:
+        read = wanted | {i for n in graph.node for i in n.input}
+        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = wanted | {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in read]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
