@@ -225,6 +225,7 @@ def test_tracker_memory_selection_follows_the_official_rule() -> None:
     assert cond0["point_coords"].shape == (1, 1, 2)
     np.testing.assert_allclose(cond0["point_coords"][0, 0], [10 / 64 * 1024, 20 / 48 * 1024])
     binarize = [f["binarize"].tolist() for g, f in calls if g == "memory_encoder"]
+    assert len(binarize) == len(frames) - 1  # the last frame's memory is never read
     assert (
         binarize[0] == [1.0, 1.0] and binarize[1] == [0.0, 0.0] and binarize[3] == [0.0, 0.0, 1.0]
     )

@@ -217,12 +217,19 @@ class Sam2EncoderGraph(nn.Module):
     """SAM 2 layout (EdgeTAM): image -> image_embeddings (level 2 + no_mem_embed),
     high_res_feats_0, high_res_feats_1 (`conv_s0` / `conv_s1` of FPN levels 0 / 1)."""
 
-    def __init__(self, model: EdgeTAM) -> None:
+    def __init__(self, model: EdgeTAM, onnxruntime_layout: bool = False) -> None:
         super().__init__()
         self.model = model
+        # the ONNX target traces the trunk's export forms (`ImageEncoder.export_friendly`)
+        self.encoder = model.image_encoder.export_friendly(True) if onnxruntime_layout else None
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.encode_image(image)
+        if self.encoder is None:
+            return self.model.encode_image(image)
+        level0, level1, level2 = self.encoder(image)
+        dec = self.model.sam_mask_decoder
+        embed = level2 + self.model.no_mem_embed.reshape(1, -1, 1, 1)
+        return embed, dec.conv_s0(level0), dec.conv_s1(level1)
 
 
 class Sam2DecoderGraph(nn.Module):
@@ -264,15 +271,19 @@ class Sam2DecoderGraph(nn.Module):
         return iou, masks, obj
 
 
-def sam2_graph(model: EdgeTAM, graph: str, frame: int) -> tuple[nn.Module, tuple[Tensor, ...]]:
+def sam2_graph(
+    model: EdgeTAM, graph: str, frame: int, onnxruntime_layout: bool = False
+) -> tuple[nn.Module, tuple[Tensor, ...]]:
     """The SAM 2 layout's module for `graph` (image or video) and deterministic trace inputs."""
     if graph not in ("encoder", "decoder"):  # the video tracker's graphs
         from edgesam_export.host.models.edgetam.video_graphs import video_graph
 
-        return video_graph(model, graph)
+        return video_graph(model, graph, onnxruntime_layout)
     gen = torch.Generator().manual_seed(0)
     if graph == "encoder":
-        return Sam2EncoderGraph(model).eval(), (torch.randn(1, 3, 1024, 1024, generator=gen),)
+        return Sam2EncoderGraph(model, onnxruntime_layout).eval(), (
+            torch.randn(1, 3, 1024, 1024, generator=gen),
+        )
     c, h, w = 256, 64, 64
     return Sam2DecoderGraph(model, frame).eval(), (
         torch.randn(1, c, h, w, generator=gen),

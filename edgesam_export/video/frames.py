@@ -11,10 +11,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgesam_export.device.errors import InputError
-from edgesam_export.device.processing import resize_uint8
+from edgesam_export.device.processing.resize import _resize_planar
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# The normalisation maps each uint8 level to one float32 per channel: the loader's own
+# operations (float64 / 255, to float32, - mean, / std in float32) applied once to the 256
+# levels, so a frame is one table lookup per channel (bit-identical to computing it per pixel).
+_LEVELS = ((np.arange(256) / 255.0).astype(np.float32)[None, :] - IMAGENET_MEAN[:, None]) / (
+    IMAGENET_STD[:, None]
+)
 
 
 def check_frame(frame: object, index: int) -> NDArray[np.uint8]:
@@ -28,7 +34,8 @@ def check_frame(frame: object, index: int) -> NDArray[np.uint8]:
 
 def preprocess_frame(frame: NDArray[np.uint8], size: int = 1024) -> NDArray[np.float32]:
     """HxWx3 uint8 -> (1, 3, size, size) float32, bit-exact with SAM 2's video loader."""
-    resized = resize_uint8(frame, (size, size), resample="bicubic")
-    x = (resized / 255.0).astype(np.float32)
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    planar = _resize_planar(frame, (size, size), resample="bicubic")  # (3, size, size) uint8
+    out = np.empty((1, 3, size, size), dtype=np.float32)
+    for c in range(3):
+        np.take(_LEVELS[c], planar[c], out=out[0, c])
+    return out

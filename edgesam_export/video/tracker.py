@@ -148,7 +148,8 @@ class VideoTracker:
         start = min(o.frame for o in objects)
         for t in range(start, num):
             active = [o for o in objects if o.frame <= t]
-            self._step(t, num, frames[t], active, low, score)
+            # the last frame's memory is never read: its memory encoding is skipped
+            self._step(t, num, frames[t], active, low, score, encode_memory=t < num - 1)
             if progress is not None:
                 progress(t - start + 1, num - start)
         results = {}
@@ -171,6 +172,7 @@ class VideoTracker:
         active: list[_Object],
         low: dict[Any, NDArray[np.float32]],
         score: dict[Any, NDArray[np.float32]],
+        encode_memory: bool = True,
     ) -> None:
         enc = self._run("video_encoder", {"image": preprocess_frame(frame)})
         hr = {"high_res_0": enc["high_res_0"], "high_res_1": enc["high_res_1"]}
@@ -217,6 +219,8 @@ class VideoTracker:
                 },
             )
             self._select(t, tracked, out, [True] * len(tracked), selected, low, score)
+        if not encode_memory:
+            return
         # memory encoding of every active object's selected mask
         mem = self._run(
             "memory_encoder",

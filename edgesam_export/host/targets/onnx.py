@@ -97,7 +97,7 @@ def build_graph(
                 f"{spec.name} exports its own decoder contract (IoU scores, exact GELU):"
                 " drop --use-stability-score / --gelu-approximate"
             )
-        return sam2_graph(cast(EdgeTAM, loaded.model), graph, spec.frame)
+        return sam2_graph(cast(EdgeTAM, loaded.model), graph, spec.frame, onnxruntime_layout)
     if graph == "decoder" and contract == "official":
         from edgesam_export.host.graphs_official import OfficialDecoderGraph
 

@@ -58,6 +58,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- memory encoder
 
 
+class ChannelsLastLayerNorm2d(LayerNorm2d):
+    """LayerNorm2d (same keys, same function) computed as one last-axis layer norm: runtimes fuse
+    that into a single LayerNormalization instead of five reductions and elementwise passes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channels_last_layer_norm(x.permute(0, 2, 3, 1), self).permute(0, 3, 1, 2)
+
+
+def channels_last_layer_norm(x: Tensor, norm: LayerNorm2d) -> Tensor:
+    """LayerNorm2d's function on an (..., C) channels-last tensor."""
+    return F.layer_norm(x, (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps)
+
+
 class MaskDownSampler(nn.Module):
     """4 x (conv 3x3 s2, LayerNorm2d, GELU): 1 -> 4 -> 16 -> 64 -> 256 channels, 1x1 conv."""
 
@@ -67,7 +80,11 @@ class MaskDownSampler(nn.Module):
         chans = 1
         for _ in range(num_layers):
             out = chans * 4
-            layers += [nn.Conv2d(chans, out, 3, stride=2, padding=1), LayerNorm2d(out), nn.GELU()]
+            layers += [
+                nn.Conv2d(chans, out, 3, stride=2, padding=1),
+                ChannelsLastLayerNorm2d(out),
+                nn.GELU(),
+            ]
             chans = out
         layers.append(nn.Conv2d(chans, embed_dim, kernel_size=1))
         self.encoder = nn.Sequential(*layers)
@@ -88,7 +105,7 @@ class CXBlock(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)
+        y = channels_last_layer_norm(self.dwconv(x).permute(0, 2, 3, 1), self.norm)
         y = self.gamma * self.pwconv2(F.gelu(self.pwconv1(y)))
         return x + y.permute(0, 3, 1, 2)
 
@@ -256,6 +273,15 @@ class RoPECrossAttention(nn.Module):
 
     spatial: (B, S, 512, 64) tokens with their position added for the keys; only tokens 256..511
     of every memory are rotated, with the 16x16 grid. pointers: (B, P, 64), never rotated.
+
+    Same function as projecting every key and value to 256 and attending, computed with a
+    quarter of the work where the projection is linear in the 64-d memory tokens:
+    - values: softmax rows sum to one, so attn @ (M Wv^T + bv) = (attn @ M) Wv^T + bv: attend
+      over the 64-d tokens, project once;
+    - unrotated keys (global latents, pointers): q . (Wk m + bk) = (q Wk) . m + q . bk. The
+      q . bk term is the same for every key of a row, and softmax ignores a per-row shift, so it
+      is subtracted from the rotated keys instead (R(Wk m + bk) - bk, on the small key matrix).
+    Only the rotated window keys are scored in 256-d.
     """
 
     cos_q: Tensor
@@ -277,19 +303,28 @@ class RoPECrossAttention(nn.Module):
         self.register_buffer("sin_k", sin_k, persistent=False)
 
     def forward(self, x: Tensor, spatial_k: Tensor, spatial_v: Tensor, ptr: Tensor) -> Tensor:
-        b = x.shape[0]
-        q = apply_rope(self.q_proj(x), self.cos_q, self.sin_q)
-        k_sp = self.k_proj(spatial_k)
-        k_sp = torch.cat(
+        b, _, dim = x.shape
+        # 1/sqrt(256) = 1/16: an exact power of two, applied to q instead of the scores
+        q = apply_rope(self.q_proj(x), self.cos_q, self.sin_q) * (dim**-0.5)
+        k_win = apply_rope(self.k_proj(spatial_k[:, :, NUM_LATENTS:]), self.cos_k, self.sin_k)
+        k_win = (k_win - self.k_proj.bias).reshape(b, -1, dim)  # (B, 256 S, 256)
+        k_plain = torch.cat([spatial_k[:, :, :NUM_LATENTS].reshape(b, -1, MEM_DIM), ptr], dim=1)
+        scores = torch.cat(
             [
-                k_sp[:, :, :NUM_LATENTS],
-                apply_rope(k_sp[:, :, NUM_LATENTS:], self.cos_k, self.sin_k),
+                torch.matmul(q, k_win.transpose(1, 2)),
+                torch.matmul(torch.matmul(q, self.k_proj.weight), k_plain.transpose(1, 2)),
             ],
-            2,
+            dim=-1,
         )
-        k = torch.cat([k_sp.reshape(b, -1, k_sp.shape[-1]), self.k_proj(ptr)], dim=1)
-        v = torch.cat([self.v_proj(spatial_v).reshape(b, -1, q.shape[-1]), self.v_proj(ptr)], dim=1)
-        return self.out_proj(F.scaled_dot_product_attention(q, k, v))
+        values = torch.cat(
+            [
+                spatial_v[:, :, NUM_LATENTS:].reshape(b, -1, MEM_DIM),
+                spatial_v[:, :, :NUM_LATENTS].reshape(b, -1, MEM_DIM),
+                ptr,
+            ],
+            dim=1,
+        )
+        return self.out_proj(self.v_proj(torch.matmul(torch.softmax(scores, dim=-1), values)))
 
 
 class MemoryAttentionLayer(nn.Module):

@@ -11,6 +11,7 @@ requires every other key to be a memory key (so a foreign or truncated file stil
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Mapping
 
@@ -37,6 +38,14 @@ class ImageEncoder(nn.Module):
     def forward(self, image: Tensor) -> list[Tensor]:
         """FPN levels 0, 1, 2 (strides 4, 8, 16); level 3 only feeds level 2 (`scalp=1`)."""
         return self.neck(self.trunk(image))[:3]
+
+    def export_friendly(self, onnxruntime_layout: bool = False) -> ImageEncoder:
+        """The same encoder with the trunk's export forms (`RepViTTrunk.export_friendly`); the
+        neck is shared, the original stays the reference."""
+        clone = copy.copy(self)
+        clone._modules = dict(self._modules)
+        clone.trunk = self.trunk.export_friendly(onnxruntime_layout)
+        return clone
 
 
 def _attach_memory(model: nn.Module) -> bool:

@@ -9,6 +9,8 @@ the four stage outputs: strides 4, 8, 16, 32 with 48, 96, 192, 384 channels.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -155,3 +157,30 @@ class RepViTTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.body(x)
+
+    def export_friendly(self, onnxruntime_layout: bool = False) -> RepViTTrunk:
+        """A copy computing the same function in the forms EdgeSAM's RepViT export uses
+        (`host/models/edgesam.py`, docs/onnx-graph.md); the original stays the reference.
+
+        - every token mixer (depthwise 3x3 Conv-BN + depthwise 1x1 Conv-BN + identity) is
+          re-parameterised into one depthwise 3x3 conv: a conv and two full-map adds fewer;
+        - `onnxruntime_layout` (the ONNX export): squeeze-excite means as pooling and the gate
+          repeated to the map's size, so onnxruntime keeps every block in its blocked conv
+          layout instead of reordering the map to NCHW and back around each squeeze-excite.
+        """
+        from edgesam_export.host.models.edgesam import RepVGGDW
+        from edgesam_export.host.models.edgesam import SqueezeExcite as ExportSqueezeExcite
+
+        clone = copy.deepcopy(self)
+        for module in list(clone.modules()):
+            if not isinstance(module, Block):
+                continue
+            state = module.token_mixer.state_dict()
+            mixer = RepVGGDW(int(state["conv.c.weight"].shape[0]))
+            mixer.load_state_dict(state)
+            module.token_mixer = mixer.fused()  # type: ignore[assignment]
+            if onnxruntime_layout and isinstance(module.se, SqueezeExcite):
+                se = ExportSqueezeExcite(module.se.fc1.in_channels, "pooled", broadcast_gate=True)
+                se.load_state_dict(module.se.state_dict())
+                module.se = se
+        return clone

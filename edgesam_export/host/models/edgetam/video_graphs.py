@@ -34,19 +34,24 @@ from edgesam_export.host.models.edgetam.memory import (
     SpatialPerceiver,
     split_object_pointers,
 )
-from edgesam_export.host.models.edgetam.model import EdgeTAM
+from edgesam_export.host.models.edgetam.model import EdgeTAM, ImageEncoder
 
 NO_OBJ_SCORE = -1024.0
 IMAGE_SIZE = 1024
 
 
 class VideoEncoderGraph(nn.Module):
-    def __init__(self, model: EdgeTAM) -> None:
+    """`onnxruntime_layout` (the ONNX target): the trunk's export forms
+    (`ImageEncoder.export_friendly`); other targets trace the reference encoder."""
+
+    def __init__(self, model: EdgeTAM, onnxruntime_layout: bool = False) -> None:
         super().__init__()
         self.model = model
+        encoder = cast(ImageEncoder, model.image_encoder)
+        self.encoder = encoder.export_friendly(True) if onnxruntime_layout else encoder
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        level0, level1, level2 = self.model.backbone_levels(image)
+        level0, level1, level2 = self.encoder(image)
         dec = self.model.sam_mask_decoder
         embed = level2 + self.model.no_mem_embed.reshape(1, -1, 1, 1)
         return level2, embed, dec.conv_s0(level0), dec.conv_s1(level1)
@@ -150,9 +155,14 @@ _MODULES: dict[str, type[nn.Module]] = {
 }
 
 
-def video_graph(model: EdgeTAM, graph: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
+def video_graph(
+    model: EdgeTAM, graph: str, onnxruntime_layout: bool = False
+) -> tuple[nn.Module, tuple[Tensor, ...]]:
     """The module of one video graph and its trace inputs. Names, I/O and dynamic axes are the
     registry's (`ModelSpec.graph_io`, `device.contract.video_io`); the one export path
     (`host.pipeline` -> the target) writes these graphs with the image graphs."""
-    module = _MODULES[graph](model).eval()
+    if graph == "video_encoder":
+        module: nn.Module = VideoEncoderGraph(model, onnxruntime_layout).eval()
+    else:
+        module = _MODULES[graph](model).eval()
     return module, _example(graph, torch.Generator().manual_seed(0))
