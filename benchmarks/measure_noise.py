@@ -35,11 +35,13 @@ from edgesam_export.device import processing as P
 from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import machine_info, set_threads
 from edgesam_export.device.parity import compare_arrays, mask_metrics, prompt_cases
+from edgesam_export.device.predictor import decoder_feeds
 from edgesam_export.device.runtime import Session
 from edgesam_export.device.tolerances import (
     FAMILY_GROUPS,
     NOISE_FLOOR,
     NOISE_SAFETY,
+    RELATIVE_CHECKS,
     derive_tolerance,
 )
 from edgesam_export.host.config import OnnxOptions
@@ -48,7 +50,7 @@ from edgesam_export.host.reference import reference_sessions
 
 NAME = "noise_fp32"
 # The smallest registered model of each family group.
-MODELS = ("edge_sam", "slimsam_77", "mobile_sam", "efficientvit_sam_l0")
+MODELS = ("edge_sam", "slimsam_77", "mobile_sam", "efficientvit_sam_l0", "edgetam")
 # (height, width, seed): none of them is the parity test image (480x640, seed 7).
 HELD_OUT = ((600, 800, 101), (720, 540, 102), (512, 512, 103))
 
@@ -91,11 +93,12 @@ def _kinds(name: str) -> list[str]:
 
 
 def _export(loaded: LoadedModel, out: Path) -> dict[Any, Path]:
-    """The ONNX encoder (key "encoder"), IoU decoder (False) and stability decoder (True)."""
+    """The ONNX encoder (key "encoder"), IoU decoder (False) and stability decoder (True; the
+    SAM 2 layout has none)."""
     from edgesam_export.host.targets.onnx import export
 
     paths: dict[Any, Path] = {"encoder": export(loaded, "encoder", OnnxOptions(output=out)).path}
-    for stab in (False, True):
+    for stab in (False, True) if loaded.spec.io_layout != "sam2" else (False,):
         options = OnnxOptions(output=out, use_stability_score=stab)
         paths[stab] = export(loaded, "decoder", options).path
     return paths
@@ -115,31 +118,30 @@ def _update(row: dict[str, Any], metrics: dict[str, float], scale: float, where:
 def _measure(
     ref_enc: Session, ref_decs: dict[bool, Session], sessions: dict[Any, Session]
 ) -> dict[str, dict[str, Any]]:
-    """Every parity check's worst case over the held-out images and their prompt sets."""
+    """Every parity check's worst case over the held-out images and their prompt sets: each
+    encoder output (SAM 2: the embeddings and both high-resolution features), and the decoder
+    fed every encoder output it takes by name (`predictor.decoder_feeds`, as parity does)."""
     checks: dict[str, dict[str, Any]] = {}
     params = P.Preprocessing.from_metadata(ref_enc.metadata)
     for h, w, seed in HELD_OUT:
         tensor, info = P.preprocess(held_out_image(h, w, seed), params=params)
-        ref_emb = ref_enc.run({"image": tensor})["image_embeddings"]
-        own_emb = sessions["encoder"].run({"image": tensor})["image_embeddings"]
+        ref_feats = ref_enc.run({"image": tensor})
+        own_feats = sessions["encoder"].run({"image": tensor})
         image = f"{h}x{w} seed {seed}"
-        scale = float(np.abs(ref_emb).max())
-        _update(
-            checks.setdefault("image_embeddings", {}),
-            compare_arrays(own_emb, ref_emb),
-            scale,
-            image,
-        )
+        for name, ref_out in ref_feats.items():
+            scale = float(np.abs(ref_out).max())
+            row = checks.setdefault(name, {})
+            _update(row, compare_arrays(own_feats[name], ref_out), scale, image)
         for case in prompt_cases(params.frame, info.input_size, seed=seed):
-            feeds = {"point_coords": case.point_coords, "point_labels": case.point_labels}
-            for stab in (False, True):
+            coords, labels = case.point_coords, case.point_labels
+            for stab in [k for k in (False, True) if k in sessions]:
                 dec = sessions[stab]
-                if dec.accepts(feeds) is not None:
+                if dec.accepts(decoder_feeds(dec, ref_feats, coords, labels)) is not None:
                     continue
-                ref = ref_decs[stab].run({"image_embeddings": ref_emb, **feeds})
+                ref = ref_decs[stab].run(decoder_feeds(ref_decs[stab], ref_feats, coords, labels))
                 score_key = "stability_scores" if stab else "scores"
-                for stage, emb in (("decoder", ref_emb), ("end_to_end", own_emb)):
-                    out = dec.run({"image_embeddings": emb, **feeds})
+                for stage, feats in (("decoder", ref_feats), ("end_to_end", own_feats)):
+                    out = dec.run(decoder_feeds(dec, feats, coords, labels))
                     where = f"{image}, {case.name}"
                     s = compare_arrays(out["scores"], ref["scores"])
                     row = checks.setdefault(f"{stage}.{score_key}", {})
@@ -150,6 +152,11 @@ def _measure(
                     m.update(mask_metrics(out["masks"], ref["masks"], out["scores"], ref["scores"]))
                     row = checks.setdefault(f"{stage}.masks", {})
                     _update(row, m, float(np.abs(ref["masks"]).max()), where)
+                    if "object_score_logits" in out:  # SAM 2 layout
+                        key = "object_score_logits"
+                        o = compare_arrays(out[key], ref[key])
+                        row = checks.setdefault(f"{stage}.object_scores", {})
+                        _update(row, o, float(np.abs(ref[key]).max()), where)
     return checks
 
 
@@ -165,14 +172,17 @@ def _plan(models: list[str]) -> list[tuple[str, str]]:
 
 
 def _derive(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per group and check: the worst measured max abs, where it was seen, the derived row."""
+    """Per group and check: the worst measured value (max abs, or for the group's scale-relative
+    checks `tolerances.RELATIVE_CHECKS` max abs / max |reference|), where, the derived row."""
     derived: dict[str, dict[str, dict[str, Any]]] = {}
     for r in runs:
+        relative = RELATIVE_CHECKS.get(r["group"], frozenset())
         for check, row in r["checks"].items():
+            metric = "rel" if check in relative else "max_abs"
             slot = derived.setdefault(r["group"], {}).setdefault(check, {"max_abs": -1.0})
-            if row["max_abs"] > slot["max_abs"]:
+            if row[metric] > slot["max_abs"]:
                 where = f"{r['model']} {r['weights']} {r['runtime']}: {row['worst']}"
-                slot.update(max_abs=row["max_abs"], source=where)
+                slot.update(max_abs=row[metric], source=where, metric=metric)
     for rows in derived.values():
         for slot in rows.values():
             slot["tolerance"] = derive_tolerance(slot["max_abs"])
@@ -244,15 +254,31 @@ def render(result: dict[str, Any]) -> str:
         "## Derived rows (worst case over images, prompt sets and weight kinds)",
         "",
     ]
-    headers = ("group", "check", "measured max abs", "tolerance", "worst case")
+    headers = ("group", "check", "measured max abs (rel: relative)", "tolerance", "worst case")
     rows = [
-        (group, check, f"{s['max_abs']:.2e}", f"{s['tolerance']:.0e}", s["source"])
+        (
+            group,
+            check,
+            f"{s['max_abs']:.2e}{' rel' if s.get('metric') == 'rel' else ''}",
+            f"{s['tolerance']:.0e}",
+            s["source"],
+        )
         for group, checks in result["derived"].items()
         for check, s in sorted(checks.items())
     ]
     lines += [_common.md_table(headers, rows, [False, False, True, True, False]), ""]
     lines += ["## Every run", ""]
-    headers = ("model", "weights", "runtime", "check", "max abs", "mean abs", "ref scale", "IoU")
+    headers = (
+        "model",
+        "weights",
+        "runtime",
+        "check",
+        "max abs",
+        "rel",
+        "mean abs",
+        "ref scale",
+        "IoU",
+    )
     rows = []
     for r in result["runs"]:
         for check, s in sorted(r["checks"].items()):
@@ -264,12 +290,13 @@ def render(result: dict[str, Any]) -> str:
                     r["runtime"],
                     check,
                     f"{s['max_abs']:.2e}",
+                    f"{s['rel']:.1e}",
                     f"{s['mean_abs']:.1e}",
                     f"{s['reference_scale']:.3g}",
                     iou,
                 )
             )
-    lines.append(_common.md_table(headers, rows, [False] * 4 + [True] * 4))
+    lines.append(_common.md_table(headers, rows, [False] * 4 + [True] * 5))
     return "\n".join(lines)
 
 

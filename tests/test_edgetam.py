@@ -179,11 +179,10 @@ def tam_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_export_publishes_the_image_graphs_with_their_contract(tam_onnx: Path) -> None:
     """The pipeline wrote both graphs (names from the registry's `graph_io`), the reference
-    outputs and the manifest; parity refuses to judge the layout instead of passing it."""
+    outputs (with both high-resolution features and the object scores) and the manifest."""
     from edgesam_export.device.backends import open_session
-    from edgesam_export.device.errors import InputError
-    from edgesam_export.device.judge import judge
     from edgesam_export.device.models import get_spec
+    from edgesam_export.device.reference_outputs import find_reference_outputs
 
     names = sorted(p.name for p in tam_onnx.iterdir())
     assert "edgetam_encoder.onnx" in names and "edgetam_decoder.onnx" in names, names
@@ -197,8 +196,73 @@ def test_export_publishes_the_image_graphs_with_their_contract(tam_onnx: Path) -
         assert [t.name for t in session.outputs] == [t.name for t in outputs]
     assert dec.metadata["single_mask_stability"] == "[0.98, 0.05]"
     assert enc.metadata["resize"] == "stretch" and enc.metadata["prompt_pad"] == "always"
-    with pytest.raises(InputError, match="SAM 2-layout"):
-        judge(None, [("enc", enc)], [("dec", dec)])  # type: ignore[arg-type]
+    outputs = find_reference_outputs(tam_onnx, enc.metadata)
+    assert set(outputs.features) == {"image_embeddings", "high_res_feats_0", "high_res_feats_1"}
+    assert all(c.object_scores is not None for c in outputs.cases)
+
+
+def _judge_decoder(folder: Path, decoder: Path):
+    """The one judge, decoder alone on the shipped reference outputs (every encoder output fed
+    by name): cheap enough for the default run."""
+    from edgesam_export.device.backends import open_session
+    from edgesam_export.device.judge import judge
+    from edgesam_export.device.reference_outputs import find_reference_outputs
+
+    dec = open_session(decoder)
+    return judge(find_reference_outputs(folder, dec.metadata), [], [(decoder.name, dec)])
+
+
+def _edit_decoder(src: Path, dst: Path, how: str) -> Path:
+    """A copy of the decoder graph whose largest weight tensor is nudged by 1% of its scale
+    (`how="nudge"`: still runs, but wrong) or holds one NaN (`how="nan"`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(init).copy()
+    if how == "nan":
+        arr.flat[0] = np.nan
+    else:
+        arr += np.float32(0.01 * np.abs(arr).max())
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _bad_folder(tam_onnx: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for f in tam_onnx.glob("*_reference.npz"):
+        (folder / f.name).symlink_to(f)
+    return folder
+
+
+def test_judge_passes_the_sam2_decoder_and_fails_a_wrong_one(tam_onnx: Path, tmp_path) -> None:
+    """SAM 2 layout through the one judge: scores, low-res masks and object-score logits on the
+    reference's features pass under the measured sam2 rows (not estimates); a decoder whose
+    largest weight moved by 1% fails (issue 19: the judge refused this layout, so nothing
+    could fail)."""
+    good = _judge_decoder(tam_onnx, tam_onnx / "edgetam_decoder.onnx")
+    rows = {r["check"]: r for r in good.summary()}
+    assert good.passed, rows
+    assert set(rows) == {"decoder.scores", "decoder.masks", "decoder.object_scores"}
+    assert not any(r["estimate"] for r in rows.values())
+    assert rows["decoder.masks"]["relative"] and not rows["decoder.scores"]["relative"]
+    folder = _bad_folder(tam_onnx, tmp_path)
+    bad = _edit_decoder(tam_onnx / "edgetam_decoder.onnx", folder / "nudged.onnx", "nudge")
+    report = _judge_decoder(folder, bad)
+    failed = {r["check"] for r in report.summary() if not r["passed"]}
+    assert not report.passed and "decoder.masks" in failed, report.summary()
+
+
+@pytest.mark.extended
+def test_judge_fails_a_nan_sam2_decoder_weight_naming_it(tam_onnx: Path, tmp_path) -> None:
+    folder = _bad_folder(tam_onnx, tmp_path)
+    bad = _edit_decoder(tam_onnx / "edgetam_decoder.onnx", folder / "nan.onnx", "nan")
+    report = _judge_decoder(folder, bad)
+    assert not report.passed
+    assert any("non-finite" in line for line in report.notes()), report.notes()
 
 
 def test_onnx_decoder_matches_torch_and_golden(tam_onnx, tam_model, tam_golden, tam_features):
@@ -342,3 +406,62 @@ def test_default_export_writes_every_registered_graph() -> None:
     }
     with pytest.raises(InputError, match="no 'video_encoder' graph"):
         sam.graph_io("video_encoder")
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("reference", ["torch", "outputs"])
+def test_parity_cli_judges_edgetam_and_fails_a_nudged_encoder(
+    tam_onnx: Path, tmp_path: Path, reference: str
+) -> None:
+    """`parity ARTIFACT_DIR` on EdgeTAM's image graphs, against PyTorch and against the shipped
+    reference outputs: every encoder output (relative), decoder alone and end to end, object
+    scores, measured sam2 rows; the same folder with the encoder's largest weight nudged by 1%
+    exits 4 (the embeddings and the features behind them move)."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.export import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["parity", str(tam_onnx), "--reference", reference, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {r["check"]: r for r in report["summary"]}
+    assert {"image_embeddings", "high_res_feats_0", "high_res_feats_1"} <= set(rows)
+    assert {"end_to_end.masks", "end_to_end.object_scores", "decoder.object_scores"} <= set(rows)
+    assert rows["image_embeddings"]["relative"] and not rows["decoder.scores"]["relative"]
+    assert not any(r["estimate"] for r in rows.values())
+    bad = tmp_path / "bad"
+    shutil.copytree(tam_onnx, bad)
+    model = onnx.load(str(bad / "edgetam_encoder.onnx"))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(init).copy()
+    init.CopyFrom(numpy_helper.from_array(arr + np.float32(0.01 * np.abs(arr).max()), init.name))
+    onnx.save(model, str(bad / "edgetam_encoder.onnx"))
+    result = runner.invoke(app, ["parity", str(bad), "--reference", reference, "--json", "-"])
+    assert result.exit_code == 4, result.output
+    failed = {r["check"] for r in json.loads(result.stdout)["summary"] if not r["passed"]}
+    assert "image_embeddings" in failed, failed
+
+
+@pytest.mark.extended
+def test_bench_times_edgetam_onnx_with_every_encoder_output_fed(tam_onnx: Path) -> None:
+    """`edgesam-bench --backend onnx` on an EdgeTAM export: the decoder stages get both
+    high-resolution features and a zero mask prompt by name (it failed on the missing
+    inputs before), and the bench's parity verdict is the judge's pass."""
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.bench import app
+
+    args = ["--backend", "onnx", "--artifacts", str(tam_onnx), "--points", "1", "--box-batch"]
+    args += ["2", "--iters", "1", "--warmup", "0", "--everything-points", "0", "--json", "-"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (onnx,) = report["backends"]
+    assert onnx["parity"]["passed"]
+    stages = {t["name"] for t in report["timings"] if t["backend"] == "onnx"}
+    assert {"encoder", "decoder N=1"} <= stages, stages

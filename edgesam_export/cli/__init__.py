@@ -243,7 +243,9 @@ def render_parity(report: Any, out: Console) -> None:
             row["artifact"],
             row["check"],
             f"{row['max_abs']:.2e}",
-            f"{row['tolerance']:.0e}" + (" estimate" if row.get("estimate") else ""),
+            f"{row['tolerance']:.0e}"
+            + (" of rel" if row.get("relative") else "")  # bounds the rel column (SAM 2)
+            + (" estimate" if row.get("estimate") else ""),
             f"{row['mean_abs']:.2e}",
             f"{row['rel']:.2e}",
             f"{row['cosine']:.6f}",

@@ -169,6 +169,26 @@ def decoder_feeds(
     return {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels}
 
 
+#: Decoder inputs with a prompt-set axis (sliced for the single-box stage).
+PROMPT_INPUTS = ("point_coords", "point_labels", "mask_input", "has_mask_input")
+
+
+def prompt_feeds(
+    decoder: Session,
+    features: Mapping[str, np.ndarray],
+    n_points: int,
+    batch: int = 1,
+    seed: int = 0,
+    img_size: int = 1024,
+) -> dict[str, np.ndarray]:
+    """`decoder_feeds`' random prompts, with every encoder output the decoder takes by name
+    (SAM 2: both high-resolution features, and a zero mask prompt), as `Predictor` feeds it."""
+    from edgesam_export.device.predictor import decoder_feeds as predictor_feeds
+
+    f = decoder_feeds(features["image_embeddings"], n_points, batch, seed, img_size)
+    return predictor_feeds(decoder, features, f["point_coords"], f["point_labels"])
+
+
 def encoder_input(encoder: Session, image: np.ndarray | None = None) -> np.ndarray:
     """The encoder's input tensor for `image` (default: the structured parity test image)."""
     params = P.Preprocessing.from_metadata(encoder.metadata)
@@ -221,15 +241,14 @@ def session_stages(
     img_size = P.Preprocessing.from_metadata(encoder.metadata).frame  # prompts: prompt frame
     feeds = {"image": encoder_input(encoder, image)}
     stages = [Stage("encoder", "encoder", functools.partial(encoder.run, feeds))]
-    emb = encoder.run(feeds)["image_embeddings"]
+    features = encoder.run(feeds)
     for n in points:
-        f = decoder_feeds(emb, n, img_size=img_size)
+        f = prompt_feeds(decoder, features, n, img_size=img_size)
         stages.append(Stage(f"decoder N={n}", "decoder", functools.partial(decoder.run, f)))
     if box_batch > 1:
-        many = decoder_feeds(emb, 2, batch=box_batch, img_size=img_size)
+        many = prompt_feeds(decoder, features, 2, batch=box_batch, img_size=img_size)
         one = {
-            k: v if k == "image_embeddings" else np.ascontiguousarray(v[:1])
-            for k, v in many.items()
+            k: np.ascontiguousarray(v[:1]) if k in PROMPT_INPUTS else v for k, v in many.items()
         }
         stages.append(Stage(BOX_SINGLE_STAGE, "decoder", functools.partial(decoder.run, one)))
         stages.append(

@@ -25,15 +25,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgesam_export.device import processing as P
 from edgesam_export.device.backends import OpenedBackend, open_artifact_backend, unavailable
 from edgesam_export.device.bench import (
     ENCODER_STAGES,
     Timing,
     box_set_ratio,
-    decoder_feeds,
     encoder_input,
     machine_info,
     peak_rss_mb,
+    prompt_feeds,
     reset_peak_rss,
     rss_mb,
     session_stages,
@@ -240,8 +241,9 @@ def measured(open_fn: Callable[[], OpenedBackend]) -> OpenedBackend:
     opened = open_fn()
     if opened.available:
         assert opened.encoder is not None and opened.decoder is not None
-        emb = opened.encoder.run({"image": encoder_input(opened.encoder)})["image_embeddings"]
-        opened.decoder.run(decoder_feeds(emb, 1, img_size=int(opened.encoder.metadata["img_size"])))
+        features = opened.encoder.run({"image": encoder_input(opened.encoder)})
+        frame = P.Preprocessing.from_metadata(opened.encoder.metadata).frame
+        opened.decoder.run(prompt_feeds(opened.decoder, features, 1, img_size=frame))
         opened.peak_rss_mb = peak_rss_mb()
         if before is not None:
             opened.rss_added_mb = max(0.0, opened.peak_rss_mb - before)

@@ -4,16 +4,19 @@ Parity against PyTorch, parity against the reference outputs shipped beside arti
 (`<stem>_reference.npz`, no torch needed) and `build`'s checks all run `judge()`, so they cannot
 disagree on what passes:
 
-- every candidate sees the reference's inputs (its test image and prompt cases); decoders are
-  checked twice, on the reference embeddings (isolates the decoder, tight tolerance: catches
-  prompt-convention slips that end-to-end tolerances hide) and end to end on the embeddings of
-  the first candidate encoder;
+- every candidate sees the reference's inputs (its test image and prompt cases); every encoder
+  output the reference has is compared (SAM 2: the embeddings and both high-resolution
+  features); decoders are fed every encoder output they take by name (`predictor.decoder_feeds`,
+  as `Predictor` does) and checked twice, on the reference features (isolates the decoder,
+  tight tolerance: catches prompt-convention slips that end-to-end tolerances hide) and end to
+  end on the features of the first candidate encoder;
 - a case a session refuses (`Session.accepts`: CoreML enumerated shapes, TensorRT profiles) is
   skipped and listed in the report, never run;
 - an output holding a NaN or inf fails, naming the output and, for ONNX artifacts, the first node
   that produced one (`nonfinite.first_nonfinite_node`), whatever the reference holds;
-- the tolerance is the backend's row for the artifact's precision; a recipe may tighten a row
-  (`overrides`), never loosen it.
+- the tolerance is the backend's row for the artifact's precision and family group; a group's
+  scale-relative checks (`tolerances.RELATIVE_CHECKS`) bound max abs / max |reference| instead
+  of max abs; a recipe may tighten a row (`overrides`), never loosen it.
 
 Metric functions are pure and live in `parity.py`; what the reference is (PyTorch sessions, or
 the shipped reference outputs) is a `Reference`.
@@ -40,6 +43,7 @@ from edgesam_export.device.parity import (
     mask_metrics,
     prompt_cases,
 )
+from edgesam_export.device.predictor import decoder_feeds
 from edgesam_export.device.runtime import Session
 
 
@@ -51,6 +55,7 @@ class Expected:
     masks: np.ndarray  # (B, K, h, w) low-res logits on every `stride`-th row and column
     bits: np.ndarray  # (B, K, H, W) bool: low-res logits > 0 on every pixel
     logits: np.ndarray | None  # (B, K, H, W) full low-res logits, where the reference keeps them
+    object_scores: np.ndarray | None = None  # (B, 1) object-score logits (SAM 2 layout)
 
     def pick(self, index: np.ndarray) -> Expected:
         """One token per prompt set (the single-mask rule of a family's contract)."""
@@ -60,6 +65,7 @@ class Expected:
             self.masks[rows, index][:, None],
             self.bits[rows, index][:, None],
             None if self.logits is None else self.logits[rows, index][:, None],
+            self.object_scores,
         )
 
 
@@ -77,7 +83,9 @@ class Reference(Protocol):
     def preprocessing(self) -> P.Preprocessing: ...
 
     @property
-    def embeddings(self) -> np.ndarray:  # the reference encoder's embeddings of `image`
+    def features(self) -> Mapping[str, np.ndarray]:
+        """Every output of the reference encoder on `image`, by name: `image_embeddings`, and
+        for the SAM 2 layout `high_res_feats_0` / `_1`."""
         ...
 
     @property
@@ -112,7 +120,7 @@ class SessionReference:
         self.image = make_test_image() if image is None else image
         self.preprocessing = P.Preprocessing.from_metadata(meta)
         tensor, info = P.preprocess(self.image, params=self.preprocessing)
-        self.embeddings = encoder.run({"image": tensor})["image_embeddings"]
+        self.features = encoder.run({"image": tensor})
         self.prompts = prompt_cases(self.preprocessing.frame, info.input_size)
         self.decoders = decoders
         self.description = (
@@ -126,18 +134,15 @@ class SessionReference:
         key = (index, stability)
         if key not in self._raw:
             case = self.prompts[index]
-            self._raw[key] = self.decoders[stability].run(
-                {
-                    "image_embeddings": self.embeddings,
-                    "point_coords": case.point_coords,
-                    "point_labels": case.point_labels,
-                }
-            )
+            dec = self.decoders[stability]
+            feeds = decoder_feeds(dec, self.features, case.point_coords, case.point_labels)
+            self._raw[key] = dec.run(feeds)
         return self._raw[key]
 
     def expected(self, index: int, stability: bool) -> Expected:
         out = self._run(index, stability)
-        return Expected(out["scores"], out["masks"], out["masks"] > 0.0, out["masks"])
+        obj = out.get("object_score_logits")
+        return Expected(out["scores"], out["masks"], out["masks"] > 0.0, out["masks"], obj)
 
     def record_into(self, record: dict[str, Any]) -> None:
         record["preprocessing"] = self.preprocessing  # the report places prompts in this frame
@@ -158,6 +163,7 @@ class Comparison:
     passed: bool
     reason: str = ""  # why it failed, where the numbers alone do not say (NaN/inf, shapes)
     estimate: bool = False  # its tolerance was never measured for this check and family
+    relative: bool = False  # `tolerance` bounds metrics["rel"] (scale-relative), not max abs
 
 
 @dataclass
@@ -190,6 +196,7 @@ class ParityReport:
                     "check": c.check,
                     "tolerance": c.tolerance,
                     "estimate": c.estimate,
+                    "relative": c.relative,
                     "max_abs": 0.0,
                     "mean_abs": 0.0,
                     "rel": 0.0,
@@ -267,6 +274,10 @@ class Judge:
         key = check if check in row.limits else check.replace(".upscaled_masks", ".masks")
         return row.is_estimate(key, family)
 
+    def relative(self, backend: str, precision: str, check: str, family: str | None = None) -> bool:
+        """Whether the row bounds this check relative to the reference's scale."""
+        return check in tolerance_row(backend, precision, family).relative
+
     def verdict(
         self,
         backend: str,
@@ -277,9 +288,15 @@ class Judge:
     ) -> tuple[float, bool, str]:
         """(tolerance, passed, reason): a NaN/inf or a shape mismatch fails whatever the row."""
         tol, min_iou = self.tolerance(backend, precision, check, family)
+        value = metrics["rel" if self.relative(backend, precision, check, family) else "max_abs"]
         reasons = []
         if "shape_mismatch" in metrics:
             reasons.append("output shape differs from the reference's")
+        if "absent" in metrics:
+            reasons.append(
+                "missing on one side (re-export the artifacts and their reference outputs with"
+                " this version)"
+            )
         if metrics.get("nonfinite"):
             reasons.append(f"{int(metrics['nonfinite'])} non-finite values (NaN/inf)")
         if metrics.get("reference_nonfinite"):
@@ -287,7 +304,7 @@ class Judge:
                 f"the reference holds {int(metrics['reference_nonfinite'])} non-finite values"
                 " (NaN/inf weights in the checkpoint?)"
             )
-        ok = not reasons and metrics["max_abs"] <= tol
+        ok = not reasons and value <= tol
         if "min_mask_iou" in metrics:
             ok = ok and metrics["min_mask_iou"] >= min_iou
         return tol, ok, "; ".join(reasons)
@@ -318,9 +335,20 @@ class _Run:
                 self.located[name] = describe_nonfinite(session, feeds, output)
             reason = f"{output}: {reason}{self.located[name]}"
         estimate = self.judge.estimate(session.backend, precision, check, family)
+        relative = self.judge.relative(session.backend, precision, check, family)
         self.report.comparisons.append(
             Comparison(
-                name, session.backend, precision, check, case, metrics, tol, ok, reason, estimate
+                name,
+                session.backend,
+                precision,
+                check,
+                case,
+                metrics,
+                tol,
+                ok,
+                reason,
+                estimate,
+                relative,
             )
         )
 
@@ -346,16 +374,6 @@ def judge(
     (optional) receives the raw outputs, `record[name][case]`, and what the reference
     contributes (`Reference.record_into`), for the HTML report.
     """
-    extra = sorted(
-        {t.name for _, s in [*encoders, *decoders] for t in (*s.inputs, *s.outputs)}
-        & {"high_res_feats_0", "object_score_logits"}
-    )  # not mask_input: segment-anything's official decoder contract (MobileSAM, SlimSAM) has it
-    if extra:  # the SAM 2 layout (EdgeTAM): no tolerance rows derived for it yet
-        raise InputError(
-            f"parity does not judge SAM 2-layout graphs yet (they have {', '.join(extra)}):"
-            " EdgeTAM's exports are checked against the official goldens by"
-            " tests/test_edgetam.py (docs/edgetam.md)"
-        )
     report = report or ParityReport()
     run = _Run(Judge(overrides), report, record)
     params = reference.preprocessing
@@ -371,20 +389,29 @@ def judge(
     )
     if reference.stride > 1:
         report.inputs["mask_stride"] = reference.stride
-    own_embedding = None
+    own_features: Mapping[str, np.ndarray] | None = None
     for name, enc in encoders:
         feeds = {"image": tensor}
-        emb = enc.run(feeds)["image_embeddings"]
-        own_embedding = emb if own_embedding is None else own_embedding
+        out = enc.run(feeds)
+        own_features = out if own_features is None else own_features
         if record is not None:
-            record.setdefault(name, {})["image_embeddings"] = emb
-        metrics = compare_arrays(emb, reference.embeddings)
-        run.compare(name, enc, "image_embeddings", "test image", metrics, feeds, "image_embeddings")
+            record.setdefault(name, {})["image_embeddings"] = out["image_embeddings"]
+        for output, expected in reference.features.items():  # the embeddings first
+            got = out.get(output)
+            metrics = compare_arrays(got, expected) if got is not None else _absent()
+            run.compare(name, enc, output, "test image", metrics, feeds, output)
     for name, dec in decoders:
-        _judge_decoder(run, reference, name, dec, own_embedding, info)
+        _judge_decoder(run, reference, name, dec, own_features, info)
     if record is not None:
         reference.record_into(record)
     return report
+
+
+def _absent() -> dict[str, float]:
+    """Metrics of an output one side lacks (an artifact without a high-resolution feature, or
+    reference outputs written before the judge kept object scores): a failure, never a pass."""
+    inf = float("inf")
+    return {"absent": 1.0, "max_abs": inf, "mean_abs": inf, "rel": inf, "cosine": 0.0}
 
 
 def _judge_decoder(
@@ -392,10 +419,14 @@ def _judge_decoder(
     reference: Reference,
     name: str,
     dec: Session,
-    own_embedding: np.ndarray | None,
+    own_features: Mapping[str, np.ndarray] | None,
     info: P.ImageInfo,
 ) -> None:
     """One decoder on every prompt case it accepts, alone and end to end.
+
+    The decoder gets every encoder output it takes by name (`predictor.decoder_feeds`: SAM 2's
+    high-resolution features and a zero mask prompt), the reference's and then the first
+    candidate encoder's; a decoder answering `object_score_logits` has them judged too.
 
     A decoder with a family's own contract (`official_contract.FOREIGN`) gets its contract's
     feeds; single-mask files are judged against the token the contract's rule picks from the
@@ -409,9 +440,9 @@ def _judge_decoder(
     scores_key, masks_key = ("scores", "masks") if foreign is None else (
         foreign.scores_key, foreign.low_res_key
     )  # fmt: skip
-    stages = [("decoder", reference.embeddings)]
-    if own_embedding is not None:
-        stages.append(("end_to_end", own_embedding))
+    stages = [("decoder", reference.features)]
+    if own_features is not None:
+        stages.append(("end_to_end", own_features))
     tag = " (stability)" if stab else ""
     score_check = "stability_scores" if stab else "scores"
     for index, case in enumerate(reference.prompts):
@@ -421,11 +452,11 @@ def _judge_decoder(
             continue
         feeds_of = {
             stage: (
-                {"image_embeddings": emb, "point_coords": coords, "point_labels": labels}
+                decoder_feeds(dec, feats, coords, labels)
                 if foreign is None
-                else foreign.feeds(emb, coords, labels, info.original_size)
+                else foreign.feeds(feats["image_embeddings"], coords, labels, info.original_size)
             )
-            for stage, emb in stages
+            for stage, feats in stages
         }
         refused = dec.accepts(feeds_of["decoder"])
         if refused is not None:  # outside the artifact's declared shapes: listed, not judged
@@ -447,6 +478,12 @@ def _judge_decoder(
             ref_logits = exp.bits.astype(np.float32) - 0.5  # > 0 exactly on the mask
             metrics.update(mask_metrics(out["masks"], ref_logits, out["scores"], exp.scores))
             run.compare(name, dec, f"{stage}.masks", label, metrics, feeds, masks_key)
+            if "object_score_logits" in raw:  # SAM 2 layout: is the object there at all
+                got = raw["object_score_logits"]
+                ref = exp.object_scores
+                metrics = compare_arrays(got, ref) if ref is not None else _absent()
+                check = f"{stage}.object_scores"
+                run.compare(name, dec, check, label, metrics, feeds, "object_score_logits")
             if foreign is None or foreign.upscaled_key is None or exp.logits is None:
                 continue
             up_ref = P.postprocess_masks(exp.logits[0], info)

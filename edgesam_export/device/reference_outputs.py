@@ -11,11 +11,12 @@ What it holds, and why it stays small (about 5 MB next to ~40 MB of ONNX graphs)
   because both are drawn from random generators whose streams numpy does not promise to keep;
 - the reference image embeddings in full float32: the decoder-alone check feeds them to the
   candidate decoder, so they must be exact (a float16 copy would move decoder outputs by more
-  than the float32 decoder tolerance);
+  than the float32 decoder tolerance); for the SAM 2 layout (EdgeTAM) also both
+  high-resolution features (`feature_high_res_feats_0/1`, 12 MB more), which its decoder takes;
 - per prompt case the reference IoU scores and stability scores (both decoder flavours share
-  their mask logits), the low-resolution mask logits on every `MASK_STRIDE`-th row and column
-  (max/mean abs error are measured there), and the full-resolution thresholded masks as packed
-  bits (mask IoU is measured on every pixel).
+  their mask logits), SAM 2's object-score logits, the low-resolution mask logits on every
+  `MASK_STRIDE`-th row and column (max/mean abs error are measured there), and the
+  full-resolution thresholded masks as packed bits (mask IoU is measured on every pixel).
 
 Everything was computed by the PyTorch reference in float32 on the CPU at export time; the
 metadata block records the model, weights and checkpoint digest, so reference outputs are never
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from edgesam_export.device.runtime import Session
 
 REFERENCE_OUTPUTS_SUFFIX = "_reference.npz"
 FORMAT_VERSION = 1
+FEATURE_PREFIX = "feature_"  # encoder outputs besides the embeddings (SAM 2's high-res ones)
 MASK_STRIDE = 4  # keep rows and columns 0, 4, 8, ... of each 256 x 256 logit map
 #: Metadata keys reference outputs must share with the artifacts they judge.
 MATCH_KEYS = ("model", "weights", "weights_source", "checkpoint_sha256", "upsample_mode")
@@ -55,6 +57,7 @@ class ReferenceCase:
     stability_scores: np.ndarray  # (B, K)
     masks_sub: np.ndarray  # (B, K, 256 / stride, 256 / stride) float32 logits
     masks_bits: np.ndarray  # (B, K, 256, 256) bool: logits > 0
+    object_scores: np.ndarray | None = None  # (B, 1) object-score logits (SAM 2 layout)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class ReferenceOutputs:
     image: np.ndarray
     embeddings: np.ndarray
     cases: list[ReferenceCase]
+    extra_features: Mapping[str, np.ndarray] = field(default_factory=dict)  # SAM 2 high-res
+
+    @property
+    def features(self) -> dict[str, np.ndarray]:
+        """Every reference encoder output kept: the embeddings first."""
+        return {"image_embeddings": self.embeddings, **self.extra_features}
 
     @property
     def description(self) -> str:
@@ -80,7 +89,7 @@ class ReferenceOutputs:
         no full-precision logits, so upscaled masks of a family contract are not judged."""
         c = self.cases[index]
         scores = c.stability_scores if stability else c.scores
-        return Expected(scores, c.masks_sub, c.masks_bits, None)
+        return Expected(scores, c.masks_sub, c.masks_bits, None, c.object_scores)
 
     def record_into(self, record: dict[str, Any]) -> None:
         record["reference_outputs"] = self
@@ -123,6 +132,9 @@ def save_reference_outputs(
     emb = features["image_embeddings"].astype(np.float32)
     cases = prompt_cases(params.frame, info.input_size)  # in the prompt frame
     arrays: dict[str, np.ndarray] = {"image": image, "image_embeddings": emb}
+    for name, value in features.items():
+        if name != "image_embeddings":
+            arrays[FEATURE_PREFIX + name] = value.astype(np.float32)
     for i, case in enumerate(cases):
         feeds = decoder_feeds(decoders[False], features, case.point_coords, case.point_labels)
         iou = decoders[False].run(feeds)
@@ -142,6 +154,8 @@ def save_reference_outputs(
             masks[..., ::MASK_STRIDE, ::MASK_STRIDE]
         )
         arrays[f"case{i}_masks_bits"] = np.packbits(masks > 0.0, axis=-1)
+        if "object_score_logits" in iou:
+            arrays[f"case{i}_object_scores"] = iou["object_score_logits"].astype(np.float32)
     meta: dict[str, Any] = {k: meta_in.get(k, "") for k in MATCH_KEYS}
     meta.update(
         format=FORMAT_VERSION,
@@ -184,9 +198,15 @@ def read_reference_outputs(path: Path) -> ReferenceOutputs:
                     arrays[f"case{i}_stability_scores"],
                     arrays[f"case{i}_masks_sub"],
                     bits.astype(bool).reshape(*bits.shape[:-2], height, width),
+                    arrays.get(f"case{i}_object_scores"),
                 )
             )
-        return ReferenceOutputs(path, meta, arrays["image"], arrays["image_embeddings"], cases)
+        extra = {
+            k[len(FEATURE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(FEATURE_PREFIX)
+        }
+        return ReferenceOutputs(
+            path, meta, arrays["image"], arrays["image_embeddings"], cases, extra
+        )
     except ArtifactError:
         raise
     except Exception as exc:  # zip, key and JSON errors of a damaged file
