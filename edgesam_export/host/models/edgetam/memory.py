@@ -303,7 +303,7 @@ class RoPECrossAttention(nn.Module):
         self.register_buffer("sin_k", sin_k, persistent=False)
 
     def forward(self, x: Tensor, spatial_k: Tensor, spatial_v: Tensor, ptr: Tensor) -> Tensor:
-        b, _, dim = x.shape
+        b, dim = spatial_k.shape[0], x.shape[-1]  # x may be batch 1, broadcast against B
         # 1/sqrt(256) = 1/16: an exact power of two, applied to q instead of the scores
         q = apply_rope(self.q_proj(x), self.cos_q, self.sin_q) * (dim**-0.5)
         k_win = apply_rope(self.k_proj(spatial_k[:, :, NUM_LATENTS:]), self.cos_k, self.sin_k)
@@ -347,7 +347,9 @@ class MemoryAttentionLayer(nn.Module):
 class MemoryAttention(nn.Module):
     """Condition the current frame's level-2 features on the memory bank.
 
-    curr: (B, 256, 64, 64) features WITHOUT no_mem_embed; memory / memory_pos: (B, S, 512, 64);
+    curr: (B, 256, 64, 64) features WITHOUT no_mem_embed, or (1, 256, 64, 64) shared by every
+    object: the first layer's self-attention (which sees only the frame) then runs once for all
+    B objects and broadcasts at its first cross-attention; memory / memory_pos: (B, S, 512, 64);
     ptr_tokens: (B, P, 64) (each 256-d object pointer split into 4 tokens, zero position).
     Returns (B, 256, 64, 64).
     """
@@ -366,12 +368,12 @@ class MemoryAttention(nn.Module):
     def forward(
         self, curr: Tensor, memory: Tensor, memory_pos: Tensor, ptr_tokens: Tensor
     ) -> Tensor:
-        b, c, h, w = curr.shape
+        _, c, h, w = curr.shape
         x = curr.flatten(2).transpose(1, 2) + 0.1 * self.curr_pos
         spatial_k = memory + memory_pos
         for layer in self.layers:
             x = layer(x, spatial_k, memory, ptr_tokens)
-        return self.norm(x).transpose(1, 2).reshape(b, c, h, w)
+        return self.norm(x).transpose(1, 2).reshape(x.shape[0], c, h, w)
 
 
 def split_object_pointers(obj_ptrs: Tensor) -> Tensor:

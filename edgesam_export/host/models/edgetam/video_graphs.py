@@ -116,9 +116,11 @@ class MemoryAttentionGraph(nn.Module):
         tpos = tpos_enc.reshape(NUM_MASKMEM, 1, -1)[memory_tpos]  # (S, 1, 64)
         latent_pos = cast(SpatialPerceiver, m.spatial_perceiver).latent_pos
         pos = (latent_pos[None] + tpos)[None]  # (1, S, 512, 64)
-        curr = pix_feat.expand(b, -1, -1, -1)
         attention = cast(MemoryAttention, m.memory_attention)
-        return attention(curr, memory, pos.expand(b, -1, -1, -1), split_object_pointers(obj_ptrs))
+        # pix_feat stays batch 1: the first self-attention runs once for all objects
+        return attention(
+            pix_feat, memory, pos.expand(b, -1, -1, -1), split_object_pointers(obj_ptrs)
+        )
 
 
 def _example(graph: str, gen: torch.Generator) -> tuple[Tensor, ...]:
