@@ -76,6 +76,38 @@ def test_perceiver_batches_objects(memory: EdgeTamMemory) -> None:
     assert (batched[0] - batched[1]).abs().max() > 1e-2
 
 
+@pytest.mark.extended
+def test_cross_attention_in_memory_space_equals_the_plain_form(memory: EdgeTamMemory) -> None:
+    """The 64-d cross-attention (values attended before v_proj, unrotated keys as (q Wk).m, the
+    bias moved onto the rotated keys) is the plain form: every key and value projected to 256,
+    window keys rotated, one softmax. float64, so only the algebra is compared; batch-1 queries
+    broadcast against B memories (the memory_attention graph's form) give each row's own."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from edgesam_export.host.models.edgetam.memory import NUM_LATENTS, apply_rope
+
+    att = copy.deepcopy(memory.memory_attention.layers[0].cross_attn_image).double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4096, 256, generator=gen, dtype=torch.float64)
+    sk, sv = (torch.randn(2, 1, 512, 64, generator=gen, dtype=torch.float64) for _ in "kv")
+    ptr = torch.randn(2, 8, 64, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        q = apply_rope(att.q_proj(x), att.cos_q, att.sin_q)
+        k = att.k_proj(sk)
+        rot = apply_rope(k[:, :, NUM_LATENTS:], att.cos_k, att.sin_k)
+        k = torch.cat(
+            [torch.cat([k[:, :, :NUM_LATENTS], rot], 2).reshape(2, -1, 256), att.k_proj(ptr)], 1
+        )
+        v = torch.cat([att.v_proj(sv).reshape(2, -1, 256), att.v_proj(ptr)], 1)
+        plain = att.out_proj(F.scaled_dot_product_attention(q.expand(2, -1, -1), k, v))
+        ours = att(x, sk, sv, ptr)
+    assert ours.shape == (2, 4096, 256)
+    torch.testing.assert_close(ours, plain, atol=1e-10, rtol=0)
+    assert (ours[0] - ours[1]).abs().max() > 1e-3
+
+
 @pytest.mark.heavy
 def test_memory_attention_rotates_window_tokens_only(memory: EdgeTamMemory) -> None:
     """Pointer tokens and global latents carry no RoPE (order-free); window latents do."""
