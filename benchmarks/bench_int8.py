@@ -6,19 +6,24 @@ our fp32 graph and our `--quantize int8` graph, timed round-robin in one process
 interval, verdict met / tie / missed against the issue 17 targets: encoder >= 2.0x and decoder
 >= 1.5x the official fp32), and the int8 graph's accuracy beside it (mean / worst mask IoU on
 held-out images and prompts, recorded by its search, and whether it meets the mask bar).
-Weights: calibrated synthetic seed 0, bilinear neck, on every side.
+Weights: calibrated synthetic seed 0 (EdgeSAM: bilinear neck), on every side.
 
-The decoder int8 is exported here (its search takes minutes); the encoder search takes much
-longer, so the encoder is timed only from `--int8-dir DIR` holding an
-`edge_sam_encoder_int8.onnx` made with the same weights
-(`edgesam-export onnx --encoder --quantize int8 --upsample bilinear -o DIR`).
+Each int8 graph is exported here by `onnx --quantize int8` with `--search-budget` seconds of
+search per graph (default 600), or taken from `--int8-dir DIR` when DIR holds
+`<model>_<graph>_int8.onnx` made with the same weights (`edgesam-export onnx --quantize int8
+--upsample bilinear -o DIR`). The frontier each search walked (float blocks, mean / worst IoU,
+its speed hint) is copied from the graph's `int8.report` into the results. A graph whose search
+met no bar within its budget is reported with the search's error, untimed. `--model` runs the
+same method on another family (no family-specific code: `mobile_sam`, `efficientvit_sam_l0`).
 
-    python benchmarks/bench_int8.py [--int8-dir DIR] [--rounds N]
+    python benchmarks/bench_int8.py [--int8-dir DIR] [--rounds N] [--search-budget S]
+        [--graphs encoder,decoder] [--model edge_sam]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +40,7 @@ from edgesam_export.device.bench import (
     machine_info,
     time_interleaved,
 )
+from edgesam_export.device.errors import ExportFailedError
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.pipeline import export_artifacts
 from edgesam_export.host.reference import reference_sessions
@@ -42,42 +48,87 @@ from edgesam_export.host.reference import reference_sessions
 NAME = "int8"
 TARGETS = {"encoder": 2.0, "decoder": 1.5}  # int8 over the official fp32 export (issue 17)
 WARMUP = {"encoder": 2, "decoder": 5}
-MODEL = ModelOptions(seed=0, upsample="bilinear", synthetic="calibrated")
+
+
+def model_options(model: str) -> ModelOptions:
+    """Calibrated synthetic seed 0; EdgeSAM with the bilinear neck (the other families have no
+    neck upsampling option)."""
+    upsample = "bilinear" if model == "edge_sam" else None
+    return ModelOptions(model=model, seed=0, upsample=upsample, synthetic="calibrated")
 
 
 def _int8_accuracy(meta: dict[str, str]) -> dict[str, Any]:
     mean, worst = (float(v) for v in meta["int8.mask_iou"].split()[1::2])
+    report = json.loads(meta.get("int8.report", "{}"))
     return {
         "mean_iou": mean,
         "worst_iou": worst,
         "float_blocks": [b for b in meta.get("int8.float_blocks", "").split(",") if b],
         "calibration": meta.get("int8.calibration", ""),
+        "search": {
+            k: report.get(k)
+            for k in ("seconds", "budget_s", "sensitivity_complete", "converged", "bar_met")
+        },
+        "frontier": [
+            {
+                "float_blocks": len(p["float_blocks"]),
+                "float_nodes": p["float_nodes"],
+                "mean_iou": p["mean_iou"],
+                "worst_iou": p["worst_iou"],
+                "speedup_vs_fp32_hint": p.get("speedup_vs_fp32"),
+                "passed": p["passed"],
+            }
+            for p in report.get("frontier", [])
+        ],
     }
 
 
-def run(int8_dir: Path | None, rounds: dict[str, int]) -> dict[str, Any]:
+def _int8_graph(
+    model: ModelOptions, graph: str, int8_dir: Path | None, tmp: Path, budget: float
+) -> Path | str:
+    """The int8 graph: from `int8_dir`, else exported here; the error text when the search met
+    no bar within its budget."""
+    if int8_dir is not None:
+        given = int8_dir / f"{model.model}_{graph}_int8.onnx"
+        if given.is_file():
+            return given
+    _common.log(f"exporting the int8 {graph} (static QDQ, search budget {budget:.0f} s)")
+    options = OnnxOptions(
+        output=tmp / f"int8_{graph}", graphs=(graph,), quantize="int8", search_budget=budget
+    )
+    try:
+        return export_artifacts(model, "onnx", options)[1][0].path
+    except ExportFailedError as exc:
+        return str(exc)
+
+
+def run(
+    int8_dir: Path | None,
+    rounds: dict[str, int],
+    budget: float = 600.0,
+    graphs: tuple[str, ...] = ("encoder", "decoder"),
+    model_name: str = "edge_sam",
+) -> dict[str, Any]:
+    model = model_options(model_name)
     monitor = _common.CpuMonitor()
     load_before = os.getloadavg()
     date = _common.now_utc()
     with tempfile.TemporaryDirectory(prefix="edgesam-int8-") as tmp:
         _common.log("exporting our fp32 graphs")
         loaded, fp32 = export_artifacts(
-            MODEL, "onnx", OnnxOptions.model_validate({"output": Path(tmp) / "fp32"})
+            model, "onnx", OnnxOptions.model_validate({"output": Path(tmp) / "fp32"})
         )
         paths: dict[str, dict[str, Path]] = {"ours fp32": {a.graph: a.path for a in fp32}}
         _common.log("exporting official-style graphs")
         paths["official fp32"] = export_official_style(loaded, Path(tmp))
         int8: dict[str, Path] = {}
-        given = int8_dir / "edge_sam_encoder_int8.onnx" if int8_dir else None
-        if given is not None and given.is_file():
-            int8["encoder"] = given
-        _common.log("exporting the int8 decoder (static QDQ, searched against the mask bar)")
-        _, dec = export_artifacts(
-            MODEL,
-            "onnx",
-            OnnxOptions(output=Path(tmp) / "int8", graphs=("decoder",), quantize="int8"),
-        )
-        int8["decoder"] = dec[0].path
+        failed: dict[str, str] = {}
+        for graph in graphs:
+            got = _int8_graph(model, graph, int8_dir, Path(tmp), budget)
+            if isinstance(got, Path):
+                int8[graph] = got
+            else:
+                failed[graph] = got
         paths["ours int8"] = int8
         ref_enc, _ = reference_sessions(loaded)
         feeds = {"image": encoder_input(ref_enc)}
@@ -85,15 +136,15 @@ def run(int8_dir: Path | None, rounds: dict[str, int]) -> dict[str, Any]:
         stage_feeds = {"encoder": feeds, "decoder": decoder_feeds(embeddings, 5)}
         results: dict[str, Any] = {}
         timings = []
-        for graph in ("encoder", "decoder"):
+        for graph in graphs:
+            if graph in failed:
+                results[graph] = {"skipped": f"no int8 graph: {failed[graph]}"}
+                continue
             sessions = {
                 side: open_session(p[graph], threads=_common.THREADS)
                 for side, p in paths.items()
                 if graph in p
             }
-            if "ours int8" not in sessions:
-                results[graph] = {"skipped": "no int8 encoder: pass --int8-dir (module doc)"}
-                continue
             accuracy = _int8_accuracy(sessions["ours int8"].metadata)
             _common.log(f"timing the {graph}: {', '.join(sessions)}")
             samples = time_interleaved(
@@ -129,7 +180,13 @@ def run(int8_dir: Path | None, rounds: dict[str, int]) -> dict[str, Any]:
         "machine": machine_info(),
         "contention": monitor.result(),
         "loadavg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
-        "settings": {"threads": _common.THREADS, "rounds": rounds, "weights": str(MODEL)},
+        "settings": {
+            "threads": _common.THREADS,
+            "rounds": rounds,
+            "weights": str(model),
+            "search_budget_s": budget,
+            "int8_dir": None if int8_dir is None else str(int8_dir),
+        },
         "graphs": results,
         "timings": [t.to_json() for t in timings],
     }
@@ -154,6 +211,34 @@ def render(result: dict[str, Any]) -> str:
             ]
         )
     load = result["loadavg_1_5_15"]
+    frontiers = []
+    for graph, r in result["graphs"].items():
+        if "skipped" in r:
+            continue
+        search = r["accuracy"]["search"]
+        frontiers += [
+            "",
+            f"Frontier walked by the {graph} search ({search['seconds']} s, budget"
+            f" {search['budget_s']} s, sensitivity complete: {search['sensitivity_complete']},"
+            f" converged: {search['converged']}):",
+            "",
+            _common.md_table(
+                ["float blocks", "float nodes", "mean IoU", "worst IoU", "fp32/int8 (hint)", "bar"],
+                [
+                    [
+                        str(p["float_blocks"]),
+                        str(p["float_nodes"]),
+                        f"{p['mean_iou']:.4f}",
+                        f"{p['worst_iou']:.4f}",
+                        "-"
+                        if p["speedup_vs_fp32_hint"] is None
+                        else f"{p['speedup_vs_fp32_hint']:.2f}x",
+                        "met" if p["passed"] else "missed",
+                    ]
+                    for p in r["accuracy"]["frontier"]
+                ],
+            ),
+        ]
     return "\n".join(
         [
             f"# int8 vs fp32 ({result['date']}, load {load['before'][0]:.1f} -> "
@@ -170,6 +255,7 @@ def render(result: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
+            *frontiers,
         ]
     )
 
@@ -178,6 +264,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--int8-dir", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 20 / 50)")
+    parser.add_argument("--search-budget", type=float, default=600.0, help="seconds per search")
+    parser.add_argument("--graphs", default="encoder,decoder")
+    parser.add_argument("--model", default="edge_sam")
     args = parser.parse_args()
     plan = {"encoder": args.rounds or 20, "decoder": args.rounds or 50}
-    raise SystemExit(_common.main(NAME, lambda: run(args.int8_dir, plan), render))
+    graphs = tuple(g for g in args.graphs.split(",") if g)
+    name = NAME if args.model == "edge_sam" else f"{NAME}_{args.model}"
+    raise SystemExit(
+        _common.main(
+            name,
+            lambda: run(args.int8_dir, plan, args.search_budget, graphs, args.model),
+            render,
+        )
+    )

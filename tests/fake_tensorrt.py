@@ -4,7 +4,7 @@ It follows the documented Python API of each flavour closely enough for our buil
 session, and records what was called, so tests can assert *how* an engine was built:
 
 - "10": TensorRT 10.x: `NetworkDefinitionCreationFlag.STRONGLY_TYPED`, and the weakly typed
-  `BuilderFlag.FP16` / `OBEY_PRECISION_CONSTRAINTS`, `ILayer.precision` (deprecated in 10).
+  `BuilderFlag.FP16` / `INT8` / `OBEY_PRECISION_CONSTRAINTS`, `ILayer.precision` (deprecated in 10).
 - "11": TensorRT 11.x: the weakly typed builder flags and `Builder.platform_has_fast_fp16`
   are gone (using them raises AttributeError, as the real module would); every network is
   strongly typed and the creation flag is kept as an ignored no-op.
@@ -292,7 +292,7 @@ def make(flavour: str = "10") -> Any:
     m.STRONG_BIT = 1 << 0 if flavour != "8.6" else 0
     builder_flags = ["TF32"]
     if flavour != "11":
-        builder_flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+        builder_flags += ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
     m.BuilderFlag = types.SimpleNamespace(**{f: f for f in builder_flags})
     creation = {"STRONGLY_TYPED": 0} if flavour != "8.6" else {"EXPLICIT_BATCH": 0}
     m.NetworkDefinitionCreationFlag = types.SimpleNamespace(**creation)

@@ -227,6 +227,14 @@ def trt_cmd(
     encoder: Annotated[bool, typer.Option("--encoder", help="Only the encoder.")] = False,
     decoder: Annotated[bool, typer.Option("--decoder", help="Only the decoder.")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Build fp16 engines.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Build int8 engines from a folder's static int8 QDQ graphs (onnx --quantize int8"
+            " --activation-symmetric): explicit quantization, no calibrator.",
+        ),
+    ] = False,
     points: PointsOpt = None,
     batch: BatchOpt = None,
     workspace: Annotated[int, typer.Option("--workspace", min=64, help="Workspace, MB.")] = 1024,
@@ -271,7 +279,7 @@ def trt_cmd(
     wait: WaitOpt = 0.0,
 ) -> None:
     """Build TensorRT engines (TensorRT 10 or 11) with dynamic prompt shapes, fp16 with fp32
-    pins, and check them.
+    pins or int8 from static QDQ graphs, and check them.
 
     Each graph is checked for readiness first; fp16 engines are built strongly typed from the
     fp16 graph (written beside them); engines get a JSON sidecar, and parity runs on every
@@ -287,6 +295,13 @@ def trt_cmd(
         requested = _dims(points, batch)
         if fp32_layers and not fp16:
             raise InputError("--fp32-layers needs --fp16")
+        if int8 and fp16:
+            raise InputError("choose --int8 or --fp16, not both")
+        if int8 and (source is None or not source.is_dir()):
+            raise InputError(
+                "--int8 builds from static int8 QDQ graphs: export them with `edgesam-export onnx"
+                " --quantize int8 --activation-symmetric -o DIR`, then run `trt DIR --int8`"
+            )
         trt = None
         if not print_trtexec:  # before anything is written
             try:
@@ -310,12 +325,15 @@ def trt_cmd(
                 seed,
                 synthetic,
             )
-        models = _float32_graphs({f: load_onnx(f) for f in files})
+        models = _source_graphs({f: load_onnx(f) for f in files}, int8)
         wanted = {g for g, on in (("encoder", encoder), ("decoder", decoder)) if on}
         if wanted:
             models = {f: m for f, m in models.items() if _graph_of(m) in wanted}
         if not models:
-            raise InputError("no graph to build (check --encoder/--decoder and the directory)")
+            raise InputError(
+                "no graph to build (check --encoder/--decoder and the directory"
+                + (": --int8 needs `onnx --quantize int8` graphs there)" if int8 else ")")
+            )
         out = human_console(json_path)
         # Engines (and fp16 graphs) are written, checked and recorded under engine_dir's lock:
         # one run at a time (device/publish.py); --print-trtexec builds nothing.
@@ -330,7 +348,8 @@ def trt_cmd(
             built: list[Path] = []
             for f, model in models.items():
                 plan, entry = _plan(f, model, requested, engine_dir, fp16, pins[f], out)
-                plan = replace(plan, workspace_mb=workspace, timing_cache=timing_cache)
+                plan = replace(plan, int8=int8, workspace_mb=workspace, timing_cache=timing_cache)
+                entry["precision"] = plan.precision
                 entry["trtexec"] = trtexec_line(plan)
                 if f in fp16_json:
                     entry["fp16"] = fp16_json[f]
@@ -362,16 +381,21 @@ def trt_cmd(
         parity_exit(report)
 
 
-def _float32_graphs(models: dict[Path, Any]) -> dict[Path, Any]:
-    """Engines are built from float32 graphs (an fp16 engine from the fp16 graph made from
-    one): reduced-precision graphs in a folder (an fp16 or int8 ONNX export) are skipped."""
+def _source_graphs(models: dict[Path, Any], int8: bool) -> dict[Path, Any]:
+    """The graphs engines are built from: float32 graphs (an fp16 engine from the fp16 graph
+    made from one), or with --int8 the static int8 QDQ graphs; the others in a folder (fp16,
+    dynamic int8, or float32 with --int8) are skipped."""
     kept = {}
     for f, model in models.items():
-        precision = {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")
-        if precision == "fp32":
+        meta = {p.key: p.value for p in model.metadata_props}
+        precision = meta.get("precision", "fp32")
+        if int8 and precision == "int8" and meta.get("int8.method") == "static-qdq":
+            kept[f] = model
+        elif not int8 and precision == "fp32":
             kept[f] = model
         else:
-            progress(f"skipping {f.name}: a {precision} graph (engines start from float32)")
+            wanted = "static int8 QDQ graphs (--int8)" if int8 else "float32"
+            progress(f"skipping {f.name}: a {precision} graph (engines start from {wanted})")
     return kept
 
 

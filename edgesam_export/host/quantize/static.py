@@ -10,8 +10,9 @@ a per-block sensitivity pass affordable.
 
 Choices (see docs/quantize.md): QDQ format (what TensorRT's explicit quantization and
 onnxruntime's fused int8 kernels consume), int8 weights per output channel, uint8 activations
-(asymmetric; `activation_symmetric` makes them int8 symmetric, TensorRT's convention), biases
-quantized to int32 (onnxruntime's default), MinMax ranges unless told otherwise.
+(asymmetric; `activation_symmetric` makes them int8 symmetric, TensorRT's convention, and keeps
+biases float: TensorRT's parser takes DequantizeLinear on int8 only), biases otherwise quantized
+to int32 (onnxruntime's default), MinMax ranges unless told otherwise.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class StaticQuantizer:
         extra: dict[str, Any] = {
             "ActivationSymmetric": self.activation_symmetric,
             "QDQKeepRemovableActivations": True,
+            # TensorRT's parser takes DequantizeLinear on int8 only: float biases for its graphs
+            "QuantizeBias": not self.activation_symmetric,
         }
         if self.method == "percentile":
             extra["CalibPercentile"] = 99.999
@@ -162,16 +165,25 @@ def keep_float(qdq: Any, fp32: Any, names: set[str]) -> Any:
         return out
     fp_nodes = {n.name: n for n in fp32.graph.node}
     fp_inits = {i.name: i for i in fp32.graph.initializer}
-    have = {i.name for i in out.graph.initializer}
+    kept = {i.name: i for i in out.graph.initializer}
+    made = {o for n in out.graph.node for o in n.output}
     for node in out.graph.node:
         if node.name in names and node.name in fp_nodes:
-            src = fp_nodes[node.name]
+            inputs = []
+            for name in fp_nodes[node.name].input:
+                if name in fp_inits and name not in kept:
+                    # the fp32 weight; under another name where quantize_static gave its own
+                    # name to a DequantizeLinear (biases: int32 with the input's scale)
+                    new = f"{name}_float" if name in made else name
+                    if new not in kept:
+                        init = copy.deepcopy(fp_inits[name])
+                        init.name = new
+                        out.graph.initializer.append(init)
+                        kept[new] = init
+                    name = new
+                inputs.append(name)
             del node.input[:]
-            node.input.extend(src.input)
-            for name in src.input:
-                if name in fp_inits and name not in have:
-                    out.graph.initializer.append(fp_inits[name])
-                    have.add(name)
+            node.input.extend(inputs)
     # A float node that makes a graph output writes it directly (quantize_static renamed the
     # node's output and put a Q/DQ pair before the graph output).
     made_by = {o: n for n in out.graph.node for o in n.output}

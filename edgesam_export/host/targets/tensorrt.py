@@ -13,6 +13,12 @@ TensorRT without strongly typed networks (before 9.1: JetPack 5's 8.5, JetPack 6
 gets the weakly typed flag path, decided by what the module offers, never by its version
 string. docs/tensorrt.md lists which call exists in which version.
 
+An int8 engine is TensorRT's explicit quantization of the static int8 QDQ graph
+(`onnx --quantize int8 --activation-symmetric`): the Q/DQ nodes carry the scales, so there is
+no calibrator. A strongly typed network takes int8 from the Q/DQ nodes like any other type (no
+precision flag: strongly typed builds refuse them); only the weakly typed path (TensorRT before
+9.1) sets `BuilderFlag.INT8`, which its explicit quantization requires.
+
 Everything except `build_engine` runs without TensorRT: profile shapes, the fp16 graph, the
 equivalent `trtexec` command lines, the sidecar's content.
 """
@@ -114,11 +120,12 @@ def profile_shapes(model: Any, dims: Mapping[str, DimRange]) -> dict[str, ShapeR
 class EnginePlan:
     """Everything a build needs, decided before TensorRT is touched."""
 
-    onnx: Path  # the float32 source graph
+    onnx: Path  # the float32 source graph (an int8 engine: the QDQ graph)
     engine: Path
     graph: str
     profiles: dict[str, ShapeRange]
     fp16: bool = False
+    int8: bool = False  # explicit quantization: `onnx` is a static int8 QDQ graph
     fp32_layers: tuple[str, ...] = ()
     # fp16 only: the fp16 graph with `fp32_layers` kept float32 that a strongly typed build
     # parses (`write_fp16_graph`); the weakly typed fallback parses `onnx` instead.
@@ -129,7 +136,7 @@ class EnginePlan:
 
     @property
     def precision(self) -> str:
-        return "fp16" if self.fp16 else "fp32"
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
 
     @property
     def typed_onnx(self) -> Path:
@@ -379,6 +386,8 @@ def build_engine(plan: EnginePlan, trt: Any | None = None) -> Path:
         for name, (lo, opt, hi) in plan.profiles.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
+    if plan.int8 and typing == WEAK:  # explicit quantization: no calibrator
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan.fp16 and typing == WEAK:
         if not builder.platform_has_fast_fp16:
             raise BackendUnavailableError("this GPU has no fast fp16: build without --fp16")
