@@ -83,6 +83,35 @@ def test_encoder_and_decoder_pass_parity_on_the_executorch_runtime(
     assert "batch of 3 boxes" in skipped
 
 
+@pytest.mark.heavy
+def test_bench_all_shows_the_executorch_column_with_its_verdict(
+    executorch_full_build: tuple[LoadedModel, Path],
+) -> None:
+    """`edgesam-bench --backend all` over a folder of programs: the ExecuTorch column is live,
+    timed beside PyTorch stage by stage, and carries its parity verdict (table and JSON)."""
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.bench import app
+
+    _, out = executorch_full_build
+    tiny = ["--points", "1", "--box-batch", "1", "--iters", "1", "--warmup", "0"]
+    result = CliRunner().invoke(
+        app, ["--backend", "all", str(out), *tiny, "--everything-points", "0", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    by_name = {b["name"]: b for b in report["backends"]}
+    column = by_name["executorch"]
+    assert column["available"], column
+    assert column["parity"]["passed"] is True, column["parity"]
+    checks = {r["check"] for r in column["parity"]["summary"]}
+    assert {"image_embeddings", "end_to_end.masks"} <= checks
+    assert not by_name["onnx"]["available"]  # only programs in the folder
+    timed = {t["name"] for t in report["timings"] if t["backend"] == "executorch"}
+    assert {"encoder", "decoder N=1"} <= timed
+    assert "executorch" in result.stderr and "pass" in result.stderr
+
+
 def test_decoder_takes_a_dynamic_point_count(executorch_build: tuple[LoadedModel, Path]) -> None:
     loaded, out = executorch_build
     session = open_session(out / "edge_sam_decoder.pte")
@@ -160,6 +189,27 @@ def backends_sha(pte: Path) -> str:
     """The artifact hash the manifest recorded for a program and its sidecar."""
     manifest = json.loads((pte.parent / "manifest.json").read_text())
     return str(next(a["sha256"] for a in manifest["artifacts"] if a["path"] == pte.name))
+
+
+def test_tanh_gelu_runs_as_the_tanh_approximation_not_exact_gelu() -> None:
+    """XNNPACK's GELU is exact (erf) whatever `approximate` says; the target spells the tanh
+    form out (EfficientViT-SAM uses it everywhere). Without that, the two differ by 4.7e-4 here
+    and EfficientViT-SAM-L0's embeddings were 5.3e-2 off."""
+    from executorch.runtime import Runtime
+
+    from edgesam_export.host.targets.executorch import _program
+
+    class Both(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            gelu = torch.nn.functional.gelu
+            return gelu(x, approximate="tanh") * 2.0, gelu(x) * 2.0
+
+    x = torch.linspace(-6.0, 6.0, 2048).reshape(1, 2048)
+    program = Runtime.get().load_program(_program(Both().eval(), (x,), "encoder", 1))
+    got = program.load_method("forward").execute([x])
+    want = Both()(x)
+    for g, w in zip(got, want, strict=True):
+        assert float((g - w).abs().max()) < 1e-5
 
 
 def test_the_decoder_graph_stays_within_six_dims(bicubic_model: LoadedModel) -> None:

@@ -95,6 +95,11 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
     ),
     # rows of test_executorch.FAMILIES that ran and passed (-m heavy)
     "mobile_sam": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
+    "efficientvit_sam_l0": (
+        "test_executorch",
+        "test_family_programs_pass_parity_on_the_executorch_runtime",
+    ),
+    "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
 }
 
 # target -> its export + parity test table; every target a spec's verified_targets names

@@ -148,7 +148,7 @@ _SAM_COMMON: dict[str, Any] = dict(
 )
 
 
-def _efficientvit(label: str, img_size: int) -> ModelSpec:
+def _efficientvit(label: str, img_size: int, also: tuple[str, ...] = ()) -> ModelSpec:
     name = f"efficientvit_sam_{label.lower()}"
     return ModelSpec(
         name=name,
@@ -167,13 +167,14 @@ def _efficientvit(label: str, img_size: int) -> ModelSpec:
         builder=f"{_HOST}.efficientvit:build_variant",
         builder_args=(name,),
         # An export + parity test row per variant (tests/test_families.py ties these to the
-        # test tables: L0 in `make test`, the others with `pytest -m heavy`).
-        verified_targets=("onnx", "coreml"),
+        # test tables: L0 in `make test`, the others with `pytest -m heavy`); `also`: targets
+        # verified for this variant alone (its heavy row ran and passed).
+        verified_targets=("onnx", "coreml", *also),
         decoder_contracts=("edgesam", "efficientvit"),
     )
 
 
-def _sam_vit(name: str, description: str) -> ModelSpec:
+def _sam_vit(name: str, description: str, also: tuple[str, ...] = ()) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="SAM",
@@ -182,12 +183,12 @@ def _sam_vit(name: str, description: str) -> ModelSpec:
         signature_prefixes=("image_encoder.blocks.0.attn.qkv.", "image_encoder.pos_embed"),
         builder=f"{_HOST}.sam_family:build_sam_vit_named",
         builder_args=(name,),
-        verified_targets=("onnx", "coreml"),
+        verified_targets=("onnx", "coreml", *also),
         **_SAM_COMMON,
     )
 
 
-def _slimsam(ratio: str, file: str) -> ModelSpec:
+def _slimsam(ratio: str, file: str, also: tuple[str, ...] = ()) -> ModelSpec:
     name = f"slimsam_{ratio}"
     return ModelSpec(
         name=name,
@@ -202,7 +203,7 @@ def _slimsam(ratio: str, file: str) -> ModelSpec:
         builder_args=(name,),
         build_from_state=f"{_HOST}.sam_family:build_slimsam",
         checkpoint_format="pickled-module",
-        verified_targets=("onnx", "coreml"),
+        verified_targets=("onnx", "coreml", *also),
         **_SAM_COMMON,
     )
 
@@ -225,7 +226,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         verified_targets=("onnx", "coreml", "executorch"),
         extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     ),
-    _efficientvit("L0", 512),
+    _efficientvit("L0", 512, also=("executorch",)),
     _efficientvit("L1", 512),
     _efficientvit("L2", 512),
     _efficientvit("XL0", 1024),
@@ -234,7 +235,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
     _sam_vit("sam_vit_l", "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth"),
     _sam_vit("sam_vit_h", "SAM ViT-H (Meta, 32 blocks, width 1280): sam_vit_h_4b8939.pth"),
     _slimsam("50", "SlimSAM-50.pth"),
-    _slimsam("77", "SlimSAM-77.pth"),
+    _slimsam("77", "SlimSAM-77.pth", also=("executorch",)),
     ModelSpec(
         name="edgetam",
         family="EdgeTAM",
