@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from edgesam_export.cli.export import app
 from edgesam_export.device.parity import make_test_image
 from edgesam_export.web.browser import Chromium
-from edgesam_export.web.selftest import SCORE_ATOL, python_reference, run_selftest
+from edgesam_export.web.selftest import SCORE_ATOL, agreement, python_reference, run_selftest
 from edgesam_export.web.server import WebServer
 
 runner = CliRunner()
@@ -41,11 +41,14 @@ SWIFTSHADER_WEBGPU = (
 IMAGE = UPSCALED
 
 
-def test_quantize_is_refused_for_a_folder_of_graphs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "option", [["--quantize", "int8"], ["--accuracy-target", "miou=0.9,worst=0.8"]]
+)
+def test_quantize_is_refused_for_a_folder_of_graphs(tmp_path: Path, option: list[str]) -> None:
     graphs = tmp_path / "graphs"
     graphs.mkdir()
     out = tmp_path / "site"
-    result = runner.invoke(app, ["web", str(graphs), "--quantize", "int8", "-o", str(out)])
+    result = runner.invoke(app, ["web", str(graphs), *option, "-o", str(out)])
     assert result.exit_code == 3, result.output
     assert "--quantize applies when exporting" in result.output
     assert not out.exists()
@@ -57,6 +60,16 @@ def test_unknown_quantize_is_refused_before_any_export(tmp_path: Path) -> None:
     assert result.exit_code == 3, result.output
     assert "quantize" in result.output
     assert not out.exists()
+    # an int8-only option without --quantize int8, and a bar that does not parse: the same
+    bad = [
+        ["--accuracy-target", "miou=0.5,worst=0.5"],
+        ["--quantize", "int8", "--accuracy-target", "x"],
+    ]
+    for args in bad:
+        result = runner.invoke(app, ["web", *args, "-o", str(out)])
+        assert result.exit_code == 3, result.output
+        assert "accuracy" in result.output and len(result.output.strip().splitlines()) == 1
+        assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -66,25 +79,32 @@ def test_unknown_quantize_is_refused_before_any_export(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def int8_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """`edgesam-export web --quantize int8 --no-webgpu`: the calibrated demo weights exported
-    through the one export path with `OnnxOptions(quantize="int8")`, then built."""
+    """`edgesam-export web --quantize int8 --accuracy-target miou=0,worst=0 --no-webgpu`: the
+    calibrated demo weights exported through the one export path with every block int8 (the bar
+    at 0 ends the block search at its first probe: bounded time; the default bar keeps most of
+    the synthetic encoder float, docs/quantize.md), then built."""
     out = tmp_path_factory.mktemp("web_int8") / "site"
     report = out.parent / "build.json"
-    args = ["web", "--quantize", "int8", "--no-webgpu", "-o", str(out), "--json", str(report)]
-    result = runner.invoke(app, args)
+    args = ["web", "--quantize", "int8", "--accuracy-target", "miou=0,worst=0", "--no-webgpu"]
+    result = runner.invoke(app, [*args, "-o", str(out), "--json", str(report)])
     assert result.exit_code == 0, result.output
     add_selftest_images(out, [IMAGE])
     return out, json.loads(report.read_text())
 
 
-@pytest.mark.heavy  # exports both graphs in int8 (~1 min of CPU) and runs them in Chromium
+@pytest.mark.heavy  # exports both graphs in int8 (minutes of CPU) and runs them in Chromium
 @needs_chromium
 def test_int8_page_is_small_and_agrees_with_python_on_the_same_files(int8_site, browser) -> None:
     site, report = int8_site
     card = report["card"]
-    for graph in ("encoder", "decoder"):
-        assert card["graphs"][graph]["metadata"]["precision"] == "int8"
     assert card["precision"] == "int8"
+    for graph in ("encoder", "decoder"):
+        entry = card["graphs"][graph]
+        meta = entry["metadata"]
+        assert meta["precision"] == "int8" and meta["int8.method"] == "static-qdq"
+        assert meta["int8.float_blocks"] == ""  # every block int8: the size is the weights'
+        # the mask bar, judged by the export against fp32 PyTorch on held-out images: reported
+        print(f"int8 {graph}: {entry['bytes'] / 1e6:.2f} MB, masks vs fp32 {meta['int8.mask_iou']}")
     download = sum(report["files"][card["graphs"][g]["file"]] for g in ("encoder", "decoder"))
     assert card["download_bytes"] == download
     print(f"int8 EdgeSAM download {download / 1e6:.2f} MB (bound {INT8_DOWNLOAD_MAX / 1e6:.0f})")
@@ -92,9 +112,14 @@ def test_int8_page_is_small_and_agrees_with_python_on_the_same_files(int8_site, 
     name, (h, w), prompts = IMAGE
     with WebServer(site) as server, browser.new_page() as page:
         js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
+    assert js["backend"] == "wasm" and js["threads"] == 2
     py = python_reference(site / "models", make_test_image(h, w), prompts)
-    agree = assert_page_agrees(js, py, h, w, float_ties_only=False)
-    print(agreement_line("int8 wasm vs Python", agree, h * w))
+    print(agreement_line("int8 wasm vs Python", agreement(js, py), h * w))
+    # No int8 row could be derived: on these synthetic weights the all-int8 graphs disagree with
+    # themselves across kernels (native onnxruntime with its QDQ fusion against the same file
+    # with fusion off: encoder SQNR -1.8 dB). The page is held to the documented tolerances, and
+    # fails them today (docs/web.md: up to 24% of a mask's pixels, scores 2.5e-2).
+    assert_page_agrees(js, py, h, w, float_ties_only=False)
 
 
 # --------------------------------------------------------------------------------------

@@ -62,6 +62,15 @@ def web_cmd(
             show_default=False,
         ),
     ] = None,
+    accuracy_target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="With --quantize int8: the mask IoU bar the block search must meet, as for"
+            " `onnx` (default miou=0.97,worst=0.9). miou=0,worst=0 quantizes every block"
+            " without a search (the smallest, fastest build); the IoU reached is in the card.",
+            show_default=False,
+        ),
+    ] = None,
     upsample: UpsampleOpt = None,
     seed: SeedOpt = None,
     synthetic: SyntheticOpt = None,
@@ -93,7 +102,7 @@ def web_cmd(
         export = None
         artifact_dir = None
         if source is not None and source.is_dir():
-            if quantize is not None:
+            if quantize is not None or accuracy_target is not None:
                 raise InputError(
                     f"--quantize applies when exporting, and {source} is a folder of ONNX"
                     " graphs (copied as they are): export them with `onnx --quantize"
@@ -103,7 +112,7 @@ def web_cmd(
         else:
             if source is not None and not source.exists():
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
-            export = _exporter(source, model, upsample, seed, synthetic, quantize)
+            export = _exporter(source, model, upsample, seed, synthetic, quantize, accuracy_target)
         built = build_web(
             output,
             artifact_dir=artifact_dir,
@@ -174,13 +183,15 @@ def _exporter(
     seed: int | None,
     synthetic: Any,
     quantize: str | None,
+    accuracy_target: str | None,
 ) -> Any:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
     # The same typed options as `onnx`, validated before any work (a bad --quantize: exit 3).
-    options = OnnxOptions(quantize=quantize)  # type: ignore[arg-type]
+    given = {"accuracy_target": accuracy_target} if accuracy_target is not None else {}
+    options = OnnxOptions(quantize=quantize, **given)  # type: ignore[arg-type]
     announce_synthetic(mopts)
 
     def export(models_dir: Path) -> None:

@@ -4,7 +4,7 @@ Layout of a built folder (everything the page needs; no CDN at run time)::
 
     index.html  app.js  processing.js  runtime.js  style.css
     model.json          the model card: metadata of both graphs, file sizes and hashes
-    models/             edge_sam_encoder.onnx, edge_sam_decoder.onnx (+ manifest.json)
+    models/             edge_sam_encoder.onnx, edge_sam_decoder.onnx
     ort/                onnxruntime-web runtime files at ORT_WEB_VERSION
 
 onnxruntime-web reaches the folder through npm at build time: `npm pack` fetches the pinned
@@ -33,6 +33,7 @@ from edgesam_export.device import publish
 from edgesam_export.device.artifacts import MANIFEST_NAME, file_sha256
 from edgesam_export.device.contract import MaskTokens, Preprocessing
 from edgesam_export.device.errors import ArtifactError, BackendUnavailableError, InputError
+from edgesam_export.device.reference_outputs import REFERENCE_OUTPUTS_SUFFIX
 
 Progress = Callable[[str], None]
 
@@ -319,14 +320,18 @@ def build_web(
         models_dir.mkdir(parents=True)
         if export is not None:
             export(models_dir)
+            # The export's reference outputs (~5 MB, parity without torch) and its manifest:
+            # neither the page nor its self-test reads them, and the card records each graph's
+            # hash and metadata. Only the two graphs are shipped.
+            for path in models_dir.iterdir():
+                if path.name == MANIFEST_NAME or path.name.endswith(REFERENCE_OUTPUTS_SUFFIX):
+                    path.unlink()
         else:
             assert artifact_dir is not None
             progress(f"reading the ONNX artifacts in {artifact_dir}")
             for graph, (path, _) in read_onnx_artifacts(artifact_dir).items():
                 progress(f"copying the {graph} {path.name}")
                 shutil.copy2(path, models_dir / path.name)
-            if (artifact_dir / MANIFEST_NAME).is_file():
-                shutil.copy2(artifact_dir / MANIFEST_NAME, models_dir / MANIFEST_NAME)
         models = read_onnx_artifacts(models_dir)
         progress(f"adding onnxruntime-web {ORT_WEB_VERSION} ({', '.join(variants)})")
         _extract_runtime(tgz, staging / "ort", variants)
