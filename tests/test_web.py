@@ -123,6 +123,9 @@ def test_folder_layout_and_model_card(web_dir: Path) -> None:
         assert path.stat().st_size == entry["bytes"] and entry["metadata"]["graph"] == graph
     # what a browser downloads: the two graphs, not the reference outputs beside them
     assert card["download_bytes"] == sum(card["graphs"][g]["bytes"] for g in card["graphs"])
+    # and all models/ holds: the export's reference outputs and manifest are not shipped
+    shipped = sorted(f"models/{p.name}" for p in (web_dir / "models").iterdir())
+    assert shipped == sorted(card["graphs"][g]["file"] for g in card["graphs"])
     assert card["precision"] == "fp32"
     for files in web_build.ORT_RUNTIME_FILES.values():
         for name in files:
