@@ -188,6 +188,8 @@ def test_cuda_without_a_gpu_exits_6() -> None:
         ["--backend", "onnx", "--points", "1", "CKPT", "--seed", "1"],
         ["--backend", "onnx", "ARTIFACT_DIR", "--model", "sam_vit_b"],
         ["--backend", "onnx", "ARTIFACT_DIR", "--seed", "1"],
+        ["--backend", "onnx", "--precision", "int4"],
+        ["--backend", "onnx", "--precision", "fp32,,x"],
     ],
 )
 def test_bad_options_exit_3(args: list[str], tmp_path: Path) -> None:
@@ -312,3 +314,124 @@ def test_machine_info() -> None:
     assert info["versions"]["numpy"] and info["versions"]["torch"]
     assert info["cpu"]
     json.dumps(info)  # serialisable as is
+
+
+# --------------------------------------------------------------------------------------
+# precision columns: accuracy beside speed
+# --------------------------------------------------------------------------------------
+
+
+class _FakeSession:
+    def __init__(self, outputs: dict, metadata: dict | None = None) -> None:
+        self.outputs, self.metadata, self.calls = outputs, metadata or {}, []
+
+    def accepts(self, feeds) -> str | None:
+        return None
+
+    def run(self, feeds):
+        self.calls.append(feeds)
+        return self.outputs
+
+
+def test_mask_iou_column_is_end_to_end_against_the_reference() -> None:
+    """The accuracy column: the column's own encoder feeds its decoder (end to end), and the
+    IoU is of the reference's top-scoring token (here token 1) over every prompt set."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgesam_export.device import processing as P
+    from edgesam_export.device.backends import OpenedBackend
+    from edgesam_export.device.benchmark import end_to_end_mask_iou
+    from edgesam_export.device.judge import Expected
+    from edgesam_export.device.parity import PromptCase
+
+    ref_bits = np.zeros((2, 4, 8, 8), bool)
+    ref_bits[:, 1, :4] = True  # the top token's mask: 32 pixels per prompt set
+    scores = np.array([[0.1, 0.9, 0.2, 0.3]] * 2, np.float32)
+    cand = np.where(ref_bits, 1.0, -1.0).astype(np.float32)
+    cand[1, 1, 4, :] = 1.0  # set 1: 8 extra pixels -> IoU 32/40
+    cand[0, 0] = 5.0  # a token the reference does not pick: not judged
+    case = PromptCase("two sets", np.zeros((2, 1, 2), np.float32), np.ones((2, 1), np.float32))
+    reference = SimpleNamespace(
+        image=make_test_image(48, 64),
+        preprocessing=P.Preprocessing.from_metadata({"img_size": "64"}),
+        prompts=[case, case],
+        expected=lambda index, stab: Expected(scores, ref_bits.astype(np.float32), ref_bits, None),
+    )
+    emb = np.full((1, 256, 64, 64), 3.0, np.float32)
+    encoder = _FakeSession({"image_embeddings": emb})
+    decoder = _FakeSession({"masks": cand})
+    acc = end_to_end_mask_iou(reference, OpenedBackend("x", encoder, decoder))
+    assert acc is not None and acc.count == 4
+    assert acc.worst_iou == pytest.approx(0.8) and acc.mean_iou == pytest.approx(0.9)
+    assert all(call["image_embeddings"] is emb for call in decoder.calls)  # its own encoder
+    nan = _FakeSession({"masks": np.full_like(cand, np.nan)})
+    assert end_to_end_mask_iou(reference, OpenedBackend("x", encoder, nan)).worst_iou == 0.0
+
+
+@pytest.fixture(scope="module")
+def precision_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of calibrated synthetic EdgeSAM graphs at fp32, fp16 and int8 (the same
+    weights, so the fp32 export's reference outputs judge all three), each through the one
+    export path; int8 with the bar at 0: every block quantized, no search (bounded time)."""
+    import shutil
+
+    from edgesam_export.host.config import ModelOptions, OnnxOptions
+    from edgesam_export.host.pipeline import export_artifacts
+
+    model = ModelOptions(synthetic="calibrated")
+    root = tmp_path_factory.mktemp("precisions")
+    int8 = {"quantize": "int8", "accuracy_target": "miou=0,worst=0"}
+    int8 |= {"calibration_images": 2, "heldout_images": 1}
+    for name, extra in (("fp32", {}), ("fp16", {"precision": "fp16"}), ("int8", int8)):
+        export_artifacts(model, "onnx", OnnxOptions(output=root / name, **extra))
+    for name in ("fp16", "int8"):
+        for graph in (root / name).glob("*.onnx"):
+            shutil.copy2(graph, root / "fp32" / graph.name)
+    return root / "fp32"
+
+
+@pytest.mark.extended
+def test_precision_columns_show_mask_iou_beside_speed_without_torch(
+    precision_folder: Path,
+) -> None:
+    """`edgesam-bench --backend onnx --precision fp32,fp16,int8 DIR` on a device (torch, cv2
+    and PIL blocked): one column per precision, each timed and judged against the reference
+    outputs shipped in DIR, with its end-to-end mask IoU and size in the table and the JSON."""
+    import os
+    import subprocess
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "COLUMNS": "200"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tests / "torch_blocker"), str(tests.parent)])
+    code = "from edgesam_export.cli.bench import main; main()"
+    args = ["--backend", "onnx", "--precision", "fp32,fp16,int8", str(precision_folder)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, *TINY, "--json", "-"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    report = json.loads(proc.stdout)
+    columns = {b["name"]: b for b in report["backends"]}
+    assert list(columns) == ["onnx fp32", "onnx fp16", "onnx int8"], proc.stderr
+    assert report["settings"]["precisions"] == ["fp32", "fp16", "int8"]
+    assert report["reference"].startswith("reference outputs")  # no torch here
+    _check_timings(report, list(columns))
+    for name, col in columns.items():
+        assert col["available"] and col["precision"] == name.split()[1]
+        assert col["size_bytes"] == sum(
+            (precision_folder / a).stat().st_size for a in col["artifacts"]
+        )
+        iou = col["mask_iou"]
+        assert iou["masks"] > 0 and 0.0 <= iou["worst"] <= iou["mean"] <= 1.0
+        print(f"{name}: {col['size_bytes'] / 1e6:.1f} MB, mask IoU mean {iou['mean']:.4f}"
+              f" worst {iou['worst']:.4f}, parity {col['parity']['passed']}")  # fmt: skip
+    fp32, fp16, int8 = (columns[f"onnx {p}"] for p in ("fp32", "fp16", "int8"))
+    assert fp32["mask_iou"]["worst"] >= 0.99  # the graphs the reference outputs came from
+    assert int8["size_bytes"] < fp16["size_bytes"] < fp32["size_bytes"]
+    # the exit code follows the verdicts: 4 exactly when a column failed parity
+    failed = [n for n, c in columns.items() if not c["parity"]["passed"]]
+    assert proc.returncode == (ExitCode.PARITY_FAILED if failed else 0), proc.stderr
+    assert "Accuracy beside speed" in proc.stderr and "IoU worst" in proc.stderr

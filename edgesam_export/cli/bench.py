@@ -31,7 +31,8 @@ from edgesam_export.cli import (
 )
 from edgesam_export.cli.options import ExitCodeCommand, ReportOpt
 from edgesam_export.device.backends import all_backends, backend_names, get_backend
-from edgesam_export.device.benchmark import BenchResult, BenchSettings
+from edgesam_export.device.bench import CLICK_STAGE
+from edgesam_export.device.benchmark import PRECISIONS, BenchResult, BenchSettings
 from edgesam_export.device.errors import InputError
 
 app = typer.Typer(
@@ -62,10 +63,15 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+def _parse_precisions(text: str) -> tuple[str, ...]:
+    """--precision: one or more of PRECISIONS, comma-separated, in column order."""
+    wanted = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not wanted or any(p not in PRECISIONS for p in wanted):
+        raise InputError(
+            f"--precision takes {', '.join(PRECISIONS)} (comma-separated, e.g. fp32,fp16,int8),"
+            f" not {text!r}"
+        )
+    return wanted
 
 
 def _parse_points(text: str) -> tuple[int, ...]:
@@ -161,12 +167,44 @@ def _render(result: BenchResult, out: Console) -> None:
             "-" if ratio is None else f"{ratio:.2f}x",
         )
     out.print(table)
+    if result.accuracy:
+        _render_accuracy(result, out)
     for name, ratio in result.box_ratios().items():
         verdict = "[green]batching pays[/]" if ratio <= 1.0 else "[yellow]batching is slower[/]"
         out.print(
             f"{name}: {settings.box_batch} boxes in one call vs one box per call: per-set ratio"
             f" [bold]{ratio:.2f}[/] ({verdict})"
         )
+
+
+def _render_accuracy(result: BenchResult, out: Console) -> None:
+    """Speed and accuracy side by side, one row per judged column (fp32, fp16, int8 ...)."""
+    table = Table(
+        title=f"Accuracy beside speed (mask IoU end to end against {result.reference_note})",
+        caption="mask IoU: the reference's top-scoring mask per prompt set (256x256, logits > 0)",
+    )
+    heads = ("column", "precision", "MB", "encoder p50", "click p50", "IoU mean", "IoU worst")
+    for head in (*heads, "parity"):
+        table.add_column(head, justify="left" if head in ("column", "precision") else "right")
+    p50 = {(t.name, t.backend): t.p50 for t in result.timings}
+    for col in result.live:
+        if col.name not in result.accuracy:
+            continue
+        acc = result.accuracy[col.name]
+        size = result.sizes.get(col.name)
+        rep = result.parity.get(col.name)
+        enc, click = p50.get(("encoder", col.name)), p50.get((CLICK_STAGE, col.name))
+        table.add_row(
+            col.name,
+            col.precision,
+            "-" if size is None else f"{size / 1e6:.1f}",
+            "-" if enc is None else f"{enc:.1f}",
+            "-" if click is None else f"{click:.1f}",
+            "-" if acc is None else f"{acc.mean_iou:.4f}",
+            "-" if acc is None else f"{acc.worst_iou:.4f}",
+            "-" if rep is None else ("[green]pass[/]" if rep[0].passed else "[bold red]FAIL[/]"),
+        )
+    out.print(table)
 
 
 def _render_everything(runs: list[Any], points_per_side: int, out: Console) -> None:
@@ -237,13 +275,13 @@ def bench(
         typer.Option("--cuda-graphs", help="Replay the PyTorch columns as CUDA graphs (cuda)."),
     ] = False,
     precision: Annotated[
-        Precision,
+        str,
         typer.Option(
-            case_sensitive=False,
-            help="PyTorch columns run in this dtype; artifact backends use the artifacts"
-            " recorded at this precision.",
+            help="fp32, fp16, bf16, int8, or several comma-separated (fp32,fp16,int8): one"
+            " artifact column per backend and precision (the artifacts recorded at it), each"
+            " with its mask IoU beside its speed. PyTorch columns run in the first float one.",
         ),
-    ] = Precision.fp32,
+    ] = "fp32",
     points: Annotated[
         str, typer.Option(help="Decoder prompt counts to time, comma-separated.")
     ] = "1,5,16",
@@ -348,7 +386,7 @@ def bench(
             warmup=warmup,
             threads=threads,
             device=device.value,
-            precision=precision.value,
+            precisions=_parse_precisions(precision),
             cuda_graphs=cuda_graphs,
             everything_points=everything_points,
             everything_batches=_parse_batches(everything_batches),

@@ -341,7 +341,7 @@ class OpenedBackend:
         """The registry's bench label of the column's backend ("" for a column that is not
         a registry backend, e.g. torch-opt)."""
         try:
-            return get_backend(self.name.split(" (")[0]).bench_label
+            return get_backend(self.name.split(" ")[0]).bench_label  # "onnx int8", "coreml (mil)"
         except InputError:
             return ""
 

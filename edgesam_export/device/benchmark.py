@@ -1,9 +1,11 @@
 """One `edgesam-bench` run as a library call: columns, interleaved timings, verdicts, the report.
 
 Device side (numpy and our sessions; never torch). `run_bench` opens every requested backend
-of the registry (`device.backends`) on one artifact folder, warms each once (recording the
+of the registry (`device.backends`) on one artifact folder, one column per requested precision
+(fp32, fp16, int8 artifacts side by side), warms each once (recording the
 memory that took), times every stage of `device.bench` round-robin across the columns, runs the
-everything stage, judges each column against the reference, and returns a `BenchResult` that
+everything stage, judges each column against the reference (tensor errors, and the end-to-end
+mask IoU beside its speed), and returns a `BenchResult` that
 knows its JSON, its exit code and its like-for-like speed ratios. The PyTorch columns, the
 PyTorch reference and a fresh export come from the host side (`host.benchmark`) through the
 `TorchSide` protocol, so this module runs unchanged on a device without torch, where the
@@ -41,12 +43,21 @@ from edgesam_export.device.bench import (
     time_interleaved,
 )
 from edgesam_export.device.errors import ExitCode, InputError
-from edgesam_export.device.judge import ParityReport, judge
+from edgesam_export.device.judge import MaskBarResult, ParityReport, judge, mask_bar
 from edgesam_export.device.parity import make_test_image
 
 Progress = Callable[[str], None]
 #: The column every "x torch" ratio divides by: PyTorch as loaded.
 TORCH = "torch"
+#: Precisions edgesam-bench compares: PyTorch runs the float ones; artifacts record theirs.
+TORCH_DTYPES = ("fp32", "fp16", "bf16")
+PRECISIONS = (*TORCH_DTYPES, "int8")
+#: What the accuracy columns mean, recorded in the JSON beside them.
+MASK_IOU_RULE = (
+    "end to end (the column's encoder on the reference image, its decoder on every reference"
+    " prompt case): IoU of the 256x256 mask of the reference's top-scoring token (logits > 0)"
+    " against the reference's, mean and worst over the prompt sets"
+)
 #: What the "x torch" numbers mean, recorded in the JSON beside them.
 X_TORCH_RULE = (
     "p50 of the torch column / p50 of this column, same stage; only between columns that ran"
@@ -69,12 +80,23 @@ class BenchSettings:
     warmup: int = 2
     threads: int = 2
     device: str = "cpu"  # of the PyTorch columns
-    precision: str = "fp32"
+    #: one artifact column per backend and precision (recorded in the artifacts' metadata)
+    precisions: tuple[str, ...] = ("fp32",)
     cuda_graphs: bool = False
     everything_points: int = 8
     everything_batches: tuple[int, ...] = (16, 64)
     everything_iou_thresh: float = 0.88
     everything_stability_thresh: float = 0.95
+
+    @property
+    def precision(self) -> str:
+        """The PyTorch columns' dtype: the first listed one torch runs (fp32 when only int8
+        is listed, so int8 artifacts still have a PyTorch column to be compared with)."""
+        return next((p for p in self.precisions if p in TORCH_DTYPES), "fp32")
+
+    def column_name(self, name: str, precision: str) -> str:
+        """A column's name: the backend's, with the precision when several are compared."""
+        return name if len(self.precisions) == 1 else f"{name} {precision}"
 
     @property
     def encoder_iterations(self) -> int:
@@ -122,6 +144,9 @@ class BenchResult:
     image: np.ndarray | None = None
     parity: dict[str, tuple[ParityReport, dict[str, Any]]] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)  # column -> compute device
+    #: column -> end-to-end mask IoU against the reference (None: not measurable, see notes)
+    accuracy: dict[str, MaskBarResult | None] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # column -> bytes of its two artifacts
 
     @property
     def live(self) -> list[OpenedBackend]:
@@ -139,8 +164,10 @@ class BenchResult:
             if worst is None or not self.settings.single:
                 return int(ExitCode.BACKEND_UNAVAILABLE)
             return worst.exit_code
-        if self.settings.single and not self.columns[0].available:
-            return self.columns[0].exit_code
+        # one backend asked for: every column of it (each precision listed) must have run
+        missing = next((c for c in self.columns if not c.available), None)
+        if self.settings.single and missing is not None:
+            return missing.exit_code
         return int(ExitCode.PARITY_FAILED) if self.failed else 0
 
     def x_torch(self) -> dict[tuple[str, str], float]:
@@ -171,6 +198,12 @@ class BenchResult:
                 }
             elif col.available and self.reference is not None:
                 entry["parity"] = {"passed": True, "reference": "is the reference"}
+            if col.name in self.accuracy:
+                acc = self.accuracy[col.name]
+                entry["mask_iou"] = None if acc is None else {
+                    "mean": acc.mean_iou, "worst": acc.worst_iou, "masks": acc.count
+                }  # fmt: skip
+            entry["size_bytes"] = self.sizes.get(col.name)
             backends.append(entry)
         payload: dict[str, Any] = {
             "machine": machine_info(),
@@ -185,6 +218,8 @@ class BenchResult:
                 "threads": s.threads,
                 "device": s.device,
                 "precision": s.precision,
+                "precisions": list(s.precisions),
+                "mask_iou": MASK_IOU_RULE,
                 "interleaved": len(self.live) > 1,
                 "artifacts": None if s.directory is None else str(s.directory),
                 "checkpoint": None if s.checkpoint is None else str(s.checkpoint),
@@ -283,14 +318,17 @@ def run_bench(
             reason = "no ARTIFACT_DIR given, and no torch here to export one"
             result.columns.append(unavailable(name, reason, ExitCode.BAD_INPUT))
         else:
-            progress(f"opening {name} artifacts")
-            result.columns.append(
-                measured(
-                    partial(
-                        open_artifact_backend, name, folder, settings.precision, settings.threads
-                    )
+            for precision in settings.precisions:
+                progress(f"opening {name} {precision} artifacts")
+                opened = measured(
+                    partial(open_artifact_backend, name, folder, precision, settings.threads)
                 )
-            )
+                opened.name = settings.column_name(opened.name, precision)
+                if opened.available:
+                    result.sizes[opened.name] = sum(
+                        (folder / a).stat().st_size for a in opened.artifacts
+                    )
+                result.columns.append(opened)
     live = result.live
     if not live:
         return result
@@ -325,7 +363,34 @@ def run_bench(
             continue
         progress(f"parity of {col.name} against {result.reference_note}")
         result.parity[col.name] = _judge(result.reference, col)
+        result.accuracy[col.name] = end_to_end_mask_iou(result.reference.source, col)
     return result
+
+
+def end_to_end_mask_iou(reference: Any, col: OpenedBackend) -> MaskBarResult | None:
+    """The masks a user gets from this column against the reference's (`MASK_IOU_RULE`):
+    `judge.mask_bar` over every prompt case the decoder accepts. None for a decoder with a
+    family's own contract (the bench times ours only) or when no case could run."""
+    from edgesam_export.device.official_contract import foreign_contract
+
+    assert col.encoder is not None and col.decoder is not None
+    if foreign_contract(col.decoder.metadata) is not None:
+        return None
+    tensor, _ = P.preprocess(reference.image, params=reference.preprocessing)
+    emb = col.encoder.run({"image": tensor})["image_embeddings"]
+    stab = col.decoder.metadata.get("use_stability_score", "false") == "true"
+    pairs = []
+    for index, case in enumerate(reference.prompts):
+        feeds = {
+            "image_embeddings": emb,
+            "point_coords": case.point_coords,
+            "point_labels": case.point_labels,
+        }
+        if col.decoder.accepts(feeds) is not None:
+            continue
+        exp = reference.expected(index, stab)
+        pairs.append((exp.scores, exp.bits, col.decoder.run(feeds)["masks"]))
+    return mask_bar(pairs) if pairs else None
 
 
 def _time_stages(
