@@ -323,7 +323,11 @@ def test_machine_info() -> None:
 
 class _FakeSession:
     def __init__(self, outputs: dict, metadata: dict | None = None) -> None:
+        from types import SimpleNamespace
+
         self.outputs, self.metadata, self.calls = outputs, metadata or {}, []
+        names = ("image_embeddings", "point_coords", "point_labels")
+        self.inputs = [SimpleNamespace(name=n) for n in names]
 
     def accepts(self, feeds) -> str | None:
         return None

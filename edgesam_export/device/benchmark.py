@@ -376,16 +376,14 @@ def end_to_end_mask_iou(reference: Any, col: OpenedBackend) -> MaskBarResult | N
     assert col.encoder is not None and col.decoder is not None
     if foreign_contract(col.decoder.metadata) is not None:
         return None
+    from edgesam_export.device.predictor import decoder_feeds as predictor_feeds
+
     tensor, _ = P.preprocess(reference.image, params=reference.preprocessing)
-    emb = col.encoder.run({"image": tensor})["image_embeddings"]
+    features = col.encoder.run({"image": tensor})  # every output the decoder takes, by name
     stab = col.decoder.metadata.get("use_stability_score", "false") == "true"
     pairs = []
     for index, case in enumerate(reference.prompts):
-        feeds = {
-            "image_embeddings": emb,
-            "point_coords": case.point_coords,
-            "point_labels": case.point_labels,
-        }
+        feeds = predictor_feeds(col.decoder, features, case.point_coords, case.point_labels)
         if col.decoder.accepts(feeds) is not None:
             continue
         exp = reference.expected(index, stab)
