@@ -1,9 +1,11 @@
-"""EdgeTAM image mode on the device: `python tests/edgetam_device_check.py ARTIFACT_DIR GOLDEN`.
+"""EdgeTAM image mode on the device:
+`python tests/edgetam_device_check.py ARTIFACT_DIR GOLDEN [SUFFIX]` (SUFFIX: .onnx by default,
+.mlpackage for CoreML on the MIL executor).
 
-Run by tests/test_edgetam.py with torch, cv2 and PIL blocked (tests/torch_blocker). Opens the
-exported ONNX encoder and decoder, runs the numpy `Predictor` on the golden image and prompts
-a-e, and prints one JSON object of the largest differences against the goldens (the test
-judges them).
+Run by tests/test_edgetam.py and tests/test_edgetam_coreml.py with torch, cv2 and PIL blocked
+(tests/torch_blocker). Opens the exported encoder and decoder, runs the numpy `Predictor` on the
+golden image and prompts a-e, and prints one JSON object of the largest differences against the
+goldens (the test judges them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(artifacts: Path, golden_path: Path) -> None:
+def main(artifacts: Path, golden_path: Path, suffix: str = ".onnx") -> None:
     for module in ("torch", "cv2", "PIL"):
         try:
             importlib.import_module(module)
@@ -29,8 +31,8 @@ def main(artifacts: Path, golden_path: Path) -> None:
 
     g = dict(np.load(golden_path, allow_pickle=False))
     predictor = Predictor(
-        open_session(artifacts / "edgetam_encoder.onnx"),
-        open_session(artifacts / "edgetam_decoder.onnx"),
+        open_session(artifacts / f"edgetam_encoder{suffix}"),
+        open_session(artifacts / f"edgetam_decoder{suffix}"),
     )
     tensor, _ = P.preprocess(g["image"], params=predictor.preprocessing)
     predictor.set_image(g["image"])
@@ -76,4 +78,4 @@ def main(artifacts: Path, golden_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])

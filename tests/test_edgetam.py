@@ -382,8 +382,9 @@ def test_tensorrt_parser_readiness(tam_onnx: Path) -> None:
 
 
 def test_default_export_writes_every_registered_graph() -> None:
-    """No graph chosen: all of the spec's graphs on its verified targets (EdgeTAM on ONNX: the
-    image and the video graphs, I/O and dynamic axes from the registry); chosen ones only."""
+    """No graph chosen: all of the spec's graphs on its verified targets (EdgeTAM on ONNX and
+    CoreML: the image and the video graphs, I/O and dynamic axes from the registry); chosen
+    ones only."""
     from edgesam_export.device.contract import VIDEO_GRAPHS, dynamic_axes
     from edgesam_export.device.errors import InputError
     from edgesam_export.device.models import get_spec
@@ -394,7 +395,8 @@ def test_default_export_writes_every_registered_graph() -> None:
     assert graphs_to_export(tam, "onnx", OnnxOptions()) == ("encoder", "decoder", *VIDEO_GRAPHS)
     chosen = OnnxOptions(graphs=("encoder", "decoder"))
     assert graphs_to_export(tam, "onnx", chosen) == ("encoder", "decoder")
-    assert graphs_to_export(tam, "coreml", OnnxOptions()) == ("encoder", "decoder")
+    assert graphs_to_export(tam, "coreml", OnnxOptions()) == ("encoder", "decoder", *VIDEO_GRAPHS)
+    assert graphs_to_export(tam, "tensorrt", OnnxOptions()) == ("encoder", "decoder")
     assert graphs_to_export(sam, "onnx", OnnxOptions()) == ("encoder", "decoder")
     inputs, outputs = tam.graph_io("memory_attention")
     assert [t.name for t in inputs] == ["pix_feat", "memory", "memory_tpos", "obj_ptrs"]

@@ -84,6 +84,8 @@ COREML: dict[str, str | tuple[str, str]] = {
     "sam_vit_l": "heavy",
     "sam_vit_h": "heavy",
     "slimsam_50": "heavy",
+    # all six graphs on the MIL executor: image goldens (extended) and video goldens (heavy)
+    "edgetam": ("test_edgetam_coreml", "test_coreml_tracker_matches_golden_video_torch_blocked"),
 }
 
 # variant -> the test that exports its fp32 ExecuTorch encoder + decoder and passes parity on

@@ -32,6 +32,9 @@ def t(x: np.ndarray) -> torch.Tensor:
 X, Y = r(2, 3, 4), r(2, 3, 4)
 W, B = r(5, 4), r(5)
 IMG = r(1, 6, 9, 9)
+W4T, W3T = r(6, 3, 2, 2), r(6, 4, 3, 3)  # transposed-conv weights (Cin, Cout, kh, kw)
+QUERY, KEY, VAL = r(2, 3, 5, 8), r(2, 3, 7, 8), r(2, 3, 7, 6)
+MASK = np.arange(35).reshape(5, 7) % 3 != 1  # bool: True attends
 
 
 def _conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kw: Any) -> np.ndarray:
@@ -121,7 +124,13 @@ CASES: dict[str, list[tuple[dict[str, Any], Callable[[], np.ndarray]]]] = {
     "transpose": [({"x": X, "perm": np.array([2, 0, 1])}, lambda: X.transpose(2, 0, 1))],
     "expand_dims": [({"x": X, "axes": np.array([0, -1])}, lambda: X[None, ..., None])],
     "squeeze": [({"x": X[:, :1], "axes": np.array([1])}, lambda: X[:, 0])],
-    "concat": [({"values": [X, Y], "axis": 1}, lambda: np.concatenate([X, Y], 1))],
+    "concat": [
+        ({"values": [X, Y], "axis": 1}, lambda: np.concatenate([X, Y], 1)),
+        (  # shape arithmetic: a gathered scalar joins a shape vector
+            {"values": [np.int32(2), np.array([3, 4], np.int32)], "axis": 0},
+            lambda: np.array([2, 3, 4], np.int32),
+        ),
+    ],
     "stack": [({"values": [X, Y], "axis": 1}, lambda: np.stack([X, Y], 1))],
     "slice_by_index": [
         (
@@ -258,6 +267,64 @@ CASES: dict[str, list[tuple[dict[str, Any], Callable[[], np.ndarray]]]] = {
             lambda: np.arange(-8, 8).reshape(4, 4) * np.array([[0.5], [0.25], [2.0], [1.0]]),
         )
     ],
+    # SAM 2 / EdgeTAM graphs (the mask decoder's upscaling, the memory attention, index tables)
+    "conv_transpose": [
+        (
+            {"x": IMG, "weight": W4T, "bias": B[:3], "strides": [2, 2], "pad_type": "valid"},
+            lambda: F.conv_transpose2d(t(IMG), t(W4T), t(B[:3]), stride=2).numpy(),
+        ),
+        (
+            {"x": IMG, "weight": W3T, "strides": [2, 2], "pad_type": "custom", "pad": [1, 1, 1, 1]},
+            lambda: F.conv_transpose2d(t(IMG), t(W3T), stride=2, padding=1).numpy(),
+        ),
+    ],
+    "scaled_dot_product_attention": [
+        (
+            {"query": QUERY, "key": KEY, "value": VAL},
+            lambda: F.scaled_dot_product_attention(t(QUERY), t(KEY), t(VAL)).numpy(),
+        ),
+        (
+            {"query": QUERY, "key": KEY, "value": VAL, "attn_mask": MASK},
+            lambda: F.scaled_dot_product_attention(
+                t(QUERY), t(KEY), t(VAL), attn_mask=torch.from_numpy(MASK)
+            ).numpy(),
+        ),
+    ],
+    "gather": [
+        (
+            {"x": X, "indices": np.array([2, 0, 2], np.int32), "axis": 1},
+            lambda: X[:, [2, 0, 2]],
+        )
+    ],
+    "shape": [({"x": X}, lambda: np.array([2, 3, 4], np.int32))],
+    "tile": [({"x": X, "reps": np.array([1, 2, 1])}, lambda: np.tile(X, (1, 2, 1)))],
+    "fill": [
+        ({"shape": np.array([2, 3]), "value": np.float32(-1024)}, lambda: np.full((2, 3), -1024.0))
+    ],
+    "upsample_bilinear": [
+        (
+            {"x": IMG, "scale_factor_height": 4.0, "scale_factor_width": 2.0},
+            lambda: F.interpolate(t(IMG), scale_factor=(4, 2), mode="bilinear").numpy(),
+        ),
+        (
+            {
+                "x": IMG,
+                "scale_factor_height": 2.0,
+                "scale_factor_width": 2.0,
+                "align_corners": True,
+            },
+            lambda: F.interpolate(
+                t(IMG), scale_factor=2, mode="bilinear", align_corners=True
+            ).numpy(),
+        ),
+    ],
+    "upsample_nearest_neighbor": [
+        (
+            {"x": IMG, "scale_factor_height": 2, "scale_factor_width": 3},
+            lambda: F.interpolate(t(IMG), scale_factor=(2, 3), mode="nearest").numpy(),
+        )
+    ],
+    "fill_like": [({"ref_tensor": X, "value": np.float32(2)}, lambda: np.full(X.shape, 2.0))],
 }
 
 

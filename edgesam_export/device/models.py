@@ -257,7 +257,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         checkpoint_format="dict:model ({'model': state_dict}, loaded strictly)",
         builder=f"{_HOST}.edgetam.model:build_edgetam",
         graphs=("encoder", "decoder", *VIDEO_GRAPHS),
-        verified_targets=("onnx",),
+        verified_targets=("onnx", "coreml"),
         decoder_contracts=("edgesam",),
     ),
     ModelSpec(

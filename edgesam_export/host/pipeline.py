@@ -133,7 +133,7 @@ def export_and_check(
 
 def graphs_to_export(spec: ModelSpec, target: str, options: ExportOptions) -> tuple[GraphKind, ...]:
     """The graphs chosen (`graphs` given); by default all of the model's graphs on the targets
-    verified for it (EdgeTAM on ONNX: the image graphs and the video graphs), else the image
+    verified for it (EdgeTAM on ONNX and CoreML: the image and the video graphs), else the image
     graphs."""
     if "graphs" in options.model_fields_set or target not in spec.verified_targets:
         return options.graphs

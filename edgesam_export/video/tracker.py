@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgesam_export.device.backends import artifact_suffixes, open_session
+from edgesam_export.device.backends import artifact_suffixes, get_backend, open_session
 from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.video.frames import check_frame, preprocess_frame
@@ -95,23 +95,27 @@ class VideoTracker:
         self.timings: dict[str, float] = dict.fromkeys(GRAPHS, 0.0)
 
     @classmethod
-    def open(cls, artifact_dir: Path | str, **session_kwargs: Any) -> VideoTracker:
-        """Open the video graphs (`<stem>_<graph>.<suffix>`, as `edgesam-export onnx --model
-        edgetam` publishes them) of `artifact_dir`: any backend, ONNX preferred."""
+    def open(
+        cls, artifact_dir: Path | str, backend: str | None = None, **session_kwargs: Any
+    ) -> VideoTracker:
+        """Open the video graphs (`<stem>_<graph>.<suffix>`, as `edgesam-export onnx|coreml
+        --model edgetam` publishes them) of `artifact_dir`: those of `backend` (a registry
+        name, e.g. "coreml"), else any backend's, ONNX preferred."""
         folder = Path(artifact_dir)
         if not folder.is_dir():
             raise ArtifactError(f"{folder} is not a folder; pass the folder of the video graphs")
+        suffixes = get_backend(backend).suffixes if backend else artifact_suffixes()
         sessions = {}
         for graph in GRAPHS:
             found = sorted(
                 p
                 for p in folder.glob(f"*_{graph}.*")
-                if p.suffix in artifact_suffixes() and not p.name.startswith(".")
+                if p.suffix in suffixes and not p.name.startswith(".")
             )
             if not found:
                 raise ArtifactError(
-                    f"{folder}: no *_{graph} artifact; export them with"
-                    " `edgesam-export onnx --model edgetam --output DIR`"
+                    f"{folder}: no *_{graph} artifact{f' for {backend}' if backend else ''};"
+                    " export them with `edgesam-export onnx|coreml --model edgetam --output DIR`"
                 )
             onnx = [p for p in found if p.suffix == ".onnx"]
             sessions[graph] = open_session(onnx[0] if onnx else found[0], **session_kwargs)

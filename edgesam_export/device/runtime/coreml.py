@@ -130,6 +130,19 @@ class CoreMLSession(Session):
                 return f"{name} shape {shape} is outside the declared ranges {ranges}"
         return None
 
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """CoreML has no int64 inputs: an int64 index feed (the contract's dtype, e.g. EdgeTAM's
+        `memory_tpos`) goes to an int32 input as int32 when its values fit."""
+        int32 = {t.name for t in self.inputs if t.dtype == "int32"}
+        fed = dict(feeds)
+        for name in int32 & set(fed):
+            arr = fed[name]
+            if isinstance(arr, np.ndarray) and arr.dtype == np.int64:
+                if arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+                    raise InputError(f"{name}: values outside int32, which CoreML inputs take")
+                fed[name] = arr.astype(np.int32)
+        return super().run(fed)
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         super().check_feeds(feeds)
         reason = self.accepts(feeds)

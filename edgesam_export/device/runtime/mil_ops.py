@@ -172,7 +172,10 @@ def squeeze(x: np.ndarray, axes: Any = None) -> np.ndarray:
 def concat(values: list[np.ndarray], axis: int, interleave: bool = False) -> np.ndarray:
     if interleave:
         raise UnsupportedOpError("concat with interleave=True is not implemented")
-    return np.concatenate([np.asarray(v) for v in values], axis=int(axis))
+    arrays = [np.asarray(v) for v in values]
+    if any(a.ndim == 0 for a in arrays):  # shape arithmetic: scalars join 1-D shape vectors
+        arrays = [np.atleast_1d(a) for a in arrays]
+    return np.concatenate(arrays, axis=int(axis))
 
 
 def stack(values: list[np.ndarray], axis: int) -> np.ndarray:
@@ -326,6 +329,127 @@ def conv(
     return out.astype(np.float32, copy=False)
 
 
+def conv_transpose(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    strides: Any = None,
+    pad_type: str = "valid",
+    pad: Any = None,
+    dilations: Any = None,
+    groups: int = 1,
+    output_shape: Any = None,
+) -> np.ndarray:
+    """2-D transposed convolution (NCHW, weight (Cin, Cout, kh, kw)): each input pixel spreads
+    its kernel-weighted values to a stride-spaced output window, then the padding is cropped."""
+    x, weight = _f32(x), _f32(weight)
+    if x.ndim != 4 or int(groups) != 1:
+        raise UnsupportedOpError("conv_transpose: only 2-D with groups=1 is implemented")
+    if pad_type not in ("valid", "custom"):
+        raise UnsupportedOpError(f"conv_transpose pad_type {pad_type!r} is not implemented")
+    n, _, h, w = x.shape
+    _, cout, kh, kw = weight.shape
+    sh, sw = (1, 1) if strides is None else (int(strides[0]), int(strides[1]))
+    dh, dw = (1, 1) if dilations is None else (int(dilations[0]), int(dilations[1]))
+    full = np.zeros((n, cout, (h - 1) * sh + dh * (kh - 1) + 1, (w - 1) * sw + dw * (kw - 1) + 1))
+    for i in range(kh):
+        for j in range(kw):
+            tap = np.einsum("nchw,co->nohw", x, weight[:, :, i, j], optimize=True)
+            full[
+                :,
+                :,
+                i * dh : i * dh + (h - 1) * sh + 1 : sh,
+                j * dw : j * dw + (w - 1) * sw + 1 : sw,
+            ] += tap
+    top, bottom, left, right = [0, 0, 0, 0] if pad_type == "valid" else [int(p) for p in pad]
+    out = full[:, :, top : full.shape[2] - bottom, left : full.shape[3] - right]
+    if output_shape is not None:
+        out = out[:, :, : int(output_shape[-2]), : int(output_shape[-1])]
+    if bias is not None:
+        out = out + _f32(bias)[None, :, None, None]
+    return out.astype(np.float32)
+
+
+def scaled_dot_product_attention(
+    query: np.ndarray, key: np.ndarray, value: np.ndarray, attn_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """softmax(Q K^T / sqrt(d) + mask) V over the last two axes (a bool mask keeps True)."""
+    q, k, v = _f32(query), _f32(key), _f32(value)
+    scores = matmul(q, k, transpose_y=True) * np.float32(1.0 / math.sqrt(q.shape[-1]))
+    if attn_mask is not None:
+        mask = np.asarray(attn_mask)
+        scores = (
+            np.where(mask, scores, np.float32(-np.inf))
+            if mask.dtype == np.bool_
+            else scores + _f32(mask)
+        )
+    return matmul(softmax(scores, axis=-1), v)
+
+
+def gather(
+    x: np.ndarray, indices: Any, axis: int = 0, batch_dims: int = 0, validate_indices: bool = False
+) -> np.ndarray:
+    if int(batch_dims) != 0:
+        raise UnsupportedOpError("gather with batch_dims is not implemented")
+    idx = np.asarray(indices).astype(np.int64)
+    axis = int(axis) % np.ndim(x)
+    if np.any(idx >= np.shape(x)[axis]) or np.any(idx < -np.shape(x)[axis]):
+        raise ArtifactError(f"gather: indices outside 0..{np.shape(x)[axis] - 1}")
+    return np.take(x, idx, axis=axis)
+
+
+def fill(shape: Any, value: Any = 0.0) -> np.ndarray:
+    return np.full([int(d) for d in np.atleast_1d(shape)], value)
+
+
+def fill_like(ref_tensor: np.ndarray, value: Any = 0.0) -> np.ndarray:
+    return np.full(np.shape(ref_tensor), value)
+
+
+def _interp_matrix(n_in: int, scale: float, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights along one axis (PyTorch's sampling rule)."""
+    n_out = math.floor(n_in * scale)
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(dst)
+    else:  # half-pixel centres, clamped at the first pixel
+        src = np.maximum((dst + 0.5) / scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m.astype(np.float32)
+
+
+def upsample_bilinear(
+    x: np.ndarray,
+    scale_factor_height: Any = 1.0,
+    scale_factor_width: Any = 1.0,
+    align_corners: bool = False,
+    half_pixel_centers: Any = None,
+) -> np.ndarray:
+    """Bilinear upsampling of the last two axes as two interpolation-matrix products."""
+    if half_pixel_centers is not None and bool(half_pixel_centers) == bool(align_corners):
+        raise UnsupportedOpError("upsample_bilinear: half_pixel_centers must be not align_corners")
+    x = _f32(x)
+    rows = _interp_matrix(x.shape[-2], float(scale_factor_height), bool(align_corners))
+    cols = _interp_matrix(x.shape[-1], float(scale_factor_width), bool(align_corners))
+    return matmul(matmul(rows, x), cols.T)
+
+
+def upsample_nearest_neighbor(
+    x: np.ndarray, scale_factor_height: Any = 1, scale_factor_width: Any = 1
+) -> np.ndarray:
+    """Nearest upsampling of the last two axes: output pixel i reads input floor(i / scale)."""
+    h, w = np.shape(x)[-2:]
+    sh, sw = float(scale_factor_height), float(scale_factor_width)
+    rows = np.minimum(np.floor(np.arange(int(h * sh)) / sh).astype(np.int64), h - 1)
+    cols = np.minimum(np.floor(np.arange(int(w * sw)) / sw).astype(np.int64), w - 1)
+    return np.asarray(x)[..., rows[:, None], cols[None, :]]
+
+
 def constexpr_blockwise_shift_scale(
     data: np.ndarray, scale: np.ndarray, offset: np.ndarray | None = None
 ) -> np.ndarray:
@@ -411,6 +535,15 @@ OPS: dict[str, Callable[..., Any]] = {
     "split": split,
     "cast": cast,
     "conv": conv,
+    "conv_transpose": conv_transpose,
+    "scaled_dot_product_attention": scaled_dot_product_attention,
+    "gather": gather,
+    "shape": lambda x: np.asarray(np.shape(x), np.int32),
+    "tile": lambda x, reps: np.tile(x, [int(r) for r in np.atleast_1d(reps)]),
+    "fill": fill,
+    "fill_like": fill_like,
+    "upsample_bilinear": upsample_bilinear,
+    "upsample_nearest_neighbor": upsample_nearest_neighbor,
     "select": lambda cond, a, b: np.where(np.asarray(cond), _f32(a), _f32(b)),
     "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
     "constexpr_affine_dequantize": constexpr_affine_dequantize,

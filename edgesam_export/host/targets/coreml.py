@@ -1,31 +1,37 @@
 """CoreML export: our export graphs traced and converted to ML Program `.mlpackage` bundles.
 
-The same graphs as ONNX (`EncoderGraph` / `DecoderGraph`, optimized=True), so the neck's
-bicubic upsampling stays the trained model's (constant matmuls; CoreML has no bicubic op) and
-the decoder has no dynamic `repeat_interleave`. coremltools is imported lazily; its version-
-specific workarounds are applied only around our conversion (`coreml_patches`).
+The same graphs as ONNX (`EncoderGraph` / `DecoderGraph`, optimized=True; for the SAM 2
+layout, EdgeTAM's six graphs from `graphs.sam2_graph`), so the neck's bicubic upsampling stays
+the trained model's (constant matmuls; CoreML has no bicubic op) and the decoder has no dynamic
+`repeat_interleave`. Input and output names, order and shapes come from the registry
+(`spec.graph_io`). coremltools is imported lazily; its version-specific workarounds are applied
+only around our conversion (`coreml_patches`).
 
-Flexible prompt counts: `enumerated` declares one shape per (B, N) on both point inputs, which
-keeps the model eligible for the Neural Engine but needs iOS18 / macOS15 (coremltools accepts
-EnumeratedShapes on more than one input only from there); `range` declares RangeDims (what
-EdgeSAM's own export does; CPU/GPU only) and works from iOS15.
+Flexible axes (the contract's symbolic ones: prompt sets / objects, points, memory frames,
+pointers): `enumerated` declares one shape per joint assignment, which keeps the model eligible
+for the Neural Engine but needs iOS18 / macOS15 (coremltools accepts EnumeratedShapes on more
+than one input only from there); `range` declares RangeDims (what EdgeSAM's own export does;
+CPU/GPU only) and works from iOS15. Graphs whose inputs vary in different axes can only be
+ranges (`graph_shapes`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
+from edgesam_export.device.contract import TensorSpec
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.host.config import CoreMLOptions, ExportOptions, GraphKind
-from edgesam_export.host.graphs import DecoderGraph, EncoderGraph, decoder_io, encoder_io
+from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel, ModelSpec
 from edgesam_export.host.targets import Target, artifact_path
@@ -129,30 +135,79 @@ def deployment_target(options: CoreMLOptions) -> str:
     return chosen
 
 
-def point_shapes(options: CoreMLOptions) -> list[tuple[int, int]]:
-    """The (B, N) pairs an enumerated decoder accepts."""
-    return [
-        (b, n) for b in range(1, options.max_batch + 1) for n in range(1, options.max_points + 1)
-    ]
+#: Upper bounds of the contract's symbolic axes that are not options: memory frames (the
+#: conditioning frame + 6 recent ones) and object pointers (SAM 2's `max_obj_ptrs_in_encoder`).
+FIXED_AXIS_MAX = {"S": 7, "K": 16}
+_BATCH_AXES = ("batch", "B")
+_POINT_AXES = ("num_points", "N")
 
 
-def _decoder_inputs(ct: Any, spec: Any, options: CoreMLOptions) -> list[Any]:
-    emb = ct.TensorType("image_embeddings", shape=(1, *spec.embed_shape), dtype=np.float32)
-    if options.point_shapes == "enumerated":
-        pairs = point_shapes(options)
-        coords = ct.EnumeratedShapes(shapes=[(b, n, 2) for b, n in pairs], default=(1, 1, 2))
-        labels = ct.EnumeratedShapes(shapes=[(b, n) for b, n in pairs], default=(1, 1))
-    else:
-        batch: Any = 1
-        if options.max_batch > 1:
-            batch = ct.RangeDim(1, options.max_batch, default=1, symbol="batch")
-        points = ct.RangeDim(1, options.max_points, default=1, symbol="num_points")
-        coords = ct.Shape(shape=(batch, points, 2))
-        labels = ct.Shape(shape=(batch, points))
+def axis_bounds(options: CoreMLOptions) -> dict[str, int]:
+    """The largest size each symbolic axis of the contract (`device.contract`) accepts."""
+    bounds = dict(FIXED_AXIS_MAX)
+    bounds.update(dict.fromkeys(_BATCH_AXES, options.max_batch))
+    bounds.update(dict.fromkeys(_POINT_AXES, options.max_points))
+    return bounds
+
+
+def _symbols(specs: list[TensorSpec]) -> list[str]:
+    """The symbolic axes of these tensors, in order of first appearance."""
+    return list(dict.fromkeys(d for t in specs for d in t.shape if isinstance(d, str)))
+
+
+def graph_shapes(spec: ModelSpec, graph: str, options: CoreMLOptions) -> str:
+    """The flexible-shape mode this graph gets: `options.point_shapes`, except that enumerated
+    shapes cannot express a graph whose flexible inputs vary in different axes (EdgeTAM's
+    decoder: `mask_input` varies in B only, `point_coords` in B and N; the memory attention:
+    `memory` in B and S, `memory_tpos` in S, `obj_ptrs` in B and K). coremltools keeps each
+    input's distinct shapes and requires the same count on every enumerated input, so such a
+    graph gets RangeDims (CPU/GPU on a device, not the Neural Engine); docs/coreml.md."""
+    inputs, _ = spec.graph_io(graph)
+    axes = {frozenset(d for d in t.shape if isinstance(d, str)) for t in inputs}
+    axes.discard(frozenset())
+    return "range" if len(axes) > 1 else options.point_shapes
+
+
+def graph_inputs(ct: Any, spec: ModelSpec, graph: str, options: CoreMLOptions) -> list[Any]:
+    """The graph's inputs, names and shapes from the registry (`spec.graph_io`), symbolic axes
+    made flexible; CoreML has no int64 inputs, so integer indices are int32.
+
+    Enumerated shapes (`graph_shapes` says which mode a graph gets) are the joint assignments
+    of the graph's symbolic axes (each 1..its bound, the first-named axis outermost): coremltools
+    pairs the i-th shape of every enumerated input. Range: one RangeDim per symbolic axis.
+    """
+    inputs, _ = spec.graph_io(graph)
+    bounds = axis_bounds(options)
+    symbols = _symbols(inputs)
+    unknown = [d for d in symbols if d not in bounds]
+    if unknown:
+        raise ExportFailedError(f"no CoreML bound for the symbolic axes {unknown} of the {graph}")
+    configs: list[dict[str, int]] = [{}]
+    for d in symbols:
+        configs = [{**c, d: v} for c in configs for v in range(1, bounds[d] + 1)]
+    enumerated = graph_shapes(spec, graph, options) == "enumerated"
+    # one RangeDim per axis, shared by every input that has it (coremltools names symbols once)
+    ranges: dict[str, Any] = {
+        d: ct.RangeDim(1, bounds[d], default=1, symbol=d) if bounds[d] > 1 else 1
+        for d in ([] if enumerated else symbols)
+    }
+
+    def shape_of(t: TensorSpec) -> Any:
+        if all(isinstance(d, int) for d in t.shape):
+            return tuple(t.shape)
+        if enumerated:
+            shapes = [tuple(c[d] if isinstance(d, str) else d for d in t.shape) for c in configs]
+            default = tuple(1 if isinstance(d, str) else d for d in t.shape)
+            return ct.EnumeratedShapes(shapes=shapes, default=default)
+        return ct.Shape(shape=[ranges[d] if isinstance(d, str) else d for d in t.shape])
+
     return [
-        emb,
-        ct.TensorType("point_coords", shape=coords, dtype=np.float32),
-        ct.TensorType("point_labels", shape=labels, dtype=np.float32),
+        ct.TensorType(
+            t.name,
+            shape=shape_of(t),
+            dtype=np.int32 if t.dtype.startswith("int") else np.float32,
+        )
+        for t in inputs
     ]
 
 
@@ -161,6 +216,16 @@ def build_module(
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The graph to trace, with deterministic example inputs of the smallest accepted shapes."""
     spec = loaded.spec
+    if spec.io_layout == "sam2":  # EdgeTAM: the same modules as its ONNX graphs
+        from edgesam_export.host.graphs import sam2_graph
+        from edgesam_export.host.models.edgetam.model import EdgeTAM
+
+        if options.use_stability_score or options.gelu_approximate:
+            raise InputError(
+                f"{spec.name} exports its own decoder contract (IoU scores, exact GELU):"
+                " drop --use-stability-score / --gelu-approximate"
+            )
+        return sam2_graph(cast(EdgeTAM, loaded.model), graph, spec.frame)
     gen = torch.Generator().manual_seed(0)
     module: torch.nn.Module
     if graph == "encoder":
@@ -204,8 +269,12 @@ def coreml_metadata(
     meta["coreml.coremltools_version"] = ct.__version__
     meta["coreml.patches"] = ",".join(patches) or "none"
     meta["gelu_approximate"] = str(options.gelu_approximate).lower()
+    bounds = axis_bounds(options)
+    flexible = _symbols(loaded.spec.graph_io(graph)[0])
+    if flexible:  # what each flexible axis accepts, e.g. {"B": "1..2", "S": "1..7"}
+        meta["coreml.flexible_axes"] = json.dumps({d: f"1..{bounds[d]}" for d in flexible})
+        meta["point_shapes"] = graph_shapes(loaded.spec, graph, options)
     if graph == "decoder":
-        meta["point_shapes"] = options.point_shapes
         meta["point_count_min"] = "1"
         meta["point_count_max"] = str(options.max_points)
         meta["point_count_range"] = f"1..{options.max_points}"
@@ -258,15 +327,8 @@ def convert(
     target = deployment_target(options)
     spec = loaded.spec
     module, args = build_module(loaded, graph, options)
-    if graph == "encoder":
-        inputs = [ct.TensorType("image", shape=tuple(args[0].shape), dtype=np.float32)]
-        outputs = [ct.TensorType("image_embeddings", dtype=np.float32)]
-    else:
-        inputs = _decoder_inputs(ct, spec, options)
-        outputs = [
-            ct.TensorType("scores", dtype=np.float32),
-            ct.TensorType("masks", dtype=np.float32),
-        ]
+    inputs = graph_inputs(ct, spec, graph, options)
+    outputs = [ct.TensorType(t.name, dtype=np.float32) for t in spec.graph_io(graph)[1]]
     precision = ct.precision.FLOAT16 if options.precision == "fp16" else ct.precision.FLOAT32
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -314,10 +376,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    if graph == "encoder":
-        inputs, outputs = encoder_io(spec.img_size, spec.embed_shape)
-    else:
-        inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+    inputs, outputs = spec.graph_io(graph)
     return Artifact(
         path=dest, backend="coreml", graph=graph, inputs=inputs, outputs=outputs, metadata=meta
     )

@@ -232,10 +232,10 @@ class SpatialPerceiver(nn.Module):
         latents = self.norm(latents)
 
         win = h // WINDOW_GRID
-        windows = x.permute(0, 2, 3, 1).reshape(b, WINDOW_GRID, win, WINDOW_GRID, win, c)
-        windows = windows.permute(0, 1, 3, 2, 4, 5).reshape(
-            b * WINDOW_GRID * WINDOW_GRID, win * win, c
-        )
+        # windows in (b, row, column) order, tokens in (y, x) order within a window; rank <= 4
+        # throughout (CoreML refuses rank-6 tensors)
+        windows = x.permute(0, 2, 3, 1).reshape(b * WINDOW_GRID, win, WINDOW_GRID, win * c)
+        windows = windows.permute(0, 2, 1, 3).reshape(b * WINDOW_GRID * WINDOW_GRID, win * win, c)
         lat2 = self.latents_2d.unsqueeze(0).expand(b, -1, -1).reshape(-1, 1, c)
         for layer in self.layers:
             lat2 = layer(lat2, windows)
