@@ -34,6 +34,8 @@ import torch
 from edgesam_export.device import processing as P
 from edgesam_export.device.backends import open_session
 from edgesam_export.device.bench import machine_info, set_threads
+from edgesam_export.device.contract import VIDEO_GRAPHS
+from edgesam_export.device.judge_video import video_cases
 from edgesam_export.device.parity import compare_arrays, mask_metrics, prompt_cases
 from edgesam_export.device.predictor import decoder_feeds
 from edgesam_export.device.runtime import Session
@@ -46,7 +48,7 @@ from edgesam_export.device.tolerances import (
 )
 from edgesam_export.host.config import OnnxOptions
 from edgesam_export.host.models import LoadedModel, load_model
-from edgesam_export.host.reference import reference_sessions
+from edgesam_export.host.reference import reference_sessions, video_sessions
 
 NAME = "noise_fp32"
 # The smallest registered model of each family group.
@@ -101,6 +103,8 @@ def _export(loaded: LoadedModel, out: Path) -> dict[Any, Path]:
     for stab in (False, True) if loaded.spec.io_layout != "sam2" else (False,):
         options = OnnxOptions(output=out, use_stability_score=stab)
         paths[stab] = export(loaded, "decoder", options).path
+    for graph in (g for g in loaded.spec.graphs if g in VIDEO_GRAPHS):  # EdgeTAM's tracker
+        paths[graph] = export(loaded, graph, OnnxOptions(output=out)).path  # type: ignore[arg-type]
     return paths
 
 
@@ -116,11 +120,15 @@ def _update(row: dict[str, Any], metrics: dict[str, float], scale: float, where:
 
 
 def _measure(
-    ref_enc: Session, ref_decs: dict[bool, Session], sessions: dict[Any, Session]
+    ref_enc: Session,
+    ref_decs: dict[bool, Session],
+    sessions: dict[Any, Session],
+    ref_video: dict[str, Session],
 ) -> dict[str, dict[str, Any]]:
     """Every parity check's worst case over the held-out images and their prompt sets: each
     encoder output (SAM 2: the embeddings and both high-resolution features), and the decoder
-    fed every encoder output it takes by name (`predictor.decoder_feeds`, as parity does)."""
+    fed every encoder output it takes by name (`predictor.decoder_feeds`, as parity does); the
+    video graphs each on the reference chain's calls (`judge_video.video_cases`)."""
     checks: dict[str, dict[str, Any]] = {}
     params = P.Preprocessing.from_metadata(ref_enc.metadata)
     for h, w, seed in HELD_OUT:
@@ -132,7 +140,14 @@ def _measure(
             scale = float(np.abs(ref_out).max())
             row = checks.setdefault(name, {})
             _update(row, compare_arrays(own_feats[name], ref_out), scale, image)
-        for case in prompt_cases(params.frame, info.input_size, seed=seed):
+        cases = prompt_cases(params.frame, info.input_size, seed=seed)
+        for call in video_cases(ref_video, tensor, cases) if ref_video else []:
+            out = sessions[call.graph].run(call.feeds)
+            for name, ref_out in call.outputs.items():
+                row = checks.setdefault(f"{call.graph}.{name}", {})
+                scale = float(np.abs(ref_out).max())
+                _update(row, compare_arrays(out[name], ref_out), scale, f"{image}, {call.name}")
+        for case in cases:
             coords, labels = case.point_coords, case.point_labels
             for stab in [k for k in (False, True) if k in sessions]:
                 dec = sessions[stab]
@@ -208,7 +223,7 @@ def run(models: list[str]) -> dict[str, Any]:
             paths = _export(loaded, Path(tmp))
             sessions = {k: open_session(p) for k, p in paths.items()}
             _common.log(f"{name} ({kind}): measuring onnx")
-            checks = _measure(ref_enc, ref_decs, sessions)
+            checks = _measure(ref_enc, ref_decs, sessions, video_sessions(loaded))
             label = getattr(sessions["encoder"], "runtime_label", "onnxruntime")
         runs.append(
             {

@@ -411,7 +411,9 @@ def test_default_export_writes_every_registered_graph() -> None:
 
 
 @pytest.mark.extended
-@pytest.mark.parametrize("reference", ["torch", "outputs"])
+@pytest.mark.parametrize(
+    "reference", [pytest.param("torch", marks=pytest.mark.heavy), "outputs"]
+)  # torch: 230 s on the loaded 2-core host
 def test_parity_cli_judges_edgetam_and_fails_a_nudged_encoder(
     tam_onnx: Path, tmp_path: Path, reference: str
 ) -> None:

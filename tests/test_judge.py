@@ -306,3 +306,70 @@ def test_verify_artifacts_judges_under_the_overrides(
     assert all(c.passed == (c.metrics["max_abs"] == 0.0) for c in scores)
     others = [c for c in report.comparisons if c.check == "decoder.masks"]
     assert all(c.tolerance > 0.0 and c.passed for c in others)
+
+
+# (e) EdgeTAM's video graphs: each judged alone on the reference chain's calls ------------------
+
+
+class FakeVideoGraph(Session):
+    """A tiny stand-in for one of EdgeTAM's video graphs (the contract's names, a 16x8x8
+    embedding): each output a fixed function of the feeds; `wrong` scales one output by 1.01,
+    `nan` fills one with NaN (a candidate that runs but answers wrong)."""
+
+    def __init__(self, graph: str, backend: str, wrong: str = "", nan: str = "") -> None:
+        from edgesam_export.device.contract import video_io
+
+        inputs, outputs = video_io(graph, (16, 8, 8), 4)
+        meta = {"graph": graph, "family": "EdgeTAM", "model": "edgetam"}
+        super().__init__(graph, inputs, outputs, meta)
+        self.backend, self.wrong, self.nan = backend, wrong, nan
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seed = int(sum(float(np.abs(v).sum()) for v in feeds.values()) * 1e3) % 2**32
+        rng = np.random.default_rng(seed)
+        batch = max((v.shape[0] for k, v in feeds.items() if k != "image"), default=1)
+        out = {}
+        for t in self.outputs:
+            shape = tuple(batch if isinstance(d, str) else d for d in t.shape)
+            scale = 3e7 if t.name in ("pix_feat", "image_embed") else 2.0  # SAM 2's feature scale
+            value = (scale * rng.standard_normal(shape)).astype(np.float32)
+            if t.name == self.wrong:
+                value = value * np.float32(1.01)
+            if t.name == self.nan:
+                value[...] = np.nan
+            out[t.name] = value
+        return out
+
+
+def _judge_video(**candidate: str) -> dict[str, dict]:
+    from edgesam_export.device.contract import VIDEO_GRAPHS
+    from edgesam_export.device.judge import ParityReport, _Run
+    from edgesam_export.device.judge_video import judge_video, video_cases
+    from edgesam_export.device.parity import prompt_cases
+
+    reference = {g: FakeVideoGraph(g, "torch") for g in VIDEO_GRAPHS}
+    tensor = np.random.default_rng(1).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    cases = video_cases(reference, tensor, prompt_cases(128, (96, 128)))
+    assert [c.graph for c in cases] == [
+        "video_encoder", "video_decoder", "video_decoder", "memory_encoder", "memory_attention"
+    ]  # fmt: skip
+    report = ParityReport()
+    candidates = [(f"{g}.onnx", FakeVideoGraph(g, "onnx", **candidate)) for g in VIDEO_GRAPHS]
+    judge_video(_Run(Judge(), report, None), cases, candidates)
+    return {r["check"]: r for r in report.summary()}
+
+
+def test_video_graphs_are_judged_per_output_under_the_sam2_rows() -> None:
+    """Every output of every video graph is a check (`<graph>.<output>`) with a measured sam2
+    row; features on SAM 2's 3e7 scale are judged relative to it; a 1% error in one output, or
+    a NaN, fails that check only."""
+    rows = _judge_video()
+    assert len(rows) == 10 and all(r["passed"] for r in rows.values()), rows
+    assert rows["video_encoder.pix_feat"]["relative"]
+    assert not rows["video_decoder.iou_predictions"]["relative"]
+    assert not any(r["estimate"] for r in rows.values())
+    wrong = _judge_video(wrong="maskmem_features")
+    assert [c for c, r in wrong.items() if not r["passed"]] == ["memory_encoder.maskmem_features"]
+    nan = _judge_video(nan="obj_ptr")
+    assert [c for c, r in nan.items() if not r["passed"]] == ["video_decoder.obj_ptr"]
+    assert "non-finite" in nan["video_decoder.obj_ptr"]["reason"]

@@ -247,9 +247,7 @@ def session_stages(
         stages.append(Stage(f"decoder N={n}", "decoder", functools.partial(decoder.run, f)))
     if box_batch > 1:
         many = prompt_feeds(decoder, features, 2, batch=box_batch, img_size=img_size)
-        one = {
-            k: np.ascontiguousarray(v[:1]) if k in PROMPT_INPUTS else v for k, v in many.items()
-        }
+        one = {k: np.ascontiguousarray(v[:1]) if k in PROMPT_INPUTS else v for k, v in many.items()}
         stages.append(Stage(BOX_SINGLE_STAGE, "decoder", functools.partial(decoder.run, one)))
         stages.append(
             Stage(box_batch_stage(box_batch), "decoder", functools.partial(decoder.run, many))

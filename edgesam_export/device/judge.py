@@ -33,6 +33,7 @@ import numpy as np
 from edgesam_export.device import processing as P
 from edgesam_export.device.backends import tolerance_row, tolerances_for
 from edgesam_export.device.errors import InputError
+from edgesam_export.device.judge_video import VideoCase, absent, judge_video
 from edgesam_export.device.nonfinite import describe_nonfinite
 from edgesam_export.device.official_contract import foreign_contract
 from edgesam_export.device.parity import (
@@ -97,6 +98,10 @@ class Reference(Protocol):
 
     def expected(self, index: int, stability: bool) -> Expected: ...
 
+    def video_cases(self) -> Sequence[VideoCase] | None:
+        """The video graphs' reference calls (`judge_video.video_cases`), None without them."""
+        ...
+
     def record_into(self, record: dict[str, Any]) -> None:
         """Store what the HTML report needs to draw the reference (see `report.py`)."""
 
@@ -115,6 +120,7 @@ class SessionReference:
         encoder: Session,
         decoders: Mapping[bool, Session],
         image: np.ndarray | None = None,
+        video: Mapping[str, Session] | None = None,
     ) -> None:
         meta = encoder.metadata
         self.image = make_test_image() if image is None else image
@@ -129,6 +135,15 @@ class SessionReference:
             f" weights {meta.get('weights', '?')} ({meta.get('weights_source', '?')})"
         )
         self._raw: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
+        self._video, self._tensor = video, tensor
+        self._video_cases: list[VideoCase] | None = None
+
+    def video_cases(self) -> list[VideoCase] | None:
+        if self._video and self._video_cases is None:  # the chain runs once, when asked
+            from edgesam_export.device.judge_video import video_cases
+
+            self._video_cases = video_cases(self._video, self._tensor, self.prompts)
+        return self._video_cases
 
     def _run(self, index: int, stability: bool) -> dict[str, np.ndarray]:
         key = (index, stability)
@@ -366,8 +381,10 @@ def judge(
     overrides: Mapping[str, float] | None = None,
     report: ParityReport | None = None,
     record: dict[str, Any] | None = None,
+    video: Sequence[tuple[str, Session]] = (),
 ) -> ParityReport:
-    """Run every candidate on the reference's inputs and judge each output (rules above).
+    """Run every candidate on the reference's inputs and judge each output (rules above);
+    `video` candidates (EdgeTAM's tracker graphs) are judged by `judge_video`.
 
     Each candidate decoder is compared with the reference of its own scores flavour, under the
     tolerances of its own backend and precision (both read from its metadata). `record`
@@ -398,20 +415,19 @@ def judge(
             record.setdefault(name, {})["image_embeddings"] = out["image_embeddings"]
         for output, expected in reference.features.items():  # the embeddings first
             got = out.get(output)
-            metrics = compare_arrays(got, expected) if got is not None else _absent()
+            metrics = compare_arrays(got, expected) if got is not None else absent()
             run.compare(name, enc, output, "test image", metrics, feeds, output)
     for name, dec in decoders:
         _judge_decoder(run, reference, name, dec, own_features, info)
+    cases = reference.video_cases() if video else None
+    if cases is not None:
+        judge_video(run, cases, video)
+    for name, _ in video if cases is None else ():
+        run.skip(name, "every case", "this reference holds no video-graph answers: judge it"
+                 " against PyTorch (parity --reference torch, or the checkpoint)")  # fmt: skip
     if record is not None:
         reference.record_into(record)
     return report
-
-
-def _absent() -> dict[str, float]:
-    """Metrics of an output one side lacks (an artifact without a high-resolution feature, or
-    reference outputs written before the judge kept object scores): a failure, never a pass."""
-    inf = float("inf")
-    return {"absent": 1.0, "max_abs": inf, "mean_abs": inf, "rel": inf, "cosine": 0.0}
 
 
 def _judge_decoder(
@@ -481,7 +497,7 @@ def _judge_decoder(
             if "object_score_logits" in raw:  # SAM 2 layout: is the object there at all
                 got = raw["object_score_logits"]
                 ref = exp.object_scores
-                metrics = compare_arrays(got, ref) if ref is not None else _absent()
+                metrics = compare_arrays(got, ref) if ref is not None else absent()
                 check = f"{stage}.object_scores"
                 run.compare(name, dec, check, label, metrics, feeds, "object_score_logits")
             if foreign is None or foreign.upscaled_key is None or exp.logits is None:

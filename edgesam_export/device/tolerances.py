@@ -54,6 +54,15 @@ RELATIVE_CHECKS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "high_res_feats_1",
                 "decoder.masks",
                 "end_to_end.masks",
+                # the tracker's graphs (device/judge_video.py): features, logits, pointers
+                "video_encoder.pix_feat",
+                "video_encoder.image_embed",
+                "video_encoder.high_res_0",
+                "video_encoder.high_res_1",
+                "video_decoder.low_res_masks",
+                "video_decoder.obj_ptr",
+                "memory_encoder.maskmem_features",
+                "memory_attention.image_embed",
             }
         )
     }
@@ -213,18 +222,29 @@ ONNX_FP32_NOISE: Mapping[str, Mapping[str, float]] = {
         "end_to_end.scores": 8.64e-07,
         "end_to_end.stability_scores": 1.53e-05,
     },
-    # edgetam, untrained and calibrated synthetic seed 0; the "relative" checks (RELATIVE_CHECKS)
-    # are max abs / max |reference|, the worst over images, prompt sets and weight kinds
+    # edgetam, synthetic-untrained(seed=0); "relative" checks (RELATIVE_CHECKS) are max abs / max
+    # |reference|, the worst over held-out images, prompt sets and weight kinds; the video
+    # graphs each alone on the reference chain's calls (device/judge_video.py)
     "sam2": {
-        "image_embeddings": 1.35e-05,  # relative (untrained: 788 of 5.8e7)
-        "high_res_feats_0": 1.29e-06,  # relative
-        "high_res_feats_1": 2.36e-06,  # relative
-        "decoder.masks": 4.02e-06,  # relative (calibrated: 4.2e-4 of 108)
-        "decoder.scores": 6.56e-07,
-        "decoder.object_scores": 1.69e-06,
-        "end_to_end.masks": 1.73e-03,  # relative (untrained: 4.0e-2 of 29, mask IoU 0.996)
-        "end_to_end.scores": 1.25e-04,
-        "end_to_end.object_scores": 2.59e-04,
+        "image_embeddings": 2.12e-05,  # relative
+        "high_res_feats_0": 1.06e-06,  # relative
+        "high_res_feats_1": 1.38e-06,  # relative
+        "decoder.masks": 9.58e-07,  # relative
+        "decoder.scores": 2.09e-07,
+        "decoder.object_scores": 6.56e-07,
+        "end_to_end.masks": 8.5e-06,  # relative
+        "end_to_end.scores": 2.03e-06,
+        "end_to_end.object_scores": 5.25e-06,
+        "video_encoder.pix_feat": 2.12e-05,  # relative
+        "video_encoder.image_embed": 2.12e-05,  # relative
+        "video_encoder.high_res_0": 1.06e-06,  # relative
+        "video_encoder.high_res_1": 1.38e-06,  # relative
+        "video_decoder.low_res_masks": 7.6e-07,  # relative
+        "video_decoder.iou_predictions": 1.79e-07,
+        "video_decoder.object_score_logits": 4.77e-07,
+        "video_decoder.obj_ptr": 8.63e-07,  # relative
+        "memory_encoder.maskmem_features": 8e-07,  # relative
+        "memory_attention.image_embed": 4.41e-07,  # relative
     },
 }
 FP32_ONNX = GroupRows(

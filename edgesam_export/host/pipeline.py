@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -201,6 +201,7 @@ class OpenedArtifacts:
     encoders: list[tuple[str, Session]]
     decoders: list[tuple[str, Session]]
     errors: list[dict[str, str]]
+    video: list[tuple[str, Session]] = field(default_factory=list)  # EdgeTAM's tracker graphs
 
 
 def open_artifacts(artifact_dir: Path, only: list[Path] | None = None) -> OpenedArtifacts:
@@ -229,8 +230,8 @@ def open_artifacts(artifact_dir: Path, only: list[Path] | None = None) -> Opened
             opened.encoders.append((path.name, session))
         elif graph == "decoder":
             opened.decoders.append((path.name, session))
-        elif graph in VIDEO_GRAPHS:  # the tracker's graphs: checked by the video goldens
-            continue
+        elif graph in VIDEO_GRAPHS:  # the tracker's graphs: judged one by one (judge_video)
+            opened.video.append((path.name, session))
         else:
             opened.errors.append(
                 {
@@ -375,16 +376,23 @@ def verify_artifacts(
     opened = open_artifacts(artifact_dir, only)
     report = ParityReport(errors=list(opened.errors))
     groups: dict[tuple[str, ...], OpenedArtifacts] = {}
-    for graph in ("encoders", "decoders"):
+    for graph in ("encoders", "decoders", "video"):
         for name, session in getattr(opened, graph):
             group = groups.setdefault(_group_key(session), OpenedArtifacts([], [], []))
             getattr(group, graph).append((name, session))
     models: dict[tuple[str, ...], LoadedModel] = {}
     for key, group in groups.items():
         ref = _reference(key, group, kind, reference, checkpoint, artifact_dir, loaded, models)
-        n = len(group.encoders) + len(group.decoders)
+        n = len(group.encoders) + len(group.decoders) + len(group.video)
         progress(f"running {n} {key[0]} artifact(s) against {ref.description}")
-        part = judge(ref, group.encoders, group.decoders, overrides=overrides, record=record)
+        part = judge(
+            ref,
+            group.encoders,
+            group.decoders,
+            overrides=overrides,
+            record=record,
+            video=group.video,
+        )
         report.comparisons.extend(part.comparisons)
         _merge_inputs(report.inputs, part.inputs)
     # A partial check (`only`) is recorded too: the manifest keeps a verdict per artifact and
@@ -404,7 +412,7 @@ def _reference(
     models: dict[tuple[str, ...], LoadedModel],
 ) -> Reference:
     """The reference one group of artifacts is judged against (see `verify_artifacts`)."""
-    sessions = [s for _, s in group.encoders + group.decoders]
+    sessions = [s for _, s in group.encoders + group.decoders + group.video]
     if kind == "torch":
         model = loaded if loaded is not None and _matches(loaded, sessions[0]) else None
         if model is None:
@@ -427,10 +435,11 @@ def _reference(
                         synthetic=opts.synthetic,
                     )
         if model is not None:
-            from edgesam_export.host.reference import reference_sessions
+            from edgesam_export.host.reference import reference_sessions, video_sessions
 
             enc, decs = reference_sessions(model, gelu_approximate=key[-1] == "true")
-            return SessionReference(enc, decs)
+            video = video_sessions(model) if group.video else None
+            return SessionReference(enc, decs, video=video)
     from edgesam_export.device.reference_outputs import find_reference_outputs
 
     outputs = find_reference_outputs(artifact_dir, sessions[0].metadata)

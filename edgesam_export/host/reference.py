@@ -41,10 +41,9 @@ class TorchSession(Session):
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [
-            torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self.device, self.dtype)
-            for t in self.inputs
-        ]
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
+        # integer inputs (the memory attention's temporal indices) keep their type
+        args = [a.to(self.device, self.dtype if a.is_floating_point() else a.dtype) for a in args]
         with torch.inference_mode():
             out = self.module(*args)
         if not isinstance(out, tuple):
@@ -136,6 +135,23 @@ def reference_sessions(
         for stab in (False, True)
     }
     return enc, decoders
+
+
+def video_sessions(loaded: Any) -> dict[str, TorchSession]:
+    """PyTorch sessions of the model's video graphs (EdgeTAM's tracker graphs; none for other
+    families): the reference `judge_video` chains."""
+    from edgesam_export.device.contract import VIDEO_GRAPHS
+    from edgesam_export.host.graphs import sam2_graph
+    from edgesam_export.host.metadata import base_metadata
+
+    spec = loaded.spec
+    meta = base_metadata(loaded, graph="", use_stability_score=False)
+    sessions = {}
+    for graph in (g for g in spec.graphs if g in VIDEO_GRAPHS):
+        ins, outs = spec.graph_io(graph)
+        module = sam2_graph(loaded.model, graph, spec.frame)[0]
+        sessions[graph] = TorchSession(module, graph, ins, outs, {**meta, "graph": graph})
+    return sessions
 
 
 class CudaGraphSession(Session):
