@@ -368,6 +368,10 @@ def test_video_graphs_are_judged_per_output_under_the_sam2_rows() -> None:
     assert rows["video_encoder.pix_feat"]["relative"]
     assert not rows["video_decoder.iou_predictions"]["relative"]
     assert not any(r["estimate"] for r in rows.values())
+    from edgesam_export.device.backends import tolerance_row
+
+    coreml = tolerance_row("coreml", "fp32", "EdgeTAM")  # no measured row: SAM2_README, estimate
+    assert coreml.estimate and set(rows) <= set(coreml.limits) and set(rows) & coreml.relative
     wrong = _judge_video(wrong="maskmem_features")
     assert [c for c, r in wrong.items() if not r["passed"]] == ["memory_encoder.maskmem_features"]
     nan = _judge_video(nan="obj_ptr")

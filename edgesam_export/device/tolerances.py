@@ -187,6 +187,19 @@ _SAM2_OFFICIAL_NOISE = {
     "end_to_end.masks": 1.9e-6,  # relative
     "end_to_end.scores": 2.4e-7,
     "end_to_end.object_scores": 2.9e-6,
+    # the video graphs: the README's video rows (memory path on frame 1, whole-track logits and
+    # pointers), relative to the scales the parity chain sees on untrained weights (logits 10.8,
+    # pointers 1.7, memory features 3.2, memory-conditioned features 4.1)
+    "video_encoder.pix_feat": 2.2e-6,  # relative, as the embeddings
+    "video_encoder.image_embed": 2.2e-6,  # relative
+    "video_encoder.high_res_0": 8.4e-7,  # relative
+    "video_encoder.high_res_1": 1.3e-6,  # relative
+    "video_decoder.low_res_masks": 7.9e-6,  # relative: 8.5e-5 of 10.8
+    "video_decoder.iou_predictions": 2.4e-7,
+    "video_decoder.object_score_logits": 2.9e-6,
+    "video_decoder.obj_ptr": 6.5e-6,  # relative: 1.1e-5 of 1.7
+    "memory_encoder.maskmem_features": 7.5e-6,  # relative: 2.4e-5 of 3.2
+    "memory_attention.image_embed": 6.2e-6,  # relative: 2.5e-5 of 4.1
 }
 SAM2_README = ToleranceRow(
     {
