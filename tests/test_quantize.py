@@ -386,13 +386,21 @@ def test_decoder_int8_meets_the_mask_bar_heavy(tmp_path: Path, calibrated):
 
 @pytest.mark.heavy
 def test_encoder_int8_search_heavy(tmp_path: Path, calibrated):
-    """The encoder search against the bar (minutes: about 55 blocks). See docs/quantize.md."""
+    """The bounded encoder search (docs/quantize.md): on the calibrated synthetic encoder a single
+    quantized block already breaks the embeddings, so no partly quantized graph meets the bar;
+    the search stops within its budget (plus one probe) and fails naming the closest point,
+    leaving nothing behind."""
+    import time
+
+    from edgesam_export.device.errors import ExportFailedError
     from edgesam_export.host.targets.onnx import export
 
-    art = export(calibrated, "encoder", OnnxOptions(output=tmp_path, quantize="int8"))
-    assert art.metadata["precision"] == "int8"
-    mean, worst = (float(v) for v in art.metadata["int8.mask_iou"].split()[1::2])
-    assert mean >= 0.97 and worst >= 0.90
+    t0 = time.perf_counter()
+    options = OnnxOptions(output=tmp_path, graphs=("encoder",), quantize="int8", search_budget=300)
+    with pytest.raises(ExportFailedError, match=r"closest: .*--search-budget"):
+        export(calibrated, "encoder", options)
+    assert time.perf_counter() - t0 < 3600
+    assert not list(tmp_path.glob("*int8*"))
 
 
 @pytest.mark.parametrize("flavour", ["10", "8.6"])
