@@ -101,6 +101,10 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
         "test_executorch",
         "test_family_programs_pass_parity_on_the_executorch_runtime",
     ),
+    "efficientvit_sam_xl0": (
+        "test_executorch",
+        "test_family_programs_pass_parity_on_the_executorch_runtime",
+    ),
     "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
 }
 
