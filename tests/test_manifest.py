@@ -176,7 +176,6 @@ def test_record_parity_vouches_only_for_the_bytes_it_checked(tmp_path: Path) -> 
     assert mf.verify(tmp_path).ok
 
 
-
 def test_record_parity_keeps_artifacts_with_data_files(tmp_path: Path) -> None:
     """Sidecars (.pte.json, .engine.json, ONNX external data) are part of the recorded hash:
     parity dropped every such entry, comparing the file's bare hash with the combined one."""
@@ -194,6 +193,7 @@ def test_record_parity_keeps_artifacts_with_data_files(tmp_path: Path) -> None:
     side.write_text('{"changed": true}')  # the sidecar no longer matches: never vouched for
     record_parity(tmp_path, {"passed": True, "summary": summary, "errors": []})
     assert mf.read(tmp_path)["artifacts"] == []
+
 
 @pytest.mark.parametrize("content", [{"format": "other/1"}, []])
 def test_read_rejects_foreign_manifests(tmp_path: Path, content: object) -> None:
