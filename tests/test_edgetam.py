@@ -271,6 +271,12 @@ def test_onnx_decoder_matches_torch_and_golden(tam_onnx, tam_model, tam_golden, 
     from edgesam_export.device.backends import open_session
 
     dec = open_session(tam_onnx / "edgetam_decoder.onnx")
+    check_decoder_matches_torch_and_golden(dec, tam_model, tam_golden, tam_features)
+
+
+def check_decoder_matches_torch_and_golden(dec, tam_model, tam_golden, tam_features) -> None:
+    """A decoder session (any backend) vs our PyTorch decoder and the golden logits, B=2: a box
+    set with the padding point, and prompt e with its mask input (also used by the CoreML rows)."""
     g = tam_golden
     coords = np.zeros((2, 3, 2), np.float32)
     labels = np.full((2, 3), -1.0, np.float32)

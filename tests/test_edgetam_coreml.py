@@ -33,6 +33,7 @@ from test_edgetam import (
     TOL_SCORES,
     _manifest_state,
     _torch_preprocess,
+    check_decoder_matches_torch_and_golden,
 )
 from test_edgetam_video import FIXTURE as VIDEO_FIXTURE
 from test_edgetam_video import check_memory_intermediates, check_tracked_video
@@ -112,70 +113,7 @@ def test_coreml_image_packages_carry_the_registry_contract(tam_coreml: Path) -> 
         assert [t.name for t in session.outputs] == [t.name for t in outputs]
         assert session.metadata["model"] == "edgetam" and session.metadata["graph"] == graph
     dec = open_session(tam_coreml / "edgetam_decoder.mlpackage")
-    assert dec.metadata["single_mask_stability"] == "[0.98, 0.05]"
-    assert dec.metadata["point_shapes"] == "range"
-    assert json.loads(dec.metadata["coreml.flexible_axes"]) == {
-        "batch": "1..2",
-        "num_points": "1..16",
-    }
-    coords = np.zeros((3, 2, 2), np.float32)  # B = 3 is outside the declared 1..2
-    assert dec.accepts({"point_coords": coords}) is not None
-
-
-@pytest.mark.extended
-def test_coreml_image_packages_pass_the_one_judge(tam_coreml: Path) -> None:
-    """`parity DIR` (what the export's verification runs) on the packages against the shipped
-    reference outputs: every encoder output, the decoder alone and end to end, object scores,
-    under the `coreml` rows for this layout (`device/tolerances.py`)."""
-    from edgesam_export.host.pipeline import verify_artifacts
-
-    report = verify_artifacts(None, tam_coreml, reference="outputs")
-    rows = report.summary()
-    print("coreml judge:", json.dumps(rows, default=str))
-    assert report.passed, rows
-    checks = {r["check"] for r in rows}
-    assert {"decoder.masks", "decoder.object_scores"} <= checks, checks
-
-
-@pytest.mark.extended
-def test_coreml_decoder_matches_torch_and_golden(tam_coreml, tam_model, tam_golden, tam_features):
-    """The decoder package vs our PyTorch decoder, B=2 (a box set with the padding point, and
-    prompt e with its mask input), on the same features: the ONNX row's assertions."""
-    from edgesam_export.device.backends import open_session
-
-    dec = open_session(tam_coreml / "edgetam_decoder.mlpackage")
-    g = tam_golden
-    coords = np.zeros((2, 3, 2), np.float32)
-    labels = np.full((2, 3), -1.0, np.float32)
-    coords[0, :2], labels[0, :2] = g["c_pe_point_coords"][0], g["c_pe_point_labels"][0]
-    coords[1, :2], labels[1, :2] = g["e_pe_point_coords"][0], g["e_pe_point_labels"][0]
-    mask = np.zeros((2, 1, 256, 256), np.float32)
-    mask[1, 0] = g["a_multi_low_res_logits"][int(np.argmax(g["a_multi_scores"]))]
-    embed, hr0, hr1 = (t.numpy() for t in tam_features)
-    out = dec.run(
-        {
-            "image_embeddings": embed,
-            "high_res_feats_0": hr0,
-            "high_res_feats_1": hr1,
-            "point_coords": coords,
-            "point_labels": labels,
-            "mask_input": mask,
-            "has_mask_input": np.array([0.0, 1.0], np.float32),
-        }
-    )
-    for row, name in ((0, "c"), (1, "e")):
-        sparse, dense = tam_model.embed_prompts(
-            torch.from_numpy(coords[row : row + 1, :2]),
-            torch.from_numpy(labels[row : row + 1, :2]),
-            torch.from_numpy(mask[row : row + 1]) if name == "e" else None,
-        )
-        with torch.no_grad():
-            logits, iou, _, obj = tam_model.decode(*tam_features, sparse, dense)
-        assert np.abs(out["masks"][row] - logits[0].numpy()).max() <= 1e-4  # decoder alone
-        assert np.abs(out["scores"][row] - iou[0].numpy()).max() <= TOL_SCORES
-        assert np.abs(out["object_score_logits"][row] - obj[0].numpy()).max() <= 1e-4
-        ref = g[f"{name}_multi_low_res_logits"]
-        assert np.abs(out["masks"][row, 1:] - ref).max() <= TOL_LOGITS
+    check_decoder_matches_torch_and_golden(dec, tam_model, tam_golden, tam_features)
 
 
 @pytest.mark.extended
