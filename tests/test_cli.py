@@ -123,7 +123,10 @@ def _one_line_error(result) -> str:
     [
         (["onnx", "--precision", "fp8"], "--precision: 'fp8'; allowed: fp32, fp16"),
         (["onnx", "--opset", "5"], "--opset: 5; allowed: 11..21"),
-        (["onnx", "--quantize", "int4"], "--quantize: 'int4'; allowed: int8, int8-dynamic"),
+        (
+            ["onnx", "--quantize", "int4"],
+            "--quantize: 'int4'; allowed: int8, int8-dynamic, int8-weights",
+        ),
         (["onnx", "--decoder-contract", "sam"], "allowed: edgesam, official, efficientvit"),
         (["coreml", "--minimum-deployment-target", "iOS9"], "'iOS9'; allowed: iOS15, iOS16"),
         (["onnx", "--upsample", "nearest"], "--upsample: 'nearest'; allowed: bicubic, bilinear"),

@@ -466,3 +466,108 @@ def test_second_family_decoder_int8_search_heavy(tmp_path: Path):
     inputs = prepare(heldout_images(5), _preprocessing(loaded), HELDOUT_PROMPT_SEED)
     result, *_ = Evaluator("decoder", loaded, inputs, MaskBar()).judge(onnx.load(art.path))
     assert result.passed, result.to_json()
+
+
+# --------------------------------------------------------------------------------------
+# weight-only int8 (--quantize int8-weights)
+# --------------------------------------------------------------------------------------
+
+
+def _weights_graph(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x (1,8,12,12) -> Conv -> ConvTranspose -> flatten -> x @ W -> Gemm(transB) -> W @ y,
+    plus a small Conv weight (< 1024 elements) and biases that must stay float."""
+    w = {
+        "conv_w": rng.normal(size=(16, 8, 3, 3)).astype(np.float32),  # 1152: quantized, axis 0
+        "conv_b": rng.normal(size=(16,)).astype(np.float32),
+        "small_w": rng.normal(size=(16, 16, 1, 1)).astype(np.float32),  # 256: stays float
+        "convt_w": rng.normal(size=(16, 8, 3, 3)).astype(np.float32),  # ConvTranspose: axis 1
+        "right_w": rng.normal(size=(100, 48)).astype(np.float32),  # x @ W: axis 1
+        "gemm_w": rng.normal(size=(32, 48)).astype(np.float32),  # transB: axis 0
+        "gemm_b": rng.normal(size=(32,)).astype(np.float32),
+        "left_w": rng.normal(size=(64, 128)).astype(np.float32),  # W @ y: axis 0 (rows)
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "small_w"], ["s"]),
+        helper.make_node("ConvTranspose", ["s", "convt_w"], ["t"], strides=[2, 2]),  # 25x25
+        helper.make_node("Slice", ["t", "st", "en", "ax"], ["t10"]),  # (1, 8, 25, 10)
+        helper.make_node("Reshape", ["t10", "shape"], ["f"]),  # (20, 100)
+        helper.make_node("MatMul", ["f", "right_w"], ["r"]),  # (20, 48)
+        helper.make_node("Gemm", ["r", "gemm_w", "gemm_b"], ["g"], transB=1),  # (20, 32)
+        helper.make_node("Reshape", ["g", "shape2"], ["g2"]),  # (128, 5)
+        helper.make_node("MatMul", ["left_w", "g2"], ["y"]),  # (64, 5)
+    ]
+    consts = {
+        "st": np.array([0], np.int64),
+        "en": np.array([10], np.int64),
+        "ax": np.array([3], np.int64),
+        "shape": np.array([-1, 100], np.int64),
+        "shape2": np.array([128, -1], np.int64),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "w",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 5])],
+        [numpy_helper.from_array(v, k) for k, v in {**w, **consts}.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, w
+
+
+def test_int8_weights_stores_int8_per_channel_and_computes_in_float(tmp_path: Path):
+    from edgesam_export.host.targets.onnx_precision import quantize_per_channel, to_int8_weights
+
+    rng = np.random.default_rng(7)
+    model, w = _weights_graph(rng)
+    x = rng.normal(size=(1, 8, 12, 12)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    fp32 = run(model)
+    quantized = to_int8_weights(onnx.load_from_string(model.SerializeToString()))
+    onnx.checker.check_model(quantized, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    expected_axes = {"conv_w": 0, "convt_w": 1, "right_w": 1, "gemm_w": 0, "left_w": 0}
+    producers = {n.output[0]: n for n in quantized.graph.node}
+    for name, axis in expected_axes.items():
+        q, scale = inits[f"{name}_int8"], inits[f"{name}_scale"]
+        assert name not in inits and q.dtype == np.int8 and scale.dtype == np.float32
+        # one scale per output channel, on that channel's axis
+        assert scale.size == w[name].shape[axis] and scale.shape[axis] == scale.size
+        assert np.abs(q).max() == 127  # symmetric: each channel's peak maps to 127
+        assert np.abs(q * scale - w[name]).max() <= scale.max() / 2 + 1e-6
+        mul = producers[name]  # the weight's users read Mul(Cast(int8), scale)
+        assert mul.op_type == "Mul" and mul.input[1] == f"{name}_scale"
+        assert producers[mul.input[0]].op_type == "Cast"
+    for name in ("conv_b", "small_w", "gemm_b"):  # biases and small tensors: float as they were
+        assert inits[name].dtype == np.float32 and np.array_equal(inits[name], w[name])
+    meta = {p.key: p.value for p in quantized.metadata_props}
+    assert meta["precision"] == "int8-weights" and meta["int8.method"] == "weights"
+    assert meta["int8.weights"] == "5"
+    # float compute on dequantized weights: the same graph with those weights put back agrees to
+    # float noise, and the fp32 graph within the int8 weight error (~1% per layer)
+    restored = onnx.load_from_string(model.SerializeToString())
+    for t in restored.graph.initializer:
+        if t.name in expected_axes:
+            q, s = quantize_per_channel(w[t.name], expected_axes[t.name])
+            shape = [1] * q.ndim
+            shape[expected_axes[t.name]] = -1
+            t.CopyFrom(numpy_helper.from_array(q * s.reshape(shape), t.name))
+    # onnxruntime's full optimization keeps float kernels (no MatMulNBits, no integer ops)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(quantized.SerializeToString(), opts)
+    ops = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+    assert not ops & {"MatMulNBits", "DequantizeLinear", "MatMulInteger", "ConvInteger"}, ops
+    got = run(quantized)
+    np.testing.assert_allclose(got, run(restored), rtol=1e-5, atol=1e-4 * np.abs(fp32).max())
+    rel = np.abs(got - fp32).max() / np.abs(fp32).max()
+    assert 0 < rel < 0.05, rel
+    # the file holds int8: the quantized weights take a quarter of their float32 bytes
+    assert len(quantized.SerializeToString()) < 0.4 * len(model.SerializeToString())
+
+
+def test_int8_weights_is_weight_only_in_options():
+    with pytest.raises(ValueError, match="applies to --quantize int8"):
+        OnnxOptions(quantize="int8-weights", accuracy_target="miou=0.9")
+    with pytest.raises(ValueError, match="not both"):
+        OnnxOptions(precision="fp16", quantize="int8-weights")

@@ -57,8 +57,9 @@ def web_cmd(
     quantize: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="int8: export the graphs quantized as `onnx --quantize int8` does (smaller"
-            " download; the page reports its agreement with Python). Only when exporting.",
+            help="int8 | int8-weights: export the graphs quantized as `onnx --quantize` does"
+            " (smaller download; the page reports its agreement with Python). int8-weights:"
+            " int8 storage, float compute (agrees with Python). Only when exporting.",
             show_default=False,
         ),
     ] = None,

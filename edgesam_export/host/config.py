@@ -107,14 +107,16 @@ class OnnxOptions(ExportOptions):
 
     # Reduced precision (targets/onnx_precision.py): a real fp16 graph with the fp16-unsafe
     # layers kept fp32; static int8 QDQ searched to meet an accuracy target (host/quantize/);
-    # or dynamic int8 (MatMul/Gemm weights only). Float32 I/O in every case.
+    # dynamic int8 (MatMul/Gemm weights only); or weight-only int8 (int8 storage, float
+    # compute). Float32 I/O in every case.
     precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp32, or fp16 (fp16-unsafe layers kept fp32; float32 I/O)"
     )
-    quantize: Literal["int8", "int8-dynamic"] | None = Field(
+    quantize: Literal["int8", "int8-dynamic", "int8-weights"] | None = Field(
         None,
         description="int8: static QDQ, calibrated, the blocks that break the masks kept float"
-        " (--accuracy-target); int8-dynamic: dynamic MatMul/Gemm int8 (onnxruntime)",
+        " (--accuracy-target); int8-dynamic: dynamic MatMul/Gemm int8 (onnxruntime);"
+        " int8-weights: int8 weights per channel, float compute (smaller file, same speed)",
     )
     # Static int8 only (docs/quantize.md).
     calibration: Path | None = Field(

@@ -1,4 +1,4 @@
-"""Reduced-precision ONNX: a real fp16 graph, a static int8 QDQ graph, or dynamic int8.
+"""Reduced-precision ONNX: a real fp16 graph, static int8 QDQ, dynamic or weight-only int8.
 
 Post-processing of the fp32 graph that `targets/onnx.py` builds, driven by the same fp16
 safety analysis as the TensorRT target:
@@ -13,9 +13,14 @@ safety analysis as the TensorRT target:
 - int8-dynamic: onnxruntime's dynamic quantization (weights int8 ahead of time, activations
   quantized per call from their observed range); MatMul and Gemm only: dynamically quantized
   Conv (ConvInteger) is slower than fp32 on onnxruntime's CPU kernels and loses more accuracy.
+- int8-weights: weight-only int8 storage with float compute. Each large Conv/ConvTranspose/
+  MatMul/Gemm weight becomes an int8 initializer with one symmetric scale per output channel,
+  dequantized in the graph (Cast + Mul, see `to_int8_weights`); activations stay float, so every
+  kernel is the float one and the graph agrees with itself across runtimes (the web page).
+  A smaller download, no speed gain.
 
-Each records `precision` (fp16 | int8) and what was kept in fp32 in the ONNX metadata; parity
-reads it and judges the artifact with its own tolerance row.
+Each records `precision` (fp16 | int8 | int8-dynamic | int8-weights) and what was kept in fp32
+in the ONNX metadata; parity reads it and judges the artifact with its own tolerance row.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ if (
     from edgesam_export.host.models import LoadedModel
 
 INT8_OPS = ("MatMul", "Gemm")
+#: weight-only int8: the ops whose weight input (input 1) is quantized
+WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: weights with fewer elements stay float (biases, norms, tiny projections: no size to gain)
+WEIGHT_MIN_ELEMENTS = 1024
 
 
 def reduce_precision(
@@ -52,6 +61,8 @@ def reduce_precision(
         return quantize_graph(proto, loaded, options, progress or _stderr)
     if options.quantize == "int8-dynamic":
         return to_int8(proto)
+    if options.quantize == "int8-weights":
+        return to_int8_weights(proto)
     embeddings = None
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("graph") == "decoder":  # calibrate on the reference encoder's embeddings
@@ -143,6 +154,101 @@ def to_int8(proto: Any) -> Any:
     meta |= {"precision": "int8-dynamic", "int8.method": "dynamic", "int8.ops": ",".join(INT8_OPS)}
     _set_meta(quantized, meta)
     return quantized
+
+
+def to_int8_weights(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
+    """Weight-only int8: per-output-channel symmetric int8 weights, float compute.
+
+    The weight input of each Conv/ConvTranspose/Gemm (input 1) or MatMul (whichever side is a
+    constant) that is a float32 initializer of at least `min_elements` elements is replaced by
+    an int8 initializer and a float32 scale per output channel, dequantized in the graph by
+    Cast and Mul (folded back to the float weight when a session loads).
+    An initializer shared by several nodes is quantized once and keeps its channel axis only
+    if every user agrees on it. Biases and small tensors stay float32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    axes: dict[str, set[int]] = {}
+    for node in graph.node:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
+            continue
+        for index in (0, 1) if node.op_type == "MatMul" else (1,):
+            init = inits.get(node.input[index])
+            if init is None or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2:
+                continue
+            if int(np.prod(init.dims)) < min_elements:
+                continue
+            axis = _weight_axis(node, index, len(init.dims))
+            if axis is not None:
+                axes.setdefault(init.name, set()).add(axis)
+    quantized: list[str] = []
+    for name, wanted in axes.items():
+        if len(wanted) != 1:  # users disagree on the channel axis: leave it float
+            continue
+        axis = wanted.pop()
+        weight = numpy_helper.to_array(inits[name]).astype(np.float32)
+        q, scale = quantize_per_channel(weight, axis)
+        shape = [1] * q.ndim
+        shape[axis] = -1  # the scale broadcasts along the output channels
+        qname, sname, fname = f"{name}_int8", f"{name}_scale", f"{name}_int8_float"
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, qname),
+                numpy_helper.from_array(scale.reshape(shape), sname),
+            ]
+        )
+        # Cast + Mul rather than DequantizeLinear: onnxruntime fuses DequantizeLinear -> MatMul
+        # into MatMulNBits, whose default accuracy level quantizes the activations (int8 compute,
+        # a different answer per kernel). Cast and Mul of initializers are constant-folded to the
+        # float weight when the session loads: float compute on every runtime. The product keeps
+        # the weight's name, so every user reads it unchanged.
+        graph.node.insert(
+            0, helper.make_node("Mul", [fname, sname], [name], name=f"{name}_dequantize")
+        )
+        graph.node.insert(
+            0,
+            helper.make_node(
+                "Cast", [qname], [fname], name=f"{name}_cast", to=onnx.TensorProto.FLOAT
+            ),
+        )
+        quantized.append(name)
+    _set_meta(
+        proto,
+        {
+            "precision": "int8-weights",
+            "int8.method": "weights",
+            "int8.ops": ",".join(WEIGHT_OPS),
+            "int8.weights": str(len(quantized)),
+        },
+    )
+    return proto
+
+
+def _weight_axis(node: Any, index: int, rank: int) -> int | None:
+    """The output-channel axis of `node`'s weight input `index`, or None when it has none."""
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":  # W @ x: (..., M, K), one scale per output row; x @ W: per column
+        return rank - 2 if index == 0 else rank - 1
+    if node.op_type == "ConvTranspose":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return 1 if group == 1 else None  # (C_in, C_out/group, ...): grouped ones stay float
+    return 0  # Conv: (C_out, C_in/group, ...)
+
+
+def quantize_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 along `axis`: q = round(w / s) in [-127, 127], s = max|w| / 127."""
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    peak = np.abs(weight).max(axis=reduce)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
 
 
 def _set_meta(proto: Any, extra: dict[str, str]) -> None:
