@@ -234,7 +234,7 @@ def _card(models: dict[str, tuple[Path, dict[str, str]]], variants: tuple[str, .
     precisions = {m.get("precision", "fp32") for m in (enc_meta, dec_meta)}
     return {
         "model": enc_meta.get("model", ""),
-        # fp32 | fp16 | int8 as the export recorded it; "mixed" when the two graphs differ
+        # fp32 | fp16 | int8 | int8-weights as the export recorded it; "mixed" when they differ
         "precision": precisions.pop() if len(precisions) == 1 else "mixed",
         # what a browser downloads for the models (the two graphs, nothing else of models/)
         "download_bytes": sum(g["bytes"] for g in graphs.values()),
