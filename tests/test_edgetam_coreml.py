@@ -113,6 +113,38 @@ def test_coreml_image_packages_carry_the_registry_contract(tam_coreml: Path) -> 
         assert [t.name for t in session.outputs] == [t.name for t in outputs]
         assert session.metadata["model"] == "edgetam" and session.metadata["graph"] == graph
     dec = open_session(tam_coreml / "edgetam_decoder.mlpackage")
+    assert dec.metadata["single_mask_stability"] == "[0.98, 0.05]"
+    assert dec.metadata["point_shapes"] == "range"
+    assert json.loads(dec.metadata["coreml.flexible_axes"]) == {
+        "batch": "1..2",
+        "num_points": "1..16",
+    }
+    coords = np.zeros((3, 2, 2), np.float32)  # B = 3 is outside the declared 1..2
+    assert dec.accepts({"point_coords": coords}) is not None
+
+
+@pytest.mark.extended
+def test_coreml_image_packages_pass_the_one_judge(tam_coreml: Path) -> None:
+    """`parity DIR` (what the export's verification runs) on the packages against the shipped
+    reference outputs: every encoder output, the decoder alone and end to end, object scores,
+    under the `coreml` rows for this layout (`device/tolerances.py`)."""
+    from edgesam_export.host.pipeline import verify_artifacts
+
+    report = verify_artifacts(None, tam_coreml, reference="outputs")
+    rows = report.summary()
+    print("coreml judge:", json.dumps(rows, default=str))
+    assert report.passed, rows
+    checks = {r["check"] for r in rows}
+    assert {"decoder.masks", "decoder.object_scores"} <= checks, checks
+
+
+@pytest.mark.extended
+def test_coreml_decoder_matches_torch_and_golden(tam_coreml, tam_model, tam_golden, tam_features):
+    """The decoder package vs our PyTorch decoder, B=2 (a box set with the padding point, and
+    prompt e with its mask input), on the same features: the ONNX row's assertions."""
+    from edgesam_export.device.backends import open_session
+
+    dec = open_session(tam_coreml / "edgetam_decoder.mlpackage")
     check_decoder_matches_torch_and_golden(dec, tam_model, tam_golden, tam_features)
 
 
