@@ -333,15 +333,7 @@ def test_device_predictor_reproduces_goldens_without_torch(tam_onnx: Path) -> No
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["input_tensor"] <= TOL_INPUT
-    assert r["image_embed_rel"] <= TOL_EMBED_REL
-    assert r["high_res_feats_0"] <= TOL_HR0 and r["high_res_feats_1"] <= TOL_HR1
-    for name in PROMPTS:
-        for kind in ("multi", "single"):
-            m = r[f"{name}_{kind}"]
-            assert m["logits"] <= TOL_LOGITS and m["scores"] <= TOL_SCORES, (name, kind, m)
-            assert m["flips"] <= MAX_FLIPS and m["flip_logit"] <= TOL_LOGITS, (name, kind, m)
-            assert m["object_score"]
+    check_device_report(r)
 
 
 def test_sam2_prompt_packing_matches_what_the_official_predictor_fed(tam_golden) -> None:
@@ -475,3 +467,17 @@ def test_bench_times_edgetam_onnx_with_every_encoder_output_fed(tam_onnx: Path) 
     assert onnx["parity"]["passed"]
     stages = {t["name"] for t in report["timings"] if t["backend"] == "onnx"}
     assert {"encoder", "decoder N=1"} <= stages, stages
+
+
+def check_device_report(r: dict) -> None:
+    """The device check's report (tests/edgetam_device_check.py, any backend) against the
+    README tolerances: input tensor, encoder outputs, prompts a-e multimask and single."""
+    assert r["input_tensor"] <= TOL_INPUT
+    assert r["image_embed_rel"] <= TOL_EMBED_REL
+    assert r["high_res_feats_0"] <= TOL_HR0 and r["high_res_feats_1"] <= TOL_HR1
+    for name in PROMPTS:
+        for kind in ("multi", "single"):
+            m = r[f"{name}_{kind}"]
+            assert m["logits"] <= TOL_LOGITS and m["scores"] <= TOL_SCORES, (name, kind, m)
+            assert m["flips"] <= MAX_FLIPS and m["flip_logit"] <= TOL_LOGITS, (name, kind, m)
+            assert m["object_score"]

@@ -23,17 +23,10 @@ import pytest
 import torch
 from test_edgetam import (
     FIXTURE,
-    MAX_FLIPS,
-    PROMPTS,
-    TOL_EMBED_REL,
-    TOL_HR0,
-    TOL_HR1,
-    TOL_INPUT,
-    TOL_LOGITS,
-    TOL_SCORES,
     _manifest_state,
     _torch_preprocess,
     check_decoder_matches_torch_and_golden,
+    check_device_report,
 )
 from test_edgetam_video import FIXTURE as VIDEO_FIXTURE
 from test_edgetam_video import check_memory_intermediates, check_tracked_video
@@ -168,15 +161,7 @@ def test_coreml_predictor_reproduces_goldens_without_torch(tam_coreml: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     print("coreml image mode:", json.dumps(r))
-    assert r["input_tensor"] <= TOL_INPUT
-    assert r["image_embed_rel"] <= TOL_EMBED_REL
-    assert r["high_res_feats_0"] <= TOL_HR0 and r["high_res_feats_1"] <= TOL_HR1
-    for name in PROMPTS:
-        for kind in ("multi", "single"):
-            m = r[f"{name}_{kind}"]
-            assert m["logits"] <= TOL_LOGITS and m["scores"] <= TOL_SCORES, (name, kind, m)
-            assert m["flips"] <= MAX_FLIPS and m["flip_logit"] <= TOL_LOGITS, (name, kind, m)
-            assert m["object_score"]
+    check_device_report(r)
 
 
 # --------------------------------------------------------------------------- video (heavy)
