@@ -227,3 +227,35 @@ def test_recipe_is_frozen() -> None:
     with pytest.raises(ValueError):
         recipe.name = "other"  # type: ignore[misc]
     assert isinstance(recipe, Recipe)
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "needs"),
+    [
+        ("onnx", "quantize: int8", "--quantize int8 (static)"),
+        ("executorch", "precision: int8", "--precision int8"),
+    ],
+)
+def test_calibration_options_are_one_definition_for_every_int8_target(
+    kind: str, mode: str, needs: str
+) -> None:
+    """ONNX and ExecuTorch take `calibration`/`calibration_images` from one typed definition
+    (host/config.py `CalibrationFolder`, `CalibrationCount`, `Int8Calibration`): the same
+    range and help, the field names recipes use, and refused without the int8 mode."""
+    from edgesam_export.host.config import ExecuTorchOptions
+
+    head = f"name: a\ntargets:\n  - name: t\n    kind: {kind}\n    options:\n"
+    recipe = parse_recipe(
+        head + f"      {mode}\n      calibration: cal\n      calibration_images: 3\n"
+    )
+    options = recipe.targets[0].options
+    assert (options.calibration, options.calibration_images) == (Path("cal"), 3)
+    assert f"calibration_images applies to {needs}" in _error(
+        head + "      calibration_images: 3\n"
+    )
+    assert "less than or equal to 256" in _error(
+        head + f"      {mode}\n      calibration_images: 999\n"
+    )
+    onnx, et = OnnxOptions.model_fields, ExecuTorchOptions.model_fields
+    for name in ("calibration", "calibration_images"):
+        assert repr(onnx[name]) == repr(et[name])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, get_args, get_origin
+from typing import Annotated, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -81,7 +81,51 @@ class ExportOptions(BaseModel):
 DecoderContract = Literal["edgesam", "official", "efficientvit"]
 
 
-class OnnxOptions(ExportOptions):
+# The calibration images of a static int8 export: one definition for every target that
+# calibrates (ONNX `--quantize int8`, ExecuTorch `--precision int8`); each target declares the
+# two fields with these types (`calibration: CalibrationFolder = None`, `calibration_images:
+# CalibrationCount = CALIBRATION_IMAGES`), so they keep their place in its option order, and
+# takes `Int8Calibration` as a base for the rule that refuses them without int8.
+CalibrationFolder = Annotated[
+    Path | None,
+    Field(
+        description="int8: folder of calibration images (PNG or HxWx3 uint8 .npy; default:"
+        " built-in synthetic images, never the held-out images the result is judged on)",
+    ),
+]
+CalibrationCount = Annotated[
+    int, Field(ge=1, le=256, description="int8: how many calibration images to use")
+]
+CALIBRATION_IMAGES = 8
+
+
+class Int8Calibration(BaseModel):
+    """The rule of the calibration fields: given without the int8 mode that reads them, they
+    are refused, not ignored. A target sets `CALIBRATES_WITH` (the flag that turns calibration
+    on, for the error) and `calibrates()`; `CALIBRATION_FIELDS` may name more options that only
+    apply in that mode. No fields here: a base's fields would move ahead of the target's own.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    CALIBRATION_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "calibration_images")
+    CALIBRATES_WITH: ClassVar[str] = "int8"
+
+    def calibrates(self) -> bool:
+        """Whether this export runs the calibration (the mode the calibration fields need)."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _calibration_needs_int8(self) -> Int8Calibration:
+        given = changed_fields(self, self.CALIBRATION_FIELDS)
+        if given and not self.calibrates():
+            raise ValueError(
+                f"{', '.join(given)} applies to {self.CALIBRATES_WITH}; add it or drop them"
+            )
+        return self
+
+
+class OnnxOptions(Int8Calibration, ExportOptions):
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
 
     opset: int = Field(17, ge=11, le=21, description="ONNX opset")
@@ -119,14 +163,8 @@ class OnnxOptions(ExportOptions):
         " int8-weights: int8 weights per channel, float compute (smaller file, same speed)",
     )
     # Static int8 only (docs/quantize.md).
-    calibration: Path | None = Field(
-        None,
-        description="Static int8: folder of calibration images (PNG or .npy; default: built-in"
-        " synthetic images, never the held-out images the result is judged on)",
-    )
-    calibration_images: int = Field(
-        8, ge=1, le=256, description="Static int8: how many calibration images to use"
-    )
+    calibration: CalibrationFolder = None
+    calibration_images: CalibrationCount = CALIBRATION_IMAGES
     calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="Static int8: how activation ranges are calibrated"
     )
@@ -149,9 +187,9 @@ class OnnxOptions(ExportOptions):
         " calibration; half at most for sensitivity); the fewest-float graph meeting the bar"
         " by then is kept",
     )
-    STATIC_INT8: ClassVar[tuple[str, ...]] = (
-        "calibration",
-        "calibration_images",
+    CALIBRATES_WITH = "--quantize int8 (static)"
+    CALIBRATION_FIELDS = (
+        *Int8Calibration.CALIBRATION_FIELDS,
         "calibration_method",
         "activation_symmetric",
         "accuracy_target",
@@ -177,15 +215,8 @@ class OnnxOptions(ExportOptions):
         except InputError as exc:
             raise ValueError(str(exc)) from None
 
-    @model_validator(mode="after")
-    def _static_options_need_static_int8(self) -> OnnxOptions:
-        if self.quantize != "int8":
-            given = changed_fields(self, self.STATIC_INT8)
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} applies to --quantize int8 (static); add it or drop them"
-                )
-        return self
+    def calibrates(self) -> bool:
+        return self.quantize == "int8"
 
 
 CoreMLPrecision = Literal["fp32", "fp16"]
@@ -272,7 +303,7 @@ class TensorRTOptions(ExportOptions):
         return v
 
 
-class ExecuTorchOptions(ExportOptions):
+class ExecuTorchOptions(Int8Calibration, ExportOptions):
     """Export the encoder and/or decoder to ExecuTorch programs (.pte, XNNPACK delegate).
 
     Same input/output names and semantics as the ONNX graphs (the decoder takes one prompt set
@@ -289,22 +320,13 @@ class ExecuTorchOptions(ExportOptions):
     max_points: int = Field(
         16, ge=1, le=64, description="Largest prompt point count N (dynamic 1..N)"
     )
-    calibration: Path | None = Field(
-        None,
-        description="int8: folder of calibration images (PNG or HxWx3 uint8 .npy); default:"
-        " the built-in synthetic calibration set",
-    )
-    calibration_images: int = Field(
-        8, ge=1, le=256, description="int8: how many calibration images to use"
-    )
+    calibration: CalibrationFolder = None
+    calibration_images: CalibrationCount = CALIBRATION_IMAGES
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
+    CALIBRATES_WITH = "--precision int8"
 
-    @model_validator(mode="after")
-    def _calibration_needs_int8(self) -> ExecuTorchOptions:
-        given = changed_fields(self, ("calibration", "calibration_images"))
-        if given and self.precision != "int8":
-            raise ValueError(f"{', '.join(given)} applies to --precision int8; add it or drop them")
-        return self
+    def calibrates(self) -> bool:
+        return self.precision == "int8"
 
 
 def changed_fields(options: BaseModel, names: tuple[str, ...]) -> list[str]:
