@@ -569,6 +569,8 @@ def _frames_dir(golden, folder: Path, count: int) -> Path:
         (["--box", "1,2"], 3, "expected x0,y0,x1,y1"),
         (["--point", "5,5", "--frame", "7"], 3, "--frame 7"),
         (["--point", "5,5"], 5, "no *_video_encoder artifact"),
+        (["--point", "5,5", "--backend", "tensorrt"], 3, "allowed: onnx, coreml"),
+        (["--point", "5,5", "-b", "CoreML"], 5, "no *_video_encoder artifact for coreml"),
     ],
 )
 def test_track_cli_refuses_bad_input(golden, tmp_path, args, code, message) -> None:
@@ -582,6 +584,41 @@ def test_track_cli_refuses_bad_input(golden, tmp_path, args, code, message) -> N
     assert result.exit_code == code, result.output
     assert message in " ".join(result.output.split())
     assert not (Path.cwd() / "track_out").exists()
+
+
+def test_track_help_lists_the_registry_backends(monkeypatch, tmp_path) -> None:
+    """`track --help` and `--backend` name the backends from the registries (backends with
+    artifact files that a video model is verified on), not a fixed word: a backend that gains
+    EdgeTAM's video export is listed and opened without an edit to the tracker or the CLI."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from edgesam_export.cli.export import app
+    from edgesam_export.device import backends, models
+    from edgesam_export.device.errors import ArtifactError
+    from edgesam_export.video import tracker
+
+    assert tracker.tracker_backends() == ("onnx", "coreml")  # edgetam's verified targets
+    help_text = " ".join(CliRunner().invoke(app, ["track", "--help"]).output.split())
+    assert "edgesam-export onnx|coreml --model edgetam" in help_text
+    assert "--backend" in help_text and "onnx, coreml" in help_text
+    backends.register(backends.Backend(name="fakert", suffixes=(".fake",)))
+    try:
+        specs = [
+            dataclasses.replace(s, verified_targets=(*s.verified_targets, "fakert"))
+            if s.name == "edgetam"
+            else s
+            for s in models.list_specs()
+        ]
+        monkeypatch.setattr(tracker, "list_specs", lambda: specs)
+        assert tracker.tracker_backends() == ("onnx", "coreml", "fakert")
+        with pytest.raises(ArtifactError) as info:
+            tracker.VideoTracker.open(tmp_path)  # empty: the hint names every exporter
+        assert "edgesam-export onnx|coreml|fakert --model edgetam" in str(info.value)
+    finally:
+        backends.unregister("fakert")
+    assert tracker.tracker_backends() == ("onnx", "coreml")
 
 
 @pytest.mark.heavy

@@ -16,6 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
 from edgesam_export.device.errors import InputError
+from edgesam_export.video.tracker import tracker_backends
+
+# The backends whose video graphs the tracker runs (registry entries verified on EdgeTAM's
+# video graphs), for the help text and the --backend check.
+TRACKERS = tracker_backends()
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".npy")
 STRIP_FRAMES = 8  # frames shown in the overlay strip
@@ -113,7 +118,8 @@ def track_cmd(
     artifact_dir: Annotated[
         Path,
         typer.Argument(
-            help="Folder of an EdgeTAM export (onnx --model edgetam): its video graphs."
+            help=f"Folder of an EdgeTAM export (edgesam-export {'|'.join(TRACKERS)} --model"
+            " edgetam): its video graphs."
         ),
     ],
     frames_dir: Annotated[
@@ -137,6 +143,16 @@ def track_cmd(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where mask PNGs and the strip go.")
     ] = Path("track_out"),
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help=f"Whose video graphs to run when ARTIFACT_DIR holds several exports:"
+            f" {', '.join(TRACKERS)} (default: ONNX when present).",
+            show_default=False,
+        ),
+    ] = None,
     json_path: JsonOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -144,7 +160,8 @@ def track_cmd(
     mask PNGs, an overlay strip and JSON.
 
     Runs SAM 2's video loop on the exported graphs (no torch), every object in the same batched
-    calls. Exit codes: 0 ok, 3 bad input, 5 artifact unreadable, 6 backend unavailable."""
+    calls, on the backend whose export ARTIFACT_DIR holds (--backend picks one). Exit codes: 0
+    ok, 3 bad input, 5 artifact unreadable, 6 backend unavailable."""
     with guarded(debug):
         from edgesam_export.device.png import write_png
         from edgesam_export.video import VideoTracker
@@ -162,7 +179,11 @@ def track_cmd(
             )
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             raise InputError(f"--output {output} exists and is not empty: give a new folder")
-        tracker = VideoTracker.open(artifact_dir)
+        if backend is not None and backend.lower() not in TRACKERS:
+            raise InputError(
+                f"invalid value for --backend: {backend!r}; allowed: {', '.join(TRACKERS)}"
+            )
+        tracker = VideoTracker.open(artifact_dir, backend and backend.lower())
         t0 = time.perf_counter()
         with Progress(
             TextColumn("[dim]•[/] tracking"),

@@ -26,9 +26,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgesam_export.device.backends import artifact_suffixes, get_backend, open_session
+from edgesam_export.device.backends import (
+    all_backends,
+    artifact_suffixes,
+    get_backend,
+    open_session,
+)
 from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.errors import ArtifactError, InputError
+from edgesam_export.device.models import list_specs
 from edgesam_export.video.frames import check_frame, preprocess_frame
 from edgesam_export.video.numerics import resize_bilinear, stability, to_bfloat16
 
@@ -84,6 +90,19 @@ def _parse_prompt(obj_id: Any, prompt: Any, num_frames: int, h: int, w: int) -> 
     return _Object(obj_id, frame, xy, np.asarray(labels, np.float32), len(coords) <= 1)
 
 
+def tracker_backends() -> tuple[str, ...]:
+    """The backends whose video graphs `VideoTracker.open` reads, in registry order: entries
+    with artifact files that a model with the video graphs is verified on (its
+    `verified_targets`), so a backend that gains the video export is listed without an edit."""
+    verified = {
+        target
+        for spec in list_specs()
+        if set(GRAPHS) <= set(spec.graphs)
+        for target in spec.verified_targets
+    }
+    return tuple(b.name for b in all_backends() if b.suffixes and b.name in verified)
+
+
 class VideoTracker:
     """SAM 2 / EdgeTAM video tracking over any backend's sessions of the four video graphs."""
 
@@ -105,6 +124,7 @@ class VideoTracker:
         if not folder.is_dir():
             raise ArtifactError(f"{folder} is not a folder; pass the folder of the video graphs")
         suffixes = get_backend(backend).suffixes if backend else artifact_suffixes()
+        exporters = (get_backend(backend).name,) if backend else tracker_backends()
         sessions = {}
         for graph in GRAPHS:
             found = sorted(
@@ -115,7 +135,8 @@ class VideoTracker:
             if not found:
                 raise ArtifactError(
                     f"{folder}: no *_{graph} artifact{f' for {backend}' if backend else ''};"
-                    " export them with `edgesam-export onnx|coreml --model edgetam --output DIR`"
+                    f" export them with `edgesam-export {'|'.join(exporters)} --model edgetam"
+                    " --output DIR`"
                 )
             onnx = [p for p in found if p.suffix == ".onnx"]
             sessions[graph] = open_session(onnx[0] if onnx else found[0], **session_kwargs)
