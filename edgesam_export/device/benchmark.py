@@ -43,7 +43,8 @@ from edgesam_export.device.bench import (
     time_interleaved,
 )
 from edgesam_export.device.errors import ExitCode, InputError
-from edgesam_export.device.judge import MaskBarResult, ParityReport, judge, mask_bar
+from edgesam_export.device.judge import ParityReport, judge
+from edgesam_export.device.mask_bar import MaskBarResult, mask_bar
 from edgesam_export.device.parity import make_test_image
 
 Progress = Callable[[str], None]
@@ -369,7 +370,7 @@ def run_bench(
 
 def end_to_end_mask_iou(reference: Any, col: OpenedBackend) -> MaskBarResult | None:
     """The masks a user gets from this column against the reference's (`MASK_IOU_RULE`):
-    `judge.mask_bar` over every prompt case the decoder accepts. None for a decoder with a
+    `mask_bar.mask_bar` over every prompt case the decoder accepts. None for a decoder with a
     family's own contract (the bench times ours only) or when no case could run."""
     from edgesam_export.device.official_contract import foreign_contract
 

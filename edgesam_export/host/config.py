@@ -208,7 +208,7 @@ class OnnxOptions(Int8Calibration, ExportOptions):
     @classmethod
     def _bar(cls, v: str) -> str:
         from edgesam_export.device.errors import InputError
-        from edgesam_export.device.judge import MaskBar
+        from edgesam_export.device.mask_bar import MaskBar
 
         try:
             return str(MaskBar.parse(v))

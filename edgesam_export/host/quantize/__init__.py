@@ -6,7 +6,7 @@
   activations) with the calibration ranges computed once and reused for every candidate;
 - `search`: per-block sensitivity (one block quantized at a time, end-to-end effect on held-out
   inputs) and the search for the fewest float blocks that meet an accuracy target (the mask
-  bar, `device.judge.MaskBar`); its report lists the float nodes and the frontier it walked.
+  bar, `device.mask_bar.MaskBar`); its report lists the float nodes and the frontier it walked.
 """
 
 from edgesam_export.host.quantize.search import quantize_graph
