@@ -335,3 +335,25 @@ def test_missing_onnxruntime_names_the_device_extra(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"'edgesam-export\[onnxruntime\]'"):
         backends.open_session(tmp_path / "m_encoder.onnx")
+
+
+def test_static_int8_without_onnxruntime_quantization_names_the_export_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--quantize int8` missing onnxruntime.quantization says it through the registry's one
+    hint (exit 6, the onnx export extra), not a pip line of its own."""
+    import onnxruntime
+    import onnxruntime.quantization  # imported or not before: the same test
+
+    from edgesam_export.host.quantize.static import StaticQuantizer
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    monkeypatch.delattr(onnxruntime, "quantization")
+    with pytest.raises(BackendUnavailableError) as info:
+        StaticQuantizer(None, [])
+    assert str(info.value) == backends.unavailable_reason(
+        "onnx", "onnxruntime.quantization", export=True
+    )
+    assert "onnxruntime.quantization does not import" in str(info.value)
+    assert "pip install 'edgesam-export[onnx]'" in str(info.value)
+    assert info.value.exit_code == ExitCode.BACKEND_UNAVAILABLE

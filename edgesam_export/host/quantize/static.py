@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from edgesam_export.device.errors import BackendUnavailableError
+from edgesam_export.device.backends import unavailable_error
 from edgesam_export.host.quantize.data import FeedReader
 
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
@@ -79,9 +79,9 @@ class StaticQuantizer:
         try:
             import onnx
             from onnxruntime import quantization as q
-        except ImportError:
-            raise BackendUnavailableError(
-                "--quantize int8 uses onnxruntime.quantization: pip install onnxruntime"
+        except ImportError as exc:  # the registry's one hint (exit 6): the onnx export extra
+            raise unavailable_error(
+                "onnx", exc.name or "onnxruntime.quantization", export=True
             ) from None
         self.onnx, self.q = onnx, q
         self.reader = FeedReader(feeds)
