@@ -343,7 +343,7 @@ class FakeVideoGraph(Session):
 
 def _judge_video(**candidate: str) -> dict[str, dict]:
     from edgesam_export.device.contract import VIDEO_GRAPHS
-    from edgesam_export.device.judge import ParityReport, _Run
+    from edgesam_export.device.judge import JudgeRun, ParityReport
     from edgesam_export.device.judge_video import judge_video, video_cases
     from edgesam_export.device.parity import prompt_cases
 
@@ -355,7 +355,7 @@ def _judge_video(**candidate: str) -> dict[str, dict]:
     ]  # fmt: skip
     report = ParityReport()
     candidates = [(f"{g}.onnx", FakeVideoGraph(g, "onnx", **candidate)) for g in VIDEO_GRAPHS]
-    judge_video(_Run(Judge(), report, None), cases, candidates)
+    judge_video(JudgeRun(Judge(), report, None), cases, candidates)
     return {r["check"]: r for r in report.summary()}
 
 

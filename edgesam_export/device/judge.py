@@ -334,7 +334,7 @@ class Judge:
         return tol, ok, "; ".join(reasons)
 
 
-class _Run:
+class JudgeRun:
     """One judge() call: the report it fills, and where each artifact first went non-finite."""
 
     def __init__(self, judge: Judge, report: ParityReport, record: dict[str, Any] | None) -> None:
@@ -401,7 +401,7 @@ def judge(
     contributes (`Reference.record_into`), for the HTML report.
     """
     report = report or ParityReport()
-    run = _Run(Judge(overrides), report, record)
+    run = JudgeRun(Judge(overrides), report, record)
     params = reference.preprocessing
     tensor, info = P.preprocess(reference.image, params=params)
     report.inputs.update(
@@ -440,7 +440,7 @@ def judge(
 
 
 def _judge_decoder(
-    run: _Run,
+    run: JudgeRun,
     reference: Reference,
     name: str,
     dec: Session,

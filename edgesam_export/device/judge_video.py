@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.parity import PromptCase, compare_arrays
 from edgesam_export.device.runtime import Session
+
+if TYPE_CHECKING:  # judge.py imports this module: the recorder's type only, no import cycle
+    from edgesam_export.device.judge import JudgeRun
 
 MEMORY_TPOS = 6  # the temporal slot SAM 2 gives a conditioning frame's memory
 VIDEO_PROMPTS = ("1 positive point", "batch of 3 boxes")
@@ -95,27 +98,11 @@ def video_cases(
     return cases
 
 
-class Comparer(Protocol):
-    """What `judge._Run` offers: record one verdict, or list a case an artifact refused."""
-
-    def compare(
-        self,
-        name: str,
-        session: Session,
-        check: str,
-        case: str,
-        metrics: dict[str, float],
-        feeds: Mapping[str, np.ndarray],
-        output: str,
-    ) -> None: ...
-
-    def skip(self, name: str, case: str, reason: str) -> None: ...
-
-
 def judge_video(
-    run: Comparer, cases: Sequence[VideoCase], candidates: Sequence[tuple[str, Session]]
+    run: JudgeRun, cases: Sequence[VideoCase], candidates: Sequence[tuple[str, Session]]
 ) -> None:
-    """Every candidate video graph on the reference chain's calls of its graph."""
+    """Every candidate video graph on the reference chain's calls of its graph, recorded in the
+    judge's run (`JudgeRun.compare` / `skip`: the image checks' verdicts and report)."""
     for name, session in candidates:
         graph = session.metadata.get("graph", "")
         for case in (c for c in cases if c.graph == graph):
