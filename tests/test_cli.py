@@ -352,6 +352,19 @@ def test_every_generated_option_has_help_and_every_field_an_option():
             assert description and option.help.startswith(description), (entry.name, field)
 
 
+def test_trt_profile_options_are_the_tensorrt_options_fields():
+    """`trt` and `trt-check` take --points/--batch from TensorRTOptions' fields (one definition
+    with the recipes'), so their help is the field's description."""
+    from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
+    from edgesam_export.host.config import TensorRTOptions
+
+    for command in (trt_cmd, trt_check_cmd):
+        hints = typing.get_type_hints(command, include_extras=True)
+        for field in ("points", "batch"):
+            option = typing.get_args(hints[field])[1]
+            assert option.help.startswith(TensorRTOptions.model_fields[field].description)
+
+
 # Each case runs in a fresh interpreter: blocking a package that earlier tests imported leaves
 # its half-imported submodules behind (executorch's namespace packages then fail to import for
 # every later test in the process).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -27,6 +27,7 @@ from edgesam_export.cli import (
     progress,
     render_parity,
 )
+from edgesam_export.cli.backend_command import field_parameter
 from edgesam_export.cli.options import WaitOpt
 from edgesam_export.device import publish
 from edgesam_export.device.errors import (
@@ -36,24 +37,17 @@ from edgesam_export.device.errors import (
     ExportFailedError,
     InputError,
 )
+from edgesam_export.host.config import TensorRTOptions
 
-PointsOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--points",
-        help="Profile of the decoder's point count N as MIN:OPT:MAX (default 1:2:32).",
-        show_default=False,
-    ),
-]
-BatchOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--batch",
-        help="Profile of the prompt-set batch B as MIN:OPT:MAX (default 1:1:64); applies to an"
-        " encoder only when its graph has a dynamic 'batch' axis.",
-        show_default=False,
-    ),
-]
+# The profile options are the TensorRT recipe target's fields (host/config.py): one definition
+# of `--points`/`--batch` and their help for `trt`, `trt-check` and recipes. (Built at run time,
+# so the type checker sees their plain type.)
+if TYPE_CHECKING:
+    PointsOpt = Optional[str]  # noqa: UP045
+    BatchOpt = Optional[str]  # noqa: UP045
+else:
+    PointsOpt = field_parameter(TensorRTOptions, "points").annotation
+    BatchOpt = field_parameter(TensorRTOptions, "batch").annotation
 
 
 ModelNameOpt = Annotated[

@@ -12,6 +12,8 @@ from rich.table import Table
 from edgesam_export.cli import (
     DebugOpt,
     JsonOpt,
+    ModelOpt,
+    OutputOpt,
     SeedOpt,
     SyntheticOpt,
     UpsampleOpt,
@@ -37,12 +39,8 @@ SourceArg = Annotated[
 
 def web_cmd(
     source: SourceArg = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")] = (
-        "edge_sam"
-    ),
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
-        "artifacts/web"
-    ),
+    model: ModelOpt = "edge_sam",
+    output: OutputOpt = Path("artifacts/web"),
     serve: Annotated[
         bool, typer.Option("--serve", help="Serve the folder on 127.0.0.1 (COOP/COEP headers).")
     ] = False,

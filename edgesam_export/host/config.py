@@ -282,10 +282,12 @@ class TensorRTOptions(ExportOptions):
     opset: int = Field(17, ge=11, le=21, description="opset of the ONNX graph the engine parses")
     workspace_mb: int = Field(1024, ge=64, description="builder workspace in MB (--workspace)")
     points: str | None = Field(
-        None, description="profile of the decoder's point count N, MIN:OPT:MAX (default 1:2:32)"
+        None, description="Profile of the decoder's point count N as MIN:OPT:MAX (default 1:2:32)"
     )
     batch: str | None = Field(
-        None, description="profile of the prompt-set batch B, MIN:OPT:MAX (default 1:1:64)"
+        None,
+        description="Profile of the prompt-set batch B as MIN:OPT:MAX (default 1:1:64); applies"
+        " to an encoder only when its graph has a dynamic 'batch' axis",
     )
 
     @field_validator("points", "batch")
