@@ -353,14 +353,15 @@ def test_every_generated_option_has_help_and_every_field_an_option():
 
 
 def test_trt_profile_options_are_the_tensorrt_options_fields():
-    """`trt` and `trt-check` take --points/--batch from TensorRTOptions' fields (one definition
-    with the recipes'), so their help is the field's description."""
+    """`trt` and `trt-check` take --points/--batch (and `trt` --use-stability-score) from
+    TensorRTOptions' fields (one definition with the recipes'): their help is the field's."""
     from edgesam_export.cli.tensorrt import trt_check_cmd, trt_cmd
     from edgesam_export.host.config import TensorRTOptions
 
-    for command in (trt_cmd, trt_check_cmd):
+    profile = ("points", "batch")
+    for command, fields in ((trt_cmd, (*profile, "use_stability_score")), (trt_check_cmd, profile)):
         hints = typing.get_type_hints(command, include_extras=True)
-        for field in ("points", "batch"):
+        for field in fields:
             option = typing.get_args(hints[field])[1]
             assert option.help.startswith(TensorRTOptions.model_fields[field].description)
 

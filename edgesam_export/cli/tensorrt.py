@@ -39,15 +39,17 @@ from edgesam_export.device.errors import (
 )
 from edgesam_export.host.config import TensorRTOptions
 
-# The profile options are the TensorRT recipe target's fields (host/config.py): one definition
-# of `--points`/`--batch` and their help for `trt`, `trt-check` and recipes. (Built at run time,
-# so the type checker sees their plain type.)
+# Options that are the TensorRT recipe target's fields (host/config.py): one definition of
+# `--points`, `--batch` and `--use-stability-score` and their help for `trt`, `trt-check` and
+# recipes. (Built at run time, so the type checker sees their plain type.)
 if TYPE_CHECKING:
     PointsOpt = Optional[str]  # noqa: UP045
     BatchOpt = Optional[str]  # noqa: UP045
+    StabilityOpt = bool
 else:
     PointsOpt = field_parameter(TensorRTOptions, "points").annotation
     BatchOpt = field_parameter(TensorRTOptions, "batch").annotation
+    StabilityOpt = field_parameter(TensorRTOptions, "use_stability_score").annotation
 
 
 ModelNameOpt = Annotated[
@@ -251,9 +253,7 @@ def trt_cmd(
         bool,
         typer.Option("--print-trtexec", help="Print the equivalent trtexec lines; build nothing."),
     ] = False,
-    use_stability_score: Annotated[
-        bool, typer.Option("--use-stability-score", help="Decoder scores are stability scores.")
-    ] = False,
+    use_stability_score: StabilityOpt = False,
     upsample: UpsampleOpt = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
