@@ -404,7 +404,18 @@ def test_a_recipe_builds_verifies_and_reproduces_executorch_programs(
 # Families beyond EdgeSAM, fp32 encoder + decoder programs (synthetic weights of each layout).
 # test_families.EXECUTORCH lists those whose row here ran and passed; only they claim
 # "executorch" in verified_targets.
-FAMILIES = ("mobile_sam", "efficientvit_sam_l0", "efficientvit_sam_xl0", "slimsam_77", "sam_vit_b")
+FAMILIES = (
+    "mobile_sam",
+    "efficientvit_sam_l0",
+    "efficientvit_sam_l1",
+    "efficientvit_sam_l2",
+    "efficientvit_sam_xl0",
+    "efficientvit_sam_xl1",
+    "slimsam_50",
+    "slimsam_77",
+    "sam_vit_b",
+    "sam_vit_l",
+)
 
 
 @pytest.mark.heavy

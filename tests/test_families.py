@@ -107,6 +107,7 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
     ),
     "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "sam_vit_b": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
+    "slimsam_50": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
 }
 
 # target -> its export + parity test table; every target a spec's verified_targets names
