@@ -1,4 +1,5 @@
-"""Plumbing shared by the benchmark scripts: thread pinning, CPU contention, result files.
+"""Plumbing shared by the benchmark scripts: thread pinning, CPU contention, result files, the
+header of every result, and the official scripts' plain ONNX export.
 
 Import this module before numpy, torch or onnxruntime: it pins the BLAS/OpenMP pools to
 `THREADS` through the environment, which those libraries only read when they load. It owns the
@@ -70,6 +71,63 @@ class CpuMonitor:
             "own_share": round(own / total, 3),
             "others_share": round(max(busy - own, 0.0) / total, 3),
         }
+
+
+class RunStart:
+    """What a benchmark notes when it starts (date, the CPU monitor, the load average), so that
+    `header(name)` at its end gives the fields every result JSON begins with: the benchmark's
+    name, the date, the machine, the other processes' CPU share and the load before and after."""
+
+    def __init__(self) -> None:
+        self.date = now_utc()
+        self.monitor = CpuMonitor()
+        self.load_before = os.getloadavg()
+
+    def header(self, name: str) -> dict[str, Any]:
+        from edgesam_export.device.bench import machine_info
+
+        return {
+            "benchmark": name,
+            "date": self.date,
+            "machine": machine_info(),
+            "contention": self.monitor.result(),
+            "loadavg_1_5_15": {"before": list(self.load_before), "after": list(os.getloadavg())},
+        }
+
+
+def plain_onnx_export(
+    module: Any,
+    args: tuple[Any, ...],
+    path: Path,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    dynamic: dict[str, dict[int, str]] | None = None,
+    opset: int = 17,
+) -> Path:
+    """`module` traced the way the official export scripts do it: one `torch.onnx.export`
+    (TorchScript exporter, constant folding, no simplifier), warnings silenced, written to
+    `path`. The official-style columns of the benchmarks are exported with it."""
+    import io
+    import warnings
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=dynamic,
+        )
+    path.write_bytes(buffer.getvalue())
+    return path
 
 
 def md_table(

@@ -18,11 +18,9 @@ variant: parameter count and our export wall time.
 
 from __future__ import annotations
 
-import io
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,6 @@ from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
     encoder_input,
-    machine_info,
     set_threads,
     time_interleaved,
 )
@@ -122,26 +119,12 @@ def export_official_style(loaded: LoadedModel, out: Path) -> dict[str, Path]:
         ),
     }
     torch.manual_seed(0)
-    paths = {}
-    for graph, (module, args, names_in, names_out, dynamic) in jobs.items():
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                args,
-                buffer,
-                dynamo=False,
-                export_params=True,
-                opset_version=17,
-                do_constant_folding=True,
-                input_names=names_in,
-                output_names=names_out,
-                dynamic_axes=dynamic,
-            )
-        paths[graph] = out / f"official_style_{graph}.onnx"
-        paths[graph].write_bytes(buffer.getvalue())
-    return paths
+    return {
+        graph: _common.plain_onnx_export(
+            module.eval(), args, out / f"official_style_{graph}.onnx", names_in, names_out, dynamic
+        )
+        for graph, (module, args, names_in, names_out, dynamic) in jobs.items()
+    }
 
 
 class Renamed(Session):
@@ -254,17 +237,13 @@ def bench_variant(name: str, tmp: Path) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     set_threads(_common.THREADS)
-    monitor = _common.CpuMonitor()
-    date = _common.now_utc()
+    start = _common.RunStart()
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgesam-families-") as tmp:
         for name in sys.argv[1:] or VARIANTS:
             results[name] = bench_variant(name, Path(tmp))
     return {
-        "benchmark": NAME,
-        "date": date,
-        "machine": machine_info(),
-        "contention": monitor.result(),
+        **start.header(NAME),
         "settings": {
             "threads": _common.THREADS,
             "plan_warmup_iters": PLAN,

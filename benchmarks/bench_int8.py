@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
     encoder_input,
-    machine_info,
     time_interleaved,
 )
 from edgesam_export.device.errors import ExportFailedError
@@ -110,9 +108,7 @@ def run(
     model_name: str = "edge_sam",
 ) -> dict[str, Any]:
     model = model_options(model_name)
-    monitor = _common.CpuMonitor()
-    load_before = os.getloadavg()
-    date = _common.now_utc()
+    start = _common.RunStart()
     with tempfile.TemporaryDirectory(prefix="edgesam-int8-") as tmp:
         _common.log("exporting our fp32 graphs")
         loaded, fp32 = export_artifacts(
@@ -175,11 +171,7 @@ def run(
                 "verdict": verdict if bar else f"**missed** (mask bar not met); speed {verdict}",
             }
     return {
-        "benchmark": NAME,
-        "date": date,
-        "machine": machine_info(),
-        "contention": monitor.result(),
-        "loadavg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
+        **start.header(NAME),
         "settings": {
             "threads": _common.THREADS,
             "rounds": rounds,

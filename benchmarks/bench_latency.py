@@ -27,7 +27,6 @@ from edgesam_export.device.bench import (
     box_batch_stage,
     box_set_ratio,
     encoder_input,
-    machine_info,
     session_stages,
     set_threads,
     time_interleaved,
@@ -65,8 +64,7 @@ def _target(name: str) -> float | None:
 
 def run() -> dict[str, Any]:
     set_threads(_common.THREADS)
-    monitor = _common.CpuMonitor()
-    date = _common.now_utc()
+    start = _common.RunStart()
     with tempfile.TemporaryDirectory(prefix="edgesam-bench-") as tmp:
         _common.log("exporting synthetic seed-0 weights (bicubic) to ONNX")
         t0 = time.perf_counter()
@@ -132,10 +130,7 @@ def run() -> dict[str, Any]:
             }
         )
     return {
-        "benchmark": NAME,
-        "date": date,
-        "machine": machine_info(),
-        "contention": monitor.result(),
+        **start.header(NAME),
         "settings": {
             "threads": _common.THREADS,
             "points": list(POINTS),

@@ -20,13 +20,11 @@ embeddings (decoder), where tests/fixtures/<family>/ has them.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import tempfile
 import time
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,12 @@ import torch.nn.functional as F
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.backends import open_session
-from edgesam_export.device.bench import Timing, machine_info, set_threads, time_interleaved
-from edgesam_export.device.official_contract import official_feeds
+from edgesam_export.device.bench import Timing, set_threads, time_interleaved
+from edgesam_export.device.official_contract import (
+    OFFICIAL_DECODER_INPUTS,
+    OFFICIAL_DECODER_OUTPUTS,
+    official_feeds,
+)
 from edgesam_export.device.runtime import Session
 from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.host.graphs import EncoderGraph
@@ -167,25 +169,6 @@ class SamOnnxModelStyle(torch.nn.Module):
         return up, scores, masks
 
 
-def _plain_export(module: torch.nn.Module, args: tuple, names_in, names_out, dynamic, path: Path):
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            buffer,
-            dynamo=False,
-            opset_version=17,
-            input_names=names_in,
-            output_names=names_out,
-            dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -210,15 +193,15 @@ def _checkpoint(family: str, tmp: Path) -> Path | None:
 
 def bench_family(family: str, tmp: Path) -> dict[str, Any]:
     ckpt = _checkpoint(family, tmp)
+    # the golden fixtures' weights: synthetic as drawn (the library default is "calibrated")
+    weights = ModelOptions(model=family, checkpoint=ckpt, synthetic="untrained")
     out = tmp / family
     _common.log(f"{family}: exporting ours (encoder, decoder, official-contract decoder)")
     t0 = time.perf_counter()
-    loaded, arts = export_artifacts(
-        ModelOptions(model=family, checkpoint=ckpt), "onnx", OnnxOptions(output=out)
-    )
+    loaded, arts = export_artifacts(weights, "onnx", OnnxOptions(output=out))
     export_s = time.perf_counter() - t0
     arts += export_artifacts(
-        ModelOptions(model=family, checkpoint=ckpt),
+        weights,
         "onnx",
         OnnxOptions(output=out, graphs=("decoder",), decoder_contract="official"),
     )[1]
@@ -230,15 +213,14 @@ def bench_family(family: str, tmp: Path) -> dict[str, Any]:
     spec = loaded.spec
     _common.log(f"{family}: exporting the official style (plain torch.onnx.export, opset 17)")
     gen = torch.Generator().manual_seed(0)
-    paths[("official", "encoder")] = _plain_export(
+    paths[("official", "encoder")] = _common.plain_onnx_export(
         official_style_encoder(loaded),
         (torch.randn(1, 3, 1024, 1024, generator=gen),),
+        tmp / f"{family}_official_encoder.onnx",
         ["image"],
         ["image_embeddings"],
-        None,
-        tmp / f"{family}_official_encoder.onnx",
     )
-    paths[("official", "decoder official")] = _plain_export(
+    paths[("official", "decoder official")] = _common.plain_onnx_export(
         SamOnnxModelStyle(loaded).eval(),
         (
             torch.randn(1, 256, 64, 64, generator=gen),
@@ -248,17 +230,10 @@ def bench_family(family: str, tmp: Path) -> dict[str, Any]:
             torch.zeros(1),
             torch.tensor([480.0, 640.0]),
         ),
-        [
-            "image_embeddings",
-            "point_coords",
-            "point_labels",
-            "mask_input",
-            "has_mask_input",
-            "orig_im_size",
-        ],
-        ["masks", "iou_predictions", "low_res_masks"],
-        {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
         tmp / f"{family}_official_decoder.onnx",
+        OFFICIAL_DECODER_INPUTS,  # segment-anything's SamOnnxModel names, as our contract's
+        OFFICIAL_DECODER_OUTPUTS,
+        {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
     )
     sessions: dict[tuple[str, str], Session] = {
         k: open_session(p, threads=_common.THREADS) for k, p in paths.items()
@@ -334,16 +309,12 @@ def bench_family(family: str, tmp: Path) -> dict[str, Any]:
 
 def run(families: tuple[str, ...]) -> dict[str, Any]:
     set_threads(_common.THREADS)
-    monitor = _common.CpuMonitor()
-    date = _common.now_utc()
+    start = _common.RunStart()
     results: list[dict[str, Any]] = []
 
     def payload() -> dict[str, Any]:
         return {
-            "benchmark": NAME,
-            "date": date,
-            "machine": machine_info(),
-            "contention": monitor.result(),
+            **start.header(NAME),
             "settings": {
                 "threads": _common.THREADS,
                 "plan_warmup_iters": {

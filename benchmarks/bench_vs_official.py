@@ -18,11 +18,8 @@ do not). The load average is recorded before and after.
 from __future__ import annotations
 
 import collections
-import io
 import json
-import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,6 @@ from edgesam_export.device.bench import (
     Timing,
     decoder_feeds,
     encoder_input,
-    machine_info,
     set_threads,
     time_interleaved,
 )
@@ -78,24 +74,18 @@ def export_official_style(loaded: LoadedModel, out: Path) -> dict[str, Path]:
             {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
         ),
     }
-    paths = {}
-    for graph, (module, args, names_in, names_out, dynamic) in jobs.items():
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                args,
-                buffer,
-                dynamo=False,
-                opset_version=11,
-                input_names=names_in,
-                output_names=names_out,
-                dynamic_axes=dynamic,
-            )
-        paths[graph] = out / f"official_style_{graph}.onnx"
-        paths[graph].write_bytes(buffer.getvalue())
-    return paths
+    return {
+        graph: _common.plain_onnx_export(
+            module.eval(),
+            args,
+            out / f"official_style_{graph}.onnx",
+            names_in,
+            names_out,
+            dynamic,
+            opset=11,
+        )
+        for graph, (module, args, names_in, names_out, dynamic) in jobs.items()
+    }
 
 
 def op_shares(path: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
@@ -127,9 +117,7 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, f
 
 def run() -> dict[str, Any]:
     set_threads(_common.THREADS)
-    monitor = _common.CpuMonitor()
-    load_before = os.getloadavg()
-    date = _common.now_utc()
+    start = _common.RunStart()
     with tempfile.TemporaryDirectory(prefix="edgesam-vs-official-") as tmp:
         _common.log("exporting our graphs (bilinear neck, synthetic seed 0)")
         loaded, artifacts = export_artifacts(
@@ -220,11 +208,7 @@ def run() -> dict[str, Any]:
             "verdict": _common.speed_verdict(official, ours, TARGET),
         }
     return {
-        "benchmark": NAME,
-        "date": date,
-        "machine": machine_info(),
-        "contention": monitor.result(),
-        "loadavg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
+        **start.header(NAME),
         "settings": {
             "threads": _common.THREADS,
             "plan_warmup_iters": PLAN,
