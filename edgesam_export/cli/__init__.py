@@ -107,6 +107,28 @@ def progress(step: str) -> None:
     err_console.print(f"[dim]•[/] {step}")
 
 
+def count_bar(label: str, unit: str) -> Any:
+    """The bar of a long loop over a known count (`track`'s frames, `everything`'s decoder
+    calls): `• label [bar] done/total unit elapsed` on stderr, gone when it ends."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[dim]•[/] {label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
 class Upsample(str, Enum):
     bicubic = "bicubic"
     bilinear = "bilinear"

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgesam_export.cli import (
     DebugOpt,
     JsonOpt,
+    count_bar,
     emit_json,
-    err_console,
     guarded,
     human_console,
     warn_synthetic,
@@ -172,15 +171,7 @@ def everything_cmd(
         )
         total = generator.decoder_calls(rgb.shape)
         t0 = time.perf_counter()
-        with Progress(
-            TextColumn("[dim]•[/] decoding grid points"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("decoder calls"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
+        with count_bar("decoding grid points", "decoder calls") as bar:
             task = bar.add_task("decode", total=total)
             records = generator.generate(
                 rgb, progress=lambda done, _: bar.update(task, completed=done)

@@ -12,9 +12,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from numpy.typing import NDArray
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgesam_export.cli import DebugOpt, JsonOpt, emit_json, err_console, guarded, human_console
+from edgesam_export.cli import DebugOpt, JsonOpt, count_bar, emit_json, guarded, human_console
 from edgesam_export.device.errors import InputError
 from edgesam_export.video.tracker import tracker_backends
 
@@ -185,15 +184,7 @@ def track_cmd(
             )
         tracker = VideoTracker.open(artifact_dir, backend and backend.lower())
         t0 = time.perf_counter()
-        with Progress(
-            TextColumn("[dim]•[/] tracking"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
+        with count_bar("tracking", "frames") as bar:
             task = bar.add_task("track", total=len(frames))
             results = tracker.track(
                 frames,
