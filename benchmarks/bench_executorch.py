@@ -14,6 +14,14 @@ Verdict: met (median ratio >= target), tie (the interval reaches the target) or 
 
     python benchmarks/bench_executorch.py                 # encoder + decoder, 30 rounds
     python benchmarks/bench_executorch.py --graphs decoder --rounds 5   # a quick check
+    python benchmarks/bench_executorch.py --workdir /tmp/et   # keep the programs; a later run
+                                      # with the same settings and code reuses them (no export)
+
+`--workdir` lets the slow exports (the int8 encoder's calibration and lowering take minutes)
+run apart from the timing, e.g. at low priority while the machine is busy, and the timing later
+on a quiet machine. Reuse is refused unless `programs.json` there records the same model,
+graphs, code and library versions, and every program's sha256 still matches; the report says
+when the programs were exported.
 """
 
 from __future__ import annotations
@@ -66,6 +74,72 @@ def export_all(loaded: Any, graphs: tuple[str, ...], folder: Path) -> dict[str, 
             _common.log(f"{side} {graph}: exported in {time.perf_counter() - t0:.0f} s")
             paths.setdefault(side, {})[graph] = artifact.path
     return paths
+
+
+def _stamp(loaded: Any, graphs: tuple[str, ...]) -> dict[str, Any]:
+    """What must match for exported programs to be reused."""
+    import subprocess
+
+    import torch
+
+    def git(*args: str) -> str:
+        here = str(Path(__file__).parent)
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True).stdout
+
+    # the code that shapes the programs: the host side (models, graphs, targets, quantization)
+    # and the pre-processing of calibration images, as committed; uncommitted edits: no reuse
+    parts = ("edgesam_export/host", "edgesam_export/device/processing")
+    trees = "+".join(git("rev-parse", f"HEAD:{part}").strip()[:12] for part in parts)
+    dirty = git("status", "--porcelain", "--", *parts).strip()
+    return {
+        "model": loaded.source,
+        "graphs": list(graphs),
+        "code": trees + ("+dirty" if dirty else ""),
+        "torch": torch.__version__,
+        "executorch": _version("executorch"),
+        "onnxruntime": _version("onnxruntime"),
+    }
+
+
+def programs_in(loaded: Any, graphs: tuple[str, ...], workdir: Path) -> tuple[dict, str]:
+    """side -> graph -> program path in `workdir`, exported now or reused (see the module doc);
+    and when they were exported."""
+    import json
+
+    from edgesam_export.device.artifacts import file_sha256
+
+    record = workdir / "programs.json"
+    stamp = _stamp(loaded, graphs)
+    if record.is_file():
+        old = json.loads(record.read_text())
+        paths = {s: {g: workdir / p for g, p in v.items()} for s, v in old["paths"].items()}
+        fresh = old["stamp"] == stamp and "+dirty" not in stamp["code"]
+        intact = all(
+            p.is_file() and file_sha256(p) == old["sha256"][s][g]
+            for s, v in paths.items()
+            for g, p in v.items()
+        )
+        if fresh and intact:
+            _common.log(f"reusing the programs exported {old['exported']} in {workdir}")
+            return paths, old["exported"]
+        _common.log(f"not reusing {workdir}: settings, code or files differ; exporting again")
+    paths = export_all(loaded, graphs, workdir)
+    exported = _common.now_utc()
+    record.write_text(
+        json.dumps(
+            {
+                "stamp": stamp,
+                "exported": exported,
+                "paths": {
+                    s: {g: str(p.relative_to(workdir)) for g, p in v.items()}
+                    for s, v in paths.items()
+                },
+                "sha256": {s: {g: file_sha256(p) for g, p in v.items()} for s, v in paths.items()},
+            },
+            indent=1,
+        )
+    )
+    return paths, exported
 
 
 def feeds_for(loaded: Any, graph: str) -> dict[str, np.ndarray]:
@@ -127,11 +201,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(_common.THREADS)
     graphs = tuple(args.graphs.split(","))
-    monitor = _common.CpuMonitor()
-    load_before = os.getloadavg()
     loaded = load_model(None, synthetic="calibrated")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_all(loaded, graphs, Path(tmp))
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        paths, exported = programs_in(loaded, graphs, workdir)
+        if args.export_only:
+            raise SystemExit(0)
+        monitor = _common.CpuMonitor()  # the timing and accuracy phase, not the exports
+        load_before = os.getloadavg()
         sizes = {side: {g: p.stat().st_size for g, p in v.items()} for side, v in paths.items()}
         sessions = {
             side: {g: open_session(p, threads=_common.THREADS) for g, p in v.items()}
@@ -167,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "graphs": graphs,
             "model": "edge_sam, synthetic-calibrated",
+            "programs_exported": exported,
         },
         "sizes_bytes": sizes,
         "timing": timing,
@@ -192,7 +271,8 @@ def render(result: dict[str, Any]) -> str:
         f"- load average before/after: {m['loadavg_before'][0]:.1f} / {m['loadavg_after'][0]:.1f};"
         f" other processes used {m.get('others_share', float('nan')):.0%} of the CPU",
         f"- torch {result['versions']['torch']}, executorch {result['versions']['executorch']};"
-        f" {result['settings']['rounds']} interleaved rounds",
+        f" {result['settings']['rounds']} interleaved rounds; programs exported"
+        f" {result['settings'].get('programs_exported', result['date'])}",
         "",
     ]
     rows = []
@@ -247,5 +327,9 @@ if __name__ == "__main__":
     parser.add_argument("--graphs", default="encoder,decoder", help="encoder,decoder or one")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timed rounds")
     parser.add_argument("--heldout", type=int, default=3, help="held-out images for mask IoU")
+    parser.add_argument("--workdir", help="keep the exported programs here and reuse them")
+    parser.add_argument(
+        "--export-only", action="store_true", help="with --workdir: export, then stop"
+    )
     ns = parser.parse_args()
     raise SystemExit(_common.main("executorch", lambda: run(ns), render))
