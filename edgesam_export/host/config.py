@@ -162,7 +162,8 @@ class OnnxOptions(Int8Calibration, ExportOptions):
         " (--accuracy-target); int8-dynamic: dynamic MatMul/Gemm int8 (onnxruntime);"
         " int8-weights: int8 weights per channel, float compute (smaller file, same speed)",
     )
-    # Static int8 only (docs/quantize.md).
+    # Static int8 and weight-only int8's search (docs/quantize.md); int8-weights selects its
+    # float16 weights on the calibration images (3 unless --calibration-images is given).
     calibration: CalibrationFolder = None
     calibration_images: CalibrationCount = CALIBRATION_IMAGES
     calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
@@ -173,25 +174,26 @@ class OnnxOptions(Int8Calibration, ExportOptions):
     )
     accuracy_target: str = Field(
         "miou=0.97,worst=0.9",
-        description="Static int8: mask IoU bar against PyTorch on held-out images and prompts"
-        " (mean and worst); the search keeps the fewest blocks float that meet it",
+        description="int8 / int8-weights: mask IoU bar against PyTorch on held-out images and"
+        " prompts (mean and worst); the search keeps the fewest blocks (int8-weights: weights,"
+        " as float16) float that meet it",
     )
     heldout_images: int = Field(
-        3, ge=1, le=50, description="Static int8: held-out images the search judges on"
+        3, ge=1, le=50, description="int8 / int8-weights: held-out images the result is judged on"
     )
     search_budget: float = Field(
         300.0,
         ge=10,
         le=86400,
-        description="Static int8: seconds the sensitivity pass and the search may take (after"
-        " calibration; half at most for sensitivity); the fewest-float graph meeting the bar"
-        " by then is kept",
+        description="int8 / int8-weights: seconds the sensitivity pass and the search may take"
+        " (after calibration; half at most for sensitivity); the fewest-float graph meeting the"
+        " bar by then is kept",
     )
-    CALIBRATES_WITH = "--quantize int8 (static)"
+    CALIBRATES_WITH = "--quantize int8 or int8-weights"
+    STATIC_ONLY: ClassVar[tuple[str, ...]] = ("calibration_method", "activation_symmetric")
     CALIBRATION_FIELDS = (
         *Int8Calibration.CALIBRATION_FIELDS,
-        "calibration_method",
-        "activation_symmetric",
+        *STATIC_ONLY,
         "accuracy_target",
         "heldout_images",
         "search_budget",
@@ -216,7 +218,14 @@ class OnnxOptions(Int8Calibration, ExportOptions):
             raise ValueError(str(exc)) from None
 
     def calibrates(self) -> bool:
-        return self.quantize == "int8"
+        return self.quantize in ("int8", "int8-weights")
+
+    @model_validator(mode="after")
+    def _static_only_options(self) -> OnnxOptions:
+        given = changed_fields(self, self.STATIC_ONLY)
+        if self.quantize == "int8-weights" and given:
+            raise ValueError(f"{', '.join(given)} applies to --quantize int8 (static) only")
+        return self
 
 
 CoreMLPrecision = Literal["fp32", "fp16"]

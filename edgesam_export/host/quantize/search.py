@@ -42,12 +42,15 @@ from edgesam_export.host.quantize.data import (
     prepare,
 )
 from edgesam_export.host.quantize.static import StaticQuantizer, blocks
+from edgesam_export.host.quantize.weights import WeightQuantizer
 
 if TYPE_CHECKING:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.models import LoadedModel
 
 Progress = Callable[[str], None]
+#: weight-only int8: selection images when --calibration-images is not given
+SELECTION_IMAGES = 3
 
 
 def _quiet(_: str) -> None:
@@ -292,61 +295,103 @@ def _closest(frontier: Sequence[Point]) -> str:
 def quantize_graph(
     proto: Any, loaded: LoadedModel, options: OnnxOptions, progress: Progress = _quiet
 ) -> Any:
-    """Static int8 QDQ of one of our fp32 graphs (encoder or decoder), searched to meet
-    `options.accuracy_target`; the report rides in the metadata (`int8.report`)."""
+    """Static int8 QDQ (`--quantize int8`) or weight-only int8 (`int8-weights`) of one of our
+    fp32 graphs (encoder or decoder), searched to meet `options.accuracy_target`; the report
+    rides in the metadata (`int8.report`).
+
+    Static int8 calibrates its activation ranges on the calibration images and searches on the
+    held-out images. Weight-only int8 has no ranges to calibrate: it searches on the calibration
+    images (its selection set) and judges the chosen graph once on the held-out images, which
+    the search never saw; a miss there fails the export."""
     from edgesam_export.host.reference import reference_sessions
 
     t0 = time.perf_counter()
+    weights_only = options.quantize == "int8-weights"
+    kind = "int8-weights" if weights_only else "int8"
     meta = {p.key: p.value for p in proto.metadata_props}
     graph = meta.get("graph", "encoder")
     params = _preprocessing(loaded)
     bar = MaskBar.parse(options.accuracy_target)
-    cal_images = calibration_images(options.calibration, options.calibration_images)
+    given = not weights_only or "calibration_images" in options.model_fields_set
+    count = options.calibration_images if given else SELECTION_IMAGES
+    cal_images = calibration_images(options.calibration, count)
     held_images = heldout_images(options.heldout_images)
     check_disjoint(cal_images, held_images)
     calibration = prepare(cal_images, params, CALIBRATION_PROMPT_SEED)
     heldout = prepare(held_images, params, HELDOUT_PROMPT_SEED)
-    progress(f"int8 {graph}: PyTorch reference on {len(held_images)} held-out image(s)")
-    evaluator = Evaluator(graph, loaded, heldout, bar, fp32=proto)
-    if graph == "encoder":
-        feeds: list[dict[str, Any]] = [{"image": t} for t in calibration.tensors]
+    searched_on = calibration if weights_only else heldout
+    progress(f"{kind} {graph}: PyTorch reference on {len(searched_on.tensors)} image(s)")
+    evaluator = Evaluator(graph, loaded, searched_on, bar, fp32=None if weights_only else proto)
+    feeds: list[dict[str, Any]] = []
+    if weights_only:
+        pass
+    elif graph == "encoder":
+        feeds = [{"image": t} for t in calibration.tensors]
     else:
         encoder, _ = reference_sessions(loaded)
         emb = [encoder.run({"image": t})["image_embeddings"] for t in calibration.tensors]
         feeds = list(calibration.decoder_feeds(emb))
+    source = str(options.calibration) if options.calibration else "synthetic"
     report = Report(
         graph,
         str(bar),
         {
-            "source": str(options.calibration) if options.calibration else "synthetic",
+            "source": source,
             "images": len(cal_images),
             "feeds": len(feeds),
-            "method": options.calibration_method,
+            "method": "selection" if weights_only else options.calibration_method,
             "activation_symmetric": options.activation_symmetric,
         },
         {
             "images": len(held_images),
-            "prompt_cases": len(evaluator.reference),
-            "masks": sum(int(r["scores"].shape[0]) for r in evaluator.reference),
+            "prompt_cases": sum(len(c) for c in heldout.prompts),
+            "masks": None,
         },
     )
-    block_map = blocks(proto)
-    with StaticQuantizer(
-        proto, feeds, options.calibration_method, options.activation_symmetric
-    ) as quantizer:
+    quantizer: Any
+    if weights_only:
+        quantizer = WeightQuantizer(proto)
+        block_map = quantizer.blocks()
+    else:
+        quantizer = StaticQuantizer(
+            proto, feeds, options.calibration_method, options.activation_symmetric
+        )
+        block_map = blocks(proto)
+    with quantizer:
         quantized = search(quantizer, evaluator, block_map, report, progress, options.search_budget)
-    report.seconds = round(time.perf_counter() - t0, 1)
     final = (
         report.frontier[-1]
         if not report.float_blocks
         else next(p for p in reversed(report.frontier) if p.float_blocks == report.float_blocks)
     )
+    if weights_only:  # the selection set chose it; the held-out images judge it
+        progress(
+            f"{kind} {graph}: judging the chosen graph on {len(held_images)} held-out image(s)"
+        )
+        result, *_ = Evaluator(graph, loaded, heldout, bar).judge(quantized)
+        report.heldout["masks"] = result.count
+        report.heldout["mean_iou"], report.heldout["worst_iou"] = result.mean_iou, result.worst_iou
+        mean, worst = result.mean_iou, result.worst_iou
+        if not result.passed:
+            raise ExportFailedError(
+                f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
+                f" on the {len(cal_images)} selection image(s), but the held-out images give"
+                f" mean IoU {mean:.4f} / worst {worst:.4f}; select on more images"
+                " (--calibration-images, --calibration), loosen --accuracy-target, or export"
+                " fp32/fp16"
+            )
+    else:
+        report.heldout["masks"] = sum(int(r["scores"].shape[0]) for r in evaluator.reference)
+        mean, worst = final.mean_iou, final.worst_iou
+    report.seconds = round(time.perf_counter() - t0, 1)
+    meta = {p.key: p.value for p in quantized.metadata_props} | meta
     meta |= {
-        "precision": "int8",
-        "int8.method": "static-qdq",
-        "int8.calibration": f"{report.calibration['source']} ({len(cal_images)} images)",
+        "precision": kind,
+        "int8.method": "weights" if weights_only else "static-qdq",
+        "int8.calibration": f"{source} ({len(cal_images)} images"
+        + (", selection)" if weights_only else ")"),
         "int8.float_blocks": ",".join(report.float_blocks),
-        "int8.mask_iou": f"mean {final.mean_iou:.4f} worst {final.worst_iou:.4f}",
+        "int8.mask_iou": f"mean {mean:.4f} worst {worst:.4f}",
         "int8.bar": f"{report.bar} met",
         "int8.report": json.dumps(report.to_json()),
     }

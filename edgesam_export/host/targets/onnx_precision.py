@@ -17,7 +17,8 @@ safety analysis as the TensorRT target:
   MatMul/Gemm weight becomes an int8 initializer with one symmetric scale per output channel,
   dequantized in the graph (Cast + Mul, see `to_int8_weights`); activations stay float, so every
   kernel is the float one and the graph agrees with itself across runtimes (the web page).
-  A smaller download, no speed gain.
+  The weights whose int8 error breaks the masks are kept float16, found by the same search
+  as static int8 (`host/quantize/weights.py`). A smaller download, no speed gain.
 
 Each records `precision` (fp16 | int8 | int8-dynamic | int8-weights) and what was kept in fp32
 in the ONNX metadata; parity reads it and judges the artifact with its own tolerance row.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ INT8_OPS = ("MatMul", "Gemm")
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: weights with fewer elements stay float (biases, norms, tiny projections: no size to gain)
 WEIGHT_MIN_ELEMENTS = 1024
+_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported on use)
 
 
 def reduce_precision(
@@ -55,14 +57,12 @@ def reduce_precision(
     progress: Callable[[str], None] | None = None,
 ) -> Any:
     """The hook `targets/onnx.py` calls on its finished fp32 graph."""
-    if options.quantize == "int8":
+    if options.quantize in ("int8", "int8-weights"):
         from edgesam_export.host.quantize import quantize_graph
 
         return quantize_graph(proto, loaded, options, progress or _stderr)
     if options.quantize == "int8-dynamic":
         return to_int8(proto)
-    if options.quantize == "int8-weights":
-        return to_int8_weights(proto)
     embeddings = None
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("graph") == "decoder":  # calibrate on the reference encoder's embeddings
@@ -156,22 +156,16 @@ def to_int8(proto: Any) -> Any:
     return quantized
 
 
-def to_int8_weights(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
-    """Weight-only int8: per-output-channel symmetric int8 weights, float compute.
-
-    The weight input of each Conv/ConvTranspose/Gemm (input 1) or MatMul (whichever side is a
-    constant) that is a float32 initializer of at least `min_elements` elements is replaced by
-    an int8 initializer and a float32 scale per output channel, dequantized in the graph by
-    Cast and Mul (folded back to the float weight when a session loads).
-    An initializer shared by several nodes is quantized once and keeps its channel axis only
-    if every user agrees on it. Biases and small tensors stay float32."""
+def weight_names(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> dict[str, int]:
+    """The weights `to_int8_weights` stores as int8, in graph order, with their channel axis:
+    float32 initializers of at least `min_elements` elements read as the weight input of a
+    Conv/ConvTranspose/Gemm (input 1) or MatMul (whichever side is a constant). An initializer
+    shared by several nodes is listed only if every user agrees on its channel axis."""
     import onnx
-    from onnx import helper, numpy_helper
 
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
+    inits = {t.name: t for t in proto.graph.initializer}
     axes: dict[str, set[int]] = {}
-    for node in graph.node:
+    for node in proto.graph.node:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
             continue
         for index in (0, 1) if node.op_type == "MatMul" else (1,):
@@ -183,11 +177,44 @@ def to_int8_weights(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
             axis = _weight_axis(node, index, len(init.dims))
             if axis is not None:
                 axes.setdefault(init.name, set()).add(axis)
+    return {name: next(iter(a)) for name, a in axes.items() if len(a) == 1}
+
+
+def to_int8_weights(
+    proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS, keep: Collection[str] = ()
+) -> Any:
+    """Weight-only int8: per-output-channel symmetric int8 weights, float compute.
+
+    Each weight of `weight_names` is replaced by an int8 initializer and a float32 scale per
+    output channel, dequantized in the graph by Cast and Mul (folded back to the float weight
+    when a session loads). The weights named in `keep` (the ones the accuracy search found
+    sensitive, `host/quantize/weights.py`) and every other float32 initializer of at least
+    `min_elements` elements (the decoder's dense positional encoding, an Add input) are stored
+    as float16 and cast back to float32 in the graph: half the bytes, an error of 2^-11 of each
+    value (int8: up to 1/254 of the channel's peak). Smaller tensors (biases, norms) stay
+    float32. The metadata lists the weights kept at float16 (`int8.float_weights`)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    axes = weight_names(proto, min_elements)
+    keep = set(keep)
+    unknown = keep - set(axes)
+    if unknown:
+        raise ValueError(f"not int8 weights of this graph: {', '.join(sorted(unknown))}")
+    halves = [
+        t.name
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+        and int(np.prod(t.dims)) >= min_elements
+        and (t.name not in axes or t.name in keep)
+    ]
+    new_nodes = []
     quantized: list[str] = []
-    for name, wanted in axes.items():
-        if len(wanted) != 1:  # users disagree on the channel axis: leave it float
+    for name, axis in axes.items():
+        if name in keep:
             continue
-        axis = wanted.pop()
         weight = numpy_helper.to_array(inits[name]).astype(np.float32)
         q, scale = quantize_per_channel(weight, axis)
         shape = [1] * q.ndim
@@ -205,16 +232,21 @@ def to_int8_weights(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
         # a different answer per kernel). Cast and Mul of initializers are constant-folded to the
         # float weight when the session loads: float compute on every runtime. The product keeps
         # the weight's name, so every user reads it unchanged.
-        graph.node.insert(
-            0, helper.make_node("Mul", [fname, sname], [name], name=f"{name}_dequantize")
-        )
-        graph.node.insert(
-            0,
-            helper.make_node(
-                "Cast", [qname], [fname], name=f"{name}_cast", to=onnx.TensorProto.FLOAT
-            ),
-        )
+        new_nodes += [
+            helper.make_node("Cast", [qname], [fname], name=f"{name}_cast", to=_FLOAT),
+            helper.make_node("Mul", [fname, sname], [name], name=f"{name}_dequantize"),
+        ]
         quantized.append(name)
+    for name in halves:  # float16 storage, cast back (folded at load like the int8 weights)
+        value = numpy_helper.to_array(inits[name])
+        graph.initializer.remove(inits[name])
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), f"{name}_fp16"))
+        new_nodes.append(
+            helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}_cast", to=_FLOAT)
+        )
+    ordered = [*new_nodes, *(_copy(n) for n in graph.node)]  # before every user
+    del graph.node[:]
+    graph.node.extend(ordered)
     _set_meta(
         proto,
         {
@@ -222,9 +254,16 @@ def to_int8_weights(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
             "int8.method": "weights",
             "int8.ops": ",".join(WEIGHT_OPS),
             "int8.weights": str(len(quantized)),
+            "int8.float_weights": ",".join(n for n in axes if n in keep),
         },
     )
     return proto
+
+
+def _copy(message: Any) -> Any:
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
 
 
 def _weight_axis(node: Any, index: int, rank: int) -> int | None:
