@@ -372,6 +372,10 @@ def quantize_graph(
         report.heldout["masks"] = result.count
         report.heldout["mean_iou"], report.heldout["worst_iou"] = result.mean_iou, result.worst_iou
         mean, worst = result.mean_iou, result.worst_iou
+        progress(
+            f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f}"
+            f" ({'meets' if result.passed else 'misses'} {report.bar})"
+        )
         if not result.passed:
             raise ExportFailedError(
                 f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
