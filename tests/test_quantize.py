@@ -275,6 +275,21 @@ def test_search_keeps_the_fewest_most_sensitive_blocks_float():
     assert easy.bar_met and easy.frontier[0].speedup_vs_fp32 == 1.5
 
 
+def test_search_with_costs_keeps_the_most_harm_per_byte_float():
+    """Weight-only int8 ranks blocks by harm per byte: a cheap block that harms nearly as much
+    as an expensive one is kept float first."""
+    from edgesam_export.host.quantize.search import Report, search
+
+    harm = {"big": 0.4, "small": 0.3, "c": 0.001, "d": 0.001}
+    block_map = {n: [n] for n in harm}
+    bar = MaskBar(0.55, 0.1)  # one of big/small float is enough (loss <= 0.45)
+    by_harm, by_byte = Report("encoder", str(bar), {}, {}), Report("encoder", str(bar), {}, {})
+    search(_Quantizer(list(harm)), _Evaluator(harm, bar), block_map, by_harm)
+    cost = {"big": 1000, "small": 10, "c": 10, "d": 10}
+    search(_Quantizer(list(harm)), _Evaluator(harm, bar), block_map, by_byte, cost=cost)
+    assert by_harm.float_blocks == ["big"] and by_byte.float_blocks == ["small"]
+
+
 class _Clock:
     """A clock the fake evaluator advances: 1 s per sensitivity probe, 10 s per judged probe."""
 
