@@ -232,7 +232,7 @@ def test_recipe_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("kind", "mode", "needs"),
     [
-        ("onnx", "quantize: int8", "--quantize int8 (static)"),
+        ("onnx", "quantize: int8", "--quantize int8 or int8-weights"),
         ("executorch", "precision: int8", "--precision int8"),
     ],
 )
