@@ -205,7 +205,7 @@ def test_tanh_gelu_runs_as_the_tanh_approximation_not_exact_gelu() -> None:
             return gelu(x, approximate="tanh") * 2.0, gelu(x) * 2.0
 
     x = torch.linspace(-6.0, 6.0, 2048).reshape(1, 2048)
-    program = Runtime.get().load_program(_program(Both().eval(), (x,), "encoder", 1))
+    program = Runtime.get().load_program(_program(Both().eval(), (x,), None))
     got = program.load_method("forward").execute([x])
     want = Both()(x)
     for g, w in zip(got, want, strict=True):
@@ -255,7 +255,7 @@ def test_the_backend_is_wired_by_its_registry_entry_alone() -> None:
     assert isinstance(int8.options, ExecuTorchOptions) and int8.options.precision == "int8"
     with pytest.raises(InputError, match=r"options\.precision"):
         parse_recipe("name: r\ntargets: [{name: p, kind: executorch, options: {precision: fp16}}]")
-    assert backends.tolerance_row("executorch", "fp32").measured
+    assert backends.tolerance_row("executorch", "fp32", "EdgeSAM").measured
     assert backends.tolerance_row("executorch", "int8").measured
 
 
@@ -446,3 +446,131 @@ def test_family_programs_pass_parity_on_the_executorch_runtime(name: str, tmp_pa
         for c in sorted(checks)
     }
     print(f"{name}: export + parity {seconds:.0f} s, sizes {sizes}, max abs {worst}")
+
+
+# EdgeTAM (SAM 2 layout): the encoder also returns the two high-resolution features, the
+# decoder takes them with a mask prompt and also returns the object-score logits; the program's
+# I/O is the registry's (`spec.graph_io`), judged by the one judge like its ONNX and CoreML files.
+TAM_IMAGE_CHECKS = {
+    "image_embeddings",
+    "high_res_feats_0",
+    "high_res_feats_1",
+    "decoder.masks",
+    "decoder.scores",
+    "decoder.object_scores",
+    "end_to_end.masks",
+    "end_to_end.object_scores",
+}
+
+
+@pytest.mark.heavy
+def test_edgetam_programs_pass_parity_on_the_executorch_runtime(tmp_path: Path) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    run = export_and_check(
+        ModelOptions(model="edgetam", synthetic="calibrated"),
+        "executorch",
+        ExecuTorchOptions(output=tmp_path, graphs=("encoder", "decoder")),
+        verify=True,
+    )
+    seconds = time.perf_counter() - t0
+    assert run.published and run.report is not None
+    summary = run.report.summary()
+    assert run.report.passed, [r for r in summary if not r["passed"]]
+    checks = {r["check"] for r in summary}
+    assert TAM_IMAGE_CHECKS <= checks, TAM_IMAGE_CHECKS - checks
+    spec = run.loaded.spec
+    for graph in ("encoder", "decoder"):
+        side = json.loads((tmp_path / f"edgetam_{graph}.pte.json").read_text())
+        inputs, outputs = spec.graph_io(graph)
+        assert [t["name"] for t in side["inputs"]] == [t.name for t in inputs]
+        assert [t["name"] for t in side["outputs"]] == [t.name for t in outputs]
+    decoder = open_session(tmp_path / "edgetam_decoder.pte")
+    rng = np.random.default_rng(0)
+    feeds = {
+        t.name: rng.standard_normal([2 if d == "num_points" else d for d in t.shape]).astype(
+            np.float32
+        )
+        for t in decoder.inputs
+    }
+    feeds["has_mask_input"] = np.zeros((1,), np.float32)
+    got = decoder.run(feeds)
+    assert set(got) == {"scores", "masks", "object_score_logits"}
+    assert got["object_score_logits"].shape == (1, 1) and got["masks"].shape == (1, 4, 256, 256)
+    sizes = {a["path"]: a["size"] for a in run.described}
+    worst = {
+        c: [
+            f"{max(float(r[k]) for r in summary if r['check'] == c):.2e}"
+            for k in ("max_abs", "rel")
+        ]
+        for c in sorted(checks)
+    }
+    print(f"edgetam: export + parity {seconds:.0f} s, sizes {sizes}, max abs / rel {worst}")
+
+
+def test_a_non_contiguous_non_persistent_buffer_lowers() -> None:
+    """ExecuTorch's constant dim-order pass failed on EdgeTAM's perceiver position table (a
+    transposed non-persistent buffer): "Missing input spec for lifted tensor". The target makes
+    constants contiguous first; the program computes what the module does."""
+    from executorch.runtime import Runtime
+
+    from edgesam_export.host.targets.executorch import _program
+
+    class Table(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            table = torch.arange(12.0).reshape(3, 4).t()  # (4, 3), not contiguous
+            self.register_buffer("table", table, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.table
+
+    x = torch.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    method = Runtime.get().load_program(_program(Table().eval(), (x,), None)).load_method("forward")
+    (got,) = method.execute([x])
+    assert torch.allclose(got, Table()(x))
+
+
+def test_program_io_follows_the_registry_with_batch_one() -> None:
+    """Every layout's I/O is `spec.graph_io` (EdgeTAM's high-res features, mask prompt and
+    object-score logits included), with the batch axes fixed at 1 and the point, memory-frame
+    and pointer axes dynamic."""
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.host.targets.executorch import _dynamic_shapes, _io
+
+    spec = get_spec("edgetam")
+    inputs, outputs = _io(spec, "decoder")
+    assert [t.name for t in outputs] == ["scores", "masks", "object_score_logits"]
+    names = [t.name for t in inputs]
+    assert names[:3] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    assert {"mask_input", "has_mask_input"} <= set(names)
+    assert all("batch" not in t.shape for t in (*inputs, *outputs))
+    dynamic = _dynamic_shapes(inputs, 8)
+    assert dynamic is not None
+    by_name = dict(zip(names, dynamic, strict=True))
+    assert by_name["image_embeddings"] is None and by_name["mask_input"] is None
+    points = by_name["point_coords"]
+    assert points is not None and points[1] is (by_name["point_labels"] or {}).get(1)
+    attention, _ = _io(spec, "memory_attention")
+    shapes = dict(
+        zip([t.name for t in attention], _dynamic_shapes(attention, 8) or (), strict=True)
+    )
+    assert shapes["memory"] is not None and shapes["memory"][1] is (shapes["memory_tpos"] or {})[0]
+    assert shapes["obj_ptrs"] is not None and 1 in shapes["obj_ptrs"]
+    assert _dynamic_shapes(_io(spec, "encoder")[0], 8) is None
+
+
+def test_edgetam_exports_its_image_graphs_by_default() -> None:
+    """The programs take one object per call, so `executorch --model edgetam` writes the image
+    graphs (the registry entry's video_graphs=False); ONNX writes all six."""
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.host.config import OnnxOptions
+    from edgesam_export.host.pipeline import graphs_to_export
+
+    spec = get_spec("edgetam")
+    assert "executorch" in spec.verified_targets
+    assert graphs_to_export(spec, "executorch", ExecuTorchOptions()) == ("encoder", "decoder")
+    assert graphs_to_export(spec, "onnx", OnnxOptions()) == spec.graphs
+    chosen = ExecuTorchOptions(graphs=("memory_encoder",))
+    assert graphs_to_export(spec, "executorch", chosen) == ("memory_encoder",)

@@ -105,9 +105,15 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
         "test_executorch",
         "test_family_programs_pass_parity_on_the_executorch_runtime",
     ),
+    "efficientvit_sam_l1": (
+        "test_executorch",
+        "test_family_programs_pass_parity_on_the_executorch_runtime",
+    ),
     "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "sam_vit_b": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "slimsam_50": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
+    # image graphs only (the video graphs are not exported by default: docs/executorch.md)
+    "edgetam": ("test_executorch", "test_edgetam_programs_pass_parity_on_the_executorch_runtime"),
 }
 
 # target -> its export + parity test table; every target a spec's verified_targets names

@@ -73,6 +73,8 @@ class Backend:
     recipe_options: str = ""  # "module:Class" of its recipe target's options; "" = not a kind
     packages: tuple[str, ...] = ()  # libraries whose versions a build records for it
     threads_option: bool = False  # whether its session takes threads=
+    # whether its target writes a model's video graphs (`contract.VIDEO_GRAPHS`) by default
+    video_graphs: bool = True
 
     @property
     def recipe_kind(self) -> bool:
@@ -141,6 +143,9 @@ _ENTRIES = (
         recipe_options="edgesam_export.host.config:ExecuTorchOptions",
         packages=("executorch",),
         threads_option=True,
+        # image graphs only: the programs take one object per call (batch 1), so the tracker's
+        # batched memory graphs are not judged or claimed here (docs/executorch.md)
+        video_graphs=False,
     ),
     Backend(
         name="tensorrt",

@@ -227,7 +227,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     ),
     _efficientvit("L0", 512, also=("executorch",)),
-    _efficientvit("L1", 512),
+    _efficientvit("L1", 512, also=("executorch",)),
     _efficientvit("L2", 512),
     _efficientvit("XL0", 1024, also=("executorch",)),
     _efficientvit("XL1", 1024),
@@ -261,7 +261,7 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         checkpoint_format="dict:model ({'model': state_dict}, loaded strictly)",
         builder=f"{_HOST}.edgetam.model:build_edgetam",
         graphs=("encoder", "decoder", *VIDEO_GRAPHS),
-        verified_targets=("onnx", "coreml"),
+        verified_targets=("onnx", "coreml", "executorch"),
         decoder_contracts=("edgesam",),
     ),
     ModelSpec(

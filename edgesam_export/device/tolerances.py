@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 # Family (ModelSpec.family) -> the group whose measured float32 noise its rows use.
@@ -475,8 +475,10 @@ COREML_INT8 = ToleranceRow(
 # ExecuTorch fp32 (.pte, XNNPACK delegate on executorch.runtime), measured by parity of
 # `edgesam-export executorch` on the calibrated synthetic EdgeSAM (tests/test_executorch.py's
 # build): worst case x10, rounded up to one significant digit. The end-to-end score row keeps
-# at least the decoder's. Stability rows: the former fp32 values (not measured).
-EXECUTORCH_FP32 = ToleranceRow(
+# at least the decoder's. Stability rows: the former fp32 values (not measured). The other
+# SAM-layout groups use this row, labelled an estimate for them (their family rows in
+# docs/executorch.md passed under it); SAM 2's layout has its own row below (scale-relative).
+EXECUTORCH_FP32_EDGESAM = ToleranceRow(
     {
         "image_embeddings": 8e-4,  # measured 7.2e-5 (relative 1.5e-5, cosine 1 - 4e-11)
         "decoder.masks": 8e-5,  # 7.2e-6
@@ -491,6 +493,42 @@ EXECUTORCH_FP32 = ToleranceRow(
     " (docs/executorch.md)",
     estimated=frozenset(_STABILITY),
     group="edgesam",
+)
+# SAM 2 layout (EdgeTAM) on executorch.runtime: the worst values of the heavy row's parity
+# (tests/test_executorch.py::test_edgetam_programs_pass_parity_on_the_executorch_runtime,
+# calibrated synthetic weights, parity test image and prompt cases; "relative" checks as in
+# RELATIVE_CHECKS), by the rule. Under SAM2_README's estimates its end to end checks failed
+# (masks 4.65e-5 relative against 2e-5, scores 6.2e-6 against 3e-6); onnxruntime's measured
+# noise on the same graphs is larger (9.5e-5 and 8.7e-6, ONNX_FP32_NOISE). The video graphs
+# are not exported by default (backends: video_graphs=False): their checks keep SAM2_README's
+# estimates.
+EXECUTORCH_SAM2_NOISE: Mapping[str, float] = {
+    "image_embeddings": 1.01e-05,  # relative
+    "high_res_feats_0": 1.32e-06,  # relative
+    "high_res_feats_1": 2.52e-06,  # relative
+    "decoder.masks": 2.84e-06,  # relative
+    "decoder.scores": 5.07e-07,
+    "decoder.object_scores": 1.52e-06,
+    "end_to_end.masks": 4.65e-05,  # relative
+    "end_to_end.scores": 6.2e-06,
+    "end_to_end.object_scores": 6.79e-06,
+}
+_EXECUTORCH_SAM2 = _noise_row(
+    "sam2",
+    EXECUTORCH_SAM2_NOISE,
+    "executorch.runtime vs PyTorch, calibrated EdgeTAM, parity inputs",
+)
+_ET_VIDEO = frozenset(c for c in SAM2_README.limits if c not in _EXECUTORCH_SAM2.limits)
+EXECUTORCH_FP32 = GroupRows(
+    {
+        # every SAM-layout group: the EdgeSAM row (an estimate off EdgeSAM, `ToleranceRow.group`)
+        **{g: EXECUTORCH_FP32_EDGESAM for g in FAMILY_GROUPS.values() if g != "sam2"},
+        "sam2": replace(
+            _EXECUTORCH_SAM2,
+            limits={**{c: SAM2_README.limits[c] for c in _ET_VIDEO}, **_EXECUTORCH_SAM2.limits},
+            estimated=_EXECUTORCH_SAM2.estimated | _ET_VIDEO,
+        ),
+    }
 )
 # ExecuTorch int8 (PT2E, XNNPACK quantizer, synthetic calibration set): the decoder measured on
 # the saved program with executorch.runtime against PyTorch fp32 on the parity test image and

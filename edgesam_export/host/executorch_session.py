@@ -8,7 +8,8 @@ iOS (Objective-C/Swift) runtime, which need no Python and no torch (docs/executo
 
 A program has no metadata slot and takes its inputs positionally: the names, shapes and metadata
 come from the `<file>.pte.json` sidecar the export writes. `accepts()` reports the shapes the
-program refuses (decoder: batch 1, 1..max_points points), so callers skip those cases.
+program refuses (batch 1, 1..max_points points, the video graphs' memory bounds), so callers
+skip those cases.
 """
 
 from __future__ import annotations
@@ -78,18 +79,30 @@ class ExecuTorchSession(Session):
         self.max_batch = int(self.metadata.get("executorch.max_batch", "0"))
 
     def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
-        """Why the program refuses these prompt shapes (None: it runs them)."""
-        coords = feeds.get("point_coords")
-        if coords is None or not self.max_points:
-            return None
-        batch, points = np.shape(coords)[:2]
-        if not 1 <= batch <= self.max_batch:
-            return f"point_coords batch {batch} is outside 1..{self.max_batch} (fixed at export)"
-        if not 1 <= points <= self.max_points:
-            return (
-                f"point_coords has {points} points, outside 1..{self.max_points}"
-                " (re-export with a larger --max-points)"
-            )
+        """Why the program refuses these shapes (None: it runs them): a batch over max_batch
+        (fixed at export; the sidecar's shapes have it at 1), a point count outside
+        1..max_points, or memory frames / object pointers over the video graphs' bounds."""
+        from edgesam_export.host.targets.executorch import MEMORY_AXES, POINT_AXES
+
+        bounds = {**dict.fromkeys(POINT_AXES, self.max_points), **MEMORY_AXES}
+        for spec in self.inputs:
+            arr = feeds.get(spec.name)
+            if arr is None or np.ndim(arr) != len(spec.shape):
+                continue
+            shape = np.shape(arr)
+            if self.max_batch and shape[0] != spec.shape[0] and spec.shape[0] == 1:
+                return (
+                    f"{spec.name} batch {shape[0]} is outside 1..{self.max_batch} (fixed at export)"
+                )
+            for axis, n in zip(spec.shape, shape, strict=True):
+                if not isinstance(axis, str) or axis not in bounds or 1 <= n <= bounds[axis]:
+                    continue
+                if axis in POINT_AXES:
+                    return (
+                        f"{spec.name} has {n} points, outside 1..{bounds[axis]}"
+                        " (re-export with a larger --max-points)"
+                    )
+                return f"{spec.name} axis {axis} = {n} is outside 1..{bounds[axis]}"
         return None
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:

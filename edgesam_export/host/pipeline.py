@@ -21,7 +21,7 @@ from edgesam_export.device.artifacts import (
     record_parity,
     write_manifest,
 )
-from edgesam_export.device.backends import artifact_suffixes, open_session
+from edgesam_export.device.backends import artifact_suffixes, get_backend, open_session
 from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.errors import (
     ArtifactError,
@@ -133,11 +133,13 @@ def export_and_check(
 
 def graphs_to_export(spec: ModelSpec, target: str, options: ExportOptions) -> tuple[GraphKind, ...]:
     """The graphs chosen (`graphs` given); by default all of the model's graphs on the targets
-    verified for it (EdgeTAM on ONNX and CoreML: the image and the video graphs), else the image
+    verified for it (EdgeTAM on ONNX and CoreML: the image and the video graphs; a backend
+    whose registry entry says `video_graphs=False` gets the image graphs), else the image
     graphs."""
     if "graphs" in options.model_fields_set or target not in spec.verified_targets:
         return options.graphs
-    return tuple(cast(GraphKind, g) for g in spec.graphs)
+    video = get_backend(target).video_graphs
+    return tuple(cast(GraphKind, g) for g in spec.graphs if video or g not in VIDEO_GRAPHS)
 
 
 def _load(model: ModelOptions, progress: Progress) -> LoadedModel:

@@ -93,14 +93,17 @@ def _parse_prompt(obj_id: Any, prompt: Any, num_frames: int, h: int, w: int) -> 
 def tracker_backends() -> tuple[str, ...]:
     """The backends whose video graphs `VideoTracker.open` reads, in registry order: entries
     with artifact files that a model with the video graphs is verified on (its
-    `verified_targets`), so a backend that gains the video export is listed without an edit."""
+    `verified_targets`) and whose entry writes the video graphs (`Backend.video_graphs`), so a
+    backend that gains the video export is listed without an edit."""
     verified = {
         target
         for spec in list_specs()
         if set(GRAPHS) <= set(spec.graphs)
         for target in spec.verified_targets
     }
-    return tuple(b.name for b in all_backends() if b.suffixes and b.name in verified)
+    return tuple(
+        b.name for b in all_backends() if b.suffixes and b.video_graphs and b.name in verified
+    )
 
 
 class VideoTracker:

@@ -1,10 +1,12 @@
 """ExecuTorch export: our export graphs through `torch.export`, lowered to XNNPACK `.pte` programs.
 
 The same graphs as ONNX and CoreML (`EncoderGraph` / `DecoderGraph`, optimized=True, built by
-`targets.onnx.build_graph`), so one `.pte` runs on Android and iOS with the I/O of every other
-backend. The decoder's point count is a `torch.export` dynamic dim (1..max_points); its prompt-set
-batch is fixed at 1, because XNNPACK delegates reshapes with at most one dynamic dimension and the
-decoder's attention reshapes (B, 5 + N, heads, c) would carry two.
+`targets.onnx.build_graph`; EdgeTAM's SAM 2 graphs from `graphs.sam2_graph`), with the I/O the
+registry gives each graph (`spec.graph_io`), so one `.pte` runs on Android and iOS with the I/O
+of every other backend. The contract's point axis is a `torch.export` dynamic dim
+(1..max_points); its prompt-set / object batch is fixed at 1, because XNNPACK delegates reshapes
+with at most one dynamic dimension and the decoder's attention reshapes (B, 5 + N, heads, c)
+would carry two.
 
 int8 is PyTorch's own PT2E flow for XNNPACK: the exported graph is prepared with the XNNPACK
 quantizer (per-channel symmetric int8 weights, int8 activations), run on calibration inputs
@@ -31,9 +33,9 @@ import torch
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.contract import TensorSpec
-from edgesam_export.device.errors import ExportFailedError
+from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
-from edgesam_export.host.graphs import DecoderGraph, decoder_io, encoder_io
+from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.targets import Target, artifact_path
@@ -41,6 +43,7 @@ from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
     from edgesam_export.device.judge import MaskBar, MaskBarResult
+    from edgesam_export.device.models import ModelSpec
     from edgesam_export.device.runtime.base import Session
 
 SIDECAR_SUFFIX = ".json"  # `<stem>_<graph>.pte.json`
@@ -66,17 +69,51 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _io(loaded: LoadedModel, graph: GraphKind) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The contract's specs with the decoder's batch fixed at 1 (what the program accepts)."""
-    spec = loaded.spec
-    if graph == "encoder":
-        return encoder_io(spec.img_size, spec.embed_shape)
-    inputs, outputs = decoder_io(spec.embed_shape, spec.num_mask_tokens)
+#: The contract's symbolic axes (`device.contract`): the prompt-set / object batch is fixed at 1
+#: (module docstring), the point count is dynamic 1..max_points, and the video tracker's memory
+#: frames and object pointers are dynamic up to SAM 2's bounds (the CoreML target's).
+BATCH_AXES = ("batch", "B")
+POINT_AXES = ("num_points", "N")
+MEMORY_AXES = {"S": 7, "K": 16}  # conditioning frame + 6 recent; max_obj_ptrs_in_encoder
+
+
+def _io(spec: ModelSpec, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The registry's I/O of the graph (`spec.graph_io`, every layout) with the batch axes fixed
+    at 1: what the program accepts."""
+    inputs, outputs = spec.graph_io(graph)
 
     def one(t: TensorSpec) -> TensorSpec:
-        return TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d for d in t.shape))
+        return TensorSpec(t.name, t.dtype, tuple(1 if d in BATCH_AXES else d for d in t.shape))
 
     return [one(t) for t in inputs], [one(t) for t in outputs]
+
+
+def _dynamic_shapes(
+    inputs: list[TensorSpec], max_points: int
+) -> tuple[dict[int, Any] | None, ...] | None:
+    """`torch.export` dynamic dims per positional input: the points and memory axes that are
+    symbolic in the contract (one `Dim` per symbol, shared by every input that has it)."""
+    bounds = {**dict.fromkeys(POINT_AXES, max_points), **MEMORY_AXES}
+    dims: dict[str, Any] = {}
+    shapes: list[dict[int, Any] | None] = []
+    for t in inputs:
+        axes = {
+            i: dims.setdefault(d, torch.export.Dim(d, min=1, max=bounds[d]))
+            for i, d in enumerate(t.shape)
+            if isinstance(d, str) and d in bounds
+        }
+        shapes.append(axes or None)
+    return tuple(shapes) if dims else None
+
+
+def _batch_one(
+    inputs: list[TensorSpec], args: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """The trace inputs cut to one prompt set / object on every batch axis."""
+    return tuple(
+        a[:1] if t.shape and t.shape[0] in BATCH_AXES else a
+        for t, a in zip(inputs, args, strict=True)
+    )
 
 
 def calibration_args(
@@ -147,29 +184,36 @@ def _quantize(exported: Any, calibration: list[tuple[torch.Tensor, ...]]) -> tor
     return convert_pt2e(prepared)
 
 
+def _contiguous_constants(exported: Any) -> None:
+    """Make every lifted constant contiguous, with its placeholder's metadata. ExecuTorch's
+    constant dim-order pass does this for constant tensors but fails ("Missing input spec for
+    lifted tensor ...") on a non-contiguous non-persistent buffer, which it also finds among
+    the constants (EdgeTAM's perceiver position table)."""
+    names = {s.target: s.arg.name for s in exported.graph_signature.input_specs if s.target}
+    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    for key, value in list(exported.constants.items()):
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            exported.constants[key] = value.contiguous()
+            node = nodes.get(names.get(key, ""))
+            if node is not None:
+                node.meta["val"] = node.meta["val"].contiguous()
+
+
 def _program(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
-    graph: GraphKind,
-    max_points: int,
+    dynamic: tuple[dict[int, Any] | None, ...] | None,
     calibration: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> bytes:
     """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
     to_edge_transform_and_lower, partitioner = _require_executorch()
-    dynamic: dict[str, Any] | None = None
-    if graph == "decoder":
-        points = torch.export.Dim("num_points", min=1, max=max_points)
-        dynamic = {
-            "image_embeddings": None,
-            "point_coords": {1: points},
-            "point_labels": {1: points},
-        }
     with torch.no_grad():
         exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
         if calibration is not None:
             quantized = _quantize(exported, calibration)
             exported = torch.export.export(quantized, args, dynamic_shapes=dynamic, strict=False)
         exported = exported.run_decompositions({torch.ops.aten.gelu.default: _tanh_gelu})
+    _contiguous_constants(exported)
     lowered = to_edge_transform_and_lower(exported, partitioner=[partitioner()])
     return bytes(lowered.to_executorch().buffer)
 
@@ -180,15 +224,20 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     _require_executorch()
     spec = loaded.spec
     module, args = build_graph(loaded, graph, options.use_stability_score)
-    if graph == "decoder":  # batch 1 (see the module docstring); N = 3 keeps N unspecialised
-        args = (args[0], args[1][:1], args[2][:1])
-    inputs, outputs = _io(loaded, graph)
+    inputs, outputs = _io(spec, graph)
+    args = _batch_one(spec.graph_io(graph)[0], args)  # N, S, K > 1 keep them unspecialised
     dest = artifact_path(loaded, graph, options, "executorch")
     calibration = None
+    if options.precision == "int8" and spec.io_layout != "sam":
+        raise InputError(
+            f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"
+            f" {spec.io_layout} layout: export it with --precision fp32"
+        )
     if options.precision == "int8":
         calibration = calibration_args(loaded, graph, options)
     try:
-        buffer = _program(module, args, graph, options.max_points, calibration)
+        dynamic = _dynamic_shapes(inputs, options.max_points)
+        buffer = _program(module, args, dynamic, calibration)
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
@@ -211,8 +260,10 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             else "synthetic",
             "executorch.calibration_inputs": str(len(calibration)),
         }
-    if graph == "decoder":
-        metadata |= {"executorch.max_points": str(options.max_points), "executorch.max_batch": "1"}
+    if any(d in POINT_AXES for t in inputs for d in t.shape):
+        metadata |= {"executorch.max_points": str(options.max_points)}
+    if any(d in BATCH_AXES for t in spec.graph_io(graph)[0] for d in t.shape):
+        metadata |= {"executorch.max_batch": "1"}
     sidecar = sidecar_path(dest)
     payload = {
         "metadata": metadata,
