@@ -3,7 +3,8 @@
 Where the error comes from and what each byte buys, measured rather than guessed: both graphs
 exported fp32 once; every encoder weight ranked by the search's own sensitivity pass
 (`host/quantize/search.Evaluator.quick`: embeddings SQNR with only that weight int8, first
-selection image); then for each k the k most sensitive encoder weights kept float16
+selection image) and ordered as the search orders them (harm per byte, `search.rank`); then
+for each k the first k encoder weights kept float16
 (`WeightQuantizer`), the decoder all int8 (its dense positional encoding float16), and the
 pair judged end to end against fp32 PyTorch with the mask bar on the SELECTION images (the
 calibration set, seeds 1000+: what the search chooses on) and on the HELD-OUT images (the
@@ -85,7 +86,7 @@ def run(model: str, ks: list[int], images: int) -> dict[str, Any]:
         heldout_images,
         prepare,
     )
-    from edgesam_export.host.quantize.search import Evaluator, _preprocessing
+    from edgesam_export.host.quantize.search import Evaluator, _preprocessing, rank
     from edgesam_export.host.quantize.weights import WeightQuantizer
     from edgesam_export.host.targets.onnx import export
 
@@ -109,9 +110,9 @@ def run(model: str, ks: list[int], images: int) -> dict[str, Any]:
     sensitivity = []
     for i, name in enumerate(enc_q.names, 1):
         db = quick.quick(enc_q.quantize(only=[name]))
-        sensitivity.append({"weight": name, "elements": sizes.get(name, 0), "sqnr_db": db})
+        sensitivity.append({"block": name, "elements": sizes[name], "sqnr_db": db})
         log(f"sensitivity [{i}/{len(enc_q.names)}] {name}: {db:.1f} dB")
-    ranking = [s["weight"] for s in sorted(sensitivity, key=lambda s: s["sqnr_db"])]
+    ranking = rank(sensitivity, enc_q.costs())  # the search's own order (harm per byte)
     decoder = dec_q.quantize()
     dec_bytes = len(decoder.SerializeToString())
     splits = {
@@ -182,7 +183,7 @@ def render(r: dict[str, Any]) -> str:
         for name, v in s.items()
     )
     worst = sorted(r["sensitivity"], key=lambda x: x["sqnr_db"])[:8]
-    sens = ", ".join(f"`{w['weight']}` {w['sqnr_db']:.1f} dB" for w in worst)
+    sens = ", ".join(f"`{w['block']}` {w['sqnr_db']:.1f} dB" for w in worst)
     return (
         f"# int8-weights frontier: {r['model']} ({r['weights']})\n\n"
         f"- date: {r['date']}; load {r['load']['start'][0]:.1f} -> {r['load']['end'][0]:.1f};"

@@ -4,6 +4,7 @@ The encoder search (minutes) is heavy."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -694,8 +695,11 @@ def test_int8_weights_edgesam_meets_the_mask_bar_within_15_mb_heavy(tmp_path: Pa
     from edgesam_export.host.targets.executorch import heldout_mask_bar
     from edgesam_export.host.targets.onnx import export
 
+    # a budget the sensitivity pass finishes in on a loaded 2-core machine (97 encoder weights at
+    # ~4 s each under load ~10; ~1.3 s quiet, where the default 300 s suffices)
+    options: dict = {"quantize": "int8-weights", "search_budget": 1500}
     arts = {
-        g: export(calibrated, g, OnnxOptions(output=tmp_path, graphs=(g,), quantize="int8-weights"))
+        g: export(calibrated, g, OnnxOptions(output=tmp_path, graphs=(g,), **options))
         for g in ("encoder", "decoder")
     }
     size = sum(a.path.stat().st_size for a in arts.values())
@@ -706,6 +710,11 @@ def test_int8_weights_edgesam_meets_the_mask_bar_within_15_mb_heavy(tmp_path: Pa
             f" [{meta['int8.float_weights']}], held-out {meta['int8.mask_iou']}"
         )
         assert meta["precision"] == "int8-weights" and meta["int8.bar"].endswith("met")
+        for point in json.loads(meta["int8.report"])["frontier"]:
+            print(
+                f"  {len(point['float_blocks'])} float16: selection {point['mean_iou']:.4f}"
+                f" / {point['worst_iou']:.4f}, SQNR {point['sqnr_db']:.1f} dB"
+            )
     print(f"both: {size / 1e6:.2f} MB")
     assert size <= 15_000_000
     sessions = {g: open_session(a.path) for g, a in arts.items()}

@@ -64,9 +64,17 @@ def web_cmd(
     accuracy_target: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="With --quantize int8: the mask IoU bar the block search must meet, as for"
-            " `onnx` (default miou=0.97,worst=0.9). miou=0,worst=0 quantizes every block"
-            " without a search (the smallest, fastest build); the IoU reached is in the card.",
+            help="With --quantize int8 | int8-weights: the mask IoU bar the search must meet, as"
+            " for `onnx` (default miou=0.97,worst=0.9). miou=0,worst=0 quantizes every block"
+            " (weight) without a search (the smallest build); the IoU reached is in the card.",
+            show_default=False,
+        ),
+    ] = None,
+    search_budget: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="With --quantize int8 | int8-weights: seconds the search may take, as for"
+            " `onnx` (default 300).",
             show_default=False,
         ),
     ] = None,
@@ -101,7 +109,7 @@ def web_cmd(
         export = None
         artifact_dir = None
         if source is not None and source.is_dir():
-            if quantize is not None or accuracy_target is not None:
+            if quantize is not None or accuracy_target is not None or search_budget is not None:
                 raise InputError(
                     f"--quantize applies when exporting, and {source} is a folder of ONNX"
                     " graphs (copied as they are): export them with `onnx --quantize"
@@ -111,7 +119,9 @@ def web_cmd(
         else:
             if source is not None and not source.exists():
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
-            export = _exporter(source, model, upsample, seed, synthetic, quantize, accuracy_target)
+            export = _exporter(
+                source, model, upsample, seed, synthetic, quantize, accuracy_target, search_budget
+            )
         built = build_web(
             output,
             artifact_dir=artifact_dir,
@@ -183,13 +193,15 @@ def _exporter(
     synthetic: Any,
     quantize: str | None,
     accuracy_target: str | None,
+    search_budget: float | None = None,
 ) -> Any:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
     # The same typed options as `onnx`, validated before any work (a bad --quantize: exit 3).
-    given = {"accuracy_target": accuracy_target} if accuracy_target is not None else {}
+    given: dict[str, Any] = {"accuracy_target": accuracy_target, "search_budget": search_budget}
+    given = {k: v for k, v in given.items() if v is not None}
     options = OnnxOptions(quantize=quantize, **given)  # type: ignore[arg-type]
     announce_synthetic(mopts)
 

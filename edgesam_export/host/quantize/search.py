@@ -267,13 +267,7 @@ def search(
             f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
         )
 
-    def harm(s: dict[str, Any]) -> float:
-        if cost is None:
-            return -s["sqnr_db"]
-        noise = 10.0 ** min(-s["sqnr_db"] / 10.0, 300.0)  # -inf dB (NaN outputs): the most
-        return noise / max(float(cost[s["block"]]), 1.0)
-
-    measured = [s["block"] for s in sorted(report.sensitivity, key=harm, reverse=True)]
+    measured = rank(report.sensitivity, cost)
     ranking = measured + [n for n in names if n not in set(measured)]
     lo, hi, best = 0, len(ranking), None
     while hi - lo > 1:
@@ -298,6 +292,21 @@ def search(
     report.float_nodes = [n for b in ranking[:hi] for n in block_map[b]]
     report.bar_met = True
     return best
+
+
+def rank(
+    sensitivity: Sequence[dict[str, Any]], cost: Mapping[str, float] | None = None
+) -> list[str]:
+    """Blocks most harmful first: by SQNR alone, or with `cost` by the noise their
+    quantization adds per unit of cost (10^(-SQNR/10) / cost); ties keep graph order."""
+
+    def harm(s: dict[str, Any]) -> float:
+        if cost is None:
+            return -s["sqnr_db"]
+        noise = 10.0 ** min(-s["sqnr_db"] / 10.0, 300.0)  # -inf dB (NaN outputs): the most
+        return noise / max(float(cost[s["block"]]), 1.0)
+
+    return [s["block"] for s in sorted(sensitivity, key=harm, reverse=True)]
 
 
 def _closest(frontier: Sequence[Point]) -> str:
