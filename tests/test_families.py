@@ -109,6 +109,14 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
         "test_executorch",
         "test_family_programs_pass_parity_on_the_executorch_runtime",
     ),
+    "efficientvit_sam_l2": (
+        "test_executorch",
+        "test_family_programs_pass_parity_on_the_executorch_runtime",
+    ),
+    "efficientvit_sam_xl1": (
+        "test_executorch",
+        "test_family_programs_pass_parity_on_the_executorch_runtime",
+    ),
     "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "sam_vit_b": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "slimsam_50": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),

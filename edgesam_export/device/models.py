@@ -228,9 +228,9 @@ _ENTRIES: tuple[ModelSpec, ...] = (
     ),
     _efficientvit("L0", 512, also=("executorch",)),
     _efficientvit("L1", 512, also=("executorch",)),
-    _efficientvit("L2", 512),
+    _efficientvit("L2", 512, also=("executorch",)),
     _efficientvit("XL0", 1024, also=("executorch",)),
-    _efficientvit("XL1", 1024),
+    _efficientvit("XL1", 1024, also=("executorch",)),
     _sam_vit(
         "sam_vit_b",
         "SAM ViT-B (Meta, 12 blocks, width 768): sam_vit_b_01ec64.pth",
