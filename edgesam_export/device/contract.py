@@ -88,6 +88,9 @@ def dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
 #: tracked objects, N: prompt points, S: memory frames, K: object pointers.
 VIDEO_GRAPHS = ("video_encoder", "video_decoder", "memory_encoder", "memory_attention")
 SAM2_MEMORY = (512, 64)  # perceiver latents x memory channels per frame
+#: Upper bounds of the SAM 2 contract's symbolic axes that are not options: memory frames (the
+#: conditioning frame + 6 recent ones) and object pointers (SAM 2's `max_obj_ptrs_in_encoder`).
+SAM2_AXIS_MAX = {"S": 7, "K": 16}
 SAM2_POINTER_TOKENS = 4  # each 256-d object pointer is split into 4 memory tokens
 
 

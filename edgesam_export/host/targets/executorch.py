@@ -32,7 +32,7 @@ import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
-from edgesam_export.device.contract import TensorSpec
+from edgesam_export.device.contract import SAM2_AXIS_MAX, TensorSpec
 from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
 from edgesam_export.host.graphs import DecoderGraph
@@ -72,10 +72,10 @@ def _version(package: str) -> str:
 
 #: The contract's symbolic axes (`device.contract`): the prompt-set / object batch is fixed at 1
 #: (module docstring), the point count is dynamic 1..max_points, and the video tracker's memory
-#: frames and object pointers are dynamic up to SAM 2's bounds (the CoreML target's).
+#: frames and object pointers are dynamic up to SAM 2's bounds (`contract.SAM2_AXIS_MAX`).
 BATCH_AXES = ("batch", "B")
 POINT_AXES = ("num_points", "N")
-MEMORY_AXES = {"S": 7, "K": 16}  # conditioning frame + 6 recent; max_obj_ptrs_in_encoder
+MEMORY_AXES = SAM2_AXIS_MAX
 
 
 def _io(spec: ModelSpec, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
