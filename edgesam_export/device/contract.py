@@ -91,6 +91,10 @@ SAM2_MEMORY = (512, 64)  # perceiver latents x memory channels per frame
 #: Upper bounds of the SAM 2 contract's symbolic axes that are not options: memory frames (the
 #: conditioning frame + 6 recent ones) and object pointers (SAM 2's `max_obj_ptrs_in_encoder`).
 SAM2_AXIS_MAX = {"S": 7, "K": 16}
+#: The contract's prompt-set / object batch axis, as the SAM and SAM 2 layouts name it.
+BATCH_AXES = ("batch", "B")
+#: The contract's point-count axis, as the SAM and SAM 2 layouts name it.
+POINT_AXES = ("num_points", "N")
 SAM2_POINTER_TOKENS = 4  # each 256-d object pointer is split into 4 memory tokens
 
 

@@ -28,7 +28,7 @@ import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
-from edgesam_export.device.contract import SAM2_AXIS_MAX, TensorSpec
+from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.host.config import CoreMLOptions, ExportOptions, GraphKind
 from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
@@ -135,15 +135,11 @@ def deployment_target(options: CoreMLOptions) -> str:
     return chosen
 
 
-_BATCH_AXES = ("batch", "B")
-_POINT_AXES = ("num_points", "N")
-
-
 def axis_bounds(options: CoreMLOptions) -> dict[str, int]:
     """The largest size each symbolic axis of the contract (`device.contract`) accepts."""
     bounds = dict(SAM2_AXIS_MAX)
-    bounds.update(dict.fromkeys(_BATCH_AXES, options.max_batch))
-    bounds.update(dict.fromkeys(_POINT_AXES, options.max_points))
+    bounds.update(dict.fromkeys(BATCH_AXES, options.max_batch))
+    bounds.update(dict.fromkeys(POINT_AXES, options.max_points))
     return bounds
 
 

@@ -32,7 +32,7 @@ import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
-from edgesam_export.device.contract import SAM2_AXIS_MAX, TensorSpec
+from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
 from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
 from edgesam_export.host.graphs import DecoderGraph
@@ -73,8 +73,6 @@ def _version(package: str) -> str:
 #: The contract's symbolic axes (`device.contract`): the prompt-set / object batch is fixed at 1
 #: (module docstring), the point count is dynamic 1..max_points, and the video tracker's memory
 #: frames and object pointers are dynamic up to SAM 2's bounds (`contract.SAM2_AXIS_MAX`).
-BATCH_AXES = ("batch", "B")
-POINT_AXES = ("num_points", "N")
 MEMORY_AXES = SAM2_AXIS_MAX
 
 
