@@ -8,15 +8,15 @@ interval, verdict met / tie / missed against the issue 17 targets: encoder >= 2.
 held-out images and prompts, recorded by its search, and whether it meets the mask bar).
 Weights: calibrated synthetic seed 0 (EdgeSAM: bilinear neck), on every side.
 
-Each int8 graph is exported here by `onnx --quantize int8` with `--search-budget` seconds of
-search per graph (default 600), or taken from `--int8-dir DIR` when DIR holds
+Each int8 graph is exported here by `onnx --quantize int8` (the complete search, or at most
+`--search-budget N` graph evaluations per graph), or taken from `--int8-dir DIR` when DIR holds
 `<model>_<graph>_int8.onnx` made with the same weights (`edgesam-export onnx --quantize int8
---upsample bilinear -o DIR`). The frontier each search walked (float blocks, mean / worst IoU,
-its speed hint) is copied from the graph's `int8.report` into the results. A graph whose search
+--upsample bilinear -o DIR`). The frontier each search walked (float blocks, mean / worst IoU, SQNR)
+is copied from the graph's `int8.report` into the results. A graph whose search
 met no bar within its budget is reported with the search's error, untimed. `--model` runs the
 same method on another family (no family-specific code: `mobile_sam`, `efficientvit_sam_l0`).
 
-    python benchmarks/bench_int8.py [--int8-dir DIR] [--rounds N] [--search-budget S]
+    python benchmarks/bench_int8.py [--int8-dir DIR] [--rounds N] [--search-budget N]
         [--graphs encoder,decoder] [--model edge_sam]
 """
 
@@ -65,7 +65,7 @@ def _int8_accuracy(meta: dict[str, str]) -> dict[str, Any]:
         "calibration": meta.get("int8.calibration", ""),
         "search": {
             k: report.get(k)
-            for k in ("seconds", "budget_s", "sensitivity_complete", "converged", "bar_met")
+            for k in ("evaluations", "budget", "sensitivity_complete", "converged", "bar_met")
         },
         "frontier": [
             {
@@ -73,7 +73,7 @@ def _int8_accuracy(meta: dict[str, str]) -> dict[str, Any]:
                 "float_nodes": p["float_nodes"],
                 "mean_iou": p["mean_iou"],
                 "worst_iou": p["worst_iou"],
-                "speedup_vs_fp32_hint": p.get("speedup_vs_fp32"),
+                "sqnr_db": p["sqnr_db"],
                 "passed": p["passed"],
             }
             for p in report.get("frontier", [])
@@ -82,7 +82,7 @@ def _int8_accuracy(meta: dict[str, str]) -> dict[str, Any]:
 
 
 def _int8_graph(
-    model: ModelOptions, graph: str, int8_dir: Path | None, tmp: Path, budget: float
+    model: ModelOptions, graph: str, int8_dir: Path | None, tmp: Path, budget: int | None
 ) -> Path | str:
     """The int8 graph: from `int8_dir`, else exported here; the error text when the search met
     no bar within its budget."""
@@ -90,7 +90,8 @@ def _int8_graph(
         given = int8_dir / f"{model.model}_{graph}_int8.onnx"
         if given.is_file():
             return given
-    _common.log(f"exporting the int8 {graph} (static QDQ, search budget {budget:.0f} s)")
+    limit = "complete search" if budget is None else f"search budget {budget} evaluations"
+    _common.log(f"exporting the int8 {graph} (static QDQ, {limit})")
     options = OnnxOptions(
         output=tmp / f"int8_{graph}", graphs=(graph,), quantize="int8", search_budget=budget
     )
@@ -103,7 +104,7 @@ def _int8_graph(
 def run(
     int8_dir: Path | None,
     rounds: dict[str, int],
-    budget: float = 600.0,
+    budget: int | None = None,
     graphs: tuple[str, ...] = ("encoder", "decoder"),
     model_name: str = "edge_sam",
 ) -> dict[str, Any]:
@@ -176,7 +177,7 @@ def run(
             "threads": _common.THREADS,
             "rounds": rounds,
             "weights": str(model),
-            "search_budget_s": budget,
+            "search_budget": budget,
             "int8_dir": None if int8_dir is None else str(int8_dir),
         },
         "graphs": results,
@@ -210,21 +211,20 @@ def render(result: dict[str, Any]) -> str:
         search = r["accuracy"]["search"]
         frontiers += [
             "",
-            f"Frontier walked by the {graph} search ({search['seconds']} s, budget"
-            f" {search['budget_s']} s, sensitivity complete: {search['sensitivity_complete']},"
+            f"Frontier walked by the {graph} search ({search['evaluations']} graphs evaluated,"
+            f" budget {search['budget'] or 'none'}, sensitivity complete:"
+            f" {search['sensitivity_complete']},"
             f" converged: {search['converged']}):",
             "",
             _common.md_table(
-                ["float blocks", "float nodes", "mean IoU", "worst IoU", "fp32/int8 (hint)", "bar"],
+                ["float blocks", "float nodes", "mean IoU", "worst IoU", "SQNR dB", "bar"],
                 [
                     [
                         str(p["float_blocks"]),
                         str(p["float_nodes"]),
                         f"{p['mean_iou']:.4f}",
                         f"{p['worst_iou']:.4f}",
-                        "-"
-                        if p["speedup_vs_fp32_hint"] is None
-                        else f"{p['speedup_vs_fp32_hint']:.2f}x",
+                        f"{p['sqnr_db']:.1f}",
                         "met" if p["passed"] else "missed",
                     ]
                     for p in r["accuracy"]["frontier"]
@@ -256,7 +256,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--int8-dir", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 20 / 50)")
-    parser.add_argument("--search-budget", type=float, default=600.0, help="seconds per search")
+    parser.add_argument(
+        "--search-budget", type=int, default=None, help="graph evaluations per search (default all)"
+    )
     parser.add_argument("--graphs", default="encoder,decoder")
     parser.add_argument("--model", default="edge_sam")
     args = parser.parse_args()

@@ -71,10 +71,10 @@ def web_cmd(
         ),
     ] = None,
     search_budget: Annotated[
-        Optional[float],  # noqa: UP045
+        Optional[int],  # noqa: UP045
         typer.Option(
-            help="With --quantize int8 | int8-weights: seconds the search may take, as for"
-            " `onnx` (default 300).",
+            help="With --quantize int8 | int8-weights: graphs the search may evaluate, as for"
+            " `onnx` (default: the complete search).",
             show_default=False,
         ),
     ] = None,
@@ -193,7 +193,7 @@ def _exporter(
     synthetic: Any,
     quantize: str | None,
     accuracy_target: str | None,
-    search_budget: float | None = None,
+    search_budget: int | None = None,
 ) -> Any:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts

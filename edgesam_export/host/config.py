@@ -181,13 +181,14 @@ class OnnxOptions(Int8Calibration, ExportOptions):
     heldout_images: int = Field(
         3, ge=1, le=50, description="int8 / int8-weights: held-out images the result is judged on"
     )
-    search_budget: float = Field(
-        300.0,
-        ge=10,
-        le=86400,
-        description="int8 / int8-weights: seconds the sensitivity pass and the search may take"
-        " (after calibration; half at most for sensitivity); the fewest-float graph meeting the"
-        " bar by then is kept",
+    search_budget: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="int8 / int8-weights: graphs the search may evaluate (each sensitivity"
+        " measurement and each judged probe counts one; at most half for sensitivity); the"
+        " fewest-float graph meeting the bar by then is kept. Default: the complete search."
+        " Counted, not timed: the same inputs give the same graph on any machine load",
     )
     CALIBRATES_WITH = "--quantize int8 or int8-weights"
     STATIC_ONLY: ClassVar[tuple[str, ...]] = ("calibration_method", "activation_symmetric")

@@ -9,11 +9,15 @@
 3. Search: keep the k most sensitive blocks float, k found by bisection (each probe judged on
    every held-out image and prompt); every probe is a point of the frontier in the report.
 
-The search is bounded by `budget_s` (`--search-budget`, seconds from the first probe): the
-sensitivity pass stops at half of it (blocks it did not reach rank after the measured ones, in
-graph order) and the bisection stops when it is spent (a probe that has started finishes). The
-fewest-float graph that met the bar so far is the answer; the report says whether the search
-converged and whether the budget cut it short.
+The search may be bounded by `budget` (`--search-budget`): a number of graph evaluations, each
+sensitivity measurement and each judged probe counting one. Without it the search is complete
+(every block measured, the bisection narrowed to one). With it, the sensitivity pass stops at
+half the budget (blocks it did not reach rank after the measured ones, in graph order) and the
+bisection when the budget is spent. The fewest-float graph that met the bar so far is the
+answer; the report says whether the search converged and whether the budget cut it short.
+Counted, not timed: the same inputs choose the same blocks on a fast or a loaded machine, so
+the written graph does not depend on the machine's load. Timings are hints for the progress
+lines only; the report in the graph's metadata holds none (two exports write the same bytes).
 
 The PyTorch reference answers every probe: an encoder candidate's embeddings go through the
 PyTorch decoder, a decoder candidate gets the PyTorch embeddings.
@@ -75,9 +79,7 @@ class Point:
     mean_iou: float
     worst_iou: float
     sqnr_db: float  # of the graph's primary output, over every held-out input
-    latency_ms: float  # one timed run after a warm-up (a hint; bench_int8.py measures speed)
     passed: bool
-    speedup_vs_fp32: float | None = None  # fp32 / int8 time, one paired run each (a hint)
 
 
 @dataclass
@@ -90,8 +92,8 @@ class Report:
     frontier: list[Point] = field(default_factory=list)
     float_blocks: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    budget_s: float | None = None
+    budget: int | None = None  # graph evaluations allowed (None: a complete search)
+    evaluations: int = 0  # sensitivity measurements + judged probes
     sensitivity_complete: bool = True  # every block measured (False: the budget cut it short)
     converged: bool = True  # the bisection narrowed k to one (False: the budget ran out)
     bar_met: bool = False
@@ -166,7 +168,7 @@ class Evaluator:
 
     def judge(self, proto: Any) -> tuple[MaskBarResult, float, float, float | None]:
         """(mask bar result, SQNR dB, latency ms, speed-up over fp32) over every held-out
-        image and prompt."""
+        image and prompt; the two timings are hints for the progress line."""
         session = self._session(proto)
         if self.graph == "encoder":
             first = {"image": self.inputs.tensors[0]}
@@ -201,8 +203,7 @@ def search(
     block_map: dict[str, list[str]],
     report: Report,
     progress: Progress = _quiet,
-    budget_s: float | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    budget: int | None = None,
     cost: Mapping[str, float] | None = None,
 ) -> Any:
     """The QDQ graph with the fewest float blocks that meets the bar (steps in the module doc);
@@ -212,38 +213,29 @@ def search(
     quantization adds per unit of cost (10^(-SQNR/10) / cost) instead of by SQNR alone, so the
     bisection buys the most accuracy per byte: a large weight ranks after small ones that
     harm the output as much."""
-    start = clock()
-    report.budget_s = budget_s
-
-    def spent() -> float:
-        return clock() - start
+    report.budget = budget
 
     def over(share: float = 1.0) -> bool:
-        return budget_s is not None and spent() >= share * budget_s
+        return budget is not None and report.evaluations >= share * budget
 
     def used() -> str:
-        return f"{spent():.0f} s" + ("" if budget_s is None else f" of {budget_s:.0f} s")
+        n = report.evaluations
+        return f"{n} evaluated" + ("" if budget is None else f" of --search-budget {budget}")
 
     def probe(kept: Sequence[str]) -> tuple[Any, Point]:
         nodes = [n for b in kept for n in block_map[b]]
         proto = quantizer.quantize(exclude=nodes)
         result, sqnr, latency, speedup = evaluator.judge(proto)
+        report.evaluations += 1
         point = Point(
-            list(kept),
-            len(nodes),
-            result.mean_iou,
-            result.worst_iou,
-            sqnr,
-            latency,
-            result.passed,
-            speedup,
+            list(kept), len(nodes), result.mean_iou, result.worst_iou, sqnr, result.passed
         )
         report.frontier.append(point)
-        speed = "" if speedup is None else f", {speedup:.2f}x fp32 (hint)"
+        speed = "" if speedup is None else f", {speedup:.2f}x fp32"
         progress(
             f"int8 {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
-            f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB{speed}"
-            f" ({'meets' if result.passed else 'misses'} {report.bar}; {used()})"
+            f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB ({latency:.0f} ms{speed}: a"
+            f" hint) ({'meets' if result.passed else 'misses'} {report.bar}; {used()})"
         )
         return proto, point
 
@@ -262,6 +254,7 @@ def search(
             )
             break
         db = evaluator.quick(quantizer.quantize(only=block_map[name]))
+        report.evaluations += 1
         report.sensitivity.append({"block": name, "nodes": len(block_map[name]), "sqnr_db": db})
         progress(
             f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
@@ -282,7 +275,7 @@ def search(
         else:
             lo = mid
     if best is None:
-        cut = "" if report.converged else f" within --search-budget {budget_s:.0f} s"
+        cut = "" if report.converged else f" within --search-budget {budget}"
         raise ExportFailedError(
             f"int8 {report.graph}: no partly quantized graph meets the accuracy target"
             f" {report.bar}{cut} (closest: {_closest(report.frontier)}); loosen"
@@ -327,7 +320,6 @@ def quantize_graph(
     the search never saw; a miss there fails the export."""
     from edgesam_export.host.reference import reference_sessions
 
-    t0 = time.perf_counter()
     weights_only = options.quantize == "int8-weights"
     kind = "int8-weights" if weights_only else "int8"
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -417,7 +409,6 @@ def quantize_graph(
     else:
         report.heldout["masks"] = sum(int(r["scores"].shape[0]) for r in evaluator.reference)
         mean, worst = final.mean_iou, final.worst_iou
-    report.seconds = round(time.perf_counter() - t0, 1)
     meta = {p.key: p.value for p in quantized.metadata_props} | meta
     meta |= {
         "precision": kind,
