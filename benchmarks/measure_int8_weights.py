@@ -49,7 +49,7 @@ class EndToEnd:
         self.ref = [self.decoder.run(f) for f in inputs.decoder_feeds(self.emb)]
 
     def __call__(self, encoder: Any, decoder: Any) -> dict[str, Any]:
-        from edgesam_export.device.judge import mask_bar
+        from edgesam_export.device.mask_bar import mask_bar
 
         if encoder is None:
             emb = self.emb
@@ -76,7 +76,7 @@ def run(model: str, ks: list[int], images: int) -> dict[str, Any]:
     import numpy as np
     import onnx
 
-    from edgesam_export.device.judge import MaskBar
+    from edgesam_export.device.mask_bar import MaskBar
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.models import load_model
     from edgesam_export.host.quantize.data import (

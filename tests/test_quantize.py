@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgesam_export.device.errors import InputError
-from edgesam_export.device.judge import MaskBar, mask_bar, top_mask_ious
+from edgesam_export.device.mask_bar import MaskBar, mask_bar, top_mask_ious
 from edgesam_export.host.config import OnnxOptions
 from edgesam_export.host.quantize.data import (
     calibration_images,
@@ -238,7 +238,7 @@ class _Evaluator:
         return -10 * sum(self.harm[n] for n in proto)
 
     def judge(self, proto: frozenset[str]):
-        from edgesam_export.device.judge import MaskBarResult
+        from edgesam_export.device.mask_bar import MaskBarResult
 
         loss = sum(self.harm[n] for n in proto)
         return MaskBarResult(self.bar, 1 - loss, 1 - 2 * loss, 10), -loss, 1.0, 1.5
@@ -662,7 +662,7 @@ class _GraphEvaluator:
         return sqnr_db(self._run(proto), self.ref)
 
     def judge(self, proto: onnx.ModelProto):
-        from edgesam_export.device.judge import mask_bar
+        from edgesam_export.device.mask_bar import mask_bar
 
         got = self._run(proto)
         pairs = [

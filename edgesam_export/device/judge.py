@@ -34,15 +34,6 @@ from edgesam_export.device import processing as P
 from edgesam_export.device.backends import tolerance_row, tolerances_for
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.judge_video import VideoCase, absent, judge_video
-
-# The int8 accuracy bar lives in device/mask_bar.py; its names stay importable from the judge
-# for the callers that still spell them so (host/quantize/search.py, host/targets/executorch.py).
-from edgesam_export.device.mask_bar import (  # noqa: F401
-    MaskBar,
-    MaskBarResult,
-    mask_bar,
-    top_mask_ious,
-)
 from edgesam_export.device.nonfinite import describe_nonfinite
 from edgesam_export.device.official_contract import foreign_contract
 from edgesam_export.device.parity import (

@@ -35,7 +35,7 @@ import numpy as np
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.errors import ExportFailedError
-from edgesam_export.device.judge import MaskBar, MaskBarResult, mask_bar
+from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
 from edgesam_export.host.quantize.data import (
     CALIBRATION_PROMPT_SEED,
     HELDOUT_PROMPT_SEED,
@@ -97,6 +97,7 @@ class Report:
     sensitivity_complete: bool = True  # every block measured (False: the budget cut it short)
     converged: bool = True  # the bisection narrowed k to one (False: the budget ran out)
     bar_met: bool = False
+    kind: str = "int8"  # or "int8-weights": the progress lines and errors say which
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,13 +234,13 @@ def search(
         report.frontier.append(point)
         speed = "" if speedup is None else f", {speedup:.2f}x fp32"
         progress(
-            f"int8 {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
+            f"{report.kind} {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
             f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB ({latency:.0f} ms{speed}: a"
             f" hint) ({'meets' if result.passed else 'misses'} {report.bar}; {used()})"
         )
         return proto, point
 
-    progress(f"int8 {report.graph}: judging every block quantized")
+    progress(f"{report.kind} {report.graph}: judging every block quantized")
     best, point = probe([])
     if point.passed:
         report.bar_met = True
@@ -249,7 +250,7 @@ def search(
         if over(0.5):
             report.sensitivity_complete = False
             progress(
-                f"int8 {report.graph}: sensitivity stopped at half the search budget"
+                f"{report.kind} {report.graph}: sensitivity stopped at half the search budget"
                 f" ({i - 1}/{len(names)} blocks measured; the rest rank after them)"
             )
             break
@@ -257,7 +258,7 @@ def search(
         report.evaluations += 1
         report.sensitivity.append({"block": name, "nodes": len(block_map[name]), "sqnr_db": db})
         progress(
-            f"int8 {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
+            f"{report.kind} {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
         )
 
     measured = rank(report.sensitivity, cost)
@@ -266,7 +267,7 @@ def search(
     while hi - lo > 1:
         if over():
             report.converged = False
-            progress(f"int8 {report.graph}: search budget spent ({used()}); k in ({lo}, {hi}]")
+            progress(f"{report.kind} {report.graph}: search budget spent ({used()}); k in ({lo}, {hi}]")
             break
         mid = (lo + hi) // 2
         proto, point = probe(ranking[:mid])
@@ -277,7 +278,7 @@ def search(
     if best is None:
         cut = "" if report.converged else f" within --search-budget {budget}"
         raise ExportFailedError(
-            f"int8 {report.graph}: no partly quantized graph meets the accuracy target"
+            f"{report.kind} {report.graph}: no partly quantized graph meets the accuracy target"
             f" {report.bar}{cut} (closest: {_closest(report.frontier)}); loosen"
             " --accuracy-target, raise --search-budget, or export fp32/fp16"
         )
@@ -361,6 +362,7 @@ def quantize_graph(
             "prompt_cases": sum(len(c) for c in heldout.prompts),
             "masks": None,
         },
+        kind=kind,
     )
     quantizer: Any
     if weights_only:

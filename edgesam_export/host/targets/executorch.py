@@ -43,7 +43,7 @@ from edgesam_export.host.targets.executorch_rewrites import bmm_matmul, infer_sy
 from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
-    from edgesam_export.device.judge import MaskBar, MaskBarResult
+    from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
     from edgesam_export.device.models import ModelSpec
     from edgesam_export.device.runtime.base import Session
 
@@ -303,7 +303,7 @@ def heldout_mask_bar(
     """The int8 mask bar: end-to-end masks of `encoder` and `decoder` (None: PyTorch's) against
     the float32 PyTorch model, over the held-out images and their prompt sets (one set per
     call: the programs take batch 1; sets over the decoder's max_points are left out)."""
-    from edgesam_export.device.judge import mask_bar
+    from edgesam_export.device.mask_bar import mask_bar
     from edgesam_export.host.quantize.data import HELDOUT_PROMPT_SEED, heldout_images, prepare
 
     inputs = prepare(heldout_images(images), loaded.spec.preprocessing, HELDOUT_PROMPT_SEED)

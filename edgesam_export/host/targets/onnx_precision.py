@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgesam_export.device.errors import BackendUnavailableError
+from edgesam_export.device.backends import unavailable_error
 from edgesam_export.host.config import OnnxOptions
 
 if (
@@ -99,9 +99,9 @@ def to_fp16(proto: Any, pins: list[str]) -> Any:
     """float16 weights and activations, `pins` kept float32, float32 inputs and outputs."""
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError:
-        raise BackendUnavailableError(
-            "--precision fp16 uses onnxruntime's float16 converter: pip install onnxruntime"
+    except ImportError as exc:  # the registry's one hint (exit 6): the onnx export extra
+        raise unavailable_error(
+            "onnx", exc.name or "onnxruntime.transformers.float16", export=True
         ) from None
     converted = convert_float_to_float16(
         proto, keep_io_types=True, node_block_list=list(pins) or None, disable_shape_infer=False
@@ -141,9 +141,9 @@ def to_int8(proto: Any) -> Any:
     try:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise BackendUnavailableError(
-            "--quantize int8-dynamic uses onnxruntime.quantization: pip install onnxruntime"
+    except ImportError as exc:  # the registry's one hint (exit 6): the onnx export extra
+        raise unavailable_error(
+            "onnx", exc.name or "onnxruntime.quantization", export=True
         ) from None
     meta = {p.key: p.value for p in proto.metadata_props}
     with tempfile.TemporaryDirectory() as tmp:
