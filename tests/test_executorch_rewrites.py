@@ -64,3 +64,81 @@ def test_rewrites_keep_values_and_move_copies_and_reshapes_into_xnnpack() -> Non
         assert outs[1].shape == want.shape
         assert torch.equal(outs[0], outs[1])
         torch.testing.assert_close(outs[1], want, rtol=1e-5, atol=1e-5)
+
+
+class _ImageSide(torch.nn.Module):
+    """The decoder's float patterns: image-side projections computed transposed (W @ X^T), a
+    projection back (X @ W^T), a large right operand (the hypernetwork's product), LayerNorm
+    over a dynamic token axis, and an unused 1 MB positional table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(16, 32, generator=gen) / 6)
+        self.out = torch.nn.Parameter(torch.randn(16, 32, generator=gen) / 4)
+        self.norm = torch.nn.LayerNorm(32)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5, generator=gen)
+            self.norm.bias.uniform_(-0.5, 0.5, generator=gen)
+        self.register_buffer("unused", torch.randn(1, 256, 1024, generator=gen), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        keys = self.w @ image.transpose(1, 2)  # (1, 16, HW)
+        attn = torch.softmax(self.norm(tokens)[..., :16] @ keys, dim=-1)  # (1, N, HW)
+        mixed = attn @ (keys.transpose(1, 2) @ self.out)  # (1, N, 32)
+        masks = mixed[:, :1] @ image.transpose(1, 2)  # (1, 1, HW): the large right operand
+        return self.norm(mixed + tokens) + masks.mean()
+
+
+def _lower_float(module: torch.nn.Module, rewrite: bool) -> tuple[bytes, dict[str, int]]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgesam_export.host.targets.executorch_rewrites import (
+        decompositions,
+        rewrite_for_xnnpack,
+    )
+
+    n = torch.export.Dim("n", min=1, max=16)
+    args = (torch.randn(1, 3, 32), torch.randn(1, 256, 32))
+    exported = torch.export.export(module, args, dynamic_shapes=({1: n}, None), strict=False)
+    if rewrite:
+        exported = exported.run_decompositions(decompositions(dynamic=True, quantized=False))
+        done = rewrite_for_xnnpack(exported, dynamic=True, quantized=False)
+        assert done["decompose_layer_norms"] == 2 and done["linear_from_mm"] >= 1
+        assert done["cancel_permutes"] >= 1 and done["drop_unused_constants"] == 1
+    lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(lowered.exported_program().graph_module)
+    frame = info.get_operator_delegation_dataframe().set_index("op_type")
+    portable = {
+        str(k): int(v)
+        for k, v in frame["occurrences_in_non_delegated_graphs"].items()
+        if k not in ("Total", "getitem", "alloc", "sym_size") and v
+    }
+    return bytes(lowered.to_executorch().buffer), portable
+
+
+@pytest.mark.extended  # two lowerings, ~15 s
+def test_float_rewrites_delegate_layer_norm_and_gemms_and_drop_unused_constants() -> None:
+    from executorch.runtime import Runtime
+
+    module = _ImageSide().eval()
+    plain, plain_portable = _lower_float(module, rewrite=False)
+    rewritten, portable = _lower_float(module, rewrite=True)
+    # the patterns: LayerNorm and the expand copies of the batched products run portable
+    assert plain_portable.get("aten_native_layer_norm_default") == 2
+    assert plain_portable.get("aten_expand_copy_default", 0) > 0
+    assert not any("layer_norm" in k or "expand" in k or "mm" in k for k in portable), portable
+    assert sum(portable.values()) < sum(plain_portable.values())
+    # the unused 1 MB table was stored; now the program is smaller than it
+    unused = module.unused.numel() * 4
+    assert len(plain) > unused > len(rewritten)
+    runtime = Runtime.get()
+    for count in (1, 5, 16):  # the dynamic axis still dynamic
+        tokens, image = torch.randn(1, count, 32), torch.randn(1, 256, 32)
+        with torch.no_grad():
+            want = module(tokens, image)
+        got = runtime.load_program(rewritten).load_method("forward").execute([tokens, image])[0]
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

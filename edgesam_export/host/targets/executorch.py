@@ -39,7 +39,7 @@ from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.targets import Target, artifact_path
-from edgesam_export.host.targets.executorch_rewrites import bmm_matmul, infer_symbolic_reshapes
+from edgesam_export.host.targets.executorch_rewrites import decompositions, rewrite_for_xnnpack
 from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
@@ -211,12 +211,11 @@ def _program(
         if calibration is not None:
             quantized = _quantize(exported, calibration)
             exported = torch.export.export(quantized, args, dynamic_shapes=dynamic, strict=False)
+        int8 = calibration is not None
         table: dict[Any, Any] = {torch.ops.aten.gelu.default: _tanh_gelu}
-        if dynamic is not None:  # graphs with a dynamic axis: see executorch_rewrites
-            table[torch.ops.aten.matmul.default] = bmm_matmul
+        table |= decompositions(dynamic is not None, int8)  # see executorch_rewrites
         exported = exported.run_decompositions(table)
-        if dynamic is not None:
-            infer_symbolic_reshapes(exported)
+        rewrite_for_xnnpack(exported, dynamic is not None, int8)
     _contiguous_constants(exported)
     lowered = to_edge_transform_and_lower(exported, partitioner=[partitioner()])
     return bytes(lowered.to_executorch().buffer)

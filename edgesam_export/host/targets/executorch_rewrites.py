@@ -1,30 +1,70 @@
-"""Graph rewrites that let XNNPACK take more of a program with dynamic dims, numbers unchanged.
+"""Graph rewrites that let XNNPACK take more of a program with dynamic dims, and run it faster.
 
 ExecuTorch hands XNNPACK only what its partitioner accepts; the rest runs on portable kernels
-between delegate calls. Two patterns in a graph with a dynamic point (or memory) axis split the
-decoder into 47 delegate calls and left 237 nodes on portable kernels (EdgeSAM, fp32):
+between delegate calls (single-threaded, unvectorised). The decoder's profile (ETDump, see
+docs/executorch.md) showed where its time went; each rewrite here removes one cause:
 
-- a batched `matmul` lowers to `expand_copy` + `view_copy` + `bmm`, and `expand_copy` is a real
-  copy on a portable kernel even when nothing is broadcast (the decoder's attention: 41 copies,
-  some of 4 MB). `bmm_matmul` writes equal-batch matmuls as one `bmm` on 3-D views instead.
-- XNNPACK's reshape takes one inferred (-1) dimension but no symbolic size, so a reshape to
-  `(1, 5 + N, 8, 16)` stays on a portable kernel. `infer_symbolic_reshapes` writes the one
-  symbolic size of such a reshape as -1, which is the same shape.
+- `bmm_matmul`: a batched `matmul` lowers to `expand_copy` + `view_copy` + `bmm`, and
+  `expand_copy` is a real copy on a portable kernel even when nothing is broadcast. Equal-batch
+  matmuls become one `bmm` on 3-D views. `gemm_matmul` (float graphs) also: a constant matrix
+  times a batch of matrices (`W @ X^T`, the image-side projections of `Attention.image_side`)
+  becomes `(X @ W^T)^T`: one `mm` with a constant weight, which XNNPACK runs as a fully-
+  connected GEMM with weights packed once at load, where the batched form packed the 4096-token
+  operand on every call. A batch of matrices times a constant matrix is the same `mm`. A `bmm`
+  whose right operand is much larger than the rest (the hypernetwork's 4 x 65536 mask product)
+  is computed transposed, so the operand XNNPACK packs per call is the small one.
+- `infer_symbolic_reshapes`: XNNPACK's reshape takes one inferred (-1) dimension but no symbolic
+  size, so a reshape to `(1, 5 + N, 8, 16)` stays portable; its one symbolic size becomes -1
+  (the same shape).
+- `cancel_permutes`: a permute of a permute that restores the order is removed (the transposed
+  projection's input was transposed once by the graph and once by the rewrite);
+  `linear_from_mm`: XNNPACK takes `mm(x, W^T)` only as `linear(x, W)`.
+- `decompose_layer_norms`: XNNPACK has no LayerNorm node. A last-axis LayerNorm becomes mean and
+  variance as a `linear` with a constant 1/C row, sub, mul, add and rsqrt, all delegated.
+- `drop_unused_constants`: a constant no node reads (the decoder's channels-first positional
+  table, 4 MB) was still stored in the program.
 
-Both give the same values bit for bit (the same bmm kernels on the same numbers); on EdgeSAM's
-fp32 decoder they leave 22 delegate calls and 114 portable nodes, 1.30x faster (docs/executorch.md).
+`bmm_matmul` and `infer_symbolic_reshapes` give the same values bit for bit (int8 graphs get
+only these); the GEMM forms sum in another order and the LayerNorm rewrite uses XNNPACK's rsqrt,
+so those agree with PyTorch to float32 rounding (docs/executorch.md gives the measured
+differences).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
+from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+
+aten = torch.ops.aten
+
+#: the right operand of a bmm is packed per call by XNNPACK; transpose the product when it is
+#: this many times larger than the left operand and the output together
+_PACKED_OPERAND_RATIO = 4
 
 
 def bmm_matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
     """`aten.matmul` of tensors with the same static batch dims as one bmm, without expand;
     anything else (broadcasting, 2-D, symbolic batch) keeps the default decomposition."""
+    return _matmul(a, b, gemm=False)
+
+
+def gemm_matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
+    """`bmm_matmul`, and products with a constant matrix as one `mm`, and a bmm with a large
+    right operand computed transposed (see the module doc)."""
+    return _matmul(a, b, gemm=True)
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, gemm: bool) -> Any:
+    if gemm and a.dim() == 2 and b.dim() == 3:  # W @ X^T -> (X @ W^T)^T, W packed once
+        bt = b.transpose(1, 2)
+        out = torch.mm(bt.reshape(-1, bt.shape[-1]), a.t())
+        return out.reshape(b.shape[0], b.shape[2], a.shape[0]).transpose(1, 2)
+    if gemm and a.dim() == 3 and b.dim() == 2:  # X @ W: one GEMM over all rows
+        out = torch.mm(a.reshape(-1, a.shape[-1]), b)
+        return out.reshape(*a.shape[:-1], b.shape[-1])
     if a.dim() < 3 or a.dim() != b.dim():
         return NotImplemented
     batch = 1
@@ -32,19 +72,35 @@ def bmm_matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
         if not (isinstance(da, int) and isinstance(db, int)) or da != db:
             return NotImplemented
         batch *= da
-    out = torch.bmm(a.reshape(batch, a.shape[-2], a.shape[-1]), b.reshape(batch, *b.shape[-2:]))
+    a3 = a.reshape(batch, a.shape[-2], a.shape[-1])
+    b3 = b.reshape(batch, *b.shape[-2:])
+    sizes = [a.shape[-2] * a.shape[-1], b.shape[-2] * b.shape[-1], a.shape[-2] * b.shape[-1]]
+    if (
+        gemm
+        and all(isinstance(s, int) for s in sizes)
+        and sizes[1] > _PACKED_OPERAND_RATIO * (sizes[0] + sizes[2])
+    ):
+        out = torch.bmm(b3.transpose(1, 2), a3.transpose(1, 2)).transpose(1, 2)
+    else:
+        out = torch.bmm(a3, b3)
     return out.reshape(*a.shape[:-1], b.shape[-1])
 
 
-_RESHAPES = (torch.ops.aten.view.default, torch.ops.aten.reshape.default)
+_RESHAPES = (aten.view.default, aten.reshape.default)
+
+
+def _finish(exported: Any) -> None:
+    graph = exported.graph_module.graph
+    graph.eliminate_dead_code()
+    graph.lint()
+    exported.graph_module.recompile()
 
 
 def infer_symbolic_reshapes(exported: Any) -> int:
     """Rewrite, in place, each reshape whose target shape has exactly one symbolic size and no
     -1 so that the symbolic size is -1 (the element count fixes it); returns how many."""
-    graph = exported.graph_module.graph
     count = 0
-    for node in graph.nodes:
+    for node in exported.graph_module.graph.nodes:
         if node.op != "call_function" or node.target not in _RESHAPES:
             continue
         shape = list(node.args[1])
@@ -54,7 +110,192 @@ def infer_symbolic_reshapes(exported: Any) -> int:
             node.args = (node.args[0], shape, *node.args[2:])
             count += 1
     if count:
-        graph.eliminate_dead_code()
-        graph.lint()
-        exported.graph_module.recompile()
+        _finish(exported)
     return count
+
+
+_PERMUTES = (aten.permute.default, aten.transpose.int, aten.t.default)
+
+
+def _order(node: Any) -> list[int] | None:
+    """The dim order a permute, transpose or t node applies (None: another node)."""
+    if getattr(node, "op", None) != "call_function" or node.target not in _PERMUTES:
+        return None
+    rank = node.args[0].meta["val"].dim()
+    if node.target == aten.permute.default:
+        return [d % rank for d in node.args[1]]
+    order = list(range(rank))
+    i, j = (0, 1) if node.target == aten.t.default else (a % rank for a in node.args[1:3])
+    if rank >= 2:
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def cancel_permutes(exported: Any) -> int:
+    """Replace, in place, a permute (transpose, t) of a permute that gives the input back by
+    that input; returns how many."""
+    count = 0
+    for node in exported.graph_module.graph.nodes:
+        outer, inner = _order(node), _order(node.args[0] if node.args else None)
+        if outer is None or inner is None or len(outer) != len(inner):
+            continue
+        if all(inner[outer[i]] == i for i in range(len(outer))):
+            node.replace_all_uses_with(node.args[0].args[0])
+            count += 1
+    if count:
+        _finish(exported)
+    return count
+
+
+def linear_from_mm(exported: Any) -> int:
+    """Rewrite, in place, `mm(x, t(W))` with W a parameter, buffer or constant as
+    `linear(x, W)`: XNNPACK's partitioner takes an mm only with a constant right operand, and a
+    transposed one is not (the product is the same); returns how many."""
+    constants = {
+        s.arg.name
+        for s in exported.graph_signature.input_specs
+        if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    }
+    graph = exported.graph_module.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.mm.default:
+            continue
+        weight = node.args[1]
+        if _order(weight) != [1, 0] or getattr(weight.args[0], "name", None) not in constants:
+            continue
+        with graph.inserting_before(node):
+            linear = graph.call_function(aten.linear.default, (node.args[0], weight.args[0]))
+        linear.meta = dict(node.meta)
+        node.replace_all_uses_with(linear)
+        graph.erase_node(node)
+        count += 1
+    if count:
+        _finish(exported)
+    return count
+
+
+def _lift_constant(exported: Any, name: str, value: torch.Tensor) -> torch.fx.Node:
+    """A new constant placeholder (before the user inputs), lifted as torch.export lifts a
+    non-persistent buffer (ExecuTorch's delegate lowering unlifts those; new lifted tensor
+    constants fail there)."""
+    graph = exported.graph_module.graph
+    specs = exported.graph_signature.input_specs
+    first = next(i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_before(placeholders[first]):
+        node = graph.placeholder(name)
+    fake = next(n.meta["val"] for n in placeholders if "val" in n.meta)
+    node.meta["val"] = fake.fake_mode.from_tensor(value, static_shapes=True)
+    exported.constants[name] = value
+    specs.insert(first, InputSpec(InputKind.BUFFER, TensorArgument(node.name), name, False))
+    return node
+
+
+def _call(graph: torch.fx.Graph, target: Any, *args: Any) -> torch.fx.Node:
+    """A call node with its `val` metadata (the op run on the inputs' fake tensors)."""
+    node = graph.call_function(target, args)
+    vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+    node.meta["val"] = target(*vals)
+    return node
+
+
+_LAYER_NORMS = (aten.layer_norm.default, aten.native_layer_norm.default)
+
+
+def decompose_layer_norms(exported: Any) -> int:
+    """Rewrite, in place, each last-axis LayerNorm (`layer_norm`, or `native_layer_norm` whose
+    mean and rstd outputs are unused) as ops XNNPACK delegates: mean and variance as a linear
+    with a constant 1/C row, then sub, mul, add, rsqrt; returns how many."""
+    graph = exported.graph_module.graph
+    rows: dict[tuple[torch.dtype, int], torch.fx.Node] = {}
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _LAYER_NORMS:
+            continue
+        x, shape, weight, bias, eps = [*node.args, None, None, 1e-5][:5]
+        native = node.target == aten.native_layer_norm.default
+        users = list(node.users)
+        if len(shape) != 1 or (
+            native and any(u.target is not operator.getitem or u.args[1] != 0 for u in users)
+        ):
+            continue
+        val = x.meta["val"]
+        c = int(shape[0])
+        if (val.dtype, c) not in rows:
+            row = torch.full((1, c), 1.0 / c, dtype=val.dtype)
+            rows[(val.dtype, c)] = _lift_constant(exported, f"_layer_norm_mean_{c}", row)
+        row_node = rows[(val.dtype, c)]
+        with graph.inserting_before(node):
+            mean = _call(graph, aten.linear.default, x, row_node)
+            centred = _call(graph, aten.sub.Tensor, x, mean)
+            square = _call(graph, aten.mul.Tensor, centred, centred)
+            var = _call(graph, aten.linear.default, square, row_node)
+            rstd = _call(graph, aten.rsqrt.default, _call(graph, aten.add.Tensor, var, eps))
+            y = _call(graph, aten.mul.Tensor, centred, rstd)
+            if weight is not None:
+                y = _call(graph, aten.mul.Tensor, y, weight)
+            if bias is not None:
+                y = _call(graph, aten.add.Tensor, y, bias)
+        if native:
+            for user in users:
+                user.replace_all_uses_with(y)
+                graph.erase_node(user)
+        else:
+            node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        count += 1
+    if count:
+        _finish(exported)
+    return count
+
+
+def drop_unused_constants(exported: Any) -> int:
+    """Remove, in place, buffers and lifted constants that no node reads; returns how many.
+    (ExecuTorch stores every constant input of the program, read or not.)"""
+    graph = exported.graph_module.graph
+    nodes = {n.name: n for n in graph.nodes if n.op == "placeholder"}
+    kinds = (InputKind.BUFFER, InputKind.CONSTANT_TENSOR, InputKind.PARAMETER)
+    unused = [
+        s
+        for s in exported.graph_signature.input_specs
+        if s.kind in kinds and s.target is not None and not nodes[s.arg.name].users
+    ]
+    if not unused:
+        return 0
+    mutated = set(exported.graph_signature.buffers_to_mutate.values())
+    for spec in unused:
+        if spec.target in mutated:
+            continue
+        exported.graph_signature.input_specs.remove(spec)
+        exported.constants.pop(spec.target, None)
+        exported.state_dict.pop(spec.target, None)
+        graph.erase_node(nodes[spec.arg.name])
+    _finish(exported)
+    return len(unused)
+
+
+def decompositions(dynamic: bool, quantized: bool) -> dict[Any, Any]:
+    """The `run_decompositions` entries of this module for a graph (with a dynamic axis or not,
+    int8 or not): the matmul rewrites apply to dynamic graphs, the GEMM forms to float ones."""
+    if not dynamic:
+        return {}
+    return {aten.matmul.default: bmm_matmul if quantized else gemm_matmul}
+
+
+def rewrite_for_xnnpack(exported: Any, dynamic: bool, quantized: bool) -> dict[str, int]:
+    """The graph rewrites of this module, in place, on a program already decomposed with
+    `decompositions(dynamic, quantized)`; returns how many nodes each rewrote. Static graphs
+    (the image encoders) and int8 graphs keep their LayerNorms and permutes: the rewrites were
+    measured on the float decoders."""
+    done = dict.fromkeys(
+        ("infer_symbolic_reshapes", "cancel_permutes", "linear_from_mm", "decompose_layer_norms"), 0
+    )
+    if dynamic:
+        done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
+    if dynamic and not quantized:
+        done["cancel_permutes"] = cancel_permutes(exported)
+        done["linear_from_mm"] = linear_from_mm(exported)
+        done["decompose_layer_norms"] = decompose_layer_norms(exported)
+    done["drop_unused_constants"] = drop_unused_constants(exported)
+    return done
