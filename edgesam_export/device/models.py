@@ -236,7 +236,11 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         "SAM ViT-B (Meta, 12 blocks, width 768): sam_vit_b_01ec64.pth",
         also=("executorch",),
     ),
-    _sam_vit("sam_vit_l", "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth"),
+    _sam_vit(
+        "sam_vit_l",
+        "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth",
+        also=("executorch",),
+    ),
     _sam_vit("sam_vit_h", "SAM ViT-H (Meta, 32 blocks, width 1280): sam_vit_h_4b8939.pth"),
     _slimsam("50", "SlimSAM-50.pth", also=("executorch",)),
     _slimsam("77", "SlimSAM-77.pth", also=("executorch",)),
