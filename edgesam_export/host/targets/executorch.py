@@ -198,14 +198,14 @@ def _contiguous_constants(exported: Any) -> None:
                 node.meta["val"] = node.meta["val"].contiguous()
 
 
-def _program(
+def exported_program(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     dynamic: tuple[dict[int, Any] | None, ...] | None,
     calibration: list[tuple[torch.Tensor, ...]] | None = None,
-) -> bytes:
-    """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
-    to_edge_transform_and_lower, partitioner = _require_executorch()
+) -> Any:
+    """The program ready to lower: exported, int8 by PT2E when `calibration` is given,
+    decomposed and rewritten for XNNPACK (`executorch_rewrites`)."""
     with torch.no_grad():
         exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
         if calibration is not None:
@@ -217,6 +217,12 @@ def _program(
         exported = exported.run_decompositions(table)
         rewrite_for_xnnpack(exported, dynamic is not None, int8)
     _contiguous_constants(exported)
+    return exported
+
+
+def lower(exported: Any) -> bytes:
+    """An exported program lowered to XNNPACK: the `.pte` bytes."""
+    to_edge_transform_and_lower, partitioner = _require_executorch()
     lowered = to_edge_transform_and_lower(exported, partitioner=[partitioner()])
     return bytes(lowered.to_executorch().buffer)
 
@@ -240,7 +246,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         calibration = calibration_args(loaded, graph, options)
     try:
         dynamic = _dynamic_shapes(inputs, options.max_points)
-        buffer = _program(module, args, dynamic, calibration)
+        buffer = lower(exported_program(module, args, dynamic, calibration))
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
