@@ -227,6 +227,16 @@ def lower(exported: Any) -> bytes:
     return bytes(lowered.to_executorch().buffer)
 
 
+def _program(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic: tuple[dict[int, Any] | None, ...] | None,
+    calibration: list[tuple[torch.Tensor, ...]] | None = None,
+) -> bytes:
+    """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
+    return lower(exported_program(module, args, dynamic, calibration))
+
+
 def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
     if not isinstance(options, ExecuTorchOptions):
         options = ExecuTorchOptions(**options.model_dump())
@@ -246,7 +256,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         calibration = calibration_args(loaded, graph, options)
     try:
         dynamic = _dynamic_shapes(inputs, options.max_points)
-        buffer = lower(exported_program(module, args, dynamic, calibration))
+        buffer = _program(module, args, dynamic, calibration)
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
