@@ -234,7 +234,8 @@ def search(
         report.frontier.append(point)
         speed = "" if speedup is None else f", {speedup:.2f}x fp32"
         progress(
-            f"{report.kind} {report.graph}: {len(kept)} block(s) float: mean IoU {result.mean_iou:.4f},"
+            f"{report.kind} {report.graph}: {len(kept)} block(s) float:"
+            f" mean IoU {result.mean_iou:.4f},"
             f" worst {result.worst_iou:.4f}, SQNR {sqnr:.1f} dB ({latency:.0f} ms{speed}: a"
             f" hint) ({'meets' if result.passed else 'misses'} {report.bar}; {used()})"
         )
@@ -258,7 +259,8 @@ def search(
         report.evaluations += 1
         report.sensitivity.append({"block": name, "nodes": len(block_map[name]), "sqnr_db": db})
         progress(
-            f"{report.kind} {report.graph}: sensitivity [{i}/{len(names)}] {name}: {db:.1f} dB ({used()})"
+            f"{report.kind} {report.graph}: sensitivity [{i}/{len(names)}] {name}:"
+            f" {db:.1f} dB ({used()})"
         )
 
     measured = rank(report.sensitivity, cost)
@@ -267,7 +269,9 @@ def search(
     while hi - lo > 1:
         if over():
             report.converged = False
-            progress(f"{report.kind} {report.graph}: search budget spent ({used()}); k in ({lo}, {hi}]")
+            progress(
+                f"{report.kind} {report.graph}: search budget spent ({used()}); k in ({lo}, {hi}]"
+            )
             break
         mid = (lo + hi) // 2
         proto, point = probe(ranking[:mid])
