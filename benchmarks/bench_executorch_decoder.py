@@ -29,7 +29,7 @@ from typing import Any
 
 import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
-from bench_executorch import feeds_for, verdict
+from bench_executorch import feeds_for, interleaved, verdict
 
 TARGET = 1.0  # onnxruntime fp32 / ExecuTorch fp32
 
@@ -61,26 +61,6 @@ def profile(pte: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any
         "runs": runs,
         "events_ms": [{"name": k, "count": count[k], "ms": v} for k, v in rows],
     }
-
-
-def interleaved(
-    sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int, block: int
-) -> dict[str, list[float]]:
-    """Per round and side, the median of `block` back-to-back calls (the first of a block of
-    more than one is not timed: it follows the other runtime's call); the side order alternates
-    each round. block 1 alternates single calls, as `bench_executorch.py` does."""
-    samples: dict[str, list[float]] = {s: [] for s in sessions}
-    order = list(sessions)
-    for r in range(rounds):
-        for side in order if r % 2 == 0 else order[::-1]:
-            times = []
-            for i in range(block + (block > 1)):
-                t0 = time.perf_counter()
-                sessions[side].run(feeds)
-                if i or block == 1:
-                    times.append(1000 * (time.perf_counter() - t0))
-            samples[side].append(float(np.median(times)))
-    return samples
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
