@@ -95,19 +95,18 @@ def _lower_float(module: torch.nn.Module, rewrite: bool) -> tuple[bytes, dict[st
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgesam_export.host.targets.executorch_rewrites import (
-        decompositions,
-        rewrite_for_xnnpack,
-    )
+    from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_for_xnnpack
 
     n = torch.export.Dim("n", min=1, max=16)
     args = (torch.randn(1, 3, 32), torch.randn(1, 256, 32))
     exported = torch.export.export(module, args, dynamic_shapes=({1: n}, None), strict=False)
     if rewrite:
-        exported = exported.run_decompositions(decompositions(dynamic=True, quantized=False))
-        done = rewrite_for_xnnpack(exported, dynamic=True, quantized=False)
-        assert done["decompose_layer_norms"] == 2 and done["linear_from_mm"] >= 1
-        assert done["cancel_permutes"] >= 1 and done["drop_unused_constants"] == 1
+        exported, first = gemm_forms(exported, dynamic=True)
+        exported, done = rewrite_for_xnnpack(exported, dynamic=True, table={})
+        # both products with a constant matrix become linears: W @ X^T with W, X @ W with a
+        # transposed copy of W, and the untransposed W is dropped with the unused table
+        assert done["decompose_layer_norms"] == 2 and first["linear_from_mm"] == 2
+        assert first["cancel_permutes"] >= 1 and done["drop_unused_constants"] == 2
     lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(lowered.exported_program().graph_module)
     frame = info.get_operator_delegation_dataframe().set_index("op_type")
@@ -170,3 +169,49 @@ def test_the_decoder_program_stores_each_constant_once() -> None:
     assert unique > 16e6  # the decoder's weights and tables
     program = et.lower(exported)
     assert len(program) <= 1.02 * unique, (len(program), unique)
+
+
+class _NormedImageSide(_ImageSide):
+    """`_ImageSide`'s projections on normalised inputs, as the decoder's quantized ops read
+    computed tensors (XNNPACK's channels-last pass fails on a quantized user input and on a
+    quantized 0-dim tensor)."""
+
+    def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        tokens, image = self.norm(tokens), self.norm(image)
+        keys = self.w @ image.transpose(1, 2)  # (1, 16, HW)
+        attn = torch.softmax(tokens[..., :16] @ keys, dim=-1)  # (1, N, HW)
+        mixed = attn @ (keys.transpose(1, 2) @ self.out)  # (1, N, 32)
+        return self.norm(mixed + tokens)
+
+
+@pytest.mark.extended  # PT2E and one lowering, ~20 s
+def test_int8_quantizes_the_products_with_constant_matrices() -> None:
+    """PT2E runs after the GEMM forms: every product with a constant matrix (the transposed
+    image-side projection, the projection back) is a linear with int8 per-channel weights, and
+    the LayerNorms are decomposed after quantization, in float (no layer_norm left, no
+    quantized 1/C row). The int8 program still computes the module, to int8 precision."""
+    from executorch.runtime import Runtime
+
+    from edgesam_export.host.targets import executorch as et
+
+    module = _NormedImageSide().eval()
+    gen = torch.Generator().manual_seed(1)
+    n = torch.export.Dim("n", min=1, max=16)
+    calibration = [
+        (torch.randn(1, count, 32, generator=gen), torch.randn(1, 256, 32, generator=gen))
+        for count in (3, 5, 8)
+    ]
+    exported = et.exported_program(module, calibration[0], ({1: n}, None), calibration)
+    nodes = list(exported.graph.nodes)
+    linears = [node for node in nodes if node.target == torch.ops.aten.linear.default]
+    int8 = [node for node in linears if "dequantize_per_channel" in str(node.args[1].target)]
+    assert len(int8) == 2, [str(node.args[1].target) for node in linears]
+    calls = [str(node.target) for node in nodes if node.op == "call_function"]
+    assert not any("layer_norm" in target for target in calls)
+    program = et.lower(exported)
+    tokens, image = torch.randn(1, 6, 32, generator=gen), torch.randn(1, 256, 32, generator=gen)
+    with torch.no_grad():
+        want = module(tokens, image)
+    got = Runtime.get().load_program(program).load_method("forward").execute([tokens, image])[0]
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 0.1 * want.abs().max()

@@ -349,6 +349,9 @@ def test_searched_int8_weights_export_writes_the_same_bytes_twice(tmp_path: Path
     report = json.loads(a.metadata["int8.report"])
     assert report["evaluations"] > 4 and not report["sensitivity_complete"], report
     assert report["bar_met"] and report["float_blocks"], report
+    # the float16 weights are listed once, under the weight mode's own key
+    assert a.metadata["int8.float_weights"] == ",".join(report["float_blocks"])
+    assert "int8.float_blocks" not in a.metadata
     assert "seconds" not in report and "latency_ms" not in report["frontier"][0]
     assert a.path.read_bytes() == b.path.read_bytes()
 

@@ -421,7 +421,10 @@ def quantize_graph(
         "int8.method": "weights" if weights_only else "static-qdq",
         "int8.calibration": f"{source} ({len(cal_images)} images"
         + (", selection)" if weights_only else ")"),
-        "int8.float_blocks": ",".join(report.float_blocks),
+        # weight mode: the blocks are weights, listed once under the target's own key
+        "int8.float_weights" if weights_only else "int8.float_blocks": ",".join(
+            report.float_blocks
+        ),
         "int8.mask_iou": f"mean {mean:.4f} worst {worst:.4f}",
         "int8.bar": f"{report.bar} met",
         "int8.report": json.dumps(report.to_json()),

@@ -39,7 +39,7 @@ from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.targets import Target, artifact_path
-from edgesam_export.host.targets.executorch_rewrites import decompositions, rewrite_for_xnnpack
+from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_for_xnnpack
 from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
@@ -208,14 +208,12 @@ def exported_program(
     decomposed and rewritten for XNNPACK (`executorch_rewrites`)."""
     with torch.no_grad():
         exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        exported, _ = gemm_forms(exported, dynamic is not None)
         if calibration is not None:
             quantized = _quantize(exported, calibration)
             exported = torch.export.export(quantized, args, dynamic_shapes=dynamic, strict=False)
-        int8 = calibration is not None
         table: dict[Any, Any] = {torch.ops.aten.gelu.default: _tanh_gelu}
-        table |= decompositions(dynamic is not None, int8)  # see executorch_rewrites
-        exported = exported.run_decompositions(table)
-        rewrite_for_xnnpack(exported, dynamic is not None, int8)
+        exported, _ = rewrite_for_xnnpack(exported, dynamic is not None, table)
     _contiguous_constants(exported)
     return exported
 

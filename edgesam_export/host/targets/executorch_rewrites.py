@@ -24,10 +24,15 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
 - `drop_unused_constants`: a constant no node reads (the decoder's channels-first positional
   table, 4 MB) was still stored in the program.
 
-`bmm_matmul` and `infer_symbolic_reshapes` give the same values bit for bit (int8 graphs get
-only these); the GEMM forms sum in another order and the LayerNorm rewrite uses XNNPACK's rsqrt,
-so those agree with PyTorch to float32 rounding (docs/executorch.md gives the measured
-differences).
+`bmm_matmul` and `infer_symbolic_reshapes` give the same values bit for bit; the GEMM forms
+sum in another order and the LayerNorm rewrite uses XNNPACK's rsqrt, so those agree with
+PyTorch to float32 rounding (docs/executorch.md gives the measured differences).
+
+The rewrites run in two phases (`gemm_forms`, then `rewrite_for_xnnpack`) so that int8 graphs
+get them too: PT2E's XNNPACK quantizer quantizes linears, so the GEMM forms come before it (the
+decoder's image-side projections and output upscaling, products with constant matrices, become
+int8 linears instead of float batched products), and the LayerNorm decomposition after it (its
+1/C row is a linear that must stay float).
 """
 
 from __future__ import annotations
@@ -149,23 +154,37 @@ def cancel_permutes(exported: Any) -> int:
 
 def linear_from_mm(exported: Any) -> int:
     """Rewrite, in place, `mm(x, t(W))` with W a parameter, buffer or constant as
-    `linear(x, W)`: XNNPACK's partitioner takes an mm only with a constant right operand, and a
-    transposed one is not (the product is the same); returns how many."""
-    constants = {
-        s.arg.name
+    `linear(x, W)`, and `mm(x, W)` as `linear(x, W^T)` with W^T a new constant: XNNPACK's
+    partitioner takes an mm only with a constant right operand, and a transposed one is not
+    (the product is the same), and PT2E's quantizer quantizes linears, not mms; returns how
+    many."""
+    specs = {
+        s.arg.name: s.target
         for s in exported.graph_signature.input_specs
         if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
     }
     graph = exported.graph_module.graph
+    transposed: dict[str, torch.fx.Node] = {}
     count = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target != aten.mm.default:
             continue
         weight = node.args[1]
-        if _order(weight) != [1, 0] or getattr(weight.args[0], "name", None) not in constants:
+        if _order(weight) == [1, 0] and getattr(weight.args[0], "name", None) in specs:
+            weight = weight.args[0]
+        elif getattr(weight, "name", None) in specs and weight.meta["val"].dim() == 2:
+            name = weight.name
+            if name not in transposed:
+                target = specs[name]
+                value = exported.constants.get(target, exported.state_dict.get(target))
+                transposed[name] = _lift_constant(
+                    exported, f"{name}_transposed", value.detach().t().contiguous()
+                )
+            weight = transposed[name]
+        else:
             continue
         with graph.inserting_before(node):
-            linear = graph.call_function(aten.linear.default, (node.args[0], weight.args[0]))
+            linear = graph.call_function(aten.linear.default, (node.args[0], weight))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)
         graph.erase_node(node)
@@ -275,27 +294,35 @@ def drop_unused_constants(exported: Any) -> int:
     return len(unused)
 
 
-def decompositions(dynamic: bool, quantized: bool) -> dict[Any, Any]:
-    """The `run_decompositions` entries of this module for a graph (with a dynamic axis or not,
-    int8 or not): the matmul rewrites apply to dynamic graphs, the GEMM forms to float ones."""
+def gemm_forms(exported: Any, dynamic: bool) -> tuple[Any, dict[str, int]]:
+    """The first phase, before PT2E quantizes (so that its quantizer, which quantizes linears,
+    sees the products with constant matrices as linears): a graph with a dynamic axis
+    decomposed with `gemm_matmul`, then `cancel_permutes` and `linear_from_mm`. Returns the new
+    program (static graphs: the same one) and how many nodes each rewrite changed."""
     if not dynamic:
-        return {}
-    return {aten.matmul.default: bmm_matmul if quantized else gemm_matmul}
+        return exported, {}
+    exported = exported.run_decompositions({aten.matmul.default: gemm_matmul})
+    done = {"cancel_permutes": cancel_permutes(exported)}
+    done["linear_from_mm"] = linear_from_mm(exported)
+    return exported, done
 
 
-def rewrite_for_xnnpack(exported: Any, dynamic: bool, quantized: bool) -> dict[str, int]:
-    """The graph rewrites of this module, in place, on a program already decomposed with
-    `decompositions(dynamic, quantized)`; returns how many nodes each rewrote. Static graphs
-    (the image encoders) and int8 graphs keep their LayerNorms and permutes: the rewrites were
-    measured on the float decoders."""
-    done = dict.fromkeys(
-        ("infer_symbolic_reshapes", "cancel_permutes", "linear_from_mm", "decompose_layer_norms"), 0
-    )
+def rewrite_for_xnnpack(
+    exported: Any, dynamic: bool, table: dict[Any, Any]
+) -> tuple[Any, dict[str, int]]:
+    """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
+    int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then
+    `infer_symbolic_reshapes`, `cancel_permutes`, `decompose_layer_norms` (after quantization,
+    so the LayerNorms stay float) and `drop_unused_constants`. Static graphs (the image
+    encoders) keep their LayerNorms: the rewrites were measured on the decoders. Returns the
+    program and how many nodes each rewrite changed."""
+    if dynamic:
+        table = {aten.matmul.default: bmm_matmul} | table
+    exported = exported.run_decompositions(table)
+    done = {}
     if dynamic:
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
-    if dynamic and not quantized:
         done["cancel_permutes"] = cancel_permutes(exported)
-        done["linear_from_mm"] = linear_from_mm(exported)
         done["decompose_layer_norms"] = decompose_layer_norms(exported)
     done["drop_unused_constants"] = drop_unused_constants(exported)
-    return done
+    return exported, done
