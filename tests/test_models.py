@@ -74,10 +74,21 @@ def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model, on
     assert isinstance(original.neck[0], torch.nn.Conv2d)
 
 
-@pytest.mark.parametrize("stability", [False, True])
-def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, stability):
-    """Every prompt set of the file, fed the official embeddings: the tight decoder check."""
-    graph = DecoderGraph(bilinear_model.model, 1024, use_stability_score=stability)
+@pytest.mark.parametrize(
+    ("stability", "layout"),
+    [(False, None), (True, None), (False, "image side transposed"), (False, "plain")],
+)
+def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, stability, layout):
+    """Every prompt set of the file, fed the official embeddings: the tight decoder check; also
+    the exported layouts (`optimized`: the image side transposed, as fp32 exports it, or plain,
+    as static int8 exports it)."""
+    graph = DecoderGraph(
+        bilinear_model.model,
+        1024,
+        use_stability_score=stability,
+        optimized=layout is not None,
+        image_side_transposed=layout == "image side transposed",
+    )
     assert golden.dec_sets()
     for prompt in golden.dec_sets():
         with torch.inference_mode():

@@ -188,6 +188,44 @@ def test_exclusion_keeps_the_named_blocks_float_with_one_calibration():
     np.testing.assert_array_equal(got, ref)
 
 
+def test_attention_products_and_softmax_stay_float():
+    """Static int8 quantizes the projection (a MatMul with a constant weight) and leaves the
+    products of two activations and the Softmax float, as PT2E's XNNPACK quantizer does."""
+    from edgesam_export.host.quantize.static import activation_products
+
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["q"], name="/attn/q_proj/MatMul"),
+        helper.make_node("Transpose", ["x"], ["xt"], name="/attn/Transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "xt"], ["logits"], name="/attn/MatMul"),
+        helper.make_node("Softmax", ["logits"], ["p"], name="/attn/Softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["y"], name="/attn/MatMul_1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F, [1, 16, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 16, 8])],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert activation_products(proto) == ["/attn/MatMul", "/attn/Softmax", "/attn/MatMul_1"]
+    feeds = [{"x": rng.normal(size=(1, 16, 8)).astype(np.float32)} for _ in range(3)]
+    with StaticQuantizer(proto, feeds) as quantizer:
+        full = quantizer.quantize()
+    producers = {o: n for n in full.graph.node for o in n.output}
+    quantized = {n.input[0] for n in full.graph.node if n.op_type == "QuantizeLinear"}
+    by_name = {n.name: n for n in full.graph.node}
+    assert producers[by_name["/attn/q_proj/MatMul"].input[1]].op_type == "DequantizeLinear"
+    assert by_name["/attn/q_proj/MatMul"].output[0] in quantized
+    for name in activation_products(proto):  # float ops on float results: no Q after them
+        node = by_name[name]
+        assert node.op_type in ("MatMul", "Softmax") and node.output[0] not in quantized, name
+    # the softmax reads the float logits, not a dequantized copy
+    assert producers[by_name["/attn/Softmax"].input[0]].name == "/attn/MatMul"
+
+
 def test_keep_float_matches_quantize_static_exclusion(tmp_path: Path):
     """A candidate cut from the one QDQ graph computes what onnxruntime's own exclusion of the
     same nodes computes."""
@@ -389,6 +427,15 @@ def test_decoder_static_int8_export_path(tmp_path: Path, calibrated):
     model = onnx.load(str(art.path))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the plain attention layout: no projection weight on the left of its MatMul (onnxruntime
+    # has no integer kernel for a left weight quantized per channel), upscaling its own block
+    inits = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[0] in producers:
+            left = producers[node.input[0]]
+            assert not (left.op_type == "DequantizeLinear" and left.input[0] in inits), node.name
+    assert any(n.name.startswith("/upscaling/") for n in model.graph.node)
     assert {v.type.tensor_type.elem_type for v in model.graph.input} == {F}
     assert {v.type.tensor_type.elem_type for v in model.graph.output} == {F}
 

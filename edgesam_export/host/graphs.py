@@ -99,6 +99,40 @@ def _deconv2x2_as_matrix(deconv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
     return w.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(), deconv.bias.detach().repeat(4)
 
 
+class ChannelsLastUpscaling(nn.Module):
+    """The mask decoder's output upscaling on channels-last image tokens: (B, h*w, C) ->
+    (B, h*w*16, C/8), rows ordered (i, j, a, b, c, d) for pixel (4i + 2a + c, 4j + 2b + d).
+    Each 2x2 transposed conv is one GEMM (`_deconv2x2_as_matrix`), LayerNorm2d a last-axis
+    LayerNorm. A module of its own so that its exported nodes carry a module path
+    (`/upscaling/...`), which the int8 search ranks as one block."""
+
+    up1_weight: Tensor
+    up1_bias: Tensor
+    up2_weight: Tensor
+    up2_bias: Tensor
+
+    def __init__(self, upscaling: nn.Module, gelu: str) -> None:
+        super().__init__()
+        self.gelu = gelu
+        self.norm = cast(LayerNorm2d, upscaling[1])  # type: ignore[index]
+        with torch.no_grad():
+            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[0]))  # type: ignore[index]
+            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[3]))  # type: ignore[index]
+        self.register_buffer("up1_weight", w1, persistent=False)
+        self.register_buffer("up1_bias", b1, persistent=False)
+        self.register_buffer("up2_weight", w2, persistent=False)
+        self.register_buffer("up2_bias", b2, persistent=False)
+        self.norm_shape = (int(b1.shape[0]) // 4,)
+
+    def forward(self, src: Tensor) -> Tensor:
+        batch, tokens = src.shape[:2]
+        x = (src @ self.up1_weight + self.up1_bias).reshape(batch, tokens * 4, -1)
+        x = F.layer_norm(x, self.norm_shape, self.norm.weight, self.norm.bias, self.norm.eps)
+        x = F.gelu(x, approximate=self.gelu)
+        x = F.gelu(x @ self.up2_weight + self.up2_bias, approximate=self.gelu)
+        return x.reshape(batch, tokens * 16, -1)
+
+
 class DecoderGraph(nn.Module):
     """(image_embeddings, point_coords, point_labels) -> (scores, masks), all mask tokens.
 
@@ -109,7 +143,8 @@ class DecoderGraph(nn.Module):
       image-side projections run once, and no Expand copies of the 4 MB embeddings are made;
     - the positional encoding is a channels-last constant (no runtime transpose);
     - attention computes the image-side projections transposed, so no 4096-token tensor is
-      transposed at run time (`Attention.image_side`);
+      transposed at run time (`Attention.image_side`; `image_side_transposed=False` keeps the
+      plain layout, weights on the right, which onnxruntime's int8 kernels take);
     - output upscaling runs channels-last: each 2x2 transposed conv is one GEMM, LayerNorm2d is a
       last-axis LayerNormalization, and the pixel shuffle is applied once to the 4 mask logits
       instead of to the 32 feature channels.
@@ -121,10 +156,6 @@ class DecoderGraph(nn.Module):
     image_pe: Tensor
     image_pe_tokens: Tensor
     dense_embedding: Tensor
-    up1_weight: Tensor
-    up1_bias: Tensor
-    up2_weight: Tensor
-    up2_bias: Tensor
 
     def __init__(
         self,
@@ -133,6 +164,7 @@ class DecoderGraph(nn.Module):
         use_stability_score: bool = False,
         optimized: bool = False,
         gelu_approximate: bool = False,
+        image_side_transposed: bool = True,
     ) -> None:
         super().__init__()
         self.gelu = "tanh" if gelu_approximate else "none"
@@ -145,7 +177,8 @@ class DecoderGraph(nn.Module):
                     module.approximate = "tanh"
         if optimized:  # attention with the image side transposed, on a copy
             self.mask_decoder = copy.deepcopy(model.mask_decoder)
-            self.mask_decoder.transformer.image_tokens_transposed()
+            if image_side_transposed:
+                self.mask_decoder.transformer.image_tokens_transposed()
         self.img_size = img_size
         self.use_stability_score = use_stability_score
         self.optimized = optimized
@@ -158,14 +191,7 @@ class DecoderGraph(nn.Module):
             self.register_buffer(
                 "dense_embedding", self.prompt_encoder.dense_embedding().clone(), persistent=False
             )
-            up = self.mask_decoder.output_upscaling
-            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[0]))
-            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, up[3]))
-            self.register_buffer("up1_weight", w1, persistent=False)
-            self.register_buffer("up1_bias", b1, persistent=False)
-            self.register_buffer("up2_weight", w2, persistent=False)
-            self.register_buffer("up2_bias", b2, persistent=False)
-        self.up1_norm_shape = (int(b1.shape[0]) // 4,)
+        self.upscaling = ChannelsLastUpscaling(self.mask_decoder.output_upscaling, self.gelu)
 
     def forward(
         self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor
@@ -194,13 +220,7 @@ class DecoderGraph(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
 
-        up = dec.output_upscaling
-        norm = cast(LayerNorm2d, up[1])
-        x = (src @ self.up1_weight + self.up1_bias).reshape(batch, h * w * 4, -1)
-        x = F.layer_norm(x, self.up1_norm_shape, norm.weight, norm.bias, norm.eps)
-        x = F.gelu(x, approximate=self.gelu)
-        x = F.gelu(x @ self.up2_weight + self.up2_bias, approximate=self.gelu)
-        x = x.reshape(batch, h * w * 16, -1)
+        x = self.upscaling(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
             dim=1,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from edgesam_export.device.official_contract import SINGLE_MASK_REWEIGHT
 from edgesam_export.host.graphs import DecoderGraph, stability_score
-from edgesam_export.host.models.sam_heads import LayerNorm2d, MaskDecoder, PromptEncoder, SamModel
+from edgesam_export.host.models.sam_heads import MaskDecoder, PromptEncoder, SamModel
 
 
 class OfficialDecoderGraph(nn.Module):
@@ -110,11 +110,7 @@ def _channels_last(
     hs, src = dec.transformer(keys, g.image_pe_tokens, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
-    norm = dec.output_upscaling[1]
-    assert isinstance(norm, LayerNorm2d)
-    x = (src @ g.up1_weight + g.up1_bias).reshape(batch, h * w * 4, -1)
-    x = F.gelu(F.layer_norm(x, g.up1_norm_shape, norm.weight, norm.bias, norm.eps))
-    x = F.gelu(x @ g.up2_weight + g.up2_bias).reshape(batch, h * w * 16, -1)
+    x = g.upscaling(src)
     hyper_in = torch.stack(
         [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
         dim=1,

@@ -81,11 +81,15 @@ def build_graph(
     contract: str = "edgesam",
     return_single_mask: bool = False,
     onnxruntime_layout: bool = False,
+    image_side_transposed: bool = True,
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module to trace and deterministic example inputs for it.
 
     `onnxruntime_layout`: the encoder forms onnxruntime's blocked conv layout keeps (the ONNX
-    target sets it; other targets that reuse these graphs do not).
+    target sets it; other targets that reuse these graphs do not). `image_side_transposed`
+    (our decoder contract): the attention layout of `DecoderGraph`; static int8 takes the plain
+    one (each projection's weight on the right of its MatMul, where onnxruntime quantizes it
+    per output channel and runs it on its integer kernels).
     """
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
@@ -147,6 +151,7 @@ def build_graph(
             use_stability_score,
             optimized=True,
             gelu_approximate=gelu_approximate,
+            image_side_transposed=image_side_transposed,
         )
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
@@ -225,6 +230,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         contract=options.decoder_contract,
         return_single_mask=options.return_single_mask,
         onnxruntime_layout=True,
+        image_side_transposed=options.quantize != "int8",
     )
     if foreign is not None:
         inputs, outputs = foreign.io(
