@@ -208,14 +208,20 @@ class DecoderGraph(nn.Module):
         return scores, masks
 
     def _predict_channels_last(
-        self, image_embeddings: Tensor, sparse: Tensor
+        self, image_embeddings: Tensor, sparse: Tensor, dense: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
+        """(masks, scores) in the channels-last layout; `dense`: a per-call dense prompt
+        embedding (the official contract's mask input) instead of the no-mask constant."""
         dec = self.mask_decoder
         batch = sparse.shape[0]
         _, c, h, w = image_embeddings.shape
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
-        keys = image_embeddings.flatten(2).permute(0, 2, 1) + self.dense_embedding.reshape(1, 1, c)
+        if dense is None:
+            keys = image_embeddings.flatten(2).permute(0, 2, 1)
+            keys = keys + self.dense_embedding.reshape(1, 1, c)
+        else:
+            keys = (image_embeddings + dense).flatten(2).permute(0, 2, 1)
         hs, src = dec.transformer(keys, self.image_pe_tokens, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]

@@ -82,7 +82,7 @@ class OfficialDecoderGraph(nn.Module):
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels, self.img_size)
         dense = self._embed_masks(mask_input, has_mask_input)
         if self.fast is not None:
-            masks, scores = _channels_last(self.fast, image_embeddings, sparse, dense)
+            masks, scores = self.fast._predict_channels_last(image_embeddings, sparse, dense)
         else:
             masks, scores = self.mask_decoder.predict(
                 image_embeddings, self.image_pe, sparse, dense
@@ -95,30 +95,6 @@ class OfficialDecoderGraph(nn.Module):
             masks = masks[torch.arange(masks.shape[0]), best].unsqueeze(1)
             scores = scores[torch.arange(scores.shape[0]), best].unsqueeze(1)
         return self._upscale(masks, orig_im_size), scores, masks
-
-
-def _channels_last(
-    g: DecoderGraph, image_embeddings: Tensor, sparse: Tensor, dense: Tensor
-) -> tuple[Tensor, Tensor]:
-    """`DecoderGraph`'s channels-last mask prediction with a per-call dense embedding."""
-    dec = g.mask_decoder
-    batch = sparse.shape[0]
-    h, w = image_embeddings.shape[-2:]
-    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
-    keys = (image_embeddings + dense).flatten(2).permute(0, 2, 1)
-    hs, src = dec.transformer(keys, g.image_pe_tokens, tokens)
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
-    x = g.upscaling(src)
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
-        dim=1,
-    )
-    k = dec.num_mask_tokens
-    masks = (hyper_in @ x.transpose(1, 2)).reshape(batch, k, h, w, 2, 2, 2, 2)
-    masks = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, k, 4 * h, 4 * w)
-    return masks, dec.iou_prediction_head(iou_token_out)
 
 
 class EfficientViTDecoderGraph(nn.Module):
