@@ -9,6 +9,7 @@ layout of `benchmarks/results/<name>.{json,md}` and the machine header of every 
 from __future__ import annotations
 
 import os
+import platform
 
 THREADS = 2  # torch, onnxruntime and numpy's BLAS alike: the benchmark machine has 2 cores
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -71,6 +72,18 @@ class CpuMonitor:
             "own_share": round(own / total, 3),
             "others_share": round(max(busy - own, 0.0) / total, 3),
         }
+
+
+def machine_block(load_before: tuple[float, ...], monitor: CpuMonitor) -> dict[str, Any]:
+    """The `machine` block of the ExecuTorch benchmarks' results: platform, cores, the load
+    average before and now, and the other processes' CPU share since `monitor` started."""
+    return {
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        **monitor.result(),
+    }
 
 
 class RunStart:

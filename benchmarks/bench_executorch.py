@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -256,13 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             accuracy[side] = result.to_json()
     return {
         "date": _common.now_utc(),
-        "machine": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            **monitor.result(),
-        },
+        "machine": _common.machine_block(load_before, monitor),
         "versions": {"torch": torch.__version__, "executorch": _version("executorch")},
         "settings": {
             "threads": _common.THREADS,

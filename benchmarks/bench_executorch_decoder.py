@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -120,19 +119,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "target": TARGET,
                 "verdict": verdict(ratio, hi, TARGET),
             }
-        load_after = os.getloadavg()
+        machine = _common.machine_block(load_before, monitor)
         _common.log(f"profiling the ExecuTorch decoder over {args.profile_runs} calls")
         events = profile(paths["executorch_fp32"], feeds, args.profile_runs)
         sizes = {s: p.stat().st_size for s, p in paths.items()}
     return {
         "date": _common.now_utc(),
-        "machine": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            **monitor.result(),
-        },
+        "machine": machine,
         "settings": {
             "threads": _common.THREADS,
             "rounds": args.rounds,
