@@ -111,13 +111,13 @@ class ChannelsLastUpscaling(nn.Module):
     up2_weight: Tensor
     up2_bias: Tensor
 
-    def __init__(self, upscaling: nn.Module, gelu: str) -> None:
+    def __init__(self, upscaling: nn.Sequential, gelu: str) -> None:
         super().__init__()
         self.gelu = gelu
-        self.norm = cast(LayerNorm2d, upscaling[1])  # type: ignore[index]
+        self.norm = cast(LayerNorm2d, upscaling[1])
         with torch.no_grad():
-            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[0]))  # type: ignore[index]
-            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[3]))  # type: ignore[index]
+            w1, b1 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[0]))
+            w2, b2 = _deconv2x2_as_matrix(cast(nn.ConvTranspose2d, upscaling[3]))
         self.register_buffer("up1_weight", w1, persistent=False)
         self.register_buffer("up1_bias", b1, persistent=False)
         self.register_buffer("up2_weight", w2, persistent=False)
