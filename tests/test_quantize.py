@@ -648,6 +648,81 @@ def test_int8_weights_is_weight_only_in_options():
         OnnxOptions(precision="fp16", quantize="int8-weights")
 
 
+def test_encoder_quantize_gives_the_encoder_its_own_mode(tmp_path: Path):
+    both = OnnxOptions(quantize="int8", encoder_quantize="int8-weights")
+    assert both.for_graph("encoder").quantize == "int8-weights"
+    assert both.for_graph("decoder").quantize == "int8"
+    assert both.for_graph("encoder").encoder_quantize is None
+    fp32_encoder = OnnxOptions(quantize="int8", encoder_quantize="none")
+    assert fp32_encoder.for_graph("encoder").quantize is None
+    assert OnnxOptions(quantize="int8").for_graph("encoder").quantize == "int8"
+    # the calibration and static-only options follow whichever graph uses them
+    assert OnnxOptions(encoder_quantize="int8", calibration_method="entropy").calibrates()
+    assert OnnxOptions(encoder_quantize="int8-weights", calibration=tmp_path).calibrates()
+    with pytest.raises(ValueError, match="static"):
+        OnnxOptions(quantize="int8-weights", encoder_quantize="none", calibration_method="entropy")
+    with pytest.raises(ValueError, match="applies to --quantize"):
+        OnnxOptions(quantize="int8-dynamic", encoder_quantize="none", calibration_images=3)
+    with pytest.raises(ValueError, match="not exported"):
+        OnnxOptions(graphs=("decoder",), quantize="int8", encoder_quantize="int8-weights")
+    with pytest.raises(ValueError, match="not both"):
+        OnnxOptions(precision="fp16", encoder_quantize="int8-weights")
+
+
+def test_export_reduces_each_graph_by_its_own_mode(tmp_path: Path, calibrated, monkeypatch):
+    """`export` hands each graph its own options: the encoder's mode names its file and is what
+    the reduction step sees (the reduction itself is stubbed: the wiring is under test)."""
+    from edgesam_export.host.targets import onnx_precision
+    from edgesam_export.host.targets.onnx import export
+
+    seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def reduce(proto, loaded, options, progress=None, encoder=None):
+        graph = {p.key: p.value for p in proto.metadata_props}["graph"]
+        seen[graph] = (options.quantize, encoder and encoder.name)
+        return proto
+
+    monkeypatch.setattr(onnx_precision, "reduce_precision", reduce)
+    options = OnnxOptions(output=tmp_path, quantize="int8", encoder_quantize="int8-weights")
+    names = {g: export(calibrated, g, options).path.name for g in ("encoder", "decoder")}
+    # the decoder is handed the reduced encoder this run wrote (its search runs end to end)
+    paired = "edge_sam_encoder_int8-weights.onnx"
+    assert seen == {"encoder": ("int8-weights", None), "decoder": ("int8", paired)}
+    assert names == {
+        "encoder": "edge_sam_encoder_int8-weights.onnx",
+        "decoder": "edge_sam_decoder_int8.onnx",
+    }
+
+
+@pytest.mark.extended
+def test_decoder_beside_a_reduced_encoder_is_searched_end_to_end(tmp_path: Path, calibrated):
+    """With the encoder reduced in the same run, the decoder's int8 search calibrates on and is
+    judged with that encoder's embeddings (the pair a user runs), and says so; alone, it uses
+    PyTorch's."""
+    from edgesam_export.device.manifest import file_sha256
+    from edgesam_export.host.targets.onnx import export
+
+    common = {
+        "quantize": "int8",
+        "calibration_images": 2,
+        "heldout_images": 1,
+        "accuracy_target": "miou=0.3,worst=0.1",
+    }
+    pair = OnnxOptions(output=tmp_path / "pair", encoder_quantize="int8-weights", **common)
+    enc = export(calibrated, "encoder", pair)
+    dec = export(calibrated, "decoder", pair)
+    alone = export(
+        calibrated, "decoder", OnnxOptions(output=tmp_path / "alone", graphs=("decoder",), **common)
+    )
+    assert enc.path.name == "edge_sam_encoder_int8-weights.onnx"
+    judged = f"{enc.path.name} sha256:{file_sha256(enc.path)}"
+    assert dec.metadata["int8.judged_with"] == judged
+    assert "int8.judged_with" not in alone.metadata
+    # other embeddings: other ranges and another judgement of the same all-int8 decoder
+    assert dec.metadata["int8.mask_iou"] != alone.metadata["int8.mask_iou"]
+    assert dec.path.read_bytes() != alone.path.read_bytes()
+
+
 def test_int8_weights_keeps_named_weights_float16(tmp_path: Path):
     """`keep` weights are stored float16 (cast back in the graph), the others int8; a name that
     is no int8 weight of the graph is refused."""

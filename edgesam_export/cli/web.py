@@ -61,6 +61,16 @@ def web_cmd(
             show_default=False,
         ),
     ] = None,
+    encoder_quantize: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="The encoder's own mode where it differs from --quantize, as for `onnx`:"
+            " --quantize int8 --encoder-quantize int8-weights ships a static int8 decoder (int8"
+            " kernels per click) beside a weight-only encoder (float compute). Only when"
+            " exporting.",
+            show_default=False,
+        ),
+    ] = None,
     accuracy_target: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -108,20 +118,25 @@ def web_cmd(
             return
         export = None
         artifact_dir = None
+        int8 = {
+            "quantize": quantize,
+            "encoder_quantize": encoder_quantize,
+            "accuracy_target": accuracy_target,
+            "search_budget": search_budget,
+        }
         if source is not None and source.is_dir():
-            if quantize is not None or accuracy_target is not None or search_budget is not None:
+            if any(v is not None for v in int8.values()):
+                given = " ".join(f"--{k.replace('_', '-')}" for k, v in int8.items() if v)
                 raise InputError(
-                    f"--quantize applies when exporting, and {source} is a folder of ONNX"
-                    " graphs (copied as they are): export them with `onnx --quantize"
-                    f" {quantize}` first, or give a checkpoint"
+                    f"--quantize applies when exporting ({given} given), and {source} is a"
+                    " folder of ONNX graphs (copied as they are): export them with `onnx"
+                    f" {given} ...` first, or give a checkpoint"
                 )
             artifact_dir = source
         else:
             if source is not None and not source.exists():
                 raise InputError(f"{source} does not exist (give a checkpoint or an artifact dir)")
-            export = _exporter(
-                source, model, upsample, seed, synthetic, quantize, accuracy_target, search_budget
-            )
+            export = _exporter(source, model, upsample, seed, synthetic, int8)
         built = build_web(
             output,
             artifact_dir=artifact_dir,
@@ -191,18 +206,15 @@ def _exporter(
     upsample: Any,
     seed: int | None,
     synthetic: Any,
-    quantize: str | None,
-    accuracy_target: str | None,
-    search_budget: int | None = None,
+    int8: dict[str, Any],
 ) -> Any:
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
 
     mopts = model_options(checkpoint, model, seed=seed, synthetic=synthetic, upsample=upsample)
     # The same typed options as `onnx`, validated before any work (a bad --quantize: exit 3).
-    given: dict[str, Any] = {"accuracy_target": accuracy_target, "search_budget": search_budget}
-    given = {k: v for k, v in given.items() if v is not None}
-    options = OnnxOptions(quantize=quantize, **given)  # type: ignore[arg-type]
+    given = {k: v for k, v in int8.items() if v is not None}
+    options = OnnxOptions(**given)
     announce_synthetic(mopts)
 
     def export(models_dir: Path) -> None:

@@ -162,8 +162,14 @@ class OnnxOptions(Int8Calibration, ExportOptions):
         " (--accuracy-target); int8-dynamic: dynamic MatMul/Gemm int8 (onnxruntime);"
         " int8-weights: int8 weights per channel, float compute (smaller file, same speed)",
     )
+    encoder_quantize: Literal["int8", "int8-dynamic", "int8-weights", "none"] | None = Field(
+        None,
+        description="The encoder's reduction where it differs from --quantize (none: fp32),"
+        " e.g. --quantize int8 --encoder-quantize int8-weights: a static int8 decoder beside a"
+        " weight-only encoder. Each graph is searched and named by its own mode",
+    )
     # Static int8 and weight-only int8's search (docs/quantize.md); int8-weights selects its
-    # float16 weights on the calibration images (3 unless --calibration-images is given).
+    # float16 weights on the calibration images (its selection set; 8 by default, as static).
     calibration: CalibrationFolder = None
     calibration_images: CalibrationCount = CALIBRATION_IMAGES
     calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
@@ -195,7 +201,7 @@ class OnnxOptions(Int8Calibration, ExportOptions):
         " fewest-float graph meeting the bar by then is kept. Default: the complete search."
         " Counted, not timed: the same inputs give the same graph on any machine load",
     )
-    CALIBRATES_WITH = "--quantize int8 or int8-weights"
+    CALIBRATES_WITH = "--quantize int8 or int8-weights (or --encoder-quantize)"
     STATIC_ONLY: ClassVar[tuple[str, ...]] = ("calibration_method", "activation_symmetric")
     CALIBRATION_FIELDS = (
         *Int8Calibration.CALIBRATION_FIELDS,
@@ -223,14 +229,38 @@ class OnnxOptions(Int8Calibration, ExportOptions):
         except InputError as exc:
             raise ValueError(str(exc)) from None
 
+    def graph_quantize(self, graph: GraphKind) -> str | None:
+        """The reduction one graph is exported with (--encoder-quantize, else --quantize)."""
+        if graph == "encoder" and self.encoder_quantize is not None:
+            return None if self.encoder_quantize == "none" else self.encoder_quantize
+        return self.quantize
+
+    def for_graph(self, graph: GraphKind) -> OnnxOptions:
+        """The options one graph is exported with: its own reduction as `quantize`."""
+        if self.encoder_quantize is None:
+            return self
+        return self.model_copy(
+            update={"quantize": self.graph_quantize(graph), "encoder_quantize": None}
+        )
+
     def calibrates(self) -> bool:
-        return self.quantize in ("int8", "int8-weights")
+        return any(self.graph_quantize(g) in ("int8", "int8-weights") for g in self.graphs)
 
     @model_validator(mode="after")
     def _static_only_options(self) -> OnnxOptions:
         given = changed_fields(self, self.STATIC_ONLY)
-        if self.quantize == "int8-weights" and given:
+        if given and not any(self.graph_quantize(g) == "int8" for g in self.graphs):
             raise ValueError(f"{', '.join(given)} applies to --quantize int8 (static) only")
+        return self
+
+    @model_validator(mode="after")
+    def _encoder_quantize(self) -> OnnxOptions:
+        if self.encoder_quantize is None:
+            return self
+        if "encoder" not in self.graphs:
+            raise ValueError("encoder_quantize applies to the encoder, which is not exported")
+        if self.precision != "fp32":
+            raise ValueError(f"choose --precision {self.precision} or --encoder-quantize, not both")
         return self
 
 

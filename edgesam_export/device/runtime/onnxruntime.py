@@ -26,8 +26,15 @@ class OnnxRuntimeSession(Session):
     backend = "onnx"
 
     def __init__(
-        self, path: Path, providers: list[str] | None = None, threads: int | None = None
+        self,
+        path: Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        optimize: bool = True,
     ) -> None:
+        """`optimize=False` turns onnxruntime's graph optimisation off: a QDQ graph then runs its
+        Q/DQ pairs in float (the format's reference semantics) instead of fused integer kernels;
+        the int8 agreement rule measures the one against the other (web/selftest.py)."""
         require("onnx")  # the registry's check: says which extra to install
         import onnxruntime as ort
 
@@ -37,6 +44,8 @@ class OnnxRuntimeSession(Session):
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             sess = ort.InferenceSession(
                 str(path), opts, providers=providers or ["CPUExecutionProvider"]

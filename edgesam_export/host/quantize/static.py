@@ -123,13 +123,17 @@ class StaticQuantizer:
         self.close()
 
     def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Any:
-        """The QDQ graph with `exclude` kept float (or only `only` quantized)."""
+        """The QDQ graph with `exclude` kept float (or only `only` quantized), as it ships: what
+        stays float stores its large weights as float16 (`float_weights_as_float16`), so every
+        candidate is judged on the bytes it would be written with."""
+        from edgesam_export.host.targets.onnx_precision import float_weights_as_float16
+
         if self._full is None:
             self._full = self._quantize_all()
         floats = set(exclude)
         if only is not None:
             floats |= set(self.node_names) - set(only)
-        return keep_float(self._full, self.fp32, floats)
+        return float_weights_as_float16(keep_float(self._full, self.fp32, floats))
 
     def _quantize_all(self) -> Any:
         q = self.q

@@ -207,9 +207,24 @@ def dedupe_initializers(proto: Any) -> int:
     return len(rename)
 
 
+def onnx_path(loaded: LoadedModel, graph: GraphKind, options: OnnxOptions) -> Path:
+    """Where `export` writes a graph: the registry's path, `_<precision>` for a reduced graph
+    (beside, never over, the fp32 one), a foreign contract's tag."""
+    dest = artifact_path(loaded, graph, options, "onnx")
+    reduced = options.precision if options.precision != "fp32" else options.quantize
+    if reduced:
+        dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
+    foreign = FOREIGN.get(options.decoder_contract) if graph == "decoder" else None
+    if foreign is not None:
+        tag = foreign.file_tag(options.return_single_mask)
+        dest = dest.with_name(dest.stem + tag + dest.suffix)
+    return dest
+
+
 def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
     if not isinstance(options, OnnxOptions):
         options = OnnxOptions(**options.model_dump())
+    whole, options = options, options.for_graph(graph)  # --encoder-quantize: its own mode
     onnx, _ = _require_onnx()
     spec = loaded.spec
     contract = options.decoder_contract
@@ -255,13 +270,12 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         else weight_bytes > EXTERNAL_DATA_THRESHOLD
     )
     simplify = _simplifier(options.simplifier)
-    dest = artifact_path(loaded, graph, options, "onnx")
+    dest = onnx_path(loaded, graph, options)
     reduced = options.precision if options.precision != "fp32" else options.quantize
-    if reduced:  # beside, never over, the fp32 graph
-        dest = dest.with_name(f"{dest.stem}_{reduced}.onnx")
-    if foreign is not None:
-        tag = foreign.file_tag(options.return_single_mask)
-        dest = dest.with_name(dest.stem + tag + dest.suffix)
+    paired: Path | None = None  # a reduced encoder exported this run: judge end to end
+    if graph == "decoder" and "encoder" in whole.graphs and whole.graph_quantize("encoder"):
+        paired = onnx_path(loaded, "encoder", whole.for_graph("encoder"))
+        paired = paired if paired.is_file() else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
@@ -297,7 +311,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             if reduced:
                 from edgesam_export.host.targets.onnx_precision import reduce_precision
 
-                proto = reduce_precision(proto, loaded, options)
+                proto = reduce_precision(proto, loaded, options, encoder=paired)
                 metadata = {p.key: p.value for p in proto.metadata_props}
             staged = workdir / dest.name
             if external:

@@ -55,12 +55,15 @@ def reduce_precision(
     loaded: LoadedModel,
     options: OnnxOptions,
     progress: Callable[[str], None] | None = None,
+    encoder: Path | None = None,
 ) -> Any:
-    """The hook `targets/onnx.py` calls on its finished fp32 graph."""
+    """The hook `targets/onnx.py` calls on its finished fp32 graph. `encoder`: the reduced
+    encoder this run exported beside a decoder, whose embeddings the decoder's int8 search then
+    calibrates and is judged on (end to end against PyTorch)."""
     if options.quantize in ("int8", "int8-weights"):
         from edgesam_export.host.quantize import quantize_graph
 
-        return quantize_graph(proto, loaded, options, progress or _stderr)
+        return quantize_graph(proto, loaded, options, progress or _stderr, encoder=encoder)
     if options.quantize == "int8-dynamic":
         return to_int8(proto)
     embeddings = None
@@ -237,13 +240,7 @@ def to_int8_weights(
             helper.make_node("Mul", [fname, sname], [name], name=f"{name}_dequantize"),
         ]
         quantized.append(name)
-    for name in halves:  # float16 storage, cast back (folded at load like the int8 weights)
-        value = numpy_helper.to_array(inits[name])
-        graph.initializer.remove(inits[name])
-        graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), f"{name}_fp16"))
-        new_nodes.append(
-            helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}_cast", to=_FLOAT)
-        )
+    new_nodes += _float16_casts(proto, halves)  # float16 storage, cast back like the int8
     ordered = [*new_nodes, *(_copy(n) for n in graph.node)]  # before every user
     del graph.node[:]
     graph.node.extend(ordered)
@@ -258,6 +255,45 @@ def to_int8_weights(
         },
     )
     return proto
+
+
+def float_weights_as_float16(proto: Any, min_elements: int = WEIGHT_MIN_ELEMENTS) -> Any:
+    """Every float32 initializer of at least `min_elements` elements stored as float16 and cast
+    back to float32 in the graph (constant-folded when a session loads: float compute, half the
+    bytes, 2^-11 of each value). Static int8 applies it to what its QDQ graph keeps float: the
+    float blocks' weights and the decoder's dense positional encoding (its int8 weights, int32
+    biases and small tensors are left as they are)."""
+    import onnx
+
+    halves = [
+        t.name
+        for t in proto.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) >= min_elements
+    ]
+    casts = _float16_casts(proto, halves)
+    if casts:
+        ordered = [*casts, *(_copy(n) for n in proto.graph.node)]  # before every user
+        del proto.graph.node[:]
+        proto.graph.node.extend(ordered)
+    return proto
+
+
+def _float16_casts(proto: Any, names: Collection[str]) -> list[Any]:
+    """Store the named float32 initializers as float16 (`<name>_fp16`); returns the Cast nodes
+    that give each back under its own name (the caller puts them before every user)."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    casts = []
+    for name in names:
+        value = numpy_helper.to_array(inits[name])
+        graph.initializer.remove(inits[name])
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), f"{name}_fp16"))
+        casts.append(
+            helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}_cast", to=_FLOAT)
+        )
+    return casts
 
 
 def _copy(message: Any) -> Any:
