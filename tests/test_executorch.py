@@ -64,9 +64,9 @@ def test_decoder_passes_parity_on_the_executorch_runtime(executorch_run: ExportR
     assert executorch_run.published, report.to_json()
     checked = {c.artifact for c in report.comparisons if c.backend == "executorch"}
     assert checked == {"edge_sam_decoder.pte"}
-    # the program takes one prompt set: the 3-box batch is skipped and listed, never a crash
-    skipped = json.dumps(report.to_json()["inputs"].get("skipped", []))
-    assert "batch of 3 boxes" in skipped
+    # the program takes one prompt set; the session runs the 3-box batch as 3 calls: judged
+    assert not report.to_json()["inputs"].get("skipped")
+    assert any(c.case == "batch of 3 boxes" for c in report.comparisons), report.to_json()
 
 
 @pytest.mark.heavy
@@ -78,9 +78,9 @@ def test_encoder_and_decoder_pass_parity_on_the_executorch_runtime(
     assert report.passed, report.to_json()
     checked = {c.artifact for c in report.comparisons if c.backend == "executorch"}
     assert checked == {"edge_sam_encoder.pte", "edge_sam_decoder.pte"}
-    # the program takes one prompt set: the 3-box batch is skipped and listed, never a crash
-    skipped = json.dumps(report.to_json()["inputs"].get("skipped", []))
-    assert "batch of 3 boxes" in skipped
+    # the 3-box batch runs as 3 calls of the one-prompt-set program, alone and end to end
+    assert not report.to_json()["inputs"].get("skipped")
+    assert any(c.case == "batch of 3 boxes" for c in report.comparisons), report.to_json()
 
 
 @pytest.mark.heavy
@@ -130,8 +130,26 @@ def test_decoder_takes_a_dynamic_point_count(executorch_build: tuple[LoadedModel
         assert np.abs(got["scores"] - scores.numpy()).max() < 1e-4
     too_many = {"point_coords": np.zeros((1, 17, 2), np.float32)}
     assert "outside 1..16" in (session.accepts(too_many) or "")
-    batch = {"point_coords": np.zeros((3, 2, 2), np.float32)}
-    assert "batch 3" in (session.accepts(batch) or "")
+    # a batch of prompt sets: B calls of the program, the outputs in order, bit for bit
+    assert session.metadata["executorch.max_batch"] == "1"
+    assert session.metadata["executorch.batch"] == "calls"
+    coords = (rng.random((3, 2, 2)) * 1000).astype(np.float32)
+    labels = np.array([[1, 0], [1, 1], [2, 3]], np.float32)
+    batch = {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels}
+    assert session.accepts(batch) is None
+    got = session.run(batch)
+    assert got["masks"].shape == (3, 4, 256, 256) and got["scores"].shape == (3, 4)
+    for i in range(3):
+        one = session.run(
+            {"image_embeddings": embeddings, "point_coords": coords[i : i + 1],
+             "point_labels": labels[i : i + 1]}
+        )  # fmt: skip
+        assert np.array_equal(one["masks"][0], got["masks"][i])
+        assert np.array_equal(one["scores"][0], got["scores"][i])
+    uneven = {"point_coords": np.zeros((3, 2, 2), np.float32), "point_labels": labels[:2]}
+    assert "disagree on the batch" in (session.accepts(uneven) or "")
+    huge = {"point_coords": np.zeros((65, 2, 2), np.float32)}
+    assert "batch 65 is outside 1..64" in (session.accepts(huge) or "")
     with pytest.raises(InputError, match="--max-points"):
         session.run(
             {
@@ -140,6 +158,22 @@ def test_decoder_takes_a_dynamic_point_count(executorch_build: tuple[LoadedModel
                 "point_labels": np.ones((1, 17), np.float32),
             }
         )
+
+
+def test_a_sidecar_without_the_batched_list_refuses_a_batch(
+    executorch_build: tuple[LoadedModel, Path], tmp_path: Path
+) -> None:
+    """Programs exported before the session ran batches as calls: a batch is refused, as then."""
+    _, out = executorch_build
+    pte = tmp_path / "edge_sam_decoder.pte"
+    pte.write_bytes((out / "edge_sam_decoder.pte").read_bytes())
+    payload = json.loads((out / "edge_sam_decoder.pte.json").read_text())
+    for key in ("executorch.batch", "executorch.batched"):
+        del payload["metadata"][key]
+    (tmp_path / "edge_sam_decoder.pte.json").write_text(json.dumps(payload))
+    session = open_session(pte)
+    batch = {"point_coords": np.zeros((3, 2, 2), np.float32)}
+    assert "batch 3 is outside 1..1" in (session.accepts(batch) or "")
 
 
 def test_sidecar_carries_the_metadata_and_the_manifest_hashes_it(

@@ -7,9 +7,11 @@ like any artifact. On a phone the same `.pte` is loaded by ExecuTorch's Android 
 iOS (Objective-C/Swift) runtime, which need no Python and no torch (docs/executorch.md).
 
 A program has no metadata slot and takes its inputs positionally: the names, shapes and metadata
-come from the `<file>.pte.json` sidecar the export writes. `accepts()` reports the shapes the
-program refuses (batch 1, 1..max_points points, the video graphs' memory bounds), so callers
-skip those cases.
+come from the `<file>.pte.json` sidecar the export writes. A program takes one prompt set (B =
+1); where the sidecar lists the batched inputs and outputs (`executorch.batched`), `run` takes a
+batch of B as B calls and concatenates the outputs, as an app would. `accepts()` reports the
+shapes it refuses (1..max_points points, the video graphs' memory bounds, a batch without that
+list), so callers skip those cases.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import torch
 from edgesam_export.device.contract import TensorSpec
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.device.runtime.base import Session
+
+#: The largest prompt-set batch a session runs (as that many program calls).
+MAX_BATCH_CALLS = 64
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
@@ -77,6 +82,26 @@ class ExecuTorchSession(Session):
             raise ArtifactError(f"{path.name} has no forward method")
         self.max_points = int(self.metadata.get("executorch.max_points", "0"))
         self.max_batch = int(self.metadata.get("executorch.max_batch", "0"))
+        # batch axes the session runs as one call per prompt set / object (older sidecars:
+        # none, and a batch over max_batch is refused)
+        batched = self.metadata.get("executorch.batched")
+        self.batched: dict[str, list[str]] | None = json.loads(batched) if batched else None
+
+    def _batch(self, feeds: Mapping[str, np.ndarray]) -> int | str:
+        """B of the feeds' batched inputs (1 when the program has none), or why it is refused."""
+        if self.batched is None:
+            return 1
+        sizes = {
+            name: int(np.shape(feeds[name])[0])
+            for name in self.batched["inputs"]
+            if name in feeds and np.ndim(feeds[name]) > 0
+        }
+        if len(set(sizes.values())) > 1:
+            return f"the batched inputs disagree on the batch: {sizes}"
+        b = next(iter(sizes.values()), 1)
+        if not 1 <= b <= MAX_BATCH_CALLS:
+            return f"batch {b} is outside 1..{MAX_BATCH_CALLS} (one program call per prompt set)"
+        return b
 
     def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
         """Why the program refuses these shapes (None: it runs them): a batch over max_batch
@@ -85,11 +110,17 @@ class ExecuTorchSession(Session):
         from edgesam_export.host.targets.executorch import MEMORY_AXES, POINT_AXES
 
         bounds = {**dict.fromkeys(POINT_AXES, self.max_points), **MEMORY_AXES}
+        b = self._batch(feeds)
+        if isinstance(b, str):
+            return b
+        batched = set(self.batched["inputs"]) if self.batched else set()
         for spec in self.inputs:
             arr = feeds.get(spec.name)
             if arr is None or np.ndim(arr) != len(spec.shape):
                 continue
             shape = np.shape(arr)
+            if spec.name in batched:  # B calls of the program: each call's shape is checked
+                shape = (1, *shape[1:])
             if self.max_batch and shape[0] != spec.shape[0] and spec.shape[0] == 1:
                 return (
                     f"{spec.name} batch {shape[0]} is outside 1..{self.max_batch} (fixed at export)"
@@ -104,6 +135,23 @@ class ExecuTorchSession(Session):
                     )
                 return f"{spec.name} axis {axis} = {n} is outside 1..{bounds[axis]}"
         return None
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call, or B calls for a batch of B prompt sets / objects (the program takes one:
+        `batched_io`), with the outputs concatenated along the batch axis in order."""
+        b = self._batch(feeds)
+        if isinstance(b, str):
+            raise InputError(f"{self.path.name}: {b}")
+        if b == 1 or self.batched is None:
+            return super().run(feeds)
+        names = set(self.batched["inputs"])
+        parts = [
+            super(ExecuTorchSession, self).run(
+                {k: v[i : i + 1] if k in names else v for k, v in feeds.items()}
+            )
+            for i in range(b)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         reason = self.accepts(feeds)

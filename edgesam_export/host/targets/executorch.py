@@ -105,6 +105,23 @@ def _dynamic_shapes(
     return tuple(shapes) if dims else None
 
 
+def batched_io(io: tuple[list[TensorSpec], list[TensorSpec]]) -> dict[str, list[str]] | None:
+    """The inputs and outputs whose first axis is the contract's batch (prompt sets, objects):
+    the program takes B = 1 (XNNPACK lowers reshapes with one dynamic dimension, which is the
+    point count), so a session runs a batch of B as B calls and concatenates the outputs, as an
+    app on the phone would. None where a batch axis is not the first or an output has none."""
+    inputs, outputs = io
+    if any(d in BATCH_AXES for t in (*inputs, *outputs) for d in t.shape[1:]):
+        return None
+    names = {
+        "inputs": [t.name for t in inputs if t.shape and t.shape[0] in BATCH_AXES],
+        "outputs": [t.name for t in outputs if t.shape and t.shape[0] in BATCH_AXES],
+    }
+    if not names["inputs"] or len(names["outputs"]) != len(outputs):
+        return None
+    return names
+
+
 def _batch_one(
     inputs: list[TensorSpec], args: tuple[torch.Tensor, ...]
 ) -> tuple[torch.Tensor, ...]:
@@ -281,6 +298,9 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         metadata |= {"executorch.max_points": str(options.max_points)}
     if any(d in BATCH_AXES for t in spec.graph_io(graph)[0] for d in t.shape):
         metadata |= {"executorch.max_batch": "1"}
+        batched = batched_io(spec.graph_io(graph))
+        if batched is not None:  # the session runs a batch of B as B calls of the program
+            metadata |= {"executorch.batch": "calls", "executorch.batched": json.dumps(batched)}
     sidecar = sidecar_path(dest)
     payload = {
         "metadata": metadata,
