@@ -22,6 +22,7 @@ from edgesam_export.device import backends
 from edgesam_export.device.backends import open_session
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ModelOptions
+from edgesam_export.host.executorch_session import ExecuTorchSession
 from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.pipeline import ExportRun, export_and_check, verify_artifacts
@@ -174,6 +175,164 @@ def test_a_sidecar_without_the_batched_list_refuses_a_batch(
     session = open_session(pte)
     batch = {"point_coords": np.zeros((3, 2, 2), np.float32)}
     assert "batch 3 is outside 1..1" in (session.accepts(batch) or "")
+
+
+# A stub program (no export): a sidecar like the decoder's, small shapes, and a `forward` that
+# records each call's inputs and answers outputs computed from them.
+STUB_INPUTS = [
+    {"name": "image_embeddings", "dtype": "float32", "shape": [1, 2, 2, 2]},
+    {"name": "point_coords", "dtype": "float32", "shape": [1, "num_points", 2]},
+    {"name": "point_labels", "dtype": "float32", "shape": [1, "num_points"]},
+]
+STUB_OUTPUTS = [
+    {"name": "scores", "dtype": "float32", "shape": [1, 4]},
+    {"name": "masks", "dtype": "float32", "shape": [1, 4, 2, 2]},
+]
+STUB_BATCHED = {"inputs": ["point_coords", "point_labels"], "outputs": ["scores", "masks"]}
+
+
+class _StubMethod:
+    def __init__(self) -> None:
+        self.calls: list[list[np.ndarray]] = []
+
+    def execute(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.calls.append([a.numpy().copy() for a in args])
+        embeddings, coords, labels = args
+        scores = coords.sum() + 10 * labels.sum() + torch.arange(4.0).reshape(1, 4)
+        masks = embeddings.sum() + coords[0, 0, 0] * torch.ones(1, 4, 2, 2)
+        return [scores, masks]
+
+
+def _stub_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata: dict[str, str] | None = None
+) -> tuple[ExecuTorchSession, _StubMethod]:
+    import executorch.runtime
+
+    method = _StubMethod()
+
+    class StubRuntime:
+        @staticmethod
+        def get() -> StubRuntime:
+            return StubRuntime()
+
+        def load_program(self, path: Path) -> StubRuntime:
+            return self
+
+        def load_method(self, name: str) -> _StubMethod:
+            return method
+
+    monkeypatch.setattr(executorch.runtime, "Runtime", StubRuntime)
+    meta = {
+        "graph": "decoder",
+        "executorch.max_points": "4",
+        "executorch.max_batch": "1",
+        "executorch.batch": "calls",
+        "executorch.batched": json.dumps(STUB_BATCHED),
+    }
+    if metadata is not None:
+        meta = metadata
+    pte = tmp_path / "stub_decoder.pte"
+    pte.write_bytes(b"stub")
+    payload = {"metadata": meta, "inputs": STUB_INPUTS, "outputs": STUB_OUTPUTS}
+    (tmp_path / "stub_decoder.pte.json").write_text(json.dumps(payload))
+    return ExecuTorchSession(pte), method
+
+
+def _stub_feeds(b: int, n: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(b)
+    return {
+        "image_embeddings": rng.standard_normal((1, 2, 2, 2)).astype(np.float32),
+        "point_coords": (rng.random((b, n, 2)) * 1000).astype(np.float32),
+        "point_labels": rng.integers(0, 4, (b, n)).astype(np.float32),
+    }
+
+
+def test_a_batch_runs_as_one_program_call_per_prompt_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B = 3 prompt sets: three calls of the B = 1 program, each with its prompt set and the
+    whole image embeddings, the outputs concatenated along the batch axis in order."""
+    session, method = _stub_session(tmp_path, monkeypatch)
+    feeds = _stub_feeds(3)
+    assert session.accepts(feeds) is None
+    got = session.run(feeds)
+    assert len(method.calls) == 3
+    for i, (embeddings, coords, labels) in enumerate(method.calls):
+        assert np.array_equal(embeddings, feeds["image_embeddings"])
+        assert np.array_equal(coords, feeds["point_coords"][i : i + 1])
+        assert np.array_equal(labels, feeds["point_labels"][i : i + 1])
+    assert got["scores"].shape == (3, 4) and got["masks"].shape == (3, 4, 2, 2)
+    for i in range(3):
+        one = {k: v[i : i + 1] if k != "image_embeddings" else v for k, v in feeds.items()}
+        alone = session.run(one)
+        assert np.array_equal(alone["scores"][0], got["scores"][i])
+        assert np.array_equal(alone["masks"][0], got["masks"][i])
+    assert len(method.calls) == 6  # one call per single prompt set too
+    # each call's shapes are still checked: 1..max_points points, whatever the batch
+    assert "5 points, outside 1..4" in (session.accepts(_stub_feeds(3, n=5)) or "")
+
+
+def test_a_batch_the_calls_cannot_run_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, method = _stub_session(tmp_path, monkeypatch)
+    uneven = _stub_feeds(3)
+    uneven["point_labels"] = uneven["point_labels"][:2]
+    assert "disagree on the batch" in (session.accepts(uneven) or "")
+    with pytest.raises(InputError, match="disagree on the batch"):
+        session.run(uneven)
+    with pytest.raises(InputError, match=r"batch 65 is outside 1\.\.64"):
+        session.run(_stub_feeds(65))
+    wide = _stub_feeds(3)  # the image embeddings carry no batch: one image per program call
+    wide["image_embeddings"] = np.repeat(wide["image_embeddings"], 3, axis=0)
+    assert "image_embeddings batch 3 is outside 1..1" in (session.accepts(wide) or "")
+    assert method.calls == []
+    # a program with an output that has no batch axis: nothing to concatenate it along
+    meta = {
+        "graph": "decoder",
+        "executorch.max_points": "4",
+        "executorch.max_batch": "1",
+        "executorch.batched": json.dumps({**STUB_BATCHED, "outputs": ["masks"]}),
+    }
+    session, method = _stub_session(tmp_path, monkeypatch, meta)
+    assert "['scores'] have no batch axis" in (session.accepts(_stub_feeds(3)) or "")
+    assert session.accepts(_stub_feeds(1)) is None
+    # a list naming what the program does not have with a first axis of 1: unreadable
+    meta["executorch.batched"] = json.dumps({"inputs": ["image"], "outputs": ["masks"]})
+    with pytest.raises(ArtifactError, match=r"executorch\.batched"):
+        _stub_session(tmp_path, monkeypatch, meta)
+
+
+def test_an_older_sidecar_without_the_batched_list_refuses_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `executorch.batched`: the session does not guess which axes are the batch."""
+    meta = {"graph": "decoder", "executorch.max_points": "4", "executorch.max_batch": "1"}
+    session, method = _stub_session(tmp_path, monkeypatch, meta)
+    reason = "point_coords batch 3 is outside 1..1 (fixed at export)"
+    assert session.accepts(_stub_feeds(3)) == reason
+    with pytest.raises(InputError, match=r"batch 3 is outside 1\.\.1"):
+        session.run(_stub_feeds(3))
+    assert method.calls == []
+    assert session.run(_stub_feeds(1))["scores"].shape == (1, 4)
+
+
+def test_the_sidecar_lists_the_batched_inputs_and_outputs() -> None:
+    """`batched_io`: the inputs and outputs whose contract first axis is the batch; none for a
+    graph without a batch or with an output that has none."""
+    from edgesam_export.device.contract import TensorSpec
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.host.targets.executorch import batched_io
+
+    assert batched_io(get_spec("edge_sam").graph_io("decoder")) == STUB_BATCHED
+    tam = batched_io(get_spec("edgetam").graph_io("decoder"))
+    assert tam == {
+        "inputs": ["point_coords", "point_labels", "mask_input", "has_mask_input"],
+        "outputs": ["scores", "masks", "object_score_logits"],
+    }
+    assert batched_io(get_spec("edge_sam").graph_io("encoder")) is None
+    inputs, outputs = get_spec("edge_sam").graph_io("decoder")
+    assert batched_io((inputs, [*outputs, TensorSpec("iou", "float32", (4,))])) is None
 
 
 def test_sidecar_carries_the_metadata_and_the_manifest_hashes_it(

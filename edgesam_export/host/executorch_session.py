@@ -47,6 +47,30 @@ def _sidecar(path: Path) -> dict[str, Any]:
     return {"metadata": meta, "inputs": inputs, "outputs": outputs}
 
 
+def _batched_io(
+    path: Path, meta: Mapping[str, str], inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> dict[str, list[str]] | None:
+    """The sidecar's `executorch.batched` (the inputs and outputs whose first axis is the
+    contract's batch, 1 in the program), checked against the program's I/O; None where the
+    sidecar predates it (a batch is then refused, as before)."""
+    raw = meta.get("executorch.batched")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+        names = {key: [str(n) for n in value[key]] for key in ("inputs", "outputs")}
+    except (ValueError, KeyError, TypeError):
+        names = None
+    first = {t.name: t.shape[0] if t.shape else None for t in (*inputs, *outputs)}
+    if names is None or any(first.get(n) != 1 for n in (*names["inputs"], *names["outputs"])):
+        raise ArtifactError(
+            f"{path.name}: its sidecar's executorch.batched {raw[:200]!r} does not name inputs"
+            " and outputs of the program with a first axis of 1; re-export the program with"
+            " edgesam-export executorch"
+        )
+    return names
+
+
 class ExecuTorchSession(Session):
     """A `.pte` program behind the numpy `Session` interface."""
 
@@ -82,10 +106,9 @@ class ExecuTorchSession(Session):
             raise ArtifactError(f"{path.name} has no forward method")
         self.max_points = int(self.metadata.get("executorch.max_points", "0"))
         self.max_batch = int(self.metadata.get("executorch.max_batch", "0"))
-        # batch axes the session runs as one call per prompt set / object (older sidecars:
-        # none, and a batch over max_batch is refused)
-        batched = self.metadata.get("executorch.batched")
-        self.batched: dict[str, list[str]] | None = json.loads(batched) if batched else None
+        # the inputs and outputs a batch runs through, one call per prompt set / object (older
+        # sidecars: none, and a batch over max_batch is refused)
+        self.batched = _batched_io(path, self.metadata, self.inputs, self.outputs)
 
     def _batch(self, feeds: Mapping[str, np.ndarray]) -> int | str:
         """B of the feeds' batched inputs (1 when the program has none), or why it is refused."""
@@ -101,12 +124,17 @@ class ExecuTorchSession(Session):
         b = next(iter(sizes.values()), 1)
         if not 1 <= b <= MAX_BATCH_CALLS:
             return f"batch {b} is outside 1..{MAX_BATCH_CALLS} (one program call per prompt set)"
+        unbatched = [t.name for t in self.outputs if t.name not in self.batched["outputs"]]
+        if b > 1 and unbatched:
+            return f"outputs {unbatched} have no batch axis: a batch of {b} cannot run as {b} calls"
         return b
 
     def accepts(self, feeds: Mapping[str, np.ndarray]) -> str | None:
-        """Why the program refuses these shapes (None: it runs them): a batch over max_batch
-        (fixed at export; the sidecar's shapes have it at 1), a point count outside
-        1..max_points, or memory frames / object pointers over the video graphs' bounds."""
+        """Why the program refuses these shapes (None: it runs them): a batch the session
+        cannot run as calls (batched inputs that disagree on B, B outside 1..MAX_BATCH_CALLS,
+        a sidecar without `executorch.batched`: B over max_batch, fixed at export at 1), a point
+        count outside 1..max_points, or memory frames / object pointers over the video graphs'
+        bounds (each call's shapes are checked)."""
         from edgesam_export.host.targets.executorch import MEMORY_AXES, POINT_AXES
 
         bounds = {**dict.fromkeys(POINT_AXES, self.max_points), **MEMORY_AXES}

@@ -4,9 +4,11 @@ The same graphs as ONNX and CoreML (`EncoderGraph` / `DecoderGraph`, optimized=T
 `targets.onnx.build_graph`; EdgeTAM's SAM 2 graphs from `graphs.sam2_graph`), with the I/O the
 registry gives each graph (`spec.graph_io`), so one `.pte` runs on Android and iOS with the I/O
 of every other backend. The contract's point axis is a `torch.export` dynamic dim
-(1..max_points); its prompt-set / object batch is fixed at 1, because XNNPACK delegates reshapes
-with at most one dynamic dimension and the decoder's attention reshapes (B, 5 + N, heads, c)
-would carry two.
+(1..max_points); its prompt-set / object batch is fixed at 1 (`executorch.max_batch = 1`),
+because XNNPACK delegates reshapes with at most one dynamic dimension and the decoder's attention
+reshapes (B, 5 + N, heads, c) would carry two. The sidecar lists the inputs and outputs whose
+first axis is that batch (`executorch.batched`, `executorch.batch = calls`: `batched_io`), and
+the session runs a batch of B as B calls of the program, as an app on the phone does.
 
 int8 is PyTorch's own PT2E flow for XNNPACK: the exported graph is prepared with the XNNPACK
 quantizer (per-channel symmetric int8 weights, int8 activations), run on calibration inputs
