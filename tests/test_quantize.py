@@ -667,6 +667,8 @@ def test_encoder_quantize_gives_the_encoder_its_own_mode(tmp_path: Path):
         OnnxOptions(graphs=("decoder",), quantize="int8", encoder_quantize="int8-weights")
     with pytest.raises(ValueError, match="not both"):
         OnnxOptions(precision="fp16", encoder_quantize="int8-weights")
+    # exported encoder first whatever the order given: the decoder can be judged beside it
+    assert OnnxOptions(graphs=("decoder", "encoder")).graphs == ("encoder", "decoder")
 
 
 def test_export_reduces_each_graph_by_its_own_mode(tmp_path: Path, calibrated, monkeypatch):

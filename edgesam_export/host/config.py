@@ -60,9 +60,13 @@ class ExportOptions(BaseModel):
     @field_validator("graphs")
     @classmethod
     def _graphs_nonempty_unique(cls, v: tuple[GraphKind, ...]) -> tuple[GraphKind, ...]:
+        """Each graph once, in `GraphKind`'s order whatever order they were given in: exports
+        run encoder first, so a decoder exported beside a reduced encoder is always judged on
+        that encoder's embeddings (targets/onnx.py)."""
         if not v:
             raise ValueError("choose at least one graph (encoder, decoder)")
-        return tuple(dict.fromkeys(v))
+        order = get_args(GraphKind)
+        return tuple(sorted(dict.fromkeys(v), key=order.index))
 
     @model_validator(mode="after")
     def _decoder_options_need_a_decoder(self) -> ExportOptions:
