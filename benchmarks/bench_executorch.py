@@ -155,7 +155,8 @@ def feeds_for(loaded: Any, graph: str) -> dict[str, np.ndarray]:
         return {"image": tensor}
     encoder, _ = build_graph(loaded, "encoder", False)
     with torch.no_grad():
-        embeddings = encoder(torch.from_numpy(tensor)).numpy()
+        # contiguous, as an encoder session returns them (a torch output can be strided)
+        embeddings = np.ascontiguousarray(encoder(torch.from_numpy(tensor)).numpy())
     rng = np.random.default_rng(5)
     frame = loaded.spec.frame
     return {

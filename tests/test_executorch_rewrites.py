@@ -106,7 +106,7 @@ def _lower_float(module: torch.nn.Module, rewrite: bool) -> tuple[bytes, dict[st
         # both products with a constant matrix become linears: W @ X^T with W, X @ W with a
         # transposed copy of W, and the untransposed W is dropped with the unused table
         assert done["decompose_layer_norms"] == 2 and first["linear_from_mm"] == 2
-        assert first["cancel_permutes"] >= 1 and done["drop_unused_constants"] == 2
+        assert first["merge_permutes"] >= 1 and done["drop_unused_constants"] == 2
     lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(lowered.exported_program().graph_module)
     frame = info.get_operator_delegation_dataframe().set_index("op_type")
@@ -146,18 +146,27 @@ def test_float_rewrites_delegate_layer_norm_and_gemms_and_drop_unused_constants(
 @pytest.mark.extended  # one decoder lowering, ~60 s
 def test_the_decoder_program_stores_each_constant_once() -> None:
     """EdgeSAM's fp32 decoder program is no larger than the constants its graph reads (each
-    once) plus 2 %: it was 24.7 MB with an unused 4 MB positional table stored beside them."""
+    once) plus 2 %: it was 24.7 MB with an unused 4 MB positional table stored beside them;
+    and it transposes each large tensor no more than once."""
     from torch.export.graph_signature import InputKind
 
     from edgesam_export.host.models import load_model
     from edgesam_export.host.targets import executorch as et
-    from edgesam_export.host.targets.onnx import build_graph
+    from edgesam_export.host.targets.executorch_rewrites import _PERMUTES
 
     loaded = load_model(None, synthetic="calibrated")
-    module, args = build_graph(loaded, "decoder", False)
+    module, args = et.program_graph(loaded, "decoder", False)
     inputs, _ = et._io(loaded.spec, "decoder")
-    args = et._batch_one(loaded.spec.graph_io("decoder")[0], args)
     exported = et.exported_program(module, args, et._dynamic_shapes(inputs, 16))
+    # XNNPACK copies per permute. Of tensors of 4096 x 128 values or more: the embeddings to
+    # tokens once, and each image-side attention's two 4096-token operands once each (5
+    # attentions). The transposed image side of the ONNX graph gave 18.
+    large = [
+        n
+        for n in exported.graph.nodes
+        if n.target in _PERMUTES and n.args[0].meta["val"].numel() >= 4096 * 128
+    ]
+    assert len(large) == 11, [n.args[0].meta["val"].shape for n in large]
     read = {n.name for n in exported.graph.nodes if n.op == "placeholder" and n.users}
     values = {**exported.state_dict, **exported.constants}
     constants = {
@@ -215,3 +224,39 @@ def test_int8_quantizes_the_products_with_constant_matrices() -> None:
     got = Runtime.get().load_program(program).load_method("forward").execute([tokens, image])[0]
     assert got.shape == want.shape
     assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+class _Permutes(torch.nn.Module):
+    """The decoder's permute chains: a head split followed by the key transpose (two permutes
+    that compose into one), and a transpose undone after a reshape to the same shape."""
+
+    def forward(self, k: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, c = k.shape
+        heads = k.reshape(b, n, 4, c // 4).transpose(1, 2).permute(0, 1, 3, 2)
+        back = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)
+        return heads * 2.0, back + 1.0
+
+
+def test_merge_permutes_composes_chains_and_drops_the_ones_that_cancel() -> None:
+    from edgesam_export.host.targets.executorch_rewrites import _PERMUTES, merge_permutes
+
+    n = torch.export.Dim("n", min=1, max=16)
+    args = (torch.randn(1, 7, 32), torch.randn(1, 5, 3))
+    exported = torch.export.export(
+        _Permutes(), args, dynamic_shapes=({1: n}, None), strict=False
+    ).run_decompositions({})
+
+    def permutes() -> list[torch.fx.Node]:
+        return [n for n in exported.graph.nodes if n.target in _PERMUTES]
+
+    assert len(permutes()) == 4
+    assert merge_permutes(exported) == 2
+    # one permute is left: the head split and the key transpose as one order
+    (left,) = permutes()
+    assert [d % 4 for d in left.args[1]] == [0, 2, 3, 1]
+    for size in (1, 7, 16):
+        k, x = torch.randn(1, size, 32), torch.randn(1, 5, 3)
+        want = _Permutes()(k, x)
+        got = exported.module()(k, x)
+        for w, g in zip(want, got, strict=True):
+            assert torch.equal(w, g)

@@ -254,14 +254,29 @@ def _program(
     return lower(exported_program(module, args, dynamic, calibration))
 
 
+def program_graph(
+    loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The module a program is exported from and its example inputs (batch axes at 1).
+
+    The decoder's attention takes the plain layout (`image_side_transposed=False`): the
+    transposed image side, which onnxruntime folds into its GEMMs, costs XNNPACK a copy per
+    transpose (two extra 2 MB transposes per image-side attention); in the plain layout each
+    4096-token operand is transposed once, after `merge_permutes` joins the head split and the
+    key transpose.
+    """
+    module, args = build_graph(loaded, graph, use_stability_score, image_side_transposed=False)
+    # N, S, K > 1 keep them unspecialised
+    return module, _batch_one(loaded.spec.graph_io(graph)[0], args)
+
+
 def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
     if not isinstance(options, ExecuTorchOptions):
         options = ExecuTorchOptions(**options.model_dump())
     _require_executorch()
     spec = loaded.spec
-    module, args = build_graph(loaded, graph, options.use_stability_score)
+    module, args = program_graph(loaded, graph, options.use_stability_score)
     inputs, outputs = _io(spec, graph)
-    args = _batch_one(spec.graph_io(graph)[0], args)  # N, S, K > 1 keep them unspecialised
     dest = artifact_path(loaded, graph, options, "executorch")
     calibration = None
     if options.precision == "int8" and spec.io_layout != "sam":

@@ -16,8 +16,10 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
 - `infer_symbolic_reshapes`: XNNPACK's reshape takes one inferred (-1) dimension but no symbolic
   size, so a reshape to `(1, 5 + N, 8, 16)` stays portable; its one symbolic size becomes -1
   (the same shape).
-- `cancel_permutes`: a permute of a permute that restores the order is removed (the transposed
-  projection's input was transposed once by the graph and once by the rewrite);
+- `merge_permutes`: a permute of a permute (also through a reshape to the same shape) becomes
+  one permute, or none when the two restore the order (the attention's head split followed by
+  the key transpose; the hypernetwork product's operand transposed by the graph and back by the
+  rewrite);
   `linear_from_mm`: XNNPACK takes `mm(x, W^T)` only as `linear(x, W)`.
 - `decompose_layer_norms`: XNNPACK has no LayerNorm node. A last-axis LayerNorm becomes mean and
   variance as a `linear` with a constant 1/C row, sub, mul, add and rsqrt, all delegated.
@@ -136,17 +138,42 @@ def _order(node: Any) -> list[int] | None:
     return order
 
 
-def cancel_permutes(exported: Any) -> int:
-    """Replace, in place, a permute (transpose, t) of a permute that gives the input back by
-    that input; returns how many."""
+def _through_identity_views(node: Any) -> Any:
+    """`node`, or what it reshapes when it is a reshape to the same shape (a no-op view)."""
+    while (
+        getattr(node, "op", None) == "call_function"
+        and node.target in _RESHAPES
+        and isinstance(node.args[0], torch.fx.Node)
+        and tuple(node.meta["val"].shape) == tuple(node.args[0].meta["val"].shape)
+    ):
+        node = node.args[0]
+    return node
+
+
+def merge_permutes(exported: Any) -> int:
+    """Replace, in place, a permute (transpose, t) of a permute, also through reshapes to the
+    same shape, by one permute with the composed order, or by the input itself when the two
+    restore its order: XNNPACK copies the tensor once per permute. Returns how many."""
     count = 0
-    for node in exported.graph_module.graph.nodes:
-        outer, inner = _order(node), _order(node.args[0] if node.args else None)
-        if outer is None or inner is None or len(outer) != len(inner):
+    graph = exported.graph_module.graph
+    for node in list(graph.nodes):
+        outer = _order(node)
+        if outer is None:
             continue
-        if all(inner[outer[i]] == i for i in range(len(outer))):
-            node.replace_all_uses_with(node.args[0].args[0])
-            count += 1
+        inner_node = _through_identity_views(node.args[0])
+        inner = _order(inner_node)
+        if inner is None or len(outer) != len(inner):
+            continue
+        order = [inner[o] for o in outer]
+        source = inner_node.args[0]
+        if order == list(range(len(order))):
+            node.replace_all_uses_with(source)
+        else:
+            with graph.inserting_before(node):
+                merged = graph.call_function(aten.permute.default, (source, order))
+            merged.meta = dict(node.meta)
+            node.replace_all_uses_with(merged)
+        count += 1
     if count:
         _finish(exported)
     return count
@@ -297,12 +324,12 @@ def drop_unused_constants(exported: Any) -> int:
 def gemm_forms(exported: Any, dynamic: bool) -> tuple[Any, dict[str, int]]:
     """The first phase, before PT2E quantizes (so that its quantizer, which quantizes linears,
     sees the products with constant matrices as linears): a graph with a dynamic axis
-    decomposed with `gemm_matmul`, then `cancel_permutes` and `linear_from_mm`. Returns the new
+    decomposed with `gemm_matmul`, then `merge_permutes` and `linear_from_mm`. Returns the new
     program (static graphs: the same one) and how many nodes each rewrite changed."""
     if not dynamic:
         return exported, {}
     exported = exported.run_decompositions({aten.matmul.default: gemm_matmul})
-    done = {"cancel_permutes": cancel_permutes(exported)}
+    done = {"merge_permutes": merge_permutes(exported)}
     done["linear_from_mm"] = linear_from_mm(exported)
     return exported, done
 
@@ -312,7 +339,7 @@ def rewrite_for_xnnpack(
 ) -> tuple[Any, dict[str, int]]:
     """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
     int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then
-    `infer_symbolic_reshapes`, `cancel_permutes`, `decompose_layer_norms` (after quantization,
+    `infer_symbolic_reshapes`, `merge_permutes`, `decompose_layer_norms` (after quantization,
     so the LayerNorms stay float) and `drop_unused_constants`. Static graphs (the image
     encoders) keep their LayerNorms: the rewrites were measured on the decoders. Returns the
     program and how many nodes each rewrite changed."""
@@ -322,7 +349,7 @@ def rewrite_for_xnnpack(
     done = {}
     if dynamic:
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
-        done["cancel_permutes"] = cancel_permutes(exported)
+        done["merge_permutes"] = merge_permutes(exported)
         done["decompose_layer_norms"] = decompose_layer_norms(exported)
     done["drop_unused_constants"] = drop_unused_constants(exported)
     return exported, done
