@@ -126,3 +126,23 @@ def test_session_rejects_wrong_feed(torch_predictor):
         torch_predictor.encoder.run({"image": np.zeros((1, 3, 1024, 1024), np.float64)})
     with pytest.raises(InputError, match="feeds"):
         torch_predictor.encoder.run({"pixels": np.zeros((1, 3, 1024, 1024), np.float32)})
+
+
+def test_torch_reference_sessions_return_contiguous_outputs(bilinear_model, golden) -> None:
+    """As every runtime's session does: the encoder's last op leaves PyTorch's embeddings as a
+    strided (channels-last) view, and each consumer (a decoder session, a benchmark's feeds)
+    then paid a strided copy of the 4 MB tensor per call."""
+    from edgesam_export.device import processing as P
+    from edgesam_export.host.reference import torch_sessions
+
+    # the export graphs (optimized=True): the neck's channels-last LayerNorm ends in a transpose
+    enc, dec = torch_sessions(bilinear_model, optimized=True)
+    tensor, _ = P.preprocess(golden["image"], params=bilinear_model.spec.preprocessing)
+    embeddings = enc.run({"image": tensor})["image_embeddings"]
+    assert embeddings.flags["C_CONTIGUOUS"]
+    feeds = {
+        "image_embeddings": embeddings,
+        "point_coords": np.array([[[500.0, 400.0]]], np.float32),
+        "point_labels": np.array([[1.0]], np.float32),
+    }
+    assert all(v.flags["C_CONTIGUOUS"] for v in dec.run(feeds).values())

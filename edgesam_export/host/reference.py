@@ -48,8 +48,10 @@ class TorchSession(Session):
             out = self.module(*args)
         if not isinstance(out, tuple):
             out = (out,)
+        # contiguous, as every runtime's session returns them: a torch output can be a strided
+        # view (channels-last embeddings), which each later consumer would copy again
         return {
-            t.name: o.detach().to(torch.float32).cpu().numpy()
+            t.name: np.ascontiguousarray(o.detach().to(torch.float32).cpu().numpy())
             for t, o in zip(self.outputs, out, strict=True)
         }
 
@@ -196,6 +198,6 @@ class CudaGraphSession(Session):
             dst.copy_(torch.from_numpy(np.ascontiguousarray(feeds[t.name])))
         graph.replay()
         return {
-            t.name: o.to(torch.float32).cpu().numpy()
+            t.name: np.ascontiguousarray(o.to(torch.float32).cpu().numpy())
             for t, o in zip(self.outputs, static_out, strict=True)
         }
