@@ -260,3 +260,46 @@ def test_merge_permutes_composes_chains_and_drops_the_ones_that_cancel() -> None
         got = exported.module()(k, x)
         for w, g in zip(want, got, strict=True):
             assert torch.equal(w, g)
+
+
+class _SplitMeanGate(torch.nn.Module):
+    """A squeeze-excite gate with the mean over W then over H (`SqueezeExcite(mean="split")`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(3, keepdim=True).mean(2, keepdim=True)
+        return x * torch.sigmoid(self.fc(s))
+
+
+@pytest.mark.extended  # two lowerings, ~10 s
+def test_pooled_means_keep_the_squeeze_excite_mean_in_xnnpack() -> None:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from edgesam_export.host.targets.executorch_rewrites import rewrite_for_xnnpack
+
+    module = _SplitMeanGate().eval()
+    x = torch.randn(1, 8, 64, 48) + 3.0
+
+    def lower(rewrite: bool) -> tuple[bytes, int]:
+        exported = torch.export.export(module, (x,), strict=False)
+        if rewrite:
+            exported, done = rewrite_for_xnnpack(exported, dynamic=False, table={})
+            assert done["pooled_means"] == 1
+        lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        info = get_delegation_info(lowered.exported_program().graph_module)
+        frame = info.get_operator_delegation_dataframe().set_index("op_type")
+        portable = int(frame["occurrences_in_non_delegated_graphs"].get("aten_mean_dim", 0))
+        return bytes(lowered.to_executorch().buffer), portable
+
+    _, plain_portable = lower(rewrite=False)
+    pooled, portable = lower(rewrite=True)
+    assert plain_portable == 2 and portable == 0  # the two split means ran portable
+    want = module(x)
+    got = Runtime.get().load_program(pooled).load_method("forward").execute([x])[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -23,6 +23,9 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
   `linear_from_mm`: XNNPACK takes `mm(x, W^T)` only as `linear(x, W)`.
 - `decompose_layer_norms`: XNNPACK has no LayerNorm node. A last-axis LayerNorm becomes mean and
   variance as a `linear` with a constant 1/C row, sub, mul, add and rsqrt, all delegated.
+- `pooled_means` (every graph): a spatial mean written as a mean over W then over H (EdgeSAM's
+  squeeze-excite) becomes 16 x 16 average pools and one mean over H and W, the forms XNNPACK
+  takes; the split form ran on a portable kernel between delegate calls.
 - `drop_unused_constants`: a constant no node reads (the decoder's channels-first positional
   table, 4 MB) was still stored in the program.
 
@@ -296,6 +299,54 @@ def decompose_layer_norms(exported: Any) -> int:
     return count
 
 
+#: the pooling window of `pooled_means`: sums of at most 256 terms, like the split mean
+_POOL = 16
+
+
+def _mean_axes(node: Any) -> list[int] | None:
+    """The axes of a keepdim `mean.dim` of a static 4-D tensor (None: another node)."""
+    if getattr(node, "op", None) != "call_function" or node.target != aten.mean.dim:
+        return None
+    val = node.args[0].meta["val"]
+    if val.dim() != 4 or not all(isinstance(d, int) for d in val.shape):
+        return None
+    if not (len(node.args) > 2 and node.args[2]) or node.kwargs.get("dtype") is not None:
+        return None
+    return sorted(d % 4 for d in node.args[1])
+
+
+def pooled_means(exported: Any) -> int:
+    """Rewrite, in place, a spatial mean written as a mean over W then over H (the
+    squeeze-excite mean of `SqueezeExcite(mean="split")`) as 16 x 16 average pools and a
+    global mean: XNNPACK takes a 4-D mean only over H and W together, so each split mean ran
+    on a portable kernel (one thread) and split the program into another delegate call, with
+    layout transposes at each boundary (EdgeSAM's encoder: 14 delegate calls, 42 transposes).
+    The sums stay short (<= 256 terms) as in the split form. Maps whose sides are not multiples
+    of 16 keep the split form. Returns how many."""
+    count = 0
+    graph = exported.graph_module.graph
+    for first in list(graph.nodes):
+        axes = _mean_axes(first)
+        if axes not in ([2], [3]) or len(first.users) != 1:
+            continue
+        (second,) = first.users
+        if _mean_axes(second) != ([3] if axes == [2] else [2]):
+            continue
+        x = first.args[0]
+        h, w = x.meta["val"].shape[2:]
+        if h % _POOL or w % _POOL:
+            continue
+        with graph.inserting_before(second):
+            window = [_POOL, _POOL]
+            pooled = _call(graph, aten.avg_pool2d.default, x, window, window)
+            mean = _call(graph, aten.mean.dim, pooled, [2, 3], True)
+        second.replace_all_uses_with(mean)
+        count += 1
+    if count:
+        _finish(exported)
+    return count
+
+
 def drop_unused_constants(exported: Any) -> int:
     """Remove, in place, buffers and lifted constants that no node reads; returns how many.
     (ExecuTorch stores every constant input of the program, read or not.)"""
@@ -338,15 +389,16 @@ def rewrite_for_xnnpack(
     exported: Any, dynamic: bool, table: dict[Any, Any]
 ) -> tuple[Any, dict[str, int]]:
     """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
-    int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then
-    `infer_symbolic_reshapes`, `merge_permutes`, `decompose_layer_norms` (after quantization,
-    so the LayerNorms stay float) and `drop_unused_constants`. Static graphs (the image
-    encoders) keep their LayerNorms: the rewrites were measured on the decoders. Returns the
+    int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`
+    (every graph), `infer_symbolic_reshapes`, `merge_permutes`, `decompose_layer_norms`
+    (after quantization, so the LayerNorms stay float) and `drop_unused_constants`. Static
+    graphs (the image encoders) keep their LayerNorms (decomposing the neck's two gave the
+    encoder no speed); the dynamic-graph rewrites were measured on the decoders. Returns the
     program and how many nodes each rewrite changed."""
     if dynamic:
         table = {aten.matmul.default: bmm_matmul} | table
     exported = exported.run_decompositions(table)
-    done = {}
+    done = {"pooled_means": pooled_means(exported)}
     if dynamic:
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
         done["merge_permutes"] = merge_permutes(exported)
