@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -56,9 +57,20 @@ def profile(pte: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any
                 total[event.name] += float(np.median(event.perf_data.raw))
                 count[event.name] += 1
     rows = sorted(total.items(), key=lambda kv: -kv[1])
+    # XNNPACK names an operator by its type and its index in the delegate ("... GEMM #3")
+    by_type: dict[str, float] = defaultdict(float)
+    type_count: dict[str, int] = defaultdict(int)
+    for name, ms in total.items():
+        kind = re.sub(r" #\d+$", "", name)
+        by_type[kind] += ms
+        type_count[kind] += count[name]
     return {
         "runs": runs,
         "events_ms": [{"name": k, "count": count[k], "ms": v} for k, v in rows],
+        "by_type_ms": [
+            {"name": k, "count": type_count[k], "ms": v}
+            for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])
+        ],
     }
 
 
@@ -189,7 +201,17 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"ExecuTorch decoder profile (ETDump, median of {result['profile']['runs']} calls,"
         " summed per event name; DELEGATE_CALL holds the XNNPACK operators below it,"
-        " OPERATOR_CALL the portable ones):",
+        " OPERATOR_CALL the portable ones), by operator type:",
+        "",
+        _common.md_table(
+            ["operator type", "count", "ms"],
+            [
+                [e["name"], str(e["count"]), f"{e['ms']:.2f}"]
+                for e in result["profile"]["by_type_ms"][:14]
+            ],
+        ),
+        "",
+        "and by event name (XNNPACK's names carry the operator's index in its delegate call):",
         "",
         _common.md_table(
             ["event", "count", "ms"],
