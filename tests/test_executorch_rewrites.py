@@ -303,3 +303,20 @@ def test_pooled_means_keep_the_squeeze_excite_mean_in_xnnpack() -> None:
     want = module(x)
     got = Runtime.get().load_program(pooled).load_method("forward").execute([x])[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_merge_permutes_compares_symbolic_sizes_by_expression_not_by_traced_size() -> None:
+    """A reshape counts as a no-op only when its sizes are the same expressions: a symbolic
+    size is never equal to the number it was traced with (n = 7 here), which would merge
+    permutes around a reshape that moves values for every other n."""
+    from edgesam_export.host.targets.executorch_rewrites import _same_shape
+
+    n = torch.export.Dim("n", min=1, max=16)
+    exported = torch.export.export(
+        _Permutes(), (torch.randn(1, 7, 32), torch.randn(1, 5, 3)), dynamic_shapes=({1: n}, None)
+    )
+    k = next(p for p in exported.graph.nodes if p.op == "placeholder" and p.name == "k")
+    shape = k.meta["val"].shape  # (1, n, 32), traced at n = 7
+    assert _same_shape(shape, shape)
+    assert not _same_shape(shape, (1, 7, 32))
+    assert not _same_shape((1, 7, 32), shape)

@@ -141,13 +141,19 @@ def _order(node: Any) -> list[int] | None:
     return order
 
 
+def _same_shape(a: Any, b: Any) -> bool:
+    """Whether two shapes are the same size by size, symbolic sizes by their expression (never
+    by the sizes the graph was traced with)."""
+    return len(a) == len(b) and all(str(x) == str(y) for x, y in zip(a, b, strict=True))
+
+
 def _through_identity_views(node: Any) -> Any:
     """`node`, or what it reshapes when it is a reshape to the same shape (a no-op view)."""
     while (
         getattr(node, "op", None) == "call_function"
         and node.target in _RESHAPES
         and isinstance(node.args[0], torch.fx.Node)
-        and tuple(node.meta["val"].shape) == tuple(node.args[0].meta["val"].shape)
+        and _same_shape(node.meta["val"].shape, node.args[0].meta["val"].shape)
     ):
         node = node.args[0]
     return node
@@ -311,6 +317,8 @@ def _mean_axes(node: Any) -> list[int] | None:
     if val.dim() != 4 or not all(isinstance(d, int) for d in val.shape):
         return None
     if not (len(node.args) > 2 and node.args[2]) or node.kwargs.get("dtype") is not None:
+        return None
+    if not isinstance(node.args[1], list | tuple):
         return None
     return sorted(d % 4 for d in node.args[1])
 
