@@ -144,19 +144,15 @@ def programs_in(loaded: Any, graphs: tuple[str, ...], workdir: Path) -> tuple[di
 
 def feeds_for(loaded: Any, graph: str) -> dict[str, np.ndarray]:
     """The parity test image (encoder) or its PyTorch embeddings and a 5-point set (decoder)."""
-    import torch
-
     from edgesam_export.device import processing as P
     from edgesam_export.device.parity import make_test_image
-    from edgesam_export.host.targets.onnx import build_graph
+    from edgesam_export.host.reference import torch_sessions
 
     tensor, _ = P.preprocess(make_test_image(), params=loaded.spec.preprocessing)
     if graph == "encoder":
         return {"image": tensor}
-    encoder, _ = build_graph(loaded, "encoder", False)
-    with torch.no_grad():
-        # contiguous, as an encoder session returns them (a torch output can be strided)
-        embeddings = np.ascontiguousarray(encoder(torch.from_numpy(tensor)).numpy())
+    encoder, _ = torch_sessions(loaded, optimized=True)  # the exported graph, as a session
+    embeddings = encoder.run({"image": tensor})["image_embeddings"]
     rng = np.random.default_rng(5)
     frame = loaded.spec.frame
     return {

@@ -151,6 +151,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _events_table(label: str, events: list[dict[str, Any]]) -> str:
+    return _common.md_table(
+        [label, "count", "ms"], [[e["name"], str(e["count"]), f"{e['ms']:.2f}"] for e in events]
+    )
+
+
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -203,23 +209,11 @@ def render(result: dict[str, Any]) -> str:
         " summed per event name; DELEGATE_CALL holds the XNNPACK operators below it,"
         " OPERATOR_CALL the portable ones), by operator type:",
         "",
-        _common.md_table(
-            ["operator type", "count", "ms"],
-            [
-                [e["name"], str(e["count"]), f"{e['ms']:.2f}"]
-                for e in result["profile"]["by_type_ms"][:14]
-            ],
-        ),
+        _events_table("operator type", result["profile"]["by_type_ms"][:14]),
         "",
         "and by event name (XNNPACK's names carry the operator's index in its delegate call):",
         "",
-        _common.md_table(
-            ["event", "count", "ms"],
-            [
-                [e["name"], str(e["count"]), f"{e['ms']:.2f}"]
-                for e in result["profile"]["events_ms"][:20]
-            ],
-        ),
+        _events_table("event", result["profile"]["events_ms"][:20]),
     ]
     return "\n".join(lines)
 
