@@ -141,8 +141,10 @@ def test_tolerance_rows_come_from_the_backend_then_the_precision(fake: Backend) 
     assert fp16["image_embeddings"] > fp32["image_embeddings"] and iou16 < iou32 == 0.99
     assert tolerances_for("trt", "fp16") == tolerances_for("tensorrt", "fp16") == (fp16, iou16)
     # a backend without its own rows is judged by the precision's rows
-    assert tolerances_for("fakert", "fp16") == tolerances_for("torch", "fp16")
+    generic = backends.PRECISION_ROWS["fp16"]
+    assert tolerances_for("fakert", "fp16") == (dict(generic.limits), generic.min_mask_iou)
     assert tolerances_for("fakert", "fp16") != (fp16, iou16)
+    assert tolerances_for("fakert", "fp16") != tolerances_for("torch", "fp16")  # its own row
     with pytest.raises(InputError, match="no parity tolerances for precision 'int4'"):
         tolerances_for("onnx", "int4")
     with pytest.raises(InputError, match="unknown backend"):
@@ -158,7 +160,8 @@ def test_every_row_is_measured_or_labelled_an_estimate() -> None:
     for row in rows:
         assert bool(row.measured) != row.estimate
         assert set(row.limits) <= set(CHECKS)
-    assert tolerance_row("torch", "bf16").estimate
+    assert backends.PRECISION_ROWS["bf16"].estimate  # the fallback: no backend measured it
+    assert "H200" in tolerance_row("torch", "bf16").measured
     assert "0.9926" in tolerance_row("tensorrt", "fp16").measured
     with pytest.raises(ValueError, match="measured"):
         ToleranceRow({"image_embeddings": 1.0}, 0.9)

@@ -27,12 +27,13 @@ from edgesam_export.device.errors import (
     InputError,
 )
 from edgesam_export.device.tolerances import (
-    BF16,
+    CHECKS as CHECKS,  # the checks a recipe may tighten, read through the registry
+)
+from edgesam_export.device.tolerances import (
     COREML_FP16,
     COREML_INT8,
     EXECUTORCH_FP32,
     EXECUTORCH_INT8,
-    FP16,
     FP16_EMULATED,
     FP32_COREML,
     FP32_ONNX,
@@ -41,12 +42,11 @@ from edgesam_export.device.tolerances import (
     ONNX_INT8_STATIC,
     ONNX_INT8_WEIGHTS,
     PRECISION_ROWS,
+    TORCH_BF16,
+    TORCH_FP16,
     GroupRows,
     ToleranceRow,
     TolRows,
-)
-from edgesam_export.device.tolerances import (
-    CHECKS as CHECKS,  # the checks a recipe may tighten, read through the registry
 )
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ _ENTRIES = (
         requires="torch",
         install_hint=_INSTALL.format("export"),
         # the graph rewrites the ONNX export traces: the ONNX float32 rows bound them
-        tolerances={"fp32": FP32_ONNX, "fp16": FP16, "bf16": BF16},
+        tolerances={"fp32": FP32_ONNX, "fp16": TORCH_FP16, "bf16": TORCH_BF16},
         bench_label="PyTorch",
     ),
     Backend(

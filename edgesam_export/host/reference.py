@@ -5,8 +5,9 @@ Host side (imports torch); the device side never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,13 +39,26 @@ class TorchSession(Session):
         self.dtype = getattr(torch, dtype)
         self.module = module.eval().to(device=device, dtype=self.dtype)
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def tensors(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """The feeds as the module's arguments: on its device, floats in its dtype (integer
+        inputs, the memory attention's temporal indices, keep their type)."""
         import torch
 
         args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.inputs]
-        # integer inputs (the memory attention's temporal indices) keep their type
-        args = [a.to(self.device, self.dtype if a.is_floating_point() else a.dtype) for a in args]
-        with torch.inference_mode():
+        return [a.to(self.device, self.dtype if a.is_floating_point() else a.dtype) for a in args]
+
+    def math(self) -> contextlib.AbstractContextManager[None]:
+        """The arithmetic this session's precision names (`ieee_float32` on CUDA for fp32)."""
+        import torch
+
+        exact = self.dtype == torch.float32 and str(self.device).startswith("cuda")
+        return ieee_float32() if exact else contextlib.nullcontext()
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        args = self.tensors(feeds)
+        with torch.inference_mode(), self.math():
             out = self.module(*args)
         if not isinstance(out, tuple):
             out = (out,)
@@ -54,6 +68,22 @@ class TorchSession(Session):
             t.name: np.ascontiguousarray(o.detach().to(torch.float32).cpu().numpy())
             for t, o in zip(self.outputs, out, strict=True)
         }
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 computed as float32 on CUDA: no TF32 in cuDNN's convolutions (PyTorch's default)
+    nor in cuBLAS's matrix products. With TF32 (10-bit mantissa) an H200's fp32 columns missed
+    the float32 parity row: embeddings 5.2e-2 from the CPU reference (docs/device.md). The flags
+    are restored on exit."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 #: --precision name -> torch dtype name
@@ -177,20 +207,16 @@ class CudaGraphSession(Session):
 
         key = tuple((t.name, feeds[t.name].shape) for t in self.inputs)
         if key not in self._graphs:
-            static_in = [
-                torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(
-                    self.device, self.inner.dtype
-                )
-                for t in self.inputs
-            ]
+            static_in = self.inner.tensors(feeds)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), torch.inference_mode():
+            # the replays run the kernels chosen here: capture under the session's arithmetic
+            with torch.cuda.stream(stream), torch.inference_mode(), self.inner.math():
                 for _ in range(3):
                     self.inner.module(*static_in)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with torch.inference_mode(), self.inner.math(), torch.cuda.graph(graph):
                 out = self.inner.module(*static_in)
             self._graphs[key] = (graph, static_in, out if isinstance(out, tuple) else (out,))
         graph, static_in, static_out = self._graphs[key]
