@@ -1,18 +1,18 @@
-"""ExecuTorch encoder with dynamically quantized activations: speed against the mask bar.
+"""The ExecuTorch int8 encoder's frontier: speed against the mask bar per number of float blocks.
 
-An experiment, not a product mode. `executorch --precision int8` quantizes activations
-statically (PT2E, scales fixed by calibration), and EdgeSAM's int8 encoder misses the int8
-mask bar by far (end to end 0.66 / 0.44, docs/executorch.md). XNNPACK also runs convolutions
-and linears with activations quantized per call (the XNNPACK quantizer's
-`is_dynamic=True` config: int8 per-channel weights, activation scales chosen at run time).
-This script exports the calibrated synthetic EdgeSAM encoder three ways through the one
-ExecuTorch target (fp32; static int8 as shipped; dynamic int8, by swapping the target's PT2E
-step for the dynamic config), judges each int8 encoder behind PyTorch's decoder with the
-held-out mask bar (`heldout_mask_bar`: 3 held-out images, 30 prompt sets, bar 0.97 / 0.90),
-and times the three programs in interleaved rounds (2 threads, median of each block, paired
+`executorch --precision int8` quantizes the encoder's activations per call (PT2E, the XNNPACK
+quantizer's dynamic config: scales chosen at run time, per-channel int8 weights) and keeps float
+the fewest blocks that meet the mask bar on the calibration images (the search of
+`host/quantize/pt2e.py`), then judges the program on the held-out images. This script exports
+the calibrated synthetic EdgeSAM encoder through the one ExecuTorch target twice (fp32, and
+int8 with its search), then lowers more points of the same ranking (`Int8Plan`): calibrated
+static activations (the decoder's method), per-call activations with no block float, and with
+the `--float` counts given, beside the searched program. Each is judged behind PyTorch's decoder
+with the held-out mask bar (`heldout_mask_bar`: 3 held-out images, 30 prompt sets, bar 0.97 /
+0.90) and timed against fp32 in interleaved rounds (2 threads, median of each block, paired
 ratios fp32 / int8 with a bootstrap interval).
 
-    python benchmarks/measure_executorch_dynamic_int8.py [--rounds 12]
+    python benchmarks/measure_executorch_dynamic_int8.py [--rounds 12] [--float 6,12]
 
 Writes `results/executorch_dynamic_int8.{json,md}`.
 """
@@ -20,6 +20,7 @@ Writes `results/executorch_dynamic_int8.{json,md}`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -30,24 +31,7 @@ import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 from bench_executorch import feeds_for, interleaved
 
-SIDES = ("executorch_fp32", "executorch_int8_static", "executorch_int8_dynamic")
-
-
-def _dynamic_quantize(exported: Any, calibration: list[Any]) -> Any:
-    """The target's PT2E step with the XNNPACK quantizer's dynamic-activation config (one
-    calibration call: dynamic scales are not calibrated, the call only traces)."""
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-    prepared = prepare_pt2e(exported.module(), XNNPACKQuantizer().set_global(config))
-    with torch.no_grad():
-        prepared(*calibration[0])
-    return convert_pt2e(prepared)
+FP32 = "fp32"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,30 +40,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgesam_export.device.backends import open_session
     from edgesam_export.host.config import ExecuTorchOptions
     from edgesam_export.host.models import load_model
+    from edgesam_export.host.quantize.pt2e import Int8Plan
+    from edgesam_export.host.quantize.search import rank
     from edgesam_export.host.targets import executorch as et
     from edgesam_export.host.targets import get_target
 
     torch.set_num_threads(_common.THREADS)
     loaded = load_model(None, synthetic="calibrated")
     target = get_target("executorch")
-    static_quantize = et._quantize
     with tempfile.TemporaryDirectory() as tmp:
-        paths, export_s = {}, {}
-        for side, precision in zip(SIDES, ("fp32", "int8", "int8"), strict=True):
-            et._quantize = _dynamic_quantize if side.endswith("dynamic") else static_quantize
+        paths: dict[str, Path] = {}
+        export_s: dict[str, float] = {}
+        for side, precision in ((FP32, "fp32"), ("searched", "int8")):
             options = ExecuTorchOptions(
                 graphs=("encoder",), precision=precision, output=Path(tmp) / side
             )
             t0 = time.perf_counter()
-            try:
-                paths[side] = target.export(loaded, "encoder", options).path
-            finally:
-                et._quantize = static_quantize
+            paths[side] = target.export(loaded, "encoder", options).path
             export_s[side] = time.perf_counter() - t0
             _common.log(f"{side}: exported in {export_s[side]:.0f} s")
+        meta = json.loads(paths["searched"].with_name(paths["searched"].name + ".json").read_text())
+        report = json.loads(meta["metadata"]["int8.report"])
+        ranking = rank(report["sensitivity"])
+        chosen = len(report["float_blocks"])
+        module, example = et.program_graph(loaded, "encoder", False)
+        options = ExecuTorchOptions(graphs=("encoder",), precision="int8")
+        calibration = et.calibration_args(loaded, "encoder", options)
+        traced = et.traced_program(module, example, None)
+        plans = {"static": Int8Plan()}
+        plans |= {f"float {k}": Int8Plan(True, tuple(ranking[:k])) for k in (0, *args.floats)}
+        for side, plan in plans.items():
+            t0 = time.perf_counter()
+            exported = et.exported_program(module, example, None, calibration, plan, traced)
+            program = et.lower(exported)
+            paths[side] = Path(tmp) / f"{side.replace(' ', '_')}.pte"
+            paths[side].write_bytes(program)
+            paths[side].with_name(paths[side].name + ".json").write_bytes(
+                paths["searched"].with_name(paths["searched"].name + ".json").read_bytes()
+            )  # the sidecar the session reads (same I/O)
+            export_s[side] = time.perf_counter() - t0
+            _common.log(f"{side}: lowered in {export_s[side]:.0f} s")
         sessions = {s: open_session(p, threads=_common.THREADS) for s, p in paths.items()}
         accuracy = {}
-        for side in SIDES[1:]:
+        for side in paths:
+            if side == FP32:
+                continue
             result = et.heldout_mask_bar(loaded, encoder=sessions[side])
             accuracy[side] = {
                 "mean_iou": result.mean_iou,
@@ -95,14 +100,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         samples = interleaved(sessions, feeds, args.rounds, args.block)
         machine = _common.machine_block(load_before, monitor)
         speed = {}
-        for side in SIDES[1:]:
-            ratio, lo, hi = _common.paired_ratio_ci(samples[SIDES[0]], samples[side])
-            speed[side] = {"ratio": ratio, "ci95": [lo, hi]}
+        for side in paths:
+            if side != FP32:
+                ratio, lo, hi = _common.paired_ratio_ci(samples[FP32], samples[side])
+                speed[side] = {"ratio": ratio, "ci95": [lo, hi]}
         sizes = {s: p.stat().st_size for s, p in paths.items()}
     return {
         "date": _common.now_utc(),
         "machine": machine,
         "settings": {"threads": _common.THREADS, "rounds": args.rounds, "block": args.block},
+        "search": {
+            "float_blocks": report["float_blocks"],
+            "chosen": chosen,
+            "ranking": ranking,
+            "frontier": report["frontier"],
+            "heldout": report["heldout"],
+        },
         "export_s": export_s,
         "sizes_bytes": sizes,
         "median_ms": {s: float(np.median(v)) for s, v in samples.items()},
@@ -114,13 +127,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
+    search = result["search"]
     rows = []
-    for side in SIDES:
+    for side in result["median_ms"]:
         acc = result["accuracy"].get(side)
         speed = result["speedup_over_fp32"].get(side)
+        name = f"searched ({search['chosen']} float)" if side == "searched" else side
         rows.append(
             [
-                side,
+                name,
                 f"{result['sizes_bytes'][side] / 1e6:.1f} MB",
                 f"{result['median_ms'][side]:.1f}",
                 f"{speed['ratio']:.2f} ({speed['ci95'][0]:.2f}-{speed['ci95'][1]:.2f})"
@@ -130,9 +145,14 @@ def render(result: dict[str, Any]) -> str:
                 ("met" if acc["passed"] else "missed") if acc else "",
             ]
         )
+    walked = [
+        [str(len(p["float_blocks"])), f"{p['mean_iou']:.4f} / {p['worst_iou']:.4f}",
+         "meets" if p["passed"] else "misses"]
+        for p in search["frontier"]
+    ]  # fmt: skip
     return "\n".join(
         [
-            "# ExecuTorch encoder: static vs dynamic int8 activations (issue 18, experiment)",
+            "# ExecuTorch int8 encoder: the float-block frontier (issue 18)",
             "",
             f"- date: {result['date']}; {m['platform']}, {m['cores']} cores,"
             f" {_common.THREADS} threads",
@@ -142,11 +162,20 @@ def render(result: dict[str, Any]) -> str:
             f"- {result['settings']['rounds']} interleaved rounds of"
             f" {result['settings']['block']} calls per side; mask bar: the int8 encoder behind"
             " PyTorch's decoder, 3 held-out images, against fp32 PyTorch",
+            "- `static`: calibrated int8 activations (the decoder's method); `float k`: per-call"
+            " int8 activations with the k most sensitive blocks of the search's ranking float;"
+            " `searched`: the program `executorch --precision int8` writes",
             "",
             _common.md_table(
-                ["program", "size", "median ms", "fp32 / this (95% CI)", "mask IoU", "bar"],
+                ["program", "size", "median ms", "fp32 / this (95% CI)", "held-out IoU", "bar"],
                 rows,
             ),
+            "",
+            "The search's walk on the 8 calibration images (its selection set; bar 0.97 / 0.90):",
+            "",
+            _common.md_table(["float blocks", "mean / worst IoU", "bar"], walked),
+            "",
+            f"Float blocks of the searched program: {', '.join(search['float_blocks'])}.",
         ]
     )
 
@@ -155,5 +184,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timed rounds")
     parser.add_argument("--block", type=int, default=3, help="calls per side per round")
+    parser.add_argument(
+        "--float",
+        dest="floats",
+        type=lambda s: [int(k) for k in s.split(",") if k],
+        default=[6, 12],
+        help="more float-block counts to lower and time (comma-separated)",
+    )
     ns = parser.parse_args()
     raise SystemExit(_common.main("executorch_dynamic_int8", lambda: run(ns), render))

@@ -526,8 +526,12 @@ class _Shifted:
 def test_int8_encoder_meets_the_mask_bar_end_to_end(
     int8_decoder: ExportRun, tmp_path: Path
 ) -> None:
-    """int8 encoder + int8 decoder programs, end to end against the fp32 PyTorch model."""
-    from edgesam_export.host.targets.executorch import heldout_mask_bar
+    """The searched int8 encoder (per-call int8 activations, the fewest float blocks meeting
+    the bar on the calibration images) + the int8 decoder, end to end against the fp32 PyTorch
+    model on the held-out images. The PT2E encoder with calibrated activations and no float
+    block missed it: 0.66 / 0.44."""
+    from edgesam_export.host.quantize.pt2e import encoder_blocks
+    from edgesam_export.host.targets.executorch import heldout_mask_bar, program_graph
 
     run = export_and_check(
         ModelOptions(synthetic="calibrated"),
@@ -536,6 +540,14 @@ def test_int8_encoder_meets_the_mask_bar_end_to_end(
         verify=True,
     )
     assert run.published and run.report is not None and run.report.passed, run.report
+    meta = json.loads((tmp_path / "edge_sam_encoder.pte.json").read_text())["metadata"]
+    assert "per-call (dynamic)" in meta["executorch.quantizer"]
+    floats = meta["int8.float_blocks"].split(",")
+    blocks = encoder_blocks(program_graph(int8_decoder.loaded, "encoder", False)[0])
+    assert set(floats) < set(blocks)  # some blocks int8, the rest float
+    report = json.loads(meta["int8.report"])
+    assert report["bar_met"] and report["heldout"]["worst_iou"] >= 0.9
+    assert not report["frontier"][0]["passed"]  # every block int8 misses: the search mattered
     result = heldout_mask_bar(
         int8_decoder.loaded,
         encoder=open_session(tmp_path / "edge_sam_encoder.pte"),
@@ -767,3 +779,91 @@ def test_edgetam_exports_its_image_graphs_by_default() -> None:
     assert graphs_to_export(spec, "onnx", OnnxOptions()) == spec.graphs
     chosen = ExecuTorchOptions(graphs=("memory_encoder",))
     assert graphs_to_export(spec, "executorch", chosen) == ("memory_encoder",)
+
+
+class _Stages(torch.nn.Module):
+    """A toy encoder: a wrapper over a stem, a stage list and a parameter-free neck."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.stages = torch.nn.Sequential(
+            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU()),
+            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GELU()),
+        )
+        self.neck = torch.nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.stages(self.stem(x)))
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_encoder = _Stages()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(x)
+
+
+def _quantized_convs(plan: object) -> dict[str, bool]:
+    """Which convolutions of `_Wrapped` PT2E quantized under `plan` (a dequantized weight)."""
+    from edgesam_export.host.quantize.pt2e import in_block, quantize
+
+    x = torch.linspace(-1.0, 1.0, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    exported = torch.export.export(_Wrapped().eval(), (x,), strict=False)
+    converted = quantize(exported, [(x,)], plan)  # type: ignore[arg-type]
+    blocks = ("image_encoder.stem", "image_encoder.stages.0", "image_encoder.stages.1")
+    found = dict.fromkeys(blocks, False)
+    for node in converted.graph.nodes:
+        if node.op == "call_function" and "conv" in str(node.target):
+            weight = node.args[1]
+            dequantized = weight.op == "call_function" and "dequantize" in str(weight.target)
+            for block in blocks:
+                if in_block(node, block):
+                    found[block] = dequantized
+    return found
+
+
+def test_int8_plans_quantize_the_blocks_they_name_and_leave_the_float_ones() -> None:
+    """The encoder search's candidates: every block but the float ones, or one block alone
+    (sensitivity). The quantizer's filter also sees the weights (no module stack): a filter
+    that refused them quantized nothing, and every block measured the same."""
+    from edgesam_export.host.quantize.pt2e import Int8Plan
+
+    assert all(_quantized_convs(Int8Plan(dynamic=True)).values())
+    floats = _quantized_convs(Int8Plan(dynamic=True, float_blocks=("image_encoder.stages.0",)))
+    assert floats == {
+        "image_encoder.stem": True,
+        "image_encoder.stages.0": False,
+        "image_encoder.stages.1": True,
+    }
+    only = _quantized_convs(Int8Plan(dynamic=True, only="image_encoder.stages.1"))
+    assert only == {
+        "image_encoder.stem": False,
+        "image_encoder.stages.0": False,
+        "image_encoder.stages.1": True,
+    }
+    assert all(_quantized_convs(Int8Plan()).values())  # calibrated activations: the decoder's
+
+
+def test_encoder_blocks_are_the_stages_children_with_a_layer_to_quantize(
+    bicubic_model: LoadedModel,
+) -> None:
+    from edgesam_export.host.quantize.pt2e import encoder_blocks
+    from edgesam_export.host.targets.executorch import program_graph
+
+    assert encoder_blocks(_Wrapped()) == [
+        "image_encoder.stem",
+        "image_encoder.stages.0",
+        "image_encoder.stages.1",
+    ]  # the wrapper is looked through; the neck has nothing to quantize
+    module, _ = program_graph(bicubic_model, "encoder", False)
+    blocks = encoder_blocks(module)
+    assert blocks[:2] == ["image_encoder.features.0", "image_encoder.features.1"]
+    assert blocks[-3:] == [
+        "image_encoder.fuse_stage2",
+        "image_encoder.fuse_stage3",
+        "image_encoder.neck.2",
+    ]
+    assert len(blocks) == 30

@@ -584,14 +584,15 @@ EXECUTORCH_FP32 = GroupRows(
         ),
     }
 )
-# ExecuTorch int8 (PT2E, XNNPACK quantizer, synthetic calibration set): the decoder measured on
-# the saved program with executorch.runtime against PyTorch fp32 on the parity test image and
-# prompt cases (batch-1 sets), set to ~2.7x the worst value. The encoder and end-to-end checks
-# were not measured (an int8 encoder export did not finish on the loaded 2-core host): the
-# static ONNX int8 row's values, labelled as estimates. The mask bar is judged separately.
+# ExecuTorch int8 (PT2E, XNNPACK quantizer, synthetic calibration set): measured on the saved
+# programs with executorch.runtime against PyTorch fp32 on the parity test image and prompt
+# cases (batch-1 sets), set to ~2.7x the worst value: the decoder (calibrated activations) and
+# the searched encoder (per-call activations, 17 of 30 blocks float on calibrated synthetic
+# EdgeSAM). The end-to-end checks were not measured: the static ONNX int8 row's values,
+# labelled as estimates. The mask bar is judged separately (at export for the encoder).
 EXECUTORCH_INT8 = ToleranceRow(
     {
-        "image_embeddings": 1.0,  # not measured
+        "image_embeddings": 6e-1,  # measured 0.209 (cosine 0.99946)
         "decoder.masks": 1.0,  # measured 0.370 (max |ref| 5.2)
         "decoder.scores": 8e-2,  # measured 2.97e-2
         "decoder.stability_scores": 1e-1,  # not measured
@@ -600,12 +601,11 @@ EXECUTORCH_INT8 = ToleranceRow(
         "end_to_end.stability_scores": 1e-1,  # not measured
     },
     0.9,  # the mask bar's worst; held-out worst IoU measured 0.9515 (mean 0.9756, 30 masks)
-    measured="executorch.runtime, int8 decoder of the calibrated synthetic EdgeSAM: masks 0.370"
-    " / scores 2.97e-2 on the parity cases; held-out mask IoU mean 0.9756, worst 0.9515"
-    " (docs/executorch.md)",
+    measured="executorch.runtime, int8 programs of the calibrated synthetic EdgeSAM: encoder"
+    " embeddings 0.209; decoder masks 0.370 / scores 2.97e-2 on the parity cases; held-out"
+    " mask IoU mean 0.9756, worst 0.9515 (docs/executorch.md)",
     estimated=frozenset(
         {
-            "image_embeddings",
             "decoder.stability_scores",
             "end_to_end.masks",
             "end_to_end.scores",

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -103,6 +104,20 @@ CalibrationCount = Annotated[
 CALIBRATION_IMAGES = 8
 
 
+def mask_bar_text(value: str) -> str:
+    """An `--accuracy-target` value in its canonical form (one parser: `MaskBar.parse`)."""
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.device.mask_bar import MaskBar
+
+    try:
+        return str(MaskBar.parse(value))
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+
+
+MaskBarText = Annotated[str, AfterValidator(mask_bar_text)]
+
+
 class Int8Calibration(BaseModel):
     """The rule of the calibration fields: given without the int8 mode that reads them, they
     are refused, not ignored. A target sets `CALIBRATES_WITH` (the flag that turns calibration
@@ -182,7 +197,7 @@ class OnnxOptions(Int8Calibration, ExportOptions):
     activation_symmetric: bool = Field(
         False, description="Static int8: symmetric int8 activations (TensorRT's convention)"
     )
-    accuracy_target: str = Field(
+    accuracy_target: MaskBarText = Field(
         "miou=0.97,worst=0.9",
         description="int8 / int8-weights: mask IoU bar against PyTorch on held-out images and"
         " prompts (mean and worst); the search keeps the fewest blocks (int8-weights: weights,"
@@ -221,17 +236,6 @@ class OnnxOptions(Int8Calibration, ExportOptions):
         if v is not None and info.data.get("precision", "fp32") != "fp32":
             raise ValueError(f"choose --precision fp16 or --quantize {v}, not both")
         return v
-
-    @field_validator("accuracy_target")
-    @classmethod
-    def _bar(cls, v: str) -> str:
-        from edgesam_export.device.errors import InputError
-        from edgesam_export.device.mask_bar import MaskBar
-
-        try:
-            return str(MaskBar.parse(v))
-        except InputError as exc:
-            raise ValueError(str(exc)) from None
 
     def graph_quantize(self, graph: GraphKind) -> str | None:
         """The reduction one graph is exported with (--encoder-quantize, else --quantize)."""
@@ -364,17 +368,37 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
 
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
-        description="fp32, or int8: PT2E static quantization with the XNNPACK quantizer"
-        " (per-channel int8 weights, int8 activations), calibrated on images that are not the"
-        " held-out images it is judged on",
+        description="fp32, or int8: PT2E with the XNNPACK quantizer, per-channel int8 weights;"
+        " the decoder's activations int8 with ranges calibrated on images that are not the"
+        " held-out images it is judged on, the encoder's int8 with per-call scales and the"
+        " blocks that break the masks kept float (--accuracy-target)",
     )
     max_points: int = Field(
         16, ge=1, le=64, description="Largest prompt point count N (dynamic 1..N)"
     )
     calibration: CalibrationFolder = None
     calibration_images: CalibrationCount = CALIBRATION_IMAGES
+    accuracy_target: MaskBarText = Field(
+        "miou=0.97,worst=0.9",
+        description="int8 encoder: mask IoU bar against PyTorch (mean and worst) that the"
+        " search meets on the calibration images with the fewest float blocks; the chosen"
+        " program must then meet it on the held-out images",
+    )
+    search_budget: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="int8 encoder: programs the search may evaluate (each sensitivity"
+        " measurement and each judged probe counts one; at most half for sensitivity)."
+        " Default: the complete search. Counted, not timed",
+    )
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
     CALIBRATES_WITH = "--precision int8"
+    CALIBRATION_FIELDS = (
+        *Int8Calibration.CALIBRATION_FIELDS,
+        "accuracy_target",
+        "search_budget",
+    )
 
     def calibrates(self) -> bool:
         return self.precision == "int8"

@@ -26,11 +26,12 @@ PyTorch decoder, a decoder candidate gets the PyTorch embeddings.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -58,6 +59,11 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     return None
+
+
+def stderr_progress(message: str) -> None:
+    """An int8 search's progress (minutes on an encoder), beside the CLI's own lines."""
+    print(f"  {message}", file=sys.stderr, flush=True)
 
 
 def sqnr_db(candidate: np.ndarray, reference: np.ndarray) -> float:
@@ -208,17 +214,33 @@ class Evaluator:
         return mask_bar(pairs, self.bar), sqnr, 1000 * latency, self.speedup(session)
 
 
+class Quantizer(Protocol):
+    """Makes the search's candidates: everything quantized but `exclude`, or `only` those."""
+
+    def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Any: ...
+
+
+class CandidateJudge(Protocol):
+    """Judges the search's candidates (`Evaluator` for ONNX graphs, `pt2e.EncoderEvaluator`
+    for ExecuTorch programs)."""
+
+    def quick(self, candidate: Any) -> float: ...
+
+    def judge(self, candidate: Any) -> tuple[MaskBarResult, float, float, float | None]: ...
+
+
 def search(
-    quantizer: StaticQuantizer | WeightQuantizer,
-    evaluator: Evaluator,
+    quantizer: Quantizer,
+    evaluator: CandidateJudge,
     block_map: dict[str, list[str]],
     report: Report,
     progress: Progress = _quiet,
     budget: int | None = None,
     cost: Mapping[str, float] | None = None,
 ) -> Any:
-    """The QDQ graph with the fewest float blocks that meets the bar (steps in the module doc);
-    fills `report`. Raises ExportFailedError when no partly quantized graph it probed meets it.
+    """The candidate (a QDQ graph; an ExecuTorch plan) with the fewest float blocks that meets
+    the bar (steps in the module doc); fills `report`. Raises ExportFailedError when no
+    partly quantized candidate it probed meets it.
 
     `cost` (bytes a block costs kept float; weight-only int8) ranks blocks by the noise their
     quantization adds per unit of cost (10^(-SQNR/10) / cost) instead of by SQNR alone, so the

@@ -40,6 +40,13 @@ from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKi
 from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.quantize.pt2e import (
+    EncoderSearch,
+    Int8Plan,
+    encoder_blocks,
+    quantize,
+    search_encoder,
+)
 from edgesam_export.host.targets import Target, artifact_path
 from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_for_xnnpack
 from edgesam_export.host.targets.onnx import build_graph
@@ -184,24 +191,6 @@ def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> Any:
     return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
-def _quantize(exported: Any, calibration: list[tuple[torch.Tensor, ...]]) -> torch.nn.Module:
-    """PT2E: prepare with the XNNPACK quantizer, calibrate, convert (a quantized GraphModule)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)
-    )
-    prepared = prepare_pt2e(exported.module(), quantizer)
-    with torch.no_grad():
-        for args in calibration:
-            prepared(*args)
-    return convert_pt2e(prepared)
-
-
 def _contiguous_constants(exported: Any) -> None:
     """Make every lifted constant contiguous, with its placeholder's metadata. ExecuTorch's
     constant dim-order pass does this for constant tensors but fails ("Missing input spec for
@@ -217,19 +206,34 @@ def _contiguous_constants(exported: Any) -> None:
                 node.meta["val"] = node.meta["val"].contiguous()
 
 
+def traced_program(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic: tuple[dict[int, Any] | None, ...] | None,
+) -> Any:
+    """The float program as exported, its GEMMs in the forms XNNPACK takes (`gemm_forms`):
+    what PT2E quantizes (`exported.module()` gives each plan its own copy)."""
+    with torch.no_grad():
+        exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        exported, _ = gemm_forms(exported, dynamic is not None)
+    return exported
+
+
 def exported_program(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     dynamic: tuple[dict[int, Any] | None, ...] | None,
     calibration: list[tuple[torch.Tensor, ...]] | None = None,
+    plan: Int8Plan | None = None,
+    traced: Any = None,
 ) -> Any:
-    """The program ready to lower: exported, int8 by PT2E when `calibration` is given,
-    decomposed and rewritten for XNNPACK (`executorch_rewrites`)."""
+    """The program ready to lower: exported (or `traced`, from `traced_program`), int8 by PT2E
+    when `calibration` is given (`plan`: how; default calibrated activations), decomposed and
+    rewritten for XNNPACK (`executorch_rewrites`)."""
+    exported = traced if traced is not None else traced_program(module, args, dynamic)
     with torch.no_grad():
-        exported = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
-        exported, _ = gemm_forms(exported, dynamic is not None)
         if calibration is not None:
-            quantized = _quantize(exported, calibration)
+            quantized = quantize(exported, calibration, plan or Int8Plan())
             exported = torch.export.export(quantized, args, dynamic_shapes=dynamic, strict=False)
         table: dict[Any, Any] = {torch.ops.aten.gelu.default: _tanh_gelu}
         exported, _ = rewrite_for_xnnpack(exported, dynamic is not None, table)
@@ -252,6 +256,47 @@ def _program(
 ) -> bytes:
     """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
     return lower(exported_program(module, args, dynamic, calibration))
+
+
+def _search_encoder(
+    loaded: LoadedModel,
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    calibration: list[tuple[torch.Tensor, ...]],
+    options: ExecuTorchOptions,
+) -> EncoderSearch:
+    """The int8 encoder: per-call int8 activations, the fewest float blocks that meet
+    `--accuracy-target` (`quantize.pt2e.search_encoder`), each probe a lowered program."""
+    from edgesam_export.device.mask_bar import MaskBar
+    from edgesam_export.host.quantize.data import (
+        CALIBRATION_PROMPT_SEED,
+        HELDOUT_PROMPT_SEED,
+        calibration_images,
+        heldout_images,
+        prepare,
+    )
+    from edgesam_export.host.quantize.search import stderr_progress
+
+    params = loaded.spec.preprocessing
+    images = calibration_images(options.calibration, options.calibration_images)
+    traced = traced_program(module, args, None)
+
+    def lower_plan(plan: Int8Plan) -> bytes:
+        return lower(exported_program(module, args, None, calibration, plan, traced))
+
+    return search_encoder(
+        loaded,
+        traced,
+        calibration,
+        lower_plan,
+        encoder_blocks(module),
+        prepare(images, params, CALIBRATION_PROMPT_SEED),
+        prepare(heldout_images(HELDOUT_IMAGES), params, HELDOUT_PROMPT_SEED),
+        MaskBar.parse(options.accuracy_target),
+        source=options.calibration.name if options.calibration else "synthetic",
+        budget=options.search_budget,
+        progress=stderr_progress,
+    )
 
 
 def program_graph(
@@ -284,11 +329,14 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"
             f" {spec.io_layout} layout: export it with --precision fp32"
         )
+    searched = None
     if options.precision == "int8":
         calibration = calibration_args(loaded, graph, options)
+    if calibration is not None and graph == "encoder":
+        searched = _search_encoder(loaded, module, args, calibration, options)
     try:
         dynamic = _dynamic_shapes(inputs, options.max_points)
-        buffer = _program(module, args, dynamic, calibration)
+        buffer = searched.program if searched else _program(module, args, dynamic, calibration)
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
@@ -305,11 +353,19 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     }
     if calibration is not None:
         metadata |= {
-            "executorch.quantizer": "XNNPACKQuantizer(symmetric, per-channel)",
+            "executorch.quantizer": (searched.plan if searched else Int8Plan()).describe(),
             "executorch.calibration": options.calibration.name
             if options.calibration
             else "synthetic",
             "executorch.calibration_inputs": str(len(calibration)),
+        }
+    if searched is not None:  # what the search kept float and what it measured
+        heldout = searched.heldout
+        metadata |= {
+            "int8.float_blocks": ",".join(searched.plan.float_blocks),
+            "int8.mask_iou": f"mean {heldout.mean_iou:.4f} worst {heldout.worst_iou:.4f}",
+            "int8.bar": f"{searched.report.bar} met",
+            "int8.report": json.dumps(searched.report.to_json()),
         }
     if any(d in POINT_AXES for t in inputs for d in t.shape):
         metadata |= {"executorch.max_points": str(options.max_points)}

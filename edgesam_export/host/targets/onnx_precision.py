@@ -26,7 +26,6 @@ in the ONNX metadata; parity reads it and judges the artifact with its own toler
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -62,8 +61,9 @@ def reduce_precision(
     calibrates and is judged on (end to end against PyTorch)."""
     if options.quantize in ("int8", "int8-weights"):
         from edgesam_export.host.quantize import quantize_graph
+        from edgesam_export.host.quantize.search import stderr_progress
 
-        return quantize_graph(proto, loaded, options, progress or _stderr, encoder=encoder)
+        return quantize_graph(proto, loaded, options, progress or stderr_progress, encoder=encoder)
     if options.quantize == "int8-dynamic":
         return to_int8(proto)
     embeddings = None
@@ -71,11 +71,6 @@ def reduce_precision(
     if meta.get("graph") == "decoder":  # calibrate on the reference encoder's embeddings
         embeddings = reference_embeddings(loaded)
     return to_fp16(proto, safety_pins(proto, embeddings))
-
-
-def _stderr(message: str) -> None:
-    """The static int8 search's progress (minutes on an encoder), beside the CLI's own."""
-    print(f"  {message}", file=sys.stderr, flush=True)
 
 
 def reference_embeddings(loaded: LoadedModel) -> np.ndarray:
