@@ -1,7 +1,8 @@
 """ExecuTorch fp32 and int8 vs onnxruntime fp32: the same graphs, inputs and 2 threads (issue 18).
 
 One process exports the calibrated synthetic EdgeSAM to ONNX fp32, ExecuTorch fp32 and ExecuTorch
-int8 (PT2E, XNNPACK quantizer, calibrated on the synthetic calibration set), then times each
+int8 (PT2E, XNNPACK quantizer: the decoder calibrated on the synthetic calibration set, the
+encoder with per-call activation scales and its searched float blocks), then times each
 graph's three programs in interleaved rounds (the order rotates each round; per round and side
 the median of `--block` back-to-back calls, the first untimed) on one input: the
 encoder on the parity test image, the decoder on its embeddings with one 5-point prompt set. Per
