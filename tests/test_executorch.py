@@ -867,3 +867,25 @@ def test_encoder_blocks_are_the_stages_children_with_a_layer_to_quantize(
         "image_encoder.neck.2",
     ]
     assert len(blocks) == 30
+
+
+def test_a_lowering_that_breaks_inside_the_int8_search_fails_the_export_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder search lowers a program per probe: an error there is the export's failure
+    (ExportFailedError naming the graph), and nothing is written."""
+    from edgesam_export.device.errors import ExportFailedError
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.targets import executorch as et
+
+    def broken(exported: object) -> bytes:
+        raise RuntimeError("XNNPACK lowering broke\nsecond line")
+
+    monkeypatch.setattr(et, "lower", broken)
+    loaded = load_model(None, synthetic="calibrated")
+    options = ExecuTorchOptions(
+        graphs=("encoder",), precision="int8", calibration_images=1, output=tmp_path
+    )
+    with pytest.raises(ExportFailedError, match=r"encoder failed: XNNPACK lowering broke$"):
+        et.export(loaded, "encoder", options)
+    assert list(tmp_path.iterdir()) == []

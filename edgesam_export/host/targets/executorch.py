@@ -332,11 +332,13 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     searched = None
     if options.precision == "int8":
         calibration = calibration_args(loaded, graph, options)
-    if calibration is not None and graph == "encoder":
-        searched = _search_encoder(loaded, module, args, calibration, options)
     try:
+        if calibration is not None and graph == "encoder":  # each probe is a lowering
+            searched = _search_encoder(loaded, module, args, calibration, options)
         dynamic = _dynamic_shapes(inputs, options.max_points)
         buffer = searched.program if searched else _program(module, args, dynamic, calibration)
+    except ExportFailedError:  # the search's own verdict (no program meets the bar), as it is
+        raise
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ExportFailedError(
