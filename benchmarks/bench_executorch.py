@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from edgesam_export.device.backends import open_session
     from edgesam_export.host.models import load_model
-    from edgesam_export.host.targets.executorch import heldout_mask_bar
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
 
     torch.set_num_threads(_common.THREADS)
     graphs = tuple(args.graphs.split(","))

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgesam_export.device.backends import open_session
     from edgesam_export.host.config import ExecuTorchOptions
     from edgesam_export.host.models import load_model
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
     from edgesam_export.host.quantize.pt2e import Int8Plan
     from edgesam_export.host.quantize.search import rank
     from edgesam_export.host.targets import executorch as et
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for side in paths:
             if side == FP32:
                 continue
-            result = et.heldout_mask_bar(loaded, encoder=sessions[side])
+            result = heldout_mask_bar(loaded, encoder=sessions[side])
             accuracy[side] = {
                 "mean_iou": result.mean_iou,
                 "worst_iou": result.worst_iou,

@@ -463,6 +463,10 @@ def test_cli_command_refuses_bad_precision_options_in_one_line_before_loading(
     for args, says in (
         (["--precision", "fp16"], "allowed: fp32, int8"),
         (["--calibration", str(tmp_path)], "--calibration applies to --precision int8"),
+        (
+            ["--decoder", "--precision", "int8", "--search-budget", "4"],
+            "--search-budget applies to the encoder, which is not exported",
+        ),
     ):
         result = CliRunner().invoke(app, ["executorch", *args, "--output", str(out)])
         assert result.exit_code == 3, result.output
@@ -491,7 +495,7 @@ def int8_decoder(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
 def test_int8_decoder_meets_the_mask_bar_on_heldout_images(int8_decoder: ExportRun) -> None:
     """PT2E int8 (XNNPACK quantizer) calibrated on the synthetic calibration set; judged on
     the held-out images and prompts: mean mask IoU >= 0.97, worst >= 0.90 against fp32."""
-    from edgesam_export.host.targets.executorch import heldout_mask_bar
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
 
     assert int8_decoder.published and int8_decoder.report is not None
     assert int8_decoder.report.passed, int8_decoder.report.to_json()
@@ -530,8 +534,9 @@ def test_int8_encoder_meets_the_mask_bar_end_to_end(
     the bar on the calibration images) + the int8 decoder, end to end against the fp32 PyTorch
     model on the held-out images. The PT2E encoder with calibrated activations and no float
     block missed it: 0.66 / 0.44."""
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
     from edgesam_export.host.quantize.pt2e import encoder_blocks
-    from edgesam_export.host.targets.executorch import heldout_mask_bar, program_graph
+    from edgesam_export.host.targets.executorch import program_graph
 
     run = export_and_check(
         ModelOptions(synthetic="calibrated"),
@@ -847,6 +852,52 @@ def test_int8_plans_quantize_the_blocks_they_name_and_leave_the_float_ones() -> 
     assert all(_quantized_convs(Int8Plan()).values())  # calibrated activations: the decoder's
 
 
+class _TokensToMap(torch.nn.Module):
+    """A ViT's tokens (rank 3) reshaped to a map for a convolution, then a conv after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = torch.nn.Linear(8, 8)
+        self.conv = torch.nn.Conv2d(8, 16, 1)
+        self.out = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = (tokens + self.mlp(tokens)).view(1, 8, 8, 8).permute(0, 3, 1, 2)
+        return self.out(torch.nn.functional.gelu(self.conv(x)))
+
+
+def test_per_call_int8_leaves_float_the_convs_fed_by_tokens_and_lowers() -> None:
+    """XNNPACK's ChannelsLastTaggedReshapePass (ExecuTorch 1.5) walks back from a per-call
+    int8 conv's input to the end of its chain and makes that tensor channels-last: fed by
+    rank-3 tokens, the lowering failed ("required rank 4 tensor"; MobileSAM's PatchMerging and
+    neck). Those convs stay float (`off_4d_conv`); the rest stay int8, and the program lowers
+    and runs close to float."""
+    from executorch.runtime import Runtime
+
+    from edgesam_export.host.quantize.pt2e import Int8Plan, off_4d_conv, quantize
+    from edgesam_export.host.targets import executorch as et
+
+    module = _TokensToMap().eval()
+    tokens = torch.linspace(-2.0, 2.0, 64 * 8).reshape(1, 64, 8)
+    exported = torch.export.export(module, (tokens,), strict=False)
+    convs = [n for n in exported.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert [off_4d_conv(n) for n in convs] == [True, False]
+    converted = quantize(exported, [(tokens,)], Int8Plan(dynamic=True))
+    weights = [
+        n.args[1]
+        for n in converted.graph.nodes
+        if n.op == "call_function" and "conv" in str(n.target)
+    ]
+    assert ["dequantize" in str(getattr(w, "target", "")) for w in weights] == [False, True]
+    program = et.lower(et.exported_program(module, (tokens,), None, [(tokens,)], Int8Plan(True)))
+    loaded = Runtime.get().load_program(program)  # holds the bytes the method reads
+    (got, *_) = loaded.load_method("forward").execute((tokens,))
+    with torch.no_grad():
+        want = module(tokens)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+
+
 def test_encoder_blocks_are_the_stages_children_with_a_layer_to_quantize(
     bicubic_model: LoadedModel,
 ) -> None:
@@ -889,3 +940,57 @@ def test_a_lowering_that_breaks_inside_the_int8_search_fails_the_export_in_one_l
     with pytest.raises(ExportFailedError, match=r"encoder failed: XNNPACK lowering broke$"):
         et.export(loaded, "encoder", options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothing(
+    executorch_build: tuple[LoadedModel, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every int8 program meets `--accuracy-target` on the held-out images before it is
+    written: the decoder's program (here the fp32 program of seed-0 weights standing in for the
+    lowering's output) run from memory behind PyTorch's encoder. Against its own weights it
+    meets the bar and the sidecar says so; against other weights (seed 1) the same program
+    misses it, the export fails in one line and nothing is written."""
+    from edgesam_export.device.errors import ExportFailedError
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.targets import executorch as et
+
+    loaded, folder = executorch_build
+    program = (folder / "edge_sam_decoder.pte").read_bytes()
+    monkeypatch.setattr(et, "_program", lambda *args: program)
+    options = dict(graphs=("decoder",), precision="int8", calibration_images=1)
+    art = et.export(loaded, "decoder", ExecuTorchOptions(output=tmp_path / "own", **options))
+    meta = json.loads(et.sidecar_path(art.path).read_text())["metadata"]
+    assert meta["int8.bar"] == "miou=0.97,worst=0.9 met", meta
+    mean = float(meta["int8.mask_iou"].split()[1])
+    assert mean > 0.99 and meta["executorch.calibration_inputs"] == "10"
+    other = load_model(None, synthetic="calibrated", seed=1)
+    with pytest.raises(ExportFailedError, match=r"^int8 decoder: the held-out images give mean"):
+        et.export(other, "decoder", ExecuTorchOptions(output=tmp_path / "other", **options))
+    assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
+
+
+def test_a_session_from_bytes_keeps_its_program_alive(
+    executorch_build: tuple[LoadedModel, Path],
+) -> None:
+    """A program given as bytes (the int8 judgements run programs before they are written)
+    computes what the same file computes, after its bytes have no other reference and the
+    memory was reused: the runtime reads the buffer in place (a session that kept only the
+    method ran on freed memory: "Attempted to resize a static tensor")."""
+    import gc
+
+    _, folder = executorch_build
+    pte = folder / "edge_sam_decoder.pte"
+    on_disk = ExecuTorchSession(pte)
+    sidecar = {"metadata": on_disk.metadata, "inputs": on_disk.inputs, "outputs": on_disk.outputs}
+    in_memory = ExecuTorchSession(pte.read_bytes(), sidecar=sidecar)
+    gc.collect()
+    reuse = [bytes(pte.stat().st_size) for _ in range(4)]
+    feeds = _stub_feeds(1, 3) | {
+        "image_embeddings": np.random.default_rng(0).standard_normal((1, 256, 64, 64), np.float32)
+    }
+    want, got = on_disk.run(feeds), in_memory.run(feeds)
+    assert reuse and want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(TypeError, match="needs its sidecar"):
+        ExecuTorchSession(b"not a program")

@@ -826,7 +826,7 @@ def test_int8_weights_edgesam_meets_the_mask_bar_within_15_mb_heavy(tmp_path: Pa
     fp32 PyTorch) on held-out images it never chose on, 5 here (the export judged 3), with both
     files together <= 15 MB."""
     from edgesam_export.device.backends import open_session
-    from edgesam_export.host.targets.executorch import heldout_mask_bar
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
     from edgesam_export.host.targets.onnx import export
 
     # the default, complete search (97 encoder weights measured, ~1.3 s each quiet)

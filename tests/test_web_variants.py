@@ -146,7 +146,7 @@ def test_mixed_int8_page_meets_the_bar_and_agrees_within_the_int8_rule(mixed_sit
     themselves natively (integer kernels against Q/DQ in float), same tokens, same inputs."""
     from edgesam_export.device.backends import open_session
     from edgesam_export.host.models import load_model
-    from edgesam_export.host.targets.executorch import heldout_mask_bar
+    from edgesam_export.host.quantize.heldout import heldout_mask_bar
 
     site, report = mixed_site
     card = report["card"]

@@ -76,16 +76,29 @@ class ExecuTorchSession(Session):
 
     backend = "executorch"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | bytes,
+        threads: int | None = None,
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`path`: a `.pte` file and its sidecar; or the program's bytes with `sidecar` given
+        (the int8 search runs each candidate from memory, before anything is written)."""
         try:
             from executorch.runtime import Runtime
         except ImportError:
             from edgesam_export.device.backends import unavailable_error
 
             raise unavailable_error("executorch", "executorch.runtime") from None
-        if not path.is_file():
-            raise ArtifactError(f"ExecuTorch program not found: {path}")
-        side = _sidecar(path)
+        if isinstance(path, bytes):
+            if sidecar is None:
+                raise TypeError("a program given as bytes needs its sidecar")
+            program: Path | bytes = path
+            path, side = Path("<in-memory program>.pte"), dict(sidecar)
+        else:
+            if not path.is_file():
+                raise ArtifactError(f"ExecuTorch program not found: {path}")
+            program, side = path, _sidecar(path)
         super().__init__(
             side["metadata"].get("graph", "unknown"),
             side["inputs"],
@@ -98,7 +111,10 @@ class ExecuTorchSession(Session):
             _unsafe_reset_threadpool(threads)
         self.path = path
         try:
-            self._method = Runtime.get().load_program(path).load_method("forward")
+            # the loaded program (which holds the bytes given; the runtime reads them in place)
+            # lives as long as its method: a method alone ran on freed memory
+            self._program = Runtime.get().load_program(program)
+            self._method = self._program.load_method("forward")
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ArtifactError(f"ExecuTorch cannot load {path}: {first}") from None

@@ -90,14 +90,22 @@ class Inputs:
     tensors: list[np.ndarray]  # (1, 3, S, S) float32 each
     prompts: list[list[PromptCase]]  # per image
 
-    def decoder_feeds(self, embeddings: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    def decoder_feeds(
+        self, embeddings: Sequence[np.ndarray], one_set_per_call: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """The decoder's feeds: every prompt case of every image, in order, with that image's
+        `embeddings`; each case's prompt sets as one batch, or with `one_set_per_call` one
+        feed per prompt set (batch 1: what the ExecuTorch programs take)."""
         for emb, cases in zip(embeddings, self.prompts, strict=True):
             for case in cases:
-                yield {
-                    "image_embeddings": emb,
-                    "point_coords": case.point_coords,
-                    "point_labels": case.point_labels,
-                }
+                sets = range(case.point_coords.shape[0]) if one_set_per_call else [None]
+                for b in sets:
+                    cut = slice(None) if b is None else slice(b, b + 1)
+                    yield {
+                        "image_embeddings": emb,
+                        "point_coords": case.point_coords[cut],
+                        "point_labels": case.point_labels[cut],
+                    }
 
 
 def prepare(images: Sequence[np.ndarray], params: P.Preprocessing, prompt_seed: int) -> Inputs:

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
+from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
 from edgesam_export.host.quantize.data import Inputs
+from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference, heldout_mask_bar
 from edgesam_export.host.quantize.search import Report, sqnr_db
 
 if TYPE_CHECKING:
+    from edgesam_export.device.runtime.base import Session
     from edgesam_export.host.models import LoadedModel
 
 Progress = Callable[[str], None]
@@ -44,6 +46,39 @@ def in_block(node: torch.fx.Node, block: str) -> bool:
     """Whether `node` was traced inside the module at path `block`."""
     stack = node.meta.get("nn_module_stack") or {}
     return any(p == block or p.startswith(block + ".") for p in map(_path, stack.values()))
+
+
+_CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+
+
+def _rank(node: Any) -> int | None:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def off_4d_conv(node: torch.fx.Node) -> bool:
+    """A convolution whose input, followed back along first arguments to the previous
+    convolution (or a graph input), passes through a tensor that is not 4-D: a ViT's tokens
+    reshaped to a map (TinyViT's PatchMerging, SAM's neck), or a LayerNorm2d's `weight * x`.
+
+    Per-call int8 cannot take such a conv through ExecuTorch's XNNPACK lowering (1.5):
+    `ChannelsLastTaggedReshapePass.input_to_nhwc`, given a dynamic dq whose source is not
+    tagged NHWC, walks `args[0]` past the quantize to the end of the chain (a partition input
+    or a parameter) and puts a channels-last copy there; a rank-3 or rank-1 tensor fails with
+    "required rank 4 tensor to use channels_last format" (upstream pytorch/executorch#21637
+    bounds that walk). Such convs stay float; a chain that stays 4-D is the pass's own case."""
+    if node.op != "call_function" or node.target not in _CONVOLUTIONS:
+        return False
+    x = node.args[0]
+    while isinstance(x, torch.fx.Node) and x.op == "call_function":
+        if x.target in _CONVOLUTIONS:
+            break
+        if _rank(x) not in (None, 4):
+            return True
+        if not (x.args and isinstance(x.args[0], torch.fx.Node)):
+            break
+        x = x.args[0]
+    return _rank(x) not in (None, 4)
 
 
 @dataclass(frozen=True)
@@ -64,11 +99,16 @@ class Int8Plan:
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=self.dynamic)
         quantizer = XNNPACKQuantizer().set_global(config)
         # the filter sees every node of a pattern, weights (no module stack) included
-        only, floats = self.only, self.float_blocks
-        if only is not None:
-            quantizer.set_filter_function(lambda n: n.op != "call_function" or in_block(n, only))
-        elif floats:
-            quantizer.set_filter_function(lambda n: not any(in_block(n, b) for b in floats))
+        only, floats, dynamic = self.only, self.float_blocks, self.dynamic
+
+        def keep(n: torch.fx.Node) -> bool:
+            if dynamic and off_4d_conv(n):  # XNNPACK's lowering refuses them (`off_4d_conv`)
+                return False
+            if only is not None:
+                return n.op != "call_function" or in_block(n, only)
+            return not any(in_block(n, b) for b in floats)
+
+        quantizer.set_filter_function(keep)
         return quantizer
 
     def describe(self) -> str:
@@ -106,19 +146,6 @@ def encoder_blocks(module: nn.Module) -> list[str]:
     return [n for n, b in blocks if any(isinstance(m, quantizable) for m in b.modules())]
 
 
-class _Program:
-    """A lowered program run from its bytes on ExecuTorch's runtime (the encoder: one image)."""
-
-    def __init__(self, data: bytes) -> None:
-        from executorch.runtime import Runtime
-
-        self._method = Runtime.get().load_program(data).load_method("forward")
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (out, *_) = self._method.execute((torch.from_numpy(np.ascontiguousarray(feeds["image"])),))
-        return {"image_embeddings": np.ascontiguousarray(out.numpy())}
-
-
 class Plans:
     """The search's quantizer (`search.Quantizer`): a candidate is a plan of per-call int8
     activations with the named blocks float (or one block quantized alone)."""
@@ -129,9 +156,9 @@ class Plans:
 
 @dataclass
 class EncoderEvaluator:
-    """The search's judge of encoder plans (`search.CandidateJudge`): the PyTorch references of
-    the inputs are computed once; `lower` turns a plan into program bytes, kept in `programs`
-    so that no plan is lowered twice."""
+    """The search's judge of encoder plans (`search.CandidateJudge`): PyTorch's reference on
+    the inputs is computed once (`MaskReference`, one prompt set per call); `lower` turns a plan
+    into program bytes, kept in `programs` so that no plan is lowered twice."""
 
     loaded: LoadedModel
     inputs: Inputs
@@ -142,28 +169,7 @@ class EncoderEvaluator:
     programs: dict[Int8Plan, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from edgesam_export.host.graphs import DecoderGraph
-        from edgesam_export.host.targets.onnx import build_graph
-
-        self.encoder, _ = build_graph(self.loaded, "encoder", False)
-        self.decoder = DecoderGraph(self.loaded.model, self.loaded.spec.frame).eval()
-        with torch.no_grad():
-            self.embeddings = [self.encoder(torch.from_numpy(t)) for t in self.inputs.tensors]
-        self.reference = self._masks(self.embeddings)
-
-    def _masks(self, embeddings: Sequence[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(scores, masks) of PyTorch's decoder for every prompt set of every image, one set
-        per call (the programs' batch)."""
-        out = []
-        with torch.no_grad():
-            for emb, cases in zip(embeddings, self.inputs.prompts, strict=True):
-                for case in cases:
-                    for b in range(case.point_coords.shape[0]):
-                        coords = torch.from_numpy(case.point_coords[b : b + 1])
-                        labels = torch.from_numpy(case.point_labels[b : b + 1])
-                        scores, masks = self.decoder(emb, coords, labels)
-                        out.append((scores.numpy(), masks.numpy()))
-        return out
+        self.reference = MaskReference(self.loaded, self.inputs, one_set_per_call=True)
 
     def quick(self, plan: Int8Plan) -> float:
         """SQNR (dB) of the simulated int8 embeddings (PT2E's converted module run by PyTorch)
@@ -171,25 +177,31 @@ class EncoderEvaluator:
         module = quantize(self.traced, self.calibration, plan)
         with torch.no_grad():
             got = module(torch.from_numpy(self.inputs.tensors[0]))
-        return sqnr_db(got.numpy(), self.embeddings[0].numpy())
+        return sqnr_db(got.numpy(), self.reference.embeddings[0])
 
     def program(self, plan: Int8Plan) -> bytes:
         if plan not in self.programs:
             self.programs[plan] = self.lower(plan)
         return self.programs[plan]
 
+    def session(self, plan: Int8Plan) -> Session:
+        """The plan's lowered program on ExecuTorch's runtime, from memory."""
+        from edgesam_export.host.executorch_session import ExecuTorchSession
+
+        inputs, outputs = self.loaded.spec.graph_io("encoder")
+        sidecar = {"metadata": {"graph": "encoder"}, "inputs": inputs, "outputs": outputs}
+        return ExecuTorchSession(self.program(plan), sidecar=sidecar)
+
     def judge(self, plan: Int8Plan) -> tuple[MaskBarResult, float, float, float | None]:
         """(mask bar result, SQNR dB of the embeddings, ms per image, no speed hint): the
         lowered program's embeddings through PyTorch's decoder, every image and prompt set,
         against PyTorch's masks."""
-        program = _Program(self.program(plan))
+        session = self.session(plan)
         t0 = time.perf_counter()
-        emb = [program.run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
+        emb = [session.run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
         latency = 1000 * (time.perf_counter() - t0) / len(emb)
-        got = self._masks([torch.from_numpy(e) for e in emb])
-        pairs = [(rs, rm, gm) for (rs, rm), (_, gm) in zip(self.reference, got, strict=True)]
-        sqnr = sqnr_db(np.stack(emb), np.stack([e.numpy() for e in self.embeddings]))
-        return mask_bar(pairs, self.bar), sqnr, latency, None
+        sqnr = sqnr_db(np.stack(emb), np.stack(self.reference.embeddings))
+        return self.reference.judge(self.bar, embeddings=emb), sqnr, latency, None
 
 
 @dataclass
@@ -209,15 +221,15 @@ def search_encoder(
     lower: Callable[[Int8Plan], bytes],
     blocks: Sequence[str],
     selection: Inputs,
-    heldout: Inputs,
     bar: MaskBar,
     *,
     source: str,
     budget: int | None = None,
+    heldout_images: int = HELDOUT_IMAGES,
     progress: Progress = lambda _: None,
 ) -> EncoderSearch:
     """The encoder's program with per-call int8 activations and the fewest float blocks that
-    meet `bar` on the selection inputs, then judged on the held-out inputs (module doc)."""
+    meet `bar` on the selection inputs, then judged on the held-out images (module doc)."""
     from edgesam_export.device.errors import ExportFailedError
     from edgesam_export.host.quantize.search import search
 
@@ -225,15 +237,14 @@ def search_encoder(
         "encoder",
         str(bar),
         {"source": source, "images": len(selection.tensors), "method": "selection"},
-        {"images": len(heldout.tensors), "prompt_cases": sum(map(len, heldout.prompts))},
+        {"images": heldout_images},
         kind="int8",
     )
     progress(f"int8 encoder: PyTorch reference on {len(selection.tensors)} selection image(s)")
     evaluator = EncoderEvaluator(loaded, selection, bar, traced, calibration, lower)
     plan = search(Plans(), evaluator, {b: [b] for b in blocks}, report, progress, budget)
-    progress(f"int8 encoder: judging the chosen program on {len(heldout.tensors)} held-out images")
-    final = EncoderEvaluator(loaded, heldout, bar, traced, calibration, evaluator.program)
-    result, *_ = final.judge(plan)
+    progress(f"int8 encoder: judging the chosen program on {heldout_images} held-out images")
+    result = heldout_mask_bar(loaded, evaluator.session(plan), images=heldout_images, bar=bar)
     report.heldout |= {"masks": result.count, "mean_iou": result.mean_iou}
     report.heldout["worst_iou"] = result.worst_iou
     progress(

@@ -124,16 +124,13 @@ class Evaluator:
         """`encoder` (decoder searches): a session whose embeddings the candidate decoders
         get (the reduced encoder shipped beside them), so the bar is judged end to end; the
         reference is always PyTorch's encoder and decoder."""
-        from edgesam_export.host.reference import reference_sessions
+        from edgesam_export.host.quantize.heldout import MaskReference
 
         self.graph, self.inputs, self.bar = graph, inputs, bar
         self.fp32 = None if fp32 is None else self._session(fp32)  # paired speed hint
-        torch_encoder, decoders = reference_sessions(loaded)
-        self.decoder = decoders[False]
-        self.embeddings = [
-            torch_encoder.run({"image": t})["image_embeddings"] for t in inputs.tensors
-        ]
-        self.reference = [self.decoder.run(f) for f in inputs.decoder_feeds(self.embeddings)]
+        reference = MaskReference(loaded, inputs, one_set_per_call=False)
+        self.decoder, self.embeddings = reference.decoder, reference.embeddings
+        self.reference = reference.reference
         self.candidate_embeddings = (
             self.embeddings
             if encoder is None

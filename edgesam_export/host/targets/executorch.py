@@ -30,6 +30,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from edgesam_export.device import backends
@@ -37,9 +38,9 @@ from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
 from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
-from edgesam_export.host.graphs import DecoderGraph
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, heldout_mask_bar
 from edgesam_export.host.quantize.pt2e import (
     EncoderSearch,
     Int8Plan,
@@ -52,9 +53,8 @@ from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_
 from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
-    from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
+    from edgesam_export.device.mask_bar import MaskBarResult
     from edgesam_export.device.models import ModelSpec
-    from edgesam_export.device.runtime.base import Session
 
 SIDECAR_SUFFIX = ".json"  # `<stem>_<graph>.pte.json`
 
@@ -162,19 +162,20 @@ def calibration_args(
     if graph == "encoder":
         return [(t,) for t in tensors]
     encoder, _ = build_graph(loaded, "encoder", False)
-    args: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
-        for tensor, cases in zip(tensors, inputs.prompts, strict=True):
-            embeddings = encoder(tensor)
-            for case in cases:
-                for b in range(case.point_coords.shape[0]):  # the program takes one prompt set
-                    coords = case.point_coords[b : b + 1, : options.max_points]
-                    labels = case.point_labels[b : b + 1, : options.max_points]
-                    args.append((embeddings, torch.from_numpy(coords), torch.from_numpy(labels)))
+        embeddings = [encoder(t).numpy() for t in tensors]
+    n = options.max_points  # the program takes one prompt set of at most max_points points
+    args: list[tuple[torch.Tensor, ...]] = []
+    for feeds in inputs.decoder_feeds(embeddings, one_set_per_call=True):
+        coords, labels = feeds["point_coords"][:, :n], feeds["point_labels"][:, :n]
+        args.append(
+            (
+                torch.from_numpy(feeds["image_embeddings"]),
+                torch.from_numpy(np.ascontiguousarray(coords)),
+                torch.from_numpy(np.ascontiguousarray(labels)),
+            )
+        )
     return args
-
-
-HELDOUT_IMAGES = 3  # the held-out images calibration must not hold (tests judge int8 on them)
 
 
 def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> Any:
@@ -270,14 +271,11 @@ def _search_encoder(
     from edgesam_export.device.mask_bar import MaskBar
     from edgesam_export.host.quantize.data import (
         CALIBRATION_PROMPT_SEED,
-        HELDOUT_PROMPT_SEED,
         calibration_images,
-        heldout_images,
         prepare,
     )
     from edgesam_export.host.quantize.search import stderr_progress
 
-    params = loaded.spec.preprocessing
     images = calibration_images(options.calibration, options.calibration_images)
     traced = traced_program(module, args, None)
 
@@ -290,8 +288,7 @@ def _search_encoder(
         calibration,
         lower_plan,
         encoder_blocks(module),
-        prepare(images, params, CALIBRATION_PROMPT_SEED),
-        prepare(heldout_images(HELDOUT_IMAGES), params, HELDOUT_PROMPT_SEED),
+        prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED),
         MaskBar.parse(options.accuracy_target),
         source=options.calibration.name if options.calibration else "synthetic",
         budget=options.search_budget,
@@ -353,21 +350,19 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         "executorch.delegate": "XnnpackBackend",
         "torch.version": torch.__version__,
     }
-    if calibration is not None:
+    source = options.calibration.name if options.calibration else "synthetic"
+    if searched is not None:  # per-call scales: the images selected the float blocks
         metadata |= {
-            "executorch.quantizer": (searched.plan if searched else Int8Plan()).describe(),
-            "executorch.calibration": options.calibration.name
-            if options.calibration
-            else "synthetic",
-            "executorch.calibration_inputs": str(len(calibration)),
-        }
-    if searched is not None:  # what the search kept float and what it measured
-        heldout = searched.heldout
-        metadata |= {
+            "executorch.quantizer": searched.plan.describe(),
+            "int8.selection": f"{source} ({options.calibration_images} images)",
             "int8.float_blocks": ",".join(searched.plan.float_blocks),
-            "int8.mask_iou": f"mean {heldout.mean_iou:.4f} worst {heldout.worst_iou:.4f}",
-            "int8.bar": f"{searched.report.bar} met",
             "int8.report": json.dumps(searched.report.to_json()),
+        }
+    elif calibration is not None:  # calibrated ranges
+        metadata |= {
+            "executorch.quantizer": Int8Plan().describe(),
+            "executorch.calibration": source,
+            "executorch.calibration_inputs": str(len(calibration)),
         }
     if any(d in POINT_AXES for t in inputs for d in t.shape):
         metadata |= {"executorch.max_points": str(options.max_points)}
@@ -376,6 +371,12 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         batched = batched_io(spec.graph_io(graph))
         if batched is not None:  # the session runs a batch of B as B calls of the program
             metadata |= {"executorch.batch": "calls", "executorch.batched": json.dumps(batched)}
+    if calibration is not None:  # every int8 program meets the bar on the held-out images
+        result = searched.heldout if searched else _judge_decoder(loaded, buffer, metadata, options)
+        metadata |= {
+            "int8.mask_iou": f"mean {result.mean_iou:.4f} worst {result.worst_iou:.4f}",
+            "int8.bar": f"{result.bar} met",
+        }
     sidecar = sidecar_path(dest)
     payload = {
         "metadata": metadata,
@@ -398,48 +399,25 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     )
 
 
-TARGET = Target(name="executorch", export=export)
-
-
-def heldout_mask_bar(
-    loaded: LoadedModel,
-    encoder: Session | None = None,
-    decoder: Session | None = None,
-    images: int = HELDOUT_IMAGES,
-    bar: MaskBar | None = None,
+def _judge_decoder(
+    loaded: LoadedModel, program: bytes, metadata: dict[str, str], options: ExecuTorchOptions
 ) -> MaskBarResult:
-    """The int8 mask bar: end-to-end masks of `encoder` and `decoder` (None: PyTorch's) against
-    the float32 PyTorch model, over the held-out images and their prompt sets (one set per
-    call: the programs take batch 1; sets over the decoder's max_points are left out)."""
-    from edgesam_export.device.mask_bar import mask_bar
-    from edgesam_export.host.quantize.data import HELDOUT_PROMPT_SEED, heldout_images, prepare
+    """The int8 decoder's program, from memory, behind PyTorch's encoder on the held-out images
+    (`heldout_mask_bar`) against `--accuracy-target`; a miss fails the export, nothing written."""
+    from edgesam_export.device.mask_bar import MaskBar
+    from edgesam_export.host.executorch_session import ExecuTorchSession
 
-    inputs = prepare(heldout_images(images), loaded.spec.preprocessing, HELDOUT_PROMPT_SEED)
-    ref_encoder, _ = build_graph(loaded, "encoder", False)
-    ref_decoder = DecoderGraph(loaded.model, loaded.spec.frame).eval()
-    pairs = []
-    with torch.no_grad():
-        for tensor, cases in zip(inputs.tensors, inputs.prompts, strict=True):
-            ref_emb = ref_encoder(torch.from_numpy(tensor))
-            emb = (
-                encoder.run({"image": tensor})["image_embeddings"]
-                if encoder is not None
-                else ref_emb.numpy()
-            )
-            for case in cases:
-                for b in range(case.point_coords.shape[0]):
-                    feeds = {
-                        "image_embeddings": emb,
-                        "point_coords": case.point_coords[b : b + 1],
-                        "point_labels": case.point_labels[b : b + 1],
-                    }
-                    if decoder is not None and decoder.accepts(feeds) is not None:
-                        continue
-                    coords, labels = (torch.from_numpy(feeds[k]) for k in list(feeds)[1:])
-                    ref_scores, ref_masks = ref_decoder(ref_emb, coords, labels)
-                    if decoder is not None:
-                        got = decoder.run(feeds)["masks"]
-                    else:
-                        got = ref_decoder(torch.from_numpy(emb), coords, labels)[1].numpy()
-                    pairs.append((ref_scores.numpy(), ref_masks.numpy(), got))
-    return mask_bar(pairs, bar)
+    inputs, outputs = _io(loaded.spec, "decoder")
+    sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
+    bar = MaskBar.parse(options.accuracy_target)
+    result = heldout_mask_bar(loaded, decoder=ExecuTorchSession(program, sidecar=sidecar), bar=bar)
+    if not result.passed:
+        raise ExportFailedError(
+            f"int8 decoder: the held-out images give mean IoU {result.mean_iou:.4f} / worst"
+            f" {result.worst_iou:.4f} over {result.count} masks, under {bar}; calibrate on images"
+            " like yours (--calibration), loosen --accuracy-target, or export fp32"
+        )
+    return result
+
+
+TARGET = Target(name="executorch", export=export)
