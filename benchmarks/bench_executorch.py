@@ -1,11 +1,12 @@
 """ExecuTorch fp32 and int8 vs onnxruntime fp32: the same graphs, inputs and 2 threads (issue 18).
 
-One process exports the calibrated synthetic EdgeSAM to ONNX fp32, ExecuTorch fp32 and ExecuTorch
-int8 (PT2E, XNNPACK quantizer: the decoder calibrated on the synthetic calibration set, the
-encoder with per-call activation scales and its searched float blocks), then times each
-graph's three programs in interleaved rounds (the order rotates each round; per round and side
-the median of `--block` back-to-back calls, the first untimed) on one input: the
-encoder on the parity test image, the decoder on its embeddings with one 5-point prompt set. Per
+One process exports the calibrated synthetic EdgeSAM (`--model`: another family) to ONNX
+fp32, ExecuTorch fp32 and ExecuTorch int8 (PT2E, XNNPACK quantizer: the decoder calibrated on
+the synthetic calibration set, the encoder with per-call activation scales and its searched
+float blocks), then times each graph's three programs in interleaved rounds (the order
+rotates each round; per round and side the median of `--block` back-to-back calls, the first
+untimed) on one input: the encoder on the parity test image, the decoder on its embeddings
+with one 5-point prompt set. Per
 round it takes paired ratios (onnxruntime fp32 / ExecuTorch fp32, ExecuTorch fp32 / int8) and
 reports their median with a 95 % bootstrap interval. Accuracy beside speed: the int8 mask bar
 (end-to-end mask IoU against fp32 PyTorch over the held-out images and prompts).
@@ -16,6 +17,7 @@ Verdict: met (median ratio >= target), tie (the interval reaches the target) or 
 
     python benchmarks/bench_executorch.py                 # encoder + decoder, 30 rounds
     python benchmarks/bench_executorch.py --graphs decoder --rounds 5   # a quick check
+    python benchmarks/bench_executorch.py --model mobile_sam   # results/executorch_mobile_sam.*
     python benchmarks/bench_executorch.py --workdir /tmp/et   # keep the programs; a later run
                                       # with the same settings and code reuses them (no export)
 
@@ -217,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(_common.THREADS)
     graphs = tuple(args.graphs.split(","))
-    loaded = load_model(None, synthetic="calibrated")
+    loaded = load_model(None, model=args.model, synthetic="calibrated")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "calls_per_block": args.block,
             "graphs": graphs,
-            "model": "edge_sam, synthetic-calibrated",
+            "model": f"{args.model}, synthetic-calibrated",
             "programs_exported": exported,
         },
         "sizes_bytes": sizes,
@@ -281,7 +283,7 @@ def _version(package: str) -> str:
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
-        "# ExecuTorch vs onnxruntime (issue 18)",
+        f"# ExecuTorch vs onnxruntime (issue 18): {result['settings']['model']}",
         "",
         f"- date: {result['date']}; {m['platform']}, {m['cores']} cores, {_common.THREADS} threads",
         f"- load average before/after: {m['loadavg_before'][0]:.1f} / {m['loadavg_after'][0]:.1f};"
@@ -342,6 +344,7 @@ def render(result: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="edge_sam", help="registered family (results name)")
     parser.add_argument("--graphs", default="encoder,decoder", help="encoder,decoder or one")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timed rounds")
     parser.add_argument(
@@ -353,4 +356,5 @@ if __name__ == "__main__":
         "--export-only", action="store_true", help="with --workdir: export, then stop"
     )
     ns = parser.parse_args()
-    raise SystemExit(_common.main("executorch", lambda: run(ns), render))
+    name = "executorch" if ns.model == "edge_sam" else f"executorch_{ns.model}"
+    raise SystemExit(_common.main(name, lambda: run(ns), render))
