@@ -449,7 +449,10 @@ def test_the_backend_is_wired_by_its_registry_entry_alone() -> None:
     with pytest.raises(InputError, match=r"options\.precision"):
         parse_recipe("name: r\ntargets: [{name: p, kind: executorch, options: {precision: fp16}}]")
     assert backends.tolerance_row("executorch", "fp32", "EdgeSAM").measured
-    assert backends.tolerance_row("executorch", "int8").measured
+    for family in ("EdgeSAM", "MobileSAM"):  # int8 rows measured per family group
+        row = backends.tolerance_row("executorch", "int8", family)
+        assert row.measured and not row.is_estimate("image_embeddings", family)
+    assert backends.tolerance_row("executorch", "int8", "SAM").estimate  # measured for neither
 
 
 def test_cli_command_refuses_bad_precision_options_in_one_line_before_loading(

@@ -590,7 +590,7 @@ EXECUTORCH_FP32 = GroupRows(
 # the searched encoder (per-call activations, 17 of 30 blocks float on calibrated synthetic
 # EdgeSAM). The end-to-end checks were not measured: the static ONNX int8 row's values,
 # labelled as estimates. The mask bar is judged separately (at export for the encoder).
-EXECUTORCH_INT8 = ToleranceRow(
+_EXECUTORCH_INT8_EDGESAM = ToleranceRow(
     {
         "image_embeddings": 6e-1,  # measured 0.209 (cosine 0.99946)
         "decoder.masks": 1.0,  # measured 0.370 (max |ref| 5.2)
@@ -613,6 +613,38 @@ EXECUTORCH_INT8 = ToleranceRow(
         }
     ),
     group="edgesam",
+)
+# MobileSAM (TinyViT) by the same programs' method, measured on the parity image and cases, worst
+# case x3 rounded up to one significant digit. The encoder keeps its two convolution stages float
+# (`patch_embed`, `layers.0`; the search, docs/executorch.md) and its per-call int8 attention
+# stages put 0.849 on embeddings of max |ref| 5.6 (cosine 0.9954): a tensor bound this wide
+# checks little, the held-out mask bar (met at export) is what holds the int8 encoder to account.
+_EXECUTORCH_INT8_TINYVIT = ToleranceRow(
+    {
+        "image_embeddings": 3.0,  # measured 0.849 (cosine 0.9954)
+        "decoder.masks": 2.0,  # measured 0.502 (cosine 0.9979)
+        "decoder.scores": 2e-1,  # measured 3.94e-2
+        "decoder.stability_scores": 2e-1,  # not measured: the scores' value
+        "end_to_end.masks": 2.0,  # not measured: the decoder's value
+        "end_to_end.scores": 2e-1,  # not measured: the decoder's value
+        "end_to_end.stability_scores": 2e-1,  # not measured
+    },
+    0.9,  # the mask bar's worst; parity cases' IoU measured 0.9353, held-out worst 0.9566
+    measured="executorch.runtime, int8 programs of the calibrated synthetic MobileSAM: encoder"
+    " embeddings 0.849; decoder masks 0.502 / scores 3.94e-2 on the parity cases; held-out mask"
+    " IoU encoder 0.9770 / 0.9644, decoder 0.9743 / 0.9566 (docs/executorch.md)",
+    estimated=frozenset(
+        {
+            "decoder.stability_scores",
+            "end_to_end.masks",
+            "end_to_end.scores",
+            "end_to_end.stability_scores",
+        }
+    ),
+    group="tinyvit",
+)
+EXECUTORCH_INT8 = GroupRows(
+    {"edgesam": _EXECUTORCH_INT8_EDGESAM, "tinyvit": _EXECUTORCH_INT8_TINYVIT}
 )
 # Rows for a precision that apply to every backend unless its entry names its own.
 PRECISION_ROWS: Mapping[str, TolRows] = MappingProxyType(
