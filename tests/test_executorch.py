@@ -953,6 +953,8 @@ def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothi
     lowering's output) run from memory behind PyTorch's encoder. Against its own weights it
     meets the bar and the sidecar says so; against other weights (seed 1) the same program
     misses it, the export fails in one line and nothing is written."""
+    import dataclasses
+
     from edgesam_export.device.errors import ExportFailedError
     from edgesam_export.host.models import load_model
     from edgesam_export.host.targets import executorch as et
@@ -967,9 +969,29 @@ def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothi
     mean = float(meta["int8.mask_iou"].split()[1])
     assert mean > 0.99 and meta["executorch.calibration_inputs"] == "10"
     other = load_model(None, synthetic="calibrated", seed=1)
-    with pytest.raises(ExportFailedError, match=r"^int8 decoder: the held-out images give mean"):
+    with pytest.raises(ExportFailedError, match=r"^int8 decoder: behind PyTorch's encoder, the"):
         et.export(other, "decoder", ExecuTorchOptions(output=tmp_path / "other", **options))
     assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
+    # exported with the encoder, the decoder is judged behind that int8 program (the pair a
+    # user runs): a stand-in encoder that ignores the image makes the same decoder miss
+    both = ExecuTorchOptions(
+        output=tmp_path / "both", **(options | {"graphs": ("encoder", "decoder")})
+    )
+    stand_in = torch.nn.Sequential(torch.nn.AvgPool2d(16), torch.nn.Conv2d(3, 256, 1)).eval()
+    image = torch.zeros(1, 3, 1024, 1024)
+    encoder_pte = et.artifact_path(loaded, "encoder", both, "executorch")
+    encoder_pte.parent.mkdir(parents=True)
+    encoder_pte.write_bytes(et.lower(torch.export.export(stand_in, (image,), strict=False)))
+    ins, outs = loaded.spec.graph_io("encoder")
+    sidecar = {
+        "metadata": {"graph": "encoder", "precision": "int8"},
+        "inputs": [dataclasses.asdict(t) for t in ins],
+        "outputs": [dataclasses.asdict(t) for t in outs],
+    }
+    et.sidecar_path(encoder_pte).write_text(json.dumps(sidecar))
+    with pytest.raises(ExportFailedError, match=r"behind the int8 encoder exported beside it"):
+        et.export(loaded, "decoder", both)
+    assert not et.artifact_path(loaded, "decoder", both, "executorch").exists()
 
 
 def test_a_session_from_bytes_keeps_its_program_alive(

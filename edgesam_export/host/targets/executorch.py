@@ -55,6 +55,7 @@ from edgesam_export.host.targets.onnx import build_graph
 if TYPE_CHECKING:
     from edgesam_export.device.mask_bar import MaskBarResult
     from edgesam_export.device.models import ModelSpec
+    from edgesam_export.device.runtime.base import Session
 
 SIDECAR_SUFFIX = ".json"  # `<stem>_<graph>.pte.json`
 
@@ -142,11 +143,15 @@ def _batch_one(
 
 
 def calibration_args(
-    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
+    loaded: LoadedModel,
+    graph: GraphKind,
+    options: ExecuTorchOptions,
+    encoder: Session | None = None,
 ) -> list[tuple[torch.Tensor, ...]]:
     """The int8 calibration inputs of one graph, in its argument order, batch 1: the
-    preprocessed calibration images (encoder), or their PyTorch embeddings with the calibration
-    prompt sets of at most max_points points (decoder)."""
+    preprocessed calibration images (encoder), or their embeddings (`encoder`'s, the int8
+    program exported beside; None: PyTorch's) with the calibration prompt sets of at most
+    max_points points (decoder)."""
     from edgesam_export.host.quantize.data import (
         CALIBRATION_PROMPT_SEED,
         calibration_images,
@@ -161,9 +166,12 @@ def calibration_args(
     tensors = [torch.from_numpy(t) for t in inputs.tensors]
     if graph == "encoder":
         return [(t,) for t in tensors]
-    encoder, _ = build_graph(loaded, "encoder", False)
-    with torch.no_grad():
-        embeddings = [encoder(t).numpy() for t in tensors]
+    if encoder is not None:
+        embeddings = [encoder.run({"image": t})["image_embeddings"] for t in inputs.tensors]
+    else:
+        reference, _ = build_graph(loaded, "encoder", False)
+        with torch.no_grad():
+            embeddings = [reference(t).numpy() for t in tensors]
     n = options.max_points  # the program takes one prompt set of at most max_points points
     args: list[tuple[torch.Tensor, ...]] = []
     for feeds in inputs.decoder_feeds(embeddings, one_set_per_call=True):
@@ -327,8 +335,10 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             f" {spec.io_layout} layout: export it with --precision fp32"
         )
     searched = None
+    paired = _paired_encoder(loaded, graph, options)
+    encoder = None if paired is None else _open(paired)
     if options.precision == "int8":
-        calibration = calibration_args(loaded, graph, options)
+        calibration = calibration_args(loaded, graph, options, encoder)
     try:
         if calibration is not None and graph == "encoder":  # each probe is a lowering
             searched = _search_encoder(loaded, module, args, calibration, options)
@@ -372,11 +382,19 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         if batched is not None:  # the session runs a batch of B as B calls of the program
             metadata |= {"executorch.batch": "calls", "executorch.batched": json.dumps(batched)}
     if calibration is not None:  # every int8 program meets the bar on the held-out images
-        result = searched.heldout if searched else _judge_decoder(loaded, buffer, metadata, options)
+        result = (
+            searched.heldout
+            if searched
+            else _judge_decoder(loaded, buffer, metadata, options, encoder)
+        )
         metadata |= {
             "int8.mask_iou": f"mean {result.mean_iou:.4f} worst {result.worst_iou:.4f}",
             "int8.bar": f"{result.bar} met",
         }
+    if paired is not None:  # what the decoder was calibrated and judged end to end with
+        from edgesam_export.device.manifest import file_sha256
+
+        metadata["int8.judged_with"] = f"{paired.name} sha256:{file_sha256(paired)}"
     sidecar = sidecar_path(dest)
     payload = {
         "metadata": metadata,
@@ -399,23 +417,49 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     )
 
 
+def _paired_encoder(
+    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
+) -> Path | None:
+    """The int8 encoder program this run exported before an int8 decoder (graphs export in
+    order, encoder first), which the decoder is calibrated and judged beside: the pair a user
+    runs. None otherwise (the decoder then sees PyTorch's embeddings)."""
+    if graph != "decoder" or options.precision != "int8" or "encoder" not in options.graphs:
+        return None
+    path = artifact_path(loaded, "encoder", options, "executorch")
+    return path if path.is_file() else None
+
+
+def _open(path: Path) -> Session:
+    from edgesam_export.host.executorch_session import ExecuTorchSession
+
+    return ExecuTorchSession(path)
+
+
 def _judge_decoder(
-    loaded: LoadedModel, program: bytes, metadata: dict[str, str], options: ExecuTorchOptions
+    loaded: LoadedModel,
+    program: bytes,
+    metadata: dict[str, str],
+    options: ExecuTorchOptions,
+    encoder: Session | None = None,
 ) -> MaskBarResult:
-    """The int8 decoder's program, from memory, behind PyTorch's encoder on the held-out images
-    (`heldout_mask_bar`) against `--accuracy-target`; a miss fails the export, nothing written."""
+    """The int8 decoder's program, from memory, behind `encoder` (the int8 program exported
+    beside it; None: PyTorch's) on the held-out images (`heldout_mask_bar`) against
+    `--accuracy-target`; a miss fails the export, nothing written."""
     from edgesam_export.device.mask_bar import MaskBar
     from edgesam_export.host.executorch_session import ExecuTorchSession
 
     inputs, outputs = _io(loaded.spec, "decoder")
     sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
     bar = MaskBar.parse(options.accuracy_target)
-    result = heldout_mask_bar(loaded, decoder=ExecuTorchSession(program, sidecar=sidecar), bar=bar)
+    decoder = ExecuTorchSession(program, sidecar=sidecar)
+    result = heldout_mask_bar(loaded, encoder, decoder, bar=bar)
     if not result.passed:
+        beside = "PyTorch's encoder" if encoder is None else "the int8 encoder exported beside it"
         raise ExportFailedError(
-            f"int8 decoder: the held-out images give mean IoU {result.mean_iou:.4f} / worst"
-            f" {result.worst_iou:.4f} over {result.count} masks, under {bar}; calibrate on images"
-            " like yours (--calibration), loosen --accuracy-target, or export fp32"
+            f"int8 decoder: behind {beside}, the held-out images give mean IoU"
+            f" {result.mean_iou:.4f} / worst {result.worst_iou:.4f} over {result.count} masks,"
+            f" under {bar}; calibrate on images like yours (--calibration), loosen"
+            " --accuracy-target, or export fp32"
         )
     return result
 
