@@ -989,7 +989,10 @@ def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothi
         "outputs": [dataclasses.asdict(t) for t in outs],
     }
     et.sidecar_path(encoder_pte).write_text(json.dumps(sidecar))
-    with pytest.raises(ExportFailedError, match=r"behind the int8 encoder exported beside it"):
+    with pytest.raises(
+        ExportFailedError,
+        match=r"behind the int8 encoder exported beside it.*fp32 with --decoder\)$",
+    ):
         et.export(loaded, "decoder", both)
     assert not et.artifact_path(loaded, "decoder", both, "executorch").exists()
 

@@ -455,11 +455,17 @@ def _judge_decoder(
     result = heldout_mask_bar(loaded, encoder, decoder, bar=bar)
     if not result.passed:
         beside = "PyTorch's encoder" if encoder is None else "the int8 encoder exported beside it"
+        pair = (
+            ""
+            if encoder is None
+            else " (or keep the int8 encoder: export it alone with --encoder, the decoder fp32"
+            " with --decoder)"
+        )
         raise ExportFailedError(
             f"int8 decoder: behind {beside}, the held-out images give mean IoU"
             f" {result.mean_iou:.4f} / worst {result.worst_iou:.4f} over {result.count} masks,"
             f" under {bar}; calibrate on images like yours (--calibration), loosen"
-            " --accuracy-target, or export fp32"
+            f" --accuracy-target, or export fp32{pair}"
         )
     return result
 
