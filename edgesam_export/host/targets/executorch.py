@@ -38,6 +38,7 @@ from edgesam_export.device.artifacts import Artifact, atomic_path
 from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
 from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
+from edgesam_export.host.executorch_session import ExecuTorchSession
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, heldout_mask_bar
@@ -336,7 +337,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         )
     searched = None
     paired = _paired_encoder(loaded, graph, options)
-    encoder = None if paired is None else _open(paired)
+    encoder = None if paired is None else ExecuTorchSession(paired)
     if options.precision == "int8":
         calibration = calibration_args(loaded, graph, options, encoder)
     try:
@@ -429,12 +430,6 @@ def _paired_encoder(
     return path if path.is_file() else None
 
 
-def _open(path: Path) -> Session:
-    from edgesam_export.host.executorch_session import ExecuTorchSession
-
-    return ExecuTorchSession(path)
-
-
 def _judge_decoder(
     loaded: LoadedModel,
     program: bytes,
@@ -446,7 +441,6 @@ def _judge_decoder(
     beside it; None: PyTorch's) on the held-out images (`heldout_mask_bar`) against
     `--accuracy-target`; a miss fails the export, nothing written."""
     from edgesam_export.device.mask_bar import MaskBar
-    from edgesam_export.host.executorch_session import ExecuTorchSession
 
     inputs, outputs = _io(loaded.spec, "decoder")
     sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
