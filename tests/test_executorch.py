@@ -466,10 +466,7 @@ def test_cli_command_refuses_bad_precision_options_in_one_line_before_loading(
     for args, says in (
         (["--precision", "fp16"], "allowed: fp32, int8"),
         (["--calibration", str(tmp_path)], "--calibration applies to --precision int8"),
-        (
-            ["--decoder", "--precision", "int8", "--search-budget", "4"],
-            "--search-budget applies to the encoder, which is not exported",
-        ),
+        (["--decoder", "--search-budget", "4"], "--search-budget applies to --precision int8"),
     ):
         result = CliRunner().invoke(app, ["executorch", *args, "--output", str(out)])
         assert result.exit_code == 3, result.output
@@ -945,43 +942,85 @@ def test_a_lowering_that_breaks_inside_the_int8_search_fails_the_export_in_one_l
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothing(
+_LAYER0 = "mask_decoder.transformer.layers.0"
+
+
+class _Blind(torch.nn.Module):
+    """A decoder whose masks ignore the prompts (the decoder's I/O): no mask bar is met."""
+
+    def forward(
+        self, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = torch.nn.functional.interpolate(emb[:, :4], scale_factor=4.0)
+        zero = (coords.sum() + labels.sum()) * 0
+        return masks.mean(dim=(2, 3)) + zero, masks + zero
+
+
+def test_an_int8_decoder_is_searched_and_judged_on_the_heldout_images_and_a_miss_writes_nothing(
     executorch_build: tuple[LoadedModel, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every int8 program meets `--accuracy-target` on the held-out images before it is
-    written: the decoder's program (here the fp32 program of seed-0 weights standing in for the
-    lowering's output) run from memory behind PyTorch's encoder. Against its own weights it
-    meets the bar and the sidecar says so; against other weights (seed 1) the same program
-    misses it, the export fails in one line and nothing is written."""
+    """Every int8 program meets `--accuracy-target` on the calibration images with the fewest
+    float blocks the search finds, then on the held-out images, before it is written. Here a
+    lowering gives the fp32 program of seed-0 weights for a plan with 2 or more float blocks
+    and a blind decoder otherwise: every block int8 misses, the search measures sensitivity
+    (PT2E's simulated int8 of the real decoder) and bisects to the float blocks, and the
+    held-out judgement of that program meets the bar; the sidecar says so. Against other
+    weights (seed 1) every probe misses: the export fails in one line, nothing written."""
     import dataclasses
 
     from edgesam_export.device.errors import ExportFailedError
     from edgesam_export.host.models import load_model
+    from edgesam_export.host.quantize.pt2e import GRAPH_START, node_blocks
     from edgesam_export.host.targets import executorch as et
 
     loaded, folder = executorch_build
-    program = (folder / "edge_sam_decoder.pte").read_bytes()
-    monkeypatch.setattr(et, "_program", lambda *args: program)
-    options = dict(graphs=("decoder",), precision="int8", calibration_images=1)
-    art = et.export(loaded, "decoder", ExecuTorchOptions(output=tmp_path / "own", **options))
-    meta = json.loads(et.sidecar_path(art.path).read_text())["metadata"]
-    assert meta["int8.bar"] == "miou=0.97,worst=0.9 met", meta
-    mean = float(meta["int8.mask_iou"].split()[1])
-    assert mean > 0.99 and meta["executorch.calibration_inputs"] == "10"
-    other = load_model(None, synthetic="calibrated", seed=1)
-    with pytest.raises(ExportFailedError, match=r"^int8 decoder: behind PyTorch's encoder, the"):
-        et.export(other, "decoder", ExecuTorchOptions(output=tmp_path / "other", **options))
-    assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
-    # exported with the encoder, the decoder is judged behind that int8 program (the pair a
-    # user runs): a stand-in encoder that ignores the image makes the same decoder miss
-    both = ExecuTorchOptions(
-        output=tmp_path / "both", **(options | {"graphs": ("encoder", "decoder")})
-    )
+    good = (folder / "edge_sam_decoder.pte").read_bytes()
+    module, args = et.program_graph(loaded, "decoder", False)
+    inputs = et._io(loaded.spec, "decoder")[0]
+    dynamic = et._dynamic_shapes(inputs, 16)
+    blind = et._program(_Blind(), args, dynamic)
+    blocks = node_blocks(et.traced_program(module, args, dynamic))
     stand_in = torch.nn.Sequential(torch.nn.AvgPool2d(16), torch.nn.Conv2d(3, 256, 1)).eval()
     image = torch.zeros(1, 3, 1024, 1024)
+    stand_in_pte = et.lower(torch.export.export(stand_in, (image,), strict=False))
+    plans: list[et.Int8Plan] = []
+
+    def lower(plan: et.Int8Plan) -> bytes:
+        plans.append(plan)
+        return good if len(plan.float_blocks) >= 2 else blind
+
+    monkeypatch.setattr(et, "exported_program", lambda *args: args[4])  # the plan
+    monkeypatch.setattr(et, "lower", lower)
+    options = dict(graphs=("decoder",), precision="int8", calibration_images=1, search_budget=6)
+    art = et.export(loaded, "decoder", ExecuTorchOptions(output=tmp_path / "own", **options))
+    meta = json.loads(et.sidecar_path(art.path).read_text())["metadata"]
+    report = json.loads(meta["int8.report"])
+    # every node in one block: the attentions, MLPs and head layers, and the ops between them
+    assert blocks[:3] == [GRAPH_START, f"{_LAYER0}.self_attn", _LAYER0] and len(blocks) == 32
+    assert [len(p["float_blocks"]) for p in report["frontier"]] == [0, 16, 8, 4]
+    assert not report["frontier"][0]["passed"] and report["frontier"][-1]["passed"]
+    assert len(report["sensitivity"]) == 2 and not report["converged"]
+    assert all(np.isfinite(s["sqnr_db"]) for s in report["sensitivity"])
+    floats = meta["int8.float_blocks"].split(",")
+    assert 2 <= len(floats) < len(blocks) and set(floats) < set(blocks)
+    assert not plans[-1].dynamic and plans[-1].float_blocks == tuple(floats)
+    assert meta["int8.bar"] == "miou=0.97,worst=0.9 met", meta
+    assert float(meta["int8.mask_iou"].split()[1]) > 0.99
+    assert (
+        meta["executorch.calibration_inputs"] == "10"
+        and "calibrated" in meta["executorch.quantizer"]
+    )
+    other = load_model(None, synthetic="calibrated", seed=1)
+    few = options | {"search_budget": 2}
+    with pytest.raises(ExportFailedError, match=r"^int8 decoder: no partly quantized graph meets"):
+        et.export(other, "decoder", ExecuTorchOptions(output=tmp_path / "other", **few))
+    assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
+    # exported with the encoder, the decoder is searched and judged behind that int8 program
+    # (the pair a user runs): a stand-in encoder that ignores the image makes it miss
+    both = ExecuTorchOptions(output=tmp_path / "both", **(few | {"graphs": ("encoder", "decoder")}))
     encoder_pte = et.artifact_path(loaded, "encoder", both, "executorch")
     encoder_pte.parent.mkdir(parents=True)
-    encoder_pte.write_bytes(et.lower(torch.export.export(stand_in, (image,), strict=False)))
+    encoder_pte.write_bytes(stand_in_pte)
     ins, outs = loaded.spec.graph_io("encoder")
     sidecar = {
         "metadata": {"graph": "encoder", "precision": "int8"},
@@ -989,10 +1028,7 @@ def test_an_int8_decoder_is_judged_on_the_heldout_images_and_a_miss_writes_nothi
         "outputs": [dataclasses.asdict(t) for t in outs],
     }
     et.sidecar_path(encoder_pte).write_text(json.dumps(sidecar))
-    with pytest.raises(
-        ExportFailedError,
-        match=r"behind the int8 encoder exported beside it.*fp32 with --decoder\)$",
-    ):
+    with pytest.raises(ExportFailedError, match=r"^int8 decoder: .*fp32 with --decoder\)$"):
         et.export(loaded, "decoder", both)
     assert not et.artifact_path(loaded, "decoder", both, "executorch").exists()
 

@@ -57,8 +57,6 @@ class ExportOptions(BaseModel):
     output: Path = Path("artifacts")
     #: Fields that change only the decoder: a non-default value needs the decoder exported.
     DECODER_ONLY: ClassVar[tuple[str, ...]] = ("use_stability_score",)
-    #: Fields that change only the encoder: a non-default value needs the encoder exported.
-    ENCODER_ONLY: ClassVar[tuple[str, ...]] = ()
 
     @field_validator("graphs")
     @classmethod
@@ -72,17 +70,15 @@ class ExportOptions(BaseModel):
         return tuple(sorted(dict.fromkeys(v), key=order.index))
 
     @model_validator(mode="after")
-    def _graph_options_need_their_graph(self) -> ExportOptions:
-        """A decoder (encoder) option with only the other graph exported would be ignored:
-        say so instead."""
+    def _decoder_options_need_a_decoder(self) -> ExportOptions:
+        """A decoder option with only the encoder exported would be ignored: say so instead."""
         fields = type(self).model_fields
-        for graph, names in (("decoder", self.DECODER_ONLY), ("encoder", self.ENCODER_ONLY)):
-            given = [f for f in names if getattr(self, f) != fields[f].default]
-            if given and graph not in self.graphs:
-                raise ValueError(
-                    f"{', '.join(given)} applies to the {graph}, which is not exported;"
-                    f" drop it or export the {graph} too"
-                )
+        given = [f for f in self.DECODER_ONLY if getattr(self, f) != fields[f].default]
+        if given and "decoder" not in self.graphs:
+            raise ValueError(
+                f"{', '.join(given)} applies to the decoder, which is not exported;"
+                " drop it or export the decoder too"
+            )
         return self
 
 
@@ -373,8 +369,8 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
         "fp32",
         description="fp32, or int8: PT2E with the XNNPACK quantizer, per-channel int8 weights;"
         " the decoder's activations int8 with ranges calibrated on images that are not the"
-        " held-out images it is judged on, the encoder's int8 with per-call scales and the"
-        " blocks that break the masks kept float (--accuracy-target)",
+        " held-out images it is judged on, the encoder's int8 with per-call scales; in"
+        " each graph the blocks that break the masks kept float (--accuracy-target)",
     )
     max_points: int = Field(
         16, ge=1, le=64, description="Largest prompt point count N (dynamic 1..N)"
@@ -384,19 +380,18 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
     accuracy_target: MaskBarText = Field(
         "miou=0.97,worst=0.9",
         description="int8: mask IoU bar against PyTorch (mean and worst) that every int8"
-        " program meets on the held-out images (a miss fails the export); the encoder's"
+        " program meets on the held-out images (a miss fails the export); each graph's"
         " search first meets it on the calibration images with the fewest float blocks",
     )
     search_budget: int | None = Field(
         None,
         ge=1,
         le=100000,
-        description="int8 encoder: programs the search may evaluate (each sensitivity"
+        description="int8: programs each graph's search may evaluate (each sensitivity"
         " measurement and each judged probe counts one; at most half for sensitivity)."
         " Default: the complete search. Counted, not timed",
     )
     DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
-    ENCODER_ONLY = ("search_budget",)  # the decoder's int8 has no search
     CALIBRATES_WITH = "--precision int8"
     CALIBRATION_FIELDS = (
         *Int8Calibration.CALIBRATION_FIELDS,

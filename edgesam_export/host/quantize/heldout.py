@@ -47,16 +47,16 @@ class MaskReference:
     def feeds(self, embeddings: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         return list(self.inputs.decoder_feeds(embeddings, self.one_set_per_call))
 
-    def judge(
+    def pairs(
         self,
-        bar: MaskBar,
         encoder: Session | None = None,
         decoder: Session | None = None,
         embeddings: Sequence[np.ndarray] | None = None,
-    ) -> MaskBarResult:
-        """The masks of `decoder` (None: PyTorch's) on the embeddings of `encoder` (or the
-        given `embeddings`; neither: PyTorch's) against PyTorch's float32 masks. Prompt sets a
-        decoder refuses (`accepts`: more points than its max_points) are left out."""
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """(PyTorch's float32 decoder outputs, the candidate's) per prompt set: `decoder`
+        (None: PyTorch's) on the embeddings of `encoder` (or the given `embeddings`; neither:
+        PyTorch's). Prompt sets a decoder refuses (`accepts`: more points than its max_points)
+        are left out."""
         if embeddings is None:
             embeddings = (
                 self.embeddings
@@ -64,12 +64,22 @@ class MaskReference:
                 else [encoder.run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
             )
         candidate = decoder if decoder is not None else self.decoder
-        pairs = []
-        for ref, feeds in zip(self.reference, self.feeds(embeddings), strict=True):
-            if candidate.accepts(feeds) is not None:
-                continue
-            pairs.append((ref["scores"], ref["masks"], candidate.run(feeds)["masks"]))
-        return mask_bar(pairs, bar)
+        return [
+            (ref, candidate.run(feeds))
+            for ref, feeds in zip(self.reference, self.feeds(embeddings), strict=True)
+            if candidate.accepts(feeds) is None
+        ]
+
+    def judge(
+        self,
+        bar: MaskBar,
+        encoder: Session | None = None,
+        decoder: Session | None = None,
+        embeddings: Sequence[np.ndarray] | None = None,
+    ) -> MaskBarResult:
+        """The candidate's masks (`pairs`) against PyTorch's float32 masks."""
+        pairs = self.pairs(encoder, decoder, embeddings)
+        return mask_bar([(r["scores"], r["masks"], o["masks"]) for r, o in pairs], bar)
 
 
 def heldout_mask_bar(

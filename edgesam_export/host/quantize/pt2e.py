@@ -1,22 +1,26 @@
-"""PT2E int8 of the ExecuTorch programs (the XNNPACK quantizer), and the encoder's search.
+"""PT2E int8 of the ExecuTorch programs (the XNNPACK quantizer), and its search.
 
 - The decoder: int8 activations with ranges calibrated on the calibration set (`Int8Plan()`),
   per-channel int8 weights.
 - The encoder: int8 activations quantized per call (`Int8Plan(dynamic=True)`: XNNPACK picks
   each scale at run time), per-channel int8 weights. Calibrated ranges broke EdgeSAM's encoder
-  masks (held-out IoU 0.66 / 0.44); per-call scales alone reach 0.937 / 0.846. So the blocks
-  whose quantization harms the masks most stay float, found by `search.search` (the ONNX
-  search): sensitivity from PT2E's simulated int8 (the converted module run by PyTorch, one
-  block quantized at a time, SQNR of the embeddings), then a bisection on the number of float
-  blocks whose probes are lowered programs run on ExecuTorch's runtime and judged by the mask
-  bar on the calibration images (the selection set). The chosen program is then judged once on
-  the held-out images, which the search never saw; a miss there fails the export.
+  masks (held-out IoU 0.66 / 0.44); per-call scales alone reach 0.937 / 0.846.
+
+For both graphs the blocks whose quantization harms the masks most stay float, found by
+`search.search` (the ONNX search): every block int8 first; if that misses the bar, sensitivity
+from PT2E's simulated int8 (the converted module run by PyTorch, one block quantized at a time,
+SQNR of the embeddings or of the masks), then a bisection on the number of float blocks whose
+probes are lowered programs run on ExecuTorch's runtime and judged by the mask bar on the
+calibration images (the selection set; a decoder behind the int8 encoder exported beside it).
+The chosen program is then judged once on the held-out images, which the search never saw; a
+miss there fails the export. The encoder's blocks are its stages' children (`encoder_blocks`:
+module subtrees), the decoder's the ONNX search's (`node_blocks`: every node in one block).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
+from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
 from edgesam_export.host.quantize.data import Inputs
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference, heldout_mask_bar
 from edgesam_export.host.quantize.search import Report, sqnr_db
+from edgesam_export.host.quantize.static import block_of
 
 if TYPE_CHECKING:
     from edgesam_export.device.runtime.base import Session
+    from edgesam_export.host.config import GraphKind
     from edgesam_export.host.models import LoadedModel
 
 Progress = Callable[[str], None]
@@ -89,6 +95,13 @@ class Int8Plan:
     dynamic: bool = False
     float_blocks: tuple[str, ...] = ()
     only: str | None = None
+    by_node: bool = False  # blocks: `node_block`'s (each node in one); else module subtrees
+
+    def _blocks_of(self, node: torch.fx.Node, among: Sequence[str]) -> bool:
+        """Whether `node` belongs to one of the blocks `among`."""
+        if self.by_node:  # weights follow the operator they feed
+            return node.op == "call_function" and node_block(node) in among
+        return any(in_block(node, b) for b in among)
 
     def quantizer(self) -> Any:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -105,8 +118,8 @@ class Int8Plan:
             if dynamic and off_4d_conv(n):  # XNNPACK's lowering refuses them (`off_4d_conv`)
                 return False
             if only is not None:
-                return n.op != "call_function" or in_block(n, only)
-            return not any(in_block(n, b) for b in floats)
+                return n.op != "call_function" or self._blocks_of(n, (only,))
+            return not self._blocks_of(n, floats)
 
         quantizer.set_filter_function(keep)
         return quantizer
@@ -146,38 +159,112 @@ def encoder_blocks(module: nn.Module) -> list[str]:
     return [n for n, b in blocks if any(isinstance(m, quantizable) for m in b.modules())]
 
 
+#: What the XNNPACK quantizer annotates: a block of the decoder's search holds one of these.
+_QUANTIZED_OPS = (
+    *_CONVOLUTIONS,
+    torch.ops.aten.conv_transpose2d.input,
+    torch.ops.aten.linear.default,
+    torch.ops.aten.add.Tensor,
+    torch.ops.aten.mul.Tensor,
+    torch.ops.aten.cat.default,
+)
+GRAPH_START = "(graph start)"
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    """The innermost module a node was traced in ("" at the top level)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    path = _path(stack[-1]) if stack else ""
+    return "" if path.startswith("_empty_nn_module_stack") else path
+
+
+def node_block(node: torch.fx.Node) -> str:
+    """A node's block by the ONNX search's rule (`static.block_of`: the module path up to the
+    first indexed module and one part below it, at most 4 parts); a node traced outside every
+    module joins the block of the node before it in graph order (`static.blocks`)."""
+    n: Any = node
+    while n is not None and n.op != "root":
+        path = _module_path(n) if n.op == "call_function" else ""
+        if path:
+            parts: list[str] = []
+            for part in path.split("."):  # `layers.0` is one part of an exported node's name
+                if part.isdigit() and parts:
+                    parts[-1] += "." + part
+                else:
+                    parts.append(part)
+            return (block_of("/" + "/".join(parts) + "/op") or path).replace("/", ".")
+        n = n.prev
+    return GRAPH_START
+
+
+def node_blocks(traced: Any) -> list[str]:
+    """The blocks of the decoder's search, in graph order: every node of the float program
+    (`traced`, before quantization) in exactly one block (`node_block`), the blocks that hold
+    an operator the quantizer takes."""
+    graph = traced.module().graph
+    ops = [n for n in graph.nodes if n.op == "call_function" and n.target in _QUANTIZED_OPS]
+    return list(dict.fromkeys(node_block(n) for n in ops))
+
+
+@dataclass(frozen=True)
 class Plans:
-    """The search's quantizer (`search.Quantizer`): a candidate is a plan of per-call int8
-    activations with the named blocks float (or one block quantized alone)."""
+    """The search's quantizer (`search.Quantizer`): a candidate is a plan with the named blocks
+    float (or one block quantized alone), its activations per call (`dynamic`) or calibrated."""
+
+    dynamic: bool
+    by_node: bool = False
 
     def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Int8Plan:
-        return Int8Plan(dynamic=True, float_blocks=tuple(exclude), only=only[0] if only else None)
+        return Int8Plan(self.dynamic, tuple(exclude), only[0] if only else None, self.by_node)
 
 
 @dataclass
-class EncoderEvaluator:
-    """The search's judge of encoder plans (`search.CandidateJudge`): PyTorch's reference on
-    the inputs is computed once (`MaskReference`, one prompt set per call); `lower` turns a plan
-    into program bytes, kept in `programs` so that no plan is lowered twice."""
+class ProgramEvaluator:
+    """The search's judge of one graph's plans (`search.CandidateJudge`). PyTorch's reference
+    on the inputs is computed once (`MaskReference`, one prompt set per call); `lower` turns a
+    plan into program bytes, kept in `programs` so that no plan is lowered twice. An encoder
+    plan's embeddings go through PyTorch's decoder; a decoder plan gets the embeddings of
+    `encoder` (the int8 program exported beside it; None: PyTorch's)."""
 
+    graph: GraphKind
     loaded: LoadedModel
     inputs: Inputs
     bar: MaskBar
     traced: Any  # the float program before quantization (`exported.module()` per plan)
     calibration: Sequence[tuple[torch.Tensor, ...]]
     lower: Callable[[Int8Plan], bytes]
+    sidecar: Mapping[str, Any]  # the program's: metadata (max_points), inputs and outputs
+    encoder: Session | None = None
     programs: dict[Int8Plan, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reference = MaskReference(self.loaded, self.inputs, one_set_per_call=True)
+        self.embeddings = self.reference.embeddings
+        if self.graph == "decoder" and self.encoder is not None:
+            run = self.encoder.run
+            self.embeddings = [run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
 
     def quick(self, plan: Int8Plan) -> float:
-        """SQNR (dB) of the simulated int8 embeddings (PT2E's converted module run by PyTorch)
-        on the first image."""
+        """SQNR (dB) of PT2E's simulated int8 (the converted module run by PyTorch) on the
+        first image: of the embeddings (encoder), of the masks of its prompt sets (decoder)."""
         module = quantize(self.traced, self.calibration, plan)
         with torch.no_grad():
-            got = module(torch.from_numpy(self.inputs.tensors[0]))
-        return sqnr_db(got.numpy(), self.reference.embeddings[0])
+            if self.graph == "encoder":
+                got = module(torch.from_numpy(self.inputs.tensors[0]))
+                return sqnr_db(got.numpy(), self.reference.embeddings[0])
+            names = [t.name for t in self.sidecar["inputs"]]
+            masks = [t.name for t in self.sidecar["outputs"]].index("masks")
+            sets = sum(c.point_coords.shape[0] for c in self.inputs.prompts[0])
+            most = int(self.sidecar["metadata"].get("executorch.max_points", "0")) or None
+            got, ref = [], []
+            for feeds, reference in zip(
+                self.reference.feeds(self.embeddings)[:sets], self.reference.reference, strict=False
+            ):
+                if most is None or feeds["point_coords"].shape[1] <= most:
+                    out = module(*(torch.from_numpy(feeds[n]) for n in names))
+                    got.append(out[masks].numpy().ravel())
+                    ref.append(reference["masks"].ravel())
+        return sqnr_db(np.concatenate(got), np.concatenate(ref))
 
     def program(self, plan: Int8Plan) -> bytes:
         if plan not in self.programs:
@@ -188,25 +275,32 @@ class EncoderEvaluator:
         """The plan's lowered program on ExecuTorch's runtime, from memory."""
         from edgesam_export.host.executorch_session import ExecuTorchSession
 
-        inputs, outputs = self.loaded.spec.graph_io("encoder")
-        sidecar = {"metadata": {"graph": "encoder"}, "inputs": inputs, "outputs": outputs}
-        return ExecuTorchSession(self.program(plan), sidecar=sidecar)
+        return ExecuTorchSession(self.program(plan), sidecar=self.sidecar)
 
     def judge(self, plan: Int8Plan) -> tuple[MaskBarResult, float, float, float | None]:
-        """(mask bar result, SQNR dB of the embeddings, ms per image, no speed hint): the
-        lowered program's embeddings through PyTorch's decoder, every image and prompt set,
-        against PyTorch's masks."""
+        """(mask bar result, SQNR dB of the graph's primary output, ms per call, no speed
+        hint): the lowered program end to end on every image and prompt set, against
+        PyTorch's masks."""
         session = self.session(plan)
         t0 = time.perf_counter()
-        emb = [session.run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
-        latency = 1000 * (time.perf_counter() - t0) / len(emb)
-        sqnr = sqnr_db(np.stack(emb), np.stack(self.reference.embeddings))
-        return self.reference.judge(self.bar, embeddings=emb), sqnr, latency, None
+        if self.graph == "encoder":
+            emb = [session.run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
+            latency = 1000 * (time.perf_counter() - t0) / len(emb)
+            sqnr = sqnr_db(np.stack(emb), np.stack(self.reference.embeddings))
+            return self.reference.judge(self.bar, embeddings=emb), sqnr, latency, None
+        pairs = self.reference.pairs(decoder=session, embeddings=self.embeddings)
+        latency = 1000 * (time.perf_counter() - t0) / max(len(pairs), 1)
+        sqnr = sqnr_db(
+            np.concatenate([o["masks"].ravel() for _, o in pairs]),
+            np.concatenate([r["masks"].ravel() for r, _ in pairs]),
+        )
+        result = mask_bar([(r["scores"], r["masks"], o["masks"]) for r, o in pairs], self.bar)
+        return result, sqnr, latency, None
 
 
 @dataclass
-class EncoderSearch:
-    """What `search_encoder` chose: the plan, its program, the report and the held-out result."""
+class ProgramSearch:
+    """What `search_program` chose: the plan, its program, the report and the held-out result."""
 
     plan: Int8Plan
     program: bytes
@@ -214,48 +308,64 @@ class EncoderSearch:
     heldout: MaskBarResult
 
 
-def search_encoder(
-    loaded: LoadedModel,
-    traced: Any,
-    calibration: Sequence[tuple[torch.Tensor, ...]],
-    lower: Callable[[Int8Plan], bytes],
+def search_program(
+    evaluator: ProgramEvaluator,
+    plans: Plans,
     blocks: Sequence[str],
-    selection: Inputs,
-    bar: MaskBar,
     *,
     source: str,
     budget: int | None = None,
     heldout_images: int = HELDOUT_IMAGES,
     progress: Progress = lambda _: None,
-) -> EncoderSearch:
-    """The encoder's program with per-call int8 activations and the fewest float blocks that
-    meet `bar` on the selection inputs, then judged on the held-out images (module doc)."""
+) -> ProgramSearch:
+    """The graph's int8 program with the fewest float blocks that meet the evaluator's bar on
+    its selection inputs, then judged on the held-out images, behind the evaluator's encoder
+    for a decoder (module doc). Raises ExportFailedError when no probe meets the bar or the
+    chosen program misses it on the held-out images."""
     from edgesam_export.device.errors import ExportFailedError
     from edgesam_export.host.quantize.search import search
 
+    graph, bar, selection = evaluator.graph, evaluator.bar, evaluator.inputs
     report = Report(
-        "encoder",
+        graph,
         str(bar),
         {"source": source, "images": len(selection.tensors), "method": "selection"},
         {"images": heldout_images},
         kind="int8",
     )
-    progress(f"int8 encoder: PyTorch reference on {len(selection.tensors)} selection image(s)")
-    evaluator = EncoderEvaluator(loaded, selection, bar, traced, calibration, lower)
-    plan = search(Plans(), evaluator, {b: [b] for b in blocks}, report, progress, budget)
-    progress(f"int8 encoder: judging the chosen program on {heldout_images} held-out images")
-    result = heldout_mask_bar(loaded, evaluator.session(plan), images=heldout_images, bar=bar)
+    beside = ""
+    if graph == "decoder":
+        beside = (
+            " behind PyTorch's encoder"
+            if evaluator.encoder is None
+            else " behind the int8 encoder exported beside it"
+        )
+    keep = (
+        " (or keep the int8 encoder: export it alone with --encoder, the decoder fp32 with"
+        " --decoder)"
+        if graph == "decoder" and evaluator.encoder is not None
+        else ""
+    )
+    try:
+        plan = search(plans, evaluator, {b: [b] for b in blocks}, report, progress, budget)
+    except ExportFailedError as exc:
+        raise ExportFailedError(f"{exc}{keep}") from exc
+    progress(f"int8 {graph}: judging the chosen program on {heldout_images} held-out images")
+    session = evaluator.session(plan)
+    encoder, decoder = (session, None) if graph == "encoder" else (evaluator.encoder, session)
+    result = heldout_mask_bar(evaluator.loaded, encoder, decoder, heldout_images, bar)
     report.heldout |= {"masks": result.count, "mean_iou": result.mean_iou}
     report.heldout["worst_iou"] = result.worst_iou
     progress(
-        f"int8 encoder: held-out mean IoU {result.mean_iou:.4f}, worst {result.worst_iou:.4f}"
+        f"int8 {graph}: held-out mean IoU {result.mean_iou:.4f}, worst {result.worst_iou:.4f}"
         f" ({'meets' if result.passed else 'misses'} {bar})"
     )
     if not result.passed:
         raise ExportFailedError(
-            f"int8 encoder: {len(report.float_blocks)} float block(s) met {bar} on the"
-            f" {len(selection.tensors)} selection image(s), but the held-out images give mean IoU"
-            f" {result.mean_iou:.4f} / worst {result.worst_iou:.4f}; select on more images"
-            " (--calibration-images, --calibration), loosen --accuracy-target, or export fp32"
+            f"int8 {graph}: {len(report.float_blocks)} float block(s) met {bar} on the"
+            f" {len(selection.tensors)} selection image(s), but{beside} the held-out images give"
+            f" mean IoU {result.mean_iou:.4f} / worst {result.worst_iou:.4f} over"
+            f" {result.count} masks; select on more images (--calibration-images,"
+            f" --calibration), loosen --accuracy-target, or export fp32{keep}"
         )
-    return EncoderSearch(plan, evaluator.program(plan), report, result)
+    return ProgramSearch(plan, evaluator.program(plan), report, result)

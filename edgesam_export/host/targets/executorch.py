@@ -13,7 +13,9 @@ the session runs a batch of B as B calls of the program, as an app on the phone 
 int8 is PyTorch's own PT2E flow for XNNPACK: the exported graph is prepared with the XNNPACK
 quantizer (per-channel symmetric int8 weights, int8 activations), run on calibration inputs
 (`host/quantize/data.py`: a `--calibration` folder or the built-in synthetic set, never the
-held-out images int8 is judged on), converted, exported again and lowered like fp32.
+held-out images int8 is judged on), converted, exported again and lowered like fp32. Each
+graph's program keeps float the fewest blocks that meet `--accuracy-target` on those images
+(`quantize.pt2e.search_program`), then meets it on the held-out images or is not written.
 
 A `.pte` has no metadata slot, so `<file>.pte.json` beside it carries what ONNX metadata carries
 (family, frames, preprocessing, mask tokens, precision, versions, checkpoint sha256) and the I/O
@@ -41,20 +43,22 @@ from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKi
 from edgesam_export.host.executorch_session import ExecuTorchSession
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
-from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, heldout_mask_bar
+from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES
 from edgesam_export.host.quantize.pt2e import (
-    EncoderSearch,
     Int8Plan,
+    Plans,
+    ProgramEvaluator,
+    ProgramSearch,
     encoder_blocks,
+    node_blocks,
     quantize,
-    search_encoder,
+    search_program,
 )
 from edgesam_export.host.targets import Target, artifact_path
 from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_for_xnnpack
 from edgesam_export.host.targets.onnx import build_graph
 
 if TYPE_CHECKING:
-    from edgesam_export.device.mask_bar import MaskBarResult
     from edgesam_export.device.models import ModelSpec
     from edgesam_export.device.runtime.base import Session
 
@@ -262,21 +266,23 @@ def _program(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     dynamic: tuple[dict[int, Any] | None, ...] | None,
-    calibration: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> bytes:
-    """The lowered program's bytes; `calibration` given: PT2E int8 calibrated on it."""
-    return lower(exported_program(module, args, dynamic, calibration))
+    """The float program's bytes (int8 programs come from the search: `_search`)."""
+    return lower(exported_program(module, args, dynamic))
 
 
-def _search_encoder(
+def _search(
     loaded: LoadedModel,
-    module: torch.nn.Module,
-    args: tuple[torch.Tensor, ...],
+    graph: GraphKind,
+    program: tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any],
     calibration: list[tuple[torch.Tensor, ...]],
     options: ExecuTorchOptions,
-) -> EncoderSearch:
-    """The int8 encoder: per-call int8 activations, the fewest float blocks that meet
-    `--accuracy-target` (`quantize.pt2e.search_encoder`), each probe a lowered program."""
+    sidecar: dict[str, Any],
+    encoder: Session | None,
+) -> ProgramSearch:
+    """The int8 program with the fewest float blocks that meet `--accuracy-target`
+    (`quantize.pt2e.search_program`), each probe a lowered program: the encoder's activations
+    per call, the decoder's calibrated (behind `encoder`, the int8 program exported beside)."""
     from edgesam_export.device.mask_bar import MaskBar
     from edgesam_export.host.quantize.data import (
         CALIBRATION_PROMPT_SEED,
@@ -285,20 +291,32 @@ def _search_encoder(
     )
     from edgesam_export.host.quantize.search import stderr_progress
 
+    module, args, dynamic = program
     images = calibration_images(options.calibration, options.calibration_images)
-    traced = traced_program(module, args, None)
+    traced = traced_program(module, args, dynamic)
 
     def lower_plan(plan: Int8Plan) -> bytes:
-        return lower(exported_program(module, args, None, calibration, plan, traced))
+        return lower(exported_program(module, args, dynamic, calibration, plan, traced))
 
-    return search_encoder(
+    evaluator = ProgramEvaluator(
+        graph,
         loaded,
+        prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED),
+        MaskBar.parse(options.accuracy_target),
         traced,
         calibration,
         lower_plan,
-        encoder_blocks(module),
-        prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED),
-        MaskBar.parse(options.accuracy_target),
+        sidecar,
+        encoder,
+    )
+    if graph == "encoder":  # per-call scales, the stages' children
+        plans, blocks = Plans(dynamic=True), encoder_blocks(module)
+    else:  # calibrated ranges, every node in one block
+        plans, blocks = Plans(dynamic=False, by_node=True), node_blocks(traced)
+    return search_program(
+        evaluator,
+        plans,
+        blocks,
         source=options.calibration.name if options.calibration else "synthetic",
         budget=options.search_budget,
         progress=stderr_progress,
@@ -321,37 +339,11 @@ def program_graph(
     return module, _batch_one(loaded.spec.graph_io(graph)[0], args)
 
 
-def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
-    if not isinstance(options, ExecuTorchOptions):
-        options = ExecuTorchOptions(**options.model_dump())
-    _require_executorch()
+def _metadata(
+    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions, inputs: list[TensorSpec]
+) -> dict[str, str]:
+    """What the sidecar says of every program (the int8 fields are added after the search)."""
     spec = loaded.spec
-    module, args = program_graph(loaded, graph, options.use_stability_score)
-    inputs, outputs = _io(spec, graph)
-    dest = artifact_path(loaded, graph, options, "executorch")
-    calibration = None
-    if options.precision == "int8" and spec.io_layout != "sam":
-        raise InputError(
-            f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"
-            f" {spec.io_layout} layout: export it with --precision fp32"
-        )
-    searched = None
-    paired = _paired_encoder(loaded, graph, options)
-    encoder = None if paired is None else ExecuTorchSession(paired)
-    if options.precision == "int8":
-        calibration = calibration_args(loaded, graph, options, encoder)
-    try:
-        if calibration is not None and graph == "encoder":  # each probe is a lowering
-            searched = _search_encoder(loaded, module, args, calibration, options)
-        dynamic = _dynamic_shapes(inputs, options.max_points)
-        buffer = searched.program if searched else _program(module, args, dynamic, calibration)
-    except ExportFailedError:  # the search's own verdict (no program meets the bar), as it is
-        raise
-    except Exception as exc:  # torch.export and the lowering raise many untyped errors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
-        raise ExportFailedError(
-            f"ExecuTorch export of the {spec.name} {graph} failed: {first}"
-        ) from exc
     metadata = base_metadata(
         loaded, graph, use_stability_score=options.use_stability_score and graph == "decoder"
     )
@@ -361,20 +353,6 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         "executorch.delegate": "XnnpackBackend",
         "torch.version": torch.__version__,
     }
-    source = options.calibration.name if options.calibration else "synthetic"
-    if searched is not None:  # per-call scales: the images selected the float blocks
-        metadata |= {
-            "executorch.quantizer": searched.plan.describe(),
-            "int8.selection": f"{source} ({options.calibration_images} images)",
-            "int8.float_blocks": ",".join(searched.plan.float_blocks),
-            "int8.report": json.dumps(searched.report.to_json()),
-        }
-    elif calibration is not None:  # calibrated ranges
-        metadata |= {
-            "executorch.quantizer": Int8Plan().describe(),
-            "executorch.calibration": source,
-            "executorch.calibration_inputs": str(len(calibration)),
-        }
     if any(d in POINT_AXES for t in inputs for d in t.shape):
         metadata |= {"executorch.max_points": str(options.max_points)}
     if any(d in BATCH_AXES for t in spec.graph_io(graph)[0] for d in t.shape):
@@ -382,16 +360,68 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         batched = batched_io(spec.graph_io(graph))
         if batched is not None:  # the session runs a batch of B as B calls of the program
             metadata |= {"executorch.batch": "calls", "executorch.batched": json.dumps(batched)}
-    if calibration is not None:  # every int8 program meets the bar on the held-out images
-        result = (
-            searched.heldout
-            if searched
-            else _judge_decoder(loaded, buffer, metadata, options, encoder)
-        )
+    return metadata
+
+
+def _int8_metadata(
+    searched: ProgramSearch, options: ExecuTorchOptions, calibration: list[Any]
+) -> dict[str, str]:
+    """What the sidecar says of an int8 program: its quantizer, the images that selected its
+    float blocks (and calibrated its ranges, for calibrated activations), the search's report
+    and the held-out result (every int8 program meets the bar there before it is written)."""
+    source = options.calibration.name if options.calibration else "synthetic"
+    result = searched.heldout
+    metadata = {
+        "executorch.quantizer": searched.plan.describe(),
+        "int8.selection": f"{source} ({options.calibration_images} images)",
+        "int8.float_blocks": ",".join(searched.plan.float_blocks),
+        "int8.report": json.dumps(searched.report.to_json()),
+        "int8.mask_iou": f"mean {result.mean_iou:.4f} worst {result.worst_iou:.4f}",
+        "int8.bar": f"{result.bar} met",
+    }
+    if not searched.plan.dynamic:  # calibrated ranges; per-call scales calibrate nothing
         metadata |= {
-            "int8.mask_iou": f"mean {result.mean_iou:.4f} worst {result.worst_iou:.4f}",
-            "int8.bar": f"{result.bar} met",
+            "executorch.calibration": source,
+            "executorch.calibration_inputs": str(len(calibration)),
         }
+    return metadata
+
+
+def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Artifact:
+    if not isinstance(options, ExecuTorchOptions):
+        options = ExecuTorchOptions(**options.model_dump())
+    _require_executorch()
+    spec = loaded.spec
+    module, args = program_graph(loaded, graph, options.use_stability_score)
+    inputs, outputs = _io(spec, graph)
+    dest = artifact_path(loaded, graph, options, "executorch")
+    if options.precision == "int8" and spec.io_layout != "sam":
+        raise InputError(
+            f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"
+            f" {spec.io_layout} layout: export it with --precision fp32"
+        )
+    metadata = _metadata(loaded, graph, options, inputs)
+    program_sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
+    paired = _paired_encoder(loaded, graph, options)
+    encoder = None if paired is None else ExecuTorchSession(paired)
+    dynamic = _dynamic_shapes(inputs, options.max_points)
+    searched = None
+    try:
+        if options.precision == "int8":  # each probe of the search is a lowering
+            calibration = calibration_args(loaded, graph, options, encoder)
+            program = (module, args, dynamic)
+            searched = _search(
+                loaded, graph, program, calibration, options, program_sidecar, encoder
+            )
+            metadata |= _int8_metadata(searched, options, calibration)
+        buffer = searched.program if searched else _program(module, args, dynamic)
+    except (ExportFailedError, InputError):  # the search's own verdict, or bad calibration input
+        raise
+    except Exception as exc:  # torch.export and the lowering raise many untyped errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+        raise ExportFailedError(
+            f"ExecuTorch export of the {spec.name} {graph} failed: {first}"
+        ) from exc
     if paired is not None:  # what the decoder was calibrated and judged end to end with
         from edgesam_export.device.manifest import file_sha256
 
@@ -428,40 +458,6 @@ def _paired_encoder(
         return None
     path = artifact_path(loaded, "encoder", options, "executorch")
     return path if path.is_file() else None
-
-
-def _judge_decoder(
-    loaded: LoadedModel,
-    program: bytes,
-    metadata: dict[str, str],
-    options: ExecuTorchOptions,
-    encoder: Session | None = None,
-) -> MaskBarResult:
-    """The int8 decoder's program, from memory, behind `encoder` (the int8 program exported
-    beside it; None: PyTorch's) on the held-out images (`heldout_mask_bar`) against
-    `--accuracy-target`; a miss fails the export, nothing written."""
-    from edgesam_export.device.mask_bar import MaskBar
-
-    inputs, outputs = _io(loaded.spec, "decoder")
-    sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
-    bar = MaskBar.parse(options.accuracy_target)
-    decoder = ExecuTorchSession(program, sidecar=sidecar)
-    result = heldout_mask_bar(loaded, encoder, decoder, bar=bar)
-    if not result.passed:
-        beside = "PyTorch's encoder" if encoder is None else "the int8 encoder exported beside it"
-        pair = (
-            ""
-            if encoder is None
-            else " (or keep the int8 encoder: export it alone with --encoder, the decoder fp32"
-            " with --decoder)"
-        )
-        raise ExportFailedError(
-            f"int8 decoder: behind {beside}, the held-out images give mean IoU"
-            f" {result.mean_iou:.4f} / worst {result.worst_iou:.4f} over {result.count} masks,"
-            f" under {bar}; calibrate on images like yours (--calibration), loosen"
-            f" --accuracy-target, or export fp32{pair}"
-        )
-    return result
 
 
 TARGET = Target(name="executorch", export=export)
