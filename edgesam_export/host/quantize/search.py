@@ -218,7 +218,7 @@ class Quantizer(Protocol):
 
 
 class CandidateJudge(Protocol):
-    """Judges the search's candidates (`Evaluator` for ONNX graphs, `pt2e.EncoderEvaluator`
+    """Judges the search's candidates (`Evaluator` for ONNX graphs, `pt2e.ProgramEvaluator`
     for ExecuTorch programs)."""
 
     def quick(self, candidate: Any) -> float: ...
