@@ -78,7 +78,13 @@ class MaskReference:
         embeddings: Sequence[np.ndarray] | None = None,
     ) -> MaskBarResult:
         """The candidate's masks (`pairs`) against PyTorch's float32 masks."""
-        pairs = self.pairs(encoder, decoder, embeddings)
+        return self.bar(self.pairs(encoder, decoder, embeddings), bar)
+
+    @staticmethod
+    def bar(
+        pairs: Sequence[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], bar: MaskBar
+    ) -> MaskBarResult:
+        """The mask bar over `pairs` (PyTorch's outputs, the candidate's)."""
         return mask_bar([(r["scores"], r["masks"], o["masks"]) for r, o in pairs], bar)
 
 

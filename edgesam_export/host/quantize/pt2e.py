@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
+from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
 from edgesam_export.host.quantize.data import Inputs
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference, heldout_mask_bar
 from edgesam_export.host.quantize.search import Report, sqnr_db
@@ -294,8 +294,7 @@ class ProgramEvaluator:
             np.concatenate([o["masks"].ravel() for _, o in pairs]),
             np.concatenate([r["masks"].ravel() for r, _ in pairs]),
         )
-        result = mask_bar([(r["scores"], r["masks"], o["masks"]) for r, o in pairs], self.bar)
-        return result, sqnr, latency, None
+        return self.reference.bar(pairs, self.bar), sqnr, latency, None
 
 
 @dataclass
