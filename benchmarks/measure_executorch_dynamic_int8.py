@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgesam_export.device.backends import open_session
     from edgesam_export.host.config import ExecuTorchOptions
     from edgesam_export.host.models import load_model
-    from edgesam_export.host.quantize.heldout import heldout_mask_bar
-    from edgesam_export.host.quantize.pt2e import Int8Plan
+    from edgesam_export.host.quantize.data import calibration_inputs, heldout_images
+    from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, heldout_mask_bar
+    from edgesam_export.host.quantize.pt2e import Int8Plan, calibration_args
     from edgesam_export.host.quantize.search import rank
     from edgesam_export.host.targets import executorch as et
     from edgesam_export.host.targets import get_target
@@ -66,7 +67,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chosen = len(report["float_blocks"])
         module, example = et.program_graph(loaded, "encoder", False)
         options = ExecuTorchOptions(graphs=("encoder",), precision="int8")
-        calibration = et.calibration_args(loaded, "encoder", options)
+        images = calibration_inputs(
+            None,
+            options.calibration_images,
+            loaded.spec.preprocessing,
+            heldout_images(HELDOUT_IMAGES),
+        )
+        calibration = calibration_args("encoder", images, [], None)
         traced = et.traced_program(module, example, None)
         plans = {"static": Int8Plan()}
         plans |= {f"float {k}": Int8Plan(True, tuple(ranking[:k])) for k in (0, *args.floats)}

@@ -405,6 +405,38 @@ def test_tanh_gelu_runs_as_the_tanh_approximation_not_exact_gelu() -> None:
         assert float((g - w).abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("size", [16, 128])
+def test_a_per_call_int8_convolution_after_tanh_gelu_runs(size: int) -> None:
+    """EfficientViT-SAM's blocks: conv, tanh GELU, conv. With per-call int8 convolutions the
+    `0.5 * x * (1 + tanh(...))` spelling failed at run time; the target's spelling runs and
+    stays within int8 noise of PyTorch."""
+    from edgesam_export.device.contract import TensorSpec
+    from edgesam_export.host.quantize.pt2e import Int8Plan
+    from edgesam_export.host.targets.executorch import exported_program, lower
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(32, 32, 3, padding=1)
+            self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.nn.functional.gelu(self.a(x), approximate="tanh"))
+
+    torch.manual_seed(0)
+    block, x = Block().eval(), torch.randn(1, 32, size, size)
+    program = lower(exported_program(block, (x,), None, [(x,)], Int8Plan(dynamic=True)))
+    io = {
+        "metadata": {},
+        "inputs": [TensorSpec("x", "float32", (1, 32, size, size))],
+        "outputs": [TensorSpec("y", "float32", (1, 32, size, size))],
+    }
+    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
+    with torch.no_grad():
+        want = block(x).numpy()
+    assert float(np.abs(got - want).max()) < 0.05 * float(np.abs(want).max())
+
+
 def test_the_decoder_graph_stays_within_six_dims(bicubic_model: LoadedModel) -> None:
     """XNNPACK refuses tensors of rank > 6 when the program loads (the pixel shuffle was 8-D:
     "Failed to define tensor ... xnn_status_unsupported_parameter")."""

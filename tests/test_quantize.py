@@ -15,9 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgesam_export.device.errors import InputError
 from edgesam_export.device.mask_bar import MaskBar, mask_bar, top_mask_ious
-from edgesam_export.host.config import OnnxOptions
+from edgesam_export.device.models import get_spec
+from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
 from edgesam_export.host.quantize.data import (
     calibration_images,
+    calibration_inputs,
     check_disjoint,
     heldout_images,
     synthetic_image,
@@ -93,13 +95,27 @@ def test_calibration_images_are_never_the_heldout_images(tmp_path: Path):
     with pytest.raises(InputError, match="held-out"):
         check_disjoint([*calib, held[1]], held)
     np.save(tmp_path / "a.npy", held[0])
-    with pytest.raises(InputError, match="held-out"):
-        check_disjoint(calibration_images(tmp_path, 8), held)
+    params = get_spec("edge_sam").preprocessing
+    with pytest.raises(InputError, match="held-out"):  # what both int8 targets load them with
+        calibration_inputs(tmp_path, 8, params, held)
+    assert len(calibration_inputs(None, 2, params, held).tensors) == 2
     with pytest.raises(InputError, match="not a folder"):
         calibration_images(tmp_path / "a.npy", 1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"no \.png or \.npy"):
         calibration_images(tmp_path / "empty", 1)
+
+
+def test_the_calibration_source_is_the_folder_name_never_its_path(tmp_path: Path):
+    """Reports and metadata name the folder, so the same recipe gives the same bytes on any
+    machine; the built-in set is "synthetic"."""
+    folder = tmp_path / "street"
+    folder.mkdir()
+    assert OnnxOptions(quantize="int8").calibration_source() == "synthetic"
+    assert ExecuTorchOptions(precision="int8").calibration_source() == "synthetic"
+    assert OnnxOptions(quantize="int8", calibration=folder).calibration_source() == "street"
+    given = ExecuTorchOptions(precision="int8", calibration=folder)
+    assert given.calibration_source() == "street"
 
 
 def test_block_of_groups_nodes_by_indexed_module():

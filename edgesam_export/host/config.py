@@ -133,6 +133,13 @@ class Int8Calibration(BaseModel):
         """Whether this export runs the calibration (the mode the calibration fields need)."""
         raise NotImplementedError
 
+    def calibration_source(self) -> str:
+        """What the calibration images are, for reports and metadata: the `--calibration`
+        folder's name (never its absolute path: the same recipe gives the same bytes on any
+        machine), or "synthetic" (the built-in set)."""
+        folder: Path | None = getattr(self, "calibration", None)
+        return folder.name if folder is not None else "synthetic"
+
     @model_validator(mode="after")
     def _calibration_needs_int8(self) -> Int8Calibration:
         given = changed_fields(self, self.CALIBRATION_FIELDS)

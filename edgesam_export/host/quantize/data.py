@@ -83,6 +83,16 @@ def check_disjoint(calibration: Sequence[np.ndarray], heldout: Sequence[np.ndarr
                 )
 
 
+def calibration_inputs(
+    folder: Path | None, count: int, params: P.Preprocessing, heldout: Sequence[np.ndarray]
+) -> Inputs:
+    """The calibration images (`calibration_images`) with the calibration prompts, refused
+    when one of them is among the `heldout` images the result is judged on."""
+    images = calibration_images(folder, count)
+    check_disjoint(images, heldout)
+    return prepare(images, params, CALIBRATION_PROMPT_SEED)
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Preprocessed images and the prompt cases placed in each image's frame."""

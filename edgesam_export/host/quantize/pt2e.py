@@ -218,21 +218,49 @@ class Plans:
         return Int8Plan(self.dynamic, tuple(exclude), only[0] if only else None, self.by_node)
 
 
+def calibration_args(
+    graph: GraphKind, inputs: Inputs, embeddings: Sequence[np.ndarray], max_points: int | None
+) -> list[tuple[torch.Tensor, ...]]:
+    """PT2E's calibration inputs for one graph, in its argument order, batch 1: the images
+    (encoder), or `embeddings` (one per image) with each prompt set cut to `max_points` points
+    (decoder: the program takes one set of at most max_points points)."""
+    if graph == "encoder":
+        return [(torch.from_numpy(t),) for t in inputs.tensors]
+    args: list[tuple[torch.Tensor, ...]] = []
+    for feeds in inputs.decoder_feeds(embeddings, one_set_per_call=True):
+        coords, labels = (
+            feeds["point_coords"][:, :max_points],
+            feeds["point_labels"][:, :max_points],
+        )
+        args.append(
+            (
+                torch.from_numpy(feeds["image_embeddings"]),
+                torch.from_numpy(np.ascontiguousarray(coords)),
+                torch.from_numpy(np.ascontiguousarray(labels)),
+            )
+        )
+    return args
+
+
+Calibration = Sequence[tuple[torch.Tensor, ...]]
+
+
 @dataclass
 class ProgramEvaluator:
     """The search's judge of one graph's plans (`search.CandidateJudge`). PyTorch's reference
     on the inputs is computed once (`MaskReference`, one prompt set per call); `lower` turns a
-    plan into program bytes, kept in `programs` so that no plan is lowered twice. An encoder
-    plan's embeddings go through PyTorch's decoder; a decoder plan gets the embeddings of
-    `encoder` (the int8 program exported beside it; None: PyTorch's)."""
+    plan and its calibration (`calibration`) into program bytes, kept in `programs` so that no
+    plan is lowered twice. An encoder plan's embeddings go through PyTorch's decoder; a decoder
+    plan gets the embeddings of `encoder` (the int8 program exported beside it; None:
+    PyTorch's). The inputs are both the selection set and the calibration set: their images
+    (encoder) or those embeddings with their prompt sets (decoder) calibrate every plan."""
 
     graph: GraphKind
     loaded: LoadedModel
     inputs: Inputs
     bar: MaskBar
     traced: Any  # the float program before quantization (`exported.module()` per plan)
-    calibration: Sequence[tuple[torch.Tensor, ...]]
-    lower: Callable[[Int8Plan], bytes]
+    lower: Callable[[Int8Plan, Calibration], bytes]
     sidecar: Mapping[str, Any]  # the program's: metadata (max_points), inputs and outputs
     encoder: Session | None = None
     programs: dict[Int8Plan, bytes] = field(default_factory=dict)
@@ -243,6 +271,11 @@ class ProgramEvaluator:
         if self.graph == "decoder" and self.encoder is not None:
             run = self.encoder.run
             self.embeddings = [run({"image": t})["image_embeddings"] for t in self.inputs.tensors]
+        most = int(self.sidecar["metadata"].get("executorch.max_points", "0"))
+        self.max_points = most or None
+        self.calibration = calibration_args(
+            self.graph, self.inputs, self.embeddings, self.max_points
+        )
 
     def quick(self, plan: Int8Plan) -> float:
         """SQNR (dB) of PT2E's simulated int8 (the converted module run by PyTorch) on the
@@ -255,8 +288,7 @@ class ProgramEvaluator:
             names = [t.name for t in self.sidecar["inputs"]]
             masks = [t.name for t in self.sidecar["outputs"]].index("masks")
             sets = sum(c.point_coords.shape[0] for c in self.inputs.prompts[0])
-            most = int(self.sidecar["metadata"].get("executorch.max_points", "0")) or None
-            got, ref = [], []
+            most, got, ref = self.max_points, [], []
             for feeds, reference in zip(
                 self.reference.feeds(self.embeddings)[:sets], self.reference.reference, strict=False
             ):
@@ -268,7 +300,7 @@ class ProgramEvaluator:
 
     def program(self, plan: Int8Plan) -> bytes:
         if plan not in self.programs:
-            self.programs[plan] = self.lower(plan)
+            self.programs[plan] = self.lower(plan, self.calibration)
         return self.programs[plan]
 
     def session(self, plan: Int8Plan) -> Session:
@@ -299,12 +331,14 @@ class ProgramEvaluator:
 
 @dataclass
 class ProgramSearch:
-    """What `search_program` chose: the plan, its program, the report and the held-out result."""
+    """What `search_program` chose: the plan, its program, the report, the held-out result
+    and how many inputs calibrated it."""
 
     plan: Int8Plan
     program: bytes
     report: Report
     heldout: MaskBarResult
+    calibration_inputs: int
 
 
 def search_program(
@@ -367,4 +401,5 @@ def search_program(
             f" {result.count} masks; select on more images (--calibration-images,"
             f" --calibration), loosen --accuracy-target, or export fp32{keep}"
         )
-    return ProgramSearch(plan, evaluator.program(plan), report, result)
+    program = evaluator.program(plan)
+    return ProgramSearch(plan, program, report, result, len(evaluator.calibration))

@@ -39,11 +39,9 @@ from edgesam_export.device import processing as P
 from edgesam_export.device.errors import ExportFailedError
 from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
 from edgesam_export.host.quantize.data import (
-    CALIBRATION_PROMPT_SEED,
     HELDOUT_PROMPT_SEED,
     Inputs,
-    calibration_images,
-    check_disjoint,
+    calibration_inputs,
     heldout_images,
     prepare,
 )
@@ -372,10 +370,10 @@ def quantize_graph(
     bar = MaskBar.parse(options.accuracy_target)
     # weight-only: the calibration images are its selection images (the same default of 8: it
     # was 3 when the option was not set, which the CLI, setting every option, never hit)
-    cal_images = calibration_images(options.calibration, options.calibration_images)
     held_images = heldout_images(options.heldout_images)
-    check_disjoint(cal_images, held_images)
-    calibration = prepare(cal_images, params, CALIBRATION_PROMPT_SEED)
+    calibration = calibration_inputs(
+        options.calibration, options.calibration_images, params, held_images
+    )
     heldout = prepare(held_images, params, HELDOUT_PROMPT_SEED)
     searched_on = calibration if weights_only else heldout
     progress(f"{kind} {graph}: PyTorch reference on {len(searched_on.tensors)} image(s)")
@@ -397,13 +395,13 @@ def quantize_graph(
         source_encoder = paired if paired is not None else reference_sessions(loaded)[0]
         emb = [source_encoder.run({"image": t})["image_embeddings"] for t in calibration.tensors]
         feeds = list(calibration.decoder_feeds(emb))
-    source = str(options.calibration) if options.calibration else "synthetic"
+    source = options.calibration_source()
     report = Report(
         graph,
         str(bar),
         {
             "source": source,
-            "images": len(cal_images),
+            "images": len(calibration.tensors),
             "feeds": len(feeds),
             "method": "selection" if weights_only else options.calibration_method,
             "activation_symmetric": options.activation_symmetric,
@@ -454,8 +452,8 @@ def quantize_graph(
         if not result.passed:
             raise ExportFailedError(
                 f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
-                f" on the {len(cal_images)} selection image(s), but the held-out images give"
-                f" mean IoU {mean:.4f} / worst {worst:.4f}; select on more images"
+                f" on the {len(calibration.tensors)} selection image(s), but the held-out images"
+                f" give mean IoU {mean:.4f} / worst {worst:.4f}; select on more images"
                 " (--calibration-images, --calibration), loosen --accuracy-target, or export"
                 " fp32/fp16"
             )
@@ -466,7 +464,7 @@ def quantize_graph(
     meta |= {
         "precision": kind,
         "int8.method": "weights" if weights_only else "static-qdq",
-        "int8.calibration": f"{source} ({len(cal_images)} images"
+        "int8.calibration": f"{source} ({len(calibration.tensors)} images"
         + (", selection)" if weights_only else ")"),
         # weight mode: the blocks are weights, listed once under the target's own key
         "int8.float_weights" if weights_only else "int8.float_blocks": ",".join(

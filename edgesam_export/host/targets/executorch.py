@@ -32,7 +32,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from edgesam_export.device import backends
@@ -45,6 +44,7 @@ from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES
 from edgesam_export.host.quantize.pt2e import (
+    Calibration,
     Int8Plan,
     Plans,
     ProgramEvaluator,
@@ -147,62 +147,31 @@ def _batch_one(
     )
 
 
-def calibration_args(
-    loaded: LoadedModel,
-    graph: GraphKind,
-    options: ExecuTorchOptions,
-    encoder: Session | None = None,
-) -> list[tuple[torch.Tensor, ...]]:
-    """The int8 calibration inputs of one graph, in its argument order, batch 1: the
-    preprocessed calibration images (encoder), or their embeddings (`encoder`'s, the int8
-    program exported beside; None: PyTorch's) with the calibration prompt sets of at most
-    max_points points (decoder)."""
-    from edgesam_export.host.quantize.data import (
-        CALIBRATION_PROMPT_SEED,
-        calibration_images,
-        check_disjoint,
-        heldout_images,
-        prepare,
-    )
-
-    images = calibration_images(options.calibration, options.calibration_images)
-    check_disjoint(images, heldout_images(HELDOUT_IMAGES))
-    inputs = prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED)
-    tensors = [torch.from_numpy(t) for t in inputs.tensors]
-    if graph == "encoder":
-        return [(t,) for t in tensors]
-    if encoder is not None:
-        embeddings = [encoder.run({"image": t})["image_embeddings"] for t in inputs.tensors]
-    else:
-        reference, _ = build_graph(loaded, "encoder", False)
-        with torch.no_grad():
-            embeddings = [reference(t).numpy() for t in tensors]
-    n = options.max_points  # the program takes one prompt set of at most max_points points
-    args: list[tuple[torch.Tensor, ...]] = []
-    for feeds in inputs.decoder_feeds(embeddings, one_set_per_call=True):
-        coords, labels = feeds["point_coords"][:, :n], feeds["point_labels"][:, :n]
-        args.append(
-            (
-                torch.from_numpy(feeds["image_embeddings"]),
-                torch.from_numpy(np.ascontiguousarray(coords)),
-                torch.from_numpy(np.ascontiguousarray(labels)),
-            )
-        )
-    return args
+#: GELU's tanh form as x * sigmoid(x * (A + B x^2)): 0.5 (1 + tanh(z)) = sigmoid(2 z)
+_GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
+_GELU_B = _GELU_A * 0.044715
 
 
 def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> Any:
-    """GELU's tanh approximation spelled out in ops XNNPACK runs as written (mul, add, tanh).
+    """GELU's tanh approximation spelled out in ops XNNPACK runs as written (mul, add,
+    sigmoid), as `x * sigmoid(x * (A + B * x * x))`.
 
     XNNPACK's GELU node has no `approximate` field: the partitioner takes
     `aten.gelu(approximate="tanh")` and the delegate computes the exact (erf) GELU, up to 4.7e-4
     apart per activation. EfficientViT-SAM's encoder uses the tanh form in every block, and the
     difference grew to 5.3e-2 in its embeddings. Exact GELU is left to XNNPACK (NotImplemented:
-    this decomposition does not apply)."""
+    this decomposition does not apply).
+
+    The product's first operand is `x` itself: a convolution with per-call int8 input after
+    the spelled-out GELU ran only in this form. In the `0.5 * x * (1 + tanh(...))` form
+    ExecuTorch 1.5.1's XNNPACK layout pass, which follows first operands back from a dynamic
+    quantize, put its channels-last copy in the wrong place: the program failed at run time
+    ("Propagating input shapes failed") or, on small maps, gave wrong values (EfficientViT-SAM's
+    int8 encoder failed on its first block;
+    `test_a_per_call_int8_convolution_after_tanh_gelu_runs`)."""
     if approximate != "tanh":
         return NotImplemented
-    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
-    return 0.5 * x * (1.0 + torch.tanh(inner))
+    return x * torch.sigmoid(x * (_GELU_A + _GELU_B * (x * x)))
 
 
 def _contiguous_constants(exported: Any) -> None:
@@ -275,39 +244,33 @@ def _search(
     loaded: LoadedModel,
     graph: GraphKind,
     program: tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any],
-    calibration: list[tuple[torch.Tensor, ...]],
     options: ExecuTorchOptions,
     sidecar: dict[str, Any],
     encoder: Session | None,
 ) -> ProgramSearch:
     """The int8 program with the fewest float blocks that meet `--accuracy-target`
     (`quantize.pt2e.search_program`), each probe a lowered program: the encoder's activations
-    per call, the decoder's calibrated (behind `encoder`, the int8 program exported beside)."""
+    per call, the decoder's calibrated (behind `encoder`, the int8 program exported beside).
+    The calibration images are prepared once: they calibrate every probe and select among them."""
     from edgesam_export.device.mask_bar import MaskBar
-    from edgesam_export.host.quantize.data import (
-        CALIBRATION_PROMPT_SEED,
-        calibration_images,
-        prepare,
-    )
+    from edgesam_export.host.quantize.data import calibration_inputs, heldout_images
     from edgesam_export.host.quantize.search import stderr_progress
 
     module, args, dynamic = program
-    images = calibration_images(options.calibration, options.calibration_images)
+    selection = calibration_inputs(
+        options.calibration,
+        options.calibration_images,
+        loaded.spec.preprocessing,
+        heldout_images(HELDOUT_IMAGES),
+    )
     traced = traced_program(module, args, dynamic)
 
-    def lower_plan(plan: Int8Plan) -> bytes:
-        return lower(exported_program(module, args, dynamic, calibration, plan, traced))
+    def lower_plan(plan: Int8Plan, calibration: Calibration) -> bytes:
+        return lower(exported_program(module, args, dynamic, list(calibration), plan, traced))
 
+    bar = MaskBar.parse(options.accuracy_target)
     evaluator = ProgramEvaluator(
-        graph,
-        loaded,
-        prepare(images, loaded.spec.preprocessing, CALIBRATION_PROMPT_SEED),
-        MaskBar.parse(options.accuracy_target),
-        traced,
-        calibration,
-        lower_plan,
-        sidecar,
-        encoder,
+        graph, loaded, selection, bar, traced, lower_plan, sidecar, encoder
     )
     if graph == "encoder":  # per-call scales, the stages' children
         plans, blocks = Plans(dynamic=True), encoder_blocks(module)
@@ -317,7 +280,7 @@ def _search(
         evaluator,
         plans,
         blocks,
-        source=options.calibration.name if options.calibration else "synthetic",
+        source=options.calibration_source(),
         budget=options.search_budget,
         progress=stderr_progress,
     )
@@ -363,13 +326,11 @@ def _metadata(
     return metadata
 
 
-def _int8_metadata(
-    searched: ProgramSearch, options: ExecuTorchOptions, calibration: list[Any]
-) -> dict[str, str]:
+def _int8_metadata(searched: ProgramSearch, options: ExecuTorchOptions) -> dict[str, str]:
     """What the sidecar says of an int8 program: its quantizer, the images that selected its
     float blocks (and calibrated its ranges, for calibrated activations), the search's report
     and the held-out result (every int8 program meets the bar there before it is written)."""
-    source = options.calibration.name if options.calibration else "synthetic"
+    source = options.calibration_source()
     result = searched.heldout
     metadata = {
         "executorch.quantizer": searched.plan.describe(),
@@ -382,7 +343,7 @@ def _int8_metadata(
     if not searched.plan.dynamic:  # calibrated ranges; per-call scales calibrate nothing
         metadata |= {
             "executorch.calibration": source,
-            "executorch.calibration_inputs": str(len(calibration)),
+            "executorch.calibration_inputs": str(searched.calibration_inputs),
         }
     return metadata
 
@@ -408,12 +369,9 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     searched = None
     try:
         if options.precision == "int8":  # each probe of the search is a lowering
-            calibration = calibration_args(loaded, graph, options, encoder)
             program = (module, args, dynamic)
-            searched = _search(
-                loaded, graph, program, calibration, options, program_sidecar, encoder
-            )
-            metadata |= _int8_metadata(searched, options, calibration)
+            searched = _search(loaded, graph, program, options, program_sidecar, encoder)
+            metadata |= _int8_metadata(searched, options)
         buffer = searched.program if searched else _program(module, args, dynamic)
     except (ExportFailedError, InputError):  # the search's own verdict, or bad calibration input
         raise
