@@ -902,18 +902,18 @@ def test_per_call_int8_leaves_float_the_convs_fed_by_tokens_and_lowers() -> None
     """XNNPACK's ChannelsLastTaggedReshapePass (ExecuTorch 1.5) walks back from a per-call
     int8 conv's input to the end of its chain and makes that tensor channels-last: fed by
     rank-3 tokens, the lowering failed ("required rank 4 tensor"; MobileSAM's PatchMerging and
-    neck). Those convs stay float (`off_4d_conv`); the rest stay int8, and the program lowers
+    neck). Those convs stay float (`reshaped_conv`); the rest stay int8, and the program lowers
     and runs close to float."""
     from executorch.runtime import Runtime
 
-    from edgesam_export.host.quantize.pt2e import Int8Plan, off_4d_conv, quantize
+    from edgesam_export.host.quantize.pt2e import Int8Plan, quantize, reshaped_conv
     from edgesam_export.host.targets import executorch as et
 
     module = _TokensToMap().eval()
     tokens = torch.linspace(-2.0, 2.0, 64 * 8).reshape(1, 64, 8)
     exported = torch.export.export(module, (tokens,), strict=False)
     convs = [n for n in exported.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-    assert [off_4d_conv(n) for n in convs] == [True, False]
+    assert [reshaped_conv(n) for n in convs] == [True, False]
     converted = quantize(exported, [(tokens,)], Int8Plan(dynamic=True))
     weights = [
         n.args[1]
@@ -928,6 +928,88 @@ def test_per_call_int8_leaves_float_the_convs_fed_by_tokens_and_lowers() -> None
         want = module(tokens)
     assert got.shape == want.shape
     assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+
+
+class _LinearAttention(torch.nn.Module):
+    """EfficientViT's `LiteMLA` in small: q, k, v by a conv, a multi-scale branch, their `cat`
+    reshaped to heads, two matrix products, reshaped back to a map for the projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Conv2d(8, 24, 1)
+        self.aggreg = torch.nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.proj = torch.nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        heads = torch.cat([qkv, self.aggreg(qkv)], dim=1).reshape(1, 2, 24, -1)
+        q, k, v = heads[:, :, :8], heads[:, :, 8:16], heads[:, :, 16:]
+        out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q)
+        return self.proj(out.reshape(1, 16, x.shape[2], x.shape[3]))
+
+
+def test_per_call_int8_leaves_float_a_conv_after_linear_attention_and_runs() -> None:
+    """XNNPACK's layout pass walks from `proj`'s per-call int8 input back to the `cat` and makes
+    it channels-last, under the reshape to heads: EfficientViT-SAM's int8 encoder lowered but
+    failed at run time ("Propagating input shapes failed"), and this toy ran with every value
+    wrong (off by 125 where the output peaks at 94). `proj` stays float (its chain passes a
+    reshape and ends at a `cat`); the other convs stay int8, and the program runs close to
+    float."""
+    from edgesam_export.device.contract import TensorSpec
+    from edgesam_export.host.quantize.pt2e import Int8Plan, reshaped_conv
+    from edgesam_export.host.targets import executorch as et
+
+    torch.manual_seed(0)
+    module, x = _LinearAttention().eval(), torch.randn(1, 8, 16, 16)
+    exported = torch.export.export(module, (x,), strict=False)
+    convs = [n for n in exported.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert [reshaped_conv(n) for n in convs] == [False, False, True]
+    program = et.lower(et.exported_program(module, (x,), None, [(x,)], Int8Plan(dynamic=True)))
+    io = {
+        "metadata": {},
+        "inputs": [TensorSpec("x", "float32", (1, 8, 16, 16))],
+        "outputs": [TensorSpec("y", "float32", (1, 8, 16, 16))],
+    }
+    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert float(np.abs(got - want).max()) < 0.1 * float(np.abs(want).max())
+
+
+class _Backbone(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = torch.nn.ModuleList([torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 3, 1)])
+
+
+class _Neck(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_ops = torch.nn.ModuleList([torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 3, 1)])
+        self.middle = torch.nn.Conv2d(3, 3, 1)
+        self.output_ops = torch.nn.ModuleList([torch.nn.Conv2d(3, 3, 1), torch.nn.Identity()])
+
+
+class _Nested(torch.nn.Module):
+    """EfficientViT-SAM's layout: the stage lists one level below the encoder's children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.neck = _Backbone(), _Neck()
+        self.norm = torch.nn.LayerNorm(3)
+
+
+def test_encoder_blocks_look_into_a_child_that_holds_a_stage_list() -> None:
+    from edgesam_export.host.quantize.pt2e import encoder_blocks
+
+    assert encoder_blocks(_Nested()) == [
+        "backbone.stages.0",
+        "backbone.stages.1",
+        "neck.input_ops.0",
+        "neck.input_ops.1",
+        "neck.middle",
+        "neck.output_ops.0",
+    ]
 
 
 def test_encoder_blocks_are_the_stages_children_with_a_layer_to_quantize(

@@ -62,29 +62,62 @@ def _rank(node: Any) -> int | None:
     return val.dim() if isinstance(val, torch.Tensor) else None
 
 
-def off_4d_conv(node: torch.fx.Node) -> bool:
-    """A convolution whose input, followed back along first arguments to the previous
-    convolution (or a graph input), passes through a tensor that is not 4-D: a ViT's tokens
-    reshaped to a map (TinyViT's PatchMerging, SAM's neck), or a LayerNorm2d's `weight * x`.
+_aten = torch.ops.aten
+#: ops whose output carries no channels-last tag (a reshape of a channels-last tensor is not the
+#: reshape of its NCHW values): a conv fed through one makes XNNPACK's layout pass walk
+_RELAYOUTS = (
+    _aten.view.default,
+    _aten.reshape.default,
+    _aten._unsafe_view.default,
+    _aten.permute.default,
+    _aten.transpose.int,
+    _aten.flatten.using_ints,
+    _aten.unflatten.int,
+    _aten.matmul.default,
+    _aten.bmm.default,
+)
 
-    Per-call int8 cannot take such a conv through ExecuTorch's XNNPACK lowering (1.5):
+
+def _first_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """`node` and the nodes behind it along first arguments, to one whose first argument is
+    not a node (a graph input, a parameter, or a `cat` of a list)."""
+    chain = [node]
+    while chain[-1].args and isinstance(chain[-1].args[0], torch.fx.Node):
+        chain.append(chain[-1].args[0])
+    return chain
+
+
+def reshaped_conv(node: torch.fx.Node) -> bool:
+    """A convolution that per-call int8 cannot take through ExecuTorch's XNNPACK lowering (1.5).
+
     `ChannelsLastTaggedReshapePass.input_to_nhwc`, given a dynamic dq whose source is not
-    tagged NHWC, walks `args[0]` past the quantize to the end of the chain (a partition input
-    or a parameter) and puts a channels-last copy there; a rank-3 or rank-1 tensor fails with
-    "required rank 4 tensor to use channels_last format" (upstream pytorch/executorch#21637
-    bounds that walk). Such convs stay float; a chain that stays 4-D is the pass's own case."""
+    tagged NHWC (its chain back to the previous convolution passes a reshape, permute or matrix
+    product), walks `args[0]` past the quantize to the end of the chain and puts a
+    channels-last copy there (upstream pytorch/executorch#21637 bounds that walk). Two ends
+    break the program:
+    - a tensor that is not 4-D on the way to the previous convolution (or a graph input): a
+      ViT's tokens reshaped to a map (TinyViT's PatchMerging, SAM's neck), a LayerNorm2d's
+      `weight * x`; the lowering fails ("required rank 4 tensor to use channels_last format");
+    - an operator with a list first argument (a `cat`: EfficientViT's multi-scale q, k, v
+      before `LiteMLA.proj`): its channels-last copy then feeds reshapes, and the program
+      fails at run time ("Propagating input shapes failed").
+    Such convs stay float. A chain of layout-free 4-D ops is the pass's own case, and a walk
+    that ends at the graph's image is harmless (the stem takes it channels-last)."""
     if node.op != "call_function" or node.target not in _CONVOLUTIONS:
         return False
-    x = node.args[0]
+    x, relayout = node.args[0], False
     while isinstance(x, torch.fx.Node) and x.op == "call_function":
         if x.target in _CONVOLUTIONS:
             break
         if _rank(x) not in (None, 4):
             return True
+        relayout = relayout or x.target in _RELAYOUTS
         if not (x.args and isinstance(x.args[0], torch.fx.Node)):
             break
         x = x.args[0]
-    return _rank(x) not in (None, 4)
+    if _rank(x) not in (None, 4):
+        return True
+    return relayout and isinstance(x, torch.fx.Node) and _first_args(x)[-1].op == "call_function"
 
 
 @dataclass(frozen=True)
@@ -115,7 +148,7 @@ class Int8Plan:
         only, floats, dynamic = self.only, self.float_blocks, self.dynamic
 
         def keep(n: torch.fx.Node) -> bool:
-            if dynamic and off_4d_conv(n):  # XNNPACK's lowering refuses them (`off_4d_conv`)
+            if dynamic and reshaped_conv(n):  # XNNPACK's lowering fails them (`reshaped_conv`)
                 return False
             if only is not None:
                 return n.op != "call_function" or self._blocks_of(n, (only,))
@@ -141,10 +174,25 @@ def quantize(exported: Any, calibration: Sequence[tuple[torch.Tensor, ...]], pla
     return convert_pt2e(prepared)
 
 
+_QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+def _quantizable(module: nn.Module) -> bool:
+    return any(isinstance(m, _QUANTIZABLE) for m in module.modules())
+
+
+def _stage_list(module: nn.Module) -> bool:
+    """A ModuleList of two or more modules with a layer to quantize."""
+    return isinstance(module, nn.ModuleList) and sum(map(_quantizable, module)) >= 2
+
+
 def encoder_blocks(module: nn.Module) -> list[str]:
     """The blocks of the encoder search, in graph order: below the wrappers that hold a single
     module, each child of the encoder, a stage list (ModuleList / Sequential) counting as its
-    children; only blocks with a convolution or a linear layer (what the quantizer takes)."""
+    children, and a child that holds a stage list (a ModuleList of two or more such blocks:
+    EfficientViT's `backbone.stages`, `neck.input_ops`) as its children with each ModuleList
+    counting as its items; only blocks with a convolution or a linear layer (what the quantizer
+    takes)."""
     prefix, current = "", module
     while len(children := list(current.named_children())) == 1:
         name, current = children[0]
@@ -153,10 +201,16 @@ def encoder_blocks(module: nn.Module) -> list[str]:
     for name, child in current.named_children():
         if isinstance(child, (nn.ModuleList, nn.Sequential)):
             blocks += [(f"{prefix}{name}.{n}", c) for n, c in child.named_children()]
+        elif any(map(_stage_list, child.children())):
+            for sub, grand in child.named_children():
+                path = f"{prefix}{name}.{sub}"
+                if isinstance(grand, nn.ModuleList):
+                    blocks += [(f"{path}.{n}", c) for n, c in grand.named_children()]
+                else:
+                    blocks.append((path, grand))
         else:
             blocks.append((f"{prefix}{name}", child))
-    quantizable = (nn.Conv2d, nn.Linear)
-    return [n for n, b in blocks if any(isinstance(m, quantizable) for m in b.modules())]
+    return [n for n, b in blocks if _quantizable(b)]
 
 
 #: What the XNNPACK quantizer annotates: a block of the decoder's search holds one of these.
