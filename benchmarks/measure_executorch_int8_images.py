@@ -1,0 +1,125 @@
+"""Which held-out image an ExecuTorch int8 encoder loses, and which blocks lose it (issue 18).
+
+The int8 search (`executorch --precision int8`) chooses its float blocks on the calibration
+images and is then judged once on all the held-out images together; a miss there fails the
+export without saying which image missed. This script lowers the calibrated synthetic
+encoder (`--model`) under a few per-call int8 plans (`Int8Plan(dynamic=True)`: every block
+int8, and each `--plan NAME=BLOCK,BLOCK`, those blocks float; a block is a module path, as the
+search's report names them) and judges each program behind PyTorch's decoder on each held-out
+image alone (its prompt sets, the bar 0.97 / 0.90 against fp32 PyTorch).
+
+    python benchmarks/measure_executorch_int8_images.py --model efficientvit_sam_l0 \
+        --plan "backbone float=image_encoder.backbone.stages.0,...,image_encoder.backbone.stages.4"
+
+Writes `results/executorch_int8_images_<model>.{json,md}`. Accuracy only: nothing is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import _common  # sorts before numpy: pins thread pools before numpy/torch load
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from edgesam_export.device.mask_bar import MaskBar
+    from edgesam_export.host.executorch_session import ExecuTorchSession
+    from edgesam_export.host.models import load_model
+    from edgesam_export.host.quantize.data import (
+        HELDOUT_PROMPT_SEED,
+        calibration_inputs,
+        heldout_images,
+        prepare,
+    )
+    from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference
+    from edgesam_export.host.quantize.pt2e import Int8Plan, calibration_args, encoder_blocks
+    from edgesam_export.host.targets import executorch as et
+
+    loaded = load_model(None, model=args.model)
+    module, example = et.program_graph(loaded, "encoder", False)
+    blocks = encoder_blocks(module)
+    inputs, outputs = et._io(loaded.spec, "encoder")
+    sidecar = {"metadata": {}, "inputs": inputs, "outputs": outputs}
+    held = heldout_images(HELDOUT_IMAGES)
+    params = loaded.spec.preprocessing
+    calibration = calibration_args("encoder", calibration_inputs(None, 1, params, held), [], None)
+    traced = et.traced_program(module, example, None)
+    references = [
+        MaskReference(loaded, prepare([image], params, HELDOUT_PROMPT_SEED), True) for image in held
+    ]
+    plans: dict[str, tuple[str, ...]] = {"every block int8": ()}
+    for given in args.plans:
+        name, _, names = given.partition("=")
+        floats = tuple(b for b in names.split(",") if b)
+        unknown = sorted(set(floats) - set(blocks))
+        if unknown:
+            raise SystemExit(f"--plan {name}: not blocks of {args.model}: {unknown}")
+        plans[name] = floats
+    rows = []
+    for name, floats in plans.items():
+        t0 = time.perf_counter()
+        plan = Int8Plan(dynamic=True, float_blocks=floats)
+        program = et.lower(et.exported_program(module, example, None, calibration, plan, traced))
+        session = ExecuTorchSession(program, sidecar=sidecar)
+        images = []
+        for i, reference in enumerate(references):
+            result = reference.judge(MaskBar(), encoder=session)
+            images.append(
+                {"image": i, "mean_iou": result.mean_iou, "worst_iou": result.worst_iou,
+                 "masks": result.count, "passed": result.passed}
+            )  # fmt: skip
+        _common.log(f"{name}: {time.perf_counter() - t0:.0f} s")
+        rows.append({"plan": name, "float_blocks": list(floats), "images": images})
+    return {
+        "date": _common.now_utc(),
+        "model": args.model,
+        "blocks": blocks,
+        "heldout": "image 0: the parity test image; 1..: synthetic (seeds 1, 2, ...)",
+        "plans": rows,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    images = len(result["plans"][0]["images"])
+    table = [
+        [
+            f"{p['plan']} ({len(p['float_blocks'])} float)",
+            *(
+                f"{r['mean_iou']:.4f} / {r['worst_iou']:.4f}" + ("" if r["passed"] else " (misses)")
+                for r in p["images"]
+            ),
+        ]
+        for p in result["plans"]
+    ]
+    header = ["plan", *(f"held-out image {i}" for i in range(images))]
+    lines = [
+        f"# ExecuTorch per-call int8 encoder of {result['model']}: mask IoU per held-out image",
+        "",
+        f"- date: {result['date']}; calibrated synthetic weights; behind PyTorch's decoder,"
+        " against fp32 PyTorch; bar 0.97 / 0.90 per image",
+        f"- {result['heldout']}",
+        f"- blocks: {', '.join(result['blocks'])}",
+        "",
+        _common.md_table(header, table),
+    ]
+    for p in result["plans"]:
+        if p["float_blocks"]:
+            lines.append(f"\n`{p['plan']}`: {', '.join(p['float_blocks'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="edge_sam")
+    parser.add_argument(
+        "--plan",
+        dest="plans",
+        action="append",
+        default=[],
+        help="NAME=BLOCK,BLOCK: a plan with those blocks float (repeatable)",
+    )
+    ns = parser.parse_args()
+    name = f"executorch_int8_images_{ns.model}"
+    raise SystemExit(_common.main(name, lambda: run(ns), render))
