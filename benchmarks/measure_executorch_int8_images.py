@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": _common.now_utc(),
         "model": args.model,
         "blocks": blocks,
-        "heldout": "image 0: the parity test image; 1..: synthetic (seeds 1, 2, ...)",
+        "heldout": "image 0: the parity test image; 1..: synthetic (held-out seeds 0, 1, ...)",
         "plans": rows,
     }
 
