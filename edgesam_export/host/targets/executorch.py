@@ -147,14 +147,14 @@ def _batch_one(
     )
 
 
-#: GELU's tanh form as x * sigmoid(x * (A + B x^2)): 0.5 (1 + tanh(z)) = sigmoid(2 z)
-_GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
-_GELU_B = _GELU_A * 0.044715
+#: GELU's tanh form as x * (0.5 + 0.5 tanh(x (K + C x^2))), K = sqrt(2 / pi), C = 0.044715 K
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715 * _GELU_K
 
 
 def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> Any:
-    """GELU's tanh approximation spelled out in ops XNNPACK runs as written (mul, add,
-    sigmoid), as `x * sigmoid(x * (A + B * x * x))`.
+    """GELU's tanh approximation spelled out in ops XNNPACK runs as written (mul, add, tanh),
+    as `x * (0.5 + 0.5 * tanh(x * (K + C * x * x)))`.
 
     XNNPACK's GELU node has no `approximate` field: the partitioner takes
     `aten.gelu(approximate="tanh")` and the delegate computes the exact (erf) GELU, up to 4.7e-4
@@ -166,12 +166,13 @@ def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> Any:
     the spelled-out GELU ran only in this form. In the `0.5 * x * (1 + tanh(...))` form
     ExecuTorch 1.5.1's XNNPACK layout pass, which follows first operands back from a dynamic
     quantize, put its channels-last copy in the wrong place: the program failed at run time
-    ("Propagating input shapes failed") or, on small maps, gave wrong values (EfficientViT-SAM's
-    int8 encoder failed on its first block;
-    `test_a_per_call_int8_convolution_after_tanh_gelu_runs`)."""
+    ("Propagating input shapes failed"; EfficientViT-SAM's int8 encoder failed on its first
+    block; `test_a_per_call_int8_convolution_after_tanh_gelu_runs`). The sigmoid form
+    `x * sigmoid(2 z)`, the same function, moved EfficientViT-SAM-L0's fp32 end-to-end scores
+    past the parity tolerance; this one keeps XNNPACK's tanh."""
     if approximate != "tanh":
         return NotImplemented
-    return x * torch.sigmoid(x * (_GELU_A + _GELU_B * (x * x)))
+    return x * (0.5 + 0.5 * torch.tanh(x * (_GELU_K + _GELU_C * (x * x))))
 
 
 def _contiguous_constants(exported: Any) -> None:
