@@ -78,13 +78,12 @@ _RELAYOUTS = (
 )
 
 
-def _first_args(node: torch.fx.Node) -> list[torch.fx.Node]:
-    """`node` and the nodes behind it along first arguments, to one whose first argument is
-    not a node (a graph input, a parameter, or a `cat` of a list)."""
-    chain = [node]
-    while chain[-1].args and isinstance(chain[-1].args[0], torch.fx.Node):
-        chain.append(chain[-1].args[0])
-    return chain
+def _chain_end(node: torch.fx.Node) -> torch.fx.Node:
+    """The node reached from `node` along first arguments whose own first argument is not a
+    node (a graph input, a parameter, or a `cat` of a list)."""
+    while node.args and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
 
 
 def reshaped_conv(node: torch.fx.Node) -> bool:
@@ -117,7 +116,7 @@ def reshaped_conv(node: torch.fx.Node) -> bool:
         x = x.args[0]
     if _rank(x) not in (None, 4):
         return True
-    return relayout and isinstance(x, torch.fx.Node) and _first_args(x)[-1].op == "call_function"
+    return relayout and isinstance(x, torch.fx.Node) and _chain_end(x).op == "call_function"
 
 
 @dataclass(frozen=True)

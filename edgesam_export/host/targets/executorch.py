@@ -207,7 +207,7 @@ def exported_program(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     dynamic: tuple[dict[int, Any] | None, ...] | None,
-    calibration: list[tuple[torch.Tensor, ...]] | None = None,
+    calibration: Calibration | None = None,
     plan: Int8Plan | None = None,
     traced: Any = None,
 ) -> Any:
@@ -267,7 +267,7 @@ def _search(
     traced = traced_program(module, args, dynamic)
 
     def lower_plan(plan: Int8Plan, calibration: Calibration) -> bytes:
-        return lower(exported_program(module, args, dynamic, list(calibration), plan, traced))
+        return lower(exported_program(module, args, dynamic, calibration, plan, traced))
 
     bar = MaskBar.parse(options.accuracy_target)
     evaluator = ProgramEvaluator(
