@@ -5,8 +5,9 @@ images and is then judged once on all the held-out images together; a miss there
 export without saying which image missed. This script lowers the calibrated synthetic
 encoder (`--model`) under a few per-call int8 plans (`Int8Plan(dynamic=True)`: every block
 int8, and each `--plan NAME=BLOCK,BLOCK`, those blocks float; a block is a module path, as the
-search's report names them) and judges each program behind PyTorch's decoder on each held-out
-image alone (its prompt sets, the bar 0.97 / 0.90 against fp32 PyTorch).
+search's report names them) and judges each program with the search's own judge
+(`executorch.int8_evaluator`) behind PyTorch's decoder on the held-out images, each image's
+own result (its prompt sets, the bar 0.97 / 0.90 against fp32 PyTorch).
 
     python benchmarks/measure_executorch_int8_images.py --model efficientvit_sam_l0 \
         --plan "backbone float=image_encoder.backbone.stages.0,...,image_encoder.backbone.stages.4"
@@ -24,31 +25,24 @@ import _common  # sorts before numpy: pins thread pools before numpy/torch load
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from edgesam_export.device.mask_bar import MaskBar
-    from edgesam_export.host.executorch_session import ExecuTorchSession
+    from edgesam_export.host.config import ExecuTorchOptions
     from edgesam_export.host.models import load_model
     from edgesam_export.host.quantize.data import (
         HELDOUT_PROMPT_SEED,
-        calibration_inputs,
         heldout_images,
+        heldout_labels,
         prepare,
     )
-    from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference
-    from edgesam_export.host.quantize.pt2e import Int8Plan, calibration_args, encoder_blocks
-    from edgesam_export.host.targets import executorch as et
+    from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES
+    from edgesam_export.host.quantize.pt2e import Int8Plan
+    from edgesam_export.host.targets.executorch import int8_evaluator
 
     loaded = load_model(None, model=args.model)
-    module, example = et.program_graph(loaded, "encoder", False)
-    blocks = encoder_blocks(module)
-    inputs, outputs = et._io(loaded.spec, "encoder")
-    sidecar = {"metadata": {}, "inputs": inputs, "outputs": outputs}
-    held = heldout_images(HELDOUT_IMAGES)
-    params = loaded.spec.preprocessing
-    calibration = calibration_args("encoder", calibration_inputs(None, 1, params, held), [], None)
-    traced = et.traced_program(module, example, None)
-    references = [
-        MaskReference(loaded, prepare([image], params, HELDOUT_PROMPT_SEED), True) for image in held
-    ]
+    held = prepare(heldout_images(HELDOUT_IMAGES), loaded.spec.preprocessing, HELDOUT_PROMPT_SEED)
+    # the search's own judge, on the held-out images: a per-call plan calibrates nothing (its
+    # activations are quantized per call), so judging there is not calibrating there
+    options = ExecuTorchOptions(graphs=("encoder",), precision="int8")
+    evaluator, _, blocks = int8_evaluator(loaded, "encoder", options, held)
     plans: dict[str, tuple[str, ...]] = {"every block int8": ()}
     for given in args.plans:
         name, _, names = given.partition("=")
@@ -60,23 +54,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name, floats in plans.items():
         t0 = time.perf_counter()
-        plan = Int8Plan(dynamic=True, float_blocks=floats)
-        program = et.lower(et.exported_program(module, example, None, calibration, plan, traced))
-        session = ExecuTorchSession(program, sidecar=sidecar)
-        images = []
-        for i, reference in enumerate(references):
-            result = reference.judge(MaskBar(), encoder=session)
-            images.append(
-                {"image": i, "mean_iou": result.mean_iou, "worst_iou": result.worst_iou,
-                 "masks": result.count, "passed": result.passed}
-            )  # fmt: skip
+        result, *_ = evaluator.judge(Int8Plan(dynamic=True, float_blocks=floats))
+        images = [{"image": i} | r for i, r in enumerate(result.to_json()["images"])]
         _common.log(f"{name}: {time.perf_counter() - t0:.0f} s")
         rows.append({"plan": name, "float_blocks": list(floats), "images": images})
     return {
         "date": _common.now_utc(),
         "model": args.model,
         "blocks": blocks,
-        "heldout": "image 0: the parity test image; 1..: synthetic (held-out seeds 0, 1, ...)",
+        "heldout": "; ".join(
+            f"image {i}: {label}" for i, label in enumerate(heldout_labels(HELDOUT_IMAGES))
+        ),
         "plans": rows,
     }
 

@@ -1083,7 +1083,9 @@ def test_an_int8_decoder_is_searched_and_judged_on_the_heldout_images_and_a_miss
     import dataclasses
 
     from edgesam_export.device.errors import ExportFailedError
+    from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
     from edgesam_export.host.models import load_model
+    from edgesam_export.host.quantize import pt2e
     from edgesam_export.host.quantize.pt2e import GRAPH_START, node_blocks
     from edgesam_export.host.targets import executorch as et
 
@@ -1124,6 +1126,24 @@ def test_an_int8_decoder_is_searched_and_judged_on_the_heldout_images_and_a_miss
         meta["executorch.calibration_inputs"] == "10"
         and "calibrated" in meta["executorch.quantizer"]
     )
+    # the held-out judgement is kept per image too: the parity image and two synthetic ones
+    images = report["heldout"]["images"]
+    assert len(images) == 3 and all(i["passed"] for i in images), images
+    assert sum(i["masks"] for i in images) == report["heldout"]["masks"]
+    # a held-out miss names the image that missed (judgement replaced: image 0 loses)
+    bar = MaskBar()
+    per_image = (MaskBarResult(bar, 0.85, 0.5, 10), *[MaskBarResult(bar, 1.0, 1.0, 10)] * 2)
+    missed = MaskBarResult(bar, 0.95, 0.5, 30, per_image)
+    with monkeypatch.context() as patch:
+        patch.setattr(pt2e, "heldout_mask_bar", lambda *_: missed)
+        with pytest.raises(
+            ExportFailedError,
+            match=r"held-out images give mean IoU 0\.9500 / worst 0\.5000 over 30 masks \(image 0"
+            r" \(the parity test image\) 0\.8500 / 0\.5000 misses; image 1 \(synthetic seed 0\)"
+            r" 1\.0000 / 1\.0000; image 2 \(synthetic seed 1\) 1\.0000 / 1\.0000\)",
+        ):
+            et.export(loaded, "decoder", ExecuTorchOptions(output=tmp_path / "missed", **options))
+    assert not (tmp_path / "missed").exists() or list((tmp_path / "missed").iterdir()) == []
     other = load_model(None, synthetic="calibrated", seed=1)
     few = options | {"search_budget": 2}
     with pytest.raises(ExportFailedError, match=r"^int8 decoder: no partly quantized graph meets"):

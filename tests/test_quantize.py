@@ -69,6 +69,40 @@ def test_mask_bar_worst_iou_and_nan():
     assert not mask_bar([]).passed  # nothing judged is not a pass
 
 
+def test_mask_bar_judges_each_image_too_and_names_the_one_that_misses():
+    """With each triple's image index, the result holds every image's own mean and worst (an
+    image with nothing judged counts 0 masks and misses) and `by_image` names the ones under
+    the bar; the overall verdict is unchanged by the split."""
+    rng = np.random.default_rng(3)
+    scores, masks = rng.random((2, 4)).astype(np.float32), _masks(rng)
+    pairs = [(scores, masks, masks.copy()), (scores, masks, -masks), (scores, masks, masks)]
+    result = mask_bar(pairs, images=[0, 1, 0])
+    plain = mask_bar(pairs)
+    assert (result.mean_iou, result.worst_iou, result.count) == (
+        plain.mean_iou,
+        plain.worst_iou,
+        plain.count,
+    )
+    assert [(r.count, r.mean_iou, r.passed) for r in result.images] == [
+        (4, 1.0, True),
+        (2, 0.0, False),
+    ]
+    assert result.count == 6 and not result.passed
+    text = result.by_image(["first", "second"])
+    assert text == "image 0 (first) 1.0000 / 1.0000; image 1 (second) 0.0000 / 0.0000 misses"
+    assert result.to_json()["images"][1] == {
+        "mean_iou": 0.0,
+        "worst_iou": 0.0,
+        "masks": 2,
+        "passed": False,
+    }
+    gap = mask_bar(pairs[:1], images=[2])  # images 0 and 1 had nothing judged
+    assert [r.count for r in gap.images] == [0, 0, 2] and not gap.images[0].passed
+    assert mask_bar(pairs).images == () and mask_bar(pairs).by_image() == ""
+    with pytest.raises(ValueError, match="2 image indices for 3"):
+        mask_bar(pairs, images=[0, 1])
+
+
 def test_accuracy_target_parses_and_refuses_nonsense():
     assert MaskBar.parse("miou=0.95,worst=0.8") == MaskBar(0.95, 0.8)
     assert MaskBar.parse("worst=0.5") == MaskBar(0.97, 0.5)

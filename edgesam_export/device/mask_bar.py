@@ -57,6 +57,7 @@ class MaskBarResult:
     mean_iou: float
     worst_iou: float
     count: int  # masks compared
+    images: tuple[MaskBarResult, ...] = ()  # per image, in order, when the judge knew them
 
     @property
     def passed(self) -> bool:
@@ -67,13 +68,28 @@ class MaskBarResult:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "bar": str(self.bar),
             "mean_iou": self.mean_iou,
             "worst_iou": self.worst_iou,
             "masks": self.count,
             "passed": self.passed,
         }
+        if self.images:
+            out["images"] = [
+                {k: v for k, v in r.to_json().items() if k != "bar"} for r in self.images
+            ]
+        return out
+
+    def by_image(self, labels: Sequence[str] = ()) -> str:
+        """Each image's mean / worst IoU, those under the bar marked: `image 0 (label) 0.8236 /
+        0.7513 misses; image 1 ...` ("" when the judge did not know the images)."""
+        parts = []
+        for i, r in enumerate(self.images):
+            label = f" ({labels[i]})" if i < len(labels) else ""
+            verdict = "" if r.passed else " misses"
+            parts.append(f"image {i}{label} {r.mean_iou:.4f} / {r.worst_iou:.4f}{verdict}")
+        return "; ".join(parts)
 
 
 def top_mask_ious(
@@ -100,11 +116,31 @@ def top_mask_ious(
 
 
 def mask_bar(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], bar: MaskBar | None = None
+    pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    bar: MaskBar | None = None,
+    images: Sequence[int] | None = None,
 ) -> MaskBarResult:
     """Judge (reference scores (B,K), reference masks (B,K,H,W), candidate masks) triples, one
-    per image and prompt case, against `bar` (default mean IoU 0.97, worst 0.90)."""
-    ious = [iou for ref_s, ref_m, cand_m in pairs for iou in top_mask_ious(ref_s, ref_m, cand_m)]
+    per image and prompt case, against `bar` (default mean IoU 0.97, worst 0.90). `images`:
+    the image index of each triple, which adds each image's own result (`MaskBarResult.images`,
+    images 0..max; one with no triple counts 0 masks and misses)."""
+    bar = bar or MaskBar()
+    ious = [top_mask_ious(ref_s, ref_m, cand_m) for ref_s, ref_m, cand_m in pairs]
+    per_image: tuple[MaskBarResult, ...] = ()
+    if images is not None:
+        if len(images) != len(pairs):
+            raise ValueError(f"mask bar: {len(images)} image indices for {len(pairs)} triples")
+        grouped: dict[int, list[float]] = {i: [] for i in range(max(images, default=-1) + 1)}
+        for index, values in zip(images, ious, strict=True):
+            grouped[index] += values
+        per_image = tuple(_result(bar, grouped[i]) for i in sorted(grouped))
+    flat = [iou for values in ious for iou in values]
+    return _result(bar, flat, per_image)
+
+
+def _result(
+    bar: MaskBar, ious: Sequence[float], images: tuple[MaskBarResult, ...] = ()
+) -> MaskBarResult:
     if not ious:
-        return MaskBarResult(bar or MaskBar(), 0.0, 0.0, 0)
-    return MaskBarResult(bar or MaskBar(), float(np.mean(ious)), float(np.min(ious)), len(ious))
+        return MaskBarResult(bar, 0.0, 0.0, 0, images)
+    return MaskBarResult(bar, float(np.mean(ious)), float(np.min(ious)), len(ious), images)

@@ -72,6 +72,13 @@ def heldout_images(count: int) -> list[np.ndarray]:
     return [make_test_image()] + [synthetic_image(HELDOUT_SEED + i) for i in range(count - 1)]
 
 
+def heldout_labels(count: int) -> list[str]:
+    """What each of `heldout_images(count)` is, to name an image that misses a bar."""
+    return ["the parity test image"] + [
+        f"synthetic seed {HELDOUT_SEED + i}" for i in range(count - 1)
+    ]
+
+
 def check_disjoint(calibration: Sequence[np.ndarray], heldout: Sequence[np.ndarray]) -> None:
     """Refuse a calibration set that holds an image the result is judged on."""
     for i, img in enumerate(calibration):
@@ -99,6 +106,15 @@ class Inputs:
 
     tensors: list[np.ndarray]  # (1, 3, S, S) float32 each
     prompts: list[list[PromptCase]]  # per image
+
+    def feed_images(self, one_set_per_call: bool = False) -> list[int]:
+        """The image index of each of `decoder_feeds`' feeds, in the same order."""
+        return [
+            i
+            for i, cases in enumerate(self.prompts)
+            for case in cases
+            for _ in range(case.point_coords.shape[0] if one_set_per_call else 1)
+        ]
 
     def decoder_feeds(
         self, embeddings: Sequence[np.ndarray], one_set_per_call: bool = False

@@ -11,7 +11,7 @@ PyTorch's) on the same inputs and scores the masks with `device.mask_bar`. The i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,15 @@ from edgesam_export.host.quantize.data import (
 if TYPE_CHECKING:
     from edgesam_export.device.runtime.base import Session
     from edgesam_export.host.models import LoadedModel
+
+
+class Pair(NamedTuple):
+    """One prompt set judged: its image's index, PyTorch's outputs and the candidate's."""
+
+    image: int
+    reference: dict[str, np.ndarray]
+    candidate: dict[str, np.ndarray]
+
 
 HELDOUT_IMAGES = 3  # the held-out images int8 programs are judged on (calibration never holds them)
 
@@ -52,11 +61,11 @@ class MaskReference:
         encoder: Session | None = None,
         decoder: Session | None = None,
         embeddings: Sequence[np.ndarray] | None = None,
-    ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """(PyTorch's float32 decoder outputs, the candidate's) per prompt set: `decoder`
-        (None: PyTorch's) on the embeddings of `encoder` (or the given `embeddings`; neither:
-        PyTorch's). Prompt sets a decoder refuses (`accepts`: more points than its max_points)
-        are left out."""
+    ) -> list[Pair]:
+        """(image index, PyTorch's float32 decoder outputs, the candidate's) per prompt set:
+        `decoder` (None: PyTorch's) on the embeddings of `encoder` (or the given `embeddings`;
+        neither: PyTorch's). Prompt sets a decoder refuses (`accepts`: more points than its
+        max_points) are left out."""
         if embeddings is None:
             embeddings = (
                 self.embeddings
@@ -65,8 +74,13 @@ class MaskReference:
             )
         candidate = decoder if decoder is not None else self.decoder
         return [
-            (ref, candidate.run(feeds))
-            for ref, feeds in zip(self.reference, self.feeds(embeddings), strict=True)
+            Pair(image, ref, candidate.run(feeds))
+            for image, ref, feeds in zip(
+                self.inputs.feed_images(self.one_set_per_call),
+                self.reference,
+                self.feeds(embeddings),
+                strict=True,
+            )
             if candidate.accepts(feeds) is None
         ]
 
@@ -77,15 +91,18 @@ class MaskReference:
         decoder: Session | None = None,
         embeddings: Sequence[np.ndarray] | None = None,
     ) -> MaskBarResult:
-        """The candidate's masks (`pairs`) against PyTorch's float32 masks."""
+        """The candidate's masks (`pairs`) against PyTorch's float32 masks, with each image's
+        own result."""
         return self.bar(self.pairs(encoder, decoder, embeddings), bar)
 
     @staticmethod
-    def bar(
-        pairs: Sequence[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], bar: MaskBar
-    ) -> MaskBarResult:
-        """The mask bar over `pairs` (PyTorch's outputs, the candidate's)."""
-        return mask_bar([(r["scores"], r["masks"], o["masks"]) for r, o in pairs], bar)
+    def bar(pairs: Sequence[Pair], bar: MaskBar) -> MaskBarResult:
+        """The mask bar over `pairs`, overall and per image."""
+        return mask_bar(
+            [(p.reference["scores"], p.reference["masks"], p.candidate["masks"]) for p in pairs],
+            bar,
+            images=[p.image for p in pairs],
+        )
 
 
 def heldout_mask_bar(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from edgesam_export.device.mask_bar import MaskBar, MaskBarResult
-from edgesam_export.host.quantize.data import Inputs
+from edgesam_export.host.quantize.data import Inputs, heldout_labels
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES, MaskReference, heldout_mask_bar
 from edgesam_export.host.quantize.search import Report, sqnr_db
 from edgesam_export.host.quantize.static import block_of
@@ -376,8 +376,8 @@ class ProgramEvaluator:
         pairs = self.reference.pairs(decoder=session, embeddings=self.embeddings)
         latency = 1000 * (time.perf_counter() - t0) / max(len(pairs), 1)
         sqnr = sqnr_db(
-            np.concatenate([o["masks"].ravel() for _, o in pairs]),
-            np.concatenate([r["masks"].ravel() for r, _ in pairs]),
+            np.concatenate([p.candidate["masks"].ravel() for p in pairs]),
+            np.concatenate([p.reference["masks"].ravel() for p in pairs]),
         )
         return self.reference.bar(pairs, self.bar), sqnr, latency, None
 
@@ -442,16 +442,18 @@ def search_program(
     result = heldout_mask_bar(evaluator.loaded, encoder, decoder, heldout_images, bar)
     report.heldout |= {"masks": result.count, "mean_iou": result.mean_iou}
     report.heldout["worst_iou"] = result.worst_iou
+    report.heldout["images"] = result.to_json().get("images", [])
+    by_image = result.by_image(heldout_labels(heldout_images))
     progress(
         f"int8 {graph}: held-out mean IoU {result.mean_iou:.4f}, worst {result.worst_iou:.4f}"
-        f" ({'meets' if result.passed else 'misses'} {bar})"
+        f" ({'meets' if result.passed else 'misses'} {bar}); {by_image}"
     )
     if not result.passed:
         raise ExportFailedError(
             f"int8 {graph}: {len(report.float_blocks)} float block(s) met {bar} on the"
             f" {len(selection.tensors)} selection image(s), but{beside} the held-out images give"
             f" mean IoU {result.mean_iou:.4f} / worst {result.worst_iou:.4f} over"
-            f" {result.count} masks; select on more images (--calibration-images,"
+            f" {result.count} masks ({by_image}); select on more images (--calibration-images,"
             f" --calibration), loosen --accuracy-target, or export fp32{keep}"
         )
     program = evaluator.program(plan)

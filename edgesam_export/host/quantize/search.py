@@ -43,6 +43,7 @@ from edgesam_export.host.quantize.data import (
     Inputs,
     calibration_inputs,
     heldout_images,
+    heldout_labels,
     prepare,
 )
 from edgesam_export.host.quantize.static import StaticQuantizer, blocks
@@ -206,7 +207,8 @@ class Evaluator:
             (ref["scores"], ref["masks"], out["masks"])
             for ref, out in zip(self.reference, outs, strict=True)
         ]
-        return mask_bar(pairs, self.bar), sqnr, 1000 * latency, self.speedup(session)
+        result = mask_bar(pairs, self.bar, images=self.inputs.feed_images())
+        return result, sqnr, 1000 * latency, self.speedup(session)
 
 
 class Quantizer(Protocol):
@@ -444,16 +446,18 @@ def quantize_graph(
         result, *_ = Evaluator(graph, loaded, heldout, bar, encoder=paired).judge(quantized)
         report.heldout["masks"] = result.count
         report.heldout["mean_iou"], report.heldout["worst_iou"] = result.mean_iou, result.worst_iou
+        report.heldout["images"] = result.to_json().get("images", [])
         mean, worst = result.mean_iou, result.worst_iou
+        by_image = result.by_image(heldout_labels(len(held_images)))
         progress(
             f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f}"
-            f" ({'meets' if result.passed else 'misses'} {report.bar})"
+            f" ({'meets' if result.passed else 'misses'} {report.bar}); {by_image}"
         )
         if not result.passed:
             raise ExportFailedError(
                 f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
                 f" on the {len(calibration.tensors)} selection image(s), but the held-out images"
-                f" give mean IoU {mean:.4f} / worst {worst:.4f}; select on more images"
+                f" give mean IoU {mean:.4f} / worst {worst:.4f} ({by_image}); select on more images"
                 " (--calibration-images, --calibration), loosen --accuracy-target, or export"
                 " fp32/fp16"
             )

@@ -61,6 +61,7 @@ from edgesam_export.host.targets.onnx import build_graph
 if TYPE_CHECKING:
     from edgesam_export.device.models import ModelSpec
     from edgesam_export.device.runtime.base import Session
+    from edgesam_export.host.quantize.data import Inputs
 
 SIDECAR_SUFFIX = ".json"  # `<stem>_<graph>.pte.json`
 
@@ -241,29 +242,24 @@ def _program(
     return lower(exported_program(module, args, dynamic))
 
 
-def _search(
+def int8_evaluator(
     loaded: LoadedModel,
     graph: GraphKind,
-    program: tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any],
     options: ExecuTorchOptions,
-    sidecar: dict[str, Any],
-    encoder: Session | None,
-) -> ProgramSearch:
-    """The int8 program with the fewest float blocks that meet `--accuracy-target`
-    (`quantize.pt2e.search_program`), each probe a lowered program: the encoder's activations
-    per call, the decoder's calibrated (behind `encoder`, the int8 program exported beside).
-    The calibration images are prepared once: they calibrate every probe and select among them."""
+    selection: Inputs,
+    encoder: Session | None = None,
+) -> tuple[ProgramEvaluator, Plans, list[str]]:
+    """The int8 search's judge of `graph`'s plans on the `selection` images (which also
+    calibrate each plan), with the plans and the blocks it searches: the encoder's activations
+    per call over the stages' children, the decoder's calibrated with every node in one block
+    (behind `encoder`, the int8 program exported beside it). Each plan it judges is a lowered
+    program; the benchmarks judge their own plans with it."""
     from edgesam_export.device.mask_bar import MaskBar
-    from edgesam_export.host.quantize.data import calibration_inputs, heldout_images
-    from edgesam_export.host.quantize.search import stderr_progress
 
-    module, args, dynamic = program
-    selection = calibration_inputs(
-        options.calibration,
-        options.calibration_images,
-        loaded.spec.preprocessing,
-        heldout_images(HELDOUT_IMAGES),
-    )
+    module, args, dynamic = _program_inputs(loaded, graph, options)
+    inputs, outputs = _io(loaded.spec, graph)
+    metadata = _metadata(loaded, graph, options, inputs)
+    sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
     traced = traced_program(module, args, dynamic)
 
     def lower_plan(plan: Int8Plan, calibration: Calibration) -> bytes:
@@ -274,9 +270,26 @@ def _search(
         graph, loaded, selection, bar, traced, lower_plan, sidecar, encoder
     )
     if graph == "encoder":  # per-call scales, the stages' children
-        plans, blocks = Plans(dynamic=True), encoder_blocks(module)
-    else:  # calibrated ranges, every node in one block
-        plans, blocks = Plans(dynamic=False, by_node=True), node_blocks(traced)
+        return evaluator, Plans(dynamic=True), encoder_blocks(module)
+    return evaluator, Plans(dynamic=False, by_node=True), node_blocks(traced)
+
+
+def _search(
+    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions, encoder: Session | None
+) -> ProgramSearch:
+    """The int8 program with the fewest float blocks that meet `--accuracy-target`
+    (`quantize.pt2e.search_program`) on the calibration images, prepared once: they calibrate
+    every probe and select among them (`int8_evaluator`)."""
+    from edgesam_export.host.quantize.data import calibration_inputs, heldout_images
+    from edgesam_export.host.quantize.search import stderr_progress
+
+    selection = calibration_inputs(
+        options.calibration,
+        options.calibration_images,
+        loaded.spec.preprocessing,
+        heldout_images(HELDOUT_IMAGES),
+    )
+    evaluator, plans, blocks = int8_evaluator(loaded, graph, options, selection, encoder)
     return search_program(
         evaluator,
         plans,
@@ -285,6 +298,14 @@ def _search(
         budget=options.search_budget,
         progress=stderr_progress,
     )
+
+
+def _program_inputs(
+    loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]:
+    """The module, its example inputs and `torch.export`'s dynamic dims."""
+    module, args = program_graph(loaded, graph, options.use_stability_score)
+    return module, args, _dynamic_shapes(_io(loaded.spec, graph)[0], options.max_points)
 
 
 def program_graph(
@@ -354,7 +375,6 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         options = ExecuTorchOptions(**options.model_dump())
     _require_executorch()
     spec = loaded.spec
-    module, args = program_graph(loaded, graph, options.use_stability_score)
     inputs, outputs = _io(spec, graph)
     dest = artifact_path(loaded, graph, options, "executorch")
     if options.precision == "int8" and spec.io_layout != "sam":
@@ -363,17 +383,15 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
             f" {spec.io_layout} layout: export it with --precision fp32"
         )
     metadata = _metadata(loaded, graph, options, inputs)
-    program_sidecar = {"metadata": metadata, "inputs": inputs, "outputs": outputs}
     paired = _paired_encoder(loaded, graph, options)
     encoder = None if paired is None else ExecuTorchSession(paired)
-    dynamic = _dynamic_shapes(inputs, options.max_points)
-    searched = None
     try:
         if options.precision == "int8":  # each probe of the search is a lowering
-            program = (module, args, dynamic)
-            searched = _search(loaded, graph, program, options, program_sidecar, encoder)
+            searched = _search(loaded, graph, options, encoder)
             metadata |= _int8_metadata(searched, options)
-        buffer = searched.program if searched else _program(module, args, dynamic)
+            buffer = searched.program
+        else:
+            buffer = _program(*_program_inputs(loaded, graph, options))
     except (ExportFailedError, InputError):  # the search's own verdict, or bad calibration input
         raise
     except Exception as exc:  # torch.export and the lowering raise many untyped errors
