@@ -437,6 +437,44 @@ def test_a_per_call_int8_convolution_after_tanh_gelu_runs(size: int) -> None:
     assert float(np.abs(got - want).max()) < 0.05 * float(np.abs(want).max())
 
 
+@pytest.mark.parametrize("norm", ["channels_last", "sam"])
+def test_a_per_call_int8_program_with_a_delegated_layer_norm_2d_runs(norm: str) -> None:
+    """EdgeSAM's neck: conv, LayerNorm2d, conv. The LayerNorm2d is delegated since 2026-12-05
+    (`channel_layer_norms`, `channel_means`). With the affine written as a mul and an add of
+    (C, 1, 1) columns, the per-call int8 program of EdgeSAM's channels-last form failed at
+    run time ("Propagating input shapes failed"); as a depthwise 1 x 1 convolution it runs,
+    within int8 noise of PyTorch, as SAM's form does."""
+    from edgesam_export.device.contract import TensorSpec
+    from edgesam_export.host.models.edgesam import ChannelsLastLayerNorm2d
+    from edgesam_export.host.models.sam_heads import LayerNorm2d
+    from edgesam_export.host.quantize.pt2e import Int8Plan
+    from edgesam_export.host.targets.executorch import exported_program, lower
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(32, 32, 3, padding=1)
+            plain = LayerNorm2d(32)
+            self.norm = ChannelsLastLayerNorm2d(plain) if norm == "channels_last" else plain
+            self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.norm(self.a(x)))
+
+    torch.manual_seed(0)
+    block, x = Block().eval(), torch.randn(1, 32, 16, 16)
+    program = lower(exported_program(block, (x,), None, [(x,)], Int8Plan(dynamic=True)))
+    io = {
+        "metadata": {},
+        "inputs": [TensorSpec("x", "float32", (1, 32, 16, 16))],
+        "outputs": [TensorSpec("y", "float32", (1, 32, 16, 16))],
+    }
+    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
+    with torch.no_grad():
+        want = block(x).numpy()
+    assert float(np.abs(got - want).max()) < 0.05 * float(np.abs(want).max())
+
+
 def test_the_decoder_graph_stays_within_six_dims(bicubic_model: LoadedModel) -> None:
     """XNNPACK refuses tensors of rank > 6 when the program loads (the pixel shuffle was 8-D:
     "Failed to define tensor ... xnn_status_unsupported_parameter")."""

@@ -1,4 +1,4 @@
-"""Graph rewrites that let XNNPACK take more of a program with dynamic dims, and run it faster.
+"""Graph rewrites that let XNNPACK take more of a program, and run it faster.
 
 ExecuTorch hands XNNPACK only what its partitioner accepts; the rest runs on portable kernels
 between delegate calls (single-threaded, unvectorised). The decoder's profile (ETDump, see
@@ -28,6 +28,13 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
   takes; the split form ran on a portable kernel between delegate calls.
 - `drop_unused_constants`: a constant no node reads (the decoder's channels-first positional
   table, 4 MB) was still stored in the program.
+- For the image encoders (static graphs, 2026-12-05; they ran every pattern below on portable
+  kernels: MobileSAM's encoder 84 portable operator calls between 55 delegate calls):
+  `channel_layer_norms` (EdgeSAM's channels-last LayerNorm2d in the channels-first form),
+  `channel_means` (a mean over the channels of an NCHW map as a 1 x 1 convolution with a 1/C
+  kernel), `split_as_slices` (q, k, v split from one projection as static slices), and
+  `fold_constants` (ExecuTorch's constant propagation: a bias table gathered by a constant
+  index is computed once); `bmm_matmul` and `decompose_layer_norms` apply to them as well.
 
 `bmm_matmul` and `infer_symbolic_reshapes` give the same values bit for bit; the GEMM forms
 sum in another order and the LayerNorm rewrite uses XNNPACK's rsqrt, so those agree with
@@ -106,6 +113,13 @@ def _finish(exported: Any) -> None:
     exported.graph_module.recompile()
 
 
+def _finished(exported: Any, count: int) -> int:
+    """A rewrite's end: the graph cleaned and recompiled when it changed `count` nodes."""
+    if count:
+        _finish(exported)
+    return count
+
+
 def infer_symbolic_reshapes(exported: Any) -> int:
     """Rewrite, in place, each reshape whose target shape has exactly one symbolic size and no
     -1 so that the symbolic size is -1 (the element count fixes it); returns how many."""
@@ -119,9 +133,7 @@ def infer_symbolic_reshapes(exported: Any) -> int:
             shape[symbolic[0]] = -1
             node.args = (node.args[0], shape, *node.args[2:])
             count += 1
-    if count:
-        _finish(exported)
-    return count
+    return _finished(exported, count)
 
 
 _PERMUTES = (aten.permute.default, aten.transpose.int, aten.t.default)
@@ -183,9 +195,7 @@ def merge_permutes(exported: Any) -> int:
             merged.meta = dict(node.meta)
             node.replace_all_uses_with(merged)
         count += 1
-    if count:
-        _finish(exported)
-    return count
+    return _finished(exported, count)
 
 
 def linear_from_mm(exported: Any) -> int:
@@ -225,9 +235,7 @@ def linear_from_mm(exported: Any) -> int:
         node.replace_all_uses_with(linear)
         graph.erase_node(node)
         count += 1
-    if count:
-        _finish(exported)
-    return count
+    return _finished(exported, count)
 
 
 def _lift_constant(exported: Any, name: str, value: torch.Tensor) -> torch.fx.Node:
@@ -300,9 +308,7 @@ def decompose_layer_norms(exported: Any) -> int:
             node.replace_all_uses_with(y)
         graph.erase_node(node)
         count += 1
-    if count:
-        _finish(exported)
-    return count
+    return _finished(exported, count)
 
 
 #: the pooling window of `pooled_means`: sums of at most 256 terms, like the split mean
@@ -350,9 +356,136 @@ def pooled_means(exported: Any) -> int:
             mean = _call(graph, aten.mean.dim, pooled, [2, 3], True)
         second.replace_all_uses_with(mean)
         count += 1
-    if count:
-        _finish(exported)
-    return count
+    return _finished(exported, count)
+
+
+def _static_4d(node: Any) -> bool:
+    val = getattr(node, "meta", {}).get("val")
+    return val is not None and val.dim() == 4 and all(isinstance(d, int) for d in val.shape)
+
+
+def _permute_of(node: Any, order: list[int]) -> Any:
+    """The input of `node` when it is `permute(input, order)` (None otherwise)."""
+    if getattr(node, "op", None) != "call_function" or node.target != aten.permute.default:
+        return None
+    return node.args[0] if [d % 4 for d in node.args[1]] == order else None
+
+
+def channel_layer_norms(exported: Any) -> int:
+    """Rewrite, in place, a LayerNorm over the channels of an NCHW map written channels-last
+    (`permute(0, 2, 3, 1)`, a last-axis `layer_norm`, `permute(0, 3, 1, 2)`: EdgeSAM's
+    `ChannelsLastLayerNorm2d` in the neck) in the channels-first form (mean and variance over
+    the channel axis, sub, mul, add, rsqrt, the affine as a mul and an add of (C, 1, 1)
+    constants), whose channel means `channel_means` then gives XNNPACK. XNNPACK has no
+    LayerNorm: the last-axis one ran on a portable kernel (one thread) between delegate
+    calls, with a layout transpose at each side. Returns how many."""
+    graph = exported.graph_module.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _LAYER_NORMS:
+            continue
+        x = _permute_of(node.args[0], [0, 2, 3, 1])
+        native = node.target == aten.native_layer_norm.default
+        outputs = [u for u in node.users if u.target is operator.getitem] if native else [node]
+        if (native and any(u.args[1] != 0 for u in outputs)) or len(outputs) != 1:
+            continue
+        back = list(outputs[0].users)
+        if x is None or not _static_4d(x) or len(node.args[1]) != 1 or not back:
+            continue
+        if any(_permute_of(u, [0, 3, 1, 2]) is None for u in back):
+            continue
+        _, shape, weight, bias, eps = [*node.args, None, None, 1e-5][:5]
+        c = int(shape[0])
+        with graph.inserting_before(node):
+            mean = _call(graph, aten.mean.dim, x, [1], True)
+            centred = _call(graph, aten.sub.Tensor, x, mean)
+            var = _call(
+                graph, aten.mean.dim, _call(graph, aten.mul.Tensor, centred, centred), [1], True
+            )
+            rstd = _call(graph, aten.rsqrt.default, _call(graph, aten.add.Tensor, var, eps))
+            y = _call(graph, aten.mul.Tensor, centred, rstd)
+            if weight is not None or bias is not None:  # the affine: a depthwise 1 x 1 conv
+                scale = _constant_value(exported, weight, torch.ones(c))
+                shift = _constant_value(exported, bias, torch.zeros(c))
+                name = f"_channel_norm_{count}"
+                kernel = _lift_constant(exported, f"{name}_weight", scale.reshape(c, 1, 1, 1))
+                offset = _lift_constant(exported, f"{name}_bias", shift.clone())
+                y = _call(graph, aten.conv2d.default, y, kernel, offset, [1, 1], [0, 0], [1, 1], c)
+        for user in back:
+            user.replace_all_uses_with(y)
+        count += 1
+    return _finished(exported, count)
+
+
+def _constant_value(exported: Any, node: Any, default: torch.Tensor) -> torch.Tensor:
+    """The value of a parameter, buffer or constant placeholder (`default` for None)."""
+    if node is None:
+        return default
+    spec = next(s for s in exported.graph_signature.input_specs if s.arg.name == node.name)
+    value = exported.state_dict.get(spec.target, exported.constants.get(spec.target))
+    return value.detach().clone()
+
+
+def channel_means(exported: Any) -> int:
+    """Rewrite, in place, each mean over the channel axis of a static NCHW map (keepdim: the
+    `LayerNorm2d` of SAM's necks) as a 1 x 1 convolution with a constant 1/C kernel: XNNPACK
+    takes a 4-D mean only over H and W, so the channel mean ran on a portable kernel between
+    delegate calls. Returns how many."""
+    graph = exported.graph_module.graph
+    kernels: dict[tuple[torch.dtype, int], torch.fx.Node] = {}
+    count = 0
+    for node in list(graph.nodes):
+        if _mean_axes(node) != [1]:
+            continue
+        x = node.args[0]
+        val = x.meta["val"]
+        c = int(val.shape[1])
+        if (val.dtype, c) not in kernels:
+            kernel = torch.full((1, c, 1, 1), 1.0 / c, dtype=val.dtype)
+            kernels[(val.dtype, c)] = _lift_constant(exported, f"_channel_mean_{c}", kernel)
+        with graph.inserting_before(node):
+            conv = _call(graph, aten.conv2d.default, x, kernels[(val.dtype, c)])
+        node.replace_all_uses_with(conv)
+        count += 1
+    return _finished(exported, count)
+
+
+_SPLITS = (aten.split_with_sizes.default, aten.split.Tensor)
+
+
+def split_as_slices(exported: Any) -> int:
+    """Rewrite, in place, each split of a static tensor (`split_with_sizes`, `split`: the
+    attention's q, k, v taken from one projection in MobileSAM's and SAM's encoders) as one
+    slice per part read: XNNPACK takes static slices, while the split ran as a portable copy
+    of every part between delegate calls. Returns how many."""
+    graph = exported.graph_module.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _SPLITS:
+            continue
+        x, sizes, dim = [*node.args, 0][:3]
+        val = x.meta["val"]
+        if not all(isinstance(d, int) for d in val.shape):
+            continue
+        dim %= val.dim()
+        if node.target == aten.split.Tensor:  # equal parts of `sizes` elements, the last less
+            step = int(sizes)
+            sizes = [min(step, val.shape[dim] - i) for i in range(0, val.shape[dim], step)]
+        if not all(isinstance(n, int) for n in sizes):
+            continue
+        users = list(node.users)
+        if any(u.target is not operator.getitem for u in users):
+            continue
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for user in users:
+            i = user.args[1]
+            with graph.inserting_before(user):
+                part = _call(graph, aten.slice.Tensor, x, dim, starts[i], starts[i] + sizes[i])
+            user.replace_all_uses_with(part)
+            graph.erase_node(user)
+        graph.erase_node(node)
+        count += 1
+    return _finished(exported, count)
 
 
 def drop_unused_constants(exported: Any) -> int:
@@ -397,19 +530,41 @@ def rewrite_for_xnnpack(
     exported: Any, dynamic: bool, table: dict[Any, Any]
 ) -> tuple[Any, dict[str, int]]:
     """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
-    int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`
-    (every graph), `infer_symbolic_reshapes`, `merge_permutes`, `decompose_layer_norms`
-    (after quantization, so the LayerNorms stay float) and `drop_unused_constants`. Static
-    graphs (the image encoders) keep their LayerNorms (decomposing the neck's two gave the
-    encoder no speed); the dynamic-graph rewrites were measured on the decoders. Returns the
-    program and how many nodes each rewrite changed."""
-    if dynamic:
-        table = {aten.matmul.default: bmm_matmul} | table
+    int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`,
+    `channel_layer_norms`, `channel_means`, `split_as_slices`, `infer_symbolic_reshapes`
+    (dynamic graphs), `merge_permutes`, `decompose_layer_norms` (after quantization, so the
+    LayerNorms stay float), `drop_unused_constants` and `fold_constants`. Every rewrite applies
+    to every graph since 2026-12-05 (the static image encoders kept their LayerNorms, splits
+    and gathers on portable kernels before). Returns the program and how many nodes each
+    rewrite changed."""
+    table = {aten.matmul.default: bmm_matmul} | table
     exported = exported.run_decompositions(table)
     done = {"pooled_means": pooled_means(exported)}
+    done["channel_layer_norms"] = channel_layer_norms(exported)
+    done["channel_means"] = channel_means(exported)
+    done["split_as_slices"] = split_as_slices(exported)
     if dynamic:
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
-        done["merge_permutes"] = merge_permutes(exported)
-        done["decompose_layer_norms"] = decompose_layer_norms(exported)
+    done["merge_permutes"] = merge_permutes(exported)
+    done["decompose_layer_norms"] = decompose_layer_norms(exported)
     done["drop_unused_constants"] = drop_unused_constants(exported)
+    exported = fold_constants(exported)
     return exported, done
+
+
+def fold_constants(exported: Any) -> Any:
+    """ExecuTorch's constant propagation (`constant_prop_pass`): what the program computes from
+    its weights and buffers alone (MobileSAM's attention biases gathered by a constant index,
+    an interpolation matrix expanded to a batch) is computed once at export and stored,
+    instead of on a portable kernel at every call. Quantize / dequantize nodes are never
+    folded (an int8 weight stays int8 for XNNPACK), nor `full` (a large constant)."""
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+    skip: set[Any] = {aten.full.default}
+    for namespace in ("quantized_decomposed", "torchao"):
+        ops = getattr(torch.ops, namespace)
+        for name in dir(ops):
+            packet = getattr(ops, name, None)
+            if isinstance(packet, torch._ops.OpOverloadPacket):
+                skip |= {getattr(packet, o) for o in packet.overloads()}
+    return constant_prop_pass(exported, custom_skip_targets=skip)
