@@ -554,10 +554,12 @@ def rewrite_for_xnnpack(
 
 def fold_constants(exported: Any) -> Any:
     """ExecuTorch's constant propagation (`constant_prop_pass`): what the program computes from
-    its weights and buffers alone (MobileSAM's attention biases gathered by a constant index,
-    an interpolation matrix expanded to a batch) is computed once at export and stored,
-    instead of on a portable kernel at every call. Quantize / dequantize nodes are never
-    folded (an int8 weight stays int8 for XNNPACK), nor `full` (a large constant)."""
+    its weights and buffers alone (MobileSAM's attention biases gathered by a constant index)
+    is computed once at export and stored, instead of on a portable kernel at every call
+    (EdgeSAM's interpolation matrix is still expanded per call: that expand appears only when
+    ExecuTorch decomposes the 2-D by 4-D product, after this pass). Quantize / dequantize
+    nodes are never folded (an int8 weight stays int8 for XNNPACK), nor `full` (a large
+    constant)."""
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     skip: set[Any] = {aten.full.default}
