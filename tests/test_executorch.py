@@ -414,15 +414,14 @@ def _per_call_int8_error(module: torch.nn.Module, x: torch.Tensor) -> float:
     from edgesam_export.host.targets.executorch import exported_program, lower
 
     program = lower(exported_program(module, (x,), None, [(x,)], Int8Plan(dynamic=True)))
-    shape = tuple(x.shape)
-    io = {
-        "metadata": {},
-        "inputs": [TensorSpec("x", "float32", shape)],
-        "outputs": [TensorSpec("y", "float32", shape)],
-    }
-    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
     with torch.no_grad():
         want = module(x).numpy()
+    io = {
+        "metadata": {},
+        "inputs": [TensorSpec("x", "float32", tuple(x.shape))],
+        "outputs": [TensorSpec("y", "float32", tuple(want.shape))],
+    }
+    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
     return float(np.abs(got - want).max()) / float(np.abs(want).max())
 
 
@@ -468,6 +467,29 @@ def test_a_per_call_int8_program_with_a_delegated_layer_norm_2d_runs(norm: str) 
 
     torch.manual_seed(0)
     assert _per_call_int8_error(Block().eval(), torch.randn(1, 32, 16, 16)) < 0.05
+
+
+def test_a_per_call_int8_program_with_the_matrix_upsample_runs() -> None:
+    """EdgeSAM's neck fuse: conv, resize as two constant matrices (`MatrixUpsample`), conv.
+    `rows @ x` (2-D by 4-D) lowered to a portable `expand_copy` of `rows` per channel between
+    two delegate calls; it is now one `mm` with `rows^T` between two transposes (`bmm_matmul`;
+    `test_static_rewrites_leave_no_portable_operator_in_an_encoder_block` checks that it is
+    delegated), and that form must run in a per-call int8 program too, within int8 noise of
+    PyTorch."""
+    from edgesam_export.host.models.edgesam import MatrixUpsample
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(32, 32, 1)
+            self.up = MatrixUpsample((8, 8), "bicubic")
+            self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.up(self.a(x)))
+
+    torch.manual_seed(0)
+    assert _per_call_int8_error(Block().eval(), torch.randn(1, 32, 8, 8)) < 0.05
 
 
 def test_the_decoder_graph_stays_within_six_dims(bicubic_model: LoadedModel) -> None:

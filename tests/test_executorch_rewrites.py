@@ -325,11 +325,12 @@ def test_merge_permutes_compares_symbolic_sizes_by_expression_not_by_traced_size
 class _EncoderParts(torch.nn.Module):
     """What the image encoders of the other families hold, small: a window attention whose
     q, k, v are split from one projection and whose bias is gathered from a table by a
-    constant index (TinyViT), its last-axis LayerNorm, SAM's LayerNorm2d (channel means) and
-    EdgeSAM's channels-last LayerNorm2d (`ChannelsLastLayerNorm2d`)."""
+    constant index (TinyViT), its last-axis LayerNorm, SAM's LayerNorm2d (channel means),
+    EdgeSAM's channels-last LayerNorm2d (`ChannelsLastLayerNorm2d`) and its neck's resize as
+    two constant matrices (`MatrixUpsample`: `rows @ x` is a 2-D by 4-D product)."""
 
     def __init__(self) -> None:
-        from edgesam_export.host.models.edgesam import ChannelsLastLayerNorm2d
+        from edgesam_export.host.models.edgesam import ChannelsLastLayerNorm2d, MatrixUpsample
         from edgesam_export.host.models.sam_heads import LayerNorm2d
 
         super().__init__()
@@ -340,6 +341,7 @@ class _EncoderParts(torch.nn.Module):
         self.register_buffer("index", torch.randint(0, 7, (16, 16)), persistent=False)
         self.sam_norm = LayerNorm2d(16)
         self.edge_norm = ChannelsLastLayerNorm2d(LayerNorm2d(16))
+        self.upsample = MatrixUpsample((4, 4), "bicubic")
         with torch.no_grad():
             for norm in (self.sam_norm, self.edge_norm):
                 norm.weight.normal_()
@@ -352,7 +354,7 @@ class _EncoderParts(torch.nn.Module):
         attn = torch.softmax(q @ k.transpose(-2, -1) + self.biases[:, self.index], dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, h * w, 16)
         y = out.transpose(1, 2).reshape(b, c, h, w)
-        return self.edge_norm(self.sam_norm(y))
+        return self.upsample(self.edge_norm(self.sam_norm(y)))
 
 
 @pytest.mark.extended  # two lowerings, ~10 s

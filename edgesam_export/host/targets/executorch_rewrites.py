@@ -6,13 +6,14 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
 
 - `bmm_matmul`: a batched `matmul` lowers to `expand_copy` + `view_copy` + `bmm`, and
   `expand_copy` is a real copy on a portable kernel even when nothing is broadcast. Equal-batch
-  matmuls become one `bmm` on 3-D views. `gemm_matmul` (float graphs) also: a constant matrix
-  times a batch of matrices (`W @ X^T`, the image-side projections of `Attention.image_side`)
-  becomes `(X @ W^T)^T`: one `mm` with a constant weight, which XNNPACK runs as a fully-
-  connected GEMM with weights packed once at load, where the batched form packed the 4096-token
-  operand on every call. A batch of matrices times a constant matrix is the same `mm`. A `bmm`
-  whose right operand is much larger than the rest (the hypernetwork's 4 x 65536 mask product)
-  is computed transposed, so the operand XNNPACK packs per call is the small one.
+  matmuls become one `bmm` on 3-D views. A matrix times a batch of matrices (`W @ X^T`, the
+  image-side projections of `Attention.image_side`; EdgeSAM's resize `rows @ x`, 2-D by 4-D)
+  becomes `(X^T @ W^T)^T`: one `mm` with the matrix as its weight, which XNNPACK runs as a
+  fully-connected GEMM with weights packed once at load, where the batched form packed the
+  4096-token operand on every call (or expanded `rows` per channel on a portable kernel). A
+  batch of matrices times a matrix is the same `mm`. `gemm_matmul` (float graphs) also computes
+  a `bmm` whose right operand is much larger than the rest (the hypernetwork's 4 x 65536 mask
+  product) transposed, so the operand XNNPACK packs per call is the small one.
 - `infer_symbolic_reshapes`: XNNPACK's reshape takes one inferred (-1) dimension but no symbolic
   size, so a reshape to `(1, 5 + N, 8, 16)` stays portable; its one symbolic size becomes -1
   (the same shape).
@@ -63,23 +64,24 @@ _PACKED_OPERAND_RATIO = 4
 
 
 def bmm_matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
-    """`aten.matmul` of tensors with the same static batch dims as one bmm, without expand;
-    anything else (broadcasting, 2-D, symbolic batch) keeps the default decomposition."""
+    """`aten.matmul` of tensors with the same static batch dims as one bmm, without expand, and
+    a matrix times a batch of matrices (or a batch times a matrix) as one `mm`; anything else
+    (broadcasting, 2-D by 2-D, symbolic batch) keeps the default decomposition."""
     return _matmul(a, b, gemm=False)
 
 
 def gemm_matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
-    """`bmm_matmul`, and products with a constant matrix as one `mm`, and a bmm with a large
-    right operand computed transposed (see the module doc)."""
+    """`bmm_matmul`, and a bmm with a large right operand computed transposed (see the module
+    doc)."""
     return _matmul(a, b, gemm=True)
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor, gemm: bool) -> Any:
-    if gemm and a.dim() == 2 and b.dim() == 3:  # W @ X^T -> (X @ W^T)^T, W packed once
-        bt = b.transpose(1, 2)
+    if a.dim() == 2 and b.dim() >= 3:  # A @ X -> (X^T @ A^T)^T: one mm, A packed once
+        bt = b.transpose(-1, -2)
         out = torch.mm(bt.reshape(-1, bt.shape[-1]), a.t())
-        return out.reshape(b.shape[0], b.shape[2], a.shape[0]).transpose(1, 2)
-    if gemm and a.dim() == 3 and b.dim() == 2:  # X @ W: one GEMM over all rows
+        return out.reshape(*bt.shape[:-1], a.shape[0]).transpose(-1, -2)
+    if a.dim() >= 3 and b.dim() == 2:  # X @ W: one GEMM over all rows
         out = torch.mm(a.reshape(-1, a.shape[-1]), b)
         return out.reshape(*a.shape[:-1], b.shape[-1])
     if a.dim() < 3 or a.dim() != b.dim():
@@ -556,8 +558,7 @@ def fold_constants(exported: Any) -> Any:
     """ExecuTorch's constant propagation (`constant_prop_pass`): what the program computes from
     its weights and buffers alone (MobileSAM's attention biases gathered by a constant index)
     is computed once at export and stored, instead of on a portable kernel at every call
-    (EdgeSAM's interpolation matrix is still expanded per call: that expand appears only when
-    ExecuTorch decomposes the 2-D by 4-D product, after this pass). Quantize / dequantize
+    (`rows^T` of EdgeSAM's resize as well). Quantize / dequantize
     nodes are never folded (an int8 weight stays int8 for XNNPACK), nor `full` (a large
     constant)."""
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
