@@ -396,3 +396,30 @@ def test_static_rewrites_leave_no_portable_operator_in_an_encoder_block() -> Non
         want = module(x)
     got = Runtime.get().load_program(program).load_method("forward").execute([x])[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_layer_norms_leaves_a_layer_norm_whose_affine_is_computed() -> None:
+    """`channel_layer_norms` stores the affine as a constant depthwise 1 x 1 convolution. A
+    weight computed in the graph has no constant value: that LayerNorm stays as it is (the
+    rewrite raised before), and the plain one beside it is still rewritten, same values."""
+    from edgesam_export.host.targets.executorch_rewrites import channel_layer_norms
+
+    class Norms(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(8))
+            self.bias = torch.nn.Parameter(torch.randn(8))
+
+        def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), weight, self.bias)
+            return y.permute(0, 3, 1, 2)
+
+        def forward(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+            return self.norm(x, self.weight * gain) + self.norm(x, self.weight)
+
+    torch.manual_seed(0)
+    module, args = Norms().eval(), (torch.randn(1, 8, 4, 4), torch.randn(8))
+    exported = torch.export.export(module, args, strict=False).run_decompositions({})
+    assert channel_layer_norms(exported) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(*args), module(*args), rtol=1e-5, atol=1e-5)

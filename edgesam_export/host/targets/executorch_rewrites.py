@@ -377,10 +377,12 @@ def channel_layer_norms(exported: Any) -> int:
     """Rewrite, in place, a LayerNorm over the channels of an NCHW map written channels-last
     (`permute(0, 2, 3, 1)`, a last-axis `layer_norm`, `permute(0, 3, 1, 2)`: EdgeSAM's
     `ChannelsLastLayerNorm2d` in the neck) in the channels-first form (mean and variance over
-    the channel axis, sub, mul, add, rsqrt, the affine as a mul and an add of (C, 1, 1)
-    constants), whose channel means `channel_means` then gives XNNPACK. XNNPACK has no
-    LayerNorm: the last-axis one ran on a portable kernel (one thread) between delegate
-    calls, with a layout transpose at each side. Returns how many."""
+    the channel axis, sub, mul, add, rsqrt, the affine as a depthwise 1 x 1 convolution: as a
+    mul and an add of (C, 1, 1) columns it broke per-call int8 programs at run time), whose
+    channel means `channel_means` then gives XNNPACK. XNNPACK has no LayerNorm: the last-axis
+    one ran on a portable kernel (one thread) between delegate calls, with a layout transpose
+    at each side. A LayerNorm whose weight or bias is computed in the graph (not a parameter,
+    buffer or constant) is left as it is. Returns how many."""
     graph = exported.graph_module.graph
     count = 0
     for node in list(graph.nodes):
@@ -398,6 +400,10 @@ def channel_layer_norms(exported: Any) -> int:
             continue
         _, shape, weight, bias, eps = [*node.args, None, None, 1e-5][:5]
         c = int(shape[0])
+        scale = _constant_value(exported, weight, torch.ones(c))
+        shift = _constant_value(exported, bias, torch.zeros(c))
+        if scale is None or shift is None:
+            continue
         with graph.inserting_before(node):
             mean = _call(graph, aten.mean.dim, x, [1], True)
             centred = _call(graph, aten.sub.Tensor, x, mean)
@@ -407,8 +413,6 @@ def channel_layer_norms(exported: Any) -> int:
             rstd = _call(graph, aten.rsqrt.default, _call(graph, aten.add.Tensor, var, eps))
             y = _call(graph, aten.mul.Tensor, centred, rstd)
             if weight is not None or bias is not None:  # the affine: a depthwise 1 x 1 conv
-                scale = _constant_value(exported, weight, torch.ones(c))
-                shift = _constant_value(exported, bias, torch.zeros(c))
                 name = f"_channel_norm_{count}"
                 kernel = _lift_constant(exported, f"{name}_weight", scale.reshape(c, 1, 1, 1))
                 offset = _lift_constant(exported, f"{name}_bias", shift.clone())
@@ -419,13 +423,18 @@ def channel_layer_norms(exported: Any) -> int:
     return _finished(exported, count)
 
 
-def _constant_value(exported: Any, node: Any, default: torch.Tensor) -> torch.Tensor:
-    """The value of a parameter, buffer or constant placeholder (`default` for None)."""
+def _constant_value(exported: Any, node: Any, default: torch.Tensor) -> torch.Tensor | None:
+    """The value of a parameter, buffer or constant placeholder (`default` for None); None for
+    any other node (a user input, or a value computed in the graph)."""
     if node is None:
         return default
-    spec = next(s for s in exported.graph_signature.input_specs if s.arg.name == node.name)
+    if node.op != "placeholder":
+        return None
+    spec = next((s for s in exported.graph_signature.input_specs if s.arg.name == node.name), None)
+    if spec is None or spec.target is None:
+        return None
     value = exported.state_dict.get(spec.target, exported.constants.get(spec.target))
-    return value.detach().clone()
+    return None if value is None else value.detach().clone()
 
 
 def channel_means(exported: Any) -> int:
