@@ -11,7 +11,7 @@ ExecuTorch int8 check and `edgesam-bench`'s mask IoU column all use it. Device s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,12 +84,18 @@ class MaskBarResult:
     def by_image(self, labels: Sequence[str] = ()) -> str:
         """Each image's mean / worst IoU, those under the bar marked: `image 0 (label) 0.8236 /
         0.7513 misses; image 1 ...` ("" when the judge did not know the images)."""
-        parts = []
-        for i, r in enumerate(self.images):
-            label = f" ({labels[i]})" if i < len(labels) else ""
-            verdict = "" if r.passed else " misses"
-            parts.append(f"image {i}{label} {r.mean_iou:.4f} / {r.worst_iou:.4f}{verdict}")
-        return "; ".join(parts)
+        return by_image(self.to_json().get("images", []), labels)
+
+
+def by_image(images: Sequence[Mapping[str, Any]], labels: Sequence[str] = ()) -> str:
+    """`MaskBarResult.by_image` from the per-image entries of its `to_json()` (as a report
+    stores them)."""
+    parts = []
+    for i, r in enumerate(images):
+        label = f" ({labels[i]})" if i < len(labels) else ""
+        verdict = "" if r["passed"] else " misses"
+        parts.append(f"image {i}{label} {r['mean_iou']:.4f} / {r['worst_iou']:.4f}{verdict}")
+    return "; ".join(parts)
 
 
 def top_mask_ious(

@@ -37,7 +37,7 @@ import numpy as np
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.errors import ExportFailedError
-from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, mask_bar
+from edgesam_export.device.mask_bar import MaskBar, MaskBarResult, by_image, mask_bar
 from edgesam_export.host.quantize.data import (
     HELDOUT_PROMPT_SEED,
     Inputs,
@@ -84,6 +84,7 @@ class Point:
     worst_iou: float
     sqnr_db: float  # of the graph's primary output, over every held-out input
     passed: bool
+    images: list[dict[str, Any]] = field(default_factory=list)  # per image (MaskBarResult)
 
 
 @dataclass
@@ -258,7 +259,13 @@ def search(
         result, sqnr, latency, speedup = evaluator.judge(proto)
         report.evaluations += 1
         point = Point(
-            list(kept), len(nodes), result.mean_iou, result.worst_iou, sqnr, result.passed
+            list(kept),
+            len(nodes),
+            result.mean_iou,
+            result.worst_iou,
+            sqnr,
+            result.passed,
+            result.to_json().get("images", []),
         )
         report.frontier.append(point)
         speed = "" if speedup is None else f", {speedup:.2f}x fp32"
@@ -448,22 +455,27 @@ def quantize_graph(
         report.heldout["mean_iou"], report.heldout["worst_iou"] = result.mean_iou, result.worst_iou
         report.heldout["images"] = result.to_json().get("images", [])
         mean, worst = result.mean_iou, result.worst_iou
-        by_image = result.by_image(heldout_labels(len(held_images)))
+        per_image = result.by_image(heldout_labels(len(held_images)))
         progress(
             f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f}"
-            f" ({'meets' if result.passed else 'misses'} {report.bar}); {by_image}"
+            f" ({'meets' if result.passed else 'misses'} {report.bar}); {per_image}"
         )
         if not result.passed:
             raise ExportFailedError(
                 f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
                 f" on the {len(calibration.tensors)} selection image(s), but the held-out images"
-                f" give mean IoU {mean:.4f} / worst {worst:.4f} ({by_image}); select on more images"
-                " (--calibration-images, --calibration), loosen --accuracy-target, or export"
-                " fp32/fp16"
+                f" give mean IoU {mean:.4f} / worst {worst:.4f} ({per_image}); select on more"
+                " images (--calibration-images, --calibration), loosen --accuracy-target, or"
+                " export fp32/fp16"
             )
-    else:
+    else:  # searched on the held-out images: the chosen probe's result is their judgement
         report.heldout["masks"] = sum(int(r["scores"].shape[0]) for r in evaluator.reference)
+        report.heldout["images"] = final.images
         mean, worst = final.mean_iou, final.worst_iou
+        progress(
+            f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f} (meets"
+            f" {report.bar}); {by_image(final.images, heldout_labels(len(held_images)))}"
+        )
     meta = {p.key: p.value for p in quantized.metadata_props} | meta
     meta |= {
         "precision": kind,
