@@ -640,7 +640,7 @@ def _weights_graph(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str,
 
 
 def test_int8_weights_stores_int8_per_channel_and_computes_in_float(tmp_path: Path):
-    from edgesam_export.host.targets.onnx_precision import quantize_per_channel, to_int8_weights
+    from edgesam_export.host.targets.onnx_weights import quantize_per_channel, to_int8_weights
 
     rng = np.random.default_rng(7)
     model, w = _weights_graph(rng)
@@ -779,7 +779,7 @@ def test_decoder_beside_a_reduced_encoder_is_searched_end_to_end(tmp_path: Path,
 def test_int8_weights_keeps_named_weights_float16(tmp_path: Path):
     """`keep` weights are stored float16 (cast back in the graph), the others int8; a name that
     is no int8 weight of the graph is refused."""
-    from edgesam_export.host.targets.onnx_precision import to_int8_weights, weight_names
+    from edgesam_export.host.targets.onnx_weights import to_int8_weights, weight_names
 
     rng = np.random.default_rng(3)
     model, w = _weights_graph(rng)

@@ -98,6 +98,17 @@ POINT_AXES = ("num_points", "N")
 SAM2_POINTER_TOKENS = 4  # each 256-d object pointer is split into 4 memory tokens
 
 
+def axis_bounds(max_points: int, max_batch: int | None = None) -> dict[str, int]:
+    """The largest size each symbolic axis of the contract accepts in an artifact exported with
+    these options: the point count up to `max_points`, the batch up to `max_batch` (None: the
+    target fixes it), SAM 2's memory frames and object pointers up to `SAM2_AXIS_MAX`."""
+    bounds = dict(SAM2_AXIS_MAX)
+    if max_batch is not None:
+        bounds.update(dict.fromkeys(BATCH_AXES, max_batch))
+    bounds.update(dict.fromkeys(POINT_AXES, max_points))
+    return bounds
+
+
 def video_io(
     graph: str, embed_shape: tuple[int, int, int], num_mask_tokens: int
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:

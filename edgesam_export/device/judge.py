@@ -421,7 +421,7 @@ def judge(
         _judge_decoder(run, reference, name, dec, own_features, info)
     cases = reference.video_cases() if video else None
     if cases is not None:
-        judge_video(run, cases, video)
+        judge_video(run.compare, run.skip, cases, video)
     for name, _ in video if cases is None else ():
         run.skip(name, "every case", "this reference holds no video-graph answers: judge it"
                  " against PyTorch (parity --reference torch, or the checkpoint)")  # fmt: skip

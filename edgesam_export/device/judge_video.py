@@ -20,9 +20,8 @@ The metrics, verdicts and report are the judge's (`judge.judge` calls `judge_vid
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,8 +29,11 @@ from edgesam_export.device.contract import VIDEO_GRAPHS
 from edgesam_export.device.parity import PromptCase, compare_arrays
 from edgesam_export.device.runtime import Session
 
-if TYPE_CHECKING:  # judge.py imports this module: the recorder's type only, no import cycle
-    from edgesam_export.device.judge import JudgeRun
+#: The judge's recorders (`judge.JudgeRun.compare` / `skip`), which `judge.judge` hands to
+#: `judge_video`: taken as callables so that this module does not import the judge.
+Compare = Callable[[str, Session, str, str, dict[str, float], Mapping[str, np.ndarray], str], None]
+Skip = Callable[[str, str, str], None]
+
 
 MEMORY_TPOS = 6  # the temporal slot SAM 2 gives a conditioning frame's memory
 VIDEO_PROMPTS = ("1 positive point", "batch of 3 boxes")
@@ -99,23 +101,26 @@ def video_cases(
 
 
 def judge_video(
-    run: JudgeRun, cases: Sequence[VideoCase], candidates: Sequence[tuple[str, Session]]
+    compare: Compare,
+    skip: Skip,
+    cases: Sequence[VideoCase],
+    candidates: Sequence[tuple[str, Session]],
 ) -> None:
-    """Every candidate video graph on the reference chain's calls of its graph, recorded in the
+    """Every candidate video graph on the reference chain's calls of its graph, recorded by the
     judge's run (`JudgeRun.compare` / `skip`: the image checks' verdicts and report)."""
     for name, session in candidates:
         graph = session.metadata.get("graph", "")
         for case in (c for c in cases if c.graph == graph):
             refused = session.accepts(case.feeds)
             if refused is not None:
-                run.skip(name, case.name, refused)
+                skip(name, case.name, refused)
                 continue
             out = session.run(case.feeds)
             for output, expected in case.outputs.items():
                 got = out.get(output)
                 metrics = compare_arrays(got, expected) if got is not None else absent()
                 check = f"{graph}.{output}"
-                run.compare(name, session, check, case.name, metrics, case.feeds, output)
+                compare(name, session, check, case.name, metrics, case.feeds, output)
 
 
 def absent() -> dict[str, float]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgesam_export.device.contract import TensorSpec
+from edgesam_export.device.contract import POINT_AXES, TensorSpec, axis_bounds
 from edgesam_export.device.errors import ArtifactError, InputError
 from edgesam_export.device.runtime.base import Session
 
@@ -151,9 +151,7 @@ class ExecuTorchSession(Session):
         a sidecar without `executorch.batched`: B over max_batch, fixed at export at 1), a point
         count outside 1..max_points, or memory frames / object pointers over the video graphs'
         bounds (each call's shapes are checked)."""
-        from edgesam_export.host.targets.executorch import MEMORY_AXES, POINT_AXES
-
-        bounds = {**dict.fromkeys(POINT_AXES, self.max_points), **MEMORY_AXES}
+        bounds = axis_bounds(self.max_points)
         b = self._batch(feeds)
         if isinstance(b, str):
             return b

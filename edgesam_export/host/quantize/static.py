@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from edgesam_export.device.backends import unavailable_error
 from edgesam_export.host.quantize.data import FeedReader
+from edgesam_export.host.targets.onnx_weights import float_weights_as_float16
 
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 _BLOCK = re.compile(r"\.\d+$")
@@ -126,8 +127,6 @@ class StaticQuantizer:
         """The QDQ graph with `exclude` kept float (or only `only` quantized), as it ships: what
         stays float stores its large weights as float16 (`float_weights_as_float16`), so every
         candidate is judged on the bytes it would be written with."""
-        from edgesam_export.host.targets.onnx_precision import float_weights_as_float16
-
         if self._full is None:
             self._full = self._quantize_all()
         floats = set(exclude)

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from edgesam_export.host.targets.onnx_weights import to_int8_weights, weight_names
+
 
 class WeightQuantizer:
     """One fp32 graph and quantize(float16 weights) -> its weight-only int8 form (the
     `StaticQuantizer` interface, so `search.search` drives both)."""
 
     def __init__(self, proto: Any) -> None:
-        from edgesam_export.host.targets.onnx_precision import weight_names
-
         self.fp32 = proto
         self.names = list(weight_names(proto))
 
@@ -40,8 +40,6 @@ class WeightQuantizer:
 
     def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Any:
         """The graph with `exclude` kept float16 (or only `only` stored as int8)."""
-        from edgesam_export.host.targets.onnx_precision import to_int8_weights
-
         keep = set(exclude)
         if only is not None:
             keep |= set(self.names) - set(only)

@@ -28,7 +28,7 @@ import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
-from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
+from edgesam_export.device.contract import TensorSpec, axis_bounds
 from edgesam_export.device.errors import BackendUnavailableError, ExportFailedError, InputError
 from edgesam_export.host.config import CoreMLOptions, ExportOptions, GraphKind
 from edgesam_export.host.graphs import DecoderGraph, EncoderGraph
@@ -135,14 +135,6 @@ def deployment_target(options: CoreMLOptions) -> str:
     return chosen
 
 
-def axis_bounds(options: CoreMLOptions) -> dict[str, int]:
-    """The largest size each symbolic axis of the contract (`device.contract`) accepts."""
-    bounds = dict(SAM2_AXIS_MAX)
-    bounds.update(dict.fromkeys(BATCH_AXES, options.max_batch))
-    bounds.update(dict.fromkeys(POINT_AXES, options.max_points))
-    return bounds
-
-
 def _symbols(specs: list[TensorSpec]) -> list[str]:
     """The symbolic axes of these tensors, in order of first appearance."""
     return list(dict.fromkeys(d for t in specs for d in t.shape if isinstance(d, str)))
@@ -170,7 +162,7 @@ def graph_inputs(ct: Any, spec: ModelSpec, graph: str, options: CoreMLOptions) -
     pairs the i-th shape of every enumerated input. Range: one RangeDim per symbolic axis.
     """
     inputs, _ = spec.graph_io(graph)
-    bounds = axis_bounds(options)
+    bounds = axis_bounds(options.max_points, options.max_batch)
     symbols = _symbols(inputs)
     unknown = [d for d in symbols if d not in bounds]
     if unknown:
@@ -262,7 +254,7 @@ def coreml_metadata(
     meta["coreml.coremltools_version"] = ct.__version__
     meta["coreml.patches"] = ",".join(patches) or "none"
     meta["gelu_approximate"] = str(options.gelu_approximate).lower()
-    bounds = axis_bounds(options)
+    bounds = axis_bounds(options.max_points, options.max_batch)
     flexible = _symbols(loaded.spec.graph_io(graph)[0])
     if flexible:  # what each flexible axis accepts, e.g. {"B": "1..2", "S": "1..7"}
         meta["coreml.flexible_axes"] = json.dumps({d: f"1..{bounds[d]}" for d in flexible})

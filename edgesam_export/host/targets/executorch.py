@@ -36,7 +36,7 @@ import torch
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact, atomic_path
-from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, SAM2_AXIS_MAX, TensorSpec
+from edgesam_export.device.contract import BATCH_AXES, POINT_AXES, TensorSpec, axis_bounds
 from edgesam_export.device.errors import ExportFailedError, InputError
 from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKind
 from edgesam_export.host.executorch_session import ExecuTorchSession
@@ -86,12 +86,6 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-#: The contract's symbolic axes (`device.contract`): the prompt-set / object batch is fixed at 1
-#: (module docstring), the point count is dynamic 1..max_points, and the video tracker's memory
-#: frames and object pointers are dynamic up to SAM 2's bounds (`contract.SAM2_AXIS_MAX`).
-MEMORY_AXES = SAM2_AXIS_MAX
-
-
 def _io(spec: ModelSpec, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The registry's I/O of the graph (`spec.graph_io`, every layout) with the batch axes fixed
     at 1: what the program accepts."""
@@ -107,8 +101,11 @@ def _dynamic_shapes(
     inputs: list[TensorSpec], max_points: int
 ) -> tuple[dict[int, Any] | None, ...] | None:
     """`torch.export` dynamic dims per positional input: the points and memory axes that are
-    symbolic in the contract (one `Dim` per symbol, shared by every input that has it)."""
-    bounds = {**dict.fromkeys(POINT_AXES, max_points), **MEMORY_AXES}
+    symbolic in the contract (one `Dim` per symbol, shared by every input that has it): the
+    prompt-set / object batch is fixed at 1 (module docstring), the point count is dynamic
+    1..max_points, the video tracker's memory frames and object pointers up to SAM 2's bounds
+    (`contract.axis_bounds`)."""
+    bounds = axis_bounds(max_points)
     dims: dict[str, Any] = {}
     shapes: list[dict[int, Any] | None] = []
     for t in inputs:
