@@ -4,8 +4,9 @@ The int8 search (`executorch --precision int8`) chooses its float blocks on the 
 images and is then judged once on all the held-out images together; a miss there fails the
 export without saying which image missed. This script lowers the calibrated synthetic
 encoder (`--model`) under a few per-call int8 plans (`Int8Plan(dynamic=True)`: every block
-int8, and each `--plan NAME=BLOCK,BLOCK`, those blocks float; a block is a module path, as the
-search's report names them) and judges each program with the search's own judge
+int8, and each `--plan NAME=BLOCK,BLOCK`, those blocks float; a block is a module path: one
+of the search's blocks, as its report names them, or any module inside one, to find which part
+of a block loses the masks) and judges each program with the search's own judge
 (`executorch.int8_evaluator`) behind PyTorch's decoder on the held-out images, each image's
 own result (its prompt sets, the bar 0.97 / 0.90 against fp32 PyTorch).
 
@@ -47,9 +48,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for given in args.plans:
         name, _, names = given.partition("=")
         floats = tuple(b for b in names.split(",") if b)
-        unknown = sorted(set(floats) - set(blocks))
+        unknown = sorted(set(floats) - {n for n, _ in loaded.model.named_modules()})
         if unknown:
-            raise SystemExit(f"--plan {name}: not blocks of {args.model}: {unknown}")
+            raise SystemExit(f"--plan {name}: not modules of {args.model}: {unknown}")
         plans[name] = floats
     rows = []
     for name, floats in plans.items():
