@@ -453,28 +453,24 @@ def quantize_graph(
         result, *_ = Evaluator(graph, loaded, heldout, bar, encoder=paired).judge(quantized)
         report.heldout["masks"] = result.count
         report.heldout["mean_iou"], report.heldout["worst_iou"] = result.mean_iou, result.worst_iou
-        report.heldout["images"] = result.to_json().get("images", [])
-        mean, worst = result.mean_iou, result.worst_iou
-        per_image = result.by_image(heldout_labels(len(held_images)))
-        progress(
-            f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f}"
-            f" ({'meets' if result.passed else 'misses'} {report.bar}); {per_image}"
-        )
-        if not result.passed:
-            raise ExportFailedError(
-                f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
-                f" on the {len(calibration.tensors)} selection image(s), but the held-out images"
-                f" give mean IoU {mean:.4f} / worst {worst:.4f} ({per_image}); select on more"
-                " images (--calibration-images, --calibration), loosen --accuracy-target, or"
-                " export fp32/fp16"
-            )
+        mean, worst, passed = result.mean_iou, result.worst_iou, result.passed
+        images = result.to_json().get("images", [])
     else:  # searched on the held-out images: the chosen probe's result is their judgement
         report.heldout["masks"] = sum(int(r["scores"].shape[0]) for r in evaluator.reference)
-        report.heldout["images"] = final.images
-        mean, worst = final.mean_iou, final.worst_iou
-        progress(
-            f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f} (meets"
-            f" {report.bar}); {by_image(final.images, heldout_labels(len(held_images)))}"
+        mean, worst, passed, images = final.mean_iou, final.worst_iou, final.passed, final.images
+    report.heldout["images"] = images
+    per_image = by_image(images, heldout_labels(len(held_images)))
+    progress(
+        f"{kind} {graph}: held-out mean IoU {mean:.4f}, worst {worst:.4f}"
+        f" ({'meets' if passed else 'misses'} {report.bar}); {per_image}"
+    )
+    if not passed:  # weight-only int8 (static int8's chosen probe met the bar)
+        raise ExportFailedError(
+            f"{kind} {graph}: {len(report.float_blocks)} float16 weight(s) met {report.bar}"
+            f" on the {len(calibration.tensors)} selection image(s), but the held-out images"
+            f" give mean IoU {mean:.4f} / worst {worst:.4f} ({per_image}); select on more"
+            " images (--calibration-images, --calibration), loosen --accuracy-target, or"
+            " export fp32/fp16"
         )
     meta = {p.key: p.value for p in quantized.metadata_props} | meta
     meta |= {

@@ -567,9 +567,8 @@ def fold_constants(exported: Any) -> Any:
     """ExecuTorch's constant propagation (`constant_prop_pass`): what the program computes from
     its weights and buffers alone (MobileSAM's attention biases gathered by a constant index)
     is computed once at export and stored, instead of on a portable kernel at every call
-    (`rows^T` of EdgeSAM's resize as well). Quantize / dequantize
-    nodes are never folded (an int8 weight stays int8 for XNNPACK), nor `full` (a large
-    constant)."""
+    (`rows^T` of EdgeSAM's resize as well). Quantize / dequantize nodes are never folded (an
+    int8 weight stays int8 for XNNPACK), nor `full` (a large constant)."""
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     skip: set[Any] = {aten.full.default}
