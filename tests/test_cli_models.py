@@ -22,7 +22,7 @@ def test_models_json_lists_every_variant():
     assert (l0["encoder_input"], l0["prompt_frame"], l0["normalize"]) == (512, 1024, "unit")
     assert l0["parameters"] == 34_792_784
     assert l0["targets_verified"] == ["onnx", "coreml", "executorch"]  # the heavy ET row
-    assert rows["sam_vit_h"]["targets_verified"] == ["onnx", "coreml"]  # both heavy rows
+    assert rows["sam_vit_h"]["targets_verified"] == ["onnx", "coreml", "executorch"]  # heavy
     assert rows["mobile_sam"]["targets_verified"] == ["onnx", "coreml", "executorch"]
     assert rows["edge_sam"]["parameters"] == 9_582_112
     assert rows["efficientvit_sam_xl1"]["parameters"] == 203_346_128

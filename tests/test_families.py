@@ -120,6 +120,7 @@ EXECUTORCH: dict[str, str | tuple[str, str]] = {
     "slimsam_77": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "sam_vit_b": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "sam_vit_l": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
+    "sam_vit_h": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     "slimsam_50": ("test_executorch", "test_family_programs_pass_parity_on_the_executorch_runtime"),
     # image graphs only (the video graphs are not exported by default: docs/executorch.md)
     "edgetam": ("test_executorch", "test_edgetam_programs_pass_parity_on_the_executorch_runtime"),

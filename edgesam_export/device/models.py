@@ -148,7 +148,7 @@ _SAM_COMMON: dict[str, Any] = dict(
 )
 
 
-def _efficientvit(label: str, img_size: int, also: tuple[str, ...] = ()) -> ModelSpec:
+def _efficientvit(label: str, img_size: int) -> ModelSpec:
     name = f"efficientvit_sam_{label.lower()}"
     return ModelSpec(
         name=name,
@@ -166,15 +166,14 @@ def _efficientvit(label: str, img_size: int, also: tuple[str, ...] = ()) -> Mode
         checkpoint_format="state_dict, bare or under 'state_dict' (weights_only)",
         builder=f"{_HOST}.efficientvit:build_variant",
         builder_args=(name,),
-        # An export + parity test row per variant (tests/test_families.py ties these to the
-        # test tables: L0 in `make test`, the others with `pytest -m heavy`); `also`: targets
-        # verified for this variant alone (its heavy row ran and passed).
-        verified_targets=("onnx", "coreml", *also),
+        # An export + parity test row per variant and target (tests/test_families.py ties
+        # these to the test tables: L0 in `make test`, the others with `pytest -m heavy`).
+        verified_targets=("onnx", "coreml", "executorch"),
         decoder_contracts=("edgesam", "efficientvit"),
     )
 
 
-def _sam_vit(name: str, description: str, also: tuple[str, ...] = ()) -> ModelSpec:
+def _sam_vit(name: str, description: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="SAM",
@@ -183,12 +182,12 @@ def _sam_vit(name: str, description: str, also: tuple[str, ...] = ()) -> ModelSp
         signature_prefixes=("image_encoder.blocks.0.attn.qkv.", "image_encoder.pos_embed"),
         builder=f"{_HOST}.sam_family:build_sam_vit_named",
         builder_args=(name,),
-        verified_targets=("onnx", "coreml", *also),
+        verified_targets=("onnx", "coreml", "executorch"),
         **_SAM_COMMON,
     )
 
 
-def _slimsam(ratio: str, file: str, also: tuple[str, ...] = ()) -> ModelSpec:
+def _slimsam(ratio: str, file: str) -> ModelSpec:
     name = f"slimsam_{ratio}"
     return ModelSpec(
         name=name,
@@ -203,7 +202,7 @@ def _slimsam(ratio: str, file: str, also: tuple[str, ...] = ()) -> ModelSpec:
         builder_args=(name,),
         build_from_state=f"{_HOST}.sam_family:build_slimsam",
         checkpoint_format="pickled-module",
-        verified_targets=("onnx", "coreml", *also),
+        verified_targets=("onnx", "coreml", "executorch"),
         **_SAM_COMMON,
     )
 
@@ -226,24 +225,16 @@ _ENTRIES: tuple[ModelSpec, ...] = (
         verified_targets=("onnx", "coreml", "executorch"),
         extra_keys_allowed=True,  # official build_sam loads strict=False (fpn.*/rpn_head.* files)
     ),
-    _efficientvit("L0", 512, also=("executorch",)),
-    _efficientvit("L1", 512, also=("executorch",)),
-    _efficientvit("L2", 512, also=("executorch",)),
-    _efficientvit("XL0", 1024, also=("executorch",)),
-    _efficientvit("XL1", 1024, also=("executorch",)),
-    _sam_vit(
-        "sam_vit_b",
-        "SAM ViT-B (Meta, 12 blocks, width 768): sam_vit_b_01ec64.pth",
-        also=("executorch",),
-    ),
-    _sam_vit(
-        "sam_vit_l",
-        "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth",
-        also=("executorch",),
-    ),
+    _efficientvit("L0", 512),
+    _efficientvit("L1", 512),
+    _efficientvit("L2", 512),
+    _efficientvit("XL0", 1024),
+    _efficientvit("XL1", 1024),
+    _sam_vit("sam_vit_b", "SAM ViT-B (Meta, 12 blocks, width 768): sam_vit_b_01ec64.pth"),
+    _sam_vit("sam_vit_l", "SAM ViT-L (Meta, 24 blocks, width 1024): sam_vit_l_0b3195.pth"),
     _sam_vit("sam_vit_h", "SAM ViT-H (Meta, 32 blocks, width 1280): sam_vit_h_4b8939.pth"),
-    _slimsam("50", "SlimSAM-50.pth", also=("executorch",)),
-    _slimsam("77", "SlimSAM-77.pth", also=("executorch",)),
+    _slimsam("50", "SlimSAM-50.pth"),
+    _slimsam("77", "SlimSAM-77.pth"),
     ModelSpec(
         name="edgetam",
         family="EdgeTAM",
