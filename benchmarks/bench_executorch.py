@@ -20,6 +20,8 @@ Verdict: met (median ratio >= target), tie (the interval reaches the target) or 
     python benchmarks/bench_executorch.py --model mobile_sam   # results/executorch_mobile_sam.*
     python benchmarks/bench_executorch.py --workdir /tmp/et   # keep the programs; a later run
                                       # with the same settings and code reuses them (no export)
+    python benchmarks/bench_executorch.py --model efficientvit_sam_l0 --fp32-only
+                                      # ExecuTorch fp32 against onnxruntime only (no int8 export)
 
 `--workdir` lets the slow exports (the int8 encoder's calibration and lowering take minutes)
 run apart from the timing, e.g. at low priority while the machine is busy, and the timing later
@@ -41,6 +43,7 @@ import _common  # sorts before numpy: pins thread pools before numpy/torch load
 import numpy as np
 
 SIDES = ("onnx_fp32", "executorch_fp32", "executorch_int8")
+FP32_SIDES = SIDES[:2]
 TARGETS = {  # ratio name -> (numerator side, denominator side, target)
     "onnx_fp32 / executorch_fp32": ("onnx_fp32", "executorch_fp32", 1.0),
     "executorch_fp32 / executorch_int8": ("executorch_fp32", "executorch_int8", 1.5),
@@ -53,7 +56,9 @@ def verdict(ratio: float, hi: float, target: float) -> str:
     return "tie" if hi >= target else "missed"
 
 
-def export_all(loaded: Any, graphs: tuple[str, ...], folder: Path) -> dict[str, dict[str, Path]]:
+def export_all(
+    loaded: Any, graphs: tuple[str, ...], folder: Path, sides: tuple[str, ...] = SIDES
+) -> dict[str, dict[str, Path]]:
     """side -> graph -> program path, each exported with the project's one export path."""
     from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
     from edgesam_export.host.targets import get_target
@@ -70,7 +75,8 @@ def export_all(loaded: Any, graphs: tuple[str, ...], folder: Path) -> dict[str, 
         ),
     }
     paths: dict[str, dict[str, Path]] = {}
-    for side, (target, opts) in options.items():
+    for side in sides:
+        target, opts = options[side]
         for graph in graphs:
             t0 = time.perf_counter()
             artifact = get_target(target).export(loaded, graph, opts)  # type: ignore[arg-type]
@@ -79,7 +85,7 @@ def export_all(loaded: Any, graphs: tuple[str, ...], folder: Path) -> dict[str, 
     return paths
 
 
-def _stamp(loaded: Any, graphs: tuple[str, ...]) -> dict[str, Any]:
+def _stamp(loaded: Any, graphs: tuple[str, ...], sides: tuple[str, ...]) -> dict[str, Any]:
     """What must match for exported programs to be reused."""
     import subprocess
 
@@ -97,6 +103,7 @@ def _stamp(loaded: Any, graphs: tuple[str, ...]) -> dict[str, Any]:
     return {
         "model": loaded.source,
         "graphs": list(graphs),
+        "sides": list(sides),
         "code": trees + ("+dirty" if dirty else ""),
         "torch": torch.__version__,
         "executorch": _version("executorch"),
@@ -104,7 +111,9 @@ def _stamp(loaded: Any, graphs: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def programs_in(loaded: Any, graphs: tuple[str, ...], workdir: Path) -> tuple[dict, str]:
+def programs_in(
+    loaded: Any, graphs: tuple[str, ...], workdir: Path, sides: tuple[str, ...] = SIDES
+) -> tuple[dict, str]:
     """side -> graph -> program path in `workdir`, exported now or reused (see the module doc);
     and when they were exported."""
     import json
@@ -112,7 +121,7 @@ def programs_in(loaded: Any, graphs: tuple[str, ...], workdir: Path) -> tuple[di
     from edgesam_export.device.artifacts import file_sha256
 
     record = workdir / "programs.json"
-    stamp = _stamp(loaded, graphs)
+    stamp = _stamp(loaded, graphs, sides)
     if record.is_file():
         old = json.loads(record.read_text())
         paths = {s: {g: workdir / p for g, p in v.items()} for s, v in old["paths"].items()}
@@ -126,7 +135,7 @@ def programs_in(loaded: Any, graphs: tuple[str, ...], workdir: Path) -> tuple[di
             _common.log(f"reusing the programs exported {old['exported']} in {workdir}")
             return paths, old["exported"]
         _common.log(f"not reusing {workdir}: settings, code or files differ; exporting again")
-    paths = export_all(loaded, graphs, workdir)
+    paths = export_all(loaded, graphs, workdir, sides)
     exported = _common.now_utc()
     record.write_text(
         json.dumps(
@@ -196,6 +205,8 @@ def time_graph(
     samples = interleaved(sessions, feeds, rounds, block)
     ratios = {}
     for name, (num, den, target) in TARGETS.items():
+        if num not in samples or den not in samples:  # --fp32-only: no int8 side
+            continue
         ratio, lo, hi = _common.paired_ratio_ci(samples[num], samples[den])
         ratios[name] = {
             "ratio": ratio,
@@ -219,11 +230,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(_common.THREADS)
     graphs = tuple(args.graphs.split(","))
+    sides = FP32_SIDES if args.fp32_only else SIDES
     loaded = load_model(None, model=args.model, synthetic="calibrated")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        paths, exported = programs_in(loaded, graphs, workdir)
+        paths, exported = programs_in(loaded, graphs, workdir, sides)
         if args.export_only:
             raise SystemExit(0)
         monitor = _common.CpuMonitor()  # the timing and accuracy phase, not the exports
@@ -241,10 +253,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             feeds = feeds_for(loaded, graph)
             timing[graph] = time_graph(
-                {s: sessions[s][graph] for s in SIDES}, feeds, args.rounds, args.block
+                {s: sessions[s][graph] for s in sides}, feeds, args.rounds, args.block
             )
         accuracy = {}
-        for side in SIDES:
+        for side in sides:
             _common.log(f"{side}: mask IoU on {args.heldout} held-out images")
             result = heldout_mask_bar(
                 loaded,
@@ -263,6 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "calls_per_block": args.block,
             "graphs": graphs,
             "model": f"{args.model}, synthetic-calibrated",
+            "sides": list(sides),
             "programs_exported": exported,
         },
         "sizes_bytes": sizes,
@@ -280,6 +293,9 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+_SHORT = {"onnx_fp32": "ort fp32", "executorch_fp32": "ET fp32", "executorch_int8": "ET int8"}
+
+
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -295,6 +311,7 @@ def render(result: dict[str, Any]) -> str:
         f" {result['settings'].get('programs_exported', result['date'])}",
         "",
     ]
+    sides = result["settings"].get("sides", SIDES)
     rows = []
     for graph, t in result["timing"].items():
         ms = t["median_ms"]
@@ -302,7 +319,7 @@ def render(result: dict[str, Any]) -> str:
             rows.append(
                 [
                     graph,
-                    " / ".join(f"{ms[side]:.1f}" for side in SIDES),
+                    " / ".join(f"{ms[side]:.1f}" for side in sides),
                     name,
                     f"{r['ratio']:.2f} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})",
                     f">= {r['target']:g}",
@@ -313,7 +330,7 @@ def render(result: dict[str, Any]) -> str:
         _common.md_table(
             [
                 "graph",
-                "median ms (ort fp32 / ET fp32 / ET int8)",
+                "median ms (" + " / ".join(_SHORT[s] for s in sides) + ")",
                 "ratio",
                 "median (95% CI)",
                 "target",
@@ -355,6 +372,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--export-only", action="store_true", help="with --workdir: export, then stop"
     )
+    parser.add_argument(
+        "--fp32-only",
+        action="store_true",
+        help="ExecuTorch fp32 against onnxruntime fp32 only (no int8 export or search)",
+    )
     ns = parser.parse_args()
     name = "executorch" if ns.model == "edge_sam" else f"executorch_{ns.model}"
+    name += "_fp32" if ns.fp32_only else ""
     raise SystemExit(_common.main(name, lambda: run(ns), render))
