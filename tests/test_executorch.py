@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -403,6 +404,59 @@ def test_tanh_gelu_runs_as_the_tanh_approximation_not_exact_gelu() -> None:
     want = Both()(x)
     for g, w in zip(got, want, strict=True):
         assert float((g - w).abs().max()) < 1e-5
+
+
+def test_tanh_gelu_between_convolutions_runs_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XNNPACK runs convolutions channels-last; ExecuTorch's layout pass gives both operands of
+    a binary op one memory format, and a 0-d constant cannot be channels-last. With 0-d
+    constants the spelled-out tanh GELU was computed channels-first: its activations converted
+    to channels-first and back (EfficientViT-SAM-L0's encoder: 144 transposes, 29 % of its
+    time). Its constants now have the activation's rank and are stored with the program
+    (`lift_scalar_fulls`): the layout pass converts only them (one element each), the input
+    and the output, and the program computes the same values."""
+    import executorch.backends.xnnpack.xnnpack_preprocess as preprocess
+
+    from edgesam_export.device.contract import TensorSpec
+    from edgesam_export.host.targets.executorch import _program
+
+    laid_out: list[Any] = []
+
+    class Capture(preprocess.XNNPACKPassManager):  # the delegate's graph after its passes
+        def transform(self) -> Any:
+            laid_out.append(super().transform())
+            return laid_out[-1]
+
+    monkeypatch.setattr(preprocess, "XNNPACKPassManager", Capture)
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.nn.functional.gelu(self.a(x), approximate="tanh"))
+
+    torch.manual_seed(0)
+    module, x = Block().eval(), torch.randn(1, 8, 16, 16)
+    program = _program(module, (x,), None)
+    (graph,) = [ep.graph_module.graph for ep in laid_out]
+    converted = [n.args[0] for n in graph.nodes if "to_copy" in str(n.target)]
+    activations = [n.name for n in converted if n.op == "call_function"]
+    constants = [n for n in converted if n.op == "placeholder" and n.name != "x"]
+    assert any("tanh" in str(n.target) for n in graph.nodes)  # the tanh form, delegated
+    assert len(activations) == 1, activations  # the output, back to channels-first; no more
+    assert len(constants) == 4 and all(n.meta["val"].numel() == 1 for n in constants)
+    got = ExecuTorchSession(
+        program,
+        sidecar={
+            "metadata": {},
+            "inputs": [TensorSpec("x", "float32", (1, 8, 16, 16))],
+            "outputs": [TensorSpec("y", "float32", (1, 8, 16, 16))],
+        },
+    ).run({"x": x.numpy()})["y"]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def _per_call_int8_error(module: torch.nn.Module, x: torch.Tensor) -> float:

@@ -27,6 +27,10 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
 - `pooled_means` (every graph): a spatial mean written as a mean over W then over H (EdgeSAM's
   squeeze-excite) becomes 16 x 16 average pools and one mean over H and W, the forms XNNPACK
   takes; the split form ran on a portable kernel between delegate calls.
+- `lift_scalar_fulls`: the spelled-out tanh GELU's constants (`_tanh_gelu` in the target: they
+  have the activation's rank, so XNNPACK's layout pass keeps EfficientViT-SAM's activations
+  channels-last around them) are stored with the program instead of built by a portable `full`
+  at every call.
 - `drop_unused_constants`: a constant no node reads (the decoder's channels-first positional
   table, 4 MB) was still stored in the program.
 - For the image encoders (static graphs, 2026-12-05; they ran every pattern below on portable
@@ -499,6 +503,29 @@ def split_as_slices(exported: Any) -> int:
     return _finished(exported, count)
 
 
+_FULLS = (aten.full.default, aten.new_full.default)
+
+
+def lift_scalar_fulls(exported: Any) -> int:
+    """Each one-element `full` (the spelled-out tanh GELU's constants, `_tanh_gelu`) becomes a
+    constant of its own, stored with the program: left as `full`, it ran on a portable kernel
+    at every call, and XNNPACK transposed its output to channels-last (EfficientViT-SAM-L0's
+    encoder: 120 of each, 4.5 ms). Not shared between uses: XNNPACK's layout pass refuses a
+    constant used channels-first in one place and channels-last in another."""
+    graph = exported.graph_module.graph
+    count = 0
+    for node in list(graph.nodes):
+        val = node.meta.get("val")
+        if node.target not in _FULLS or val is None or val.numel() != 1:
+            continue
+        value = node.args[0 if node.target == aten.full.default else 2]
+        constant = torch.full(tuple(val.shape), value, dtype=val.dtype)
+        node.replace_all_uses_with(_lift_constant(exported, f"_scalar_{node.name}", constant))
+        graph.erase_node(node)
+        count += 1
+    return _finished(exported, count)
+
+
 def drop_unused_constants(exported: Any) -> int:
     """Remove, in place, buffers and lifted constants that no node reads; returns how many.
     (ExecuTorch stores every constant input of the program, read or not.)"""
@@ -544,10 +571,10 @@ def rewrite_for_xnnpack(
     int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`,
     `channel_layer_norms`, `channel_means`, `split_as_slices`, `infer_symbolic_reshapes`
     (dynamic graphs), `merge_permutes`, `decompose_layer_norms` (after quantization, so the
-    LayerNorms stay float), `drop_unused_constants` and `fold_constants`. Every rewrite applies
-    to every graph since 2026-12-05 (the static image encoders kept their LayerNorms, splits
-    and gathers on portable kernels before). Returns the program and how many nodes each
-    rewrite changed."""
+    LayerNorms stay float), `lift_scalar_fulls`, `drop_unused_constants` and
+    `fold_constants`. Every rewrite applies to every graph since 2026-12-05 (the static image
+    encoders kept their LayerNorms, splits and gathers on portable kernels before). Returns
+    the program and how many nodes each rewrite changed."""
     table = {aten.matmul.default: bmm_matmul} | table
     exported = exported.run_decompositions(table)
     done = {"pooled_means": pooled_means(exported)}
@@ -558,6 +585,7 @@ def rewrite_for_xnnpack(
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
     done["merge_permutes"] = merge_permutes(exported)
     done["decompose_layer_norms"] = decompose_layer_norms(exported)
+    done["lift_scalar_fulls"] = lift_scalar_fulls(exported)
     done["drop_unused_constants"] = drop_unused_constants(exported)
     exported = fold_constants(exported)
     return exported, done
