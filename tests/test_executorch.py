@@ -406,6 +406,30 @@ def test_tanh_gelu_runs_as_the_tanh_approximation_not_exact_gelu() -> None:
         assert float((g - w).abs().max()) < 1e-5
 
 
+class _ConvTanhGeluConv(torch.nn.Module):
+    """EfficientViT-SAM's blocks in small: conv, tanh GELU, conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.b = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.nn.functional.gelu(self.a(x), approximate="tanh"))
+
+
+def _run_program(program: bytes, x: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
+    """A one-input, one-output program run in `ExecuTorchSession` on `x`."""
+    from edgesam_export.device.contract import TensorSpec
+
+    io = {
+        "metadata": {},
+        "inputs": [TensorSpec("x", "float32", tuple(x.shape))],
+        "outputs": [TensorSpec("y", "float32", tuple(out_shape))],
+    }
+    return np.asarray(ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"])
+
+
 def test_tanh_gelu_between_convolutions_runs_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
     """XNNPACK runs convolutions channels-last; ExecuTorch's layout pass gives both operands of
     a binary op one memory format, and a 0-d constant cannot be channels-last. With 0-d
@@ -416,7 +440,6 @@ def test_tanh_gelu_between_convolutions_runs_channels_last(monkeypatch: pytest.M
     and the output, and the program computes the same values."""
     import executorch.backends.xnnpack.xnnpack_preprocess as preprocess
 
-    from edgesam_export.device.contract import TensorSpec
     from edgesam_export.host.targets.executorch import _program
 
     laid_out: list[Any] = []
@@ -427,18 +450,8 @@ def test_tanh_gelu_between_convolutions_runs_channels_last(monkeypatch: pytest.M
             return laid_out[-1]
 
     monkeypatch.setattr(preprocess, "XNNPACKPassManager", Capture)
-
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
-            self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(torch.nn.functional.gelu(self.a(x), approximate="tanh"))
-
     torch.manual_seed(0)
-    module, x = Block().eval(), torch.randn(1, 8, 16, 16)
+    module, x = _ConvTanhGeluConv(8).eval(), torch.randn(1, 8, 16, 16)
     program = _program(module, (x,), None)
     (graph,) = [ep.graph_module.graph for ep in laid_out]
     converted = [n.args[0] for n in graph.nodes if "to_copy" in str(n.target)]
@@ -447,35 +460,22 @@ def test_tanh_gelu_between_convolutions_runs_channels_last(monkeypatch: pytest.M
     assert any("tanh" in str(n.target) for n in graph.nodes)  # the tanh form, delegated
     assert len(activations) == 1, activations  # the output, back to channels-first; no more
     assert len(constants) == 4 and all(n.meta["val"].numel() == 1 for n in constants)
-    got = ExecuTorchSession(
-        program,
-        sidecar={
-            "metadata": {},
-            "inputs": [TensorSpec("x", "float32", (1, 8, 16, 16))],
-            "outputs": [TensorSpec("y", "float32", (1, 8, 16, 16))],
-        },
-    ).run({"x": x.numpy()})["y"]
     with torch.no_grad():
-        np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-5, atol=1e-6)
+        want = module(x).numpy()
+    np.testing.assert_allclose(_run_program(program, x, want.shape), want, rtol=1e-5, atol=1e-6)
 
 
 def _per_call_int8_error(module: torch.nn.Module, x: torch.Tensor) -> float:
     """`module`'s per-call int8 program (every block int8) run on ExecuTorch's runtime: its
     largest difference from PyTorch on `x`, relative to PyTorch's largest output value (the
     run itself fails where XNNPACK's lowering breaks the program)."""
-    from edgesam_export.device.contract import TensorSpec
     from edgesam_export.host.quantize.pt2e import Int8Plan
     from edgesam_export.host.targets.executorch import exported_program, lower
 
     program = lower(exported_program(module, (x,), None, [(x,)], Int8Plan(dynamic=True)))
     with torch.no_grad():
         want = module(x).numpy()
-    io = {
-        "metadata": {},
-        "inputs": [TensorSpec("x", "float32", tuple(x.shape))],
-        "outputs": [TensorSpec("y", "float32", tuple(want.shape))],
-    }
-    got = ExecuTorchSession(program, sidecar=io).run({"x": x.numpy()})["y"]
+    got = _run_program(program, x, want.shape)
     return float(np.abs(got - want).max()) / float(np.abs(want).max())
 
 
@@ -484,18 +484,9 @@ def test_a_per_call_int8_convolution_after_tanh_gelu_runs(size: int) -> None:
     """EfficientViT-SAM's blocks: conv, tanh GELU, conv. With per-call int8 convolutions the
     `0.5 * x * (1 + tanh(...))` spelling failed at run time; the target's spelling runs and
     stays within int8 noise of PyTorch."""
-
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = torch.nn.Conv2d(32, 32, 3, padding=1)
-            self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(torch.nn.functional.gelu(self.a(x), approximate="tanh"))
-
     torch.manual_seed(0)
-    assert _per_call_int8_error(Block().eval(), torch.randn(1, 32, size, size)) < 0.05
+    module = _ConvTanhGeluConv(32).eval()
+    assert _per_call_int8_error(module, torch.randn(1, 32, size, size)) < 0.05
 
 
 @pytest.mark.parametrize("norm", ["channels_last", "sam"])

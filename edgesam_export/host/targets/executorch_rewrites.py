@@ -13,7 +13,10 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
   4096-token operand on every call (or expanded `rows` per channel on a portable kernel). A
   batch of matrices times a matrix is the same `mm`. `gemm_matmul` (float graphs) also computes
   a `bmm` whose right operand is much larger than the rest (the hypernetwork's 4 x 65536 mask
-  product) transposed, so the operand XNNPACK packs per call is the small one.
+  product) transposed, so the operand XNNPACK packs per call is the small one. A batch times a
+  table broadcast over its leading dims (`(X..., s, m, k) @ (s, k, n)`: SAM ViT's
+  relative-position terms) becomes one bmm over `s`, where the default decomposition expanded
+  both operands on portable kernels.
 - `infer_symbolic_reshapes`: XNNPACK's reshape takes one inferred (-1) dimension but no symbolic
   size, so a reshape to `(1, 5 + N, 8, 16)` stays portable; its one symbolic size becomes -1
   (the same shape).
@@ -27,6 +30,8 @@ docs/executorch.md) showed where its time went; each rewrite here removes one ca
 - `pooled_means` (every graph): a spatial mean written as a mean over W then over H (EdgeSAM's
   squeeze-excite) becomes 16 x 16 average pools and one mean over H and W, the forms XNNPACK
   takes; the split form ran on a portable kernel between delegate calls.
+- `unbinds_as_slices`: an `unbind` (SAM ViT's q, k, v) as static slices and views; lowered as it
+  was, each part became a portable squeeze.
 - `lift_scalar_fulls`: the spelled-out tanh GELU's constants (`_tanh_gelu` in the target: they
   have the activation's rank, so XNNPACK's layout pass keeps EfficientViT-SAM's activations
   channels-last around them) are stored with the program instead of built by a portable `full`
@@ -88,6 +93,13 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, gemm: bool) -> Any:
     if a.dim() >= 3 and b.dim() == 2:  # X @ W: one GEMM over all rows
         out = torch.mm(a.reshape(-1, a.shape[-1]), b)
         return out.reshape(*a.shape[:-1], b.shape[-1])
+    if (
+        a.dim() > b.dim() == 3
+        and _static(a.shape)
+        and _static(b.shape)
+        and a.shape[-3] == b.shape[0]
+    ):
+        return _matmul_over_last_batch_dim(a, b)
     if a.dim() < 3 or a.dim() != b.dim():
         return NotImplemented
     batch = 1
@@ -107,6 +119,25 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, gemm: bool) -> Any:
     else:
         out = torch.bmm(a3, b3)
     return out.reshape(*a.shape[:-1], b.shape[-1])
+
+
+def _static(shape: Any) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def _matmul_over_last_batch_dim(a: torch.Tensor, b: torch.Tensor) -> Any:
+    """(X..., s, m, k) @ (s, k, n): `b` broadcast over X (SAM ViT's relative-position terms,
+    queries against the (s, d, s) table of each row). The default decomposition expands both
+    operands to the full batch on portable kernels; this is one bmm over s, its left operand
+    and its output permuted (SAM ViT-B's encoder: 48 portable `expand_copy`, 132 ms)."""
+    s, m, k = a.shape[-3:]
+    lead = a.shape[:-3]
+    rows = 1
+    for d in lead:
+        rows *= d
+    front = a.reshape(rows, s, m, k).permute(1, 0, 2, 3).reshape(s, rows * m, k)
+    out = torch.bmm(front, b).reshape(s, rows, m, b.shape[-1]).permute(1, 0, 2, 3)
+    return out.reshape(*lead, s, m, b.shape[-1])
 
 
 _RESHAPES = (aten.view.default, aten.reshape.default)
@@ -503,6 +534,35 @@ def split_as_slices(exported: Any) -> int:
     return _finished(exported, count)
 
 
+def unbinds_as_slices(exported: Any) -> int:
+    """Rewrite, in place, each `unbind` of a static tensor (SAM ViT's q, k, v taken from one
+    projection) as a static slice and a view per part read, which XNNPACK takes; lowered as it
+    is, each part ran as a portable squeeze between delegate calls (ViT-B's encoder: 36).
+    Returns how many."""
+    graph = exported.graph_module.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.unbind.int:
+            continue
+        x, dim = [*node.args, 0][:2]
+        val = x.meta["val"]
+        users = list(node.users)
+        if not _static(val.shape) or any(u.target is not operator.getitem for u in users):
+            continue
+        dim %= val.dim()
+        shape = [d for i, d in enumerate(val.shape) if i != dim]
+        for user in users:
+            i = user.args[1]
+            with graph.inserting_before(user):
+                part = _call(graph, aten.slice.Tensor, x, dim, i, i + 1)
+                part = _call(graph, aten.view.default, part, shape)
+            user.replace_all_uses_with(part)
+            graph.erase_node(user)
+        graph.erase_node(node)
+        count += 1
+    return _finished(exported, count)
+
+
 _FULLS = (aten.full.default, aten.new_full.default)
 
 
@@ -569,7 +629,8 @@ def rewrite_for_xnnpack(
 ) -> tuple[Any, dict[str, int]]:
     """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
     int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`,
-    `channel_layer_norms`, `channel_means`, `split_as_slices`, `infer_symbolic_reshapes`
+    `channel_layer_norms`, `channel_means`, `split_as_slices`, `unbinds_as_slices`,
+    `infer_symbolic_reshapes`
     (dynamic graphs), `merge_permutes`, `decompose_layer_norms` (after quantization, so the
     LayerNorms stay float), `lift_scalar_fulls`, `drop_unused_constants` and
     `fold_constants`. Every rewrite applies to every graph since 2026-12-05 (the static image
@@ -581,6 +642,7 @@ def rewrite_for_xnnpack(
     done["channel_layer_norms"] = channel_layer_norms(exported)
     done["channel_means"] = channel_means(exported)
     done["split_as_slices"] = split_as_slices(exported)
+    done["unbinds_as_slices"] = unbinds_as_slices(exported)
     if dynamic:
         done["infer_symbolic_reshapes"] = infer_symbolic_reshapes(exported)
     done["merge_permutes"] = merge_permutes(exported)
