@@ -357,13 +357,12 @@ class _EncoderParts(torch.nn.Module):
         return self.upsample(self.edge_norm(self.sam_norm(y)))
 
 
-@pytest.mark.extended  # two lowerings, ~10 s
-def test_static_rewrites_leave_no_portable_operator_in_an_encoder_block() -> None:
-    """The static encoders get the rewrites too (2026-12-05): XNNPACK has no LayerNorm, no
-    channel mean, no split and no gather, so before, MobileSAM's encoder ran 84 portable
-    operator calls per image between 55 delegate calls (expand copies of its batched products,
-    LayerNorms, q/k/v splits, bias gathers: 159 of 621 ms). Rewritten, a block with each of
-    them lowers to one delegate call with no portable operator, and computes the same values."""
+def _portable_before_and_after(
+    module: torch.nn.Module, x: torch.Tensor, expect: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """`module` lowered to XNNPACK without and with `rewrite_for_xnnpack` (which must change
+    `expect`'s node counts): the portable operators each program runs, by type, and the
+    rewritten program checked against PyTorch on the runtime."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
@@ -371,16 +370,11 @@ def test_static_rewrites_leave_no_portable_operator_in_an_encoder_block() -> Non
 
     from edgesam_export.host.targets.executorch_rewrites import rewrite_for_xnnpack
 
-    torch.manual_seed(0)
-    module = _EncoderParts().eval()
-    x = torch.randn(1, 16, 4, 4)
-
     def lower(rewrite: bool) -> tuple[bytes, dict[str, int]]:
         exported = torch.export.export(module, (x,), strict=False)
         if rewrite:
             exported, done = rewrite_for_xnnpack(exported, dynamic=False, table={})
-            assert done["channel_layer_norms"] == 1 and done["split_as_slices"] == 1, done
-            assert done["channel_means"] == 4 and done["decompose_layer_norms"] == 1, done
+            assert all(done[k] == n for k, n in expect.items()), done
         lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         info = get_delegation_info(lowered.exported_program().graph_module)
         frame = info.get_operator_delegation_dataframe().set_index("op_type")
@@ -389,13 +383,29 @@ def test_static_rewrites_leave_no_portable_operator_in_an_encoder_block() -> Non
 
     _, plain = lower(rewrite=False)
     program, portable = lower(rewrite=True)
-    for op in ("layer_norm", "mean_dim", "split", "index", "expand"):
-        assert any(op in k for k in plain), (op, plain)  # each pattern ran portable before
-    assert not any(k.startswith("aten_") for k in portable), portable
     with torch.no_grad():
         want = module(x)
     got = Runtime.get().load_program(program).load_method("forward").execute([x])[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    return plain, portable
+
+
+@pytest.mark.extended  # two lowerings, ~10 s
+def test_static_rewrites_leave_no_portable_operator_in_an_encoder_block() -> None:
+    """The static encoders get the rewrites too (2026-12-05): XNNPACK has no LayerNorm, no
+    channel mean, no split and no gather, so before, MobileSAM's encoder ran 84 portable
+    operator calls per image between 55 delegate calls (expand copies of its batched products,
+    LayerNorms, q/k/v splits, bias gathers: 159 of 621 ms). Rewritten, a block with each of
+    them lowers to one delegate call with no portable operator, and computes the same values."""
+    torch.manual_seed(0)
+    expect = {"channel_layer_norms": 1, "split_as_slices": 1}
+    expect |= {"channel_means": 4, "decompose_layer_norms": 1}
+    plain, portable = _portable_before_and_after(
+        _EncoderParts().eval(), torch.randn(1, 16, 4, 4), expect
+    )
+    for op in ("layer_norm", "mean_dim", "split", "index", "expand"):
+        assert any(op in k for k in plain), (op, plain)  # each pattern ran portable before
+    assert not any(k.startswith("aten_") for k in portable), portable
 
 
 class _ViTParts(torch.nn.Module):
@@ -421,36 +431,13 @@ def test_vit_attention_parts_lower_without_a_portable_operator() -> None:
     encoder, 132 ms), and `unbind` of q, k, v left a squeeze per part (36). Rewritten (one
     bmm over the table's rows; a slice and a view per part) they lower to one delegate call,
     same values: ViT-B's encoder 1.07x faster, bit-identical (docs/executorch.md)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.runtime import Runtime
-
-    from edgesam_export.host.targets.executorch_rewrites import rewrite_for_xnnpack
-
     torch.manual_seed(0)
-    module, x = _ViTParts().eval(), torch.randn(1, 16, 8)
-
-    def lower(rewrite: bool) -> tuple[bytes, dict[str, int]]:
-        exported = torch.export.export(module, (x,), strict=False)
-        if rewrite:
-            exported, done = rewrite_for_xnnpack(exported, dynamic=False, table={})
-            assert done["unbinds_as_slices"] == 1, done
-        lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-        info = get_delegation_info(lowered.exported_program().graph_module)
-        frame = info.get_operator_delegation_dataframe().set_index("op_type")
-        portable = frame["occurrences_in_non_delegated_graphs"]
-        return bytes(lowered.to_executorch().buffer), {k: int(v) for k, v in portable.items() if v}
-
-    _, plain = lower(rewrite=False)
-    program, portable = lower(rewrite=True)
+    plain, portable = _portable_before_and_after(
+        _ViTParts().eval(), torch.randn(1, 16, 8), {"unbinds_as_slices": 1}
+    )
     for op in ("expand", "squeeze"):
         assert any(op in k for k in plain), (op, plain)  # each ran portable before
     assert not any(k.startswith("aten_") for k in portable), portable
-    with torch.no_grad():
-        want = module(x)
-    got = Runtime.get().load_program(program).load_method("forward").execute([x])[0]
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_channel_layer_norms_leaves_a_layer_norm_whose_affine_is_computed() -> None:
