@@ -569,9 +569,9 @@ _FULLS = (aten.full.default, aten.new_full.default)
 def lift_scalar_fulls(exported: Any) -> int:
     """Each one-element `full` (the spelled-out tanh GELU's constants, `_tanh_gelu`) becomes a
     constant of its own, stored with the program: left as `full`, it ran on a portable kernel
-    at every call, and XNNPACK transposed its output to channels-last (EfficientViT-SAM-L0's
-    encoder: 120 of each, 4.5 ms). Not shared between uses: XNNPACK's layout pass refuses a
-    constant used channels-first in one place and channels-last in another."""
+    at every call (EfficientViT-SAM-L0's encoder: 120 portable calls per image). Not shared
+    between uses: XNNPACK's layout pass refuses a constant used channels-first in one place
+    and channels-last in another."""
     graph = exported.graph_module.graph
     count = 0
     for node in list(graph.nodes):
