@@ -511,7 +511,7 @@ def split_as_slices(exported: Any) -> int:
             continue
         x, sizes, dim = [*node.args, 0][:3]
         val = x.meta["val"]
-        if not all(isinstance(d, int) for d in val.shape):
+        if not _static(val.shape):
             continue
         dim %= val.dim()
         if node.target == aten.split.Tensor:  # equal parts of `sizes` elements, the last less
@@ -630,12 +630,11 @@ def rewrite_for_xnnpack(
     """The second phase, on the program `gemm_forms` gave (exported again after PT2E when
     int8): decomposed with `table` (and `bmm_matmul` for a matmul left), then `pooled_means`,
     `channel_layer_norms`, `channel_means`, `split_as_slices`, `unbinds_as_slices`,
-    `infer_symbolic_reshapes`
-    (dynamic graphs), `merge_permutes`, `decompose_layer_norms` (after quantization, so the
-    LayerNorms stay float), `lift_scalar_fulls`, `drop_unused_constants` and
-    `fold_constants`. Every rewrite applies to every graph since 2026-12-05 (the static image
-    encoders kept their LayerNorms, splits and gathers on portable kernels before). Returns
-    the program and how many nodes each rewrite changed."""
+    `infer_symbolic_reshapes` (dynamic graphs), `merge_permutes`, `decompose_layer_norms`
+    (after quantization, so the LayerNorms stay float), `lift_scalar_fulls`,
+    `drop_unused_constants` and `fold_constants`. Every rewrite applies to every graph since
+    2026-12-05 (the static image encoders kept their LayerNorms, splits and gathers on
+    portable kernels before). Returns the program and how many nodes each rewrite changed."""
     table = {aten.matmul.default: bmm_matmul} | table
     exported = exported.run_decompositions(table)
     done = {"pooled_means": pooled_means(exported)}
