@@ -757,7 +757,7 @@ FAMILIES = (
     "slimsam_77",
     "sam_vit_b",
     "sam_vit_l",
-    "sam_vit_h",  # 2.6 GB encoder program; peak 14.7 GB on this 23 GB host (docs/executorch.md)
+    "sam_vit_h",  # 2.6 GB encoder program; peak 14.3 GB on this 23 GB host (docs/executorch.md)
 )
 
 

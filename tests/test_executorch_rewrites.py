@@ -440,6 +440,24 @@ def test_vit_attention_parts_lower_without_a_portable_operator() -> None:
     assert not any(k.startswith("aten_") for k in portable), portable
 
 
+def test_lift_scalar_fulls_stores_one_element_fulls_and_leaves_larger_ones() -> None:
+    """`full(size, v)` and `new_full(x, size, v)` of one element become stored constants with
+    their fill value (the first read the size as the value before); a larger `full` stays."""
+    from edgesam_export.host.targets.executorch_rewrites import lift_scalar_fulls
+
+    class Fulls(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            one = torch.full((1, 1, 1, 1), 2.0) * x + x.new_full((1, 1, 1, 1), 0.5)
+            return one + torch.full((1, 3, 1, 1), 0.25)
+
+    x = torch.randn(1, 3, 4, 4)
+    exported = torch.export.export(Fulls(), (x,), strict=False)
+    assert lift_scalar_fulls(exported) == 2
+    fulls = [n for n in exported.graph.nodes if n.op == "call_function" and "full" in n.name]
+    assert [tuple(n.meta["val"].shape) for n in fulls] == [(1, 3, 1, 1)]
+    torch.testing.assert_close(exported.module()(x), Fulls()(x))
+
+
 def test_channel_layer_norms_leaves_a_layer_norm_whose_affine_is_computed() -> None:
     """`channel_layer_norms` stores the affine as a constant depthwise 1 x 1 convolution. A
     weight computed in the graph has no constant value: that LayerNorm stays as it is (the

@@ -59,6 +59,7 @@ int8 linears instead of float batched products), and the LayerNorm decomposition
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -110,11 +111,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, gemm: bool) -> Any:
     a3 = a.reshape(batch, a.shape[-2], a.shape[-1])
     b3 = b.reshape(batch, *b.shape[-2:])
     sizes = [a.shape[-2] * a.shape[-1], b.shape[-2] * b.shape[-1], a.shape[-2] * b.shape[-1]]
-    if (
-        gemm
-        and all(isinstance(s, int) for s in sizes)
-        and sizes[1] > _PACKED_OPERAND_RATIO * (sizes[0] + sizes[2])
-    ):
+    if gemm and _static(sizes) and sizes[1] > _PACKED_OPERAND_RATIO * (sizes[0] + sizes[2]):
         out = torch.bmm(b3.transpose(1, 2), a3.transpose(1, 2)).transpose(1, 2)
     else:
         out = torch.bmm(a3, b3)
@@ -132,9 +129,7 @@ def _matmul_over_last_batch_dim(a: torch.Tensor, b: torch.Tensor) -> Any:
     and its output permuted (SAM ViT-B's encoder: 48 portable `expand_copy`, 132 ms)."""
     s, m, k = a.shape[-3:]
     lead = a.shape[:-3]
-    rows = 1
-    for d in lead:
-        rows *= d
+    rows = math.prod(lead)
     front = a.reshape(rows, s, m, k).permute(1, 0, 2, 3).reshape(s, rows * m, k)
     out = torch.bmm(front, b).reshape(s, rows, m, b.shape[-1]).permute(1, 0, 2, 3)
     return out.reshape(*lead, s, m, b.shape[-1])
@@ -357,7 +352,7 @@ def _mean_axes(node: Any) -> list[int] | None:
     if getattr(node, "op", None) != "call_function" or node.target != aten.mean.dim:
         return None
     val = node.args[0].meta["val"]
-    if val.dim() != 4 or not all(isinstance(d, int) for d in val.shape):
+    if val.dim() != 4 or not _static(val.shape):
         return None
     if not (len(node.args) > 2 and node.args[2]) or node.kwargs.get("dtype") is not None:
         return None
@@ -398,7 +393,7 @@ def pooled_means(exported: Any) -> int:
 
 def _static_4d(node: Any) -> bool:
     val = getattr(node, "meta", {}).get("val")
-    return val is not None and val.dim() == 4 and all(isinstance(d, int) for d in val.shape)
+    return val is not None and val.dim() == 4 and _static(val.shape)
 
 
 def _permute_of(node: Any, order: list[int]) -> Any:
@@ -517,7 +512,7 @@ def split_as_slices(exported: Any) -> int:
         if node.target == aten.split.Tensor:  # equal parts of `sizes` elements, the last less
             step = int(sizes)
             sizes = [min(step, val.shape[dim] - i) for i in range(0, val.shape[dim], step)]
-        if not all(isinstance(n, int) for n in sizes):
+        if not _static(sizes):
             continue
         users = list(node.users)
         if any(u.target is not operator.getitem for u in users):
@@ -578,7 +573,7 @@ def lift_scalar_fulls(exported: Any) -> int:
         val = node.meta.get("val")
         if node.target not in _FULLS or val is None or val.numel() != 1:
             continue
-        value = node.args[0 if node.target == aten.full.default else 2]
+        value = node.args[-1]  # the fill value: full(size, v), new_full(x, size, v)
         constant = torch.full(tuple(val.shape), value, dtype=val.dtype)
         node.replace_all_uses_with(_lift_constant(exported, f"_scalar_{node.name}", constant))
         graph.erase_node(node)
