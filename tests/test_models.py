@@ -75,19 +75,19 @@ def test_export_friendly_encoder_is_the_same_function(golden, bilinear_model, on
 
 
 @pytest.mark.parametrize(
-    ("stability", "layout"),
-    [(False, None), (True, None), (False, "image side transposed"), (False, "plain")],
+    ("stability", "form"),
+    [(False, None), (True, None), (False, "folded"), (False, "transposed"), (False, "plain")],
 )
-def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, stability, layout):
+def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, stability, form):
     """Every prompt set of the file, fed the official embeddings: the tight decoder check; also
-    the exported layouts (`optimized`: the image side transposed, as fp32 exports it, or plain,
-    as static int8 exports it)."""
+    each exported attention form (`optimized`: folded, as fp32 ONNX and ExecuTorch export it;
+    transposed, as CoreML does; plain, as int8 does)."""
     graph = DecoderGraph(
         bilinear_model.model,
         1024,
         use_stability_score=stability,
-        optimized=layout is not None,
-        image_side_transposed=layout == "image side transposed",
+        optimized=form is not None,
+        attention=form or "folded",
     )
     assert golden.dec_sets()
     for prompt in golden.dec_sets():
@@ -109,6 +109,30 @@ def test_decoder_matches_golden_on_stored_embeddings(golden, bilinear_model, sta
         np.testing.assert_allclose(
             scores.numpy(), golden[key], rtol=0, atol=tol, err_msg=f"prompt set {prompt}"
         )
+
+
+def test_folded_attention_halves_the_decoders_multiply_adds_at_one_point(bilinear_model):
+    """The folded form never projects the 4096 image tokens: at one point the decoder does about
+    half the plain form's multiply-adds; the saving shrinks with the point count and turns into
+    a cost past 11 points (documented at `Attention`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    graphs = {
+        form: DecoderGraph(bilinear_model.model, 1024, optimized=True, attention=form)
+        for form in ("plain", "transposed", "folded")
+    }
+    emb = torch.zeros(1, 256, 64, 64)
+
+    def multiply_adds(form: str, points: int) -> int:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            graphs[form](emb, torch.full((1, points, 2), 512.0), torch.ones(1, points))
+        return counter.get_total_flops() // 2
+
+    plain = {n: multiply_adds("plain", n) for n in (1, 5, 16)}
+    assert multiply_adds("transposed", 1) == plain[1]
+    ratios = {n: multiply_adds("folded", n) / plain[n] for n in plain}
+    assert ratios[1] < 0.55 and ratios[5] < 0.75, ratios
+    assert ratios[16] > 1.0, ratios  # the crossover the docs state
 
 
 def test_end_to_end_from_input_tensor(golden, bilinear_model):

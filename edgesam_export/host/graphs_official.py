@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from edgesam_export.device.official_contract import SINGLE_MASK_REWEIGHT
 from edgesam_export.host.graphs import DecoderGraph, stability_score
-from edgesam_export.host.models.sam_heads import MaskDecoder, PromptEncoder, SamModel
+from edgesam_export.host.models.sam_heads import AttentionForm, MaskDecoder, PromptEncoder, SamModel
 
 
 class OfficialDecoderGraph(nn.Module):
@@ -39,10 +39,15 @@ class OfficialDecoderGraph(nn.Module):
         return_single_mask: bool = False,
         use_stability_score: bool = False,
         optimized: bool = False,
+        attention: AttentionForm = "folded",
     ) -> None:
         super().__init__()
         self.optimized = optimized
-        self.fast = DecoderGraph(model, img_size, optimized=True) if optimized else None
+        self.fast = (
+            DecoderGraph(model, img_size, optimized=True, attention=attention)
+            if optimized
+            else None
+        )
         self.prompt_encoder: PromptEncoder = model.prompt_encoder
         self.mask_decoder: MaskDecoder = model.mask_decoder
         self.img_size = img_size
@@ -114,6 +119,7 @@ class EfficientViTDecoderGraph(nn.Module):
         use_stability_score: bool = False,
         optimized: bool = False,
         gelu_approximate: bool = False,
+        attention: AttentionForm = "folded",
     ) -> None:
         super().__init__()
         self.decoder = DecoderGraph(
@@ -122,6 +128,7 @@ class EfficientViTDecoderGraph(nn.Module):
             use_stability_score,
             optimized=optimized,
             gelu_approximate=gelu_approximate,
+            attention=attention,
         )
         self.return_single_mask = return_single_mask
 

@@ -227,6 +227,9 @@ def build_module(
             options.use_stability_score,
             optimized=True,
             gelu_approximate=options.gelu_approximate,
+            # the form measured before the folded one existed: its speed on Apple hardware,
+            # where it would matter, cannot be measured here
+            attention="transposed",
         )
         # N=3, B = min(2, max_batch): neither axis may be specialised while tracing.
         b = min(2, options.max_batch)

@@ -30,7 +30,7 @@ import math
 from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -42,6 +42,7 @@ from edgesam_export.host.config import ExecuTorchOptions, ExportOptions, GraphKi
 from edgesam_export.host.executorch_session import ExecuTorchSession
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
+from edgesam_export.host.models.sam_heads import AttentionForm
 from edgesam_export.host.quantize.heldout import HELDOUT_IMAGES
 from edgesam_export.host.quantize.pt2e import (
     Calibration,
@@ -312,22 +313,27 @@ def _program_inputs(
     loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]:
     """The module, its example inputs and `torch.export`'s dynamic dims."""
-    module, args = program_graph(loaded, graph, options.use_stability_score)
+    module, args = program_graph(loaded, graph, options.use_stability_score, options.precision)
     return module, args, _dynamic_shapes(_io(loaded.spec, graph)[0], options.max_points)
 
 
 def program_graph(
-    loaded: LoadedModel, graph: GraphKind, use_stability_score: bool
+    loaded: LoadedModel,
+    graph: GraphKind,
+    use_stability_score: bool,
+    precision: Literal["fp32", "int8"] = "fp32",
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module a program is exported from and its example inputs (batch axes at 1).
 
-    The decoder's attention takes the plain layout (`image_side_transposed=False`): the
-    transposed image side, which onnxruntime folds into its GEMMs, costs XNNPACK a copy per
-    transpose (two extra 2 MB transposes per image-side attention); in the plain layout each
-    4096-token operand is transposed once, after `merge_permutes` joins the head split and the
-    key transpose.
+    The decoder's cross-attentions (`Attention`): fp32 takes the folded form, whose 4096-token
+    operands are each the left operand of their product (XNNPACK packs only the right one per
+    call); int8 takes the plain layout, where the image-side projections are linears PT2E
+    quantizes (each 4096-token operand transposed once, after `merge_permutes` joins the head
+    split and the key transpose). The transposed form, which onnxruntime folds into its GEMMs,
+    costs XNNPACK a copy per transpose.
     """
-    module, args = build_graph(loaded, graph, use_stability_score, image_side_transposed=False)
+    attention: AttentionForm = "plain" if precision == "int8" else "folded"
+    module, args = build_graph(loaded, graph, use_stability_score, attention=attention)
     # N, S, K > 1 keep them unspecialised
     return module, _batch_one(loaded.spec.graph_io(graph)[0], args)
 

@@ -32,6 +32,7 @@ from edgesam_export.host.graphs import (
 from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.models.edgetam.model import EdgeTAM
+from edgesam_export.host.models.sam_heads import AttentionForm
 from edgesam_export.host.targets import Target, artifact_path
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
@@ -81,15 +82,16 @@ def build_graph(
     contract: str = "edgesam",
     return_single_mask: bool = False,
     onnxruntime_layout: bool = False,
-    image_side_transposed: bool = True,
+    attention: AttentionForm = "folded",
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module to trace and deterministic example inputs for it.
 
     `onnxruntime_layout`: the encoder forms onnxruntime's blocked conv layout keeps (the ONNX
-    target sets it; other targets that reuse these graphs do not). `image_side_transposed`
-    (our decoder contract): the attention layout of `DecoderGraph`; static int8 takes the plain
-    one (each projection's weight on the right of its MatMul, where onnxruntime quantizes it
-    per output channel and runs it on its integer kernels).
+    target sets it; other targets that reuse these graphs do not). `attention`: the export form
+    of the decoder's cross-attentions (`Attention`): float graphs take "folded" (the fewest
+    multiply-adds at the point counts clicks give); static int8 takes "plain" (each projection's
+    weight on the right of its MatMul, where onnxruntime quantizes it per output channel and runs
+    it on its integer kernels: the folded form has no image-side projection left to quantize).
     """
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
@@ -106,7 +108,12 @@ def build_graph(
         from edgesam_export.host.graphs_official import OfficialDecoderGraph
 
         official = OfficialDecoderGraph(
-            loaded.model, spec.img_size, return_single_mask, use_stability_score, optimized=True
+            loaded.model,
+            spec.img_size,
+            return_single_mask,
+            use_stability_score,
+            optimized=True,
+            attention=attention,
         )
         h, w = spec.embed_shape[1:]
         return official.eval(), (
@@ -127,6 +134,7 @@ def build_graph(
             use_stability_score,
             optimized=True,
             gelu_approximate=gelu_approximate,
+            attention=attention,
         )
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         return evit.eval(), (
@@ -151,7 +159,7 @@ def build_graph(
             use_stability_score,
             optimized=True,
             gelu_approximate=gelu_approximate,
-            image_side_transposed=image_side_transposed,
+            attention=attention,
         )
         # B=2, N=3 while tracing so neither axis is specialised to 1.
         args = (
@@ -245,7 +253,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         contract=options.decoder_contract,
         return_single_mask=options.return_single_mask,
         onnxruntime_layout=True,
-        image_side_transposed=options.quantize != "int8",
+        attention="plain" if options.quantize == "int8" else "folded",
     )
     if foreign is not None:
         inputs, outputs = foreign.io(
