@@ -13,11 +13,17 @@ gives each op type's share of the kernel time (shares survive a loaded machine; 
 do not). The load average is recorded before and after.
 
     python benchmarks/bench_vs_official.py
+    python benchmarks/bench_vs_official.py --attention projected   # the decoder's other form
+
+`--attention` exports our decoder with that form (`onnx --attention`: folded, the default, or
+projected); a run with `projected` writes `results/bench_vs_official_projected.{json,md}`.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -115,7 +121,7 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, f
     return {k: float(np.abs(a[k] - b[k]).max()) for k in a}
 
 
-def run() -> dict[str, Any]:
+def run(attention: str | None = None) -> dict[str, Any]:
     set_threads(_common.THREADS)
     start = _common.RunStart()
     with tempfile.TemporaryDirectory(prefix="edgesam-vs-official-") as tmp:
@@ -123,7 +129,7 @@ def run() -> dict[str, Any]:
         loaded, artifacts = export_artifacts(
             ModelOptions(seed=0, upsample="bilinear", synthetic="untrained"),
             "onnx",
-            OnnxOptions.model_validate({"output": Path(tmp) / "ours"}),
+            OnnxOptions.model_validate({"output": Path(tmp) / "ours", "attention": attention}),
         )
         ours_paths = {a.graph: a.path for a in artifacts}
         _common.log("exporting official-style graphs (opset 11, no simplifier)")
@@ -214,6 +220,7 @@ def run() -> dict[str, Any]:
             "plan_warmup_iters": PLAN,
             "gap_s": GAP_S,
             "weights": "synthetic seed 0, bilinear neck",
+            "attention": attention or "folded",
             "target_speedup": TARGET,
         },
         "paired_speedups_official_over_ours": paired,
@@ -289,6 +296,8 @@ def render(result: dict[str, Any]) -> str:
         "# bench_vs_official: our ONNX graphs vs official-style graphs on onnxruntime\n\n"
         f"{header}\n- weights: {result['settings']['weights']}; official-style = our reference"
         " modules exported like EdgeSAM's export script (trace, opset 11, no simplifier)\n"
+        f"- our decoder's cross-attention: {result['settings'].get('attention', 'projected')}"
+        " (`onnx --attention`)\n"
         f"- interleaved rounds with a {GAP_S * 1e3:.0f} ms untimed gap before each call; the"
         " paired speed-up is the median of per-round ratios with a bootstrap 95% interval\n"
         f"- load average (1 min) {load['before'][0]:.1f} before, {load['after'][0]:.1f} after\n\n"
@@ -302,4 +311,10 @@ def render(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.main(NAME, run, render))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--attention", choices=("folded", "projected"), help="our decoder's form (onnx --attention)"
+    )
+    ns = parser.parse_args()
+    name = NAME if ns.attention in (None, "folded") else f"{NAME}_{ns.attention}"
+    raise SystemExit(_common.main(name, functools.partial(run, ns.attention), render))

@@ -195,6 +195,30 @@ def test_simplifier_is_the_one_simplify_option():
         OnnxOptions(simplify=False)  # type: ignore[call-arg]
 
 
+def test_attention_follows_the_precision_and_folded_refuses_int8():
+    """`--attention`: folded for float decoders, projected for int8 ones (their quantized
+    projections); an int8 decoder refuses folded, an encoder-only export refuses the option."""
+    from pydantic import ValidationError
+
+    from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
+
+    assert OnnxOptions().attention_form() == "folded"
+    assert OnnxOptions(quantize="int8").attention_form() == "projected"
+    assert OnnxOptions(quantize="int8-weights").attention_form() == "folded"
+    assert OnnxOptions(attention="projected").attention_form() == "projected"
+    assert ExecuTorchOptions(precision="int8").attention_form() == "projected"
+    for options in (
+        lambda: OnnxOptions(quantize="int8", attention="folded"),
+        lambda: ExecuTorchOptions(precision="int8", attention="folded"),
+    ):
+        with pytest.raises(ValidationError, match="attention folded"):
+            options()
+    with pytest.raises(ValidationError, match="attention"):
+        OnnxOptions(graphs=("encoder",), attention="projected")
+    result = runner.invoke(app, ["onnx", "--quantize", "int8", "--attention", "folded"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+
+
 @pytest.mark.parametrize("args", [["onnx", "--no-such-option"], ["no-such-command"], ["parity"]])
 def test_usage_errors_exit_2(args):
     """Unknown options, unknown commands and missing arguments stay usage errors (2)."""

@@ -1181,7 +1181,7 @@ def test_an_int8_decoder_is_searched_and_judged_on_the_heldout_images_and_a_miss
 
     loaded, folder = executorch_build
     good = (folder / "edge_sam_decoder.pte").read_bytes()
-    module, args = et.program_graph(loaded, "decoder", False, "int8")
+    module, args = et.program_graph(loaded, "decoder", False, "projected")
     inputs = et._io(loaded.spec, "decoder")[0]
     dynamic = et._dynamic_shapes(inputs, 16)
     blind = et._program(_Blind(), args, dynamic)

@@ -124,6 +124,28 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     assert len(image_side) == 4, image_side
     for shape, users in image_side[1:]:
         assert shape[1] == 4096 and 256 not in shape and users == ["Softmax"], image_side
+    assert {p.key: p.value for p in model.metadata_props}["decoder.attention"] == "folded"
+
+
+def test_attention_projected_exports_the_transposed_image_side(tmp_path, bilinear_model, golden):
+    """`--attention projected` (for many points: the folded form does more multiply-adds from
+    about 12) gives the image-side projections back, transposed for onnxruntime's GEMMs, with
+    the golden outputs; the metadata says which form a file has."""
+    from edgesam_export.host.targets.onnx import export
+
+    path = export(bilinear_model, "decoder", OnnxOptions(output=tmp_path, attention="projected"))
+    model = onnx.load(str(path.path))
+    assert {p.key: p.value for p in model.metadata_props}["decoder.attention"] == "projected"
+    weights = {init.name for init in model.graph.initializer}
+    # W @ X^T, the weight on the left: k and v of the three token-to-image attentions, q of
+    # the two image-to-token ones (their output projection keeps its weight on the right)
+    left = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in weights]
+    assert len(left) == 8, [n.name for n in left]
+    iou = _session(path.path)
+    for prompt in golden.dec_sets():
+        scores, masks = iou.run(None, _decoder_inputs(golden, prompt))
+        assert np.abs(masks - golden[f"dec_{prompt}_masks"]).max() < 5e-5, prompt
+        assert np.abs(scores - golden[f"dec_{prompt}_scores"]).max() < 2e-5, prompt
 
 
 def test_decoder_on_onnxruntime_matches_golden(golden, bilinear_artifacts):

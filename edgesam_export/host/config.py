@@ -150,7 +150,44 @@ class Int8Calibration(BaseModel):
         return self
 
 
-class OnnxOptions(Int8Calibration, ExportOptions):
+#: The decoder's cross-attention form (`Attention` in host/models/sam_heads.py); None: the
+#: precision's own (folded for float, projected for int8).
+DecoderAttention = Annotated[
+    Literal["folded", "projected"] | None,
+    Field(
+        description="Decoder cross-attention: folded (float's default: the 4096 image tokens"
+        " are never projected; 0.52x the multiply-adds at 1 point, 0.70x at 5, but 1.16x at"
+        " 16) or projected (int8's form; the faster one from about 12 points)"
+    ),
+]
+
+
+class AttentionRule(BaseModel):
+    """The rule of a target's `attention` field (declared by the target, after its own
+    fields): an int8 decoder quantizes the image-side projections, which the folded form does
+    not have, so it takes the projected form and refuses `--attention folded`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def int8_decoder(self) -> bool:
+        """Whether the decoder is exported with int8 compute."""
+        raise NotImplementedError
+
+    def attention_form(self) -> Literal["folded", "projected"]:
+        given: Literal["folded", "projected"] | None = getattr(self, "attention", None)
+        return given or ("projected" if self.int8_decoder() else "folded")
+
+    @model_validator(mode="after")
+    def _folded_is_float(self) -> AttentionRule:
+        if getattr(self, "attention", None) == "folded" and self.int8_decoder():
+            raise ValueError(
+                "--attention folded leaves int8 no image-side projection to quantize: an int8"
+                " decoder takes --attention projected (its default)"
+            )
+        return self
+
+
+class OnnxOptions(Int8Calibration, AttentionRule, ExportOptions):
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
 
     opset: int = Field(17, ge=11, le=21, description="ONNX opset")
@@ -167,7 +204,13 @@ class OnnxOptions(Int8Calibration, ExportOptions):
     return_single_mask: bool = Field(
         False, description="Official / efficientvit contract: return the one best mask only"
     )
-    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "decoder_contract", "return_single_mask")
+    attention: DecoderAttention = None
+    DECODER_ONLY = (
+        *ExportOptions.DECODER_ONLY,
+        "decoder_contract",
+        "return_single_mask",
+        "attention",
+    )
     external_data: bool | None = Field(
         None,
         description="Weights in a <file>.onnx.data sidecar (default: only when the graph would"
@@ -259,6 +302,9 @@ class OnnxOptions(Int8Calibration, ExportOptions):
 
     def calibrates(self) -> bool:
         return any(self.graph_quantize(g) in ("int8", "int8-weights") for g in self.graphs)
+
+    def int8_decoder(self) -> bool:
+        return self.graph_quantize("decoder") == "int8"
 
     @model_validator(mode="after")
     def _static_only_options(self) -> OnnxOptions:
@@ -364,7 +410,7 @@ class TensorRTOptions(ExportOptions):
         return v
 
 
-class ExecuTorchOptions(Int8Calibration, ExportOptions):
+class ExecuTorchOptions(Int8Calibration, AttentionRule, ExportOptions):
     """Export the encoder and/or decoder to ExecuTorch programs (.pte, XNNPACK delegate).
 
     Same input/output names and semantics as the ONNX graphs (the decoder takes one prompt set
@@ -382,6 +428,7 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
     max_points: int = Field(
         16, ge=1, le=64, description="Largest prompt point count N (dynamic 1..N)"
     )
+    attention: DecoderAttention = None
     calibration: CalibrationFolder = None
     calibration_images: CalibrationCount = CALIBRATION_IMAGES
     accuracy_target: MaskBarText = Field(
@@ -398,7 +445,7 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
         " measurement and each judged probe counts one; at most half for sensitivity)."
         " Default: the complete search. Counted, not timed",
     )
-    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points")
+    DECODER_ONLY = (*ExportOptions.DECODER_ONLY, "max_points", "attention")
     CALIBRATES_WITH = "--precision int8"
     CALIBRATION_FIELDS = (
         *Int8Calibration.CALIBRATION_FIELDS,
@@ -407,6 +454,9 @@ class ExecuTorchOptions(Int8Calibration, ExportOptions):
     )
 
     def calibrates(self) -> bool:
+        return self.precision == "int8"
+
+    def int8_decoder(self) -> bool:
         return self.precision == "int8"
 
 

@@ -313,7 +313,9 @@ def _program_inputs(
     loaded: LoadedModel, graph: GraphKind, options: ExecuTorchOptions
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]:
     """The module, its example inputs and `torch.export`'s dynamic dims."""
-    module, args = program_graph(loaded, graph, options.use_stability_score, options.precision)
+    module, args = program_graph(
+        loaded, graph, options.use_stability_score, options.attention_form()
+    )
     return module, args, _dynamic_shapes(_io(loaded.spec, graph)[0], options.max_points)
 
 
@@ -321,19 +323,19 @@ def program_graph(
     loaded: LoadedModel,
     graph: GraphKind,
     use_stability_score: bool,
-    precision: Literal["fp32", "int8"] = "fp32",
+    attention: Literal["folded", "projected"] = "folded",
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """The module a program is exported from and its example inputs (batch axes at 1).
 
-    The decoder's cross-attentions (`Attention`): fp32 takes the folded form, whose 4096-token
-    operands are each the left operand of their product (XNNPACK packs only the right one per
-    call); int8 takes the plain layout, where the image-side projections are linears PT2E
-    quantizes (each 4096-token operand transposed once, after `merge_permutes` joins the head
-    split and the key transpose). The transposed form, which onnxruntime folds into its GEMMs,
-    costs XNNPACK a copy per transpose.
+    The decoder's cross-attentions (`Attention`, `--attention`): folded (fp32's default), whose
+    4096-token operands are each the left operand of their product (XNNPACK packs only the
+    right one per call); or projected as the plain layout (int8's form: the image-side
+    projections are linears PT2E quantizes), each 4096-token operand transposed once, after
+    `merge_permutes` joins the head split and the key transpose. The transposed form, which
+    onnxruntime folds into its GEMMs, costs XNNPACK a copy per transpose.
     """
-    attention: AttentionForm = "plain" if precision == "int8" else "folded"
-    module, args = build_graph(loaded, graph, use_stability_score, attention=attention)
+    form: AttentionForm = "folded" if attention == "folded" else "plain"
+    module, args = build_graph(loaded, graph, use_stability_score, attention=form)
     # N, S, K > 1 keep them unspecialised
     return module, _batch_one(loaded.spec.graph_io(graph)[0], args)
 
@@ -354,6 +356,8 @@ def _metadata(
     }
     if any(d in POINT_AXES for t in inputs for d in t.shape):
         metadata |= {"executorch.max_points": str(options.max_points)}
+    if graph == "decoder" and spec.io_layout == "sam":  # (SAM 2's decoder: its own attention)
+        metadata |= {"decoder.attention": options.attention_form()}
     if any(d in BATCH_AXES for t in spec.graph_io(graph)[0] for d in t.shape):
         metadata |= {"executorch.max_batch": "1"}
         batched = batched_io(spec.graph_io(graph))
@@ -391,6 +395,11 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     spec = loaded.spec
     inputs, outputs = _io(spec, graph)
     dest = artifact_path(loaded, graph, options, "executorch")
+    if options.attention is not None and spec.io_layout != "sam" and graph == "decoder":
+        raise InputError(
+            f"--attention applies to SAM's decoder; {spec.name} has the {spec.io_layout}"
+            " layout, whose decoder has its own attention: drop --attention"
+        )
     if options.precision == "int8" and spec.io_layout != "sam":
         raise InputError(
             f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"

@@ -170,6 +170,15 @@ def build_graph(
     return module.eval(), args
 
 
+def _attention(options: OnnxOptions) -> AttentionForm:
+    """`--attention` as the decoder's form for onnxruntime: folded, or projected as the
+    transposed image side (onnxruntime folds its transposes into the GEMMs), or, for static
+    int8, the plain layout its integer kernels take."""
+    if options.attention_form() == "folded":
+        return "folded"
+    return "plain" if options.int8_decoder() else "transposed"
+
+
 def _constants_to_initializers(proto: Any, min_values: int = 1024) -> None:
     """Move large Constant nodes into initializers, so `dedupe_initializers` can merge them."""
     keep = []
@@ -245,6 +254,11 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         )
     if options.return_single_mask and contract not in FOREIGN:  # (the encoder ignores it)
         raise InputError("--return-single-mask needs --decoder-contract " + " or ".join(FOREIGN))
+    if options.attention is not None and spec.io_layout != "sam" and graph == "decoder":
+        raise InputError(
+            f"--attention applies to SAM's decoder; {spec.name} has the {spec.io_layout}"
+            " layout, whose decoder has its own attention: drop --attention"
+        )
     module, args = build_graph(
         loaded,
         graph,
@@ -253,7 +267,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         contract=options.decoder_contract,
         return_single_mask=options.return_single_mask,
         onnxruntime_layout=True,
-        attention="plain" if options.quantize == "int8" else "folded",
+        attention=_attention(options),
     )
     if foreign is not None:
         inputs, outputs = foreign.io(
@@ -306,6 +320,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                 metadata["gelu_approximate"] = "true"
             if graph == "decoder":
                 metadata["decoder_contract"] = options.decoder_contract
+                if spec.io_layout == "sam":  # (SAM 2's decoder has its own attention)
+                    metadata["decoder.attention"] = options.attention_form()
                 if foreign is not None:
                     metadata["return_single_mask"] = str(options.return_single_mask).lower()
             if external:
