@@ -241,8 +241,9 @@ class Attention(nn.Module):
     def _image_keys_folded(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """`form="folded"`: token queries (B, T, C) against image keys/values (1 or B, HW, C).
 
-        The image tokens are the left operand of every product they enter (the runtime packs
-        only the small right operand), and the scores are transposed at (HW, heads * T)."""
+        The scores are computed as x @ (q_h W_k,h)^T, the image tokens on the left (a runtime
+        such as XNNPACK packs the right operand at every call: here the small one), then
+        transposed at (HW, heads * T); the attended values P @ x take them on the right."""
         b, t, _ = q.shape
         scale = 1.0 / math.sqrt(self.internal_dim // self.num_heads)
         qh = self._by_head(self.q_proj(q) * scale)  # (heads, B*T, d)
