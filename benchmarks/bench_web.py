@@ -1,18 +1,20 @@
-"""EdgeSAM in headless Chromium (onnxruntime-web, wasm), fp32 and two int8 pages, against native
+"""EdgeSAM in headless Chromium (onnxruntime-web, wasm), fp32 and three int8 pages, against native
 onnxruntime on the same files, measured side by side in one process.
 
 Run from the repository root:  python benchmarks/bench_web.py [--runs N] [--repeat N]
-[--accuracy-target miou=X,worst=Y] (defaults 5, 30 and miou=0,worst=0: ~10 min on 2 idle
+[--accuracy-target miou=X,worst=Y] (defaults 5, 30 and miou=0,worst=0: ~25 min on 2 idle
 cores; `--runs 1 --repeat 5` checks it runs)
 
-Builds three web folders exactly as `edgesam-export web [OPTIONS] --no-webgpu` does with no
+Builds four web folders exactly as `edgesam-export web [OPTIONS] --no-webgpu` does with no
 checkpoint (synthetic calibrated weights, seed 0): fp32; int8, `--quantize int8 --accuracy-target
 T` (T defaults to miou=0,worst=0: every block int8, no block search; the default bar of `onnx`
-keeps most of the synthetic encoder float, see docs/quantize.md); and int8-mixed, `--quantize
+keeps most of the synthetic encoder float, see docs/quantize.md); int8-mixed, `--quantize
 int8 --encoder-quantize int8-weights` at the default bar (the static int8 decoder beside the
-weight-only encoder, each searched to the mask bar). Serves them on 127.0.0.1 with the
-COOP/COEP headers, and loads each page's self-test (480x640 image, one click) with 2 wasm
-threads, RUNS times per page, interleaved with native onnxruntime on the same files. Per load:
+weight-only encoder, each searched to the mask bar); and int8-weights, `--quantize
+int8-weights` at the default bar (both graphs int8 storage, float compute). Serves them on
+127.0.0.1 with the COOP/COEP headers, and loads each page's self-test (480x640 image, one
+click) with 2 wasm threads, RUNS times per page, interleaved with native onnxruntime on the same
+files. Per load:
 
 * first mask, cold and warm: navigation start to the first thresholded mask; cold in a fresh
   browser context, warm by loading the page again in the same context (the models come from
@@ -22,8 +24,8 @@ threads, RUNS times per page, interleaved with native onnxruntime on the same fi
 * the encoder and the decoder on native onnxruntime (2 threads) right after the page: each
   load gives one browser/native pair, and the ratio's median and bootstrap interval are over
   those pairs;
-* agreement with the Python `Predictor` on the same ONNX files (for int8-mixed also the files'
-  own kernel noise natively and whether the page is within the int8 rule,
+* agreement with the Python `Predictor` on the same ONNX files (for int8-mixed and int8-weights
+  also the files' own kernel noise natively and whether the page is within the int8 rule,
   `web.selftest.int8_rule`), the models' download size per file, and for int8 the mask
   IoU against fp32 PyTorch that the export measured on its held-out images (the graphs'
   `int8.mask_iou` metadata).
@@ -54,6 +56,8 @@ from edgesam_export.host.config import ModelOptions, OnnxOptions
 from edgesam_export.web.browser import Chromium, chromium_version
 from edgesam_export.web.build import ORT_WEB_VERSION, build_web, read_onnx_artifacts
 from edgesam_export.web.selftest import (
+    FLIPPED_FRACTION_MAX,
+    SCORE_ATOL,
     agreement,
     int8_rule,
     python_reference,
@@ -67,12 +71,20 @@ SHAPE = (480, 640)
 PROMPTS = [(420.0, 150.0, 1)]
 #: page -> the `web` options it is built with (`int8`'s bar is --accuracy-target); `int8-mixed`
 #: is `--quantize int8 --encoder-quantize int8-weights` at the default bar: the static int8
-#: decoder beside the weight-only encoder, both searched to the mask bar.
+#: decoder beside the weight-only encoder, both searched to the mask bar; `int8-weights` is
+#: `--quantize int8-weights` at the default bar: both graphs int8 storage, float compute.
 VARIANTS: dict[str, dict[str, str]] = {
     "fp32": {},
     "int8": {"quantize": "int8"},
     "int8-mixed": {"quantize": "int8", "encoder_quantize": "int8-weights"},
+    "int8-weights": {"quantize": "int8-weights"},
 }
+#: The reduced pages whose files meet the mask bar, and the rule each is held to against Python
+#: on the same files: int8-mixed's static int8 decoder the int8 rule (its files' own kernel
+#: noise), int8-weights' float compute the float rule (web.selftest's SCORE_ATOL,
+#: FLIPPED_FRACTION_MAX, and no pixel flipped away from the threshold). The every-block-int8
+#: page misses the bar by design (bar 0): agreement within its own large noise says nothing.
+RULES = {"int8-mixed": "int8", "int8-weights": "float"}
 TARGETS = {"click_p50_ms": 60.0, "encoder_ratio": 2.5, "first_mask_warm_ms": 1500.0}
 INT8_DOWNLOAD_MAX = 15_000_000
 STAGES = ("click", "decoder", "postprocess", "draw")
@@ -162,10 +174,22 @@ def run(runs: int, repeat: int, accuracy_target: str) -> dict[str, Any]:
                 for row in a["masks"]:
                     row.pop("rle", None)
             variants[variant] = _summary(b, loads[variant], native[variant], agree)
-            # The int8 rule (web.selftest.int8_rule) for the page whose files meet the mask
-            # bar; the every-block-int8 page misses it by design (bar 0), and agreement within
-            # its files' own (large) noise would say nothing.
-            if variant == "int8-mixed":
+            if RULES.get(variant) == "float":
+                rule = variants[variant]["agreement"]
+                rule["float_rule"] = {
+                    "score_atol": SCORE_ATOL,
+                    "flipped_fraction_max": FLIPPED_FRACTION_MAX,
+                }
+                rule["within_float_rule"] = bool(
+                    all(
+                        r["flipped_fraction"] <= FLIPPED_FRACTION_MAX
+                        and r["flipped_away_from_threshold"] == 0
+                        for a in agree
+                        for r in a["masks"]
+                    )
+                    and rule["max_score_diff"] <= SCORE_ATOL
+                )
+            if RULES.get(variant) == "int8":
                 noise = int8_rule(models, image, PROMPTS)
                 rule = variants[variant]["agreement"]
                 rule["int8_rule"] = noise
@@ -316,6 +340,14 @@ def render(result: dict[str, Any]) -> str:
         size = v["download_bytes"]
         label = f"models <= {bound / 1e6:.0f} MB"
         rows.append([variant, label, f"{size / 1e6:.1f}", _common.met(size <= bound)])
+        if v["agreement"].get("within_float_rule") is not None:
+            measured = (
+                f"{v['agreement']['max_flipped']} px, {v['agreement']['max_score_diff']:.1e}"
+                f" (bounds {FLIPPED_FRACTION_MAX:.0e} of the pixels near the threshold only,"
+                f" {SCORE_ATOL:.0e})"
+            )
+            rows.append([variant, "agrees with Python within the float rule", measured,
+                         _common.met(v["agreement"]["within_float_rule"])])  # fmt: skip
         rule = v["agreement"].get("within_int8_rule")
         if rule is not None:
             noise = v["agreement"]["int8_rule"]
@@ -328,7 +360,8 @@ def render(result: dict[str, Any]) -> str:
     lines += [_common.md_table(["page", "target", "measured", "verdict"], rows), ""]
     lines += [
         f"## Model files (int8: `--accuracy-target {s['int8_accuracy_target']}`; int8-mixed:"
-        " `--quantize int8 --encoder-quantize int8-weights` at the default bar)",
+        " `--quantize int8 --encoder-quantize int8-weights` at the default bar; int8-weights:"
+        " `--quantize int8-weights` at the default bar)",
         "",
     ]
     rows = []

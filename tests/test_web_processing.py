@@ -59,8 +59,10 @@ PROCESSING_JS = """
   const {tensor, info} = P.preprocess(bytes(__RGBA__), __W__, __H__, 1024, __MEAN__, __STD__);
   const low = new Float32Array(bytes(__LOW__).buffer);
   const logits = P.postprocessMask(low, 256, 256, info);
+  const mask = P.maskFromLowRes(low, 256, 256, info);
   return {input: b64(new Uint8Array(tensor.buffer)), inputSize: info.inputSize,
-          logits: b64(new Uint8Array(logits.buffer))};
+          logits: b64(new Uint8Array(logits.buffer)), mask: b64(mask),
+          twoStep: b64(P.thresholdMask(logits))};
 """
 
 
@@ -102,6 +104,13 @@ def test_processing_js_matches_numpy(static_server, browser, shape) -> None:
     assert np.abs(js - ref).max() <= tol
     decided = np.abs(ref) > tol
     assert np.array_equal((js > 0)[decided], (ref > 0)[decided])
+    # The click's one-pass mask is the two steps' mask byte for byte, and it decides the
+    # numpy threshold wherever that is decided.
+    fused = np.frombuffer(base64.b64decode(out["mask"]), np.uint8).reshape(h, w)
+    two_step = np.frombuffer(base64.b64decode(out["twoStep"]), np.uint8).reshape(h, w)
+    assert np.array_equal(fused, two_step)
+    assert np.array_equal(fused.astype(bool)[decided], (ref > 0)[decided])
+    assert 0 < fused.sum() < fused.size
 
 
 PROCESSING_PARAMS_JS = """

@@ -214,7 +214,7 @@ function maskFor(result, token) {
   if (!mask) {
     const plane = result.lowH * result.lowW;
     const low = result.masks.subarray(token * plane, (token + 1) * plane);
-    mask = P.thresholdMask(P.postprocessMask(low, result.lowH, result.lowW, state.info));
+    mask = P.maskFromLowRes(low, result.lowH, result.lowW, state.info);
     result.cache.set(token, mask);
   }
   return mask;
@@ -510,7 +510,7 @@ async function selfTest() {
   const [height, width] = info.originalSize;
   const masks = [];
   for (const token of selected) {
-    const mask = P.thresholdMask(P.postprocessMask(out.masks.subarray(token * plane, (token + 1) * plane), lowH, lowW, info));
+    const mask = P.maskFromLowRes(out.masks.subarray(token * plane, (token + 1) * plane), lowH, lowW, info);
     if (masks.length === 0) state.timings.first_mask_ms = performance.now();
     const { area, bbox } = P.maskStats(mask, width, height);
     const entry = { token, score: out.scores[token], area, bbox, sha256: await P.sha256Hex(mask) };
@@ -524,7 +524,7 @@ async function selfTest() {
     const t0 = performance.now();
     const o = await runDecoder(state.rt.ort, state.decoder, state.embeddings, prompts);
     const t1 = performance.now();
-    const mask = P.thresholdMask(P.postprocessMask(o.masks.subarray(0, plane), lowH, lowW, info));
+    const mask = P.maskFromLowRes(o.masks.subarray(0, plane), lowH, lowW, info);
     const t2 = performance.now();
     paint("overlay", mask, OVERLAY, OVERLAY_ALPHA);
     const t3 = performance.now();

@@ -304,7 +304,8 @@ export function torchTaps(inSize, outSize) {
 }
 
 // The composite operator (upscale to S, crop to inputSize, resize to outSize) for one axis,
-// as sparse float32 rows: computed in float64 with the same operations as the numpy matrices.
+// as sparse float32 rows in CSR form (row o's taps are start[o] .. start[o + 1] - 1 of index
+// and weight): computed in float64 with the same operations as the numpy matrices.
 function compositeAxis(lowRes, imgSize, inputSize, outSize) {
   const up = torchTaps(lowRes, imgSize);
   const upRow = (r) => {
@@ -314,25 +315,23 @@ function compositeAxis(lowRes, imgSize, inputSize, outSize) {
     return m;
   };
   const down = torchTaps(inputSize, outSize);
+  const start = new Int32Array(outSize + 1);
   const index = [];
   const weight = [];
   for (let o = 0; o < outSize; o++) {
     const a = upRow(down.lower[o]);
     const b = upRow(down.upper[o]);
     const cols = [...new Set([...a.keys(), ...b.keys()])].sort((x, y) => x - y);
-    const idx = [];
-    const wts = [];
     for (const c of cols) {
       const v = down.wLower[o] * (a.get(c) ?? 0) + down.wUpper[o] * (b.get(c) ?? 0);
       if (v !== 0) {
-        idx.push(c);
-        wts.push(f32(v));
+        index.push(c);
+        weight.push(f32(v));
       }
     }
-    index.push(Int32Array.from(idx));
-    weight.push(Float32Array.from(wts));
+    start[o + 1] = index.length;
   }
-  return { index, weight };
+  return { start, index: Int32Array.from(index), weight: Float32Array.from(weight) };
 }
 
 const operatorCache = new Map();
@@ -341,13 +340,51 @@ function compositeOperators(info, lowH, lowW) {
   const key = JSON.stringify([info.originalSize, info.inputSize, info.imgSize, lowH, lowW]);
   let ops = operatorCache.get(key);
   if (!ops) {
+    const rows = compositeAxis(lowH, info.imgSize, info.inputSize[0], info.originalSize[0]);
+    // The low-resolution rows any output row reads (the crop drops the others).
+    const used = new Uint8Array(lowH);
+    for (const r of rows.index) used[r] = 1;
+    const usedRows = [];
+    for (let r = 0; r < lowH; r++) if (used[r]) usedRows.push(r);
     ops = {
-      rows: compositeAxis(lowH, info.imgSize, info.inputSize[0], info.originalSize[0]),
+      rows,
       cols: compositeAxis(lowW, info.imgSize, info.inputSize[1], info.originalSize[1]),
+      usedRows: Int32Array.from(usedRows),
     };
     operatorCache.set(key, ops);
   }
   return ops;
+}
+
+// Both passes of the composite resize: the columns of the low-resolution rows the output
+// reads into `mid` (lowH x outW, float32), then for output row y the float64 sums over its
+// taps, tap by tap across the row (contiguous reads; each pixel's terms in tap order, as a
+// per-pixel loop adds them), handed to `emit(y, acc)`.
+function resample(lowRes, lowH, lowW, info, emit) {
+  const outW = info.originalSize[1];
+  const { rows, cols, usedRows } = compositeOperators(info, lowH, lowW);
+  const mid = new Float32Array(lowH * outW);
+  for (const y of usedRows) {
+    const base = y * lowW;
+    const row = y * outW;
+    for (let x = 0; x < outW; x++) {
+      let acc = 0;
+      for (let k = cols.start[x]; k < cols.start[x + 1]; k++) {
+        acc += cols.weight[k] * lowRes[base + cols.index[k]];
+      }
+      mid[row + x] = acc;
+    }
+  }
+  const acc = new Float64Array(outW);
+  for (let y = 0; y < info.originalSize[0]; y++) {
+    acc.fill(0);
+    for (let k = rows.start[y]; k < rows.start[y + 1]; k++) {
+      const w = rows.weight[k];
+      const src = rows.index[k] * outW;
+      for (let x = 0; x < outW; x++) acc[x] += w * mid[src + x];
+    }
+    emit(y, acc);
+  }
 }
 
 /**
@@ -356,30 +393,24 @@ function compositeOperators(info, lowH, lowW) {
  */
 export function postprocessMask(lowRes, lowH, lowW, info) {
   const [outH, outW] = info.originalSize;
-  const { rows, cols } = compositeOperators(info, lowH, lowW);
-  const mid = new Float32Array(lowH * outW);
-  for (let y = 0; y < lowH; y++) {
-    const base = y * lowW;
-    for (let x = 0; x < outW; x++) {
-      const idx = cols.index[x];
-      const wts = cols.weight[x];
-      let acc = 0;
-      for (let k = 0; k < idx.length; k++) acc += wts[k] * lowRes[base + idx[k]];
-      mid[y * outW + x] = acc;
-    }
-  }
   const out = new Float32Array(outH * outW);
-  for (let y = 0; y < outH; y++) {
-    const idx = rows.index[y];
-    const wts = rows.weight[y];
-    const row = y * outW;
-    for (let x = 0; x < outW; x++) {
-      let acc = 0;
-      for (let k = 0; k < idx.length; k++) acc += wts[k] * mid[idx[k] * outW + x];
-      out[row + x] = acc;
-    }
-  }
+  resample(lowRes, lowH, lowW, info, (y, acc) => out.set(acc, y * outW));
   return out;
+}
+
+/**
+ * thresholdMask(postprocessMask(...)) in one pass, byte for byte (each sum rounded to float32
+ * before the comparison, as stored logits are), without the float32 logits at the image's
+ * size: what a click needs.
+ */
+export function maskFromLowRes(lowRes, lowH, lowW, info, threshold = 0.0) {
+  const [outH, outW] = info.originalSize;
+  const mask = new Uint8Array(outH * outW);
+  resample(lowRes, lowH, lowW, info, (y, acc) => {
+    const row = y * outW;
+    for (let x = 0; x < outW; x++) mask[row + x] = Math.fround(acc[x]) > threshold ? 1 : 0;
+  });
+  return mask;
 }
 
 /** Binary mask logits > threshold (strict, SAM's mask_threshold), as 0/1 bytes. */
