@@ -198,15 +198,8 @@ def run(runs: int, repeat: int, accuracy_target: str) -> dict[str, Any]:
                     <= noise["flipped_max"]
                     and rule["max_score_diff"] <= noise["score_atol"]
                 )
-        user_agent = chromium_version()
     return {
-        "name": NAME,
-        "date": _common.now_utc(),
-        "machine": machine_info(),
-        "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
-        "contention": monitor.result(),
-        "browser": user_agent,
-        "onnxruntime_web": ORT_WEB_VERSION,
+        **browser_header(NAME, load_before, monitor),
         "settings": {
             "runs": runs,
             "repeat": repeat,
@@ -218,6 +211,37 @@ def run(runs: int, repeat: int, accuracy_target: str) -> dict[str, Any]:
         "targets": TARGETS | {"int8_download_bytes": INT8_DOWNLOAD_MAX},
         "variants": variants,
     }
+
+
+def browser_header(
+    name: str, load_before: tuple[float, ...], monitor: _common.CpuMonitor
+) -> dict[str, Any]:
+    """The fields a browser benchmark's result begins with: the machine, its load before and
+    now, the other processes' CPU share, Chromium's version and onnxruntime-web's."""
+    return {
+        "name": name,
+        "date": _common.now_utc(),
+        "machine": machine_info(),
+        "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
+        "contention": monitor.result(),
+        "browser": chromium_version(),
+        "onnxruntime_web": ORT_WEB_VERSION,
+    }
+
+
+def browser_header_md(title: str, result: dict[str, Any], setting: str) -> list[str]:
+    """The markdown a browser benchmark's report begins with (`browser_header`'s fields)."""
+    load = result["loadavg"]
+    return [
+        f"# {title}",
+        "",
+        _common.machine_md(result["machine"], result["date"], result["contention"]),
+        f"- load average (1, 5, 15 min): before {', '.join(f'{x:.1f}' for x in load['before'])};"
+        f" after {', '.join(f'{x:.1f}' for x in load['after'])}",
+        f"- browser: {result['browser']} (headless), onnxruntime-web {result['onnxruntime_web']}"
+        f" wasm, {result['settings']['threads']} threads; {setting}",
+        "",
+    ]
 
 
 def _summary(built: Any, loads: list[dict], native: list[dict], agree: list[dict]) -> dict:
@@ -266,19 +290,13 @@ def _summary(built: Any, loads: list[dict], native: list[dict], agree: list[dict
 
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
-    load = result["loadavg"]
-    lines = [
-        "# web: EdgeSAM in headless Chromium (onnxruntime-web wasm) vs native onnxruntime",
-        "",
-        _common.machine_md(result["machine"], result["date"], result["contention"]),
-        f"- load average (1, 5, 15 min): before {', '.join(f'{x:.1f}' for x in load['before'])};"
-        f" after {', '.join(f'{x:.1f}' for x in load['after'])}",
-        f"- browser: {result['browser']} (headless), onnxruntime-web {result['onnxruntime_web']}"
-        f" wasm, {s['threads']} threads, cross-origin isolated; synthetic calibrated weights"
-        f" (seed 0); image {s['image'][0]}x{s['image'][1]}, one click; {s['runs']} page loads"
-        f" per page (median), {s['repeat']} clicks per load",
-        "",
-    ]
+    lines = browser_header_md(
+        "web: EdgeSAM in headless Chromium (onnxruntime-web wasm) vs native onnxruntime",
+        result,
+        f"cross-origin isolated; synthetic calibrated weights (seed 0); image"
+        f" {s['image'][0]}x{s['image'][1]}, one click; {s['runs']} page loads per page (median),"
+        f" {s['repeat']} clicks per load",
+    )
     rows = []
     for variant, v in result["variants"].items():
         a = v["agreement"]

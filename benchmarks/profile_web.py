@@ -30,13 +30,14 @@ from typing import Any
 
 import _common  # sorts before numpy: pins thread pools before numpy/onnxruntime load
 import numpy as np
+from bench_web import _build, browser_header, browser_header_md
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.backends import open_session
-from edgesam_export.device.bench import decoder_feeds, machine_info
+from edgesam_export.device.bench import decoder_feeds
 from edgesam_export.device.parity import make_test_image
-from edgesam_export.web.browser import Chromium, chromium_version
-from edgesam_export.web.build import ORT_WEB_VERSION, read_onnx_artifacts
+from edgesam_export.web.browser import Chromium
+from edgesam_export.web.build import read_onnx_artifacts
 from edgesam_export.web.server import WebServer
 
 NAME = "web_profile"
@@ -143,8 +144,6 @@ def run(site: Path | None, runs: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         if site is None:
-            from bench_web import _build
-
             site = _build(Path(tmp), "fp32", "miou=0,worst=0").output
         models = site / "models"
         found = read_onnx_artifacts(models)
@@ -187,33 +186,19 @@ def run(site: Path | None, runs: int) -> dict[str, Any]:
             for f in staging.glob("*.bin"):
                 f.unlink()
             staging.rmdir()
-        browser = chromium_version()
     return {
-        "name": NAME,
-        "date": _common.now_utc(),
-        "machine": machine_info(),
-        "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
-        "contention": monitor.result(),
-        "browser": browser,
-        "onnxruntime_web": ORT_WEB_VERSION,
+        **browser_header(NAME, load_before, monitor),
         "settings": {"threads": THREADS, "image": list(SHAPE), "warmup_calls": WARMUP},
         "graphs": graphs,
     }
 
 
 def render(result: dict[str, Any]) -> str:
-    load = result["loadavg"]
-    lines = [
-        "# Where the wasm time goes: onnxruntime-web's profiler on EdgeSAM's graphs",
-        "",
-        _common.machine_md(result["machine"], result["date"], result["contention"]),
-        f"- load average (1, 5, 15 min): before {', '.join(f'{x:.1f}' for x in load['before'])};"
-        f" after {', '.join(f'{x:.1f}' for x in load['after'])}",
-        f"- browser: {result['browser']} (headless), onnxruntime-web {result['onnxruntime_web']}"
-        f" wasm, {result['settings']['threads']} threads; the fp32 page's models; the first"
-        f" {result['settings']['warmup_calls']} calls not counted",
-        "",
-    ]
+    lines = browser_header_md(
+        "Where the wasm time goes: onnxruntime-web's profiler on EdgeSAM's graphs",
+        result,
+        f"the fp32 page's models; the first {result['settings']['warmup_calls']} calls not counted",
+    )
     for graph, g in result["graphs"].items():
         lines += [
             f"## {graph} (`{g['file']}`, {g['calls']} calls): kernel time"
