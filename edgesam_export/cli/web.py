@@ -57,7 +57,9 @@ def web_cmd(
         typer.Option(
             help="int8 | int8-weights: export the graphs quantized as `onnx --quantize` does"
             " (smaller download; the page reports its agreement with Python). int8-weights:"
-            " int8 storage, float compute (agrees with Python). Only when exporting.",
+            " int8 storage, float compute: the small page that keeps the masks, clicks about"
+            " as fast as fp32 and agrees with Python as fp32 does; int8's static decoder is"
+            " slower per click on wasm than the float one (docs/web.md). Only when exporting.",
             show_default=False,
         ),
     ] = None,
