@@ -219,6 +219,29 @@ def test_attention_follows_the_precision_and_folded_refuses_int8():
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
 
 
+def test_decoder_attention_is_recorded_for_sam_decoders_and_refused_elsewhere():
+    """The one rule both targets apply (`targets.decoder_attention`): SAM-layout decoders
+    record their form; EdgeTAM's decoder (SAM 2's layout, its own attention) refuses
+    `--attention` and records nothing; encoders record nothing."""
+    from types import SimpleNamespace
+
+    from edgesam_export.device.errors import InputError
+    from edgesam_export.device.models import get_spec
+    from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
+    from edgesam_export.host.targets import decoder_attention
+
+    sam = SimpleNamespace(spec=get_spec("edge_sam"))
+    tam = SimpleNamespace(spec=get_spec("edgetam"))
+    for options in (OnnxOptions, ExecuTorchOptions):
+        assert decoder_attention(sam, "decoder", options()) == {"decoder.attention": "folded"}  # type: ignore[arg-type]
+        given = options(attention="projected")
+        assert decoder_attention(sam, "decoder", given) == {"decoder.attention": "projected"}  # type: ignore[arg-type]
+        assert decoder_attention(sam, "encoder", options()) == {}  # type: ignore[arg-type]
+        assert decoder_attention(tam, "decoder", options()) == {}  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="drop --attention"):
+            decoder_attention(tam, "decoder", given)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("args", [["onnx", "--no-such-option"], ["no-such-command"], ["parity"]])
 def test_usage_errors_exit_2(args):
     """Unknown options, unknown commands and missing arguments stay usage errors (2)."""

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from edgesam_export.device import backends
 from edgesam_export.device.artifacts import Artifact
-from edgesam_export.host.config import ExportOptions, GraphKind
+from edgesam_export.device.errors import InputError
+from edgesam_export.host.config import AttentionRule, ExportOptions, GraphKind
 
 if TYPE_CHECKING:  # keeps targets.tensorrt (ONNX -> engine) importable without torch
     from edgesam_export.host.models import LoadedModel
@@ -38,6 +39,24 @@ def artifact_path(
     tag = "_stability" if graph == "decoder" and options.use_stability_score else ""
     suffix = backends.get_backend(backend).suffixes[0]
     return options.output / f"{artifact_stem(loaded)}_{graph}{tag}{suffix}"
+
+
+def decoder_attention(
+    loaded: LoadedModel, graph: GraphKind, options: AttentionRule
+) -> dict[str, str]:
+    """The `decoder.attention` metadata of a SAM-layout decoder ({} for any other graph), and
+    the refusal of `--attention` where the decoder has its own attention (SAM 2's layout)."""
+    spec = loaded.spec
+    if graph != "decoder":
+        return {}
+    if spec.io_layout != "sam":
+        if getattr(options, "attention", None) is not None:
+            raise InputError(
+                f"--attention applies to SAM's decoder; {spec.name} has the {spec.io_layout}"
+                " layout, whose decoder has its own attention: drop --attention"
+            )
+        return {}
+    return {"decoder.attention": options.attention_form()}
 
 
 def get_target(name: str) -> Target:

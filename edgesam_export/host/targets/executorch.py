@@ -55,7 +55,7 @@ from edgesam_export.host.quantize.pt2e import (
     quantize,
     search_program,
 )
-from edgesam_export.host.targets import Target, artifact_path
+from edgesam_export.host.targets import Target, artifact_path, decoder_attention
 from edgesam_export.host.targets.executorch_rewrites import gemm_forms, rewrite_for_xnnpack
 from edgesam_export.host.targets.onnx import build_graph
 
@@ -356,8 +356,7 @@ def _metadata(
     }
     if any(d in POINT_AXES for t in inputs for d in t.shape):
         metadata |= {"executorch.max_points": str(options.max_points)}
-    if graph == "decoder" and spec.io_layout == "sam":  # (SAM 2's decoder: its own attention)
-        metadata |= {"decoder.attention": options.attention_form()}
+    metadata |= decoder_attention(loaded, graph, options)
     if any(d in BATCH_AXES for t in spec.graph_io(graph)[0] for d in t.shape):
         metadata |= {"executorch.max_batch": "1"}
         batched = batched_io(spec.graph_io(graph))
@@ -395,11 +394,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     spec = loaded.spec
     inputs, outputs = _io(spec, graph)
     dest = artifact_path(loaded, graph, options, "executorch")
-    if options.attention is not None and spec.io_layout != "sam" and graph == "decoder":
-        raise InputError(
-            f"--attention applies to SAM's decoder; {spec.name} has the {spec.io_layout}"
-            " layout, whose decoder has its own attention: drop --attention"
-        )
+    decoder_attention(loaded, graph, options)  # refuses --attention where it does not apply
     if options.precision == "int8" and spec.io_layout != "sam":
         raise InputError(
             f"--precision int8 calibrates SAM's decoder contract; {spec.name} has the"

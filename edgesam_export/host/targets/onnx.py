@@ -33,7 +33,7 @@ from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.models.edgetam.model import EdgeTAM
 from edgesam_export.host.models.sam_heads import AttentionForm
-from edgesam_export.host.targets import Target, artifact_path
+from edgesam_export.host.targets import Target, artifact_path, decoder_attention
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -254,11 +254,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         )
     if options.return_single_mask and contract not in FOREIGN:  # (the encoder ignores it)
         raise InputError("--return-single-mask needs --decoder-contract " + " or ".join(FOREIGN))
-    if options.attention is not None and spec.io_layout != "sam" and graph == "decoder":
-        raise InputError(
-            f"--attention applies to SAM's decoder; {spec.name} has the {spec.io_layout}"
-            " layout, whose decoder has its own attention: drop --attention"
-        )
+    attention_metadata = decoder_attention(loaded, graph, options)
     module, args = build_graph(
         loaded,
         graph,
@@ -320,8 +316,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                 metadata["gelu_approximate"] = "true"
             if graph == "decoder":
                 metadata["decoder_contract"] = options.decoder_contract
-                if spec.io_layout == "sam":  # (SAM 2's decoder has its own attention)
-                    metadata["decoder.attention"] = options.attention_form()
+                metadata |= attention_metadata
                 if foreign is not None:
                     metadata["return_single_mask"] = str(options.return_single_mask).lower()
             if external:
