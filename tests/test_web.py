@@ -261,6 +261,9 @@ def test_selftest_agrees_with_python_predictor(web_dir, server, browser, case) -
     with browser.new_page() as page:
         js = run_selftest(page, server.url, f"selftest/{name}", prompts, rle=1, threads=2)
     assert js["backend"] == "wasm" and js["cross_origin_isolated"] is True and js["threads"] == 2
+    # the image is read and pre-processed while the models download, not after them
+    timings = js["timings_ms"]
+    assert 0 < timings["image_ready"] < timings["models_ready"] < timings["first_mask"], timings
     py = python_reference(web_dir / "models", make_test_image(h, w), prompts)
     # Pre-processing (Pillow-exact resize, normalisation, padding) and prompts: bit-identical;
     # masks differ only where Python's logit is within float rounding of the threshold.

@@ -92,7 +92,11 @@ function renderCard(card) {
   );
 }
 
-async function loadModels() {
+// The card first (it names the files), then everything that waits on the network or on the
+// browser at once: the runtime's module, both graphs' bytes (each session is created as soon
+// as its bytes and the runtime are in) and `whileLoading`, the caller's work on the main
+// thread (the ?image= / ?selftest= image read and pre-processed), instead of one after another.
+async function loadModels(whileLoading = null) {
   const response = await fetch("model.json");
   if (!response.ok) throw new Error(`model.json: HTTP ${response.status}: is this a web build?`);
   state.card = await response.json();
@@ -100,7 +104,24 @@ async function loadModels() {
   state.tokens = P.tokensFromCard(state.card);
   renderCard(state.card);
   const threads = Number(params.get("threads")) || 0;
-  state.rt = await loadRuntime(params.get("ep") || "auto", state.card.onnxruntime_web.variants, threads);
+  const runtime = loadRuntime(params.get("ep") || "auto", state.card.onnxruntime_web.variants, threads);
+  const graphs = state.card.graphs;
+  const sizes = { encoder: graphs.encoder.bytes, decoder: graphs.decoder.bytes };
+  const total = sizes.encoder + sizes.decoder;
+  const loaded = { encoder: 0, decoder: 0 };
+  const progress = $("progress");
+  $("status").textContent = "Downloading the models…";
+  const bytes = {};
+  for (const g of ["encoder", "decoder"]) {
+    bytes[g] = fetchBytes(graphs[g].file, (n) => {
+      loaded[g] = n;
+      progress.value = (loaded.encoder + loaded.decoder) / total;
+    });
+  }
+  // awaited below; until then a failure must not also surface as an unhandled rejection
+  for (const pending of [runtime, bytes.encoder, bytes.decoder]) pending.catch(() => {});
+  const prepared = whileLoading ? await whileLoading() : null;
+  state.rt = await runtime;
   const { backend, threads: n } = state.rt;
   $("runtime").textContent =
     backend === "webgpu"
@@ -108,26 +129,15 @@ async function loadModels() {
       : `Running on WebAssembly (CPU), ${n} thread${n > 1 ? "s" : ""}` +
         (self.crossOriginIsolated ? "." : " (not cross-origin isolated: serve with --serve for threads).");
   document.body.dataset.backend = backend;
-  const graphs = state.card.graphs;
-  const sizes = { encoder: graphs.encoder.bytes, decoder: graphs.decoder.bytes };
-  const total = sizes.encoder + sizes.decoder;
-  const loaded = { encoder: 0, decoder: 0 };
-  const progress = $("progress");
-  const bytes = {};
-  for (const g of ["encoder", "decoder"]) {
-    $("status").textContent = `Downloading the ${g}…`;
-    bytes[g] = await fetchBytes(graphs[g].file, (n) => {
-      loaded[g] = n;
-      progress.value = (loaded.encoder + loaded.decoder) / total;
-    });
-  }
-  $("status").textContent = "Preparing the models…";
   // ?encoder_ep=wasm keeps the encoder on wasm whatever runs the decoder (the WebGPU build
   // carries the wasm kernels too): on an emulated adapter the encoder alone takes minutes.
   state.encoderBackend = params.get("encoder_ep") === "wasm" ? "wasm" : backend;
-  state.encoder = await createSession(state.rt.ort, bytes.encoder, state.encoderBackend, graphs.encoder.file);
-  state.decoder = await createSession(state.rt.ort, bytes.decoder, backend, graphs.decoder.file);
+  $("status").textContent = "Preparing the encoder…";
+  state.encoder = await createSession(state.rt.ort, await bytes.encoder, state.encoderBackend, graphs.encoder.file);
+  $("status").textContent = "Preparing the decoder…";
+  state.decoder = await createSession(state.rt.ort, await bytes.decoder, backend, graphs.decoder.file);
   state.timings.models_ready_ms = performance.now();
+  return prepared;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,10 +158,28 @@ async function decodeImage(blob) {
   return { rgba: data, width: bitmap.width, height: bitmap.height, bitmap };
 }
 
-async function setImage(blob) {
+/** An image URL read and decoded (HTTP errors throw). */
+async function readImage(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return decodeImage(await response.blob());
+}
+
+/** A decoded image and its encoder input: { image, tensor, info } (pure work, no model). */
+function prepareImage(image) {
+  const t = performance.now();
+  const { tensor, info } = P.preprocess(image.rgba, image.width, image.height, state.pre);
+  state.timings.image_ready_ms = performance.now();
+  state.timings.preprocess_ms = state.timings.image_ready_ms - t;
+  return { image, tensor, info };
+}
+
+/** Show an image and encode it: `source` is a file (picker, drop, paste) or what
+ * `prepareImage` gave. Returns the encoder input. */
+async function setImage(source) {
   setState("busy");
   $("status").textContent = "Reading the image…";
-  const image = await decodeImage(blob);
+  const { image, tensor, info } = source instanceof Blob ? prepareImage(await decodeImage(source)) : source;
   for (const id of ["image", "overlay", "preview"]) {
     $(id).width = image.width;
     $(id).height = image.height;
@@ -163,10 +191,7 @@ async function setImage(blob) {
   drawMask();
   $("status").textContent = "Encoding the image (runs once per image)…";
   $("progress").removeAttribute("value"); // indeterminate while the encoder runs
-  let t = performance.now();
-  const { tensor, info } = P.preprocess(image.rgba, image.width, image.height, state.pre);
-  state.timings.preprocess_ms = performance.now() - t;
-  t = performance.now();
+  const t = performance.now();
   state.embeddings = await runEncoder(state.rt.ort, state.encoder, tensor, state.pre.encoderSize);
   state.timings.encoder_ms = performance.now() - t;
   state.info = info;
@@ -490,15 +515,13 @@ function quantile(values, q) {
   return s.length ? s[Math.floor((s.length - 1) * q)] : null;
 }
 
-async function selfTest() {
+async function selfTest(prepared) {
   const { points, box } = parsePrompts(params.get("prompts"));
   const numMasks = Number(params.get("masks") || state.tokens.count);
   const selected = P.selectTokens(numMasks, state.tokens);
   const pad = params.get("pad") !== "0";
   const repeat = Math.max(1, Number(params.get("repeat") || 1));
-  const response = await fetch(params.get("selftest"));
-  if (!response.ok) throw new Error(`${params.get("selftest")}: HTTP ${response.status}`);
-  const tensor = await setImage(await response.blob());
+  const tensor = await setImage(prepared);
   setState("busy");
   const info = state.info;
   const prompts = P.buildPrompts(points, box, info.originalSize, info.imgSize, pad);
@@ -553,6 +576,7 @@ async function selfTest() {
     masks,
     timings_ms: {
       models_ready: state.timings.models_ready_ms,
+      image_ready: state.timings.image_ready_ms,
       preprocess: state.timings.preprocess_ms,
       encoder: state.timings.encoder_ms,
       decoder_first: decoderMs,
@@ -571,17 +595,20 @@ async function selfTest() {
 
 async function main() {
   wireInteraction();
-  await loadModels();
+  // ?selftest= / ?image=: the image is fetched and decoded from the start and pre-processed
+  // while the models download (loadModels), so its encoder run starts once they are ready.
+  const url = params.get("selftest") || params.get("image");
+  const reading = url ? readImage(url) : null;
+  if (reading) reading.catch(() => {}); // awaited in loadModels
+  const prepared = await loadModels(reading ? async () => prepareImage(await reading) : null);
   $("loading").hidden = false;
   setState("ready");
   $("status").textContent = "Models ready. Open, drop or paste an image.";
   $("progress").value = 1;
   if (params.has("selftest")) {
-    await selfTest();
-  } else if (params.has("image")) {
-    const response = await fetch(params.get("image"));
-    if (!response.ok) throw new Error(`${params.get("image")}: HTTP ${response.status}`);
-    await setImage(await response.blob());
+    await selfTest(prepared);
+  } else if (prepared) {
+    await setImage(prepared);
   }
 }
 
