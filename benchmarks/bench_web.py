@@ -30,6 +30,9 @@ files. Per load:
   IoU against fp32 PyTorch that the export measured on its held-out images (the graphs'
   `int8.mask_iou` metadata).
 
+`--pages fp32,int8-weights` builds and times only those pages (each build costs minutes: the
+int8 pages search) and writes benchmarks/results/web_fp32_int8_weights.{json,md}.
+
 Writes benchmarks/results/web.{json,md} with the machine's load (os.getloadavg and the share of
 CPU other processes used). Targets (issue 17): per click p50 <= 60 ms, encoder <= 2.5x native,
 warm first mask <= 1.5 s, int8 EdgeSAM models <= 15 MB.
@@ -143,23 +146,23 @@ def _page_load(chromium: Chromium, url: str, repeat: int) -> dict[str, Any]:
     }
 
 
-def run(runs: int, repeat: int, accuracy_target: str) -> dict[str, Any]:
+def run(runs: int, repeat: int, accuracy_target: str, pages: tuple[str, ...]) -> dict[str, Any]:
     monitor = _common.CpuMonitor()
     load_before = os.getloadavg()
     variants: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         built = {}
-        for variant in VARIANTS:
+        for variant in pages:
             _common.log(f"exporting and building the {variant} page")
             built[variant] = _build(Path(tmp), variant, accuracy_target)
         natives = {v: _Native(b.output / "models", repeat) for v, b in built.items()}
-        loads: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-        native: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+        loads: dict[str, list[dict[str, Any]]] = {v: [] for v in pages}
+        native: dict[str, list[dict[str, float]]] = {v: [] for v in pages}
         servers = {v: WebServer(b.output).start() for v, b in built.items()}
         try:
             with Chromium() as chromium:
                 for i in range(runs):
-                    for variant in VARIANTS:  # interleaved: drift hits both pages alike
+                    for variant in pages:  # interleaved: drift hits every page alike
                         _common.log(f"{variant} page, load {i + 1}/{runs}")
                         loads[variant].append(_page_load(chromium, servers[variant].url, repeat))
                         native[variant].append(natives[variant].measure())
@@ -207,6 +210,7 @@ def run(runs: int, repeat: int, accuracy_target: str) -> dict[str, Any]:
             "image": list(SHAPE),
             "prompts": PROMPTS,
             "int8_accuracy_target": accuracy_target,
+            "pages": list(pages),
         },
         "targets": TARGETS | {"int8_download_bytes": INT8_DOWNLOAD_MAX},
         "variants": variants,
@@ -430,6 +434,17 @@ if __name__ == "__main__":
         default="miou=0,worst=0",
         help="the int8 page's block-search bar (default miou=0,worst=0: every block int8)",
     )
+    parser.add_argument(
+        "--pages",
+        default=",".join(VARIANTS),
+        help=f"comma-separated pages to build and time (default all: {','.join(VARIANTS)}); a"
+        " subset writes results/web_<pages>.{json,md}, leaving the full run's files alone",
+    )
     args = parser.parse_args()
-    job = functools.partial(run, args.runs, args.repeat, args.accuracy_target)
-    raise SystemExit(_common.main(NAME, job, render))
+    pages = tuple(p for p in args.pages.split(",") if p)
+    unknown = sorted(set(pages) - set(VARIANTS))
+    if unknown or not pages:
+        parser.error(f"--pages: unknown {unknown or 'none given'}; choose from {list(VARIANTS)}")
+    name = NAME if set(pages) == set(VARIANTS) else "_".join([NAME, *pages]).replace("-", "_")
+    job = functools.partial(run, args.runs, args.repeat, args.accuracy_target, pages)
+    raise SystemExit(_common.main(name, job, render))
