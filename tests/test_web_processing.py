@@ -222,6 +222,62 @@ def test_select_tokens_js_matches_select_masks(static_server, browser) -> None:
 # --------------------------------------------------------------------------------------
 
 
+FETCH_BYTES_JS = """
+  const { fetchBytes } = await import('/runtime.js');
+  const data = new Uint8Array(200003).map((_, i) => (i * 7919) % 251);
+  const chunked = (headers) => {
+    const body = new ReadableStream({
+      start(c) {
+        for (let i = 0; i < data.length; i += 65536) c.enqueue(data.slice(i, i + 65536));
+        c.close();
+      },
+    });
+    return new Response(body, { headers });
+  };
+  const served = new Uint8Array(await (await fetch('/processing.js')).arrayBuffer());
+  const real = window.fetch;
+  const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+  const out = { served: same(await fetchBytes('/processing.js'), served), progress: [] };
+  for (const [name, headers] of [
+    ['exact', { 'Content-Length': String(data.length) }],
+    ['none', {}],
+    ['short', { 'Content-Length': '1000' }],
+    ['long', { 'Content-Length': String(data.length + 5) }],
+  ]) {
+    window.fetch = async () => chunked(headers);
+    const seen = [];
+    const got = await fetchBytes('x', (n, total) => seen.push([n, total]));
+    out[name] = same(got, data);
+    out.progress.push(seen[seen.length - 1]);
+  }
+  window.fetch = real;
+  try {
+    await fetchBytes('/missing.onnx');
+    out.missing = 'no error';
+  } catch (e) {
+    out.missing = e.message;
+  }
+  return out;
+"""
+
+
+@needs_chromium
+def test_fetch_bytes_returns_exactly_the_body_whatever_length_is_announced(
+    static_server, browser
+) -> None:
+    """runtime.js's `fetchBytes` fills one buffer of the announced Content-Length: a body that
+    matches it, announces none, or is longer (a compressed response announces its encoded
+    size) or shorter than announced comes back byte for byte, with progress up to its end."""
+    with browser.new_page() as page:
+        page.goto(static_server.url + "style.css")
+        out = page.evaluate("(async () => {" + FETCH_BYTES_JS + "})()", timeout=60)
+    assert out["served"] is True
+    assert all(out[case] is True for case in ("exact", "none", "short", "long")), out
+    assert [n for n, _ in out["progress"]] == [200003] * 4
+    assert [total for _, total in out["progress"]] == [200003, 0, 1000, 200008]
+    assert out["missing"].startswith("/missing.onnx: HTTP 404"), out["missing"]
+
+
 def test_driver_without_playwright_names_the_install(monkeypatch) -> None:
     """Playwright is optional ([web]): starting a browser without it says what to install."""
     from edgesam_export.device.errors import BackendUnavailableError, ExitCode

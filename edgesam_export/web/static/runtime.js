@@ -9,22 +9,24 @@ export async function fetchBytes(url, onProgress = () => {}) {
   const total = Number(response.headers.get("Content-Length")) || 0;
   if (!response.body) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();
-  const chunks = [];
+  // One buffer of the announced size, filled as chunks arrive: the file is held once, where
+  // keeping the chunks and joining them at the end held it twice. Grown if more arrives than
+  // announced (a compressed response announces its encoded size).
+  let bytes = new Uint8Array(total);
   let loaded = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    chunks.push(value);
+    if (loaded + value.length > bytes.length) {
+      const grown = new Uint8Array(Math.max(2 * bytes.length, loaded + value.length));
+      grown.set(bytes.subarray(0, loaded));
+      bytes = grown;
+    }
+    bytes.set(value, loaded);
     loaded += value.length;
     onProgress(loaded, total);
   }
-  const bytes = new Uint8Array(loaded);
-  let offset = 0;
-  for (const c of chunks) {
-    bytes.set(c, offset);
-    offset += c.length;
-  }
-  return bytes;
+  return loaded === bytes.length ? bytes : bytes.slice(0, loaded);
 }
 
 async function hasWebGpu() {
