@@ -13,6 +13,13 @@ kernel events of all but the first two calls (warm-up: the first calls pack weig
 per call, by operator type and by node. The profiler's own overhead inflates the times:
 read them as shares, and `bench_web.py` for the times.
 
+Then the kernels alone (`KERNELS`): single-operator graphs with the shapes that carry most of
+the two graphs' time (the encoder's 1 x 1 and 3 x 3 convolutions and erf GELU, the decoder's
+upscaling product and image-token LayerNorm), timed without the profiler in the same browser
+(2 wasm threads, the page's session options) and on native onnxruntime (2 threads), alternating
+kernel by kernel in rounds: the wasm / native ratio of each kernel is the floor under the
+page's browser / native ratio for the share of the graph that kernel's operator takes.
+
 Writes benchmarks/results/web_profile.{json,md} with the machine's load.
 """
 
@@ -24,13 +31,16 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import _common  # sorts before numpy: pins thread pools before numpy/onnxruntime load
 import numpy as np
+import onnx
 from bench_web import _build, browser_header, browser_header_md
+from onnx import TensorProto, helper, numpy_helper
 
 from edgesam_export.device import processing as P
 from edgesam_export.device.backends import open_session
@@ -72,6 +82,140 @@ PROFILE_JS = """
   return ms;
 })()
 """
+
+
+#: name -> (operator, input shape, weight shape or None); the encoder's channel mixers (1 x 1
+#: convolutions at 256 x 256 and 128 x 128), its neck's 3 x 3 convolution, its largest erf GELU,
+#: and the decoder's upscaling product and norm4 LayerNorm over the 4096 image tokens.
+KERNELS: dict[str, tuple[str, list[int], list[int] | None]] = {
+    "Conv 1x1 48->96 @256x256": ("Conv", [1, 48, 256, 256], [96, 48, 1, 1]),
+    "Conv 1x1 192->96 @128x128": ("Conv", [1, 192, 128, 128], [96, 192, 1, 1]),
+    "Conv 3x3 256->256 @64x64": ("Conv", [1, 256, 64, 64], [256, 256, 3, 3]),
+    "Gelu (erf) 96x256x256": ("Gelu", [1, 96, 256, 256], None),
+    "MatMul [4096x256]x[256x256]": ("MatMul", [1, 4096, 256], [256, 256]),
+    "LayerNormalization [4096x256]": ("LayerNormalization", [1, 4096, 256], [256]),
+}
+KERNEL_ROUNDS = 5
+KERNEL_CALLS = 5  # timed calls per kernel per round, after 2 untimed
+
+
+def _kernel_graph(op: str, shape: list[int], weight: list[int] | None) -> bytes:
+    """One operator as an ONNX graph (opset 17; GELU as the exported erf form, which both
+    runtimes fuse into their Gelu kernel), seeded weights as initializers."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    out = list(shape)
+    if op == "Conv" and weight is not None:
+        out[1] = weight[0]
+    elif op == "MatMul" and weight is not None:
+        out[-1] = weight[-1]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out)
+    inits = []
+    if op == "Gelu":
+        consts = {"r2": np.float32(np.sqrt(2.0)), "one": np.float32(1), "half": np.float32(0.5)}
+        inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
+        nodes = [
+            helper.make_node("Div", ["x", "r2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["a"]),
+            helper.make_node("Mul", ["x", "a"], ["m"]),
+            helper.make_node("Mul", ["m", "half"], ["y"]),
+        ]
+    elif op == "LayerNormalization":
+        assert weight is not None
+        inits = [
+            numpy_helper.from_array(rng.uniform(0.5, 1.5, weight).astype(np.float32), "g"),
+            numpy_helper.from_array(rng.uniform(-0.5, 0.5, weight).astype(np.float32), "b"),
+        ]
+        nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)]
+    else:
+        assert weight is not None
+        w = (rng.standard_normal(weight) / np.sqrt(np.prod(weight[1:]))).astype(np.float32)
+        inits = [numpy_helper.from_array(w, "w")]
+        pads = [(weight[2] - 1) // 2] * 4 if op == "Conv" else None
+        extra = {"pads": pads} if pads else {}
+        nodes = [helper.make_node(op, ["x", "w"], ["y"], **extra)]
+    graph = helper.make_graph(nodes, op, [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+# Times each kernel graph CALLS times (after 2 untimed) without the profiler, as the page would.
+KERNELS_JS = """
+(async () => {
+  const ort = await import('/ort/ort.wasm.min.mjs');
+  ort.env.wasm.wasmPaths = new URL('/ort/', location.href).href;
+  ort.env.wasm.numThreads = __THREADS__;
+  const spec = __SPEC__;
+  const get = async (p) => new Uint8Array(await (await fetch(p)).arrayBuffer());
+  const session = await ort.InferenceSession.create(await get(spec.model), {
+    executionProviders: ['wasm'], graphOptimizationLevel: 'all'});
+  const n = spec.shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
+  const feeds = { x: new ort.Tensor('float32', data, spec.shape) };
+  const ms = [];
+  for (let i = 0; i < spec.calls + 2; i++) {
+    const t = performance.now();
+    await session.run(feeds);
+    if (i >= 2) ms.push(performance.now() - t);
+  }
+  await session.release();
+  return ms;
+})()
+"""
+
+
+def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, Any]]:
+    """Each kernel in the browser and natively, alternating kernel by kernel over rounds."""
+    import onnxruntime as ort
+
+    paths, natives, feeds = {}, {}, {}
+    for i, (name, (op, shape, weight)) in enumerate(KERNELS.items()):
+        paths[name] = staging / f"kernel-{i}.onnx"
+        paths[name].write_bytes(_kernel_graph(op, shape, weight))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        natives[name] = ort.InferenceSession(
+            str(paths[name]), options, providers=["CPUExecutionProvider"]
+        )
+        size = int(np.prod(shape))
+        feeds[name] = {"x": np.sin(np.arange(size) * 0.37).astype(np.float32).reshape(shape)}
+    wasm: dict[str, list[float]] = defaultdict(list)
+    native: dict[str, list[float]] = defaultdict(list)
+    with chromium.new_page() as page:
+        page.goto(server.url + "style.css")
+        for r in range(KERNEL_ROUNDS):
+            _common.log(f"kernels alone, round {r + 1}/{KERNEL_ROUNDS}")
+            for name, (_, shape, _) in KERNELS.items():
+                spec = {"model": f"/profile-inputs/{paths[name].name}", "shape": shape}
+                spec["calls"] = KERNEL_CALLS
+                script = KERNELS_JS.replace("__THREADS__", str(THREADS))
+                wasm[name] += page.evaluate(
+                    script.replace("__SPEC__", json.dumps(spec)), timeout=600
+                )
+                session = natives[name]
+                for i in range(KERNEL_CALLS + 2):
+                    t = time.perf_counter()
+                    session.run(None, feeds[name])
+                    if i >= 2:
+                        native[name].append((time.perf_counter() - t) * 1000)
+    rows = []
+    for name, (op, shape, _) in KERNELS.items():
+        w, n = statistics.median(wasm[name]), statistics.median(native[name])
+        rows.append(
+            {
+                "kernel": name,
+                "op": op,
+                "input": shape,
+                "wasm_ms": w,
+                "native_ms": n,
+                "ratio": w / n,
+                "calls": len(wasm[name]),
+            }
+        )
+    return rows
 
 
 def _inputs(models: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -182,14 +326,22 @@ def run(site: Path | None, runs: int) -> dict[str, Any]:
                     summary["calls"] = n
                     summary["wall_ms_median"] = float(statistics.median(wall[WARMUP:]))
                     graphs[graph] = summary
+                kernels = _kernel_floor(chromium, server, staging)
         finally:
-            for f in staging.glob("*.bin"):
+            for f in [*staging.glob("*.bin"), *staging.glob("*.onnx")]:
                 f.unlink()
             staging.rmdir()
     return {
         **browser_header(NAME, load_before, monitor),
-        "settings": {"threads": THREADS, "image": list(SHAPE), "warmup_calls": WARMUP},
+        "settings": {
+            "threads": THREADS,
+            "image": list(SHAPE),
+            "warmup_calls": WARMUP,
+            "kernel_rounds": KERNEL_ROUNDS,
+            "kernel_calls": KERNEL_CALLS,
+        },
         "graphs": graphs,
+        "kernels": kernels,
     }
 
 
@@ -218,6 +370,22 @@ def render(result: dict[str, Any]) -> str:
         " `*_kernel_time`); the profiler's overhead inflates the times, so the shares are what"
         " this table says. Times: `benchmarks/bench_web.py`."
     )
+    if result.get("kernels"):
+        st = result["settings"]
+        rows = [
+            [k["kernel"], f"{k['wasm_ms']:.2f}", f"{k['native_ms']:.2f}", f"{k['ratio']:.1f}x"]
+            for k in result["kernels"]
+        ]
+        lines += [
+            "",
+            "## The kernels alone: wasm against native onnxruntime",
+            "",
+            f"One operator per graph, no profiler, 2 threads on each side, {st['kernel_rounds']}"
+            f" rounds alternating browser and native kernel by kernel, {st['kernel_calls']}"
+            " timed calls per round and side (medians):",
+            "",
+            _common.md_table(["kernel", "wasm ms", "native ms", "wasm / native"], rows),
+        ]
     return "\n".join(lines)
 
 
