@@ -372,6 +372,22 @@ def test_broken_model_shows_an_error_on_the_page(web_dir, browser, tmp_path, gra
     assert ("404" in error["text"]) if how == "missing" else ("cannot load" in error["text"])
 
 
+@needs_chromium
+def test_unreadable_image_url_is_reported_and_the_page_stays_usable(web_dir, server, browser):
+    """`?image=` is read while the models download; a missing one is shown as an error once the
+    models are ready, and the page then encodes an image opened with the file picker."""
+    name = UPSCALED[0]
+    with browser.new_page() as page:
+        page.goto(f"{server.url}index.html?image=selftest/nope.png&threads=2")
+        page.wait_for("document.body && document.body.dataset.state === 'error'", timeout=120)
+        text = page.evaluate("document.getElementById('error').textContent")
+        assert "selftest/nope.png" in text and "404" in text, text
+        assert page.evaluate("Boolean(window.edgesam.encoder && window.edgesam.decoder)")
+        page.choose_file("#file", web_dir / "selftest" / name)
+        page.wait_for("document.body.dataset.encoded === '1'", timeout=120)
+        assert page.evaluate("document.body.dataset.state") == "ready"
+
+
 def test_web_command_help() -> None:
     result = runner.invoke(app, ["web", "--help"])
     assert result.exit_code == 0

@@ -126,7 +126,8 @@ class Chromium:
 
 
 class Page:
-    """One tab: navigate, evaluate JavaScript, wait for a condition, mouse, screenshot."""
+    """One tab: navigate, evaluate JavaScript, wait for a condition, mouse, file input,
+    screenshot."""
 
     def __init__(self, context: Any) -> None:
         self._context = context
@@ -221,6 +222,14 @@ class Page:
         except error as exc:
             raise BrowserError(f"no download from {expression}: {_first_line(exc)}") from None
         return target
+
+    def choose_file(self, selector: str, path: Path) -> None:
+        """Choose `path` in the file input `selector`, as the file picker does."""
+        error, _ = _errors()
+        try:
+            self._page.set_input_files(selector, str(path))
+        except error as exc:
+            raise BrowserError(f"cannot choose {path} in {selector}: {_first_line(exc)}") from None
 
     def screenshot(self) -> bytes:
         """The viewport as PNG bytes."""

@@ -596,15 +596,24 @@ async function selfTest(prepared) {
 async function main() {
   wireInteraction();
   // ?selftest= / ?image=: the image is fetched and decoded from the start and pre-processed
-  // while the models download (loadModels), so its encoder run starts once they are ready.
+  // while the models download (loadModels), so its encoder run starts once they are ready. An
+  // image that fails is reported once the models are ready, so the page stays usable.
   const url = params.get("selftest") || params.get("image");
   const reading = url ? readImage(url) : null;
-  if (reading) reading.catch(() => {}); // awaited in loadModels
-  const prepared = await loadModels(reading ? async () => prepareImage(await reading) : null);
+  if (reading) reading.catch(() => {}); // handled in prepare: not an unhandled rejection
+  const prepare = async () => {
+    try {
+      return prepareImage(await reading);
+    } catch (error) {
+      return { error };
+    }
+  };
+  const prepared = await loadModels(reading ? prepare : null);
   $("loading").hidden = false;
   setState("ready");
   $("status").textContent = "Models ready. Open, drop or paste an image.";
   $("progress").value = 1;
+  if (prepared && prepared.error) throw prepared.error;
   if (params.has("selftest")) {
     await selfTest(prepared);
   } else if (prepared) {
