@@ -56,8 +56,9 @@ SHAPE = (480, 640)
 WARMUP = 2
 TOP_NODES = 15
 
-# Runs one graph RUNS times with the profiler on; the inputs are raw float32 files beside the page.
-PROFILE_JS = """
+# Runs one graph spec.runs times (with the profiler on when spec.profile) and returns each
+# call's ms; an input is a raw float32 file beside the page, or sin(0.37 i) of its shape.
+RUN_JS = """
 (async () => {
   const ort = await import('/ort/ort.wasm.min.mjs');
   ort.env.wasm.wasmPaths = new URL('/ort/', location.href).href;
@@ -65,10 +66,13 @@ PROFILE_JS = """
   const spec = __SPEC__;
   const get = async (p) => new Uint8Array(await (await fetch(p)).arrayBuffer());
   const session = await ort.InferenceSession.create(await get(spec.model), {
-    executionProviders: ['wasm'], graphOptimizationLevel: 'all', enableProfiling: true});
+    executionProviders: ['wasm'], graphOptimizationLevel: 'all', enableProfiling: spec.profile});
   const feeds = {};
   for (const [name, input] of Object.entries(spec.inputs)) {
-    const data = new Float32Array((await get(input.file)).buffer);
+    const size = input.shape.reduce((a, b) => a * b, 1);
+    const data = input.file
+      ? new Float32Array((await get(input.file)).buffer)
+      : new Float32Array(size).map((_, i) => Math.sin(i * 0.37));
     feeds[name] = new ort.Tensor('float32', data, input.shape);
   }
   const ms = [];
@@ -77,11 +81,15 @@ PROFILE_JS = """
     await session.run(feeds);
     ms.push(performance.now() - t);
   }
-  session.endProfiling();
+  if (spec.profile) session.endProfiling();
   await session.release();
   return ms;
 })()
 """
+
+
+def _run_js(spec: dict[str, Any]) -> str:
+    return RUN_JS.replace("__THREADS__", str(THREADS)).replace("__SPEC__", json.dumps(spec))
 
 
 #: name -> (operator, input shape, weight shape or None); the encoder's channel mixers (1 x 1
@@ -142,31 +150,6 @@ def _kernel_graph(op: str, shape: list[int], weight: list[int] | None) -> bytes:
     return model.SerializeToString()
 
 
-# Times each kernel graph CALLS times (after 2 untimed) without the profiler, as the page would.
-KERNELS_JS = """
-(async () => {
-  const ort = await import('/ort/ort.wasm.min.mjs');
-  ort.env.wasm.wasmPaths = new URL('/ort/', location.href).href;
-  ort.env.wasm.numThreads = __THREADS__;
-  const spec = __SPEC__;
-  const get = async (p) => new Uint8Array(await (await fetch(p)).arrayBuffer());
-  const session = await ort.InferenceSession.create(await get(spec.model), {
-    executionProviders: ['wasm'], graphOptimizationLevel: 'all'});
-  const n = spec.shape.reduce((a, b) => a * b, 1);
-  const data = new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
-  const feeds = { x: new ort.Tensor('float32', data, spec.shape) };
-  const ms = [];
-  for (let i = 0; i < spec.calls + 2; i++) {
-    const t = performance.now();
-    await session.run(feeds);
-    if (i >= 2) ms.push(performance.now() - t);
-  }
-  await session.release();
-  return ms;
-})()
-"""
-
-
 def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, Any]]:
     """Each kernel in the browser and natively, alternating kernel by kernel over rounds."""
     import onnxruntime as ort
@@ -189,12 +172,13 @@ def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, A
         for r in range(KERNEL_ROUNDS):
             _common.log(f"kernels alone, round {r + 1}/{KERNEL_ROUNDS}")
             for name, (_, shape, _) in KERNELS.items():
-                spec = {"model": f"/profile-inputs/{paths[name].name}", "shape": shape}
-                spec["calls"] = KERNEL_CALLS
-                script = KERNELS_JS.replace("__THREADS__", str(THREADS))
-                wasm[name] += page.evaluate(
-                    script.replace("__SPEC__", json.dumps(spec)), timeout=600
-                )
+                spec = {
+                    "model": f"/profile-inputs/{paths[name].name}",
+                    "inputs": {"x": {"shape": shape}},
+                    "runs": KERNEL_CALLS + 2,
+                    "profile": False,
+                }
+                wasm[name] += page.evaluate(_run_js(spec), timeout=600)[2:]  # 2 untimed
                 session = natives[name]
                 for i in range(KERNEL_CALLS + 2):
                     t = time.perf_counter()
@@ -312,14 +296,12 @@ def run(site: Path | None, runs: int) -> dict[str, Any]:
                         "model": f"/models/{found[graph][0].name}",
                         "inputs": inputs,
                         "runs": n,
+                        "profile": True,
                     }
-                    script = PROFILE_JS.replace("__THREADS__", str(THREADS)).replace(
-                        "__SPEC__", json.dumps(spec)
-                    )
                     _common.log(f"profiling the {graph} in Chromium over {n} calls")
                     with chromium.new_page() as page:
                         page.goto(server.url + "style.css")
-                        wall = page.evaluate(script, timeout=1800)
+                        wall = page.evaluate(_run_js(spec), timeout=1800)
                         events = _kernel_events(page.console_messages())
                     summary = _summarise(_per_call(events, n))
                     summary["file"] = found[graph][0].name
