@@ -15,10 +15,10 @@ read them as shares, and `bench_web.py` for the times.
 
 Then the kernels alone (`KERNELS`): single-operator graphs with the shapes that carry most of
 the two graphs' time (the encoder's 1 x 1 and 3 x 3 convolutions and erf GELU, the decoder's
-upscaling product and image-token LayerNorm), timed without the profiler in the same browser
-(2 wasm threads, the page's session options) and on native onnxruntime (2 threads), alternating
-kernel by kernel in rounds: the wasm / native ratio of each kernel is the floor under the
-page's browser / native ratio for the share of the graph that kernel's operator takes.
+upscaling product and image-token LayerNorm), in the same browser (2 wasm threads, the page's
+session options) and on native onnxruntime (2 threads), alternating kernel by kernel in rounds,
+each side's kernel time from its own profiler: the wasm / native ratio of each kernel is what
+the page's browser / native ratio is made of, for the share of the graph that operator takes.
 
 Writes benchmarks/results/web_profile.{json,md} with the machine's load.
 """
@@ -94,7 +94,9 @@ def _run_js(spec: dict[str, Any]) -> str:
 
 #: name -> (operator, input shape, weight shape or None); the encoder's channel mixers (1 x 1
 #: convolutions at 256 x 256 and 128 x 128), its neck's 3 x 3 convolution, its largest erf GELU,
-#: and the decoder's upscaling product and norm4 LayerNorm over the 4096 image tokens.
+#: and the decoder's upscaling product and norm4 LayerNorm over the 4096 image tokens; then
+#: elementwise work over those 1 M values (a residual Add, erf, tanh) and the LayerNorm spelled
+#: out as moments (mean and mean square by ReduceMean, six elementwise passes: "LayerNormMoments").
 KERNELS: dict[str, tuple[str, list[int], list[int] | None]] = {
     "Conv 1x1 48->96 @256x256": ("Conv", [1, 48, 256, 256], [96, 48, 1, 1]),
     "Conv 1x1 192->96 @128x128": ("Conv", [1, 192, 128, 128], [96, 192, 1, 1]),
@@ -102,6 +104,10 @@ KERNELS: dict[str, tuple[str, list[int], list[int] | None]] = {
     "Gelu (erf) 96x256x256": ("Gelu", [1, 96, 256, 256], None),
     "MatMul [4096x256]x[256x256]": ("MatMul", [1, 4096, 256], [256, 256]),
     "LayerNormalization [4096x256]": ("LayerNormalization", [1, 4096, 256], [256]),
+    "LayerNorm as moments [4096x256]": ("LayerNormMoments", [1, 4096, 256], [256]),
+    "Add [4096x256] + itself": ("Add", [1, 4096, 256], None),
+    "Erf [4096x256]": ("Erf", [1, 4096, 256], None),
+    "Tanh [4096x256]": ("Tanh", [1, 4096, 256], None),
 }
 KERNEL_ROUNDS = 5
 KERNEL_CALLS = 5  # timed calls per kernel per round, after 2 untimed
@@ -129,13 +135,37 @@ def _kernel_graph(op: str, shape: list[int], weight: list[int] | None) -> bytes:
             helper.make_node("Mul", ["x", "a"], ["m"]),
             helper.make_node("Mul", ["m", "half"], ["y"]),
         ]
-    elif op == "LayerNormalization":
+    elif op in ("LayerNormalization", "LayerNormMoments"):
         assert weight is not None
         inits = [
             numpy_helper.from_array(rng.uniform(0.5, 1.5, weight).astype(np.float32), "g"),
             numpy_helper.from_array(rng.uniform(-0.5, 0.5, weight).astype(np.float32), "b"),
         ]
         nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)]
+        if op == "LayerNormMoments":  # var = E[x^2] - E[x]^2: no pattern the runtimes fuse
+            inits.append(numpy_helper.from_array(np.array(1e-5, np.float32), "eps"))
+            steps = [
+                ("ReduceMean", ["x"], "m"),
+                ("Mul", ["x", "x"], "xx"),
+                ("ReduceMean", ["xx"], "m2"),
+                ("Mul", ["m", "m"], "mm"),
+                ("Sub", ["m2", "mm"], "var"),
+                ("Add", ["var", "eps"], "ve"),
+                ("Sqrt", ["ve"], "sd"),
+                ("Sub", ["x", "m"], "d"),
+                ("Div", ["d", "sd"], "n"),
+                ("Mul", ["n", "g"], "ng"),
+                ("Add", ["ng", "b"], "y"),
+            ]
+            axes = {"axes": [-1], "keepdims": 1}
+            nodes = [
+                helper.make_node(kind, ins, [o], **(axes if kind == "ReduceMean" else {}))
+                for kind, ins, o in steps
+            ]
+    elif op == "Add":
+        nodes = [helper.make_node("Add", ["x", "x"], ["y"])]
+    elif weight is None:  # a unary elementwise operator
+        nodes = [helper.make_node(op, ["x"], ["y"])]
     else:
         assert weight is not None
         w = (rng.standard_normal(weight) / np.sqrt(np.prod(weight[1:]))).astype(np.float32)
@@ -150,53 +180,90 @@ def _kernel_graph(op: str, shape: list[int], weight: list[int] | None) -> bytes:
     return model.SerializeToString()
 
 
-def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, Any]]:
-    """Each kernel in the browser and natively, alternating kernel by kernel over rounds."""
+#: native onnxruntime wraps a lone convolution in these (its blocked layout); in a whole
+#: encoder they run once at the ends, so a kernel's time leaves them out
+LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+
+
+def _call_ms(events: list[dict[str, Any]], runs: int) -> list[float]:
+    """Kernel ms per call after the untimed ones: the node events of each call summed, layout
+    conversions (`LAYOUT_OPS`) left out."""
+    return [
+        sum(e["dur"] for e in call if e["args"].get("op_name") not in LAYOUT_OPS) / 1000
+        for call in _per_call(events, runs)[WARMUP:]
+    ]
+
+
+def _native_kernel_ms(path: Path, feeds: dict[str, np.ndarray], runs: int, tmp: Path) -> Any:
+    """The same graph on native onnxruntime with its profiler: kernel ms per call, and the
+    calls' wall ms (the profile's node events are what the browser's profile reports too)."""
     import onnxruntime as ort
 
-    paths, natives, feeds = {}, {}, {}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp / "native")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    wall = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        wall.append((time.perf_counter() - t) * 1000)
+    profile = Path(session.end_profiling())
+    events = [
+        e
+        for e in json.loads(profile.read_text())
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
+    profile.unlink()
+    return _call_ms(events, runs), wall[WARMUP:]
+
+
+def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, Any]]:
+    """Each kernel in the browser and natively, alternating kernel by kernel over rounds; both
+    sides' profilers give the kernel time alone (a call's wall time in the browser also copies
+    the input into the wasm heap and the output out, which for an elementwise operator over
+    1 M values is most of the call)."""
+    paths, feeds = {}, {}
     for i, (name, (op, shape, weight)) in enumerate(KERNELS.items()):
         paths[name] = staging / f"kernel-{i}.onnx"
         paths[name].write_bytes(_kernel_graph(op, shape, weight))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
-        natives[name] = ort.InferenceSession(
-            str(paths[name]), options, providers=["CPUExecutionProvider"]
-        )
         size = int(np.prod(shape))
         feeds[name] = {"x": np.sin(np.arange(size) * 0.37).astype(np.float32).reshape(shape)}
-    wasm: dict[str, list[float]] = defaultdict(list)
-    native: dict[str, list[float]] = defaultdict(list)
-    with chromium.new_page() as page:
-        page.goto(server.url + "style.css")
-        for r in range(KERNEL_ROUNDS):
-            _common.log(f"kernels alone, round {r + 1}/{KERNEL_ROUNDS}")
-            for name, (_, shape, _) in KERNELS.items():
-                spec = {
-                    "model": f"/profile-inputs/{paths[name].name}",
-                    "inputs": {"x": {"shape": shape}},
-                    "runs": KERNEL_CALLS + 2,
-                    "profile": False,
-                }
-                wasm[name] += page.evaluate(_run_js(spec), timeout=600)[2:]  # 2 untimed
-                session = natives[name]
-                for i in range(KERNEL_CALLS + 2):
-                    t = time.perf_counter()
-                    session.run(None, feeds[name])
-                    if i >= 2:
-                        native[name].append((time.perf_counter() - t) * 1000)
+    runs = KERNEL_CALLS + WARMUP
+    kernel: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    wall: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in range(KERNEL_ROUNDS):
+        _common.log(f"kernels alone, round {r + 1}/{KERNEL_ROUNDS}")
+        for name, (_, shape, _) in KERNELS.items():
+            spec = {
+                "model": f"/profile-inputs/{paths[name].name}",
+                "inputs": {"x": {"shape": shape}},
+                "runs": runs,
+                "profile": True,
+            }
+            with chromium.new_page() as page:
+                page.goto(server.url + "style.css")
+                wall[name]["wasm"] += page.evaluate(_run_js(spec), timeout=600)[WARMUP:]
+                events = _kernel_events(page.console_messages())
+            kernel[name]["wasm"] += _call_ms(events, runs)
+            ms, native_wall = _native_kernel_ms(paths[name], feeds[name], runs, staging)
+            kernel[name]["native"] += ms
+            wall[name]["native"] += native_wall
     rows = []
     for name, (op, shape, _) in KERNELS.items():
-        w, n = statistics.median(wasm[name]), statistics.median(native[name])
+        med = {side: statistics.median(kernel[name][side]) for side in ("wasm", "native")}
         rows.append(
             {
                 "kernel": name,
                 "op": op,
                 "input": shape,
-                "wasm_ms": w,
-                "native_ms": n,
-                "ratio": w / n,
-                "calls": len(wasm[name]),
+                "wasm_ms": med["wasm"],
+                "native_ms": med["native"],
+                "ratio": med["wasm"] / med["native"],
+                "wasm_call_ms": statistics.median(wall[name]["wasm"]),
+                "native_call_ms": statistics.median(wall[name]["native"]),
+                "calls": len(kernel[name]["wasm"]),
             }
         )
     return rows
@@ -355,18 +422,31 @@ def render(result: dict[str, Any]) -> str:
     if result.get("kernels"):
         st = result["settings"]
         rows = [
-            [k["kernel"], f"{k['wasm_ms']:.2f}", f"{k['native_ms']:.2f}", f"{k['ratio']:.1f}x"]
+            [
+                k["kernel"],
+                f"{k['wasm_ms']:.2f}",
+                f"{k['native_ms']:.2f}",
+                f"{k['ratio']:.1f}x",
+                f"{k['wasm_call_ms']:.2f} / {k['native_call_ms']:.2f}",
+            ]
             for k in result["kernels"]
         ]
         lines += [
             "",
             "## The kernels alone: wasm against native onnxruntime",
             "",
-            f"One operator per graph, no profiler, 2 threads on each side, {st['kernel_rounds']}"
-            f" rounds alternating browser and native kernel by kernel, {st['kernel_calls']}"
-            " timed calls per round and side (medians):",
+            f"One operator per graph, 2 threads on each side, {st['kernel_rounds']} rounds"
+            " alternating browser and native kernel by kernel, "
+            f"{st['kernel_calls']} timed calls per round and side (medians). Kernel time from"
+            " each runtime's profiler (its node events; native's layout conversions around a"
+            " lone convolution left out); a call's wall time beside it also copies the input"
+            " into the wasm heap and the output out (browser), or converts the layout and"
+            " allocates the output (native):",
             "",
-            _common.md_table(["kernel", "wasm ms", "native ms", "wasm / native"], rows),
+            _common.md_table(
+                ["kernel", "wasm ms", "native ms", "wasm / native", "call ms wasm / native"],
+                rows,
+            ),
         ]
     return "\n".join(lines)
 
