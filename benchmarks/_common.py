@@ -143,6 +143,32 @@ def plain_onnx_export(
     return path
 
 
+def onnxruntime_profile(
+    path: Path, feeds: dict[str, Any], runs: int
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """`runs` calls of a graph on native onnxruntime (THREADS threads, CPU) with its own
+    profiler on: the profile's events (Chrome trace: `model_run` per call, `Node` events per
+    kernel) and each call's wall ms."""
+    import tempfile
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="edgesam-profile-") as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        wall = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            session.run(None, feeds)
+            wall.append((time.perf_counter() - t) * 1000)
+        events: list[dict[str, Any]] = json.loads(Path(session.end_profiling()).read_text())
+    return events, wall
+
+
 def md_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
 ) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -97,17 +96,7 @@ def export_official_style(loaded: LoadedModel, out: Path) -> dict[str, Path]:
 def op_shares(path: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     """Share of onnxruntime's kernel time per op type (after one untimed run), from its own
     profiler; op types are those of the optimised graph (fused and layout ops included)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = _common.THREADS
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory(prefix="edgesam-profile-") as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 1):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    events, _ = _common.onnxruntime_profile(path, feeds, runs + 1)
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     totals: collections.Counter[str] = collections.Counter()
     for e in events:

@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -194,29 +193,12 @@ def _call_ms(events: list[dict[str, Any]], runs: int) -> list[float]:
     ]
 
 
-def _native_kernel_ms(path: Path, feeds: dict[str, np.ndarray], runs: int, tmp: Path) -> Any:
+def _native_kernel_ms(path: Path, feeds: dict[str, np.ndarray], runs: int) -> Any:
     """The same graph on native onnxruntime with its profiler: kernel ms per call, and the
     calls' wall ms (the profile's node events are what the browser's profile reports too)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp / "native")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    wall = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        wall.append((time.perf_counter() - t) * 1000)
-    profile = Path(session.end_profiling())
-    events = [
-        e
-        for e in json.loads(profile.read_text())
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-    ]
-    profile.unlink()
-    return _call_ms(events, runs), wall[WARMUP:]
+    events, wall = _common.onnxruntime_profile(path, feeds, runs)
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return _call_ms(nodes, runs), wall[WARMUP:]
 
 
 def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, Any]]:
@@ -247,7 +229,7 @@ def _kernel_floor(chromium: Any, server: Any, staging: Path) -> list[dict[str, A
                 wall[name]["wasm"] += page.evaluate(_run_js(spec), timeout=600)[WARMUP:]
                 events = _kernel_events(page.console_messages())
             kernel[name]["wasm"] += _call_ms(events, runs)
-            ms, native_wall = _native_kernel_ms(paths[name], feeds[name], runs, staging)
+            ms, native_wall = _native_kernel_ms(paths[name], feeds[name], runs)
             kernel[name]["native"] += ms
             wall[name]["native"] += native_wall
     rows = []
