@@ -24,9 +24,10 @@ files. Per load:
 * the encoder and the decoder on native onnxruntime (2 threads) right after the page: each
   load gives one browser/native pair, and the ratio's median and bootstrap interval are over
   those pairs;
-* agreement with the Python `Predictor` on the same ONNX files (for int8-mixed and int8-weights
-  also the files' own kernel noise natively and whether the page is within the int8 rule,
-  `web.selftest.int8_rule`), the models' download size per file, and for int8 the mask
+* agreement with the Python `Predictor` on the same ONNX files (for int8-mixed also the files'
+  own kernel noise natively and whether the page is within the int8 rule,
+  `web.selftest.int8_rule`; for int8-weights whether it is within the float rule, `RULES`),
+  the models' download size per file, and for int8 the mask
   IoU against fp32 PyTorch that the export measured on its held-out images (the graphs'
   `int8.mask_iou` metadata).
 
