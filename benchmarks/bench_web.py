@@ -64,6 +64,7 @@ from edgesam_export.web.selftest import (
     SCORE_ATOL,
     agreement,
     int8_rule,
+    outside_rule,
     python_reference,
     run_selftest,
 )
@@ -184,24 +185,25 @@ def run(runs: int, repeat: int, accuracy_target: str, pages: tuple[str, ...]) ->
                     "score_atol": SCORE_ATOL,
                     "flipped_fraction_max": FLIPPED_FRACTION_MAX,
                 }
-                rule["within_float_rule"] = bool(
-                    all(
-                        r["flipped_fraction"] <= FLIPPED_FRACTION_MAX
-                        and r["flipped_away_from_threshold"] == 0
-                        for a in agree
-                        for r in a["masks"]
-                    )
-                    and rule["max_score_diff"] <= SCORE_ATOL
-                )
+                broken = [b for a in agree for b in outside_rule(a)]
+                rule["outside_float_rule"] = broken
+                rule["within_float_rule"] = not broken
             if RULES.get(variant) == "int8":
                 noise = int8_rule(models, image, PROMPTS)
                 rule = variants[variant]["agreement"]
                 rule["int8_rule"] = noise
-                rule["within_int8_rule"] = bool(
-                    max(r["flipped_fraction"] for a in agree for r in a["masks"])
-                    <= noise["flipped_max"]
-                    and rule["max_score_diff"] <= noise["score_atol"]
-                )
+                broken = [
+                    b
+                    for a in agree
+                    for b in outside_rule(
+                        a,
+                        score_atol=noise["score_atol"],
+                        flipped_max=noise["flipped_max"],
+                        float_ties_only=False,
+                    )
+                ]
+                rule["outside_int8_rule"] = broken
+                rule["within_int8_rule"] = not broken
     return {
         **browser_header(NAME, load_before, monitor),
         "settings": {

@@ -188,6 +188,42 @@ def int8_rule(models_dir: Path, image: np.ndarray, prompts: Sequence[Prompt]) ->
     }
 
 
+def outside_rule(
+    agree: dict[str, Any],
+    *,
+    score_atol: float = SCORE_ATOL,
+    flipped_max: float = FLIPPED_FRACTION_MAX,
+    float_ties_only: bool = True,
+) -> list[str]:
+    """What in `agreement`'s numbers (the page's self-test with rle=1) breaks the rule a page is
+    held to against Python on the same files, one line per broken bound; empty: within it.
+
+    Per mask: the score within `score_atol`, the flipped pixels within `flipped_max` of the
+    mask; with `float_ties_only` (fp32 and weight-only graphs: float compute on both sides) a
+    pixel may flip only where Python's logit is within NEAR_THRESHOLD of 0. Static int8 files
+    take `int8_rule`'s bounds and `float_ties_only=False`. The browser tests assert it and
+    `benchmarks/bench_web.py` reports it."""
+    broken = []
+    for row in agree["masks"]:
+        where = f"token {row['token']}"
+        if "flipped_fraction" not in row:
+            broken.append(f"{where}: no run lengths (the self-test ran without rle=1)")
+            continue
+        if not row["score_diff"] <= score_atol:
+            broken.append(f"{where}: score differs by {row['score_diff']:.2e} > {score_atol:.1e}")
+        if not row["flipped_fraction"] <= flipped_max:
+            broken.append(
+                f"{where}: {row['flipped']} pixels flipped, a fraction of"
+                f" {row['flipped_fraction']:.2e} > {flipped_max:.1e}"
+            )
+        if float_ties_only and row["flipped_away_from_threshold"]:
+            broken.append(
+                f"{where}: {row['flipped_away_from_threshold']} pixels flipped where Python's"
+                f" logit is not within {NEAR_THRESHOLD:.0e} of the threshold"
+            )
+    return broken
+
+
 def agreement(js: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
     """Per-mask differences between the browser's report and Python's (numbers, no verdict)."""
     rows = []
