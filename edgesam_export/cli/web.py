@@ -58,8 +58,9 @@ def web_cmd(
             help="int8 | int8-weights: export the graphs quantized as `onnx --quantize` does"
             " (smaller download; the page reports its agreement with Python). int8-weights:"
             " int8 storage, float compute: the small page that keeps the masks, clicks about"
-            " as fast as fp32 and agrees with Python as fp32 does; int8's static decoder is"
-            " slower per click on wasm than the float one (docs/web.md). Only when exporting.",
+            " as fast as fp32 and agrees with Python as fp32 does. int8 with"
+            " --encoder-quantize int8-weights: the small page with the fastest click (its"
+            " static decoder's weight products in int8; docs/web.md). Only when exporting.",
             show_default=False,
         ),
     ] = None,

@@ -151,23 +151,26 @@ class Int8Calibration(BaseModel):
 
 
 #: The decoder's cross-attention form (`Attention` in host/models/sam_heads.py); None: the
-#: precision's own (folded for float, projected for int8).
+#: target's own for the precision (`AttentionRule`).
 DecoderAttention = Annotated[
     Literal["folded", "projected"] | None,
     Field(
-        description="Decoder cross-attention: folded (float's default: the 4096 image tokens"
-        " are never projected; 0.52x the multiply-adds at 1 point, 0.70x at 5, but 1.16x at"
-        " 16) or projected (int8's form; the faster one from about 12 points)"
+        description="Decoder cross-attention: folded (the default but for ExecuTorch int8: the"
+        " 4096 image tokens are never projected; 0.52x the multiply-adds at 1 point, 0.70x at"
+        " 5, but 1.16x at 16) or projected (the faster one from about 12 points)"
     ),
 ]
 
 
 class AttentionRule(BaseModel):
     """The rule of a target's `attention` field (declared by the target, after its own
-    fields): an int8 decoder quantizes the image-side projections, which the folded form does
-    not have, so it takes the projected form and refuses `--attention folded`."""
+    fields). Float decoders take the folded form. An int8 decoder takes the target's
+    `INT8_ATTENTION`: onnxruntime's static int8 quantizes the weight products either form has
+    (folded: the upscaling's, the token side's), ExecuTorch's PT2E int8 the image-side
+    projections only the projected form has, so there `--attention folded` is refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    INT8_ATTENTION: ClassVar[Literal["folded", "projected"]] = "projected"
 
     def int8_decoder(self) -> bool:
         """Whether the decoder is exported with int8 compute."""
@@ -175,11 +178,12 @@ class AttentionRule(BaseModel):
 
     def attention_form(self) -> Literal["folded", "projected"]:
         given: Literal["folded", "projected"] | None = getattr(self, "attention", None)
-        return given or ("projected" if self.int8_decoder() else "folded")
+        return given or (self.INT8_ATTENTION if self.int8_decoder() else "folded")
 
     @model_validator(mode="after")
     def _folded_is_float(self) -> AttentionRule:
-        if getattr(self, "attention", None) == "folded" and self.int8_decoder():
+        folded = getattr(self, "attention", None) == "folded"
+        if folded and self.int8_decoder() and self.INT8_ATTENTION == "projected":
             raise ValueError(
                 "--attention folded leaves int8 no image-side projection to quantize: an int8"
                 " decoder takes --attention projected (its default)"
@@ -189,6 +193,10 @@ class AttentionRule(BaseModel):
 
 class OnnxOptions(Int8Calibration, AttentionRule, ExportOptions):
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
+
+    # static int8 quantizes a decoder's weight products (quantize/static.py), which the folded
+    # form keeps; folded is the faster int8 at 1 and 5 points, projected at 16 (docs/quantize.md)
+    INT8_ATTENTION: ClassVar[Literal["folded", "projected"]] = "folded"
 
     opset: int = Field(17, ge=11, le=21, description="ONNX opset")
     simplifier: SimplifierKind = Field(

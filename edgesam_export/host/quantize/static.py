@@ -17,6 +17,15 @@ two activations (`q @ k^T`, `attn @ v`: MatMuls with no constant operand) and it
 float (`activation_products`), as PT2E's XNNPACK quantizer leaves them: quantizing them is what
 broke EdgeSAM's token-to-image attentions (all-int8 held-out mask IoU 0.68 / 0.44 with them,
 0.96 / 0.91 without; docs/quantize.md).
+
+What int8 computes differs per graph (`quantizable`): in an encoder every node it handles
+(the convolutions run as one int8 chain, QLinearConv into QLinearConv); in a decoder only the
+products with a 2-D weight (`weight_matmuls`), the rest float. A decoder's elementwise work
+(residual adds, LayerNorm, GELU on 65k-pixel maps) runs slower as QLinear kernels between Q/DQ
+pairs than in float, and its single-row heads (Gemm on one token per prompt set) gain nothing:
+measured on EdgeSAM's decoder (`benchmarks/measure_int8_decoder_forms.py`), its weight
+products in int8 ran 1.08x / 1.07x its folded fp32 graph at 1 / 5 points, where the plain
+layout with every op int8 had run 0.81x / 0.91x (docs/quantize.md).
 """
 
 from __future__ import annotations
@@ -71,6 +80,25 @@ def blocks(proto: Any) -> dict[str, list[str]]:
     return out
 
 
+def weight_matmuls(proto: Any) -> list[str]:
+    """The MatMul nodes with a 2-D weight (an initializer operand): the products a decoder's
+    int8 pays for (the upscaling's GEMMs over 4096 and 16384 rows, the token projections and
+    MLPs). Batched weights (a folded attention's per-head matrices) are not among them."""
+    matrices = {t.name for t in proto.graph.initializer if len(t.dims) == 2}
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "MatMul" and any(i in matrices for i in n.input)
+    ]
+
+
+def quantizable(proto: Any) -> set[str] | None:
+    """The nodes static int8 may quantize in this graph: a decoder's weight products
+    (`weight_matmuls`), every node of any other graph (None)."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return set(weight_matmuls(proto)) if meta.get("graph") == "decoder" else None
+
+
 def activation_products(proto: Any) -> list[str]:
     """The nodes static int8 leaves float: MatMuls whose operands are both computed (neither an
     initializer nor a Constant) and Softmax."""
@@ -93,7 +121,9 @@ class StaticQuantizer:
         feeds: Sequence[dict[str, Any]],
         method: CalibrationMethod = "minmax",
         activation_symmetric: bool = False,
+        int8_nodes: set[str] | None = None,
     ) -> None:
+        """`int8_nodes`: the only nodes a candidate may quantize (`quantizable`); None: all."""
         try:
             import onnx
             from onnxruntime import quantization as q
@@ -112,6 +142,7 @@ class StaticQuantizer:
         onnx.save(proto, str(self.src))
         self.fp32 = proto
         self.node_names = [n.name for n in proto.graph.node]
+        self.always_float = set() if int8_nodes is None else set(self.node_names) - set(int8_nodes)
         self._full: Any = None
 
     def close(self) -> None:
@@ -129,7 +160,7 @@ class StaticQuantizer:
         candidate is judged on the bytes it would be written with."""
         if self._full is None:
             self._full = self._quantize_all()
-        floats = set(exclude)
+        floats = set(exclude) | self.always_float
         if only is not None:
             floats |= set(self.node_names) - set(only)
         return float_weights_as_float16(keep_float(self._full, self.fp32, floats))

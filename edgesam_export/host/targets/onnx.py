@@ -88,10 +88,10 @@ def build_graph(
 
     `onnxruntime_layout`: the encoder forms onnxruntime's blocked conv layout keeps (the ONNX
     target sets it; other targets that reuse these graphs do not). `attention`: the export form
-    of the decoder's cross-attentions (`Attention`): float graphs take "folded" (the fewest
-    multiply-adds at the point counts clicks give); static int8 takes "plain" (each projection's
-    weight on the right of its MatMul, where onnxruntime quantizes it per output channel and runs
-    it on its integer kernels: the folded form has no image-side projection left to quantize).
+    of the decoder's cross-attentions (`Attention`): "folded" by default (the fewest
+    multiply-adds at the point counts clicks give; static int8 quantizes its weight products);
+    projected, static int8 takes "plain" (each projection's weight on the right of its MatMul,
+    where onnxruntime quantizes it per output channel and runs it on its integer kernels).
     """
     spec = loaded.spec
     gen = torch.Generator().manual_seed(0)
@@ -171,9 +171,9 @@ def build_graph(
 
 
 def _attention(options: OnnxOptions) -> AttentionForm:
-    """`--attention` as the decoder's form for onnxruntime: folded, or projected as the
-    transposed image side (onnxruntime folds its transposes into the GEMMs), or, for static
-    int8, the plain layout its integer kernels take."""
+    """`--attention` as the decoder's form for onnxruntime: folded (also static int8's
+    default), or projected as the transposed image side (onnxruntime folds its transposes into
+    the GEMMs), or, for static int8, as the plain layout its integer kernels take."""
     if options.attention_form() == "folded":
         return "folded"
     return "plain" if options.int8_decoder() else "transposed"
