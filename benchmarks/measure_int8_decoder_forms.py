@@ -38,13 +38,10 @@ SEARCHED = {"folded": "int8 searched (folded, default)", "projected": "int8 sear
 
 
 def _weight_products(proto: Any, where: str) -> list[str]:
-    """The MatMul nodes with a 2-D weight operand whose name holds `where`."""
-    weights = {i.name for i in proto.graph.initializer if len(i.dims) == 2}
-    return [
-        n.name
-        for n in proto.graph.node
-        if n.op_type == "MatMul" and where in n.name and any(i in weights for i in n.input)
-    ]
+    """The search's int8 candidates (`static.weight_matmuls`) whose name holds `where`."""
+    from edgesam_export.host.quantize.static import weight_matmuls
+
+    return [n for n in weight_matmuls(proto) if where in n]
 
 
 def run(rounds: int, points: list[int]) -> dict[str, Any]:

@@ -264,6 +264,10 @@ def test_attention_products_and_softmax_stay_float():
     feeds = [{"x": rng.normal(size=(1, 16, 8)).astype(np.float32)} for _ in range(3)]
     with StaticQuantizer(proto, feeds) as quantizer:
         full = quantizer.quantize()
+        assert set(quantizer.blocks()) == {"attn", "attn/q_proj"}
+    # limited to some nodes (a decoder's weight products): only blocks holding them are searched
+    with StaticQuantizer(proto, feeds, int8_nodes={"/attn/q_proj/MatMul"}) as quantizer:
+        assert quantizer.blocks() == {"attn/q_proj": ["/attn/q_proj/MatMul"]}
     producers = {o: n for n in full.graph.node for o in n.output}
     quantized = {n.input[0] for n in full.graph.node if n.op_type == "QuantizeLinear"}
     by_name = {n.name: n for n in full.graph.node}

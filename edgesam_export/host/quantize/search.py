@@ -46,7 +46,7 @@ from edgesam_export.host.quantize.data import (
     heldout_labels,
     prepare,
 )
-from edgesam_export.host.quantize.static import StaticQuantizer, blocks, quantizable
+from edgesam_export.host.quantize.static import StaticQuantizer, quantizable
 from edgesam_export.host.quantize.weights import WeightQuantizer
 
 if TYPE_CHECKING:
@@ -425,19 +425,15 @@ def quantize_graph(
     quantizer: Any
     if weights_only:
         quantizer = WeightQuantizer(proto)
-        block_map = quantizer.blocks()
     else:
-        int8_nodes = quantizable(proto)
         quantizer = StaticQuantizer(
-            proto, feeds, options.calibration_method, options.activation_symmetric, int8_nodes
+            proto,
+            feeds,
+            options.calibration_method,
+            options.activation_symmetric,
+            quantizable(proto),
         )
-        block_map = blocks(proto)
-        if int8_nodes is not None:  # the search ranks only blocks holding what may be int8
-            block_map = {
-                block: kept
-                for block, names in block_map.items()
-                if (kept := [n for n in names if n in int8_nodes])
-            }
+    block_map = quantizer.blocks()
     with quantizer:
         quantized = search(
             quantizer,

@@ -154,6 +154,15 @@ class StaticQuantizer:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def blocks(self) -> dict[str, list[str]]:
+        """Search blocks (`blocks`), each holding only the nodes a candidate may quantize; a
+        block with none of them is not searched."""
+        return {
+            block: kept
+            for block, names in blocks(self.fp32).items()
+            if (kept := [n for n in names if n not in self.always_float])
+        }
+
     def quantize(self, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Any:
         """The QDQ graph with `exclude` kept float (or only `only` quantized), as it ships: what
         stays float stores its large weights as float16 (`float_weights_as_float16`), so every
