@@ -125,6 +125,29 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     for shape, users in image_side[1:]:
         assert shape[1] == 4096 and 256 not in shape and users == ["Softmax"], image_side
     assert {p.key: p.value for p in model.metadata_props}["decoder.attention"] == "folded"
+    # each image-to-token attention ends at its product P @ (values through the output
+    # projection, its bias folded in): no bias add over the 4096 image rows
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    attention_out = [
+        n
+        for n in model.graph.node
+        if "cross_attn_image_to_token" in n.name
+        and not any("cross_attn_image_to_token" in r.name for r in readers.get(n.output[0], []))
+    ]
+    assert len(attention_out) == 2 and all(n.op_type == "MatMul" for n in attention_out)
+    # the pixel shuffle of the 4 mask logits: two moves of whole runs (4-D, then 5-D), never
+    # one 6-D permute with 2-value runs (twice the time in onnxruntime)
+    shuffle = []
+    node = producer[model.graph.output[1].name]
+    while node.op_type in ("Reshape", "Transpose"):
+        if node.op_type == "Transpose":
+            shuffle.append(list(node.attribute[0].ints))
+        node = producer[node.input[0]]
+    assert shuffle == [[0, 3, 1, 2, 4], [0, 2, 1, 3]], shuffle
 
 
 def test_attention_projected_exports_the_transposed_image_side(tmp_path, bilinear_model, golden):

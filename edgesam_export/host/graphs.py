@@ -241,10 +241,12 @@ class DecoderGraph(nn.Module):
         )
         k = dec.num_mask_tokens
         # Rows of x are ordered (i, j, a, b, c, d): pixel (4i + 2a + c, 4j + 2b + d). The shuffle
-        # stays within 6 dims (batch, mask and row merged): XNNPACK (ExecuTorch) refuses rank > 6.
-        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch * k * h, w, 2, 2, 2, 2)
-        masks = masks.permute(0, 2, 4, 1, 3, 5).reshape(batch, k, 4 * h, 4 * w)
-        return masks, dec.iou_prediction_head(iou_token_out)
+        # to raster order is two moves of whole runs, a before j (runs of b, c, d), then c
+        # before j (runs of d): onnxruntime copies those 2x faster than the one 6-D permute
+        # (0.37 against 0.73 ms for 4 masks here), whose innermost run is 2 values.
+        masks = (hyper_in @ x.transpose(1, 2)).reshape(batch * k * h, w, 2, 8).transpose(1, 2)
+        masks = masks.reshape(batch * k * h * 2, w, 2, 2, 2).permute(0, 3, 1, 2, 4)
+        return masks.reshape(batch, k, 4 * h, 4 * w), dec.iou_prediction_head(iou_token_out)
 
 
 class Sam2EncoderGraph(nn.Module):

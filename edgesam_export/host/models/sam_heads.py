@@ -152,7 +152,9 @@ class Attention(nn.Module):
       128, T = 5 output tokens + the points) the whole decoder does 0.52x the multiply-adds of
       the plain form at 1 point, 0.70x at 5, 0.96x at 11 and 1.16x at 16. The key bias drops
       out of the token-to-image scores (it adds the same number to every score of a row, which
-      softmax ignores) and the value bias passes through (each row of P sums to 1).
+      softmax ignores) and the value bias passes through (each row of P sums to 1); for the
+      same reason the image-to-token output bias is added to its heads * T values (divided
+      by the head count), not to the HW output rows.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -266,8 +268,10 @@ class Attention(nn.Module):
         attn = torch.softmax(attn.reshape(b, -1, self.num_heads, t), dim=-1)
         wo = self.out_proj.weight.reshape(-1, self.num_heads, self.internal_dim // self.num_heads)
         vo = torch.bmm(self._by_head(self.v_proj(v)), wo.permute(1, 2, 0))  # (h, B*T, C)
-        vo = self._heads_as_rows(vo, b, t)  # (B, heads*T, C)
-        return attn.reshape(b, -1, self.num_heads * t) @ vo + self.out_proj.bias
+        # each head's scores of a row sum to 1, so the output bias rides on the T values of
+        # every head (divided by the head count) instead of an add over the HW image rows
+        vo = self._heads_as_rows(vo, b, t) + self.out_proj.bias / self.num_heads  # (B, hT, C)
+        return attn.reshape(b, -1, self.num_heads * t) @ vo
 
 
 class TwoWayAttentionBlock(nn.Module):
