@@ -103,10 +103,10 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
         for v in list(model.graph.value_info) + list(model.graph.output)
     }
     weights = {init.name for init in model.graph.initializer}
-    consumers: dict[str, list[str]] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
+            readers.setdefault(name, []).append(node)
     projections = [
         n.name
         for n in model.graph.node
@@ -116,7 +116,7 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     ]
     assert projections == ["/upscaling/MatMul"], projections
     image_side = [
-        (dims.get(n.input[0]), consumers[n.output[0]])
+        (dims.get(n.input[0]), [r.op_type for r in readers[n.output[0]]])
         for n in model.graph.node
         if n.op_type == "Transpose" and 4096 in dims.get(n.output[0], [])
     ]
@@ -127,11 +127,6 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     assert {p.key: p.value for p in model.metadata_props}["decoder.attention"] == "folded"
     # each image-to-token attention ends at its product P @ (values through the output
     # projection, its bias folded in): no bias add over the 4096 image rows
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
     attention_out = [
         n
         for n in model.graph.node
@@ -142,6 +137,7 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     # the pixel shuffle of the 4 mask logits: two moves of whole runs (4-D, then 5-D), never
     # one 6-D permute with 2-value runs (twice the time in onnxruntime)
     shuffle = []
+    producer = {o: n for n in model.graph.node for o in n.output}
     node = producer[model.graph.output[1].name]
     while node.op_type in ("Reshape", "Transpose"):
         if node.op_type == "Transpose":
