@@ -252,6 +252,42 @@ def paired_ratio_ci(
     return float(np.median(ratios)), float(lo), float(hi)
 
 
+def ratio_json(reference_ms: Sequence[float], ms: Sequence[float]) -> dict[str, Any]:
+    """`paired_ratio_ci(reference_ms, ms)` as a result's JSON: median and 95 % interval."""
+    median, lo, hi = paired_ratio_ci(reference_ms, ms)
+    return {"median": median, "ci95": [lo, hi]}
+
+
+def ratio_cell(ratio: dict[str, Any]) -> str:
+    """A `ratio_json` as a table cell: 1.23x (1.20-1.26)."""
+    lo, hi = ratio["ci95"]
+    return f"{ratio['median']:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
+def time_decoders(
+    paths: dict[str, Path], embedding: Any, points: Sequence[int], rounds: int
+) -> dict[int, dict[str, tuple[float, ...]]]:
+    """SAM-layout decoder graphs, each on onnxruntime with `THREADS` threads, timed in the same
+    interleaved rounds (5 warm-up, 50 ms gap) on `embedding` at each point count:
+    {points: {label: per-call ms}}."""
+    from edgesam_export.device.backends import open_session
+    from edgesam_export.device.bench import decoder_feeds, time_interleaved
+
+    sessions = {k: open_session(p, threads=THREADS) for k, p in paths.items()}
+    samples = {}
+    for n in points:
+        feeds = decoder_feeds(embedding, n)
+        log(f"timing {len(sessions)} graphs at {n} point(s), {rounds} rounds")
+        samples[n] = time_interleaved(
+            {k: (lambda s=s, f=feeds: s.run(f)) for k, s in sessions.items()},
+            warmup=5,
+            iters=rounds,
+            gap_s=0.05,
+            max_seconds=600.0,
+        )
+    return samples
+
+
 def speed_verdict(
     official_ms: Sequence[float], ours_ms: Sequence[float], target: float = 1.0
 ) -> str:

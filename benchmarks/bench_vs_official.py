@@ -14,9 +14,12 @@ do not). The load average is recorded before and after.
 
     python benchmarks/bench_vs_official.py
     python benchmarks/bench_vs_official.py --attention projected   # the decoder's other form
+    python benchmarks/bench_vs_official.py --attention auto        # both, switched by N
 
-`--attention` exports our decoder with that form (`onnx --attention`: folded, the default, or
-projected); a run with `projected` writes `results/bench_vs_official_projected.{json,md}`.
+`--attention` exports our decoder with that form (`onnx --attention`: folded, the default,
+projected, or auto: both in one graph, the faster one run per point count); a run with
+`projected` writes `results/bench_vs_official_projected.{json,md}`, with `auto`
+`results/bench_vs_official_auto.{json,md}`.
 """
 
 from __future__ import annotations
@@ -302,7 +305,9 @@ def render(result: dict[str, Any]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--attention", choices=("folded", "projected"), help="our decoder's form (onnx --attention)"
+        "--attention",
+        choices=("folded", "projected", "auto"),
+        help="our decoder's form (onnx --attention)",
     )
     ns = parser.parse_args()
     name = NAME if ns.attention in (None, "folded") else f"{NAME}_{ns.attention}"

@@ -48,7 +48,6 @@ def run(rounds: int, points: list[int]) -> dict[str, Any]:
     import onnx
 
     from edgesam_export.device.backends import open_session
-    from edgesam_export.device.bench import decoder_feeds, time_interleaved
     from edgesam_export.device.mask_bar import MaskBar
     from edgesam_export.host.config import OnnxOptions
     from edgesam_export.host.pipeline import export_artifacts
@@ -123,24 +122,13 @@ def run(rounds: int, points: list[int]) -> dict[str, Any]:
 
         # timing feeds: the first held-out image (the parity test image) and its embedding
         embedding = encoder.run({"image": heldout.tensors[0]})["image_embeddings"]
-        sessions = {k: open_session(p, threads=_common.THREADS) for k, p in paths.items()}
-        for n in points:
-            feeds = decoder_feeds(embedding, n)
-            _common.log(f"timing {len(sessions)} graphs at {n} point(s), {rounds} rounds")
-            samples = time_interleaved(
-                {k: (lambda s=s, f=feeds: s.run(f)) for k, s in sessions.items()},
-                warmup=5,
-                iters=rounds,
-                gap_s=0.05,
-                max_seconds=600.0,
-            )
-            for label in sessions:
-                ratio, lo, hi = _common.paired_ratio_ci(samples[OFFICIAL], samples[label])
-                over_ours = _common.paired_ratio_ci(samples[OURS], samples[label])
+        timed = _common.time_decoders(paths, embedding, points, rounds)
+        for n, samples in timed.items():
+            for label in paths:
                 graphs[label].setdefault("points", {})[str(n)] = {
                     "p50_ms": float(np.median(samples[label])),
-                    "over_official": {"median": ratio, "ci95": [lo, hi]},
-                    "over_ours_fp32": {"median": over_ours[0], "ci95": list(over_ours[1:])},
+                    "over_official": _common.ratio_json(samples[OFFICIAL], samples[label]),
+                    "over_ours_fp32": _common.ratio_json(samples[OURS], samples[label]),
                 }
     return {
         **start.header(NAME),
@@ -171,8 +159,7 @@ def render(result: dict[str, Any]) -> str:
         ]
         for n in points:
             p = g["points"][n]
-            lo, hi = p["over_official"]["ci95"]
-            cells.append(f"{p['over_official']['median']:.2f}x ({lo:.2f}-{hi:.2f})")
+            cells.append(_common.ratio_cell(p["over_official"]))
         rows.append(cells)
     header = ["graph", "MB", "held-out IoU mean / worst", "bar"]
     header += [f"official / this, {n} pt" for n in points]

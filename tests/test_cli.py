@@ -216,6 +216,14 @@ def test_attention_follows_the_target_and_precision():
         OnnxOptions(graphs=("encoder",), attention="projected")
     result = runner.invoke(app, ["executorch", "--precision", "int8", "--attention", "folded"])
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    # auto (both forms in one graph, an If on the point count) is ONNX's alone
+    auto = OnnxOptions(attention="auto")
+    assert auto.switches_attention() and auto.attention_form() == "folded"
+    assert not OnnxOptions(attention="projected").switches_attention()
+    with pytest.raises(ValidationError, match="attention"):
+        ExecuTorchOptions(attention="auto")  # type: ignore[arg-type]
+    result = runner.invoke(app, ["executorch", "--attention", "auto"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
 
 
 def test_decoder_attention_is_recorded_for_sam_decoders_and_refused_elsewhere():
@@ -235,6 +243,9 @@ def test_decoder_attention_is_recorded_for_sam_decoders_and_refused_elsewhere():
         assert decoder_attention(sam, "decoder", options()) == {"decoder.attention": "folded"}  # type: ignore[arg-type]
         given = options(attention="projected")
         assert decoder_attention(sam, "decoder", given) == {"decoder.attention": "projected"}  # type: ignore[arg-type]
+        if options is OnnxOptions:
+            auto = options(attention="auto")
+            assert decoder_attention(sam, "decoder", auto) == {"decoder.attention": "auto"}  # type: ignore[arg-type]
         assert decoder_attention(sam, "encoder", options()) == {}  # type: ignore[arg-type]
         assert decoder_attention(tam, "decoder", options()) == {}  # type: ignore[arg-type]
         with pytest.raises(InputError, match="drop --attention"):

@@ -448,6 +448,20 @@ def test_searched_int8_weights_export_writes_the_same_bytes_twice(tmp_path: Path
     assert a.path.read_bytes() == b.path.read_bytes()
 
 
+def _cheap_int8_decoder(output: Path, attention: str | None) -> OnnxOptions:
+    """A decoder's static int8 kept cheap: 2 calibration images, 1 held-out image and a target
+    the all-quantized decoder meets (so no sensitivity run)."""
+    return OnnxOptions(
+        output=output,
+        graphs=("decoder",),
+        quantize="int8",
+        calibration_images=2,
+        heldout_images=1,
+        accuracy_target="miou=0.3,worst=0.1",
+        attention=attention,  # type: ignore[arg-type]
+    )
+
+
 @pytest.mark.parametrize("attention", [None, "projected"])
 def test_decoder_static_int8_export_path(tmp_path: Path, calibrated, attention):
     """The export path end to end on the decoder, kept cheap: 2 calibration images, 1 held-out
@@ -458,16 +472,7 @@ def test_decoder_static_int8_export_path(tmp_path: Path, calibrated, attention):
 
     from edgesam_export.host.targets.onnx import export
 
-    options = OnnxOptions(
-        output=tmp_path,
-        graphs=("decoder",),
-        quantize="int8",
-        calibration_images=2,
-        heldout_images=1,
-        accuracy_target="miou=0.3,worst=0.1",
-        attention=attention,
-    )
-    art = export(calibrated, "decoder", options)
+    art = export(calibrated, "decoder", _cheap_int8_decoder(tmp_path, attention))
     assert art.metadata["decoder.attention"] == (attention or "folded")
     assert art.path.name == "edge_sam_decoder_int8.onnx"
     meta = art.metadata
@@ -511,6 +516,51 @@ def test_decoder_static_int8_export_path(tmp_path: Path, calibrated, attention):
     assert bool(image_keys) == (attention == "projected"), image_keys
     assert {v.type.tensor_type.elem_type for v in model.graph.input} == {F}
     assert {v.type.tensor_type.elem_type for v in model.graph.output} == {F}
+
+
+@pytest.mark.extended
+def test_decoder_static_int8_auto_attention_searches_each_form(tmp_path: Path, calibrated):
+    """`--attention auto` with static int8: each form searched on its own (the folded one's
+    report as the file's, the projected one's beside it), joined under the If that runs the
+    projected form from `projected_from(int8=True)` points; the image-side key projections are
+    int8 products in that branch only."""
+    from edgesam_export.host.targets.onnx import export
+    from edgesam_export.host.targets.onnx_switch import projected_from
+
+    art = export(calibrated, "decoder", _cheap_int8_decoder(tmp_path, "auto"))
+    meta = art.metadata
+    assert meta["decoder.attention"] == "auto" and meta["precision"] == "int8"
+    assert meta["decoder.attention.projected_from"] == str(projected_from(int8=True))
+    assert meta["int8.mask_iou"].startswith("mean ") and "int8.report" in meta
+    assert meta["int8.mask_iou.projected"].startswith("mean ") and "int8.report.projected" in meta
+    model = onnx.load(str(art.path))
+    (switch,) = [n for n in model.graph.node if n.op_type == "If"]
+    branches = {a.name: a.g for a in switch.attribute}
+    for branch, projected in (("then_branch", False), ("else_branch", True)):
+        nodes = branches[branch].node
+        dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+        keys = [
+            n.name
+            for n in nodes
+            if n.op_type == "MatMul"
+            and "cross_attn_token_to_image/k_proj" in n.name
+            and set(n.input) & dequantized
+        ]
+        assert bool(keys) == projected, (branch, keys)
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    embeddings = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    for n in (1, 16):
+        feeds = {
+            "image_embeddings": embeddings,
+            "point_coords": np.full((1, n, 2), 300.0, np.float32),
+            "point_labels": np.ones((1, n), np.float32),
+        }
+        scores, masks = session.run(None, feeds)
+        assert (
+            masks.shape == (1, 4, 256, 256)
+            and np.isfinite(masks).all()
+            and np.isfinite(scores).all()
+        )
 
 
 @pytest.mark.heavy

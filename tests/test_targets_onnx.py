@@ -146,23 +146,66 @@ def test_decoder_projects_no_image_tokens(bilinear_artifacts):
     assert shuffle == [[0, 3, 1, 2, 4], [0, 2, 1, 3]], shuffle
 
 
-def test_attention_projected_exports_the_transposed_image_side(tmp_path, bilinear_model, golden):
+@pytest.fixture(scope="module")
+def projected_decoder(tmp_path_factory, bilinear_model) -> Path:
+    out = tmp_path_factory.mktemp("projected")
+    return export(bilinear_model, "decoder", OnnxOptions(output=out, attention="projected")).path
+
+
+def test_attention_projected_exports_the_transposed_image_side(projected_decoder, golden):
     """`--attention projected` (for many points: the folded form does more multiply-adds from
     about 12) gives the image-side projections back, transposed for onnxruntime's GEMMs, with
     the golden outputs; the metadata says which form a file has."""
-    from edgesam_export.host.targets.onnx import export
-
-    path = export(bilinear_model, "decoder", OnnxOptions(output=tmp_path, attention="projected"))
-    model = onnx.load(str(path.path))
+    model = onnx.load(str(projected_decoder))
     assert {p.key: p.value for p in model.metadata_props}["decoder.attention"] == "projected"
     weights = {init.name for init in model.graph.initializer}
     # W @ X^T, the weight on the left: k and v of the three token-to-image attentions, q of
     # the two image-to-token ones (their output projection keeps its weight on the right)
     left = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in weights]
     assert len(left) == 8, [n.name for n in left]
-    iou = _session(path.path)
+    iou = _session(projected_decoder)
     for prompt in golden.dec_sets():
         scores, masks = iou.run(None, _decoder_inputs(golden, prompt))
+        assert np.abs(masks - golden[f"dec_{prompt}_masks"]).max() < 5e-5, prompt
+        assert np.abs(scores - golden[f"dec_{prompt}_scores"]).max() < 2e-5, prompt
+
+
+def test_attention_auto_runs_folded_for_few_points_and_projected_for_many(
+    tmp_path, bilinear_model, bilinear_artifacts, projected_decoder, golden
+):
+    """`--attention auto`: one file holding both forms under an If on the point count
+    (`targets/onnx_switch.py`); below the switch it computes exactly what the folded file
+    computes, from it exactly what the projected file computes (each form's own arithmetic,
+    so the equality names the branch that ran); the weights both forms share stored once."""
+    from edgesam_export.host.targets.onnx_switch import projected_from
+
+    art = export(bilinear_model, "decoder", OnnxOptions(output=tmp_path, attention="auto"))
+    switch = projected_from(int8=False)
+    assert art.metadata["decoder.attention"] == "auto"
+    assert art.metadata["decoder.attention.projected_from"] == str(switch)
+    model = onnx.load(str(art.path))
+    assert [n.op_type for n in model.graph.node] == ["Shape", "Gather", "Less", "If"]
+    folded_file = bilinear_artifacts / "edge_sam_decoder.onnx"
+    sizes = [p.stat().st_size for p in (art.path, folded_file, projected_decoder)]
+    assert sizes[0] < 1.15 * sizes[1], sizes  # not the two files side by side
+    auto, folded, projected = (_session(p) for p in (art.path, folded_file, projected_decoder))
+    embeddings = golden["embeddings_bilinear"]
+    rng = np.random.default_rng(0)
+    for n in (1, switch - 1, switch, 16):
+        feeds = {
+            "image_embeddings": embeddings,
+            "point_coords": (rng.random((2, n, 2)) * 1024).astype(np.float32),
+            "point_labels": rng.integers(0, 2, (2, n)).astype(np.float32),
+        }
+        expected = (folded if n < switch else projected).run(None, feeds)
+        other = (projected if n < switch else folded).run(None, feeds)
+        got = auto.run(None, feeds)
+        for name, a, b, c in zip(("scores", "masks"), got, expected, other, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} at {n} points")
+            assert np.abs(a - c).max() > 0, f"{name} at {n} points: the forms agree bitwise"
+            assert np.abs(a - c).max() < 5e-5, f"{name} at {n} points"
+    for prompt in golden.dec_sets():
+        scores, masks = auto.run(None, _decoder_inputs(golden, prompt))
         assert np.abs(masks - golden[f"dec_{prompt}_masks"]).max() < 5e-5, prompt
         assert np.abs(scores - golden[f"dec_{prompt}_scores"]).max() < 2e-5, prompt
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, ClassVar, Literal, cast, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -162,12 +162,27 @@ DecoderAttention = Annotated[
 ]
 
 
+#: The ONNX decoder's: the two forms, or "auto", both in one graph that picks per call by the
+#: point count (`targets/onnx_switch.py`).
+OnnxDecoderAttention = Annotated[
+    Literal["folded", "projected", "auto"] | None,
+    Field(
+        description="Decoder cross-attention: folded (the default: the 4096 image tokens are"
+        " never projected; 0.52x the multiply-adds at 1 point, 0.70x at 5, but 1.16x at 16),"
+        " projected (the faster one from about 14 points; int8: 9) or auto (both in one graph,"
+        " an If on the point count runs the faster one)"
+    ),
+]
+
+
 class AttentionRule(BaseModel):
     """The rule of a target's `attention` field (declared by the target, after its own
     fields). Float decoders take the folded form. An int8 decoder takes the target's
     `INT8_ATTENTION`: onnxruntime's static int8 quantizes the weight products either form has
     (folded: the upscaling's, the token side's), ExecuTorch's PT2E int8 the image-side
-    projections only the projected form has, so there `--attention folded` is refused."""
+    projections only the projected form has, so there `--attention folded` is refused. ONNX
+    also takes "auto": both forms in one graph, the faster run per call by the point count
+    (`targets/onnx_switch.py`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     INT8_ATTENTION: ClassVar[Literal["folded", "projected"]] = "projected"
@@ -177,8 +192,16 @@ class AttentionRule(BaseModel):
         raise NotImplementedError
 
     def attention_form(self) -> Literal["folded", "projected"]:
-        given: Literal["folded", "projected"] | None = getattr(self, "attention", None)
-        return given or (self.INT8_ATTENTION if self.int8_decoder() else "folded")
+        """The form one traced decoder takes (for "auto", which traces both and switches
+        between them, the few-points one: folded)."""
+        given = getattr(self, "attention", None)
+        if given in ("folded", "projected"):
+            return cast(Literal["folded", "projected"], given)
+        return "folded" if given == "auto" or not self.int8_decoder() else self.INT8_ATTENTION
+
+    def switches_attention(self) -> bool:
+        """Whether the decoder holds both forms and picks one per call (ONNX's "auto")."""
+        return getattr(self, "attention", None) == "auto"
 
     @model_validator(mode="after")
     def _folded_is_float(self) -> AttentionRule:
@@ -195,7 +218,8 @@ class OnnxOptions(Int8Calibration, AttentionRule, ExportOptions):
     """Export the encoder and/or decoder to ONNX (I/O identical to EdgeSAM's own exports)."""
 
     # static int8 quantizes a decoder's weight products (quantize/static.py), which the folded
-    # form keeps; folded is the faster int8 at 1 and 5 points, projected at 16 (docs/quantize.md)
+    # form keeps; folded is the faster int8 at 1 and 5 points, projected at 16 (docs/quantize.md);
+    # `--attention auto` holds both, each searched on its own (targets/onnx_switch.py)
     INT8_ATTENTION: ClassVar[Literal["folded", "projected"]] = "folded"
 
     opset: int = Field(17, ge=11, le=21, description="ONNX opset")
@@ -212,7 +236,7 @@ class OnnxOptions(Int8Calibration, AttentionRule, ExportOptions):
     return_single_mask: bool = Field(
         False, description="Official / efficientvit contract: return the one best mask only"
     )
-    attention: DecoderAttention = None
+    attention: OnnxDecoderAttention = None
     DECODER_ONLY = (
         *ExportOptions.DECODER_ONLY,
         "decoder_contract",

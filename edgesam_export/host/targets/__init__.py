@@ -56,7 +56,9 @@ def decoder_attention(
                 " layout, whose decoder has its own attention: drop --attention"
             )
         return {}
-    return {"decoder.attention": options.attention_form()}
+    return {
+        "decoder.attention": "auto" if options.switches_attention() else options.attention_form()
+    }
 
 
 def get_target(name: str) -> Target:

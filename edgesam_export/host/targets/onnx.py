@@ -33,7 +33,7 @@ from edgesam_export.host.metadata import base_metadata
 from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.models.edgetam.model import EdgeTAM
 from edgesam_export.host.models.sam_heads import AttentionForm
-from edgesam_export.host.targets import Target, artifact_path, decoder_attention
+from edgesam_export.host.targets import Target, artifact_path, decoder_attention, onnx_switch
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -254,17 +254,25 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         )
     if options.return_single_mask and contract not in FOREIGN:  # (the encoder ignores it)
         raise InputError("--return-single-mask needs --decoder-contract " + " or ".join(FOREIGN))
-    attention_metadata = decoder_attention(loaded, graph, options)
-    module, args = build_graph(
-        loaded,
-        graph,
-        options.use_stability_score,
-        gelu_approximate=options.gelu_approximate,
-        contract=options.decoder_contract,
-        return_single_mask=options.return_single_mask,
-        onnxruntime_layout=True,
-        attention=_attention(options),
-    )
+    decoder_attention(loaded, graph, options)  # refuses --attention where it does not apply
+    # `--attention auto`: both forms traced, then joined under one If (targets/onnx_switch.py)
+    variants = [options]
+    if graph == "decoder" and options.switches_attention():
+        variants = [options.model_copy(update={"attention": f}) for f in ("folded", "projected")]
+    modules = [
+        build_graph(
+            loaded,
+            graph,
+            options.use_stability_score,
+            gelu_approximate=options.gelu_approximate,
+            contract=options.decoder_contract,
+            return_single_mask=options.return_single_mask,
+            onnxruntime_layout=True,
+            attention=_attention(variant),
+        )
+        for variant in variants
+    ]
+    module = modules[0][0]
     if foreign is not None:
         inputs, outputs = foreign.io(
             spec.embed_shape, spec.num_mask_tokens, options.return_single_mask
@@ -298,40 +306,51 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
         try:
-            proto = _trace(onnx, module, args, options, names_in, names_out, dynamic, workdir)
             simplified = options.simplifier != "none" and not external
-            if simplified:  # the simplifiers need a protobuf under 2 GB
-                proto = simplify(proto)
-            _constants_to_initializers(proto)
-            dedupe_initializers(proto)  # (the tracer folds EdgeTAM's RoPE tables once per use)
-            metadata = base_metadata(
-                loaded,
-                graph,
-                use_stability_score=options.use_stability_score and graph == "decoder",
-            )
-            metadata["onnx.opset"] = str(options.opset)
-            metadata["onnx.simplified"] = str(simplified).lower()
-            metadata["onnx.simplifier"] = options.simplifier if simplified else "none"
-            if options.gelu_approximate:
-                metadata["gelu_approximate"] = "true"
-            if graph == "decoder":
-                metadata["decoder_contract"] = options.decoder_contract
-                metadata |= attention_metadata
-                if foreign is not None:
-                    metadata["return_single_mask"] = str(options.return_single_mask).lower()
-            if external:
-                metadata["onnx.external_data"] = f"{dest.name}.data"
-            del proto.metadata_props[:]
-            for key in sorted(metadata):
-                proto.metadata_props.add(key=key, value=metadata[key])
-            proto.producer_name = "edgesam-export"
-            proto.producer_version = metadata["edgesam_export.version"]
-            proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
-            if reduced:
-                from edgesam_export.host.targets.onnx_precision import reduce_precision
+            protos = []
+            for variant, (variant_module, args) in zip(variants, modules, strict=True):
+                proto = _trace(
+                    onnx, variant_module, args, options, names_in, names_out, dynamic, workdir
+                )
+                if simplified:  # the simplifiers need a protobuf under 2 GB
+                    proto = simplify(proto)
+                _constants_to_initializers(proto)
+                dedupe_initializers(proto)  # (the tracer folds EdgeTAM's RoPE tables once per use)
+                metadata = base_metadata(
+                    loaded,
+                    graph,
+                    use_stability_score=options.use_stability_score and graph == "decoder",
+                )
+                metadata["onnx.opset"] = str(options.opset)
+                metadata["onnx.simplified"] = str(simplified).lower()
+                metadata["onnx.simplifier"] = options.simplifier if simplified else "none"
+                if options.gelu_approximate:
+                    metadata["gelu_approximate"] = "true"
+                if graph == "decoder":
+                    metadata["decoder_contract"] = options.decoder_contract
+                    metadata |= decoder_attention(loaded, graph, variant)
+                    if foreign is not None:
+                        metadata["return_single_mask"] = str(options.return_single_mask).lower()
+                if external:
+                    metadata["onnx.external_data"] = f"{dest.name}.data"
+                _set_metadata(proto, metadata)
+                proto.producer_name = "edgesam-export"
+                proto.producer_version = metadata["edgesam_export.version"]
+                proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
+                if reduced:
+                    from edgesam_export.host.targets.onnx_precision import reduce_precision
 
-                proto = reduce_precision(proto, loaded, options, encoder=paired)
-                metadata = {p.key: p.value for p in proto.metadata_props}
+                    proto = reduce_precision(proto, loaded, variant, encoder=paired)
+                protos.append(proto)
+            if len(protos) > 1:
+                few, many = protos
+                projected_from = onnx_switch.projected_from(options.int8_decoder())
+                proto = onnx_switch.switch_on_points(few, many, projected_from)
+                _set_metadata(
+                    proto,
+                    onnx_switch.switched_metadata(_metadata(few), _metadata(many), projected_from),
+                )
+            metadata = _metadata(proto)
             staged = workdir / dest.name
             if external:
                 onnx.save_model(
@@ -373,6 +392,17 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
         metadata=metadata,
         data_files=data_files,
     )
+
+
+def _metadata(proto: Any) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    """The graph's metadata, sorted by key (same options, same bytes)."""
+    del proto.metadata_props[:]
+    for key in sorted(metadata):
+        proto.metadata_props.add(key=key, value=metadata[key])
 
 
 def _trace(
