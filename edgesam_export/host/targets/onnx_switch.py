@@ -31,6 +31,9 @@ PROJECTED_FROM = {False: 14, True: 9}
 #: Initializers both forms hold (byte for byte) with at least this many values live once, in the
 #: outer graph; smaller ones stay in each branch, where onnxruntime folds the shape arithmetic
 #: that reads them (read from the outer graph, ~50 more shape nodes ran per call: 1-4 % slower).
+#: The large ones cost 2-4 % at few points in fp32 read from outside (with every weight copied
+#: into each branch, twice the file, none: most likely onnxruntime prepacks only a subgraph's
+#: own weights), which the halved file is worth.
 SHARE_MIN = 1024
 
 _POINTS_INPUT = "point_coords"
