@@ -48,6 +48,7 @@ from edgesam_export.host.quantize.data import (
 )
 from edgesam_export.host.quantize.static import StaticQuantizer, quantizable
 from edgesam_export.host.quantize.weights import WeightQuantizer
+from edgesam_export.host.targets.onnx_weights import set_meta
 
 if TYPE_CHECKING:
     from edgesam_export.host.config import OnnxOptions
@@ -495,9 +496,7 @@ def quantize_graph(
         from edgesam_export.device.manifest import file_sha256
 
         meta["int8.judged_with"] = f"{encoder.name} sha256:{file_sha256(encoder)}"
-    del quantized.metadata_props[:]
-    for key in sorted(meta):
-        quantized.metadata_props.add(key=key, value=meta[key])
+    set_meta(quantized, meta)
     return quantized
 
 

@@ -34,6 +34,7 @@ from edgesam_export.host.models import LoadedModel
 from edgesam_export.host.models.edgetam.model import EdgeTAM
 from edgesam_export.host.models.sam_heads import AttentionForm
 from edgesam_export.host.targets import Target, artifact_path, decoder_attention, onnx_switch
+from edgesam_export.host.targets.onnx_weights import initializer_key, set_meta
 
 # ONNX protobufs cannot exceed 2 GiB; past this many bytes of weights, use external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -201,13 +202,11 @@ def dedupe_initializers(proto: Any) -> int:
     The TorchScript exporter folds a constant separately at every use (the decoder's 4 MB
     positional encoding became three copies), and simplifiers keep distinct names apart.
     """
-    from onnx import numpy_helper
-
     first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     rename: dict[str, str] = {}
     keep = []
     for init in proto.graph.initializer:
-        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        key = initializer_key(init)
         if key in first:
             rename[init.name] = first[key]
         else:
@@ -333,7 +332,8 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                         metadata["return_single_mask"] = str(options.return_single_mask).lower()
                 if external:
                     metadata["onnx.external_data"] = f"{dest.name}.data"
-                _set_metadata(proto, metadata)
+                del proto.metadata_props[:]
+                set_meta(proto, metadata)
                 proto.producer_name = "edgesam-export"
                 proto.producer_version = metadata["edgesam_export.version"]
                 proto.doc_string = f"{spec.family} {graph} ({metadata['weights']})"
@@ -346,7 +346,7 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
                 few, many = protos
                 projected_from = onnx_switch.projected_from(options.int8_decoder())
                 proto = onnx_switch.switch_on_points(few, many, projected_from)
-                _set_metadata(
+                set_meta(
                     proto,
                     onnx_switch.switched_metadata(_metadata(few), _metadata(many), projected_from),
                 )
@@ -396,13 +396,6 @@ def export(loaded: LoadedModel, graph: GraphKind, options: ExportOptions) -> Art
 
 def _metadata(proto: Any) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def _set_metadata(proto: Any, metadata: dict[str, str]) -> None:
-    """The graph's metadata, sorted by key (same options, same bytes)."""
-    del proto.metadata_props[:]
-    for key in sorted(metadata):
-        proto.metadata_props.add(key=key, value=metadata[key])
 
 
 def _trace(

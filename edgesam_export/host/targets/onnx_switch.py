@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edgesam_export.host.targets.onnx_weights import initializer_key
+
 #: The first point count (the decoder's N input: box corners and padding included) at which the
 #: projected form runs, by whether the decoder's products are int8: where the two forms cross in
 #: paired runs of both (docs/onnx-graph.md). fp32: folded faster up to 13 points (0.975x the
@@ -73,7 +75,7 @@ def switch_on_points(few: Any, many: Any, projected_from: int) -> Any:
         raise ValueError(f"the two decoder forms differ in their I/O: {names} -> {outs}")
     if _POINTS_INPUT not in names[0]:
         raise ValueError(f"a decoder without {_POINTS_INPUT!r} has no point count to switch on")
-    keys = [{_key(t): t for t in m.graph.initializer} for m in (few, many)]
+    keys = [{initializer_key(t): t for t in m.graph.initializer} for m in (few, many)]
     shared = {
         key: _renamed(tensor, f"shared/{i}")
         for i, (key, tensor) in enumerate(
@@ -117,12 +119,6 @@ def switch_on_points(few: Any, many: Any, projected_from: int) -> Any:
     return model
 
 
-def _key(tensor: Any) -> tuple[int, tuple[int, ...], bytes]:
-    from onnx import numpy_helper
-
-    return tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes()
-
-
 def _size(tensor: Any) -> int:
     return math.prod(tensor.dims)
 
@@ -157,7 +153,7 @@ def _branch(
     rename: dict[str, str] = {}
     own = []
     for init in graph.initializer:
-        outer = shared.get(_key(init))
+        outer = shared.get(initializer_key(init))
         rename[init.name] = outer.name if outer is not None else prefix + init.name
         if outer is None:
             own.append(_renamed(init, rename[init.name]))

@@ -5,6 +5,8 @@ and the int8 searches (`host/quantize/`), which use them:
   symmetric scale per output channel, dequantized in the graph by Cast + Mul), float compute;
 - `float_weights_as_float16`: what a static int8 graph keeps float stores its large weights as
   float16, cast back to float32 in the graph;
+- `initializer_key`: an initializer's identity by value (type, shape, bytes), by which the ONNX
+  target stores each constant once and `onnx_switch` shares weights between two graphs;
 - `set_meta`: merge keys into the graph's metadata.
 
 onnx is imported on use, numpy only at import: importable wherever the ONNX files are read.
@@ -191,7 +193,15 @@ def quantize_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.
     return q, scale
 
 
+def initializer_key(tensor: Any) -> tuple[int, tuple[int, ...], bytes]:
+    """What makes two initializers the same tensor whatever their names: type, shape, bytes."""
+    from onnx import numpy_helper
+
+    return tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes()
+
+
 def set_meta(proto: Any, extra: dict[str, str]) -> None:
+    """`extra` added to the graph's metadata (replacing what it names), sorted by key."""
     meta = {p.key: p.value for p in proto.metadata_props} | extra
     del proto.metadata_props[:]
     for key in sorted(meta):
